@@ -38,7 +38,7 @@ export function callerFrame(stack: string | undefined): string {
     const fn = m[1] ?? '<anonymous>';
     let file = m[2] ?? '';
     if (file.startsWith('node:') || file.includes('node_modules') || file.startsWith('internal/')) continue;
-    if (/[\\/]src[\\/]errors[\\/]|[\\/]dist[\\/]errors[\\/]/.test(file)) continue;
+    if (/[\\/](?:src|dist)[\\/]errors[\\/]/.test(file) && !/\.test\.[jt]s$/.test(file)) continue;
     file = file.replace(/^file:\/\//, '');
     if (file.startsWith(cwd)) file = file.slice(cwd.length + 1);
     return `${fn.replace(/^async /, '')}@${file}:${m[3] ?? ''}`;

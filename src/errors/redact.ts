@@ -27,7 +27,7 @@ const STRING_PATTERNS: readonly [RegExp, string][] = [
     `$1${REDACTED}`,
   ],
   // Passwords in URLs: scheme://user:password@host
-  [/(\b[a-z][a-z0-9+.-]*:\/\/[^:/?#\s@"']+:)[^@/?#\s"']+@/gi, `$1${REDACTED}@`],
+  [/(\b[a-z][a-z0-9+.-]*:\/\/[^:/?#\s@"']*:)[^@/?#\s"']+@/gi, `$1${REDACTED}@`],
 ];
 
 /** Replaces secrets in free text: auth headers, signatures, tokens, keys, URL passwords. */
@@ -59,7 +59,11 @@ export function redact<T>(value: T): T {
 function redactValue(value: unknown, seen: WeakSet<object>, depth: number): unknown {
   if (typeof value === 'string') return redactString(value);
   if (value === null || typeof value !== 'object') {
-    return typeof value === 'function' || typeof value === 'symbol' ? String(value) : value;
+    // JSON has no bigint, symbol or function: keep their text so a redacted value always serialises.
+    if (typeof value === 'bigint') return value.toString();
+    if (typeof value === 'symbol') return value.toString();
+    if (typeof value === 'function') return `[function ${value.name || 'anonymous'}]`;
+    return value;
   }
   if (seen.has(value)) return '[Circular]';
   if (depth >= MAX_DEPTH) return '[Truncated]';
