@@ -58,7 +58,8 @@ export class ErrorAggregator {
     this.buckets = options.buckets ?? 30;
     this.maxFingerprints = options.maxFingerprints ?? 1000;
     this.clock = options.clock ?? Date;
-    if (!(this.windowMs > 0)) throw new RangeError(`ErrorAggregator: windowMs must be > 0, got ${this.windowMs}`);
+    if (!(this.windowMs > 0))
+      throw new RangeError(`ErrorAggregator: windowMs must be > 0, got ${this.windowMs}`);
     if (!Number.isInteger(this.buckets) || this.buckets < 1) {
       throw new RangeError(`ErrorAggregator: buckets must be a positive integer, got ${this.buckets}`);
     }
@@ -109,7 +110,14 @@ export class ErrorAggregator {
         if (this.clock.now() - e.lastSeen > this.windowMs) this.entries.delete(key);
         continue;
       }
-      out.push({ fingerprint: e.fingerprint, code: e.code, message: e.message, count, firstSeen: e.firstSeen, lastSeen: e.lastSeen });
+      out.push({
+        fingerprint: e.fingerprint,
+        code: e.code,
+        message: e.message,
+        count,
+        firstSeen: e.firstSeen,
+        lastSeen: e.lastSeen,
+      });
     }
     out.sort((a, b) => b.count - a.count || b.lastSeen - a.lastSeen);
     return out.slice(0, n);

@@ -19,7 +19,13 @@ interface Case {
 }
 
 const systemCases: Case[] = [
-  { name: 'ECONNRESET', input: () => sysErr('ECONNRESET'), code: 'NETWORK_RESET', retryable: true, kind: 'transient' },
+  {
+    name: 'ECONNRESET',
+    input: () => sysErr('ECONNRESET'),
+    code: 'NETWORK_RESET',
+    retryable: true,
+    kind: 'transient',
+  },
   { name: 'ECONNREFUSED', input: () => sysErr('ECONNREFUSED'), code: 'CONNECTION_REFUSED', retryable: true },
   { name: 'ECONNABORTED', input: () => sysErr('ECONNABORTED'), code: 'NETWORK_RESET', retryable: true },
   { name: 'ETIMEDOUT', input: () => sysErr('ETIMEDOUT'), code: 'TIMEOUT', retryable: true, httpStatus: 504 },
@@ -27,7 +33,13 @@ const systemCases: Case[] = [
   { name: 'EHOSTUNREACH', input: () => sysErr('EHOSTUNREACH'), code: 'NETWORK_UNREACHABLE', retryable: true },
   { name: 'ENETUNREACH', input: () => sysErr('ENETUNREACH'), code: 'NETWORK_UNREACHABLE', retryable: true },
   { name: 'EAI_AGAIN', input: () => sysErr('EAI_AGAIN'), code: 'DNS_FAILURE', retryable: true },
-  { name: 'ENOTFOUND', input: () => sysErr('ENOTFOUND'), code: 'DNS_FAILURE', retryable: false, kind: 'permanent' },
+  {
+    name: 'ENOTFOUND',
+    input: () => sysErr('ENOTFOUND'),
+    code: 'DNS_FAILURE',
+    retryable: false,
+    kind: 'permanent',
+  },
   { name: 'ENOSPC', input: () => sysErr('ENOSPC'), code: 'DISK_FULL', retryable: false, httpStatus: 507 },
   { name: 'EDQUOT', input: () => sysErr('EDQUOT'), code: 'DISK_FULL', retryable: false },
   { name: 'EIO', input: () => sysErr('EIO'), code: 'IO_ERROR', retryable: false, kind: 'server' },
@@ -41,15 +53,34 @@ const systemCases: Case[] = [
 ];
 
 const undiciCases: Case[] = [
-  { name: 'UND_ERR_CONNECT_TIMEOUT', input: () => sysErr('UND_ERR_CONNECT_TIMEOUT'), code: 'TIMEOUT', retryable: true },
-  { name: 'UND_ERR_HEADERS_TIMEOUT', input: () => sysErr('UND_ERR_HEADERS_TIMEOUT'), code: 'TIMEOUT', retryable: true },
-  { name: 'UND_ERR_BODY_TIMEOUT', input: () => sysErr('UND_ERR_BODY_TIMEOUT'), code: 'TIMEOUT', retryable: true },
+  {
+    name: 'UND_ERR_CONNECT_TIMEOUT',
+    input: () => sysErr('UND_ERR_CONNECT_TIMEOUT'),
+    code: 'TIMEOUT',
+    retryable: true,
+  },
+  {
+    name: 'UND_ERR_HEADERS_TIMEOUT',
+    input: () => sysErr('UND_ERR_HEADERS_TIMEOUT'),
+    code: 'TIMEOUT',
+    retryable: true,
+  },
+  {
+    name: 'UND_ERR_BODY_TIMEOUT',
+    input: () => sysErr('UND_ERR_BODY_TIMEOUT'),
+    code: 'TIMEOUT',
+    retryable: true,
+  },
   { name: 'UND_ERR_SOCKET', input: () => sysErr('UND_ERR_SOCKET'), code: 'NETWORK_RESET', retryable: true },
   { name: 'UND_ERR_CLOSED', input: () => sysErr('UND_ERR_CLOSED'), code: 'NETWORK_RESET', retryable: true },
   { name: 'UND_ERR_ABORTED', input: () => sysErr('UND_ERR_ABORTED'), code: 'ABORTED', retryable: false },
   {
     name: 'UND_ERR_RESPONSE_STATUS_CODE with a 503',
-    input: () => Object.assign(new Error('Response status code 503'), { code: 'UND_ERR_RESPONSE_STATUS_CODE', statusCode: 503 }),
+    input: () =>
+      Object.assign(new Error('Response status code 503'), {
+        code: 'UND_ERR_RESPONSE_STATUS_CODE',
+        statusCode: 503,
+      }),
     code: 'SERVICE_UNAVAILABLE',
     retryable: true,
   },
@@ -104,22 +135,76 @@ const httpCases: Case[] = [
 ];
 
 function s3Err(name: string, status: number): Error {
-  return Object.assign(new Error(`${name} from S3`), { name, $metadata: { httpStatusCode: status }, $fault: 'client' });
+  return Object.assign(new Error(`${name} from S3`), {
+    name,
+    $metadata: { httpStatusCode: status },
+    $fault: 'client',
+  });
 }
 
 const s3Cases: Case[] = [
-  { name: 'SlowDown', input: () => s3Err('SlowDown', 503), code: 'RATE_LIMITED', retryable: true, httpStatus: 503 },
+  {
+    name: 'SlowDown',
+    input: () => s3Err('SlowDown', 503),
+    code: 'RATE_LIMITED',
+    retryable: true,
+    httpStatus: 503,
+  },
   { name: 'InternalError', input: () => s3Err('InternalError', 500), code: 'INTERNAL', retryable: true },
-  { name: 'ServiceUnavailable', input: () => s3Err('ServiceUnavailable', 503), code: 'SERVICE_UNAVAILABLE', retryable: true },
-  { name: 'RequestTimeout', input: () => s3Err('RequestTimeout', 400), code: 'TIMEOUT', retryable: true, httpStatus: 400 },
-  { name: 'RequestTimeTooSkewed', input: () => s3Err('RequestTimeTooSkewed', 403), code: 'CLOCK_SKEW', retryable: false },
-  { name: 'ExpiredToken', input: () => s3Err('ExpiredToken', 400), code: 'CREDENTIALS_EXPIRED', retryable: false },
-  { name: 'AccessDenied', input: () => s3Err('AccessDenied', 403), code: 'FORBIDDEN', retryable: false, httpStatus: 403 },
-  { name: 'NoSuchKey', input: () => s3Err('NoSuchKey', 404), code: 'NOT_FOUND', retryable: false, httpStatus: 404 },
+  {
+    name: 'ServiceUnavailable',
+    input: () => s3Err('ServiceUnavailable', 503),
+    code: 'SERVICE_UNAVAILABLE',
+    retryable: true,
+  },
+  {
+    name: 'RequestTimeout',
+    input: () => s3Err('RequestTimeout', 400),
+    code: 'TIMEOUT',
+    retryable: true,
+    httpStatus: 400,
+  },
+  {
+    name: 'RequestTimeTooSkewed',
+    input: () => s3Err('RequestTimeTooSkewed', 403),
+    code: 'CLOCK_SKEW',
+    retryable: false,
+  },
+  {
+    name: 'ExpiredToken',
+    input: () => s3Err('ExpiredToken', 400),
+    code: 'CREDENTIALS_EXPIRED',
+    retryable: false,
+  },
+  {
+    name: 'AccessDenied',
+    input: () => s3Err('AccessDenied', 403),
+    code: 'FORBIDDEN',
+    retryable: false,
+    httpStatus: 403,
+  },
+  {
+    name: 'NoSuchKey',
+    input: () => s3Err('NoSuchKey', 404),
+    code: 'NOT_FOUND',
+    retryable: false,
+    httpStatus: 404,
+  },
   { name: 'NoSuchBucket', input: () => s3Err('NoSuchBucket', 404), code: 'NOT_FOUND', retryable: false },
   { name: 'InvalidRange', input: () => s3Err('InvalidRange', 416), code: 'INVALID_RANGE', retryable: false },
-  { name: 'PreconditionFailed', input: () => s3Err('PreconditionFailed', 412), code: 'PRECONDITION_FAILED', retryable: false },
-  { name: 'NotModified', input: () => s3Err('NotModified', 304), code: 'NOT_MODIFIED', retryable: false, httpStatus: 304 },
+  {
+    name: 'PreconditionFailed',
+    input: () => s3Err('PreconditionFailed', 412),
+    code: 'PRECONDITION_FAILED',
+    retryable: false,
+  },
+  {
+    name: 'NotModified',
+    input: () => s3Err('NotModified', 304),
+    code: 'NOT_MODIFIED',
+    retryable: false,
+    httpStatus: 304,
+  },
   {
     name: 'an S3 code in a `Code` field (parsed error XML)',
     input: () => ({ Code: 'SlowDown', Message: 'Please reduce your request rate.', status: 503 }),
@@ -130,7 +215,12 @@ const s3Cases: Case[] = [
 
 const abortCases: Case[] = [
   { name: 'AbortError DOMException', input: () => domError('AbortError'), code: 'ABORTED', retryable: false },
-  { name: 'TimeoutError DOMException', input: () => domError('TimeoutError'), code: 'TIMEOUT', retryable: true },
+  {
+    name: 'TimeoutError DOMException',
+    input: () => domError('TimeoutError'),
+    code: 'TIMEOUT',
+    retryable: true,
+  },
   {
     name: 'an Error named AbortError',
     input: () => Object.assign(new Error('aborted'), { name: 'AbortError' }),
@@ -217,11 +307,15 @@ describe('classify', () => {
   });
 
   it('ignores an unreadable Retry-After', () => {
-    expect(classify({ status: 503, headers: { 'retry-after': 'soon' } }).details.retryAfterMs).toBeUndefined();
+    expect(
+      classify({ status: 503, headers: { 'retry-after': 'soon' } }).details.retryAfterMs,
+    ).toBeUndefined();
   });
 
   it('keeps system error details (syscall, path) for the message reader', () => {
-    const err = classify(Object.assign(new Error('ENOSPC: write'), { code: 'ENOSPC', syscall: 'write', path: '/var/cache/x' }));
+    const err = classify(
+      Object.assign(new Error('ENOSPC: write'), { code: 'ENOSPC', syscall: 'write', path: '/var/cache/x' }),
+    );
     expect(err.details).toMatchObject({ errorCode: 'ENOSPC', syscall: 'write', path: '/var/cache/x' });
     expect(err.message).toContain('no space left');
   });

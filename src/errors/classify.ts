@@ -45,12 +45,20 @@ export const UNDICI_ERRORS: Readonly<Record<string, Mapping>> = {
   UND_ERR_DESTROYED: ['NETWORK_RESET', 'the client was destroyed'],
   UND_ERR_ABORTED: ['ABORTED', 'the request was aborted'],
   UND_ERR_REQ_CONTENT_LENGTH_MISMATCH: ['BAD_REQUEST', 'request body length does not match Content-Length'],
-  UND_ERR_RES_CONTENT_LENGTH_MISMATCH: ['NETWORK_RESET', 'response body length does not match Content-Length', { retryable: true }],
+  UND_ERR_RES_CONTENT_LENGTH_MISMATCH: [
+    'NETWORK_RESET',
+    'response body length does not match Content-Length',
+    { retryable: true },
+  ],
   UND_ERR_INFO: ['UNKNOWN', 'undici reported an error'],
   UND_ERR_INVALID_ARG: ['INVALID_INPUT', 'an invalid argument was passed to the HTTP client'],
   UND_ERR_NOT_SUPPORTED: ['INVALID_INPUT', 'the HTTP client does not support this'],
   UND_ERR_BPL_MISSING_UPSTREAM: ['SERVICE_UNAVAILABLE', 'no upstream is available'],
-  UND_ERR_RES_EXCEEDED_MAX_SIZE: ['BAD_GATEWAY', 'the response exceeded the maximum size', { retryable: false }],
+  UND_ERR_RES_EXCEEDED_MAX_SIZE: [
+    'BAD_GATEWAY',
+    'the response exceeded the maximum size',
+    { retryable: false },
+  ],
   UND_ERR_PRX_TLS: ['CONNECTION_REFUSED', 'the TLS connection to the proxy failed'],
 };
 
@@ -72,7 +80,11 @@ export const HTTP_STATUSES: Readonly<Record<number, Mapping>> = {
   425: ['TOO_EARLY', 'too early'],
   429: ['RATE_LIMITED', 'too many requests'],
   500: ['INTERNAL', 'the server failed'],
-  501: ['HTTP_ERROR', 'not implemented by the server', { httpStatus: 501, retryable: false, kind: 'permanent' }],
+  501: [
+    'HTTP_ERROR',
+    'not implemented by the server',
+    { httpStatus: 501, retryable: false, kind: 'permanent' },
+  ],
   502: ['BAD_GATEWAY', 'bad gateway'],
   503: ['SERVICE_UNAVAILABLE', 'the service is unavailable'],
   504: ['TIMEOUT', 'the gateway timed out', { httpStatus: 504 }],
@@ -90,7 +102,10 @@ export const S3_ERRORS: Readonly<Record<string, Mapping>> = {
   InternalError: ['INTERNAL', 'S3 had an internal error'],
   ServiceUnavailable: ['SERVICE_UNAVAILABLE', 'S3 is unavailable'],
   RequestTimeout: ['TIMEOUT', 'S3 timed out waiting for the request body', { httpStatus: 400 }],
-  RequestTimeTooSkewed: ['CLOCK_SKEW', 'the request time differs too much from the server time; sync the clock'],
+  RequestTimeTooSkewed: [
+    'CLOCK_SKEW',
+    'the request time differs too much from the server time; sync the clock',
+  ],
   ExpiredToken: ['CREDENTIALS_EXPIRED', 'the security token has expired; refresh the credentials'],
   TokenRefreshRequired: ['CREDENTIALS_EXPIRED', 'the security token must be refreshed'],
   InvalidAccessKeyId: ['UNAUTHORIZED', 'the access key id is not known', { httpStatus: 403 }],
@@ -111,7 +126,11 @@ export const S3_ERRORS: Readonly<Record<string, Mapping>> = {
   EntityTooLarge: ['BAD_REQUEST', 'the object is too large', { httpStatus: 400 }],
   BucketAlreadyExists: ['CONFLICT', 'the bucket already exists'],
   BucketNotEmpty: ['CONFLICT', 'the bucket is not empty'],
-  OperationAborted: ['CONFLICT', 'a conflicting operation is in progress', { retryable: true, kind: 'transient' }],
+  OperationAborted: [
+    'CONFLICT',
+    'a conflicting operation is in progress',
+    { retryable: true, kind: 'transient' },
+  ],
   InvalidObjectState: ['FORBIDDEN', 'the object is not in a state that allows this (archived?)'],
 };
 
@@ -160,12 +179,18 @@ function classifyInner(err: unknown, depth: number): KeelError {
   const undici = code ? UNDICI_ERRORS[code] : undefined;
   if (undici) {
     const status = statusOf(e);
-    if (code === 'UND_ERR_RESPONSE_STATUS_CODE' && status !== undefined) return fromStatus(status, e, message, options);
+    if (code === 'UND_ERR_RESPONSE_STATUS_CODE' && status !== undefined)
+      return fromStatus(status, e, message, options);
     return fromMapping(undici, message, { errorCode: code }, options);
   }
 
   // fetch() wraps the real failure: TypeError('fetch failed', { cause })
-  if (depth < MAX_CAUSE_DEPTH && e.cause !== undefined && e.cause !== null && (name === 'TypeError' || !code)) {
+  if (
+    depth < MAX_CAUSE_DEPTH &&
+    e.cause !== undefined &&
+    e.cause !== null &&
+    (name === 'TypeError' || !code)
+  ) {
     const inner = classifyInner(e.cause, depth + 1);
     if (inner.code !== 'UNKNOWN') {
       return keelError(inner.code, `${message}: ${inner.message}`, inner.details, {
@@ -187,7 +212,7 @@ function classifyInner(err: unknown, depth: number): KeelError {
     const retryAfterMs = retryAfterOf(e);
     if (retryAfterMs !== undefined) details.retryAfterMs = retryAfterMs;
     const mapped = fromMapping(s3, message, details, options);
-    if (status !== undefined && status !== mapped.httpStatus && (s3[2]?.httpStatus === undefined)) {
+    if (status !== undefined && status !== mapped.httpStatus && s3[2]?.httpStatus === undefined) {
       return keelError(mapped.code, mapped.message, details, { ...options, ...s3[2], httpStatus: status });
     }
     return mapped;
@@ -197,7 +222,12 @@ function classifyInner(err: unknown, depth: number): KeelError {
   if (status !== undefined && status >= 300) return fromStatus(status, e, message, options);
 
   if (typeof e.$retryable === 'object' && e.$retryable !== null) {
-    return keelError('UNKNOWN', message, {}, { ...options, retryable: true, kind: 'transient', hints: ['retry'] });
+    return keelError(
+      'UNKNOWN',
+      message,
+      {},
+      { ...options, retryable: true, kind: 'transient', hints: ['retry'] },
+    );
   }
   if (code) return keelError('UNKNOWN', message, { errorCode: code }, options);
   if (!(err instanceof Error)) {
@@ -216,7 +246,12 @@ function fromMapping(
   return keelError(code, text, details, { ...options, ...overrides });
 }
 
-function fromStatus(status: number, e: Record<string, unknown>, message: string, options: KeelErrorOptions): KeelError {
+function fromStatus(
+  status: number,
+  e: Record<string, unknown>,
+  message: string,
+  options: KeelErrorOptions,
+): KeelError {
   const mapping: Mapping =
     HTTP_STATUSES[status] ??
     (status >= 500
@@ -241,7 +276,11 @@ function statusOf(e: Record<string, unknown>): number | undefined {
 
 function retryAfterOf(e: Record<string, unknown>): number | undefined {
   const response = e.response as { headers?: unknown } | undefined;
-  for (const headers of [e.headers, response?.headers, (e.$response as { headers?: unknown } | undefined)?.headers]) {
+  for (const headers of [
+    e.headers,
+    response?.headers,
+    (e.$response as { headers?: unknown } | undefined)?.headers,
+  ]) {
     const value = headerValue(headers, 'retry-after');
     if (value !== undefined) return parseRetryAfter(value);
   }
@@ -330,5 +369,10 @@ export function httpStatusOf(err: unknown): number {
  */
 export function wrap(err: unknown, code: string, message: string): KeelError {
   const classified = classify(err);
-  return keelError(code, redactString(message), { ...classified.details, causeCode: classified.code }, { cause: err });
+  return keelError(
+    code,
+    redactString(message),
+    { ...classified.details, causeCode: classified.code },
+    { cause: err },
+  );
 }

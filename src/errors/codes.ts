@@ -5,7 +5,8 @@ export type ErrorKind = 'client' | 'server' | 'transient' | 'permanent';
 export type Severity = 'low' | 'medium' | 'high' | 'critical';
 
 /** What a caller can do about a failure. */
-export type RecoveryHint = 'retry' | 'fallback' | 'invalidate-cache' | 'reduce-scope' | 'read-only' | 'manual';
+export type RecoveryHint =
+  'retry' | 'fallback' | 'invalidate-cache' | 'reduce-scope' | 'read-only' | 'manual';
 
 /** Defaults that come with a code; any of them can be overridden where the error is made. */
 export interface CodeInfo {
@@ -50,7 +51,14 @@ export const ERROR_CODES = {
   METADATA_CORRUPTED: info('server', 'high', false, 500, ['invalidate-cache'], 'Metadata corrupted'),
   CHECKSUM_MISMATCH: info('server', 'high', true, 500, ['invalidate-cache', 'retry'], 'Checksum mismatch'),
   CIRCUIT_OPEN: info('transient', 'medium', false, 503, ['fallback'], 'Circuit open'),
-  BULKHEAD_FULL: info('transient', 'medium', false, 503, ['reduce-scope', 'fallback'], 'Too many concurrent calls'),
+  BULKHEAD_FULL: info(
+    'transient',
+    'medium',
+    false,
+    503,
+    ['reduce-scope', 'fallback'],
+    'Too many concurrent calls',
+  ),
   RETRIES_EXHAUSTED: info('transient', 'high', false, 503, ['fallback'], 'Retries exhausted'),
   RETRY_BUDGET_EXHAUSTED: info('transient', 'high', false, 503, ['fallback'], 'Retry budget exhausted'),
   THROTTLED: info('transient', 'medium', false, 503, ['fallback', 'reduce-scope'], 'Throttled locally'),

@@ -92,7 +92,12 @@ describe('ErrorAggregator', () => {
     agg.record(reset());
     expect(agg.countsByCode()).toEqual({ NETWORK_RESET: 6, DISK_FULL: 1 });
     const [first, second] = agg.top(2);
-    expect(first).toMatchObject({ code: 'NETWORK_RESET', count: 6, firstSeen: 1_000_000, lastSeen: 1_030_000 });
+    expect(first).toMatchObject({
+      code: 'NETWORK_RESET',
+      count: 6,
+      firstSeen: 1_000_000,
+      lastSeen: 1_030_000,
+    });
     expect(second).toMatchObject({ code: 'DISK_FULL', count: 1 });
     expect(agg.total()).toBe(7);
     now += 40_000; // the first five fall out of the window

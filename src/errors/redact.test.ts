@@ -3,7 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { classify, keelError, redact, redactString, REDACTED } from './index.js';
 
 const SECRET_FORMS: readonly ((s: string) => string)[] = [
-  (s) => `Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/s3/aws4_request, Signature=${s}`,
+  (s) =>
+    `Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/s3/aws4_request, Signature=${s}`,
   (s) => `Bearer ${s}`,
   (s) => `https://bucket.s3.amazonaws.com/key?X-Amz-Signature=${s}&X-Amz-Expires=60`,
   (s) => `password=${s}`,
@@ -86,19 +87,24 @@ describe('redact', () => {
       ),
     })).node;
     fc.assert(
-      fc.property(tree, fc.array(planted, { minLength: 1, maxLength: 4 }), fc.array(fc.nat(), { minLength: 4, maxLength: 4 }), (base, secrets, seeds) => {
-        // Plant each secret somewhere: as a value under a secret key, or inside free text, nested deep.
-        let value: unknown = base;
-        secrets.forEach((p, i) => {
-          const how = (seeds[i] ?? 0) % 4;
-          if (how === 0) value = { wrapper: [value, { note: p.text }] };
-          else if (how === 1) value = { password: p.secret, inner: value };
-          else if (how === 2) value = [value, new Error(p.text)];
-          else value = { a: { b: { c: { d: { message: p.text, next: value } } } } };
-        });
-        const out = JSON.stringify(redact(value));
-        for (const p of secrets) expect(out).not.toContain(p.secret);
-      }),
+      fc.property(
+        tree,
+        fc.array(planted, { minLength: 1, maxLength: 4 }),
+        fc.array(fc.nat(), { minLength: 4, maxLength: 4 }),
+        (base, secrets, seeds) => {
+          // Plant each secret somewhere: as a value under a secret key, or inside free text, nested deep.
+          let value: unknown = base;
+          secrets.forEach((p, i) => {
+            const how = (seeds[i] ?? 0) % 4;
+            if (how === 0) value = { wrapper: [value, { note: p.text }] };
+            else if (how === 1) value = { password: p.secret, inner: value };
+            else if (how === 2) value = [value, new Error(p.text)];
+            else value = { a: { b: { c: { d: { message: p.text, next: value } } } } };
+          });
+          const out = JSON.stringify(redact(value));
+          for (const p of secrets) expect(out).not.toContain(p.secret);
+        },
+      ),
       { numRuns: 300 },
     );
   });
@@ -107,9 +113,14 @@ describe('redact', () => {
     fc.assert(
       fc.property(secretArb, fc.nat({ max: SECRET_FORMS.length - 1 }), (secret, i) => {
         const text = (SECRET_FORMS[i] as (x: string) => string)(secret);
-        const err = keelError('UNKNOWN', `failed: ${text}`, { request: { headers: { authorization: secret } }, note: text }, {
-          cause: new Error(text, { cause: { deeper: text } }),
-        });
+        const err = keelError(
+          'UNKNOWN',
+          `failed: ${text}`,
+          { request: { headers: { authorization: secret } }, note: text },
+          {
+            cause: new Error(text, { cause: { deeper: text } }),
+          },
+        );
         expect(JSON.stringify(err.toJSON())).not.toContain(secret);
         expect(JSON.stringify(err.toProblem())).not.toContain(secret);
         expect(JSON.stringify(classify(new Error(text)).toJSON())).not.toContain(secret);
@@ -122,12 +133,22 @@ describe('redact', () => {
 describe('classify never throws', () => {
   it('property: any value gives a KeelError', () => {
     fc.assert(
-      fc.property(fc.anything({ withBigInt: true, withDate: true, withMap: true, withSet: true, withTypedArray: true, withNullPrototype: true }), (v) => {
-        const err = classify(v);
-        expect(typeof err.code).toBe('string');
-        expect(() => JSON.stringify(err.toJSON())).not.toThrow();
-        expect(() => err.fingerprint).not.toThrow();
-      }),
+      fc.property(
+        fc.anything({
+          withBigInt: true,
+          withDate: true,
+          withMap: true,
+          withSet: true,
+          withTypedArray: true,
+          withNullPrototype: true,
+        }),
+        (v) => {
+          const err = classify(v);
+          expect(typeof err.code).toBe('string');
+          expect(() => JSON.stringify(err.toJSON())).not.toThrow();
+          expect(() => err.fingerprint).not.toThrow();
+        },
+      ),
       { numRuns: 500 },
     );
   });
@@ -135,7 +156,17 @@ describe('classify never throws', () => {
   it('property: objects with error-like fields of any type give a KeelError', () => {
     fc.assert(
       fc.property(
-        fc.record({ code: fc.anything(), status: fc.anything(), name: fc.anything(), message: fc.anything(), cause: fc.anything(), headers: fc.anything() }, { requiredKeys: [] }),
+        fc.record(
+          {
+            code: fc.anything(),
+            status: fc.anything(),
+            name: fc.anything(),
+            message: fc.anything(),
+            cause: fc.anything(),
+            headers: fc.anything(),
+          },
+          { requiredKeys: [] },
+        ),
         (v) => {
           expect(classify(v).isKeelError).toBe(true);
         },

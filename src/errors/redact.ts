@@ -112,12 +112,16 @@ function redactEntry(
   depth: number,
 ): void {
   // Numbers and booleans under a secret-looking key (a count of budget "tokens") are not secrets.
-  const secret = isSecretKey(key) && v !== undefined && v !== null && typeof v !== 'number' && typeof v !== 'boolean';
+  const secret =
+    isSecretKey(key) && v !== undefined && v !== null && typeof v !== 'number' && typeof v !== 'boolean';
   out[redactString(key)] = secret ? REDACTED : redactValue(v, seen, depth + 1);
 }
 
 function redactError(err: Error, seen: WeakSet<object>, depth: number): Record<string, unknown> {
-  const out: Record<string, unknown> = { name: err.name, message: redactString(typeof err.message === 'string' ? err.message : '') };
+  const out: Record<string, unknown> = {
+    name: err.name,
+    message: redactString(typeof err.message === 'string' ? err.message : ''),
+  };
   const extra = err as Error & { code?: unknown; cause?: unknown };
   if (extra.code !== undefined) out.code = redactValue(extra.code, seen, depth + 1);
   if (extra.cause !== undefined) out.cause = redactValue(extra.cause, seen, depth + 1);

@@ -75,7 +75,8 @@ export class VirtualClock implements Clock {
     for (let fired = 0; ; fired++) {
       const next = this.nextDue();
       if (!next) return;
-      if (fired >= maxTimers) throw new RangeError(`VirtualClock.runAll: more than ${maxTimers} timers fired`);
+      if (fired >= maxTimers)
+        throw new RangeError(`VirtualClock.runAll: more than ${maxTimers} timers fired`);
       this.fire(next);
       await flushMicrotasks();
     }

@@ -1,0 +1,16 @@
+#!/usr/bin/env node
+import { classify } from '../errors/index.js';
+import { runCli } from './program.js';
+
+// Subcommands are registered in ./program.ts (buildProgram), one line each.
+
+runCli(process.argv).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    const error = classify(err);
+    process.stderr.write(`keel: ${error.message} [${error.code}]\n`);
+    process.exitCode = 1;
+  },
+);
