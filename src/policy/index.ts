@@ -42,3 +42,19 @@ export {
   type HedgeEvents,
   type PipelineEvents,
 } from './events.js';
+export {
+  constant,
+  linear,
+  exponential,
+  delays,
+  type Backoff,
+  type BackoffStep,
+  type Jitter,
+  type RandomSource,
+  type LinearBackoffOptions,
+  type ExponentialBackoffOptions,
+} from './backoff.js';
+export type { BaseOptions } from './base.js';
+export { retry, retryPresets, RetryPolicy, type RetryOptions, type AttemptRecord } from './retry.js';
+export { retryBudget, RetryBudgetPolicy, type RetryBudgetOptions } from './retry-budget.js';
+export { pipeline, PipelinePolicy, type AnyPolicy, type SubstituteOf } from './pipeline.js';

@@ -1,0 +1,169 @@
+import type { KeelError } from '../errors/index.js';
+import { abortedError, CallContext, contextAt } from './context.js';
+import type { ExecuteOptions, PolicyFn } from './policy.js';
+
+/** Runs the layers below some level again with a given context (what retry and hedge need). */
+export type Next = (ctx: CallContext) => Promise<unknown>;
+
+/**
+ * What a policy contributes to a pipeline. Most policies are hooks around the call: `enter`
+ * admits (returning the context for the layers below, possibly a child holding per-call state),
+ * waits (a promise of that context) or rejects (an error); `onSuccess` and `onFailure` see the
+ * outcome, and `onFailure` may recover by returning a value (fallback) or by running the layers
+ * below again (retry), else it throws. With only hooks, a whole pipeline runs in one async frame.
+ * Policies that must run the layers below themselves (hedge, aggressive timeout) set `wrap`.
+ * @internal
+ */
+export interface Layer {
+  enter(ctx: CallContext, level: number): CallContext | Promise<CallContext> | KeelError;
+  onSuccess(ctx: CallContext): void;
+  onFailure(ctx: CallContext, error: unknown, next: Next, level: number): unknown;
+  /** True when the layer needs call durations (a success or failure listener). */
+  readonly timed: boolean;
+  wrap?: ((ctx: CallContext, next: Next, level: number) => Promise<unknown>) | undefined;
+}
+
+/** Access to a policy's layers, so pipelines can flatten them. @internal */
+export const LAYERS: unique symbol = Symbol('keel.layers');
+
+/** Anything that carries layers (every keel policy). @internal */
+export interface HasLayers {
+  readonly [LAYERS]: readonly Layer[];
+}
+
+/** Runs a function through a list of layers, outermost first. @internal */
+export class Engine {
+  private readonly layers: readonly Layer[];
+  private readonly n: number;
+  private readonly hooksOnly: boolean;
+
+  constructor(layers: readonly Layer[]) {
+    this.layers = layers;
+    this.n = layers.length;
+    this.hooksOnly = layers.every((l) => l.wrap === undefined);
+  }
+
+  execute<T>(fn: PolicyFn<T>, opts: ExecuteOptions | undefined): Promise<T> {
+    const signal = opts?.signal;
+    if (signal?.aborted === true) return Promise.reject(abortedError(signal.reason, 'the call did not start'));
+    const root = new CallContext(undefined, signal, -1, 1);
+    for (const layer of this.layers) {
+      if (layer.timed) {
+        root.startedAt = performance.now();
+        break;
+      }
+    }
+    if (this.hooksOnly) return this.runHooks(root, fn);
+    return this.runWrapped(root, fn);
+  }
+
+  private async runWrapped<T>(root: CallContext, fn: PolicyFn<T>): Promise<T> {
+    try {
+      return (await this.runFrom(0, root, fn)) as T;
+    } finally {
+      root.dispose();
+    }
+  }
+
+  /** The hot path: every layer's enter, one await of `fn`, every layer's onSuccess. */
+  private async runHooks<T>(root: CallContext, fn: PolicyFn<T>): Promise<T> {
+    const layers = this.layers;
+    const n = this.n;
+    let ctx = root;
+    for (let i = 0; i < n; i++) {
+      const r = (layers[i] as Layer).enter(ctx, i);
+      if (r instanceof CallContext) {
+        ctx = r;
+      } else if (r instanceof Promise) {
+        try {
+          ctx = await r;
+        } catch (err) {
+          return (await this.unwind(i - 1, ctx, err, fn, root)) as T;
+        }
+      } else {
+        return (await this.unwind(i - 1, ctx, r, fn, root)) as T;
+      }
+    }
+    let value: T;
+    try {
+      value = await fn(ctx);
+    } catch (err) {
+      return (await this.unwind(n - 1, ctx, err, fn, root)) as T;
+    }
+    this.succeed(n - 1, ctx);
+    root.dispose();
+    return value;
+  }
+
+  private succeed(from: number, ctx: CallContext): void {
+    const layers = this.layers;
+    let c = ctx;
+    for (let i = from; i >= 0; i--) {
+      c = contextAt(c, i);
+      (layers[i] as Layer).onSuccess(c);
+    }
+  }
+
+  /** A failure reached layer `from`: let it and the layers above it decide, innermost first. */
+  private async unwind(from: number, ctx: CallContext, error: unknown, fn: PolicyFn<unknown>, root: CallContext) {
+    let err = error;
+    let c = ctx;
+    try {
+      for (let i = from; i >= 0; i--) {
+        c = contextAt(c, i);
+        try {
+          const value: unknown = await (this.layers[i] as Layer).onFailure(c, err, this.next(i + 1, fn), i);
+          this.succeed(i - 1, c);
+          return value;
+        } catch (e) {
+          err = e;
+        }
+      }
+      throw err;
+    } finally {
+      root.dispose();
+    }
+  }
+
+  private next(level: number, fn: PolicyFn<unknown>): Next {
+    return (ctx) => this.runFrom(level, ctx, fn);
+  }
+
+  /** The general (nested) path, used below a retry or a wrapping layer. */
+  private async runFrom(level: number, ctx: CallContext, fn: PolicyFn<unknown>): Promise<unknown> {
+    if (level === this.n) return fn(ctx);
+    const layer = this.layers[level] as Layer;
+    if (layer.wrap !== undefined) return layer.wrap(ctx, this.next(level + 1, fn), level);
+    const r = layer.enter(ctx, level);
+    let inner: CallContext;
+    if (r instanceof CallContext) inner = r;
+    else if (r instanceof Promise) inner = await r;
+    else throw r;
+    let value: unknown;
+    try {
+      value = await this.runFrom(level + 1, inner, fn);
+    } catch (err) {
+      return layer.onFailure(inner, err, this.next(level + 1, fn), level);
+    }
+    layer.onSuccess(inner);
+    return value;
+  }
+}
+
+/** The layers of a policy, or an adapter layer for a foreign policy with an `execute` method. @internal */
+export function layersOf(policy: object): readonly Layer[] {
+  const own = (policy as Partial<HasLayers>)[LAYERS];
+  if (own !== undefined) return own;
+  const foreign = policy as { execute(fn: () => unknown, opts?: ExecuteOptions): Promise<unknown> };
+  return [
+    {
+      timed: false,
+      enter: (ctx) => ctx,
+      onSuccess: () => undefined,
+      onFailure: (_ctx, error) => {
+        throw error;
+      },
+      wrap: (ctx, next) => foreign.execute(() => next(ctx), { signal: ctx.signal }),
+    },
+  ];
+}

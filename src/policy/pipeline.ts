@@ -1,0 +1,90 @@
+import { Engine, LAYERS, layersOf, type HasLayers, type Layer } from './engine.js';
+import { Emitter, type CommonEvents, type Listener, type PipelineEvents } from './events.js';
+import type { BaseOptions } from './base.js';
+import type { CommonStats, ExecuteOptions, PipelineStats, Policy, PolicyFn } from './policy.js';
+
+/** Any policy, whatever its events, stats and substitute value. */
+export type AnyPolicy = Policy<CommonEvents, CommonStats, unknown>;
+
+/** The union of the substitute-value types of some policies (what a fallback among them may return). */
+export type SubstituteOf<P extends readonly AnyPolicy[]> = {
+  [I in keyof P]: P[I] extends Policy<infer _E, infer _S, infer R> ? R : never;
+}[number];
+
+/**
+ * Policies nested into one, the first outermost: `pipeline(timeout(…), retry(…), breaker)` runs
+ * each attempt through the breaker, retries, and bounds the whole under one timeout. A pipeline of
+ * hook-only policies (everything but hedge and aggressive timeouts) runs a call in a single async
+ * frame. Its own events are `success`, `failure` and `rejected` of the call as a whole.
+ */
+export class PipelinePolicy<R = never> implements Policy<PipelineEvents, PipelineStats, R>, HasLayers {
+  readonly kind = 'pipeline' as const;
+  readonly name: string | undefined;
+  readonly [LAYERS]: readonly Layer[];
+  readonly policies: readonly AnyPolicy[];
+  private readonly engine: Engine;
+  private readonly events = new Emitter<PipelineEvents>();
+  private calls = 0;
+  private successes = 0;
+  private failures = 0;
+
+  constructor(policies: readonly AnyPolicy[], options?: BaseOptions) {
+    this.name = options?.name;
+    this.policies = policies;
+    this[LAYERS] = policies.flatMap((p) => layersOf(p));
+    // The pipeline's own accounting is one more hook layer, outermost, so it costs no extra frame.
+    this.engine = new Engine([this.accounting(), ...this[LAYERS]]);
+  }
+
+  execute<T>(fn: PolicyFn<T>, opts?: ExecuteOptions): Promise<T | R> {
+    return this.engine.execute(fn, opts);
+  }
+
+  on<K extends keyof PipelineEvents>(event: K, listener: Listener<PipelineEvents[K]>): () => void {
+    return this.events.on(event, listener);
+  }
+
+  stats(): PipelineStats {
+    return {
+      calls: this.calls,
+      successes: this.successes,
+      failures: this.failures,
+      rejections: 0,
+      policies: this.policies.map((p) => p.stats()),
+    };
+  }
+
+  private accounting(): Layer {
+    const events = this.events;
+    return {
+      get timed() {
+        return events.timed;
+      },
+      enter: (ctx) => {
+        this.calls++;
+        return ctx;
+      },
+      onSuccess: (ctx) => {
+        this.successes++;
+        if (events.timed && events.has('success')) {
+          events.emit('success', ctx.startedAt >= 0 ? { durationMs: performance.now() - ctx.startedAt } : {});
+        }
+      },
+      onFailure: (ctx, error) => {
+        this.failures++;
+        if (events.has('failure')) {
+          events.emit(
+            'failure',
+            ctx.startedAt >= 0 ? { error, durationMs: performance.now() - ctx.startedAt } : { error },
+          );
+        }
+        throw error;
+      },
+    };
+  }
+}
+
+/** Nests policies, the first outermost. See {@link PipelinePolicy}. */
+export function pipeline<const P extends readonly AnyPolicy[]>(...policies: P): PipelinePolicy<SubstituteOf<P>> {
+  return new PipelinePolicy<SubstituteOf<P>>(policies);
+}
