@@ -58,3 +58,14 @@ export type { BaseOptions } from './base.js';
 export { retry, retryPresets, RetryPolicy, type RetryOptions, type AttemptRecord } from './retry.js';
 export { retryBudget, RetryBudgetPolicy, type RetryBudgetOptions } from './retry-budget.js';
 export { pipeline, PipelinePolicy, type AnyPolicy, type SubstituteOf } from './pipeline.js';
+export {
+  circuitBreaker,
+  countsAsFailure,
+  CircuitBreakerPolicy,
+  type CircuitBreakerOptions,
+  type BreakerSnapshot,
+} from './circuit-breaker.js';
+export { consecutive } from './breaker/consecutive.js';
+export { countWindow, type CountWindowOptions } from './breaker/count-window.js';
+export { timeWindow, type TimeWindowOptions } from './breaker/time-window.js';
+export type { WindowSpec, WindowState } from './breaker/window.js';

@@ -1,0 +1,302 @@
+import { classify, keelError, type KeelError } from '../errors/index.js';
+import { systemClock, type Clock } from '../time/index.js';
+import { constant, type Backoff } from './backoff.js';
+import { PolicyBase, type BaseOptions } from './base.js';
+import { consecutive } from './breaker/consecutive.js';
+import { FAILED, SLOW, type BreakerWindow, type WindowSpec, type WindowState } from './breaker/window.js';
+import { CallContext } from './context.js';
+import { NO_PAYLOAD, type BreakerEvents, type BreakerState, type OpenReason } from './events.js';
+import type { BreakerStats } from './policy.js';
+
+/** A breaker's state as plain data (`toJSON()`), to save, share or restore (`initialState`). */
+export interface BreakerSnapshot {
+  state: BreakerState;
+  /** Clock time (epoch ms) at which an open breaker lets a probe through. */
+  openUntil?: number;
+  /** Re-openings since the breaker last closed (drives a backoff open duration). */
+  reopenCount: number;
+  /** Successful probes so far in half-open. */
+  halfOpenSuccesses?: number;
+  window: WindowState;
+}
+
+/** Options of {@link circuitBreaker}. */
+export interface CircuitBreakerOptions extends BaseOptions {
+  /** When to open (default `consecutive(5)`). */
+  window?: WindowSpec;
+  /** How long to stay open before a probe: a duration or a backoff that grows on each re-open (default 10 s). */
+  halfOpenAfterMs?: number | Backoff;
+  /** Probes admitted at once in half-open, counted when admitted (default 1). */
+  maxProbes?: number;
+  /** Successful probes needed to close (default 1). */
+  successesToClose?: number;
+  /** A call slower than this counts as slow (default: no slow-call detection). */
+  slowCallMs?: number;
+  /** Share of slow calls in the window that opens the breaker (default 1, as resilience4j). */
+  slowCallRate?: number;
+  /** Which failures count against the dependency (default {@link countsAsFailure}); others count as successes. */
+  shouldCount?: (error: KeelError) => boolean;
+  clock?: Clock;
+  /** State to start from (a `toJSON()` of this or another breaker). */
+  initialState?: BreakerSnapshot;
+}
+
+const LOCAL_REJECTIONS = new Set(['CIRCUIT_OPEN', 'BULKHEAD_FULL', 'THROTTLED', 'ABORTED']);
+
+/**
+ * The default failure predicate of breakers: retryable errors count (the dependency is in
+ * trouble), client errors do not (a 404 is an answer). A RETRIES_EXHAUSTED or
+ * RETRY_BUDGET_EXHAUSTED counts when its cause would; local rejections by other policies never do.
+ */
+export function countsAsFailure(error: KeelError): boolean {
+  if (LOCAL_REJECTIONS.has(error.code)) return false;
+  if (error.code === 'RETRIES_EXHAUSTED' || error.code === 'RETRY_BUDGET_EXHAUSTED') {
+    return error.cause !== undefined && countsAsFailure(classify(error.cause));
+  }
+  return error.retryable;
+}
+
+/** Per-call state, made only for probes and for slow-call timing. */
+class BreakerContext extends CallContext {
+  generation = 0;
+  probe = false;
+  beganAt = 0;
+}
+
+const STATES: readonly BreakerState[] = ['closed', 'open', 'halfOpen', 'isolated'];
+
+/**
+ * A circuit breaker: counts failures in a pluggable window; when it says so, opens and rejects
+ * calls at once with CIRCUIT_OPEN (no stack, no call to the dependency) until `halfOpenAfterMs`
+ * passed, then lets `maxProbes` probes through; `successesToClose` successful probes close it,
+ * a failed one re-opens it. No timers: the open → half-open move happens on the next call.
+ */
+export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats> {
+  readonly kind = 'circuitBreaker' as const;
+  private readonly window: BreakerWindow;
+  private readonly openFor: Backoff;
+  private readonly maxProbes: number;
+  private readonly successesToClose: number;
+  private readonly slowCallMs: number | undefined;
+  private readonly shouldCount: (error: KeelError) => boolean;
+  private readonly clock: Clock;
+  private current: BreakerState = 'closed';
+  private generation = 0;
+  private openUntil = 0;
+  private nextOpen: Backoff;
+  private reopenCount = 0;
+  private probesInFlight = 0;
+  private halfOpenSuccesses = 0;
+  private isolations = 0;
+  private trips = 0;
+  private probes = 0;
+  private stateSince: number;
+  private readonly timeIn: Record<BreakerState, number> = { closed: 0, open: 0, halfOpen: 0, isolated: 0 };
+  private openMessage: string;
+
+  constructor(options: CircuitBreakerOptions = {}) {
+    super(options);
+    const slowCallRate = options.slowCallRate ?? 1;
+    if (!(slowCallRate > 0 && slowCallRate <= 1)) {
+      throw keelError('INVALID_CONFIG', `circuitBreaker: slowCallRate must be in (0, 1], got ${String(slowCallRate)}`);
+    }
+    const spec = options.window ?? consecutive(5);
+    const initial = options.initialState;
+    this.window = spec.create(slowCallRate, initial?.window);
+    const after = options.halfOpenAfterMs ?? 10_000;
+    this.openFor = typeof after === 'number' ? constant(after) : after;
+    this.nextOpen = this.openFor;
+    this.maxProbes = positiveInt('maxProbes', options.maxProbes ?? 1);
+    this.successesToClose = positiveInt('successesToClose', options.successesToClose ?? 1);
+    this.slowCallMs = options.slowCallMs;
+    this.shouldCount = options.shouldCount ?? countsAsFailure;
+    this.clock = options.clock ?? systemClock;
+    this.stateSince = this.clock.now();
+    this.openMessage = `${this.label('the circuit breaker')} is open: calls are rejected without reaching the dependency`;
+    if (initial !== undefined) this.restore(initial);
+  }
+
+  /** The current state (an open breaker whose wait is over reports, and becomes, half-open). */
+  get state(): BreakerState {
+    if (this.current === 'open' && this.clock.now() >= this.openUntil) this.transition('halfOpen');
+    return this.current;
+  }
+
+  /**
+   * Holds the breaker open (state `isolated`) until every holder released it: reference-counted,
+   * each call returns its own release function (calling it again does nothing).
+   */
+  isolate(): () => void {
+    this.isolations++;
+    if (this.current !== 'isolated') this.transition('isolated');
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.isolations--;
+      if (this.isolations === 0 && this.current === 'isolated') this.close();
+    };
+  }
+
+  /** Closes the breaker and clears its window (an isolation still holds until released). */
+  reset(): void {
+    if (this.current === 'isolated') return;
+    this.close();
+  }
+
+  /** The breaker's state as plain data. */
+  toJSON(): BreakerSnapshot {
+    const snap: BreakerSnapshot = { state: this.current, reopenCount: this.reopenCount, window: this.window.toJSON() };
+    if (this.current === 'open') snap.openUntil = this.openUntil;
+    if (this.current === 'halfOpen') snap.halfOpenSuccesses = this.halfOpenSuccesses;
+    return snap;
+  }
+
+  enter(ctx: CallContext, level: number): CallContext | KeelError {
+    this.calls++;
+    switch (this.current) {
+      case 'closed':
+        if (this.slowCallMs === undefined) return ctx;
+        return this.context(ctx, level, false);
+      case 'open':
+        if (this.clock.now() < this.openUntil) return this.reject('circuitOpen');
+        this.transition('halfOpen');
+        return this.admitProbe(ctx, level);
+      case 'halfOpen':
+        return this.admitProbe(ctx, level);
+      case 'isolated':
+        return this.reject('isolated');
+    }
+  }
+
+  onSuccess(ctx: CallContext): void {
+    this.succeeded(ctx);
+    this.settle(ctx, 0);
+  }
+
+  onFailure(ctx: CallContext, error: unknown): never {
+    this.failed(ctx, error);
+    this.settle(ctx, this.shouldCount(classify(error)) ? FAILED : 0);
+    throw error;
+  }
+
+  stats(): BreakerStats {
+    const state = this.state;
+    const timeInStateMs = { ...this.timeIn };
+    timeInStateMs[state] += this.clock.now() - this.stateSince;
+    return { ...this.commonStats(), state, trips: this.trips, probes: this.probes, timeInStateMs };
+  }
+
+  private settle(ctx: CallContext, failed: number): void {
+    let flags = failed;
+    if (ctx instanceof BreakerContext) {
+      // A probe stays counted until it ends, even past a state change: a recovering dependency
+      // never sees more than maxProbes probes at once.
+      if (ctx.probe) this.probesInFlight--;
+      if (ctx.generation !== this.generation) return; // admitted before a state change: stale
+      if (this.slowCallMs !== undefined && this.clock.now() - ctx.beganAt >= this.slowCallMs) flags |= SLOW;
+      if (ctx.probe) {
+        if (flags !== 0) this.open('halfOpenFailure');
+        else if (++this.halfOpenSuccesses >= this.successesToClose) this.close();
+        return;
+      }
+    }
+    if (this.current !== 'closed') return;
+    const reason = this.window.record(flags, this.window.needsTime ? this.clock.now() : 0);
+    if (reason !== undefined) this.open(reason);
+  }
+
+  private admitProbe(ctx: CallContext, level: number): CallContext | KeelError {
+    if (this.probesInFlight >= this.maxProbes) return this.reject('circuitOpen');
+    this.probesInFlight++;
+    this.probes++;
+    return this.context(ctx, level, true);
+  }
+
+  private context(ctx: CallContext, level: number, probe: boolean): BreakerContext {
+    const c = new BreakerContext(ctx, undefined, level, ctx.attempt);
+    c.startedAt = ctx.startedAt;
+    c.generation = this.generation;
+    c.probe = probe;
+    if (this.slowCallMs !== undefined) c.beganAt = this.clock.now();
+    return c;
+  }
+
+  private reject(reason: 'circuitOpen' | 'isolated'): KeelError {
+    const retryAfterMs = reason === 'isolated' ? undefined : Math.max(0, this.openUntil - this.clock.now());
+    const error = keelError(
+      'CIRCUIT_OPEN',
+      reason === 'isolated' ? `${this.label('the circuit breaker')} is isolated by hand` : this.openMessage,
+      retryAfterMs === undefined ? { state: this.current } : { state: this.current, retryAfterMs },
+      { stack: false },
+    );
+    return this.rejected(reason, error);
+  }
+
+  private open(reason: OpenReason): void {
+    const step = this.nextOpen.next();
+    this.nextOpen = step.next;
+    if (reason === 'halfOpenFailure') this.reopenCount++;
+    this.openUntil = this.clock.now() + step.delayMs;
+    this.trips++;
+    this.transition('open');
+    if (this.events.has('open')) {
+      this.events.emit('open', { reason, openForMs: step.delayMs, reopenCount: this.reopenCount });
+    }
+  }
+
+  private close(): void {
+    this.window.reset();
+    this.nextOpen = this.openFor;
+    this.reopenCount = 0;
+    this.transition('closed');
+  }
+
+  private transition(to: BreakerState): void {
+    const from = this.current;
+    const now = this.clock.now();
+    this.timeIn[from] += now - this.stateSince;
+    this.stateSince = now;
+    this.current = to;
+    this.generation++;
+    this.halfOpenSuccesses = 0;
+    if (from === to) return;
+    if (this.events.has('stateChange')) this.events.emit('stateChange', { from, to });
+    if (to === 'halfOpen' && this.events.has('halfOpen')) this.events.emit('halfOpen', NO_PAYLOAD);
+    if (to === 'closed' && this.events.has('close')) this.events.emit('close', NO_PAYLOAD);
+  }
+
+  private restore(snap: BreakerSnapshot): void {
+    if (!STATES.includes(snap.state)) {
+      throw keelError('INVALID_CONFIG', `circuitBreaker: initialState.state is not a breaker state: ${JSON.stringify(snap.state)}`);
+    }
+    this.reopenCount = Math.max(0, Math.floor(snap.reopenCount));
+    for (let i = 0; i < this.reopenCount; i++) this.nextOpen = this.nextOpen.next().next;
+    if (snap.state === 'closed') return;
+    if (snap.state === 'halfOpen') {
+      this.current = 'halfOpen';
+      this.halfOpenSuccesses = snap.halfOpenSuccesses ?? 0;
+      return;
+    }
+    // An isolation cannot be restored without its holders: it comes back as an ordinary open period.
+    const step = this.nextOpen.next();
+    this.nextOpen = step.next;
+    this.current = 'open';
+    this.openUntil = snap.state === 'open' && snap.openUntil !== undefined ? snap.openUntil : this.clock.now() + step.delayMs;
+  }
+}
+
+function positiveInt(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1) {
+    throw keelError('INVALID_CONFIG', `circuitBreaker: ${name} must be an integer >= 1, got ${String(value)}`);
+  }
+  return value;
+}
+
+/**
+ * Creates a {@link CircuitBreakerPolicy}. Defaults: `consecutive(5)`, open 10 s, one probe,
+ * one success to close, no slow-call detection, {@link countsAsFailure}.
+ */
+export function circuitBreaker(options?: CircuitBreakerOptions): CircuitBreakerPolicy {
+  return new CircuitBreakerPolicy(options);
+}
