@@ -48,7 +48,7 @@ export abstract class PolicyBase<E extends CommonEvents, S extends CommonStats, 
   abstract stats(): S;
 
   abstract enter(ctx: CallContext, level: number): CallContext | Promise<CallContext> | KeelError;
-  abstract onSuccess(ctx: CallContext): void;
+  abstract onSuccess(ctx: CallContext, level: number): void;
   abstract onFailure(ctx: CallContext, error: unknown, next: Next, level: number): unknown;
 
   /** The counters every policy has, for `stats()`. */

@@ -3,6 +3,7 @@ import { deadlineScheduler, systemClock, type Clock, type TimerHandle } from '..
 import { PolicyBase, type BaseOptions } from './base.js';
 import { abortedError, type CallContext } from './context.js';
 import type { BulkheadEvents } from './events.js';
+import { derivedError } from './fast-reject.js';
 import type { BulkheadStats } from './policy.js';
 
 /** Options of {@link bulkhead}. */
@@ -40,6 +41,7 @@ export class BulkheadPolicy extends PolicyBase<BulkheadEvents, BulkheadStats> {
   private queue: Waiter[] = [];
   private queueHead = 0;
   private queued = 0;
+  private fullTemplate: KeelError | undefined;
 
   constructor(options: BulkheadOptions = {}) {
     super(options);
@@ -56,15 +58,21 @@ export class BulkheadPolicy extends PolicyBase<BulkheadEvents, BulkheadStats> {
       return ctx;
     }
     if (this.queued >= this.maxQueue) {
+      this.fullTemplate ??= keelError(
+        'BULKHEAD_FULL',
+        `${this.label('the bulkhead')} is full: ${this.maxConcurrent} calls running and ${this.maxQueue} waiting; ` +
+          `shed load or raise maxConcurrent/maxQueue`,
+        { maxConcurrent: this.maxConcurrent, maxQueue: this.maxQueue },
+        { stack: false },
+      );
       return this.rejected(
         'bulkheadFull',
-        keelError(
-          'BULKHEAD_FULL',
-          `${this.label('the bulkhead')} is full: ${this.active} calls running and ${this.queued} waiting ` +
-            `(maxConcurrent ${this.maxConcurrent}, maxQueue ${this.maxQueue}); shed load or raise the limits`,
-          { active: this.active, queued: this.queued, maxConcurrent: this.maxConcurrent, maxQueue: this.maxQueue },
-          { stack: false },
-        ),
+        derivedError(this.fullTemplate, {
+          active: this.active,
+          queued: this.queued,
+          maxConcurrent: this.maxConcurrent,
+          maxQueue: this.maxQueue,
+        }),
       );
     }
     return this.enqueue(ctx);

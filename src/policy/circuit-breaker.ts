@@ -1,10 +1,11 @@
 import { classify, keelError, type KeelError } from '../errors/index.js';
-import { systemClock, type Clock } from '../time/index.js';
+import { deadlineScheduler, systemClock, type Clock, type DeadlineScheduler, type TimerHandle } from '../time/index.js';
 import { constant, type Backoff } from './backoff.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import { consecutive } from './breaker/consecutive.js';
 import { FAILED, SLOW, type BreakerWindow, type WindowSpec, type WindowState } from './breaker/window.js';
 import { CallContext } from './context.js';
+import { derivedError } from './fast-reject.js';
 import { NO_PAYLOAD, type BreakerEvents, type BreakerState, type OpenReason } from './events.js';
 import type { BreakerStats } from './policy.js';
 
@@ -93,6 +94,10 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
   private stateSince: number;
   private readonly timeIn: Record<BreakerState, number> = { closed: 0, open: 0, halfOpen: 0, isolated: 0 };
   private openMessage: string;
+  private template: KeelError | undefined;
+  private openTimer: TimerHandle | undefined;
+  private readonly scheduler: DeadlineScheduler;
+  private templateGeneration = -1;
 
   constructor(options: CircuitBreakerOptions = {}) {
     super(options);
@@ -111,6 +116,7 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     this.slowCallMs = options.slowCallMs;
     this.shouldCount = options.shouldCount ?? countsAsFailure;
     this.clock = options.clock ?? systemClock;
+    this.scheduler = deadlineScheduler(this.clock);
     this.stateSince = this.clock.now();
     this.openMessage = `${this.label('the circuit breaker')} is open: calls are rejected without reaching the dependency`;
     if (initial !== undefined) this.restore(initial);
@@ -159,9 +165,8 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
         if (this.slowCallMs === undefined) return ctx;
         return this.context(ctx, level, false);
       case 'open':
-        if (this.clock.now() < this.openUntil) return this.reject('circuitOpen');
-        this.transition('halfOpen');
-        return this.admitProbe(ctx, level);
+        // No clock read: a deadline on the shared scheduler moves the breaker to half-open.
+        return this.reject('circuitOpen');
       case 'halfOpen':
         return this.admitProbe(ctx, level);
       case 'isolated':
@@ -169,14 +174,20 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     }
   }
 
-  onSuccess(ctx: CallContext): void {
+  onSuccess(ctx: CallContext, level: number): void {
     this.succeeded(ctx);
-    this.settle(ctx, 0);
+    if (this.current === 'closed' && ctx.level !== level) {
+      // The common case: a closed breaker, no per-call state.
+      const reason = this.window.record(0, this.window.needsTime ? this.clock.now() : 0);
+      if (reason !== undefined) this.open(reason);
+      return;
+    }
+    this.settle(ctx, level, 0);
   }
 
-  onFailure(ctx: CallContext, error: unknown): never {
+  onFailure(ctx: CallContext, error: unknown, _next: unknown, level: number): never {
     this.failed(ctx, error);
-    this.settle(ctx, this.shouldCount(classify(error)) ? FAILED : 0);
+    this.settle(ctx, level, this.shouldCount(classify(error)) ? FAILED : 0);
     throw error;
   }
 
@@ -187,9 +198,10 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     return { ...this.commonStats(), state, trips: this.trips, probes: this.probes, timeInStateMs };
   }
 
-  private settle(ctx: CallContext, failed: number): void {
+  private settle(ctx: CallContext, level: number, failed: number): void {
     let flags = failed;
-    if (ctx instanceof BreakerContext) {
+    // A context made at this breaker's level is one of its own (a probe or a timed call).
+    if (ctx.level === level && ctx instanceof BreakerContext) {
       // A probe stays counted until it ends, even past a state change: a recovering dependency
       // never sees more than maxProbes probes at once.
       if (ctx.probe) this.probesInFlight--;
@@ -223,15 +235,29 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
   }
 
   private reject(reason: 'circuitOpen' | 'isolated'): KeelError {
-    const retryAfterMs = reason === 'isolated' ? undefined : Math.max(0, this.openUntil - this.clock.now());
-    const error = keelError(
-      'CIRCUIT_OPEN',
-      reason === 'isolated' ? `${this.label('the circuit breaker')} is isolated by hand` : this.openMessage,
-      retryAfterMs === undefined ? { state: this.current } : { state: this.current, retryAfterMs },
-      { stack: false },
-    );
-    return this.rejected(reason, error);
+    // One real KeelError per state period; each rejection is a light object derived from it.
+    if (this.template === undefined || this.templateGeneration !== this.generation) {
+      const details: Record<string, unknown> = { state: this.current };
+      if (reason !== 'isolated') {
+        details.openUntil = this.openUntil;
+        details.retryAfterMs = Math.max(0, this.openUntil - this.clock.now());
+      }
+      this.template = keelError(
+        'CIRCUIT_OPEN',
+        reason === 'isolated' ? `${this.label('the circuit breaker')} is isolated by hand` : this.openMessage,
+        details,
+        { stack: false },
+      );
+      this.templateGeneration = this.generation;
+    }
+    return this.rejected(reason, derivedError(this.template));
   }
+
+  /** The open period is over: let probes in (one deadline per open period, on the shared scheduler). */
+  private readonly onOpenElapsed = (): void => {
+    this.openTimer = undefined;
+    if (this.current === 'open') this.transition('halfOpen');
+  };
 
   private open(reason: OpenReason): void {
     const step = this.nextOpen.next();
@@ -240,6 +266,7 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     this.openUntil = this.clock.now() + step.delayMs;
     this.trips++;
     this.transition('open');
+    this.openTimer = this.scheduler.schedule(step.delayMs, this.onOpenElapsed);
     if (this.events.has('open')) {
       this.events.emit('open', { reason, openForMs: step.delayMs, reopenCount: this.reopenCount });
     }
@@ -254,6 +281,10 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
 
   private transition(to: BreakerState): void {
     const from = this.current;
+    if (this.openTimer !== undefined) {
+      this.openTimer.cancel();
+      this.openTimer = undefined;
+    }
     const now = this.clock.now();
     this.timeIn[from] += now - this.stateSince;
     this.stateSince = now;
@@ -283,6 +314,7 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     this.nextOpen = step.next;
     this.current = 'open';
     this.openUntil = snap.state === 'open' && snap.openUntil !== undefined ? snap.openUntil : this.clock.now() + step.delayMs;
+    this.openTimer = this.scheduler.schedule(this.openUntil - this.clock.now(), this.onOpenElapsed);
   }
 }
 

@@ -1,5 +1,7 @@
 import type { KeelError } from '../errors/index.js';
 import { abortedError, CallContext, contextAt } from './context.js';
+import { timedEmitters } from './events.js';
+import { rejectSoon } from './fast-reject.js';
 import type { ExecuteOptions, PolicyFn } from './policy.js';
 
 /** Runs the layers below some level again with a given context (what retry and hedge need). */
@@ -16,8 +18,10 @@ export type Next = (ctx: CallContext) => Promise<unknown>;
  */
 export interface Layer {
   enter(ctx: CallContext, level: number): CallContext | Promise<CallContext> | KeelError;
-  onSuccess(ctx: CallContext): void;
+  onSuccess(ctx: CallContext, level: number): void;
   onFailure(ctx: CallContext, error: unknown, next: Next, level: number): unknown;
+  /** Makes the root context when this layer is outermost (a timeout uses its own kind, saving an object). */
+  makeRoot?: ((signal: AbortSignal | undefined) => CallContext) | undefined;
   /** True when the layer needs call durations (a success or failure listener). */
   readonly timed: boolean;
   wrap?: ((ctx: CallContext, next: Next, level: number) => Promise<unknown>) | undefined;
@@ -36,21 +40,30 @@ export class Engine {
   private readonly layers: readonly Layer[];
   private readonly n: number;
   private readonly hooksOnly: boolean;
+  // Bound once: calling a known function beats a megamorphic method lookup on every call.
+  private readonly enters: readonly Layer['enter'][];
+  private readonly onSuccesses: readonly Layer['onSuccess'][];
+  private readonly makeRoot: ((signal: AbortSignal | undefined) => CallContext) | undefined;
 
   constructor(layers: readonly Layer[]) {
     this.layers = layers;
     this.n = layers.length;
+    this.enters = layers.map((l) => l.enter.bind(l));
+    this.onSuccesses = layers.map((l) => l.onSuccess.bind(l));
+    this.makeRoot = layers[0]?.makeRoot;
     this.hooksOnly = layers.every((l) => l.wrap === undefined);
   }
 
   execute<T>(fn: PolicyFn<T>, opts: ExecuteOptions | undefined): Promise<T> {
     const signal = opts?.signal;
     if (signal?.aborted === true) return Promise.reject(abortedError(signal.reason, 'the call did not start'));
-    const root = new CallContext(undefined, signal, -1, 1);
-    for (const layer of this.layers) {
-      if (layer.timed) {
-        root.startedAt = performance.now();
-        break;
+    const root = this.makeRoot === undefined ? new CallContext(undefined, signal, -1, 1) : this.makeRoot(signal);
+    if (timedEmitters.count !== 0) {
+      for (const layer of this.layers) {
+        if (layer.timed) {
+          root.startedAt = performance.now();
+          break;
+        }
       }
     }
     if (this.hooksOnly) return this.runHooks(root, fn);
@@ -65,42 +78,75 @@ export class Engine {
     }
   }
 
-  /** The hot path: every layer's enter, one await of `fn`, every layer's onSuccess. */
-  private async runHooks<T>(root: CallContext, fn: PolicyFn<T>): Promise<T> {
-    const layers = this.layers;
+  /**
+   * The hot path: every layer's enter (synchronously), then one async frame with one await of
+   * `fn`, then every layer's onSuccess. Waiting admissions and rejections leave for slower paths.
+   */
+  private runHooks<T>(root: CallContext, fn: PolicyFn<T>): Promise<T> {
+    const enters = this.enters;
     const n = this.n;
     let ctx = root;
     for (let i = 0; i < n; i++) {
-      const r = (layers[i] as Layer).enter(ctx, i);
-      if (r instanceof CallContext) {
-        ctx = r;
-      } else if (r instanceof Promise) {
-        try {
-          ctx = await r;
-        } catch (err) {
-          return (await this.unwind(i - 1, ctx, err, fn, root)) as T;
-        }
-      } else {
-        return (await this.unwind(i - 1, ctx, r, fn, root)) as T;
-      }
+      const r = (enters[i] as Layer['enter'])(ctx, i);
+      if (r instanceof CallContext) ctx = r;
+      else if (i === 0 && !(r instanceof Promise)) {
+        // Turned away by the outermost layer (an open breaker, a full bulkhead): the fast rejection.
+        root.dispose();
+        return rejectSoon(r);
+      } else return this.admitSlowly(i, ctx, r, fn, root) as Promise<T>;
     }
+    return this.invoke(ctx, fn, root);
+  }
+
+  private async invoke<T>(ctx: CallContext, fn: PolicyFn<T>, root: CallContext): Promise<T> {
     let value: T;
     try {
       value = await fn(ctx);
     } catch (err) {
-      return (await this.unwind(n - 1, ctx, err, fn, root)) as T;
+      return (await this.unwind(this.n - 1, ctx, err, fn, root)) as T;
     }
-    this.succeed(n - 1, ctx);
+    this.succeed(this.n - 1, ctx);
     root.dispose();
     return value;
   }
 
+  /** Layer `level` answered its enter with a wait (a promise of the context) or a rejection. */
+  private async admitSlowly(
+    level: number,
+    above: CallContext,
+    answer: Promise<CallContext> | KeelError,
+    fn: PolicyFn<unknown>,
+    root: CallContext,
+  ): Promise<unknown> {
+    let ctx: CallContext;
+    if (answer instanceof Promise) {
+      try {
+        ctx = await answer;
+      } catch (err) {
+        return this.unwind(level - 1, above, err, fn, root);
+      }
+    } else {
+      if (level === 0) {
+        root.dispose();
+        throw answer;
+      }
+      return this.unwind(level - 1, above, answer, fn, root);
+    }
+    const enters = this.enters;
+    for (let i = level + 1; i < this.n; i++) {
+      const r = (enters[i] as Layer['enter'])(ctx, i);
+      if (r instanceof CallContext) ctx = r;
+      else return this.admitSlowly(i, ctx, r, fn, root);
+    }
+    return this.invoke(ctx, fn, root);
+  }
+
   private succeed(from: number, ctx: CallContext): void {
-    const layers = this.layers;
+    const onSuccesses = this.onSuccesses;
     let c = ctx;
     for (let i = from; i >= 0; i--) {
-      c = contextAt(c, i);
-      (layers[i] as Layer).onSuccess(c);
+      while (c.level > i && c.parent !== undefined) c = c.parent;
+      (onSuccesses[i] as Layer['onSuccess'])(c, i);
     }
   }
 
@@ -145,7 +191,7 @@ export class Engine {
     } catch (err) {
       return layer.onFailure(inner, err, this.next(level + 1, fn), level);
     }
-    layer.onSuccess(inner);
+    layer.onSuccess(inner, level);
     return value;
   }
 }

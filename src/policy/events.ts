@@ -94,6 +94,13 @@ export type PipelineEvents = CommonEvents;
 export const NO_PAYLOAD: Record<string, never> = Object.freeze({});
 
 /**
+ * How many emitters have a `success` or `failure` listener, across the process. While it is 0
+ * (the usual case) no call reads a stopwatch at all.
+ * @internal
+ */
+export const timedEmitters = { count: 0 };
+
+/**
  * A minimal typed event emitter. Emitting to an event with no listener costs one property read;
  * callers check {@link Emitter.has} before building a payload so nothing is allocated either.
  * A throwing listener never breaks the policy: its error is rethrown on a later microtask.
@@ -145,6 +152,8 @@ export class Emitter<M extends object> {
   }
 
   private refresh(): void {
-    this.timed = this.has('success' as keyof M) || this.has('failure' as keyof M);
+    const timed = this.has('success' as keyof M) || this.has('failure' as keyof M);
+    if (timed !== this.timed) timedEmitters.count += timed ? 1 : -1;
+    this.timed = timed;
   }
 }

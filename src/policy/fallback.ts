@@ -39,12 +39,16 @@ export class FallbackPolicy<R> extends PolicyBase<FallbackEvents, FallbackStats,
     this.succeeded(ctx);
   }
 
-  async onFailure(ctx: CallContext, error: unknown): Promise<R> {
+  onFailure(ctx: CallContext, error: unknown): Promise<R> {
     const k = classify(error);
     if (this.shouldHandle !== undefined && !this.shouldHandle(k)) {
       this.failed(ctx, error);
       throw error;
     }
+    return this.substitute(ctx, error, k);
+  }
+
+  private async substitute(ctx: CallContext, error: unknown, k: KeelError): Promise<R> {
     this.fallbacks++;
     if (this.events.has('fallback')) this.events.emit('fallback', { error });
     try {

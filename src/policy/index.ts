@@ -72,3 +72,4 @@ export type { WindowSpec, WindowState } from './breaker/window.js';
 export { timeout, TimeoutPolicy, type TimeoutOptions, type TimeoutStrategy } from './timeout.js';
 export { bulkhead, BulkheadPolicy, type BulkheadOptions } from './bulkhead.js';
 export { fallback, FallbackPolicy, type FallbackOptions, type FallbackSource } from './fallback.js';
+export { keyed, KeyedRegistry, type KeyedOptions } from './keyed.js';

@@ -22,8 +22,9 @@ export class PipelinePolicy<R = never> implements Policy<PipelineEvents, Pipelin
   readonly name: string | undefined;
   readonly [LAYERS]: readonly Layer[];
   readonly policies: readonly AnyPolicy[];
-  private readonly engine: Engine;
+  private engine: Engine;
   private readonly events = new Emitter<PipelineEvents>();
+  private observed = false;
   private calls = 0;
   private successes = 0;
   private failures = 0;
@@ -32,8 +33,7 @@ export class PipelinePolicy<R = never> implements Policy<PipelineEvents, Pipelin
     this.name = options?.name;
     this.policies = policies;
     this[LAYERS] = policies.flatMap((p) => layersOf(p));
-    // The pipeline's own accounting is one more hook layer, outermost, so it costs no extra frame.
-    this.engine = new Engine([this.accounting(), ...this[LAYERS]]);
+    this.engine = new Engine(this[LAYERS]);
   }
 
   execute<T>(fn: PolicyFn<T>, opts?: ExecuteOptions): Promise<T | R> {
@@ -41,16 +41,28 @@ export class PipelinePolicy<R = never> implements Policy<PipelineEvents, Pipelin
   }
 
   on<K extends keyof PipelineEvents>(event: K, listener: Listener<PipelineEvents[K]>): () => void {
+    if (!this.observed) {
+      // The pipeline's own events need one more (outermost) hook layer; add it only once someone listens.
+      const first = this.policies[0]?.stats();
+      this.calls = first?.calls ?? 0;
+      this.successes = first?.successes ?? 0;
+      this.failures = first?.failures ?? 0;
+      this.observed = true;
+      this.engine = new Engine([this.accounting(), ...this[LAYERS]]);
+    }
     return this.events.on(event, listener);
   }
 
   stats(): PipelineStats {
+    const policies = this.policies.map((p) => p.stats());
+    // Without its own layer, the pipeline's outcome is its outermost member's.
+    const first = policies[0];
     return {
-      calls: this.calls,
-      successes: this.successes,
-      failures: this.failures,
-      rejections: 0,
-      policies: this.policies.map((p) => p.stats()),
+      calls: this.observed ? this.calls : (first?.calls ?? 0),
+      successes: this.observed ? this.successes : (first?.successes ?? 0),
+      failures: this.observed ? this.failures : (first?.failures ?? 0),
+      rejections: first?.rejections ?? 0,
+      policies,
     };
   }
 

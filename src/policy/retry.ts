@@ -116,16 +116,26 @@ export class RetryPolicy extends PolicyBase<RetryEvents, RetryStats> {
     this.succeeded(ctx);
   }
 
-  async onFailure(ctx: CallContext, error: unknown, next: Next, level: number): Promise<unknown> {
+  onFailure(ctx: CallContext, error: unknown, next: Next, level: number): unknown {
+    const k = classify(error);
+    // A failure not worth retrying leaves synchronously: no promise, no async frame.
+    if (!this.shouldRetry(k, 1)) {
+      this.failed(ctx, error);
+      throw error;
+    }
+    return this.retryLoop(ctx, error, k, next, level);
+  }
+
+  private async retryLoop(ctx: CallContext, error: unknown, first: KeelError, next: Next, level: number): Promise<unknown> {
     const beganAt = ctx instanceof TimedContext ? ctx.beganAt : undefined;
     const records: AttemptRecord[] = [];
     let backoff = this.backoff;
     let err = error;
     for (let attempt = 1; ; attempt++) {
-      const k = classify(err);
+      const k = attempt === 1 ? first : classify(err);
       const record: AttemptRecord = { attempt, code: k.code, message: k.message };
       records.push(record);
-      if (!this.shouldRetry(k, attempt)) {
+      if (attempt > 1 && !this.shouldRetry(k, attempt)) {
         this.failed(ctx, err);
         throw err;
       }

@@ -38,6 +38,11 @@ class TimeoutContext extends CallContext {
   settle: ((error: KeelError) => void) | undefined;
 }
 
+/** Every context a timeout layer sees in its hooks is its own; this states it without a prototype walk. */
+function isTimeoutContext(ctx: CallContext): ctx is TimeoutContext {
+  return (ctx as Partial<TimeoutContext>).linked !== undefined;
+}
+
 /**
  * Bounds how long a call may take. Calls in flight sit in a list ordered by start; one tick per
  * policy (on the shared {@link DeadlineScheduler}, only while calls are in flight) expires those
@@ -79,13 +84,16 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
     this.wrap = this.strategy === 'aggressive' ? this.runAggressive.bind(this) : undefined;
   }
 
+  /** As the outermost layer, the root context doubles as this policy's per-call node. */
+  readonly makeRoot = (signal: AbortSignal | undefined): CallContext => new TimeoutContext(undefined, signal, -1, 1);
+
   enter(ctx: CallContext, level: number): CallContext {
     this.calls++;
     return this.admit(ctx, level);
   }
 
   onSuccess(ctx: CallContext): void {
-    if (ctx instanceof TimeoutContext) this.release(ctx);
+    if (isTimeoutContext(ctx)) this.release(ctx);
     this.succeeded(ctx);
   }
 
@@ -127,8 +135,13 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
 
   private admit(ctx: CallContext, level: number): TimeoutContext {
     if (!this.ticking) this.startTicking();
-    const c = new TimeoutContext(ctx, undefined, level, ctx.attempt);
-    c.startedAt = ctx.startedAt;
+    let c: TimeoutContext;
+    if (level === 0 && ctx.level === -1 && isTimeoutContext(ctx) && !ctx.linked && ctx.error === undefined) {
+      c = ctx; // the root made by makeRoot: only the engine holds it, so it can be this call's node
+    } else {
+      c = new TimeoutContext(ctx, undefined, level, ctx.attempt);
+      c.startedAt = ctx.startedAt;
+    }
     c.expiresAtTick = this.tick + this.ticksToExpire;
     c.linked = true;
     const tail = this.tail;
