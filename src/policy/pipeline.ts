@@ -1,14 +1,14 @@
 import { Engine, LAYERS, layersOf, type HasLayers, type Layer } from './engine.js';
 import { Emitter, type CommonEvents, type Listener, type PipelineEvents } from './events.js';
 import type { BaseOptions } from './base.js';
-import type { CommonStats, ExecuteOptions, PipelineStats, Policy, PolicyFn } from './policy.js';
+import type { CommonStats, ExecuteOptions, PipelineStats, Policy, PolicyFn, SUBSTITUTE } from './policy.js';
 
 /** Any policy, whatever its events, stats and substitute value. */
 export type AnyPolicy = Policy<CommonEvents, CommonStats, unknown>;
 
 /** The union of the substitute-value types of some policies (what a fallback among them may return). */
 export type SubstituteOf<P extends readonly AnyPolicy[]> = {
-  [I in keyof P]: P[I] extends Policy<infer _E, infer _S, infer R> ? R : never;
+  [I in keyof P]: P[I] extends { readonly [SUBSTITUTE]?: infer R } ? R : never;
 }[number];
 
 /**
@@ -19,6 +19,7 @@ export type SubstituteOf<P extends readonly AnyPolicy[]> = {
  */
 export class PipelinePolicy<R = never> implements Policy<PipelineEvents, PipelineStats, R>, HasLayers {
   readonly kind = 'pipeline' as const;
+  declare readonly [SUBSTITUTE]?: R;
   readonly name: string | undefined;
   readonly [LAYERS]: readonly Layer[];
   readonly policies: readonly AnyPolicy[];

@@ -116,6 +116,9 @@ export interface PipelineStats extends CommonStats {
   policies: CommonStats[];
 }
 
+/** Type-level marker of the value a policy may substitute for a failure (fallback). @internal */
+export const SUBSTITUTE: unique symbol = Symbol('keel.substitute');
+
 /**
  * What every keel policy offers: `execute`, a `stats()` snapshot and typed events.
  * `E` is the policy's event map; `R` the type of any value it substitutes (fallback).
