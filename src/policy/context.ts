@@ -22,6 +22,13 @@ export class CallContext implements PolicyContext {
   private controller: AbortController | undefined;
   private reason: unknown = NOT_ABORTED;
   private unlink: (() => void) | undefined;
+  // Slots of a timeout layer, kept here so the hot path builds one object of one class.
+  /** @internal */ prev: CallContext | undefined = undefined;
+  /** @internal */ next: CallContext | undefined = undefined;
+  /** @internal */ expiresAtTick = 0;
+  /** @internal */ timeoutError: KeelError | undefined = undefined;
+  /** @internal */ linked = false;
+  /** @internal */ settle: ((error: KeelError) => void) | undefined = undefined;
 
   constructor(parent: CallContext | undefined, outer: AbortSignal | undefined, level: number, attempt: number) {
     this.parent = parent;

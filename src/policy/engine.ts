@@ -40,16 +40,11 @@ export class Engine {
   private readonly layers: readonly Layer[];
   private readonly n: number;
   private readonly hooksOnly: boolean;
-  // Bound once: calling a known function beats a megamorphic method lookup on every call.
-  private readonly enters: readonly Layer['enter'][];
-  private readonly onSuccesses: readonly Layer['onSuccess'][];
   private readonly makeRoot: ((signal: AbortSignal | undefined) => CallContext) | undefined;
 
   constructor(layers: readonly Layer[]) {
     this.layers = layers;
     this.n = layers.length;
-    this.enters = layers.map((l) => l.enter.bind(l));
-    this.onSuccesses = layers.map((l) => l.onSuccess.bind(l));
     this.makeRoot = layers[0]?.makeRoot;
     this.hooksOnly = layers.every((l) => l.wrap === undefined);
   }
@@ -83,11 +78,11 @@ export class Engine {
    * `fn`, then every layer's onSuccess. Waiting admissions and rejections leave for slower paths.
    */
   private runHooks<T>(root: CallContext, fn: PolicyFn<T>): Promise<T> {
-    const enters = this.enters;
+    const layers = this.layers;
     const n = this.n;
     let ctx = root;
     for (let i = 0; i < n; i++) {
-      const r = (enters[i] as Layer['enter'])(ctx, i);
+      const r = (layers[i] as Layer).enter(ctx, i);
       if (r instanceof CallContext) ctx = r;
       else if (i === 0 && !(r instanceof Promise)) {
         // Turned away by the outermost layer (an open breaker, a full bulkhead): the fast rejection.
@@ -132,9 +127,9 @@ export class Engine {
       }
       return this.unwind(level - 1, above, answer, fn, root);
     }
-    const enters = this.enters;
+    const layers = this.layers;
     for (let i = level + 1; i < this.n; i++) {
-      const r = (enters[i] as Layer['enter'])(ctx, i);
+      const r = (layers[i] as Layer).enter(ctx, i);
       if (r instanceof CallContext) ctx = r;
       else return this.admitSlowly(i, ctx, r, fn, root);
     }
@@ -142,11 +137,11 @@ export class Engine {
   }
 
   private succeed(from: number, ctx: CallContext): void {
-    const onSuccesses = this.onSuccesses;
+    const layers = this.layers;
     let c = ctx;
     for (let i = from; i >= 0; i--) {
       while (c.level > i && c.parent !== undefined) c = c.parent;
-      (onSuccesses[i] as Layer['onSuccess'])(c, i);
+      (layers[i] as Layer).onSuccess(c, i);
     }
   }
 

@@ -1,4 +1,4 @@
-import { keelError, type KeelError } from '../errors/index.js';
+import { keelError } from '../errors/index.js';
 import { deadlineScheduler, systemClock, type Clock, type DeadlineScheduler } from '../time/index.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import { CallContext } from './context.js';
@@ -29,19 +29,8 @@ export interface TimeoutOptions extends BaseOptions {
 }
 
 /** A call under a timeout: an abort scope and a node in the policy's list of calls in flight. */
-class TimeoutContext extends CallContext {
-  prev: TimeoutContext | undefined;
-  next: TimeoutContext | undefined;
-  expiresAtTick = 0;
-  error: KeelError | undefined;
-  linked = false;
-  settle: ((error: KeelError) => void) | undefined;
-}
+type TimeoutContext = CallContext;
 
-/** Every context a timeout layer sees in its hooks is its own; this states it without a prototype walk. */
-function isTimeoutContext(ctx: CallContext): ctx is TimeoutContext {
-  return (ctx as Partial<TimeoutContext>).linked !== undefined;
-}
 
 /**
  * Bounds how long a call may take. Calls in flight sit in a list ordered by start; one tick per
@@ -85,7 +74,7 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
   }
 
   /** As the outermost layer, the root context doubles as this policy's per-call node. */
-  readonly makeRoot = (signal: AbortSignal | undefined): CallContext => new TimeoutContext(undefined, signal, -1, 1);
+  readonly makeRoot = (signal: AbortSignal | undefined): CallContext => new CallContext(undefined, signal, -1, 1);
 
   enter(ctx: CallContext, level: number): CallContext {
     this.calls++;
@@ -93,16 +82,13 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
   }
 
   onSuccess(ctx: CallContext): void {
-    if (isTimeoutContext(ctx)) this.release(ctx);
+    this.release(ctx);
     this.succeeded(ctx);
   }
 
   onFailure(ctx: CallContext, error: unknown): never {
-    let thrown = error;
-    if (ctx instanceof TimeoutContext) {
-      this.release(ctx);
-      thrown = ctx.error ?? error;
-    }
+    this.release(ctx);
+    const thrown = ctx.timeoutError ?? error;
     this.failed(ctx, thrown);
     throw thrown;
   }
@@ -118,13 +104,13 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
       c.settle = reject;
       next(c).then(
         (value) => {
-          if (c.error !== undefined) return;
+          if (c.timeoutError !== undefined) return;
           this.release(c);
           this.succeeded(c);
           resolve(value);
         },
         (error: unknown) => {
-          if (c.error !== undefined) return;
+          if (c.timeoutError !== undefined) return;
           this.release(c);
           this.failed(c, error);
           reject(error);
@@ -136,10 +122,10 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
   private admit(ctx: CallContext, level: number): TimeoutContext {
     if (!this.ticking) this.startTicking();
     let c: TimeoutContext;
-    if (level === 0 && ctx.level === -1 && isTimeoutContext(ctx) && !ctx.linked && ctx.error === undefined) {
+    if (level === 0 && ctx.level === -1 && !ctx.linked && ctx.timeoutError === undefined) {
       c = ctx; // the root made by makeRoot: only the engine holds it, so it can be this call's node
     } else {
-      c = new TimeoutContext(ctx, undefined, level, ctx.attempt);
+      c = new CallContext(ctx, undefined, level, ctx.attempt);
       c.startedAt = ctx.startedAt;
     }
     c.expiresAtTick = this.tick + this.ticksToExpire;
@@ -199,7 +185,7 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
       { timeoutMs: this.timeoutMs, strategy: this.strategy, ...(this.name === undefined ? {} : { operation: this.name }) },
       { stack: false },
     );
-    c.error = error;
+    c.timeoutError = error;
     if (this.events.has('timeout')) this.events.emit('timeout', { afterMs: this.timeoutMs });
     c.abort(error);
     if (c.settle !== undefined) {
