@@ -1,0 +1,182 @@
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { chaos, type ChaosProxy } from '../src/chaos/index.js';
+import { isKeelError } from '../src/errors/index.js';
+import { receive, startUpstream } from './chaos-support.js';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+async function setup(mode: { echo: true } | { payload: Buffer }): Promise<{ proxy: ChaosProxy; upstreamPort: number }> {
+  const upstream = await startUpstream(mode);
+  const proxy = await chaos.proxy({ upstream: `127.0.0.1:${upstream.port}` });
+  cleanups.push(() => upstream.close(), () => proxy.close());
+  return { proxy, upstreamPort: upstream.port };
+}
+
+describe('chaos TCP proxy', () => {
+  it('forwards bytes both ways unchanged without toxics', async () => {
+    const { proxy } = await setup({ echo: true });
+    const data = randomBytes(256 * 1024);
+    const got = await new Promise<Buffer>((resolve) => {
+      const parts: Buffer[] = [];
+      const s = net.connect(proxy.port, '127.0.0.1', () => s.write(data));
+      s.on('data', (d: Buffer) => {
+        parts.push(d);
+        if (Buffer.concat(parts).length >= data.length) s.end();
+      });
+      s.on('close', () => resolve(Buffer.concat(parts)));
+    });
+    expect(got.equals(data)).toBe(true);
+  });
+
+  it('latency delays the first byte by about the configured time', async () => {
+    const { proxy, upstreamPort } = await setup({ payload: Buffer.from('hello') });
+    const direct = await receive(upstreamPort);
+    proxy.add({ type: 'latency', attributes: { latency: 150 } });
+    const delayed = await receive(proxy.port);
+    expect(delayed.bytes.toString()).toBe('hello');
+    const added = delayed.firstByteMs - direct.firstByteMs;
+    expect(added).toBeGreaterThanOrEqual(140);
+    expect(added).toBeLessThan(400);
+  });
+
+  it('limit_data delivers exactly the byte limit, then closes', async () => {
+    const payload = randomBytes(100_000);
+    const { proxy } = await setup({ payload });
+    proxy.add({ type: 'limit_data', attributes: { bytes: 12_345 } });
+    const got = await receive(proxy.port);
+    expect(got.bytes.length).toBe(12_345);
+    expect(got.bytes.equals(payload.subarray(0, 12_345))).toBe(true);
+  });
+
+  it('reset_peer is seen as ECONNRESET by the client', async () => {
+    const { proxy } = await setup({ echo: true });
+    proxy.add({ type: 'reset_peer', attributes: { timeout: 50 } });
+    const got = await receive(proxy.port, Buffer.from('ping'));
+    expect(got.error?.code).toBe('ECONNRESET');
+    expect(got.closedMs).toBeGreaterThanOrEqual(40);
+  });
+
+  it('bandwidth limits throughput to within 20% of the rate', async () => {
+    const payload = randomBytes(200_000);
+    const { proxy } = await setup({ payload });
+    proxy.add({ type: 'bandwidth', attributes: { rate: 400 } }); // 400 KB/s → 0.5 s
+    const got = await receive(proxy.port);
+    expect(got.bytes.equals(payload)).toBe(true);
+    const rate = got.bytes.length / 1000 / ((got.closedMs - got.firstByteMs) / 1000 + 0.1);
+    expect(rate).toBeGreaterThan(400 * 0.8);
+    expect(rate).toBeLessThan(400 * 1.2);
+  });
+
+  it('timeout stops all data and closes after the timeout', async () => {
+    const { proxy } = await setup({ payload: Buffer.from('never seen') });
+    proxy.add({ type: 'timeout', attributes: { timeout: 120 } });
+    const got = await receive(proxy.port);
+    expect(got.bytes.length).toBe(0);
+    expect(got.closedMs).toBeGreaterThanOrEqual(110);
+  });
+
+  it('timeout 0 holds the connection until the toxic is removed', async () => {
+    const { proxy } = await setup({ echo: true });
+    proxy.add({ type: 'timeout', name: 'hold', attributes: { timeout: 0 } });
+    const socket = net.connect(proxy.port, '127.0.0.1');
+    const received: Buffer[] = [];
+    socket.on('data', (d: Buffer) => received.push(d));
+    await new Promise((r) => socket.once('connect', r));
+    socket.write('dropped');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(received.length).toBe(0);
+    expect(socket.destroyed).toBe(false);
+    proxy.remove('hold');
+    socket.write('through');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(Buffer.concat(received).toString()).toBe('through');
+    socket.destroy();
+  });
+
+  it('slicer cuts data into small chunks with delays', async () => {
+    const payload = randomBytes(4000);
+    const { proxy } = await setup({ payload });
+    proxy.add({ type: 'slicer', attributes: { average_size: 100, size_variation: 20, delay: 2000 } });
+    const got = await receive(proxy.port);
+    expect(got.bytes.equals(payload)).toBe(true);
+    expect(got.chunks).toBeGreaterThan(20);
+  });
+
+  it('slow_open holds the first byte after connect', async () => {
+    const { proxy } = await setup({ payload: Buffer.from('x') });
+    proxy.add({ type: 'slow_open', attributes: { delay: 150 } });
+    const got = await receive(proxy.port);
+    expect(got.firstByteMs).toBeGreaterThanOrEqual(140);
+  });
+
+  it('slow_close delays the close', async () => {
+    const { proxy, upstreamPort } = await setup({ payload: Buffer.from('bye') });
+    const direct = await receive(upstreamPort);
+    proxy.add({ type: 'slow_close', attributes: { delay: 150 } });
+    const got = await receive(proxy.port);
+    expect(got.bytes.toString()).toBe('bye');
+    expect(got.closedMs - direct.closedMs).toBeGreaterThanOrEqual(130);
+  });
+
+  it('toxicity 0 leaves connections alone; upstream toxics act on client → server bytes', async () => {
+    const seen: Buffer[] = [];
+    const sink = net.createServer((s) => {
+      s.on('data', (d: Buffer) => seen.push(d));
+      s.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+    const proxy = await chaos.proxy({ upstream: `127.0.0.1:${(sink.address() as net.AddressInfo).port}` });
+    cleanups.push(() => new Promise((r) => sink.close(() => r())), () => proxy.close());
+    proxy.add({ type: 'limit_data', name: 'never', stream: 'upstream', toxicity: 0, attributes: { bytes: 1 } });
+    proxy.add({ type: 'limit_data', name: 'up', stream: 'upstream', attributes: { bytes: 3 } });
+    await receive(proxy.port, Buffer.from('abcdef'));
+    expect(Buffer.concat(seen).toString()).toBe('abc');
+  });
+
+  it('disable refuses and cuts connections; enable accepts again on the same port', async () => {
+    const { proxy } = await setup({ echo: true });
+    const port = proxy.port;
+    const open = net.connect(port, '127.0.0.1');
+    await new Promise((r) => open.once('connect', r));
+    const closed = new Promise((r) => open.once('close', r));
+    await proxy.disable();
+    await closed;
+    const refused = await receive(port);
+    expect(refused.error?.code).toBe('ECONNREFUSED');
+    await proxy.enable();
+    expect(proxy.port).toBe(port);
+    const ok = await receive(port, Buffer.from('again'), true);
+    expect(ok.bytes.toString()).toBe('again');
+  }, 10_000);
+
+  it('rejects bad toxics and addresses with clear errors', async () => {
+    const { proxy } = await setup({ echo: true });
+    const attempts: [() => unknown, RegExp][] = [
+      [() => proxy.add({ type: 'explode' as never }), /unknown toxic type "explode"/],
+      [() => proxy.add({ type: 'latency', attributes: {} }), /needs attributes.latency/],
+      [() => proxy.add({ type: 'latency', attributes: { latency: -5 } }), /non-negative number/],
+      [() => proxy.add({ type: 'latency', toxicity: 2, attributes: { latency: 1 } }), /toxicity/],
+      [() => proxy.add({ type: 'latency', stream: 'sideways' as never, attributes: { latency: 1 } }), /stream/],
+    ];
+    for (const [attempt, message] of attempts) {
+      let caught: unknown;
+      try {
+        attempt();
+      } catch (err) {
+        caught = err;
+      }
+      expect(isKeelError(caught) && caught.code).toBe('INVALID_INPUT');
+      expect((caught as Error).message).toMatch(message);
+    }
+    proxy.add({ type: 'latency', attributes: { latency: 1 } });
+    expect(() => proxy.add({ type: 'latency', attributes: { latency: 1 } })).toThrow(/already exists/);
+    await expect(chaos.proxy({ upstream: 'no-such-host.invalid:80' })).rejects.toThrow(/does not resolve/);
+    await expect(chaos.proxy({ upstream: '127.0.0.1:99999' })).rejects.toThrow(/port of 1-65535/);
+    await expect(chaos.proxy({ upstream: `127.0.0.1:1`, listen: proxy.listen })).rejects.toMatchObject({ code: 'CONFLICT' });
+  });
+});
