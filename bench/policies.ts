@@ -82,7 +82,10 @@ const keelTimeout = timeout(10_000);
 const keelAggressive = timeout(10_000, { strategy: 'aggressive' });
 const keelPipeline = pipeline(timeout(10_000), retry(), circuitBreaker());
 
-const cRetry = cockatiel.retry(cockatiel.handleAll, { maxAttempts: 3, backoff: new cockatiel.ExponentialBackoff() });
+const cRetry = cockatiel.retry(cockatiel.handleAll, {
+  maxAttempts: 3,
+  backoff: new cockatiel.ExponentialBackoff(),
+});
 const cBreaker = cockatiel.circuitBreaker(cockatiel.handleAll, {
   halfOpenAfter: 10_000,
   breaker: new cockatiel.ConsecutiveBreaker(5),
@@ -90,7 +93,10 @@ const cBreaker = cockatiel.circuitBreaker(cockatiel.handleAll, {
 const cTimeout = cockatiel.timeout(10_000, cockatiel.TimeoutStrategy.Cooperative);
 const cWrap = cockatiel.wrap(
   cockatiel.retry(cockatiel.handleAll, { maxAttempts: 3, backoff: new cockatiel.ExponentialBackoff() }),
-  cockatiel.circuitBreaker(cockatiel.handleAll, { halfOpenAfter: 10_000, breaker: new cockatiel.ConsecutiveBreaker(5) }),
+  cockatiel.circuitBreaker(cockatiel.handleAll, {
+    halfOpenAfter: 10_000,
+    breaker: new cockatiel.ConsecutiveBreaker(5),
+  }),
   cockatiel.timeout(10_000, cockatiel.TimeoutStrategy.Cooperative),
 );
 
@@ -120,14 +126,22 @@ const bare = hot.bare as number;
 const pipelineNs = hot['keel.pipeline(timeout,retry,breaker)'] as number;
 const hotRatios = {
   'keel.pipeline / bare': round2(pipelineNs / bare),
-  'cockatiel.wrap / keel.pipeline': round2((hot['cockatiel.wrap(retry,breaker,timeout)'] as number) / pipelineNs),
+  'cockatiel.wrap / keel.pipeline': round2(
+    (hot['cockatiel.wrap(retry,breaker,timeout)'] as number) / pipelineNs,
+  ),
   'cockatiel.wrap / bare': round2((hot['cockatiel.wrap(retry,breaker,timeout)'] as number) / bare),
   'keel.retry / bare': round2((hot['keel.retry'] as number) / bare),
   'keel.breaker / bare': round2((hot['keel.breaker'] as number) / bare),
   'keel.timeout / bare': round2((hot['keel.timeout'] as number) / bare),
-  'cockatiel.breaker / keel.breaker': round2((hot['cockatiel.breaker'] as number) / (hot['keel.breaker'] as number)),
-  'opossum.breaker / keel.breaker': round2((hot['opossum.breaker'] as number) / (hot['keel.breaker'] as number)),
-  'cockatiel.timeout / keel.timeout': round2((hot['cockatiel.timeout'] as number) / (hot['keel.timeout'] as number)),
+  'cockatiel.breaker / keel.breaker': round2(
+    (hot['cockatiel.breaker'] as number) / (hot['keel.breaker'] as number),
+  ),
+  'opossum.breaker / keel.breaker': round2(
+    (hot['opossum.breaker'] as number) / (hot['keel.breaker'] as number),
+  ),
+  'cockatiel.timeout / keel.timeout': round2(
+    (hot['cockatiel.timeout'] as number) / (hot['keel.timeout'] as number),
+  ),
 };
 console.log(hot, hotRatios);
 
@@ -195,7 +209,10 @@ for (const [name, spec] of Object.entries(specs)) {
   memory[`keel breaker, ${name} (bytes each)`] = bytesPer(10_000, () => circuitBreaker({ window: spec }));
 }
 memory['cockatiel breaker, ConsecutiveBreaker (bytes each)'] = bytesPer(10_000, () =>
-  cockatiel.circuitBreaker(cockatiel.handleAll, { halfOpenAfter: 10_000, breaker: new cockatiel.ConsecutiveBreaker(5) }),
+  cockatiel.circuitBreaker(cockatiel.handleAll, {
+    halfOpenAfter: 10_000,
+    breaker: new cockatiel.ConsecutiveBreaker(5),
+  }),
 );
 {
   const made: Opossum[] = [];
@@ -221,7 +238,9 @@ console.log(memory);
 // 4. Reaction, on a VirtualClock: a dependency fails from t = 0 and recovers later; one call
 //    every 10 ms. How many calls reach it before the breaker opens, and how long after it
 //    recovers until a probe closes the breaker?
-async function reaction(make: (clock: VirtualClock) => CircuitBreakerPolicy): Promise<Record<string, number>> {
+async function reaction(
+  make: (clock: VirtualClock) => CircuitBreakerPolicy,
+): Promise<Record<string, number>> {
   const clock = new VirtualClock();
   const breaker = make(clock);
   let healthy = false;
@@ -266,7 +285,9 @@ const reactions = {
   'timeWindow({ ms: 10 s, minCalls: 10 }), 10 s': await reaction((clock) =>
     circuitBreaker({ clock, window: timeWindow({ ms: 10_000, minCalls: 10 }) }),
   ),
-  'consecutive(5), halfOpenAfterMs 1 s': await reaction((clock) => circuitBreaker({ clock, halfOpenAfterMs: 1000 })),
+  'consecutive(5), halfOpenAfterMs 1 s': await reaction((clock) =>
+    circuitBreaker({ clock, halfOpenAfterMs: 1000 }),
+  ),
 };
 console.log(reactions);
 

@@ -34,7 +34,9 @@ describe('adaptiveThrottle', () => {
   it('client errors count as accepts (the backend answered)', async () => {
     const t = adaptiveThrottle({ clock: new VirtualClock(), random: () => 0 });
     for (let i = 0; i < 10; i++) {
-      await t.execute(() => Promise.reject(Object.assign(new Error('nope'), { status: 404 }))).catch(() => undefined);
+      await t
+        .execute(() => Promise.reject(Object.assign(new Error('nope'), { status: 404 })))
+        .catch(() => undefined);
     }
     expect(t.stats()).toMatchObject({ accepts: 10, rejectProbability: 0 });
   });

@@ -50,7 +50,10 @@ export class AdaptiveThrottlePolicy extends PolicyBase<AdaptiveThrottleEvents, A
     const windowMs = options.windowMs ?? 120_000;
     this.buckets = options.buckets ?? 12;
     if (!(this.k > 0) || !Number.isInteger(this.buckets) || this.buckets < 1 || !(windowMs >= this.buckets)) {
-      throw keelError('INVALID_CONFIG', 'adaptiveThrottle: k must be > 0, buckets an integer >= 1 and windowMs >= buckets');
+      throw keelError(
+        'INVALID_CONFIG',
+        'adaptiveThrottle: k must be > 0, buckets an integer >= 1 and windowMs >= buckets',
+      );
     }
     this.bucketMs = windowMs / this.buckets;
     this.isRejection = options.isRejection ?? ((e) => e.retryable);

@@ -60,7 +60,9 @@ describe('backoff', () => {
 
   it('rejects invalid settings with INVALID_CONFIG', () => {
     expect(() => constant(-1)).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
-    expect(() => exponential({ multiplier: 0.5 })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+    expect(() => exponential({ multiplier: 0.5 })).toThrow(
+      expect.objectContaining({ code: 'INVALID_CONFIG' }),
+    );
     expect(() => exponential({ jitter: 2 })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
   });
 

@@ -138,7 +138,13 @@ export function exponential(options: ExponentialBackoffOptions = {}): Backoff {
   if (typeof jitter === 'number' && !(jitter > 0 && jitter <= 1)) {
     throw keelError('INVALID_CONFIG', `backoff: a numeric jitter must be in (0, 1], got ${String(jitter)}`);
   }
-  const config: ExponentialConfig = { initialMs, maxMs, multiplier, jitter, random: options.random ?? Math.random };
+  const config: ExponentialConfig = {
+    initialMs,
+    maxMs,
+    multiplier,
+    jitter,
+    random: options.random ?? Math.random,
+  };
   return new ExponentialBackoff(config, 0, initialMs);
 }
 

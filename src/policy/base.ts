@@ -54,7 +54,12 @@ export abstract class PolicyBase<E extends CommonEvents, S extends CommonStats, 
 
   /** The counters every policy has, for `stats()`. */
   protected commonStats(): CommonStats {
-    return { calls: this.calls, successes: this.successes, failures: this.failures, rejections: this.rejections };
+    return {
+      calls: this.calls,
+      successes: this.successes,
+      failures: this.failures,
+      rejections: this.rejections,
+    };
   }
 
   /** A label for messages: `the circuit breaker "s3"` or `the circuit breaker`. */
@@ -65,7 +70,10 @@ export abstract class PolicyBase<E extends CommonEvents, S extends CommonStats, 
   protected succeeded(ctx: CallContext): void {
     this.successes++;
     if (this.events.timed && this.events.has('success')) {
-      this.events.emit('success', ctx.startedAt >= 0 ? { durationMs: performance.now() - ctx.startedAt } : {});
+      this.events.emit(
+        'success',
+        ctx.startedAt >= 0 ? { durationMs: performance.now() - ctx.startedAt } : {},
+      );
     }
   }
 

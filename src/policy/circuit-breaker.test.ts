@@ -36,7 +36,11 @@ describe('circuitBreaker', () => {
       })
       .catch((e: unknown) => e);
     expect(called).toBe(false);
-    expect(err).toMatchObject({ code: 'CIRCUIT_OPEN', retryable: false, details: { state: 'open', retryAfterMs: 10_000 } });
+    expect(err).toMatchObject({
+      code: 'CIRCUIT_OPEN',
+      retryable: false,
+      details: { state: 'open', retryAfterMs: 10_000 },
+    });
     expect((err as Error).stack ?? '').not.toMatch(/\n\s+at /);
     expect(b.stats()).toMatchObject({ trips: 1, rejections: 1, failures: 6 });
   });
@@ -50,7 +54,9 @@ describe('circuitBreaker', () => {
   it('does not count client errors (a 404 is an answer)', async () => {
     const b = circuitBreaker({ clock: new VirtualClock(), window: consecutive(2) });
     for (let i = 0; i < 5; i++) {
-      await b.execute(() => Promise.reject(Object.assign(new Error('gone'), { code: 'ENOENT' }))).catch(() => undefined);
+      await b
+        .execute(() => Promise.reject(Object.assign(new Error('gone'), { code: 'ENOENT' })))
+        .catch(() => undefined);
     }
     expect(b.state).toBe('closed');
   });
@@ -58,7 +64,9 @@ describe('circuitBreaker', () => {
   it('counts exhausted retries by their cause and ignores local rejections', () => {
     const exhausted = keelError('RETRIES_EXHAUSTED', 'gave up', {}, { cause: boom() });
     expect(countsAsFailure(exhausted)).toBe(true);
-    expect(countsAsFailure(keelError('RETRIES_EXHAUSTED', 'x', {}, { cause: new Error('plain') }))).toBe(false);
+    expect(countsAsFailure(keelError('RETRIES_EXHAUSTED', 'x', {}, { cause: new Error('plain') }))).toBe(
+      false,
+    );
     expect(countsAsFailure(keelError('CIRCUIT_OPEN', 'x'))).toBe(false);
     expect(countsAsFailure(keelError('BAD_REQUEST', 'x'))).toBe(false);
   });
@@ -101,7 +109,13 @@ describe('circuitBreaker', () => {
 
   it('admits at most maxProbes concurrent probes, counting them when admitted', async () => {
     const clock = new VirtualClock();
-    const b = circuitBreaker({ clock, window: consecutive(1), halfOpenAfterMs: 10, maxProbes: 2, successesToClose: 3 });
+    const b = circuitBreaker({
+      clock,
+      window: consecutive(1),
+      halfOpenAfterMs: 10,
+      maxProbes: 2,
+      successesToClose: 3,
+    });
     await run(b, false);
     await clock.advance(10);
     const releases: (() => void)[] = [];
@@ -150,8 +164,16 @@ describe('circuitBreaker', () => {
     await run(a, false);
     await run(a, true);
     const closed = JSON.parse(JSON.stringify(a.toJSON()));
-    expect(closed).toEqual({ state: 'closed', reopenCount: 0, window: { kind: 'countWindow', outcomes: [1, 0] } });
-    const b = circuitBreaker({ clock, window: countWindow({ size: 4, minCalls: 4, failureRate: 0.5 }), initialState: closed });
+    expect(closed).toEqual({
+      state: 'closed',
+      reopenCount: 0,
+      window: { kind: 'countWindow', outcomes: [1, 0] },
+    });
+    const b = circuitBreaker({
+      clock,
+      window: countWindow({ size: 4, minCalls: 4, failureRate: 0.5 }),
+      initialState: closed,
+    });
     await run(b, true);
     expect(b.state).toBe('closed');
     await run(b, false); // 2 of 4 failed
@@ -162,12 +184,19 @@ describe('circuitBreaker', () => {
     expect(await run(c, true)).toBe('rejected');
     await clock.advance(10_000);
     expect(await run(c, true)).toBe('ok');
-    expect(() => circuitBreaker({ initialState: { ...open, state: 'weird' } })).toThrow(/not a breaker state/);
+    expect(() => circuitBreaker({ initialState: { ...open, state: 'weird' } })).toThrow(
+      /not a breaker state/,
+    );
   });
 
   it('opens on slow calls when slowCallMs is set', async () => {
     const clock = new VirtualClock();
-    const b = circuitBreaker({ clock, window: countWindow({ size: 4, minCalls: 4 }), slowCallMs: 100, slowCallRate: 0.5 });
+    const b = circuitBreaker({
+      clock,
+      window: countWindow({ size: 4, minCalls: 4 }),
+      slowCallMs: 100,
+      slowCallRate: 0.5,
+    });
     const reasons: string[] = [];
     b.on('open', (e) => reasons.push(e.reason));
     const slowOk = async () => {
@@ -188,7 +217,10 @@ describe('circuitBreaker', () => {
 
   it('time window forgets failures older than its length', async () => {
     const clock = new VirtualClock();
-    const b = circuitBreaker({ clock, window: timeWindow({ ms: 1000, buckets: 10, minCalls: 4, failureRate: 0.75 }) });
+    const b = circuitBreaker({
+      clock,
+      window: timeWindow({ ms: 1000, buckets: 10, minCalls: 4, failureRate: 0.75 }),
+    });
     await run(b, false);
     await run(b, false);
     await clock.advance(1000);
@@ -220,21 +252,25 @@ describe('circuitBreaker', () => {
 describe('circuitBreaker properties', () => {
   it('opens exactly when its window says so (consecutive)', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 1, max: 6 }), fc.array(fc.boolean(), { maxLength: 40, size: 'max' }), async (n, outcomes) => {
-        const b = circuitBreaker({ clock: new VirtualClock(), window: consecutive(n) });
-        let streak = 0;
-        let open = false;
-        for (const o of outcomes) {
-          const r = await run(b, o);
-          if (open) expect(r).toBe('rejected');
-          else {
-            expect(r).toBe(o ? 'ok' : 'failed');
-            streak = o ? 0 : streak + 1;
-            if (streak >= n) open = true;
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 6 }),
+        fc.array(fc.boolean(), { maxLength: 40, size: 'max' }),
+        async (n, outcomes) => {
+          const b = circuitBreaker({ clock: new VirtualClock(), window: consecutive(n) });
+          let streak = 0;
+          let open = false;
+          for (const o of outcomes) {
+            const r = await run(b, o);
+            if (open) expect(r).toBe('rejected');
+            else {
+              expect(r).toBe(o ? 'ok' : 'failed');
+              streak = o ? 0 : streak + 1;
+              if (streak >= n) open = true;
+            }
+            expect(b.state).toBe(open ? 'open' : 'closed');
           }
-          expect(b.state).toBe(open ? 'open' : 'closed');
-        }
-      }),
+        },
+      ),
     );
   });
 
@@ -248,7 +284,10 @@ describe('circuitBreaker properties', () => {
         async (size, minRaw, rateTenths, outcomes) => {
           const minCalls = Math.min(size, minRaw);
           const failureRate = rateTenths / 10;
-          const b = circuitBreaker({ clock: new VirtualClock(), window: countWindow({ size, minCalls, failureRate }) });
+          const b = circuitBreaker({
+            clock: new VirtualClock(),
+            window: countWindow({ size, minCalls, failureRate }),
+          });
           const seen: boolean[] = [];
           let open = false;
           for (const o of outcomes) {
@@ -274,7 +313,10 @@ describe('circuitBreaker properties', () => {
         fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 300 })), { maxLength: 40, size: 'max' }),
         async (steps) => {
           const clock = new VirtualClock();
-          const b = circuitBreaker({ clock, window: timeWindow({ ms: 1000, buckets: 5, minCalls: 3, failureRate: 0.5 }) });
+          const b = circuitBreaker({
+            clock,
+            window: timeWindow({ ms: 1000, buckets: 5, minCalls: 3, failureRate: 0.5 }),
+          });
           const seen: { ok: boolean; bucket: number }[] = [];
           let open = false;
           for (const [o, wait] of steps) {
@@ -305,56 +347,67 @@ describe('circuitBreaker properties', () => {
       fc.record({ t: fc.constant('advance' as const), ms: fc.integer({ min: 0, max: 400 }) }),
     );
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 1, max: 3 }), fc.array(cmd, { minLength: 20, maxLength: 80, size: 'max' }), async (maxProbes, cmds) => {
-        const clock = new VirtualClock();
-        const b = circuitBreaker({ clock, window: consecutive(2), halfOpenAfterMs: 300, maxProbes, successesToClose: 2 });
-        // An independent model of when the breaker may call the function, fed by its open/close events.
-        let openUntil = -Infinity;
-        let closed = true;
-        b.on('open', (e) => {
-          openUntil = clock.now() + e.openForMs;
-          closed = false;
-        });
-        b.on('close', () => (closed = true));
-        const violations: string[] = [];
-        const pending: { settle: (ok: boolean) => void; done: Promise<unknown> }[] = [];
-        let probesRunning = 0;
-        for (const c of cmds) {
-          if (c.t === 'advance') await clock.advance(c.ms);
-          else if (c.t === 'start') {
-            let entry: (typeof pending)[number] | undefined;
-            const done = b
-              .execute(
-                () =>
-                  new Promise<string>((resolve, reject) => {
-                    if (!closed && clock.now() < openUntil) violations.push(`called while open at ${clock.now()}`);
-                    const probe = !closed;
-                    if (probe) probesRunning++;
-                    if (probesRunning > maxProbes) violations.push(`${probesRunning} probes at once`);
-                    entry = {
-                      settle: (okay) => {
-                        if (probe) probesRunning--;
-                        if (okay) resolve('ok');
-                        else reject(boom());
-                      },
-                      done: Promise.resolve(),
-                    };
-                  }),
-              )
-              .catch(() => undefined);
-            if (entry) {
-              entry.done = done;
-              pending.push(entry);
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 3 }),
+        fc.array(cmd, { minLength: 20, maxLength: 80, size: 'max' }),
+        async (maxProbes, cmds) => {
+          const clock = new VirtualClock();
+          const b = circuitBreaker({
+            clock,
+            window: consecutive(2),
+            halfOpenAfterMs: 300,
+            maxProbes,
+            successesToClose: 2,
+          });
+          // An independent model of when the breaker may call the function, fed by its open/close events.
+          let openUntil = -Infinity;
+          let closed = true;
+          b.on('open', (e) => {
+            openUntil = clock.now() + e.openForMs;
+            closed = false;
+          });
+          b.on('close', () => (closed = true));
+          const violations: string[] = [];
+          const pending: { settle: (ok: boolean) => void; done: Promise<unknown> }[] = [];
+          let probesRunning = 0;
+          for (const c of cmds) {
+            if (c.t === 'advance') await clock.advance(c.ms);
+            else if (c.t === 'start') {
+              let entry: (typeof pending)[number] | undefined;
+              const done = b
+                .execute(
+                  () =>
+                    new Promise<string>((resolve, reject) => {
+                      if (!closed && clock.now() < openUntil)
+                        violations.push(`called while open at ${clock.now()}`);
+                      const probe = !closed;
+                      if (probe) probesRunning++;
+                      if (probesRunning > maxProbes) violations.push(`${probesRunning} probes at once`);
+                      entry = {
+                        settle: (okay) => {
+                          if (probe) probesRunning--;
+                          if (okay) resolve('ok');
+                          else reject(boom());
+                        },
+                        done: Promise.resolve(),
+                      };
+                    }),
+                )
+                .catch(() => undefined);
+              if (entry) {
+                entry.done = done;
+                pending.push(entry);
+              }
+            } else if (pending.length > 0) {
+              const [p] = pending.splice(c.index % pending.length, 1);
+              p!.settle(c.ok);
+              await p!.done;
             }
-          } else if (pending.length > 0) {
-            const [p] = pending.splice(c.index % pending.length, 1);
-            p!.settle(c.ok);
-            await p!.done;
           }
-        }
-        expect(violations).toEqual([]);
-        for (const p of pending) p.settle(true);
-      }),
+          expect(violations).toEqual([]);
+          for (const p of pending) p.settle(true);
+        },
+      ),
       { numRuns: 150 },
     );
   });

@@ -1,5 +1,11 @@
 import { classify, keelError, type KeelError } from '../errors/index.js';
-import { deadlineScheduler, systemClock, type Clock, type DeadlineScheduler, type TimerHandle } from '../time/index.js';
+import {
+  deadlineScheduler,
+  systemClock,
+  type Clock,
+  type DeadlineScheduler,
+  type TimerHandle,
+} from '../time/index.js';
 import { constant, type Backoff } from './backoff.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import { consecutive } from './breaker/consecutive.js';
@@ -103,7 +109,10 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     super(options);
     const slowCallRate = options.slowCallRate ?? 1;
     if (!(slowCallRate > 0 && slowCallRate <= 1)) {
-      throw keelError('INVALID_CONFIG', `circuitBreaker: slowCallRate must be in (0, 1], got ${String(slowCallRate)}`);
+      throw keelError(
+        'INVALID_CONFIG',
+        `circuitBreaker: slowCallRate must be in (0, 1], got ${String(slowCallRate)}`,
+      );
     }
     const spec = options.window ?? consecutive(5);
     const initial = options.initialState;
@@ -152,7 +161,11 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
 
   /** The breaker's state as plain data. */
   toJSON(): BreakerSnapshot {
-    const snap: BreakerSnapshot = { state: this.current, reopenCount: this.reopenCount, window: this.window.toJSON() };
+    const snap: BreakerSnapshot = {
+      state: this.current,
+      reopenCount: this.reopenCount,
+      window: this.window.toJSON(),
+    };
     if (this.current === 'open') snap.openUntil = this.openUntil;
     if (this.current === 'halfOpen') snap.halfOpenSuccesses = this.halfOpenSuccesses;
     return snap;
@@ -299,7 +312,10 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
 
   private restore(snap: BreakerSnapshot): void {
     if (!STATES.includes(snap.state)) {
-      throw keelError('INVALID_CONFIG', `circuitBreaker: initialState.state is not a breaker state: ${JSON.stringify(snap.state)}`);
+      throw keelError(
+        'INVALID_CONFIG',
+        `circuitBreaker: initialState.state is not a breaker state: ${JSON.stringify(snap.state)}`,
+      );
     }
     this.reopenCount = Math.max(0, Math.floor(snap.reopenCount));
     for (let i = 0; i < this.reopenCount; i++) this.nextOpen = this.nextOpen.next().next;
@@ -313,14 +329,20 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     const step = this.nextOpen.next();
     this.nextOpen = step.next;
     this.current = 'open';
-    this.openUntil = snap.state === 'open' && snap.openUntil !== undefined ? snap.openUntil : this.clock.now() + step.delayMs;
+    this.openUntil =
+      snap.state === 'open' && snap.openUntil !== undefined
+        ? snap.openUntil
+        : this.clock.now() + step.delayMs;
     this.openTimer = this.scheduler.schedule(this.openUntil - this.clock.now(), this.onOpenElapsed);
   }
 }
 
 function positiveInt(name: string, value: number): number {
   if (!Number.isInteger(value) || value < 1) {
-    throw keelError('INVALID_CONFIG', `circuitBreaker: ${name} must be an integer >= 1, got ${String(value)}`);
+    throw keelError(
+      'INVALID_CONFIG',
+      `circuitBreaker: ${name} must be an integer >= 1, got ${String(value)}`,
+    );
   }
   return value;
 }

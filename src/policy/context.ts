@@ -30,7 +30,12 @@ export class CallContext implements PolicyContext {
   /** @internal */ linked = false;
   /** @internal */ settle: ((error: KeelError) => void) | undefined = undefined;
 
-  constructor(parent: CallContext | undefined, outer: AbortSignal | undefined, level: number, attempt: number) {
+  constructor(
+    parent: CallContext | undefined,
+    outer: AbortSignal | undefined,
+    level: number,
+    attempt: number,
+  ) {
     this.parent = parent;
     this.outer = outer;
     this.level = level;
@@ -109,7 +114,11 @@ export function contextAt(ctx: CallContext, level: number): CallContext {
 
 /** The ABORTED error for a call cancelled by its caller. */
 export function abortedError(reason: unknown, what: string): KeelError {
-  if (typeof reason === 'object' && reason !== null && (reason as { isKeelError?: unknown }).isKeelError === true) {
+  if (
+    typeof reason === 'object' &&
+    reason !== null &&
+    (reason as { isKeelError?: unknown }).isKeelError === true
+  ) {
     return reason as KeelError;
   }
   return keelError('ABORTED', `${what}: the caller aborted the call`, {}, { cause: reason, stack: false });

@@ -51,8 +51,10 @@ export class Engine {
 
   execute<T>(fn: PolicyFn<T>, opts: ExecuteOptions | undefined): Promise<T> {
     const signal = opts?.signal;
-    if (signal?.aborted === true) return Promise.reject(abortedError(signal.reason, 'the call did not start'));
-    const root = this.makeRoot === undefined ? new CallContext(undefined, signal, -1, 1) : this.makeRoot(signal);
+    if (signal?.aborted === true)
+      return Promise.reject(abortedError(signal.reason, 'the call did not start'));
+    const root =
+      this.makeRoot === undefined ? new CallContext(undefined, signal, -1, 1) : this.makeRoot(signal);
     if (timedEmitters.count !== 0) {
       for (const layer of this.layers) {
         if (layer.timed) {
@@ -146,7 +148,13 @@ export class Engine {
   }
 
   /** A failure reached layer `from`: let it and the layers above it decide, innermost first. */
-  private async unwind(from: number, ctx: CallContext, error: unknown, fn: PolicyFn<unknown>, root: CallContext) {
+  private async unwind(
+    from: number,
+    ctx: CallContext,
+    error: unknown,
+    fn: PolicyFn<unknown>,
+    root: CallContext,
+  ) {
     let err = error;
     let c = ctx;
     try {

@@ -5,13 +5,7 @@ export type Listener<E> = (event: E) => void;
 
 /** Why a policy turned a call away without running it. */
 export type RejectionReason =
-  | 'circuitOpen'
-  | 'isolated'
-  | 'bulkheadFull'
-  | 'queueTimeout'
-  | 'budgetExhausted'
-  | 'throttled'
-  | 'aborted';
+  'circuitOpen' | 'isolated' | 'bulkheadFull' | 'queueTimeout' | 'budgetExhausted' | 'throttled' | 'aborted';
 
 /** A call completed. `durationMs` is measured only when a listener was registered when the call started. */
 export interface SuccessEvent {

@@ -20,7 +20,9 @@ describe('fallback', () => {
 
   it('calls a function of the classified error', async () => {
     const f = fallback((err) => `fell back after ${err.code}`);
-    const result = await f.execute(() => Promise.reject(Object.assign(new Error('x'), { code: 'ECONNRESET' })));
+    const result = await f.execute(() =>
+      Promise.reject(Object.assign(new Error('x'), { code: 'ECONNRESET' })),
+    );
     expect(result).toBe('fell back after NETWORK_RESET');
   });
 

@@ -53,7 +53,9 @@ export class FallbackPolicy<R> extends PolicyBase<FallbackEvents, FallbackStats,
     if (this.events.has('fallback')) this.events.emit('fallback', { error });
     try {
       const value =
-        typeof this.source === 'function' ? await (this.source as (e: KeelError) => R | Promise<R>)(k) : this.source;
+        typeof this.source === 'function'
+          ? await (this.source as (e: KeelError) => R | Promise<R>)(k)
+          : this.source;
       this.succeeded(ctx);
       return value;
     } catch (e) {

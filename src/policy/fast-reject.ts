@@ -9,7 +9,10 @@ import { correlationId, type KeelError } from '../errors/index.js';
  * @internal
  */
 export function derivedError(template: KeelError, details?: Record<string, unknown>): KeelError {
-  const error = Object.create(template) as { details: Record<string, unknown>; correlationId: string | undefined };
+  const error = Object.create(template) as {
+    details: Record<string, unknown>;
+    correlationId: string | undefined;
+  };
   if (details !== undefined) error.details = details;
   const id = correlationId();
   if (id !== template.correlationId) error.correlationId = id;

@@ -1,5 +1,11 @@
 import { keelError, type KeelError } from '../errors/index.js';
-import { deadlineScheduler, systemClock, type Clock, type DeadlineScheduler, type TimerHandle } from '../time/index.js';
+import {
+  deadlineScheduler,
+  systemClock,
+  type Clock,
+  type DeadlineScheduler,
+  type TimerHandle,
+} from '../time/index.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import type { CallContext } from './context.js';
 import type { Next } from './engine.js';
@@ -90,7 +96,12 @@ export class HedgePolicy extends PolicyBase<HedgeEvents, HedgeStats> {
             if (settled) return;
             finish();
             if (attempt > 1) this.hedgeWins++;
-            this.lostTemplate ??= keelError('ABORTED', `${this.label('a hedged attempt')} lost the race`, {}, { stack: false });
+            this.lostTemplate ??= keelError(
+              'ABORTED',
+              `${this.label('a hedged attempt')} lost the race`,
+              {},
+              { stack: false },
+            );
             for (const other of attempts) if (other !== c) other.abort(this.lostTemplate);
             this.succeeded(ctx);
             resolve(value);

@@ -73,5 +73,9 @@ export { timeout, TimeoutPolicy, type TimeoutOptions, type TimeoutStrategy } fro
 export { bulkhead, BulkheadPolicy, type BulkheadOptions } from './bulkhead.js';
 export { fallback, FallbackPolicy, type FallbackOptions, type FallbackSource } from './fallback.js';
 export { keyed, KeyedRegistry, type KeyedOptions } from './keyed.js';
-export { adaptiveThrottle, AdaptiveThrottlePolicy, type AdaptiveThrottleOptions } from './adaptive-throttle.js';
+export {
+  adaptiveThrottle,
+  AdaptiveThrottlePolicy,
+  type AdaptiveThrottleOptions,
+} from './adaptive-throttle.js';
 export { hedge, HedgePolicy, type HedgeOptions } from './hedge.js';

@@ -14,7 +14,9 @@ describe('keyed', () => {
     expect(reg.get('a')).toBe(reg.get('a'));
     expect(reg.get('b')).not.toBe(reg.get('a'));
     expect(made).toBe(2);
-    await reg.execute('a', () => Promise.reject(Object.assign(new Error('x'), { code: 'ECONNRESET' }))).catch(() => undefined);
+    await reg
+      .execute('a', () => Promise.reject(Object.assign(new Error('x'), { code: 'ECONNRESET' })))
+      .catch(() => undefined);
     expect(reg.get('a').state).toBe('open');
     expect(reg.get('b').state).toBe('closed');
     await expect(reg.execute('b', () => 'ok')).resolves.toBe('ok');

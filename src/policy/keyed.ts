@@ -39,7 +39,10 @@ export class KeyedRegistry<K, P extends Executes> {
     this.factory = factory;
     this.maxKeys = options.maxKeys ?? 10_000;
     if (!Number.isInteger(this.maxKeys) || this.maxKeys < 1) {
-      throw keelError('INVALID_CONFIG', `keyed: maxKeys must be an integer >= 1, got ${String(this.maxKeys)}`);
+      throw keelError(
+        'INVALID_CONFIG',
+        `keyed: maxKeys must be an integer >= 1, got ${String(this.maxKeys)}`,
+      );
     }
     this.idleMs = options.idleMs;
     this.clock = options.clock ?? systemClock;
@@ -118,6 +121,9 @@ export class KeyedRegistry<K, P extends Executes> {
 }
 
 /** Creates a {@link KeyedRegistry}: `keyed((host) => circuitBreaker(), { maxKeys: 1000 })`. */
-export function keyed<K, P extends Executes>(factory: (key: K) => P, options?: KeyedOptions): KeyedRegistry<K, P> {
+export function keyed<K, P extends Executes>(
+  factory: (key: K) => P,
+  options?: KeyedOptions,
+): KeyedRegistry<K, P> {
   return new KeyedRegistry(factory, options);
 }

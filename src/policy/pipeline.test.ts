@@ -57,7 +57,11 @@ describe('pipeline', () => {
   it('passes the attempt number of the innermost retry to the function', async () => {
     const clock = new VirtualClock();
     const attempts: number[] = [];
-    const p = pipeline(timeout(1000, { clock }), retry({ clock, backoff: constant(0) }), circuitBreaker({ clock }));
+    const p = pipeline(
+      timeout(1000, { clock }),
+      retry({ clock, backoff: constant(0) }),
+      circuitBreaker({ clock }),
+    );
     await p.execute(({ attempt }) => {
       attempts.push(attempt);
       if (attempt < 3) throw reset();
@@ -68,7 +72,10 @@ describe('pipeline', () => {
 
   it('an outer timeout bounds all attempts and cancels a retry wait at once', async () => {
     const clock = new VirtualClock();
-    const p = pipeline(timeout(500, { clock, resolutionMs: 10 }), retry({ clock, maxAttempts: 10, backoff: constant(200) }));
+    const p = pipeline(
+      timeout(500, { clock, resolutionMs: 10 }),
+      retry({ clock, maxAttempts: 10, backoff: constant(200) }),
+    );
     let calls = 0;
     const result = p
       .execute(() => {
@@ -89,7 +96,9 @@ describe('pipeline', () => {
     const p = pipeline(retry({ clock, backoff: constant(0) }), timeout(100, { clock, resolutionMs: 5 }));
     const result = p.execute(({ signal, attempt }) => {
       if (attempt === 2) return signal.aborted ? 'stale signal' : 'second attempt';
-      return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error)));
+      return new Promise((_resolve, reject) =>
+        signal.addEventListener('abort', () => reject(signal.reason as Error)),
+      );
     });
     await clock.advance(200);
     await expect(result).resolves.toBe('second attempt');
@@ -97,7 +106,10 @@ describe('pipeline', () => {
 
   it('an aggressive per-attempt timeout abandons a hung attempt and retries', async () => {
     const clock = new VirtualClock();
-    const p = pipeline(retry({ clock, backoff: constant(0) }), timeout(100, { clock, strategy: 'aggressive' }));
+    const p = pipeline(
+      retry({ clock, backoff: constant(0) }),
+      timeout(100, { clock, strategy: 'aggressive' }),
+    );
     const result = p.execute(({ attempt }) => (attempt === 1 ? new Promise(() => undefined) : 'recovered'));
     await clock.advance(200);
     await expect(result).resolves.toBe('recovered');

@@ -98,6 +98,8 @@ export class PipelinePolicy<R = never> implements Policy<PipelineEvents, Pipelin
 }
 
 /** Nests policies, the first outermost. See {@link PipelinePolicy}. */
-export function pipeline<const P extends readonly AnyPolicy[]>(...policies: P): PipelinePolicy<SubstituteOf<P>> {
+export function pipeline<const P extends readonly AnyPolicy[]>(
+  ...policies: P
+): PipelinePolicy<SubstituteOf<P>> {
   return new PipelinePolicy<SubstituteOf<P>>(policies);
 }

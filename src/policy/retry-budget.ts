@@ -136,7 +136,10 @@ export class RetryBudgetPolicy extends PolicyBase<RetryBudgetEvents, RetryBudget
 
 function nonNegative(name: string, value: number): number {
   if (!Number.isFinite(value) || value < 0) {
-    throw keelError('INVALID_CONFIG', `retryBudget: ${name} must be a finite number >= 0, got ${String(value)}`);
+    throw keelError(
+      'INVALID_CONFIG',
+      `retryBudget: ${name} must be a finite number >= 0, got ${String(value)}`,
+    );
   }
   return value;
 }

@@ -90,7 +90,12 @@ describe('retry', () => {
   it('uses the shouldRetry predicate instead of classify when given', async () => {
     const clock = new VirtualClock();
     let calls = 0;
-    const policy = retry({ clock, backoff: constant(0), maxAttempts: 4, shouldRetry: (e) => e.code === 'NOT_FOUND' });
+    const policy = retry({
+      clock,
+      backoff: constant(0),
+      maxAttempts: 4,
+      shouldRetry: (e) => e.code === 'NOT_FOUND',
+    });
     const result = policy.execute(() => {
       calls++;
       throw Object.assign(new Error('missing'), { code: 'ENOENT' });
@@ -117,8 +122,10 @@ describe('retry', () => {
     const policy = retry({ clock, backoff: constant(10), maxAttempts: 3, maxRetryAfterMs: 5000 });
     const result = policy.execute(() => {
       times.push(clock.now());
-      if (times.length === 1) throw keelError('RATE_LIMITED', 'slow down', { retryAfterMs: 2000 }, { retryable: true });
-      if (times.length === 2) throw keelError('RATE_LIMITED', 'slow down', { retryAfterMs: 60_000 }, { retryable: true });
+      if (times.length === 1)
+        throw keelError('RATE_LIMITED', 'slow down', { retryAfterMs: 2000 }, { retryable: true });
+      if (times.length === 2)
+        throw keelError('RATE_LIMITED', 'slow down', { retryAfterMs: 60_000 }, { retryable: true });
       return 'done';
     });
     await clock.advance(10_000);

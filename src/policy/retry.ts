@@ -88,7 +88,10 @@ export class RetryPolicy extends PolicyBase<RetryEvents, RetryStats> {
     super(options);
     const maxAttempts = options.maxAttempts ?? retryPresets.default.maxAttempts;
     if (!(maxAttempts >= 1) || (Number.isFinite(maxAttempts) && !Number.isInteger(maxAttempts))) {
-      throw keelError('INVALID_CONFIG', `retry: maxAttempts must be an integer >= 1, got ${String(maxAttempts)}`);
+      throw keelError(
+        'INVALID_CONFIG',
+        `retry: maxAttempts must be an integer >= 1, got ${String(maxAttempts)}`,
+      );
     }
     this.maxAttempts = maxAttempts;
     this.backoff = options.backoff ?? retryPresets.default.backoff;
@@ -126,7 +129,13 @@ export class RetryPolicy extends PolicyBase<RetryEvents, RetryStats> {
     return this.retryLoop(ctx, error, k, next, level);
   }
 
-  private async retryLoop(ctx: CallContext, error: unknown, first: KeelError, next: Next, level: number): Promise<unknown> {
+  private async retryLoop(
+    ctx: CallContext,
+    error: unknown,
+    first: KeelError,
+    next: Next,
+    level: number,
+  ): Promise<unknown> {
     const beganAt = ctx instanceof TimedContext ? ctx.beganAt : undefined;
     const records: AttemptRecord[] = [];
     let backoff = this.backoff;
@@ -151,10 +160,18 @@ export class RetryPolicy extends PolicyBase<RetryEvents, RetryStats> {
       }
       const resumeAt = this.clock.now() + delayMs;
       if (
-        (beganAt !== undefined && this.maxElapsedMs !== undefined && resumeAt - beganAt > this.maxElapsedMs) ||
+        (beganAt !== undefined &&
+          this.maxElapsedMs !== undefined &&
+          resumeAt - beganAt > this.maxElapsedMs) ||
         (this.deadline !== undefined && resumeAt > this.deadline)
       ) {
-        throw this.giveUp(ctx, 'elapsed', err, records, this.exhausted(err, k, records, 'the time allowed would run out'));
+        throw this.giveUp(
+          ctx,
+          'elapsed',
+          err,
+          records,
+          this.exhausted(err, k, records, 'the time allowed would run out'),
+        );
       }
       if (this.budget !== undefined && !this.budget.tryWithdraw(k)) {
         throw this.giveUp(ctx, 'budget', err, records, this.budget.exhausted(err, attempt));
@@ -211,7 +228,8 @@ export class RetryPolicy extends PolicyBase<RetryEvents, RetryStats> {
     thrown: KeelError,
   ): KeelError {
     this.givenUp++;
-    if (this.events.has('giveUp')) this.events.emit('giveUp', { attempts: records.length, error: lastError, reason });
+    if (this.events.has('giveUp'))
+      this.events.emit('giveUp', { attempts: records.length, error: lastError, reason });
     this.failed(ctx, thrown);
     return thrown;
   }

@@ -35,12 +35,17 @@ describe('timeout', () => {
     const running = policy
       .execute(({ signal }) => {
         signal.addEventListener('abort', () => (abortedAt = clock.now()));
-        return new Promise((_r, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error)));
+        return new Promise((_r, reject) =>
+          signal.addEventListener('abort', () => reject(signal.reason as Error)),
+        );
       })
       .catch(() => undefined);
     await clock.advance(3); // a call starting mid-tick
     const second = policy
-      .execute(({ signal }) => new Promise((_r, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error))))
+      .execute(
+        ({ signal }) =>
+          new Promise((_r, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error))),
+      )
       .catch((e: unknown) => ({ e, at: clock.now() }));
     await clock.advance(2000);
     await running;
@@ -114,7 +119,9 @@ describe('timeout', () => {
   it('the caller aborting reaches the function through ctx.signal', async () => {
     const clock = new VirtualClock();
     const controller = new AbortController();
-    const result = timeout(1000, { clock }).execute(honoursSignal, { signal: controller.signal }).catch((e: unknown) => e);
+    const result = timeout(1000, { clock })
+      .execute(honoursSignal, { signal: controller.signal })
+      .catch((e: unknown) => e);
     controller.abort(new Error('caller gave up'));
     expect(await result).toMatchObject({ message: 'caller gave up' });
   });

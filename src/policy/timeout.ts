@@ -31,7 +31,6 @@ export interface TimeoutOptions extends BaseOptions {
 /** A call under a timeout: an abort scope and a node in the policy's list of calls in flight. */
 type TimeoutContext = CallContext;
 
-
 /**
  * Bounds how long a call may take. Calls in flight sit in a list ordered by start; one tick per
  * policy (on the shared {@link DeadlineScheduler}, only while calls are in flight) expires those
@@ -58,7 +57,10 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
   constructor(timeoutMs: number, options: TimeoutOptions = {}) {
     super(options);
     if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      throw keelError('INVALID_CONFIG', `timeout: timeoutMs must be a finite number > 0, got ${String(timeoutMs)}`);
+      throw keelError(
+        'INVALID_CONFIG',
+        `timeout: timeoutMs must be a finite number > 0, got ${String(timeoutMs)}`,
+      );
     }
     this.timeoutMs = timeoutMs;
     this.strategy = options.strategy ?? 'cooperative';
@@ -74,7 +76,8 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
   }
 
   /** As the outermost layer, the root context doubles as this policy's per-call node. */
-  readonly makeRoot = (signal: AbortSignal | undefined): CallContext => new CallContext(undefined, signal, -1, 1);
+  readonly makeRoot = (signal: AbortSignal | undefined): CallContext =>
+    new CallContext(undefined, signal, -1, 1);
 
   enter(ctx: CallContext, level: number): CallContext {
     this.calls++;
@@ -181,8 +184,14 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
     const error = keelError(
       'TIMEOUT',
       `${this.label('the call')} timed out after ${this.timeoutMs} ms` +
-        (this.strategy === 'cooperative' ? ' (its signal was aborted)' : ' (abandoned; its signal was aborted)'),
-      { timeoutMs: this.timeoutMs, strategy: this.strategy, ...(this.name === undefined ? {} : { operation: this.name }) },
+        (this.strategy === 'cooperative'
+          ? ' (its signal was aborted)'
+          : ' (abandoned; its signal was aborted)'),
+      {
+        timeoutMs: this.timeoutMs,
+        strategy: this.strategy,
+        ...(this.name === undefined ? {} : { operation: this.name }),
+      },
       { stack: false },
     );
     c.timeoutError = error;

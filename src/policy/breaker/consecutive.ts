@@ -34,7 +34,10 @@ class ConsecutiveWindow implements BreakerWindow {
  */
 export function consecutive(threshold = 5): WindowSpec {
   if (!Number.isInteger(threshold) || threshold < 1) {
-    throw keelError('INVALID_CONFIG', `consecutive: threshold must be an integer >= 1, got ${String(threshold)}`);
+    throw keelError(
+      'INVALID_CONFIG',
+      `consecutive: threshold must be an integer >= 1, got ${String(threshold)}`,
+    );
   }
   return {
     kind: 'consecutive',

@@ -75,7 +75,10 @@ export function countWindow(options: CountWindowOptions = {}): WindowSpec {
     throw keelError('INVALID_CONFIG', `countWindow: size must be an integer >= 1, got ${String(size)}`);
   }
   if (!(failureRate > 0 && failureRate <= 1)) {
-    throw keelError('INVALID_CONFIG', `countWindow: failureRate must be in (0, 1], got ${String(failureRate)}`);
+    throw keelError(
+      'INVALID_CONFIG',
+      `countWindow: failureRate must be in (0, 1], got ${String(failureRate)}`,
+    );
   }
   if (!(minCalls >= 1 && minCalls <= size)) {
     throw keelError('INVALID_CONFIG', `countWindow: minCalls must be in [1, size], got ${String(minCalls)}`);

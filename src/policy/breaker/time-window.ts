@@ -131,10 +131,16 @@ export function timeWindow(options: TimeWindowOptions = {}): WindowSpec {
     throw keelError('INVALID_CONFIG', `timeWindow: buckets must be an integer >= 1, got ${String(buckets)}`);
   }
   if (!(ms >= buckets)) {
-    throw keelError('INVALID_CONFIG', `timeWindow: ms must be >= buckets (1 ms per bucket), got ${String(ms)}`);
+    throw keelError(
+      'INVALID_CONFIG',
+      `timeWindow: ms must be >= buckets (1 ms per bucket), got ${String(ms)}`,
+    );
   }
   if (!(failureRate > 0 && failureRate <= 1)) {
-    throw keelError('INVALID_CONFIG', `timeWindow: failureRate must be in (0, 1], got ${String(failureRate)}`);
+    throw keelError(
+      'INVALID_CONFIG',
+      `timeWindow: failureRate must be in (0, 1], got ${String(failureRate)}`,
+    );
   }
   if (!(minCalls >= 1)) {
     throw keelError('INVALID_CONFIG', `timeWindow: minCalls must be >= 1, got ${String(minCalls)}`);
