@@ -39,7 +39,7 @@ describe('Toxiproxy-compatible control API', () => {
     const port = Number(proxy.listen.split(':').pop());
     expect((await receive(port)).bytes.toString()).toBe('0123456789');
 
-    const toxic = await proxy.addToxic({ name: 'cut', type: 'limit_data' as never, stream: 'downstream' as never, toxicity: 1, attributes: { bytes: 4 } as never });
+    const toxic = await proxy.addToxic({ name: 'cut', type: 'limit_data', stream: 'downstream', toxicity: 1, attributes: { bytes: 4 } as never });
     expect(toxic.toJson()).toEqual({ name: 'cut', type: 'limit_data', stream: 'downstream', toxicity: 1, attributes: { bytes: 4 } });
     expect((await receive(port)).bytes.toString()).toBe('0123');
 
@@ -51,7 +51,7 @@ describe('Toxiproxy-compatible control API', () => {
     await toxic.remove();
     expect((await receive(port)).bytes.toString()).toBe('0123456789');
 
-    const disabled = await proxy.update({ enabled: false, name: 'origin', listen: proxy.listen, upstream: proxy.upstream });
+    const disabled = await proxy.update({ enabled: false } as never);
     expect(disabled.enabled).toBe(false);
     expect((await receive(port)).error?.code).toBe('ECONNREFUSED');
     await client.reset();

@@ -19,3 +19,13 @@ export { ChaosControlServer, TOXIPROXY_API_VERSION, type ChaosControlOptions } f
 
 /** The in-process API: `await chaos.proxy({ upstream: '127.0.0.1:5432' })`. */
 export const chaos = { proxy } as const;
+export {
+  faultyFs,
+  fsError,
+  type FaultyFs,
+  type FaultyFsOptions,
+  type FsFault,
+  type FsFaultCode,
+  type FsLike,
+  type FsOperation,
+} from './fs-faults.js';

@@ -1,0 +1,72 @@
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { classify } from '../errors/index.js';
+import { faultyFs } from './index.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'keel-fsfault-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('faultyFs', () => {
+  it('fails the Nth matching call with a real-looking errno error, and only that one', async () => {
+    const fs = faultyFs({ faults: [{ code: 'EIO', ops: ['writeFile'], nth: 2 }] });
+    await fs.writeFile(path.join(dir, 'a'), 'one');
+    const err = await fs.writeFile(path.join(dir, 'b'), 'two').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'EIO', errno: -5, syscall: 'writeFile', path: path.join(dir, 'b') });
+    expect(classify(err).code).toBe('IO_ERROR');
+    await fs.writeFile(path.join(dir, 'c'), 'three');
+    expect((await readdir(dir)).sort()).toEqual(['a', 'c']);
+    expect(fs.counts.failed).toBe(1);
+    expect(fs.counts.calls.writeFile).toBe(3);
+  });
+
+  it('fails by path pattern and leaves other paths alone', async () => {
+    const fs = faultyFs({ faults: [{ code: 'EACCES', path: /\.meta$/ }] });
+    await expect(fs.writeFile(path.join(dir, 'x.meta'), '{}')).rejects.toMatchObject({ code: 'EACCES' });
+    await fs.writeFile(path.join(dir, 'x.slice'), 'ok');
+    expect(await readFile(path.join(dir, 'x.slice'), 'utf8')).toBe('ok');
+  });
+
+  it('fails with a probability from the injected random source', async () => {
+    const values = [0.9, 0.1, 0.9, 0.1];
+    const fs = faultyFs({ faults: [{ code: 'EROFS', probability: 0.5 }], random: () => values.shift() ?? 1 });
+    const results = await Promise.allSettled([1, 2, 3, 4].map((i) => fs.writeFile(path.join(dir, `f${i}`), 'x')));
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'rejected']);
+  });
+
+  it('fails FileHandle writes and fsyncs, and can be injected and cleared while running', async () => {
+    const fs = faultyFs();
+    const remove = fs.inject({ code: 'ENOSPC', ops: ['sync'], times: 1 });
+    const handle = await fs.open(path.join(dir, 'h'), 'w');
+    await handle.write(Buffer.from('data'));
+    await expect(handle.sync()).rejects.toMatchObject({ code: 'ENOSPC', syscall: 'sync' });
+    await handle.sync(); // `times: 1` spent
+    remove();
+    fs.inject({ code: 'EDQUOT', ops: ['write'] });
+    await expect(handle.write(Buffer.from('more'))).rejects.toMatchObject({ code: 'EDQUOT' });
+    fs.clear();
+    await handle.write(Buffer.from('!'));
+    await handle.close();
+    expect(await readFile(path.join(dir, 'h'), 'utf8')).toBe('data!');
+  });
+
+  it('simulates a full disk from a byte budget: no partial writes, unlink gives space back, statfs reports it', async () => {
+    const fs = faultyFs({ diskBytes: 10 });
+    await fs.writeFile(path.join(dir, 'a'), '123456');
+    await expect(fs.writeFile(path.join(dir, 'b'), '12345')).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(await readdir(dir)).toEqual(['a']);
+    expect(fs.freeBytes()).toBe(4);
+    await fs.unlink(path.join(dir, 'a'));
+    expect(fs.freeBytes()).toBe(10);
+    await fs.writeFile(path.join(dir, 'b'), '12345');
+    fs.setFreeBytes(4096 * 3);
+    const stats = await fs.statfs(dir);
+    expect(stats.bavail * stats.bsize).toBe(4096 * 3);
+  });
+});
