@@ -21,7 +21,6 @@ export abstract class PolicyBase<E extends CommonEvents, S extends CommonStats, 
   abstract readonly kind: PolicyKind;
   declare readonly [SUBSTITUTE]?: R;
   readonly name: string | undefined;
-  readonly [LAYERS]: readonly Layer[];
   protected readonly events = new Emitter<E>();
   protected calls = 0;
   protected successes = 0;
@@ -31,7 +30,11 @@ export abstract class PolicyBase<E extends CommonEvents, S extends CommonStats, 
 
   constructor(options: BaseOptions | undefined) {
     this.name = options?.name;
-    this[LAYERS] = [this];
+  }
+
+  /** A policy is its own single layer (made on demand: idle policies stay small). */
+  get [LAYERS](): readonly Layer[] {
+    return [this];
   }
 
   get timed(): boolean {

@@ -70,6 +70,8 @@ class BreakerContext extends CallContext {
   beganAt = 0;
 }
 
+const DEFAULT_OPEN_FOR = constant(10_000);
+
 const STATES: readonly BreakerState[] = ['closed', 'open', 'halfOpen', 'isolated'];
 
 /**
@@ -99,7 +101,6 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
   private probes = 0;
   private stateSince: number;
   private readonly timeIn: Record<BreakerState, number> = { closed: 0, open: 0, halfOpen: 0, isolated: 0 };
-  private openMessage: string;
   private template: KeelError | undefined;
   private openTimer: TimerHandle | undefined;
   private readonly scheduler: DeadlineScheduler;
@@ -117,7 +118,7 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     const spec = options.window ?? consecutive(5);
     const initial = options.initialState;
     this.window = spec.create(slowCallRate, initial?.window);
-    const after = options.halfOpenAfterMs ?? 10_000;
+    const after = options.halfOpenAfterMs ?? DEFAULT_OPEN_FOR;
     this.openFor = typeof after === 'number' ? constant(after) : after;
     this.nextOpen = this.openFor;
     this.maxProbes = positiveInt('maxProbes', options.maxProbes ?? 1);
@@ -127,7 +128,6 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     this.clock = options.clock ?? systemClock;
     this.scheduler = deadlineScheduler(this.clock);
     this.stateSince = this.clock.now();
-    this.openMessage = `${this.label('the circuit breaker')} is open: calls are rejected without reaching the dependency`;
     if (initial !== undefined) this.restore(initial);
   }
 
@@ -257,7 +257,10 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
       }
       this.template = keelError(
         'CIRCUIT_OPEN',
-        reason === 'isolated' ? `${this.label('the circuit breaker')} is isolated by hand` : this.openMessage,
+        reason === 'isolated'
+          ? `${this.label('the circuit breaker')} is isolated by hand`
+          : `${this.label('the circuit breaker')} is ${this.current === 'open' ? 'open' : 'half-open with all probes busy'}: ` +
+              'calls are rejected without reaching the dependency',
         details,
         { stack: false },
       );
@@ -267,10 +270,10 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
   }
 
   /** The open period is over: let probes in (one deadline per open period, on the shared scheduler). */
-  private readonly onOpenElapsed = (): void => {
+  private onOpenElapsed(): void {
     this.openTimer = undefined;
     if (this.current === 'open') this.transition('halfOpen');
-  };
+  }
 
   private open(reason: OpenReason): void {
     const step = this.nextOpen.next();
@@ -279,7 +282,9 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     this.openUntil = this.clock.now() + step.delayMs;
     this.trips++;
     this.transition('open');
-    this.openTimer = this.scheduler.schedule(step.delayMs, this.onOpenElapsed);
+    this.openTimer = this.scheduler.schedule(step.delayMs, () => {
+      this.onOpenElapsed();
+    });
     if (this.events.has('open')) {
       this.events.emit('open', { reason, openForMs: step.delayMs, reopenCount: this.reopenCount });
     }
@@ -333,7 +338,9 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
       snap.state === 'open' && snap.openUntil !== undefined
         ? snap.openUntil
         : this.clock.now() + step.delayMs;
-    this.openTimer = this.scheduler.schedule(this.openUntil - this.clock.now(), this.onOpenElapsed);
+    this.openTimer = this.scheduler.schedule(this.openUntil - this.clock.now(), () => {
+      this.onOpenElapsed();
+    });
   }
 }
 

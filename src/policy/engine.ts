@@ -45,7 +45,8 @@ export class Engine {
   constructor(layers: readonly Layer[]) {
     this.layers = layers;
     this.n = layers.length;
-    this.makeRoot = layers[0]?.makeRoot;
+    const first = layers[0];
+    this.makeRoot = first?.makeRoot?.bind(first);
     this.hooksOnly = layers.every((l) => l.wrap === undefined);
   }
 

@@ -53,6 +53,7 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
   private origin = 0;
   private ticking = false;
   private timeouts = 0;
+  private tickFn: (() => void) | undefined;
 
   constructor(timeoutMs: number, options: TimeoutOptions = {}) {
     super(options);
@@ -76,8 +77,9 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
   }
 
   /** As the outermost layer, the root context doubles as this policy's per-call node. */
-  readonly makeRoot = (signal: AbortSignal | undefined): CallContext =>
-    new CallContext(undefined, signal, -1, 1);
+  makeRoot(signal: AbortSignal | undefined): CallContext {
+    return new CallContext(undefined, signal, -1, 1);
+  }
 
   enter(ctx: CallContext, level: number): CallContext {
     this.calls++;
@@ -162,10 +164,13 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
     this.ticking = true;
     this.origin = this.clock.now();
     this.tick = 0;
-    this.scheduler.schedule(this.tickMs, this.onTick);
+    this.tickFn ??= () => {
+      this.onTick();
+    };
+    this.scheduler.schedule(this.tickMs, this.tickFn);
   }
 
-  private readonly onTick = (): void => {
+  private onTick(): void {
     const now = this.clock.now();
     this.tick = Math.floor((now - this.origin) / this.tickMs);
     for (let c = this.head; c !== undefined && c.expiresAtTick <= this.tick; c = this.head) {
@@ -176,8 +181,8 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
       this.ticking = false;
       return;
     }
-    this.scheduler.schedule(this.origin + (this.tick + 1) * this.tickMs - now, this.onTick);
-  };
+    this.scheduler.schedule(this.origin + (this.tick + 1) * this.tickMs - now, this.tickFn as () => void);
+  }
 
   private expire(c: TimeoutContext): void {
     this.timeouts++;
