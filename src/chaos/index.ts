@@ -3,6 +3,7 @@
  * HTTP-level faults, and file-system faults.
  * @packageDocumentation
  */
+import { httpProxy } from './http-faults.js';
 import { proxy } from './tcp-proxy.js';
 
 export { ChaosProxy, proxy, type ChaosProxyJSON, type ChaosProxyOptions } from './tcp-proxy.js';
@@ -17,8 +18,8 @@ export {
 } from './toxics.js';
 export { ChaosControlServer, TOXIPROXY_API_VERSION, type ChaosControlOptions } from './control-api.js';
 
-/** The in-process API: `await chaos.proxy({ upstream: '127.0.0.1:5432' })`. */
-export const chaos = { proxy } as const;
+/** The in-process API: `await chaos.proxy({ upstream: '127.0.0.1:5432' })`, `await chaos.httpProxy({ upstream })`. */
+export const chaos = { proxy, httpProxy } as const;
 export {
   faultyFs,
   fsError,
@@ -29,3 +30,10 @@ export {
   type FsLike,
   type FsOperation,
 } from './fs-faults.js';
+export {
+  HttpFaultProxy,
+  httpProxy,
+  type HttpFaultAction,
+  type HttpFaultProxyOptions,
+  type HttpFaultRule,
+} from './http-faults.js';
