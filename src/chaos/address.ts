@@ -13,12 +13,22 @@ export interface HostPort {
  */
 export function parseHostPort(value: unknown, field: string, allowPortZero = false): HostPort {
   if (typeof value !== 'string' || value.trim() === '') {
-    throw keelError('INVALID_INPUT', `${field} must be "host:port", got ${JSON.stringify(value)}`, {}, { stack: false });
+    throw keelError(
+      'INVALID_INPUT',
+      `${field} must be "host:port", got ${JSON.stringify(value)}`,
+      {},
+      { stack: false },
+    );
   }
   const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(value.trim());
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535 || (port === 0 && !allowPortZero)) {
-    throw keelError('INVALID_INPUT', `${field} must be "host:port" with a port of 1-65535, got ${JSON.stringify(value)}`, {}, { stack: false });
+    throw keelError(
+      'INVALID_INPUT',
+      `${field} must be "host:port" with a port of 1-65535, got ${JSON.stringify(value)}`,
+      {},
+      { stack: false },
+    );
   }
   const host = m[1] ?? m[2] ?? '';
   return { host: host === '' ? '127.0.0.1' : host, port };
@@ -37,6 +47,11 @@ export async function checkResolves(address: HostPort, field: string): Promise<v
   try {
     await lookup(address.host);
   } catch (err) {
-    throw keelError('INVALID_INPUT', `${field} host ${JSON.stringify(address.host)} does not resolve`, {}, { cause: err });
+    throw keelError(
+      'INVALID_INPUT',
+      `${field} host ${JSON.stringify(address.host)} does not resolve`,
+      {},
+      { cause: err },
+    );
   }
 }

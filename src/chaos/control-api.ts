@@ -21,7 +21,13 @@ function apiError(status: number, message: string): ApiError {
 function toApiError(err: unknown): ApiError {
   if (isKeelError(err)) {
     const status =
-      err.code === 'NOT_FOUND' ? 404 : err.code === 'CONFLICT' ? 409 : err.code === 'INVALID_INPUT' ? 400 : 500;
+      err.code === 'NOT_FOUND'
+        ? 404
+        : err.code === 'CONFLICT'
+          ? 409
+          : err.code === 'INVALID_INPUT'
+            ? 400
+            : 500;
     return { status, message: err.message };
   }
   if (typeof err === 'object' && err !== null && 'status' in err && 'message' in err) return err as ApiError;
@@ -54,7 +60,12 @@ export class ChaosControlServer {
       server.once('error', (err: NodeJS.ErrnoException) => {
         reject(
           err.code === 'EADDRINUSE'
-            ? keelError('CONFLICT', `cannot listen on ${formatHostPort(listen.host, listen.port)}: address in use`, {}, { cause: err })
+            ? keelError(
+                'CONFLICT',
+                `cannot listen on ${formatHostPort(listen.host, listen.port)}: address in use`,
+                {},
+                { cause: err },
+              )
             : err,
         );
       });
@@ -87,7 +98,12 @@ export class ChaosControlServer {
   async createProxy(body: unknown): Promise<ChaosProxy> {
     const def = proxyDefinition(body);
     if (this.proxies.has(def.name)) throw apiError(409, 'proxy already exists');
-    const proxy = await ChaosProxy.start({ name: def.name, listen: def.listen, upstream: def.upstream, enabled: def.enabled });
+    const proxy = await ChaosProxy.start({
+      name: def.name,
+      listen: def.listen,
+      upstream: def.upstream,
+      enabled: def.enabled,
+    });
     this.proxies.set(def.name, proxy);
     return proxy;
   }
@@ -117,10 +133,12 @@ export class ChaosControlServer {
       }
       return [204, undefined];
     }
-    if (head === 'populate' && parts.length === 1 && method === 'POST') return [201, { proxies: await this.populate(body) }];
+    if (head === 'populate' && parts.length === 1 && method === 'POST')
+      return [201, { proxies: await this.populate(body) }];
     if (head !== 'proxies') throw apiError(404, 'not found');
     if (name === undefined) {
-      if (method === 'GET') return [200, Object.fromEntries([...this.proxies].map(([n, p]) => [n, p.toJSON()]))];
+      if (method === 'GET')
+        return [200, Object.fromEntries([...this.proxies].map(([n, p]) => [n, p.toJSON()]))];
       if (method === 'POST') return [201, (await this.createProxy(body)).toJSON()];
       throw apiError(405, 'method not allowed');
     }
@@ -128,7 +146,8 @@ export class ChaosControlServer {
     if (!proxy) throw apiError(404, 'proxy not found');
     if (sub === undefined) {
       if (method === 'GET') return [200, proxy.toJSON()];
-      if (method === 'POST' || method === 'PATCH') return [200, (await this.updateProxy(proxy, body)).toJSON()];
+      if (method === 'POST' || method === 'PATCH')
+        return [200, (await this.updateProxy(proxy, body)).toJSON()];
       if (method === 'DELETE') {
         await proxy.close();
         this.proxies.delete(name);
@@ -156,11 +175,15 @@ export class ChaosControlServer {
   }
 
   private async updateProxy(proxy: ChaosProxy, body: unknown): Promise<ChaosProxy> {
-    if (typeof body !== 'object' || body === null) throw apiError(400, 'a proxy update must be a JSON object');
+    if (typeof body !== 'object' || body === null)
+      throw apiError(400, 'a proxy update must be a JSON object');
     const b = body as { enabled?: unknown; upstream?: unknown; listen?: unknown };
-    if (b.enabled !== undefined && typeof b.enabled !== 'boolean') throw apiError(400, 'enabled must be a boolean');
-    if (b.upstream !== undefined && typeof b.upstream !== 'string') throw apiError(400, 'upstream must be a string');
-    if (b.listen !== undefined && typeof b.listen !== 'string') throw apiError(400, 'listen must be a string');
+    if (b.enabled !== undefined && typeof b.enabled !== 'boolean')
+      throw apiError(400, 'enabled must be a boolean');
+    if (b.upstream !== undefined && typeof b.upstream !== 'string')
+      throw apiError(400, 'upstream must be a string');
+    if (b.listen !== undefined && typeof b.listen !== 'string')
+      throw apiError(400, 'listen must be a string');
     if (typeof b.upstream === 'string') await proxy.setUpstream(b.upstream);
     if (typeof b.listen === 'string' && b.listen !== proxy.listen) await proxy.setListen(b.listen);
     if (b.enabled === true) await proxy.enable();
@@ -176,7 +199,10 @@ export class ChaosControlServer {
       const existing = this.proxies.get(def.name);
       if (existing) {
         // Toxiproxy re-creates a proxy whose listen or upstream changed and keeps one that did not.
-        if (existing.upstream !== def.upstream || (def.listen !== existing.listen && !def.listen.endsWith(':0'))) {
+        if (
+          existing.upstream !== def.upstream ||
+          (def.listen !== existing.listen && !def.listen.endsWith(':0'))
+        ) {
           await existing.close();
           this.proxies.delete(def.name);
         } else {
@@ -200,15 +226,24 @@ interface ProxyDefinition {
 }
 
 function proxyDefinition(body: unknown): ProxyDefinition {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw apiError(400, 'a proxy must be a JSON object');
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    throw apiError(400, 'a proxy must be a JSON object');
   const b = body as Record<string, unknown>;
-  if (typeof b.name !== 'string' || b.name === '' || /[/?#]/.test(b.name)) throw apiError(400, 'missing required field: name');
-  if (typeof b.upstream !== 'string' || b.upstream === '') throw apiError(400, 'missing required field: upstream');
+  if (typeof b.name !== 'string' || b.name === '' || /[/?#]/.test(b.name))
+    throw apiError(400, 'missing required field: name');
+  if (typeof b.upstream !== 'string' || b.upstream === '')
+    throw apiError(400, 'missing required field: upstream');
   if (b.listen !== undefined && typeof b.listen !== 'string') throw apiError(400, 'listen must be a string');
-  if (b.enabled !== undefined && typeof b.enabled !== 'boolean') throw apiError(400, 'enabled must be a boolean');
+  if (b.enabled !== undefined && typeof b.enabled !== 'boolean')
+    throw apiError(400, 'enabled must be a boolean');
   parseHostPort(b.upstream, 'upstream');
   const listen = parseHostPort(b.listen ?? '127.0.0.1:0', 'listen', true);
-  return { name: b.name, upstream: b.upstream, listen: formatHostPort(listen.host, listen.port), enabled: b.enabled ?? true };
+  return {
+    name: b.name,
+    upstream: b.upstream,
+    listen: formatHostPort(listen.host, listen.port),
+    enabled: b.enabled ?? true,
+  };
 }
 
 async function readJson(req: http.IncomingMessage): Promise<unknown> {
@@ -238,5 +273,7 @@ function send(res: http.ServerResponse, status: number, payload: unknown): void 
     return;
   }
   const body = JSON.stringify(payload);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
+  res
+    .writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+    .end(body);
 }

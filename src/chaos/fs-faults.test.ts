@@ -36,7 +36,9 @@ describe('faultyFs', () => {
   it('fails with a probability from the injected random source', async () => {
     const values = [0.9, 0.1, 0.9, 0.1];
     const fs = faultyFs({ faults: [{ code: 'EROFS', probability: 0.5 }], random: () => values.shift() ?? 1 });
-    const results = await Promise.allSettled([1, 2, 3, 4].map((i) => fs.writeFile(path.join(dir, `f${i}`), 'x')));
+    const results = await Promise.allSettled(
+      [1, 2, 3, 4].map((i) => fs.writeFile(path.join(dir, `f${i}`), 'x')),
+    );
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'rejected']);
   });
 

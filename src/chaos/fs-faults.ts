@@ -128,7 +128,7 @@ function byteLength(data: unknown): number {
  * byte budget. Everything else goes to the real file system.
  */
 export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
-  const real = options.fs ?? (nodeFs);
+  const real = options.fs ?? nodeFs;
   const random = options.random ?? Math.random;
   let rules: RuleState[] = (options.faults ?? []).map((fault) => ({ fault, seen: 0, failed: 0 }));
   let free = options.diskBytes;
@@ -208,12 +208,12 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
   };
 
   const fs: FsLike = {
-    open: (async (path: Parameters<typeof nodeFs.open>[0], ...rest: unknown[]) => {
+    open: async (path: Parameters<typeof nodeFs.open>[0], ...rest: unknown[]) => {
       const p = pathText(path);
       check('open', p);
       const handle = await (real.open as (...a: unknown[]) => Promise<FileHandle>)(path, ...rest);
       return wrapHandle(handle, p);
-    }),
+    },
     readFile: (async (path: unknown, ...rest: unknown[]) => {
       check('readFile', pathText(path));
       return (real.readFile as (...a: unknown[]) => Promise<unknown>)(path, ...rest);
@@ -224,20 +224,20 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
       spend('writeFile', p, byteLength(data));
       return (real.writeFile as (...a: unknown[]) => Promise<void>)(path, data, ...rest);
     }) as typeof nodeFs.writeFile,
-    rename: (async (from: unknown, to: unknown) => {
+    rename: async (from: unknown, to: unknown) => {
       check('rename', pathText(to) ?? pathText(from));
       return (real.rename as (...a: unknown[]) => Promise<void>)(from, to);
-    }),
-    unlink: (async (path: unknown) => {
+    },
+    unlink: async (path: unknown) => {
       check('unlink', pathText(path));
       const size = await sizeOf(path);
       await (real.unlink as (...a: unknown[]) => Promise<void>)(path);
       if (free !== undefined) free += size;
-    }),
-    rm: (async (path: unknown, ...rest: unknown[]) => {
+    },
+    rm: async (path: unknown, ...rest: unknown[]) => {
       check('rm', pathText(path));
       return (real.rm as (...a: unknown[]) => Promise<void>)(path, ...rest);
-    }),
+    },
     mkdir: (async (path: unknown, ...rest: unknown[]) => {
       check('mkdir', pathText(path));
       return (real.mkdir as (...a: unknown[]) => Promise<unknown>)(path, ...rest);
@@ -256,7 +256,15 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
       if (free === undefined) return stats;
       const bsize = stats.bsize || 4096;
       const blocks = Math.floor(free / bsize);
-      return { type: stats.type, bsize, blocks: stats.blocks, bfree: blocks, bavail: blocks, files: stats.files, ffree: stats.ffree };
+      return {
+        type: stats.type,
+        bsize,
+        blocks: stats.blocks,
+        bfree: blocks,
+        bavail: blocks,
+        files: stats.files,
+        ffree: stats.ffree,
+      };
     }) as typeof nodeFs.statfs,
   };
 

@@ -44,27 +44,42 @@ interface NamedRule extends HttpFaultRule {
 function validateRule(rule: HttpFaultRule): void {
   const a = rule.action as HttpFaultAction | undefined;
   if (!a || typeof a !== 'object') {
-    throw keelError('INVALID_INPUT', `HTTP fault rule${rule.name ? ` ${rule.name}` : ''}: needs an action`, {}, { stack: false });
+    throw keelError(
+      'INVALID_INPUT',
+      `HTTP fault rule${rule.name ? ` ${rule.name}` : ''}: needs an action`,
+      {},
+      { stack: false },
+    );
   }
   const bad: (m: string) => never = (m) => {
-    throw keelError('INVALID_INPUT', `HTTP fault rule${rule.name ? ` ${rule.name}` : ''}: ${m}`, {}, { stack: false });
+    throw keelError(
+      'INVALID_INPUT',
+      `HTTP fault rule${rule.name ? ` ${rule.name}` : ''}: ${m}`,
+      {},
+      { stack: false },
+    );
   };
-  if (rule.probability !== undefined && !(rule.probability >= 0 && rule.probability <= 1)) bad('probability must be between 0 and 1');
+  if (rule.probability !== undefined && !(rule.probability >= 0 && rule.probability <= 1))
+    bad('probability must be between 0 and 1');
   switch (a.type) {
     case 'status':
-      if (!Number.isInteger(a.status) || a.status < 100 || a.status > 599) bad(`status must be 100-599, got ${a.status}`);
+      if (!Number.isInteger(a.status) || a.status < 100 || a.status > 599)
+        bad(`status must be 100-599, got ${a.status}`);
       break;
     case 'delay':
       if (!(a.ms >= 0)) bad('delay ms must be >= 0');
       break;
     case 'cut':
-      if (!Number.isInteger(a.afterBytes) || a.afterBytes < 0) bad('cut afterBytes must be a non-negative integer');
+      if (!Number.isInteger(a.afterBytes) || a.afterBytes < 0)
+        bad('cut afterBytes must be a non-negative integer');
       break;
     case 'corrupt':
       if (!Number.isInteger(a.bytes) || a.bytes < 1) bad('corrupt bytes must be a positive integer');
       break;
     default:
-      bad(`unknown action type ${JSON.stringify((a as { type?: unknown }).type)}; use status, delay, cut or corrupt`);
+      bad(
+        `unknown action type ${JSON.stringify((a as { type?: unknown }).type)}; use status, delay, cut or corrupt`,
+      );
   }
 }
 
@@ -150,7 +165,11 @@ export class HttpFaultProxy {
         const methods = typeof r.method === 'string' ? [r.method] : r.method;
         if (!methods.some((m) => m.toUpperCase() === req.method)) return false;
       }
-      if (r.path !== undefined && (typeof r.path === 'string' ? !path.startsWith(r.path) : !r.path.test(path))) return false;
+      if (
+        r.path !== undefined &&
+        (typeof r.path === 'string' ? !path.startsWith(r.path) : !r.path.test(path))
+      )
+        return false;
       return r.probability === undefined || r.probability >= 1 || this.random() < r.probability;
     });
   }
@@ -160,10 +179,14 @@ export class HttpFaultProxy {
     const rules = this.pick(req);
     for (const r of rules) this.stats.faults[r.name] = (this.stats.faults[r.name] ?? 0) + 1;
     const actions = rules.map((r) => r.action);
-    const status = actions.find((a): a is Extract<HttpFaultAction, { type: 'status' }> => a.type === 'status');
+    const status = actions.find(
+      (a): a is Extract<HttpFaultAction, { type: 'status' }> => a.type === 'status',
+    );
     const delayMs = actions.reduce((ms, a) => (a.type === 'delay' ? ms + a.ms : ms), 0);
     const cut = actions.find((a): a is Extract<HttpFaultAction, { type: 'cut' }> => a.type === 'cut');
-    const corrupt = actions.find((a): a is Extract<HttpFaultAction, { type: 'corrupt' }> => a.type === 'corrupt');
+    const corrupt = actions.find(
+      (a): a is Extract<HttpFaultAction, { type: 'corrupt' }> => a.type === 'corrupt',
+    );
 
     if (status) {
       req.resume();
@@ -178,13 +201,21 @@ export class HttpFaultProxy {
     }
 
     const upstreamReq = http.request(
-      { host: this.upstream.host, port: this.upstream.port, method: req.method, path: req.url, headers: req.headers },
+      {
+        host: this.upstream.host,
+        port: this.upstream.port,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+      },
       (upstreamRes) => {
         setTimeout(() => {
           res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.headers);
           let sent = 0;
           const length = Number(upstreamRes.headers['content-length'] ?? NaN);
-          const flips = corrupt ? this.flipOffsets(corrupt.bytes, Number.isFinite(length) ? length : 65536) : undefined;
+          const flips = corrupt
+            ? this.flipOffsets(corrupt.bytes, Number.isFinite(length) ? length : 65536)
+            : undefined;
           upstreamRes.on('data', (chunk: Buffer) => {
             let data = chunk;
             if (flips) {
@@ -208,7 +239,8 @@ export class HttpFaultProxy {
       },
     );
     upstreamReq.on('error', () => {
-      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end('upstream unreachable\n');
+      if (!res.headersSent)
+        res.writeHead(502, { 'content-type': 'text/plain' }).end('upstream unreachable\n');
       else res.socket?.destroy();
     });
     req.pipe(upstreamReq);

@@ -326,7 +326,12 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
       server.once('error', (err: NodeJS.ErrnoException) => {
         reject(
           err.code === 'EADDRINUSE'
-            ? keelError('CONFLICT', `cannot listen on ${this.listen}: the address is already in use`, {}, { cause: err })
+            ? keelError(
+                'CONFLICT',
+                `cannot listen on ${this.listen}: the address is already in use`,
+                {},
+                { cause: err },
+              )
             : err,
         );
       });
@@ -336,7 +341,8 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
     });
     server.on('error', (err) => this.emit('error', err));
     const address = server.address();
-    if (address && typeof address === 'object') this.listenAddress = { host: this.listenAddress.host, port: address.port };
+    if (address && typeof address === 'object')
+      this.listenAddress = { host: this.listenAddress.host, port: address.port };
     this.server = server;
   }
 
@@ -361,7 +367,12 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
   add<T extends Toxic['type']>(input: ToxicInput<T>): Toxic<T> {
     const toxic = parseToxic(input);
     if (this.toxics.has(toxic.name)) {
-      throw keelError('CONFLICT', `toxic ${toxic.name} already exists on proxy ${this.name}`, {}, { stack: false });
+      throw keelError(
+        'CONFLICT',
+        `toxic ${toxic.name} already exists on proxy ${this.name}`,
+        {},
+        { stack: false },
+      );
     }
     this.toxics.set(toxic.name, toxic);
     for (const c of this.connections) c.onToxicAdded(toxic);
@@ -374,7 +385,8 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
    */
   update(name: string, patch: unknown): Toxic {
     const current = this.toxic(name);
-    if (!current) throw keelError('NOT_FOUND', `toxic ${name} not found on proxy ${this.name}`, {}, { stack: false });
+    if (!current)
+      throw keelError('NOT_FOUND', `toxic ${name} not found on proxy ${this.name}`, {}, { stack: false });
     const next = updateToxic(current, patch);
     this.toxics.set(name, next);
     return next;
@@ -428,7 +440,13 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
   }
 
   toJSON(): ChaosProxyJSON {
-    return { name: this.name, listen: this.listen, upstream: this.upstream, enabled: this.enabled, toxics: this.toxicList() };
+    return {
+      name: this.name,
+      listen: this.listen,
+      upstream: this.upstream,
+      enabled: this.enabled,
+      toxics: this.toxicList(),
+    };
   }
 
   /** @internal */
@@ -438,7 +456,11 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
 
   private accept(client: net.Socket): void {
     client.pause();
-    const server = net.connect({ port: this.upstreamAddress.port, host: this.upstreamAddress.host, allowHalfOpen: true });
+    const server = net.connect({
+      port: this.upstreamAddress.port,
+      host: this.upstreamAddress.host,
+      allowHalfOpen: true,
+    });
     const connection = new Connection(this, client, server);
     this.connections.add(connection);
     server.once('connect', () => {

@@ -5,14 +5,7 @@ export type ToxicStream = 'upstream' | 'downstream';
 
 /** Toxic types, with Toxiproxy's names and attributes, plus `slow_open`. */
 export type ToxicType =
-  | 'latency'
-  | 'bandwidth'
-  | 'slow_close'
-  | 'timeout'
-  | 'reset_peer'
-  | 'slicer'
-  | 'limit_data'
-  | 'slow_open';
+  'latency' | 'bandwidth' | 'slow_close' | 'timeout' | 'reset_peer' | 'slicer' | 'limit_data' | 'slow_open';
 
 /** Attributes per toxic type (Toxiproxy's field names; times in ms unless noted). */
 export interface ToxicAttributes {
@@ -79,7 +72,8 @@ function bad(message: string): never {
  * @throws KeelError `INVALID_INPUT` naming the field that is wrong.
  */
 export function parseToxic(input: unknown): Toxic {
-  if (typeof input !== 'object' || input === null || Array.isArray(input)) bad('a toxic must be a JSON object');
+  if (typeof input !== 'object' || input === null || Array.isArray(input))
+    bad('a toxic must be a JSON object');
   const t = input as Record<string, unknown>;
   if (typeof t.type !== 'string' || !(t.type in SPECS)) {
     bad(`unknown toxic type ${JSON.stringify(t.type)}; known types: ${TOXIC_TYPES.join(', ')}`);
@@ -101,7 +95,8 @@ export function parseToxic(input: unknown): Toxic {
 }
 
 function parseAttributes(type: ToxicType, raw: unknown): ToxicAttributes[ToxicType] {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad(`attributes of a ${type} toxic must be an object`);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    bad(`attributes of a ${type} toxic must be an object`);
   const spec = SPECS[type];
   const attrs = raw as Record<string, unknown>;
   const out: Record<string, number> = {};
@@ -118,7 +113,8 @@ function parseAttributes(type: ToxicType, raw: unknown): ToxicAttributes[ToxicTy
     out[key] = v;
   }
   if (type === 'bandwidth' && out.rate === 0) bad('attributes.rate of a bandwidth toxic must be > 0 (KB/s)');
-  if (type === 'slicer' && out.average_size === 0) bad('attributes.average_size of a slicer toxic must be > 0');
+  if (type === 'slicer' && out.average_size === 0)
+    bad('attributes.average_size of a slicer toxic must be > 0');
   return out as unknown as ToxicAttributes[ToxicType];
 }
 

@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { registerChaosCommand } from './chaos.js';
 import { keelVersion } from './version.js';
 
 /** Builds the `keel` command line with every subcommand registered. */
@@ -11,6 +12,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run keel --help for usage)')
     .showSuggestionAfterError(true);
   // Subcommands register here, one line each.
+  registerChaosCommand(program);
   return program;
 }
 
