@@ -241,6 +241,41 @@ describe('circuitBreaker', () => {
     expect(b.stats().timeInStateMs).toEqual({ closed: 100, open: 300, halfOpen: 0, isolated: 0 });
   });
 
+  it("fast rejections are real KeelErrors, one object per call, carrying the caller's correlation id", async () => {
+    const { isKeelError, KeelError, withCorrelation } = await import('../errors/index.js');
+    const b = circuitBreaker({ clock: new VirtualClock(), window: consecutive(1), name: 'billing' });
+    await run(b, false);
+    const e1 = (await b.execute(ok).catch((e: unknown) => e)) as InstanceType<typeof KeelError>;
+    const e2 = (await withCorrelation('req-42', () => b.execute(ok)).catch((e: unknown) => e)) as typeof e1;
+    expect(isKeelError(e1)).toBe(true);
+    expect(e1).toBeInstanceOf(KeelError);
+    expect(e1).toBeInstanceOf(Error);
+    expect(e1).not.toBe(e2);
+    expect(e1.message).toBe(
+      'the circuit breaker "billing" is open: calls are rejected without reaching the dependency',
+    );
+    expect(e2.correlationId).toBe('req-42');
+    expect(e1.correlationId).toBeUndefined();
+    expect(e1.toJSON()).toMatchObject({
+      code: 'CIRCUIT_OPEN',
+      httpStatus: 503,
+      details: { state: 'open', openUntil: 10_000 },
+    });
+    expect(e1.toProblem()).toMatchObject({ status: 503, retryAfterSeconds: 10 });
+  });
+
+  it('moves to half-open on time without waiting for a call', async () => {
+    const clock = new VirtualClock();
+    const b = circuitBreaker({ clock, window: consecutive(1), halfOpenAfterMs: 1000 });
+    const at: number[] = [];
+    b.on('halfOpen', () => at.push(clock.now()));
+    await run(b, false);
+    await clock.advance(2000);
+    expect(at).toEqual([1000]);
+    b.reset();
+    expect(clock.pendingTimers()).toBe(0);
+  });
+
   it('rejects invalid settings', () => {
     expect(() => consecutive(0)).toThrow(/threshold/);
     expect(() => countWindow({ size: 10, minCalls: 11 })).toThrow(/minCalls/);

@@ -70,6 +70,19 @@ describe('timeout', () => {
     expect(aborted).toBe(true);
   });
 
+  it('cooperative: a failure after the deadline is reported as TIMEOUT', async () => {
+    const clock = new VirtualClock();
+    const policy = timeout(100, { clock });
+    const result = policy
+      .execute(async () => {
+        await clock.sleep(300);
+        throw new Error('socket closed');
+      })
+      .catch((e: unknown) => e);
+    await clock.advance(300);
+    expect(await result).toMatchObject({ code: 'TIMEOUT' });
+  });
+
   it('aggressive: rejects at the deadline without waiting for the function', async () => {
     const clock = new VirtualClock();
     const policy = timeout(100, { clock, strategy: 'aggressive' });
