@@ -79,3 +79,4 @@ export {
   type AdaptiveThrottleOptions,
 } from './adaptive-throttle.js';
 export { hedge, HedgePolicy, type HedgeOptions } from './hedge.js';
+export type { KeelPolicy } from './keel-policy.js';

@@ -192,6 +192,24 @@ describe('pipeline', () => {
     expect(p.stats()).toMatchObject({ calls: 3, successes: 2, failures: 1 });
   });
 
+  it('KeelPolicy narrows by kind for metrics bindings', async () => {
+    const { circuitBreaker: cb } = await import('./circuit-breaker.js');
+    const policies: import('./keel-policy.js').KeelPolicy[] = [cb(), retry(), pipeline(retry())];
+    const described = policies.map((p) => {
+      switch (p.kind) {
+        case 'circuitBreaker':
+          return `breaker ${p.stats().state}`;
+        case 'retry':
+          return `retry ${p.stats().retries}`;
+        case 'pipeline':
+          return `pipeline of ${p.stats().policies.length}`;
+        default:
+          return p.kind;
+      }
+    });
+    expect(described).toEqual(['breaker closed', 'retry 0', 'pipeline of 1']);
+  });
+
   it('member success events carry a duration when listened to', async () => {
     const clock = new VirtualClock();
     const b = circuitBreaker({ clock });
