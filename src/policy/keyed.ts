@@ -34,6 +34,7 @@ export class KeyedRegistry<K, P extends Executes> {
   private readonly clock: Clock;
   private sweptAt = 0;
   private evicted = 0;
+  private last: Entry<P> | undefined;
 
   constructor(factory: (key: K) => P, options: KeyedOptions = {}) {
     this.factory = factory;
@@ -55,17 +56,22 @@ export class KeyedRegistry<K, P extends Executes> {
     const map = this.map;
     let entry = map.get(key);
     if (entry !== undefined) {
-      // Re-insert to keep the map in least-recently-used-first order.
-      map.delete(key);
-      map.set(key, entry);
+      // Re-insert to keep the map in least-recently-used-first order (unless it is already last).
+      if (this.last !== entry) {
+        map.delete(key);
+        map.set(key, entry);
+        this.last = entry;
+      }
       entry.usedAt = now;
       return entry.policy;
     }
     entry = { policy: this.factory(key), usedAt: now };
     map.set(key, entry);
+    this.last = entry;
     if (map.size > this.maxKeys) {
       const oldest = map.keys().next();
       if (oldest.done !== true) {
+        if (map.get(oldest.value) === this.last) this.last = undefined;
         map.delete(oldest.value);
         this.evicted++;
       }
@@ -85,12 +91,14 @@ export class KeyedRegistry<K, P extends Executes> {
 
   /** Drops the policy of `key`. */
   delete(key: K): boolean {
+    if (this.last !== undefined && this.map.get(key) === this.last) this.last = undefined;
     return this.map.delete(key);
   }
 
   /** Drops every policy. */
   clear(): void {
     this.map.clear();
+    this.last = undefined;
   }
 
   /** Keys held. */
@@ -114,6 +122,7 @@ export class KeyedRegistry<K, P extends Executes> {
     const limit = now - (this.idleMs ?? Infinity);
     for (const [key, entry] of this.map) {
       if (entry.usedAt > limit) break; // the rest were used more recently
+      if (entry === this.last) this.last = undefined;
       this.map.delete(key);
       this.evicted++;
     }

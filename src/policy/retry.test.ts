@@ -299,3 +299,36 @@ describe('retry with a budget', () => {
     expect(budget.stats().rejections).toBe(1);
   });
 });
+
+describe('retry properties', () => {
+  it('calls at most maxAttempts times and succeeds exactly when a call within them succeeds', async () => {
+    const fc = (await import('fast-check')).default;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 6 }),
+        fc.integer({ min: 0, max: 8 }),
+        async (maxAttempts, failures) => {
+          const clock = new VirtualClock();
+          const policy = retry({
+            clock,
+            maxAttempts,
+            backoff: exponential({ initialMs: 10, jitter: 'full' }),
+          });
+          let calls = 0;
+          const result = policy
+            .execute(() => (++calls <= failures ? Promise.reject(transient(calls)) : Promise.resolve('ok')))
+            .then(
+              (v) => v,
+              (e: unknown) => (e as { code: string }).code,
+            );
+          await clock.runAll();
+          const outcome = await result;
+          expect(calls).toBe(Math.min(failures + 1, maxAttempts));
+          expect(outcome).toBe(failures < maxAttempts ? 'ok' : 'RETRIES_EXHAUSTED');
+          expect(policy.stats().retries).toBe(calls - 1);
+        },
+      ),
+      { numRuns: 80 },
+    );
+  });
+});
