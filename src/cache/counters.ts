@@ -1,0 +1,48 @@
+/**
+ * The six repair counters, by their stable names (exported to Prometheus as `keel_cache_<name>`).
+ * 1. corrupted metadata deleted; 2. a missing or corrupt slice dropped; 3. disk-full events;
+ * 4. references to missing slices removed; 5. leftover `.tmp` files removed; 6. orphaned slice
+ * files removed.
+ */
+export const REPAIR_COUNTERS = [
+  'corruption_metadata_total',
+  'corruption_missing_range_total',
+  'disk_full_events_total',
+  'inconsistency_fixed_total',
+  'partial_write_cleanup_total',
+  'orphaned_files_cleaned_total',
+] as const;
+
+/** One of {@link REPAIR_COUNTERS}. */
+export type RepairCounter = (typeof REPAIR_COUNTERS)[number];
+
+/** A snapshot of the cache's counters and gauges. */
+export interface CacheStats {
+  /** Reads answered from the cache (at least the first slice verified). */
+  hits: number;
+  /** Reads that found nothing usable. */
+  misses: number;
+  /** Bytes streamed out of the cache. */
+  bytesServed: number;
+  /** Slice bytes written to the cache. */
+  bytesWritten: number;
+  slicesWritten: number;
+  /** Slices removed to stay under the size limit. */
+  evictions: number;
+  /** Permission errors, EIO and other unexpected file-system errors (each a miss). */
+  ioErrors: number;
+  repairs: Record<RepairCounter, number>;
+  /** Bytes of slices on disk, as indexed. */
+  sizeBytes: number;
+  maxBytes: number;
+  objects: number;
+  slices: number;
+  /** True while writes are bypassed (disk full or cache unusable). */
+  bypass: boolean;
+  bypassReason: string | undefined;
+}
+
+/** Fresh zeroed repair counters. */
+export function zeroRepairs(): Record<RepairCounter, number> {
+  return Object.fromEntries(REPAIR_COUNTERS.map((c) => [c, 0])) as Record<RepairCounter, number>;
+}

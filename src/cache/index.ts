@@ -1,0 +1,28 @@
+/**
+ * The self-healing range cache: objects cut into aligned slices on local disk, every byte
+ * checked on the way out, every fault a miss plus a repair and a counter.
+ * @packageDocumentation
+ */
+export {
+  RangeCache,
+  type CleanupReport,
+  type RangeCacheEvents,
+  type RangeCacheOptions,
+  type ReadResult,
+  type VerifyReport,
+  type WriteResult,
+} from './range-cache.js';
+export { REPAIR_COUNTERS, type CacheStats, type RepairCounter } from './counters.js';
+export { identityHash, describeIdentity, type ObjectIdentity } from './identity.js';
+export {
+  decodeMeta,
+  encodeMeta,
+  sliceLength,
+  META_VERSION,
+  MAX_META_BYTES,
+  type CacheMeta,
+  type ObjectInfo,
+  type SliceInfo,
+  type DecodedMeta,
+} from './metadata.js';
+export { type CacheFs } from './fs.js';

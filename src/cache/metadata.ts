@@ -1,0 +1,115 @@
+import type { ObjectIdentity } from './identity.js';
+
+/** Current metadata format version. */
+export const META_VERSION = 1;
+
+/** Largest meta.json accepted; anything bigger is treated as corrupted. */
+export const MAX_META_BYTES = 1024 * 1024;
+
+/** One cached slice of an object. */
+export interface SliceInfo {
+  index: number;
+  length: number;
+  /** CRC32 (zlib.crc32) of the slice's bytes. */
+  crc32: number;
+  /** Last read or write, epoch ms. */
+  lastAccess: number;
+}
+
+/** What the origin said about the object. */
+export interface ObjectInfo {
+  etag: string;
+  size: number;
+  lastModified?: string;
+  contentType?: string;
+  /** Other response headers to replay (user metadata, cache-control …), lower-case names. */
+  headers?: Record<string, string>;
+}
+
+/** The content of meta.json. */
+export interface CacheMeta extends ObjectInfo {
+  version: typeof META_VERSION;
+  identity: ObjectIdentity;
+  sliceBytes: number;
+  /** When the object's metadata was stored or last revalidated, epoch ms. */
+  cachedAt: number;
+  slices: SliceInfo[];
+}
+
+/** Result of decoding meta.json: a valid entry, or why it is not one. */
+export type DecodedMeta = { ok: true; meta: CacheMeta } | { ok: false; reason: string };
+
+const isInt = (v: unknown, min = 0): v is number =>
+  typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
+const isStr = (v: unknown): v is string => typeof v === 'string';
+
+/** Serialises metadata. */
+export function encodeMeta(meta: CacheMeta): Buffer {
+  return Buffer.from(JSON.stringify(meta));
+}
+
+/**
+ * Decodes and checks meta.json: any byte string gives either a valid entry or a reason, never an
+ * exception. Checked: size, JSON, version, identity, ETag, size, slice size, every slice entry
+ * (index in range, length matching its position, CRC32 a uint32), no duplicates.
+ */
+export function decodeMeta(bytes: Uint8Array): DecodedMeta {
+  if (bytes.byteLength === 0) return { ok: false, reason: 'empty metadata file' };
+  if (bytes.byteLength > MAX_META_BYTES)
+    return { ok: false, reason: `metadata larger than ${MAX_META_BYTES} bytes` };
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
+  } catch {
+    return { ok: false, reason: 'metadata is not valid JSON' };
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    return { ok: false, reason: 'metadata is not an object' };
+  const m = raw as Record<string, unknown>;
+  if (m.version !== META_VERSION)
+    return { ok: false, reason: `unknown metadata version ${JSON.stringify(m.version)}` };
+  const id = m.identity as Record<string, unknown> | null | undefined;
+  if (typeof id !== 'object' || id === null || !isStr(id.bucket) || !isStr(id.key)) {
+    return { ok: false, reason: 'metadata identity is missing or malformed' };
+  }
+  if (id.versionId !== undefined && id.versionId !== null && !isStr(id.versionId)) {
+    return { ok: false, reason: 'metadata versionId is malformed' };
+  }
+  if (!isStr(m.etag) || m.etag === '') return { ok: false, reason: 'metadata etag is missing' };
+  if (!isInt(m.size)) return { ok: false, reason: 'metadata size is not a non-negative integer' };
+  if (!isInt(m.sliceBytes, 1)) return { ok: false, reason: 'metadata sliceBytes is not a positive integer' };
+  if (!isInt(m.cachedAt)) return { ok: false, reason: 'metadata cachedAt is malformed' };
+  if (m.lastModified !== undefined && !isStr(m.lastModified))
+    return { ok: false, reason: 'metadata lastModified is malformed' };
+  if (m.contentType !== undefined && !isStr(m.contentType))
+    return { ok: false, reason: 'metadata contentType is malformed' };
+  if (m.headers !== undefined) {
+    if (typeof m.headers !== 'object' || m.headers === null || Array.isArray(m.headers)) {
+      return { ok: false, reason: 'metadata headers are malformed' };
+    }
+    for (const v of Object.values(m.headers))
+      if (!isStr(v)) return { ok: false, reason: 'metadata headers are malformed' };
+  }
+  if (!Array.isArray(m.slices)) return { ok: false, reason: 'metadata slices are not a list' };
+  const count = Math.ceil(m.size / m.sliceBytes);
+  const seen = new Set<number>();
+  for (const s of m.slices as unknown[]) {
+    if (typeof s !== 'object' || s === null) return { ok: false, reason: 'a slice entry is malformed' };
+    const e = s as Record<string, unknown>;
+    if (!isInt(e.index) || e.index >= count || seen.has(e.index))
+      return { ok: false, reason: 'a slice index is out of range or repeated' };
+    if (!isInt(e.length) || e.length !== sliceLength(m.size, m.sliceBytes, e.index)) {
+      return { ok: false, reason: `slice ${e.index} has a wrong length` };
+    }
+    if (!isInt(e.crc32) || e.crc32 > 0xffffffff)
+      return { ok: false, reason: `slice ${e.index} has a malformed crc32` };
+    if (!isInt(e.lastAccess)) return { ok: false, reason: `slice ${e.index} has a malformed lastAccess` };
+    seen.add(e.index);
+  }
+  return { ok: true, meta: raw as CacheMeta };
+}
+
+/** Length of slice `index` of an object of `size` bytes cut into `sliceBytes` slices. */
+export function sliceLength(size: number, sliceBytes: number, index: number): number {
+  return Math.max(0, Math.min(sliceBytes, size - index * sliceBytes));
+}

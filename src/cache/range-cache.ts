@@ -1,0 +1,864 @@
+import { EventEmitter } from 'node:events';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { crc32 } from 'node:zlib';
+import { classify, keelError, type KeelError } from '../errors/index.js';
+import { systemClock, type Clock, type TimerHandle } from '../time/index.js';
+import { TMP_MARKER, writeFileAtomic } from './atomic-write.js';
+import { zeroRepairs, type CacheStats, type RepairCounter } from './counters.js';
+import { realFs, type CacheFs } from './fs.js';
+import { describeIdentity, identityHash, type ObjectIdentity } from './identity.js';
+import {
+  decodeMeta,
+  encodeMeta,
+  META_VERSION,
+  sliceLength,
+  type CacheMeta,
+  type ObjectInfo,
+  type SliceInfo,
+} from './metadata.js';
+
+/** Options of {@link RangeCache.open}. */
+export interface RangeCacheOptions {
+  /** Directory of the cache; created if missing. */
+  dir: string;
+  /** Size limit for slice bytes (default 10 GiB). */
+  maxBytes?: number;
+  /** Slice size; objects are cut at multiples of it (default 8 MiB). */
+  sliceBytes?: number;
+  /** Eviction starts above this share of maxBytes (default 0.95)… */
+  highWatermark?: number;
+  /** …and stops at this share (default 0.8). */
+  lowWatermark?: number;
+  /** While bypassed, how often to check whether the disk is usable again (default 30 s). */
+  bypassProbeMs?: number;
+  clock?: Clock;
+  /** File system to use (default `node:fs/promises`); inject faults with `faultyFs()` from `keel/chaos`. */
+  fs?: CacheFs;
+}
+
+/** A read: the bytes, or why not. */
+export type ReadResult = { hit: true; meta: CacheMeta; stream: Readable } | { hit: false; reason: string };
+
+/** A write: stored, or why not (none of these is an error for the caller: it just serves the origin's bytes). */
+export type WriteResult =
+  | { stored: true }
+  | {
+      stored: false;
+      reason: 'bypass' | 'no-metadata' | 'etag-mismatch' | 'disk-full' | 'io-error';
+      message: string;
+    };
+
+/** Events of the cache: repairs, faults and bypass changes, for logs, metrics and alerts. */
+export interface RangeCacheEvents {
+  repair: [{ counter: RepairCounter; message: string; count: number }];
+  fault: [{ message: string; error: KeelError }];
+  bypass: [{ active: boolean; reason: string }];
+}
+
+/** What {@link RangeCache.cleanup} did. */
+export interface CleanupReport {
+  partialWrites: number;
+  orphanedFiles: number;
+  inconsistenciesFixed: number;
+  corruptMetadata: number;
+  objectsScanned: number;
+}
+
+/** What {@link RangeCache.verify} found (and repaired with `fix`). */
+export interface VerifyReport extends CleanupReport {
+  slicesChecked: number;
+  bytesChecked: number;
+  checksumFailures: number;
+  missingSlices: number;
+  fixed: boolean;
+}
+
+interface IndexEntry {
+  hash: string;
+  index: number;
+  length: number;
+  lastAccess: number;
+}
+
+const META_FILE = 'meta.json';
+const SLICE_PREFIX = 'slice-';
+
+type LoadedMeta =
+  | { state: 'ok'; meta: CacheMeta }
+  | { state: 'missing' }
+  | { state: 'corrupt'; reason: string }
+  | { state: 'error'; error: KeelError };
+
+/**
+ * A range cache on local disk that checks every byte it serves and repairs itself. Objects are
+ * cut into aligned slices, each stored in its own file with its CRC32 in the object's metadata.
+ * Every fault (corrupted or empty metadata, a missing or corrupt slice, a full disk, permission
+ * and I/O errors) is a miss for the caller, plus a repair and a counter; see docs/cache.md.
+ */
+export class RangeCache extends EventEmitter<RangeCacheEvents> {
+  readonly dir: string;
+  readonly sliceBytes: number;
+  readonly maxBytes: number;
+  private readonly high: number;
+  private readonly low: number;
+  private readonly probeMs: number;
+  private readonly clock: Clock;
+  private readonly fs: CacheFs;
+  private readonly index = new Map<string, IndexEntry>();
+  private sizeBytes = 0;
+  private readonly locks = new Map<string, Promise<void>>();
+  private readonly inFlight = new Set<string>();
+  private bypassReason: string | undefined;
+  private probeTimer: TimerHandle | undefined;
+  private closed = false;
+  private readonly counts = {
+    hits: 0,
+    misses: 0,
+    bytesServed: 0,
+    bytesWritten: 0,
+    slicesWritten: 0,
+    evictions: 0,
+    ioErrors: 0,
+    repairs: zeroRepairs(),
+  };
+
+  private constructor(options: RangeCacheOptions) {
+    super();
+    this.dir = path.resolve(options.dir);
+    this.sliceBytes = options.sliceBytes ?? 8 * 1024 * 1024;
+    this.maxBytes = options.maxBytes ?? 10 * 1024 ** 3;
+    this.high = options.highWatermark ?? 0.95;
+    this.low = options.lowWatermark ?? 0.8;
+    this.probeMs = options.bypassProbeMs ?? 30_000;
+    this.clock = options.clock ?? systemClock;
+    this.fs = options.fs ?? realFs;
+    const bad = (m: string): never => {
+      throw keelError('INVALID_CONFIG', `range cache: ${m}`);
+    };
+    if (!Number.isSafeInteger(this.sliceBytes) || this.sliceBytes < 1)
+      bad(`sliceBytes must be a positive integer, got ${this.sliceBytes}`);
+    if (!(this.maxBytes > 0)) bad(`maxBytes must be > 0, got ${this.maxBytes}`);
+    if (!(this.low > 0 && this.low < this.high && this.high <= 1)) {
+      bad(`watermarks must satisfy 0 < lowWatermark < highWatermark <= 1, got ${this.low} and ${this.high}`);
+    }
+  }
+
+  /**
+   * Opens (creating if needed) the cache in `options.dir`, removes leftover `.tmp` files and
+   * corrupted metadata, and rebuilds the size index from disk.
+   * @throws KeelError `INVALID_CONFIG` for bad options. An unusable directory does not throw: the
+   *   cache starts in bypass mode and keeps probing.
+   */
+  static async open(options: RangeCacheOptions): Promise<RangeCache> {
+    const cache = new RangeCache(options);
+    try {
+      await cache.fs.mkdir(cache.objectsDir(), { recursive: true });
+      await cache.rebuildIndex();
+    } catch (err) {
+      cache.enterBypass(`cache directory ${cache.dir} is unusable: ${classify(err).message}`);
+    }
+    return cache;
+  }
+
+  /** Stops background probing. Reads and writes after close are misses. */
+  close(): Promise<void> {
+    this.closed = true;
+    this.probeTimer?.cancel();
+    this.probeTimer = undefined;
+    return Promise.resolve();
+  }
+
+  /** True while writes are bypassed. */
+  get bypassed(): boolean {
+    return this.bypassReason !== undefined;
+  }
+
+  /** Counters and gauges. */
+  stats(): CacheStats {
+    const objects = new Set<string>();
+    for (const e of this.index.values()) objects.add(e.hash);
+    return {
+      ...this.counts,
+      repairs: { ...this.counts.repairs },
+      sizeBytes: this.sizeBytes,
+      maxBytes: this.maxBytes,
+      objects: objects.size,
+      slices: this.index.size,
+      bypass: this.bypassed,
+      bypassReason: this.bypassReason,
+    };
+  }
+
+  /** The object's metadata, or undefined when not cached (corrupted metadata is repaired: a miss). */
+  async getMeta(id: ObjectIdentity): Promise<CacheMeta | undefined> {
+    const loaded = await this.loadMeta(identityHash(id), id);
+    return loaded.state === 'ok' ? loaded.meta : undefined;
+  }
+
+  /** Indexes of the slices of `[start, end]` (inclusive) that are cached, and the metadata. */
+  async cachedSlices(
+    id: ObjectIdentity,
+    start = 0,
+    end?: number,
+  ): Promise<{ meta: CacheMeta; cached: Set<number>; needed: number[] } | undefined> {
+    const meta = await this.getMeta(id);
+    if (!meta) return undefined;
+    const last = Math.min(end ?? meta.size - 1, meta.size - 1);
+    const needed: number[] = [];
+    for (
+      let i = Math.floor(start / meta.sliceBytes);
+      i <= Math.floor(last / meta.sliceBytes) && last >= start;
+      i++
+    )
+      needed.push(i);
+    return { meta, cached: new Set(meta.slices.map((s) => s.index)), needed };
+  }
+
+  /**
+   * Stores what the origin said about an object. The same ETag keeps the cached slices and
+   * refreshes `cachedAt` (a revalidation); another ETag drops every slice of the old version.
+   */
+  async putMeta(id: ObjectIdentity, info: ObjectInfo): Promise<WriteResult> {
+    if (this.bypassed || this.closed)
+      return { stored: false, reason: 'bypass', message: this.bypassReason ?? 'cache closed' };
+    const hash = identityHash(id);
+    return this.withLock(hash, async () => {
+      const loaded = await this.loadMeta(hash, id);
+      const keep = loaded.state === 'ok' && loaded.meta.etag === info.etag && loaded.meta.size === info.size;
+      if (loaded.state === 'ok' && !keep)
+        await this.dropSlices(
+          hash,
+          loaded.meta.slices.map((s) => s.index),
+        );
+      const meta: CacheMeta = {
+        version: META_VERSION,
+        identity: { bucket: id.bucket, key: id.key, versionId: id.versionId ?? null },
+        etag: info.etag,
+        size: info.size,
+        ...(info.lastModified === undefined ? {} : { lastModified: info.lastModified }),
+        ...(info.contentType === undefined ? {} : { contentType: info.contentType }),
+        ...(info.headers === undefined ? {} : { headers: info.headers }),
+        sliceBytes: this.sliceBytes,
+        cachedAt: this.clock.now(),
+        slices: keep ? loaded.meta.slices : [],
+      };
+      if (keep) meta.sliceBytes = loaded.meta.sliceBytes;
+      return this.storeWithRetry(
+        () => this.writeMeta(hash, meta),
+        `metadata of ${describeIdentity(id)}`,
+        hash,
+      );
+    });
+  }
+
+  /**
+   * Stores slice `index` of the object, checked against the stored metadata: the ETag must match
+   * (versions never mix) and the length must be the slice's. The write is atomic and durable
+   * before the metadata refers to it.
+   * @throws KeelError `INVALID_INPUT` for an index or length that cannot be right.
+   */
+  async writeSlice(id: ObjectIdentity, index: number, data: Uint8Array, etag: string): Promise<WriteResult> {
+    if (this.bypassed || this.closed)
+      return { stored: false, reason: 'bypass', message: this.bypassReason ?? 'cache closed' };
+    const hash = identityHash(id);
+    await this.makeRoom(data.byteLength);
+    return this.withLock(hash, async () => {
+      const loaded = await this.loadMeta(hash, id);
+      if (loaded.state !== 'ok')
+        return { stored: false, reason: 'no-metadata', message: `no metadata for ${describeIdentity(id)}` };
+      const meta = loaded.meta;
+      if (meta.etag !== etag) {
+        return {
+          stored: false,
+          reason: 'etag-mismatch',
+          message: `slice of ${describeIdentity(id)} has ETag ${etag}, cached version is ${meta.etag}`,
+        };
+      }
+      const expected = sliceLength(meta.size, meta.sliceBytes, index);
+      if (!Number.isSafeInteger(index) || index < 0 || expected === 0 || data.byteLength !== expected) {
+        throw keelError(
+          'INVALID_INPUT',
+          `slice ${index} of ${describeIdentity(id)} must be ${expected} bytes, got ${data.byteLength}`,
+        );
+      }
+      if (meta.slices.some((s) => s.index === index)) return { stored: true };
+      const file = this.slicePath(hash, index);
+      const slice: SliceInfo = {
+        index,
+        length: data.byteLength,
+        crc32: crc32(data),
+        lastAccess: this.clock.now(),
+      };
+      this.inFlight.add(file);
+      try {
+        const result = await this.storeWithRetry(
+          async () => {
+            await this.fs.mkdir(this.objectDir(hash), { recursive: true });
+            await writeFileAtomic(this.fs, file, data, this.inFlight);
+            try {
+              await this.writeMeta(hash, { ...meta, slices: [...meta.slices, slice] });
+            } catch (err) {
+              await this.fs.rm(file, { force: true }).catch(() => undefined);
+              throw err;
+            }
+          },
+          `slice ${index} of ${describeIdentity(id)}`,
+          hash,
+        );
+        if (result.stored) {
+          this.indexSlice(hash, slice);
+          this.counts.bytesWritten += data.byteLength;
+          this.counts.slicesWritten++;
+        }
+        return result;
+      } finally {
+        this.inFlight.delete(file);
+      }
+    });
+  }
+
+  /**
+   * Reads bytes `start..end` (inclusive) of the object. A hit streams exactly those bytes, each
+   * slice's CRC32 verified before its bytes are passed on. Anything missing, corrupt or unreadable
+   * is a miss (and repaired). The first slice is verified before a hit is returned; should a later
+   * slice fail, the stream errors with a `CHECKSUM_MISMATCH` KeelError whose `details.offset` says
+   * where to continue from the origin.
+   */
+  async read(id: ObjectIdentity, start: number, end: number): Promise<ReadResult> {
+    const miss = (reason: string): ReadResult => {
+      this.counts.misses++;
+      return { hit: false, reason };
+    };
+    if (this.closed) return miss('cache closed');
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start)
+      return miss('invalid range');
+    const hash = identityHash(id);
+    const loaded = await this.loadMeta(hash, id);
+    if (loaded.state !== 'ok') return miss(loaded.state === 'missing' ? 'not cached' : 'metadata unusable');
+    const meta = loaded.meta;
+    if (end >= meta.size) return miss('range beyond the object');
+    const first = Math.floor(start / meta.sliceBytes);
+    const last = Math.floor(end / meta.sliceBytes);
+    const byIndex = new Map(meta.slices.map((s) => [s.index, s]));
+    for (let i = first; i <= last; i++) if (!byIndex.has(i)) return miss(`slice ${i} not cached`);
+    const firstSlice = byIndex.get(first) as SliceInfo;
+    const firstBytes = await this.readSlice(hash, id, firstSlice);
+    if (!firstBytes) return miss(`slice ${first} unusable`);
+    this.counts.hits++;
+    const sliceBytes = meta.sliceBytes;
+    const cut = (bytes: Buffer, i: number): Buffer => {
+      const base = i * sliceBytes;
+      return bytes.subarray(Math.max(0, start - base), Math.min(bytes.length, end - base + 1));
+    };
+    const generate = async function* (this: RangeCache): AsyncGenerator<Buffer> {
+      const head = cut(firstBytes, first);
+      this.counts.bytesServed += head.length;
+      yield head;
+      for (let i = first + 1; i <= last; i++) {
+        const bytes = await this.readSlice(hash, id, byIndex.get(i) as SliceInfo);
+        if (!bytes) {
+          throw keelError(
+            'CHECKSUM_MISMATCH',
+            `slice ${i} of ${describeIdentity(id)} failed verification mid-read; continue from the origin at byte ${i * sliceBytes}`,
+            {
+              offset: i * sliceBytes,
+            },
+          );
+        }
+        const part = cut(bytes, i);
+        this.counts.bytesServed += part.length;
+        yield part;
+      }
+    };
+    return { hit: true, meta, stream: Readable.from(generate.call(this), { objectMode: false }) };
+  }
+
+  /** Forgets an object: metadata and every slice. */
+  async invalidate(id: ObjectIdentity): Promise<void> {
+    const hash = identityHash(id);
+    await this.withLock(hash, async () => {
+      await this.removeObject(hash);
+    });
+  }
+
+  /**
+   * Removes references to slice files that do not exist (or have the wrong size); deletes the
+   * entry when none remain. Counts `inconsistency_fixed_total` per reference removed.
+   */
+  async verifyAndFix(id: ObjectIdentity): Promise<{ removed: number; remaining: number }> {
+    const hash = identityHash(id);
+    return this.withLock(hash, () => this.fixReferences(hash, id));
+  }
+
+  /**
+   * Removes leftover `.tmp` files, orphaned slice files and references to missing slices over the
+   * whole cache, never touching what a writer in this process is using.
+   */
+  async cleanup(): Promise<CleanupReport> {
+    const report = (await this.walk(false)) as CleanupReport;
+    return {
+      partialWrites: report.partialWrites,
+      orphanedFiles: report.orphanedFiles,
+      inconsistenciesFixed: report.inconsistenciesFixed,
+      corruptMetadata: report.corruptMetadata,
+      objectsScanned: report.objectsScanned,
+    };
+  }
+
+  /**
+   * Checks every metadata file and every slice's checksum. With `fix`, repairs what it finds
+   * (and runs cleanup); without, only reports. `onProgress` is told objects done of total.
+   */
+  verify(
+    options: { fix?: boolean; onProgress?: (done: number, total: number) => void } = {},
+  ): Promise<VerifyReport> {
+    return this.walk(true, options.fix ?? false, options.onProgress);
+  }
+
+  /** Evicts least recently used slices until at most `targetBytes` remain; returns bytes freed. */
+  async evictTo(targetBytes: number, exceptObject?: string): Promise<number> {
+    if (this.sizeBytes <= targetBytes) return 0;
+    // The object being written (whose lock the caller holds) is never evicted from under it.
+    const entries = [...this.index.values()]
+      .filter((e) => e.hash !== exceptObject)
+      .sort((a, b) => a.lastAccess - b.lastAccess);
+    let freed = 0;
+    for (const e of entries) {
+      if (this.sizeBytes <= targetBytes) break;
+      if (!this.index.has(`${e.hash}:${e.index}`)) continue;
+      freed += await this.withLock(e.hash, async () => {
+        const loaded = await this.loadMeta(e.hash);
+        if (loaded.state !== 'ok') {
+          this.unindexObject(e.hash);
+          return 0;
+        }
+        await this.dropSlices(e.hash, [e.index], loaded.meta);
+        this.counts.evictions++;
+        return e.length;
+      });
+    }
+    return freed;
+  }
+
+  // ---- internals ----
+
+  private objectsDir(): string {
+    return path.join(this.dir, 'objects');
+  }
+
+  private objectDir(hash: string): string {
+    return path.join(this.objectsDir(), hash.slice(0, 2), hash);
+  }
+
+  private slicePath(hash: string, index: number): string {
+    return path.join(this.objectDir(hash), `${SLICE_PREFIX}${index}`);
+  }
+
+  private async withLock<T>(hash: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(hash) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const chained = previous.then(() => mine);
+    this.locks.set(hash, chained);
+    await previous;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.locks.get(hash) === chained) this.locks.delete(hash);
+    }
+  }
+
+  private repair(counter: RepairCounter, message: string, count = 1): void {
+    this.counts.repairs[counter] += count;
+    this.emit('repair', { counter, message, count });
+  }
+
+  private fault(message: string, err: unknown): void {
+    this.counts.ioErrors++;
+    this.emit('fault', { message, error: classify(err) });
+  }
+
+  private async loadMeta(hash: string, id?: ObjectIdentity): Promise<LoadedMeta> {
+    let bytes: Buffer;
+    try {
+      bytes = await this.fs.readFile(path.join(this.objectDir(hash), META_FILE));
+    } catch (err) {
+      const e = classify(err);
+      if (e.code === 'NOT_FOUND') return { state: 'missing' };
+      this.fault(
+        `could not read metadata of ${id ? describeIdentity(id) : hash}: ${e.message}; serving from origin`,
+        err,
+      );
+      return { state: 'error', error: e };
+    }
+    const decoded = decodeMeta(bytes);
+    if (!decoded.ok || (id && !sameIdentity(decoded.meta, id))) {
+      const reason = decoded.ok ? 'metadata belongs to another object' : decoded.reason;
+      await this.removeObject(hash).catch((err: unknown) => {
+        this.fault(`could not remove corrupted entry ${hash}`, err);
+      });
+      this.repair(
+        'corruption_metadata_total',
+        `metadata of ${id ? describeIdentity(id) : hash} was corrupted (${reason}); entry deleted`,
+      );
+      return { state: 'corrupt', reason };
+    }
+    return { state: 'ok', meta: decoded.meta };
+  }
+
+  private async writeMeta(hash: string, meta: CacheMeta): Promise<void> {
+    await this.fs.mkdir(this.objectDir(hash), { recursive: true });
+    await writeFileAtomic(
+      this.fs,
+      path.join(this.objectDir(hash), META_FILE),
+      encodeMeta(meta),
+      this.inFlight,
+    );
+  }
+
+  /** Reads and verifies one slice; on any failure repairs and returns undefined. */
+  private async readSlice(hash: string, id: ObjectIdentity, slice: SliceInfo): Promise<Buffer | undefined> {
+    let bytes: Buffer;
+    try {
+      bytes = await this.fs.readFile(this.slicePath(hash, slice.index));
+    } catch (err) {
+      const e = classify(err);
+      if (e.code !== 'NOT_FOUND') {
+        this.fault(
+          `could not read slice ${slice.index} of ${describeIdentity(id)}: ${e.message}; serving from origin`,
+          err,
+        );
+        return undefined;
+      }
+      await this.dropCorruptSlice(hash, id, slice.index, 'missing');
+      return undefined;
+    }
+    if (bytes.length !== slice.length || crc32(bytes) !== slice.crc32) {
+      await this.dropCorruptSlice(hash, id, slice.index, 'failed its checksum');
+      return undefined;
+    }
+    const entry = this.index.get(`${hash}:${slice.index}`);
+    if (entry) entry.lastAccess = this.clock.now();
+    return bytes;
+  }
+
+  private async dropCorruptSlice(
+    hash: string,
+    id: ObjectIdentity,
+    index: number,
+    why: string,
+    locked = false,
+  ): Promise<void> {
+    const drop = async (): Promise<void> => {
+      const loaded = await this.loadMeta(hash, id);
+      if (loaded.state === 'ok' && loaded.meta.slices.some((s) => s.index === index)) {
+        await this.dropSlices(hash, [index], loaded.meta);
+      }
+    };
+    await (locked ? drop() : this.withLock(hash, drop)).catch((err: unknown) => {
+      this.fault(`could not repair slice ${index} of ${describeIdentity(id)}`, err);
+    });
+    this.repair(
+      'corruption_missing_range_total',
+      `slice ${index} of ${describeIdentity(id)} ${why}; dropped, other slices kept`,
+    );
+  }
+
+  /** Removes slices from the metadata (atomically) and then their files. Caller holds the lock. */
+  private async dropSlices(hash: string, indexes: number[], meta?: CacheMeta): Promise<void> {
+    if (meta) {
+      const remaining = meta.slices.filter((s) => !indexes.includes(s.index));
+      if (remaining.length === 0) {
+        await this.removeObject(hash);
+        return;
+      }
+      await this.writeMeta(hash, { ...meta, slices: remaining });
+    }
+    for (const i of indexes) {
+      await this.fs.rm(this.slicePath(hash, i), { force: true });
+      this.unindexSlice(hash, i);
+    }
+  }
+
+  private async removeObject(hash: string): Promise<void> {
+    await this.fs.rm(this.objectDir(hash), { recursive: true, force: true });
+    this.unindexObject(hash);
+  }
+
+  private indexSlice(hash: string, slice: SliceInfo): void {
+    const key = `${hash}:${slice.index}`;
+    if (this.index.has(key)) return;
+    this.index.set(key, { hash, index: slice.index, length: slice.length, lastAccess: slice.lastAccess });
+    this.sizeBytes += slice.length;
+  }
+
+  private unindexSlice(hash: string, index: number): void {
+    const key = `${hash}:${index}`;
+    const e = this.index.get(key);
+    if (!e) return;
+    this.index.delete(key);
+    this.sizeBytes -= e.length;
+  }
+
+  private unindexObject(hash: string): void {
+    for (const e of [...this.index.values()]) if (e.hash === hash) this.unindexSlice(hash, e.index);
+  }
+
+  private async makeRoom(incoming: number): Promise<void> {
+    if (this.sizeBytes + incoming > this.maxBytes * this.high) {
+      await this.evictTo(Math.max(0, this.maxBytes * this.low - incoming));
+    }
+  }
+
+  /**
+   * Runs a write; on a full disk, evicts and retries once, then bypasses. Other errors are
+   * reported and give up on caching this write.
+   */
+  private async storeWithRetry(write: () => Promise<void>, what: string, hash: string): Promise<WriteResult> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await write();
+        return { stored: true };
+      } catch (err) {
+        const e = classify(err);
+        if (e.code !== 'DISK_FULL') {
+          this.fault(`could not write ${what} to ${this.dir}: ${e.message}; serving from origin`, err);
+          return { stored: false, reason: 'io-error', message: e.message };
+        }
+        this.repair(
+          'disk_full_events_total',
+          `could not write ${what} to ${this.dir}: disk full; ${attempt === 1 ? 'evicting and retrying once' : 'entering bypass mode'}`,
+        );
+        if (attempt >= 2) {
+          this.enterBypass(`disk full while writing ${what}`);
+          return { stored: false, reason: 'disk-full', message: e.message };
+        }
+        // Emergency eviction: free at least a slice's worth, down to the low watermark.
+        const target = Math.min(this.maxBytes * this.low, Math.max(0, this.sizeBytes - 2 * this.sliceBytes));
+        await this.evictTo(target, hash).catch(() => 0);
+      }
+    }
+  }
+
+  private enterBypass(reason: string): void {
+    if (this.bypassReason !== undefined || this.closed) return;
+    this.bypassReason = reason;
+    this.emit('bypass', { active: true, reason });
+    this.scheduleProbe();
+  }
+
+  private scheduleProbe(): void {
+    this.probeTimer = this.clock.setTimer(this.probeMs, () => {
+      void this.probe();
+    });
+  }
+
+  /** Leaves bypass once a slice-sized write succeeds again. */
+  private async probe(): Promise<void> {
+    if (this.closed) return;
+    const file = path.join(this.dir, `probe${TMP_MARKER}check`);
+    try {
+      await this.fs.mkdir(this.objectsDir(), { recursive: true });
+      await writeFileAtomic(
+        this.fs,
+        file,
+        Buffer.alloc(Math.min(this.sliceBytes, 1024 * 1024)),
+        this.inFlight,
+      );
+      await this.fs.rm(file, { force: true });
+      if (this.index.size === 0) await this.rebuildIndex();
+      const reason = this.bypassReason ?? '';
+      this.bypassReason = undefined;
+      this.emit('bypass', { active: false, reason: `cache usable again (was: ${reason})` });
+    } catch {
+      await this.fs.rm(file, { force: true }).catch(() => undefined);
+      this.scheduleProbe();
+    }
+  }
+
+  private async rebuildIndex(): Promise<void> {
+    this.index.clear();
+    this.sizeBytes = 0;
+    await this.walk(false, true);
+  }
+
+  private async fixReferences(
+    hash: string,
+    id?: ObjectIdentity,
+  ): Promise<{ removed: number; remaining: number }> {
+    const loaded = await this.loadMeta(hash, id);
+    if (loaded.state !== 'ok') return { removed: 0, remaining: 0 };
+    const meta = loaded.meta;
+    const missing: number[] = [];
+    for (const s of meta.slices) {
+      try {
+        const st = await this.fs.stat(this.slicePath(hash, s.index));
+        if (st.size !== s.length) missing.push(s.index);
+      } catch {
+        missing.push(s.index);
+      }
+    }
+    if (missing.length === 0) return { removed: 0, remaining: meta.slices.length };
+    await this.dropSlices(hash, missing, meta);
+    this.repair(
+      'inconsistency_fixed_total',
+      `metadata of ${describeIdentity(meta.identity)} referred to ${missing.length} missing slice(s); references removed`,
+      missing.length,
+    );
+    return { removed: missing.length, remaining: meta.slices.length - missing.length };
+  }
+
+  /**
+   * One pass over every object directory: removes stale `.tmp` files and orphans, fixes
+   * references, indexes valid slices; with `deep`, also reads and verifies every slice.
+   */
+  private async walk(
+    deep: boolean,
+    fix = true,
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<VerifyReport> {
+    const report: VerifyReport = {
+      partialWrites: 0,
+      orphanedFiles: 0,
+      inconsistenciesFixed: 0,
+      corruptMetadata: 0,
+      objectsScanned: 0,
+      slicesChecked: 0,
+      bytesChecked: 0,
+      checksumFailures: 0,
+      missingSlices: 0,
+      fixed: fix,
+    };
+    const root = this.objectsDir();
+    const hashes: string[] = [];
+    for (const shard of await this.readdirSafe(root)) {
+      for (const hash of await this.readdirSafe(path.join(root, shard))) hashes.push(hash);
+    }
+    // Leftover probe files at the top level.
+    for (const name of await this.readdirSafe(this.dir)) {
+      const full = path.join(this.dir, name);
+      if (name.includes(TMP_MARKER) && !this.inFlight.has(full)) {
+        if (fix) await this.fs.rm(full, { force: true });
+      }
+    }
+    let done = 0;
+    for (const hash of hashes) {
+      await this.withLock(hash, () => this.walkObject(hash, deep, fix, report));
+      report.objectsScanned++;
+      onProgress?.(++done, hashes.length);
+    }
+    if (fix) {
+      if (report.partialWrites > 0)
+        this.repair(
+          'partial_write_cleanup_total',
+          `removed ${report.partialWrites} leftover .tmp file(s)`,
+          report.partialWrites,
+        );
+      if (report.orphanedFiles > 0)
+        this.repair(
+          'orphaned_files_cleaned_total',
+          `removed ${report.orphanedFiles} orphaned slice file(s)`,
+          report.orphanedFiles,
+        );
+    }
+    return report;
+  }
+
+  private async walkObject(hash: string, deep: boolean, fix: boolean, report: VerifyReport): Promise<void> {
+    const dir = this.objectDir(hash);
+    const names = await this.readdirSafe(dir);
+    const busy = (name: string): boolean => this.inFlight.has(path.join(dir, name));
+    for (const name of names) {
+      if (name.includes(TMP_MARKER) && !busy(name)) {
+        report.partialWrites++;
+        if (fix) await this.fs.rm(path.join(dir, name), { force: true });
+      }
+    }
+    const sliceFiles = names.filter((n) => n.startsWith(SLICE_PREFIX) && !n.includes(TMP_MARKER));
+    const loaded = names.includes(META_FILE)
+      ? await this.peekMeta(hash, fix)
+      : ({ state: 'missing' } as const);
+    if (loaded.state === 'corrupt') {
+      report.corruptMetadata++;
+      return;
+    }
+    if (loaded.state === 'error') return;
+    const referenced = new Set(
+      loaded.state === 'ok' ? loaded.meta.slices.map((s) => `${SLICE_PREFIX}${s.index}`) : [],
+    );
+    for (const name of sliceFiles) {
+      if (referenced.has(name) || busy(name)) continue;
+      report.orphanedFiles++;
+      if (fix) await this.fs.rm(path.join(dir, name), { force: true });
+    }
+    if (loaded.state === 'missing') {
+      if (fix && sliceFiles.every((n) => !busy(n)))
+        await this.fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      return;
+    }
+    const meta = loaded.meta;
+    const present = new Set(sliceFiles);
+    const missing = meta.slices.filter((s) => !present.has(`${SLICE_PREFIX}${s.index}`));
+    report.missingSlices += missing.length;
+    if (missing.length > 0 && fix) {
+      const fixed = await this.fixReferences(hash);
+      report.inconsistenciesFixed += fixed.removed;
+    }
+    const current = missing.length > 0 && fix ? await this.peekMeta(hash, fix) : loaded;
+    if (current.state !== 'ok') return;
+    for (const s of current.meta.slices) {
+      if (deep) {
+        report.slicesChecked++;
+        let ok = false;
+        try {
+          const bytes = await this.fs.readFile(this.slicePath(hash, s.index));
+          report.bytesChecked += bytes.length;
+          ok = bytes.length === s.length && crc32(bytes) === s.crc32;
+        } catch (err) {
+          if (classify(err).code !== 'NOT_FOUND')
+            this.fault(`could not read slice ${s.index} of ${hash}`, err);
+        }
+        if (!ok) {
+          report.checksumFailures++;
+          if (fix)
+            await this.dropCorruptSlice(hash, current.meta.identity, s.index, 'failed verification', true);
+          continue;
+        }
+      }
+      this.indexSlice(hash, s);
+    }
+  }
+
+  /** loadMeta without the repair side effects when not fixing. */
+  private async peekMeta(hash: string, fix: boolean): Promise<LoadedMeta> {
+    if (fix) return this.loadMeta(hash);
+    try {
+      const decoded = decodeMeta(await this.fs.readFile(path.join(this.objectDir(hash), META_FILE)));
+      return decoded.ok ? { state: 'ok', meta: decoded.meta } : { state: 'corrupt', reason: decoded.reason };
+    } catch (err) {
+      const e = classify(err);
+      return e.code === 'NOT_FOUND' ? { state: 'missing' } : { state: 'error', error: e };
+    }
+  }
+
+  private async readdirSafe(dir: string): Promise<string[]> {
+    try {
+      return await this.fs.readdir(dir);
+    } catch (err) {
+      if (classify(err).code !== 'NOT_FOUND') this.fault(`could not list ${dir}`, err);
+      return [];
+    }
+  }
+}
+
+function sameIdentity(meta: CacheMeta, id: ObjectIdentity): boolean {
+  return (
+    meta.identity.bucket === id.bucket &&
+    meta.identity.key === id.key &&
+    (meta.identity.versionId ?? null) === (id.versionId ?? null)
+  );
+}
