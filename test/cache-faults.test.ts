@@ -1,0 +1,310 @@
+import { readdir, readFile, rm, truncate, writeFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { identityHash, RangeCache, type ObjectIdentity } from '../src/cache/index.js';
+import { faultyFs } from '../src/chaos/index.js';
+import { VirtualClock } from '../src/time/index.js';
+import { bytesOf, filledCache, SLICE, tempDir } from './cache-support.js';
+
+const id: ObjectIdentity = { bucket: 'b', key: 'dir/object.bin' };
+let tmp: Awaited<ReturnType<typeof tempDir>>;
+beforeEach(async () => {
+  tmp = await tempDir();
+});
+afterEach(async () => {
+  await tmp.remove();
+});
+
+const objectDir = (dir: string, ident: ObjectIdentity = id): string => {
+  const h = identityHash(ident);
+  return path.join(dir, 'objects', h.slice(0, 2), h);
+};
+
+describe('range cache: reads and writes', () => {
+  it('serves exactly the requested bytes across slices after a write', async () => {
+    const { cache, data } = await filledCache(tmp.dir, id, 5000);
+    for (const [start, end] of [
+      [0, 4999],
+      [0, 0],
+      [1023, 1024],
+      [100, 3100],
+      [4096, 4999],
+      [4999, 4999],
+    ] as const) {
+      const r = await cache.read(id, start, end);
+      expect(r.hit).toBe(true);
+      if (r.hit) expect((await bytesOf(r.stream)).equals(data.subarray(start, end + 1))).toBe(true);
+    }
+    expect(cache.stats()).toMatchObject({ slices: 5, sizeBytes: 5000, objects: 1 });
+  });
+
+  it('is a miss for uncached objects, missing slices and out-of-range reads', async () => {
+    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE });
+    expect(await cache.read(id, 0, 10)).toEqual({ hit: false, reason: 'not cached' });
+    await cache.putMeta(id, { etag: '"e1"', size: 3000 });
+    await cache.writeSlice(id, 0, Buffer.alloc(SLICE, 1), '"e1"');
+    expect((await cache.read(id, 0, 1023)).hit).toBe(true);
+    expect(await cache.read(id, 0, 1024)).toMatchObject({ hit: false, reason: 'slice 1 not cached' });
+    expect((await cache.read(id, 0, 3000)).hit).toBe(false);
+    expect((await cache.read(id, 10, 5)).hit).toBe(false);
+    expect((await cache.cachedSlices(id, 0, 2999))?.needed).toEqual([0, 1, 2]);
+  });
+
+  it('never mixes versions: a slice with another ETag is refused, a new ETag drops the old slices', async () => {
+    const { cache } = await filledCache(tmp.dir, id, 3000);
+    expect(await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"other"')).toMatchObject({
+      stored: false,
+      reason: 'etag-mismatch',
+    });
+    await cache.putMeta(id, { etag: '"e2"', size: 3000 });
+    expect((await cache.read(id, 0, 10)).hit).toBe(false);
+    expect((await readdir(objectDir(tmp.dir))).filter((n) => n.startsWith('slice-'))).toEqual([]);
+    expect(cache.stats().slices).toBe(0);
+  });
+
+  it('refuses slices of the wrong length', async () => {
+    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE });
+    await cache.putMeta(id, { etag: '"e1"', size: 1500 });
+    await expect(cache.writeSlice(id, 1, Buffer.alloc(SLICE), '"e1"')).rejects.toMatchObject({
+      code: 'INVALID_INPUT',
+    });
+    expect((await cache.writeSlice(id, 1, Buffer.alloc(476), '"e1"')).stored).toBe(true);
+  });
+
+  it('keys objects by bucket, key and version id', async () => {
+    const { cache } = await filledCache(tmp.dir, id, 100);
+    expect((await cache.read({ ...id, versionId: 'v2' }, 0, 10)).hit).toBe(false);
+    expect((await cache.read({ bucket: 'other', key: id.key }, 0, 10)).hit).toBe(false);
+  });
+});
+
+describe('range cache: faults are misses plus repairs', () => {
+  it.each([
+    ['garbage', Buffer.from('{not json')],
+    ['empty', Buffer.alloc(0)],
+    ['wrong shape', Buffer.from(JSON.stringify({ version: 1, identity: 'x' }))],
+    ['unknown version', Buffer.from(JSON.stringify({ version: 99 }))],
+    ['oversize', Buffer.alloc(2 * 1024 * 1024, 0x20)],
+  ])('corrupted metadata (%s): miss, entry and slices deleted, counter', async (_name, bytes) => {
+    const { cache } = await filledCache(tmp.dir, id, 3000);
+    await writeFile(path.join(objectDir(tmp.dir), 'meta.json'), bytes);
+    expect((await cache.read(id, 0, 10)).hit).toBe(false);
+    await expect(stat(objectDir(tmp.dir))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(cache.stats().repairs.corruption_metadata_total).toBe(1);
+    expect(cache.stats().slices).toBe(0);
+  });
+
+  it('a missing slice: miss for it, reference removed, other slices kept', async () => {
+    const { cache, data } = await filledCache(tmp.dir, id, 3000);
+    await rm(path.join(objectDir(tmp.dir), 'slice-1'));
+    expect((await cache.read(id, 1024, 2047)).hit).toBe(false);
+    expect(cache.stats().repairs.corruption_missing_range_total).toBe(1);
+    const meta = JSON.parse(await readFile(path.join(objectDir(tmp.dir), 'meta.json'), 'utf8')) as {
+      slices: { index: number }[];
+    };
+    expect(meta.slices.map((s) => s.index).sort()).toEqual([0, 2]);
+    const r = await cache.read(id, 0, 1023);
+    expect(r.hit && (await bytesOf(r.stream)).equals(data.subarray(0, 1024))).toBe(true);
+  });
+
+  it('a flipped byte: miss, never the wrong byte, slice dropped', async () => {
+    const { cache } = await filledCache(tmp.dir, id, 3000);
+    const file = path.join(objectDir(tmp.dir), 'slice-0');
+    const bytes = await readFile(file);
+    bytes[500] = (bytes[500] ?? 0) ^ 0x01;
+    await writeFile(file, bytes);
+    expect((await cache.read(id, 0, 10)).hit).toBe(false);
+    expect(cache.stats().repairs.corruption_missing_range_total).toBe(1);
+    expect((await cache.cachedSlices(id))?.cached.has(0)).toBe(false);
+  });
+
+  it('a later slice failing mid-stream errors with the offset to resume from, never a wrong byte', async () => {
+    const { cache, data } = await filledCache(tmp.dir, id, 3000);
+    const r = await cache.read(id, 0, 2999);
+    expect(r.hit).toBe(true);
+    await truncate(path.join(objectDir(tmp.dir), 'slice-2'), 10);
+    if (!r.hit) return;
+    const got: Buffer[] = [];
+    const err = await (async () => {
+      for await (const c of r.stream) got.push(c as Buffer);
+    })().catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'CHECKSUM_MISMATCH', details: { offset: 2048 } });
+    expect(Buffer.concat(got).equals(data.subarray(0, 2048))).toBe(true);
+  });
+
+  it('verifyAndFix removes references to missing slices, some or all', async () => {
+    const { cache } = await filledCache(tmp.dir, id, 3000);
+    await rm(path.join(objectDir(tmp.dir), 'slice-0'));
+    expect(await cache.verifyAndFix(id)).toEqual({ removed: 1, remaining: 2 });
+    expect(cache.stats().repairs.inconsistency_fixed_total).toBe(1);
+    await rm(path.join(objectDir(tmp.dir), 'slice-1'));
+    await rm(path.join(objectDir(tmp.dir), 'slice-2'));
+    expect(await cache.verifyAndFix(id)).toEqual({ removed: 2, remaining: 0 });
+    await expect(stat(objectDir(tmp.dir))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(cache.stats().repairs.inconsistency_fixed_total).toBe(3);
+  });
+
+  it('cleanup removes .tmp files and orphans, fixes references and leaves valid entries alone', async () => {
+    const { cache, data } = await filledCache(tmp.dir, id, 3000);
+    const other: ObjectIdentity = { bucket: 'b', key: 'other' };
+    await cache.putMeta(other, { etag: '"o"', size: 10 });
+    await cache.writeSlice(other, 0, Buffer.alloc(10, 7), '"o"');
+    const dir = objectDir(tmp.dir);
+    await writeFile(path.join(dir, 'slice-1.tmp-abc'), 'partial');
+    await writeFile(path.join(dir, 'meta.json.tmp-def'), '{');
+    await writeFile(path.join(dir, 'slice-9'), 'orphan');
+    await rm(path.join(dir, 'slice-2'));
+    const orphanDir = path.join(tmp.dir, 'objects', 'ab', 'ab'.repeat(32));
+    await import('node:fs/promises').then((f) => f.mkdir(orphanDir, { recursive: true }));
+    await writeFile(path.join(orphanDir, 'slice-0'), 'no meta');
+    const report = await cache.cleanup();
+    expect(report).toMatchObject({
+      partialWrites: 2,
+      orphanedFiles: 2,
+      inconsistenciesFixed: 1,
+      corruptMetadata: 0,
+    });
+    expect(cache.stats().repairs).toMatchObject({
+      partial_write_cleanup_total: 2,
+      orphaned_files_cleaned_total: 2,
+      inconsistency_fixed_total: 1,
+    });
+    expect((await readdir(dir)).sort()).toEqual(['meta.json', 'slice-0', 'slice-1']);
+    await expect(stat(orphanDir)).rejects.toMatchObject({ code: 'ENOENT' });
+    const r = await cache.read(id, 0, 2047);
+    expect(r.hit && (await bytesOf(r.stream)).equals(data.subarray(0, 2048))).toBe(true);
+    const o = await cache.read(other, 0, 9);
+    expect(o.hit && (await bytesOf(o.stream)).equals(Buffer.alloc(10, 7))).toBe(true);
+    expect(await cache.cleanup()).toMatchObject({
+      partialWrites: 0,
+      orphanedFiles: 0,
+      inconsistenciesFixed: 0,
+    });
+  });
+
+  it('removes leftover .tmp files at start-up and rebuilds the index from disk', async () => {
+    const { cache } = await filledCache(tmp.dir, id, 3000);
+    await cache.close();
+    await writeFile(path.join(objectDir(tmp.dir), 'slice-0.tmp-zzz'), 'x');
+    const reopened = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE });
+    expect(reopened.stats()).toMatchObject({
+      slices: 3,
+      sizeBytes: 3000,
+      repairs: { partial_write_cleanup_total: 1 },
+    });
+    expect(await readdir(objectDir(tmp.dir))).not.toContain('slice-0.tmp-zzz');
+  });
+
+  it('permission errors and EIO are misses with a counter, never crashes', async () => {
+    const fs = faultyFs();
+    const { cache } = await filledCache(tmp.dir, id, 3000, { fs });
+    const faults: string[] = [];
+    cache.on('fault', (f) => faults.push(f.error.code));
+    const stop = fs.inject({ code: 'EIO', ops: ['readFile'], path: /slice-0$/ });
+    expect((await cache.read(id, 0, 10)).hit).toBe(false);
+    stop();
+    fs.inject({ code: 'EACCES', ops: ['readFile'], path: /meta\.json$/ });
+    expect((await cache.read(id, 0, 10)).hit).toBe(false);
+    expect(faults).toEqual(['IO_ERROR', 'PERMISSION_DENIED']);
+    expect(cache.stats().ioErrors).toBe(2);
+    fs.clear();
+    expect((await cache.read(id, 0, 10)).hit).toBe(true); // nothing was deleted over a transient fault
+  });
+});
+
+describe('range cache: full disk and eviction', () => {
+  it('evicts least recently used slices between the watermarks', async () => {
+    const clock = new VirtualClock(1_000);
+    const cache = await RangeCache.open({
+      dir: tmp.dir,
+      sliceBytes: SLICE,
+      maxBytes: 10 * SLICE,
+      highWatermark: 0.9,
+      lowWatermark: 0.5,
+      clock,
+    });
+    const ids = Array.from({ length: 10 }, (_, i): ObjectIdentity => ({ bucket: 'b', key: `k${i}` }));
+    for (const [i, o] of ids.entries()) {
+      await clock.advance(10);
+      await cache.putMeta(o, { etag: '"e"', size: SLICE });
+      await cache.writeSlice(o, 0, Buffer.alloc(SLICE, i), '"e"');
+      if (i === 0) continue;
+      await clock.advance(1);
+      const r = await cache.read(ids[0]!, 0, 0); // keep k0 recently used
+      if (r.hit) r.stream.resume();
+    }
+    const stats = cache.stats();
+    expect(stats.evictions).toBeGreaterThan(0);
+    expect(stats.sizeBytes).toBeLessThanOrEqual(9 * SLICE);
+    expect((await cache.read(ids[0]!, 0, 0)).hit).toBe(true);
+    expect((await cache.read(ids[1]!, 0, 0)).hit).toBe(false);
+    expect((await cache.read(ids[9]!, 0, 0)).hit).toBe(true);
+  });
+
+  it('disk full with room to evict: no partial file, emergency eviction, one retry succeeds', async () => {
+    const fs = faultyFs();
+    const { cache } = await filledCache(tmp.dir, id, 4096, { fs });
+    const other: ObjectIdentity = { bucket: 'b', key: 'new' };
+    await cache.putMeta(other, { etag: '"n"', size: SLICE });
+    fs.inject({ code: 'ENOSPC', ops: ['write'], times: 1 });
+    const r = await cache.writeSlice(other, 0, Buffer.alloc(SLICE, 9), '"n"');
+    expect(r).toEqual({ stored: true });
+    expect(cache.stats().repairs.disk_full_events_total).toBe(1);
+    expect(cache.stats().evictions).toBeGreaterThan(0);
+    expect(cache.bypassed).toBe(false);
+    const names = await readdir(objectDir(tmp.dir, other));
+    expect(names.some((n) => n.includes('.tmp-'))).toBe(false);
+  });
+
+  it('disk full with nothing to evict: bypass until space returns, then caching again', async () => {
+    const clock = new VirtualClock();
+    const fs = faultyFs({ diskBytes: 800 }); // room for metadata, not for a slice
+    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, fs, clock, bypassProbeMs: 5_000 });
+    const changes: boolean[] = [];
+    cache.on('bypass', (b) => changes.push(b.active));
+    await cache.putMeta(id, { etag: '"e1"', size: 3000 });
+    const r = await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"');
+    expect(r).toMatchObject({ stored: false, reason: 'disk-full' });
+    expect(cache.bypassed).toBe(true);
+    expect(cache.stats().repairs.disk_full_events_total).toBe(2);
+    expect(await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"')).toMatchObject({ reason: 'bypass' });
+    expect((await readdir(objectDir(tmp.dir))).filter((n) => n !== 'meta.json')).toEqual([]);
+    await clock.advance(5_000);
+    await new Promise((r) => setTimeout(r, 50)); // let the failing probe's disk I/O finish
+    expect(cache.bypassed).toBe(true);
+    fs.setFreeBytes(undefined);
+    const recovered = new Promise((resolve) => cache.once('bypass', resolve));
+    await clock.advance(5_000);
+    await recovered; // the probe does real disk I/O after the timer fires
+    expect(cache.bypassed).toBe(false);
+    expect(changes).toEqual([true, false]);
+    expect((await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"')).stored).toBe(true);
+    await cache.close();
+  });
+
+  it('a real ENOSPC (/dev/full) on a slice write is a full disk: no partial file, bypass', async () => {
+    const fsP = await import('node:fs/promises');
+    const isFullDevice = await fsP.stat('/dev/full').then(
+      (s) => s.isCharacterDevice(),
+      () => false,
+    );
+    if (!isFullDevice) {
+      console.warn('SKIPPED: /dev/full is not a character device on this machine');
+      return;
+    }
+    // Every temporary file the cache opens is really /dev/full, so the kernel answers ENOSPC.
+    const fs = {
+      ...fsP,
+      open: ((p: string, flags: string) =>
+        fsP.open(p.includes('.tmp-') && p.includes('slice-') ? '/dev/full' : p, flags)) as typeof fsP.open,
+    };
+    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, fs });
+    await cache.putMeta(id, { etag: '"e1"', size: 3000 });
+    const r = await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"');
+    expect(r).toMatchObject({ stored: false, reason: 'disk-full' });
+    expect(cache.stats().repairs.disk_full_events_total).toBe(2);
+    expect(cache.bypassed).toBe(true);
+    expect(await readdir(objectDir(tmp.dir))).toEqual(['meta.json']);
+    await cache.close();
+  });
+});
