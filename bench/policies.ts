@@ -208,6 +208,8 @@ const specs = Object.fromEntries(Object.entries(windows).map(([k, f]) => [k, f()
 for (const [name, spec] of Object.entries(specs)) {
   memory[`keel breaker, ${name} (bytes each)`] = bytesPer(10_000, () => circuitBreaker({ window: spec }));
 }
+memory['keel retry (bytes each)'] = bytesPer(10_000, () => retry());
+memory['keel timeout (bytes each)'] = bytesPer(10_000, () => timeout(1000));
 memory['cockatiel breaker, ConsecutiveBreaker (bytes each)'] = bytesPer(10_000, () =>
   cockatiel.circuitBreaker(cockatiel.handleAll, {
     halfOpenAfter: 10_000,

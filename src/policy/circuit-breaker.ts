@@ -171,6 +171,19 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     return snap;
   }
 
+  /** The outermost layer's shortcut: an open or isolated breaker rejects before any context is made. */
+  rejectNow(): KeelError | undefined {
+    if (this.current === 'open') {
+      this.calls++;
+      return this.reject('circuitOpen');
+    }
+    if (this.current === 'isolated') {
+      this.calls++;
+      return this.reject('isolated');
+    }
+    return undefined;
+  }
+
   enter(ctx: CallContext, level: number): CallContext | KeelError {
     this.calls++;
     switch (this.current) {

@@ -20,8 +20,11 @@ export interface Layer {
   enter(ctx: CallContext, level: number): CallContext | Promise<CallContext> | KeelError;
   onSuccess(ctx: CallContext, level: number): void;
   onFailure(ctx: CallContext, error: unknown, next: Next, level: number): unknown;
-  /** Makes the root context when this layer is outermost (a timeout uses its own kind, saving an object). */
-  makeRoot?: ((signal: AbortSignal | undefined) => CallContext) | undefined;
+  /**
+   * For the outermost layer: a rejection decided before any context exists (an open breaker), or
+   * undefined to go on. Lets a rejected call cost no context object at all.
+   */
+  rejectNow?: (() => KeelError | undefined) | undefined;
   /** True when the layer needs call durations (a success or failure listener). */
   readonly timed: boolean;
   wrap?: ((ctx: CallContext, next: Next, level: number) => Promise<unknown>) | undefined;
@@ -40,13 +43,13 @@ export class Engine {
   private readonly layers: readonly Layer[];
   private readonly n: number;
   private readonly hooksOnly: boolean;
-  private readonly makeRoot: ((signal: AbortSignal | undefined) => CallContext) | undefined;
+  private readonly rejectNow: (() => KeelError | undefined) | undefined;
 
   constructor(layers: readonly Layer[]) {
     this.layers = layers;
     this.n = layers.length;
     const first = layers[0];
-    this.makeRoot = first?.makeRoot?.bind(first);
+    this.rejectNow = first?.rejectNow?.bind(first);
     this.hooksOnly = layers.every((l) => l.wrap === undefined);
   }
 
@@ -54,8 +57,11 @@ export class Engine {
     const signal = opts?.signal;
     if (signal?.aborted === true)
       return Promise.reject(abortedError(signal.reason, 'the call did not start'));
-    const root =
-      this.makeRoot === undefined ? new CallContext(undefined, signal, -1, 1) : this.makeRoot(signal);
+    if (this.rejectNow !== undefined) {
+      const rejection = this.rejectNow();
+      if (rejection !== undefined) return rejectSoon(rejection);
+    }
+    const root = new CallContext(undefined, signal, -1, 1);
     if (timedEmitters.count !== 0) {
       for (const layer of this.layers) {
         if (layer.timed) {

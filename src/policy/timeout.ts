@@ -76,11 +76,6 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
     this.wrap = this.strategy === 'aggressive' ? this.runAggressive.bind(this) : undefined;
   }
 
-  /** As the outermost layer, the root context doubles as this policy's per-call node. */
-  makeRoot(signal: AbortSignal | undefined): CallContext {
-    return new CallContext(undefined, signal, -1, 1);
-  }
-
   enter(ctx: CallContext, level: number): CallContext {
     this.calls++;
     return this.admit(ctx, level);
@@ -128,7 +123,7 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
     if (!this.ticking) this.startTicking();
     let c: TimeoutContext;
     if (level === 0 && ctx.level === -1 && !ctx.linked && ctx.timeoutError === undefined) {
-      c = ctx; // the root made by makeRoot: only the engine holds it, so it can be this call's node
+      c = ctx; // the root: only the engine holds it, so as the outermost layer this call's node can be it
     } else {
       c = new CallContext(ctx, undefined, level, ctx.attempt);
       c.startedAt = ctx.startedAt;
