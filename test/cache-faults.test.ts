@@ -182,6 +182,14 @@ describe('range cache: faults are misses plus repairs', () => {
     });
   });
 
+  it('cleanup leaves young .tmp and unreferenced files alone: another process may be writing them', async () => {
+    const { cache } = await filledCache(tmp.dir, id, 3000, { cleanupGraceMs: 60_000 });
+    await writeFile(path.join(objectDir(tmp.dir), 'slice-1.tmp-fresh'), 'writing');
+    await writeFile(path.join(objectDir(tmp.dir), 'slice-7'), 'renamed, metadata not yet');
+    expect(await cache.cleanup()).toMatchObject({ partialWrites: 0, orphanedFiles: 0 });
+    expect(await readdir(objectDir(tmp.dir))).toContain('slice-1.tmp-fresh');
+  });
+
   it('removes leftover .tmp files at start-up and rebuilds the index from disk', async () => {
     const { cache } = await filledCache(tmp.dir, id, 3000);
     await cache.close();

@@ -20,7 +20,13 @@ export async function filledCache(
   size: number,
   options: Partial<RangeCacheOptions> = {},
 ): Promise<{ cache: RangeCache; data: Buffer }> {
-  const cache = await RangeCache.open({ dir, sliceBytes: SLICE, maxBytes: 10 * 1024 * 1024, ...options });
+  const cache = await RangeCache.open({
+    dir,
+    sliceBytes: SLICE,
+    maxBytes: 10 * 1024 * 1024,
+    cleanupGraceMs: 0,
+    ...options,
+  });
   const data = randomBytes(size);
   await cache.putMeta(id, { etag: '"e1"', size, contentType: 'application/octet-stream' });
   for (let i = 0; i * SLICE < size; i++) {

@@ -32,6 +32,16 @@ export interface RangeCacheOptions {
   lowWatermark?: number;
   /** While bypassed, how often to check whether the disk is usable again (default 30 s). */
   bypassProbeMs?: number;
+  /**
+   * Remove leftover `.tmp` files, orphans and corrupted entries at open (default true: the process
+   * that opens the cache owns it). `keel cache verify` without `--fix` opens with false.
+   */
+  cleanupOnOpen?: boolean;
+  /**
+   * `cleanup()` and `verify()` leave `.tmp` and unreferenced slice files younger than this alone,
+   * in case another process is writing them (default 60 s).
+   */
+  cleanupGraceMs?: number;
   clock?: Clock;
   /** File system to use (default `node:fs/promises`); inject faults with `faultyFs()` from `keel/chaos`. */
   fs?: CacheFs;
@@ -103,6 +113,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   private readonly high: number;
   private readonly low: number;
   private readonly probeMs: number;
+  private readonly cleanupOnOpen: boolean;
+  private readonly graceMs: number;
   private readonly clock: Clock;
   private readonly fs: CacheFs;
   private readonly index = new Map<string, IndexEntry>();
@@ -131,6 +143,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     this.high = options.highWatermark ?? 0.95;
     this.low = options.lowWatermark ?? 0.8;
     this.probeMs = options.bypassProbeMs ?? 30_000;
+    this.cleanupOnOpen = options.cleanupOnOpen ?? true;
+    this.graceMs = options.cleanupGraceMs ?? 60_000;
     this.clock = options.clock ?? systemClock;
     this.fs = options.fs ?? realFs;
     const bad = (m: string): never => {
@@ -396,7 +410,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    * whole cache, never touching what a writer in this process is using.
    */
   async cleanup(): Promise<CleanupReport> {
-    const report = (await this.walk(false)) as CleanupReport;
+    const report = (await this.walk(false, true, undefined, this.graceMs)) as CleanupReport;
     return {
       partialWrites: report.partialWrites,
       orphanedFiles: report.orphanedFiles,
@@ -413,7 +427,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   verify(
     options: { fix?: boolean; onProgress?: (done: number, total: number) => void } = {},
   ): Promise<VerifyReport> {
-    return this.walk(true, options.fix ?? false, options.onProgress);
+    return this.walk(true, options.fix ?? false, options.onProgress, this.graceMs);
   }
 
   /** Evicts least recently used slices until at most `targetBytes` remain; returns bytes freed. */
@@ -683,7 +697,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   private async rebuildIndex(): Promise<void> {
     this.index.clear();
     this.sizeBytes = 0;
-    await this.walk(false, true);
+    await this.walk(false, this.cleanupOnOpen);
   }
 
   private async fixReferences(
@@ -720,6 +734,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     deep: boolean,
     fix = true,
     onProgress?: (done: number, total: number) => void,
+    minAgeMs = 0,
   ): Promise<VerifyReport> {
     const report: VerifyReport = {
       partialWrites: 0,
@@ -747,7 +762,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     }
     let done = 0;
     for (const hash of hashes) {
-      await this.withLock(hash, () => this.walkObject(hash, deep, fix, report));
+      await this.withLock(hash, () => this.walkObject(hash, deep, fix, report, minAgeMs));
       report.objectsScanned++;
       onProgress?.(++done, hashes.length);
     }
@@ -768,10 +783,25 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     return report;
   }
 
-  private async walkObject(hash: string, deep: boolean, fix: boolean, report: VerifyReport): Promise<void> {
+  private async walkObject(
+    hash: string,
+    deep: boolean,
+    fix: boolean,
+    report: VerifyReport,
+    minAgeMs: number,
+  ): Promise<void> {
     const dir = this.objectDir(hash);
     const names = await this.readdirSafe(dir);
-    const busy = (name: string): boolean => this.inFlight.has(path.join(dir, name));
+    const young = new Set<string>();
+    if (minAgeMs > 0) {
+      // Files this young may belong to a writer in another process (a CLI cleanup of a live cache).
+      for (const name of names) {
+        if (name === META_FILE) continue;
+        const st = await this.fs.stat(path.join(dir, name)).catch(() => undefined);
+        if (st && Date.now() - st.mtimeMs < minAgeMs) young.add(name);
+      }
+    }
+    const busy = (name: string): boolean => young.has(name) || this.inFlight.has(path.join(dir, name));
     for (const name of names) {
       if (name.includes(TMP_MARKER) && !busy(name)) {
         report.partialWrites++;

@@ -6,7 +6,8 @@ import { runCli } from './program.js';
 
 runCli(process.argv).then(
   (code) => {
-    process.exitCode = code;
+    // A command may have set its own exit code (e.g. `cache verify` finding problems).
+    if (code !== 0) process.exitCode = code;
   },
   (err: unknown) => {
     const error = classify(err);

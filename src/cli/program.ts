@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { registerCacheCommand } from './cache.js';
 import { registerChaosCommand } from './chaos.js';
 import { keelVersion } from './version.js';
 
@@ -13,6 +14,7 @@ export function buildProgram(): Command {
     .showSuggestionAfterError(true);
   // Subcommands register here, one line each.
   registerChaosCommand(program);
+  registerCacheCommand(program);
   return program;
 }
 
