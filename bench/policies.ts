@@ -157,6 +157,25 @@ const cOpen = cockatiel.circuitBreaker(cockatiel.handleAll, {
   breaker: new cockatiel.ConsecutiveBreaker(1),
 });
 await cOpen.execute(failing).catch(() => undefined);
+const keelOpenInPipeline = circuitBreaker({ window: consecutive(1), halfOpenAfterMs: 3_600_000 });
+await keelOpenInPipeline.execute(failing).catch(() => undefined);
+const keelOpenPipeline = pipeline(timeout(10_000), retry(), keelOpenInPipeline);
+const cOpenInWrap = cockatiel.circuitBreaker(cockatiel.handleAll, {
+  halfOpenAfter: 3_600_000,
+  breaker: new cockatiel.ConsecutiveBreaker(1),
+});
+await cOpenInWrap.execute(failing).catch(() => undefined);
+const cOpenWrap = cockatiel.wrap(
+  cockatiel.retry(
+    cockatiel.handleWhen((e) => !(e instanceof cockatiel.BrokenCircuitError)),
+    {
+      maxAttempts: 3,
+      backoff: new cockatiel.ExponentialBackoff(),
+    },
+  ),
+  cOpenInWrap,
+  cockatiel.timeout(10_000, cockatiel.TimeoutStrategy.Cooperative),
+);
 const oOpen = new Opossum(work, { timeout: false, resetTimeout: 3_600_000 });
 oOpen.open();
 if (keelOpen.state !== 'open' || cOpen.state !== cockatiel.CircuitState.Open || !oOpen.opened) {
@@ -168,6 +187,8 @@ const rejection = await measure(
     keel: () => keelOpen.execute(work),
     cockatiel: () => cOpen.execute(work),
     opossum: () => oOpen.fire(),
+    'keel.pipeline(timeout,retry,breaker)': () => keelOpenPipeline.execute(work),
+    'cockatiel.wrap(retry,breaker,timeout)': () => cOpenWrap.execute(work),
   },
   REJECT_ITERATIONS,
   timeRejections,
@@ -175,6 +196,10 @@ const rejection = await measure(
 const rejectionRatios = {
   'cockatiel / keel': round2((rejection.cockatiel as number) / (rejection.keel as number)),
   'opossum / keel': round2((rejection.opossum as number) / (rejection.keel as number)),
+  'cockatiel.wrap / keel.pipeline': round2(
+    (rejection['cockatiel.wrap(retry,breaker,timeout)'] as number) /
+      (rejection['keel.pipeline(timeout,retry,breaker)'] as number),
+  ),
 };
 console.log(rejection, rejectionRatios);
 

@@ -3,6 +3,7 @@ import { systemClock, type Clock } from '../time/index.js';
 import type { RandomSource } from './backoff.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import type { CallContext } from './context.js';
+import { PASS } from './engine.js';
 import type { AdaptiveThrottleEvents } from './events.js';
 import { derivedError } from './fast-reject.js';
 import type { AdaptiveThrottleStats } from './policy.js';
@@ -91,10 +92,10 @@ export class AdaptiveThrottlePolicy extends PolicyBase<AdaptiveThrottleEvents, A
     this.succeeded(ctx);
   }
 
-  onFailure(ctx: CallContext, error: unknown): never {
+  onFailure(ctx: CallContext, error: unknown): typeof PASS {
     if (!this.isRejection(classify(error))) this.accept();
     this.failed(ctx, error);
-    throw error;
+    return PASS;
   }
 
   stats(): AdaptiveThrottleStats {

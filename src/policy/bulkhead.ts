@@ -2,6 +2,7 @@ import { keelError, type KeelError } from '../errors/index.js';
 import { deadlineScheduler, systemClock, type Clock, type TimerHandle } from '../time/index.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import { abortedError, type CallContext } from './context.js';
+import { PASS } from './engine.js';
 import type { BulkheadEvents } from './events.js';
 import { derivedError } from './fast-reject.js';
 import type { BulkheadStats } from './policy.js';
@@ -83,10 +84,10 @@ export class BulkheadPolicy extends PolicyBase<BulkheadEvents, BulkheadStats> {
     this.release();
   }
 
-  onFailure(ctx: CallContext, error: unknown): never {
+  onFailure(ctx: CallContext, error: unknown): typeof PASS {
     this.failed(ctx, error);
     this.release();
-    throw error;
+    return PASS;
   }
 
   stats(): BulkheadStats {

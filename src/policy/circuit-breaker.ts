@@ -11,6 +11,7 @@ import { PolicyBase, type BaseOptions } from './base.js';
 import { consecutive } from './breaker/consecutive.js';
 import { FAILED, SLOW, type BreakerWindow, type WindowSpec, type WindowState } from './breaker/window.js';
 import { CallContext } from './context.js';
+import { PASS } from './engine.js';
 import { derivedError } from './fast-reject.js';
 import { NO_PAYLOAD, type BreakerEvents, type BreakerState, type OpenReason } from './events.js';
 import type { BreakerStats } from './policy.js';
@@ -211,10 +212,10 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     this.settle(ctx, level, 0);
   }
 
-  onFailure(ctx: CallContext, error: unknown, _next: unknown, level: number): never {
+  onFailure(ctx: CallContext, error: unknown, _next: unknown, level: number): typeof PASS {
     this.failed(ctx, error);
     this.settle(ctx, level, this.shouldCount(classify(error)) ? FAILED : 0);
-    throw error;
+    return PASS;
   }
 
   stats(): BreakerStats {

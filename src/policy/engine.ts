@@ -4,6 +4,12 @@ import { timedEmitters } from './events.js';
 import { rejectSoon } from './fast-reject.js';
 import type { ExecuteOptions, PolicyFn } from './policy.js';
 
+/**
+ * What `onFailure` returns to let a failure go on to the layers above unchanged. Passing it on
+ * this way, rather than rethrowing, keeps a failure that no layer handles free of exceptions.
+ */
+export const PASS: unique symbol = Symbol('keel.pass');
+
 /** Runs the layers below some level again with a given context (what retry and hedge need). */
 export type Next = (ctx: CallContext) => Promise<unknown>;
 
@@ -12,7 +18,7 @@ export type Next = (ctx: CallContext) => Promise<unknown>;
  * admits (returning the context for the layers below, possibly a child holding per-call state),
  * waits (a promise of that context) or rejects (an error); `onSuccess` and `onFailure` see the
  * outcome, and `onFailure` may recover by returning a value (fallback) or by running the layers
- * below again (retry), else it throws. With only hooks, a whole pipeline runs in one async frame.
+ * below again (retry); it returns {@link PASS} to pass the failure on, or throws to replace it. With only hooks, a whole pipeline runs in one async frame.
  * Policies that must run the layers below themselves (hedge, aggressive timeout) set `wrap`.
  * @internal
  */
@@ -115,34 +121,41 @@ export class Engine {
   }
 
   /** Layer `level` answered its enter with a wait (a promise of the context) or a rejection. */
-  private async admitSlowly(
+  private admitSlowly(
     level: number,
     above: CallContext,
     answer: Promise<CallContext> | KeelError,
     fn: PolicyFn<unknown>,
     root: CallContext,
   ): Promise<unknown> {
+    if (answer instanceof Promise) return this.waitForAdmission(level, above, answer, fn, root);
+    if (level === 0) {
+      root.dispose();
+      return rejectSoon(answer);
+    }
+    return this.unwind(level - 1, above, answer, fn, root);
+  }
+
+  private async waitForAdmission(
+    level: number,
+    above: CallContext,
+    answer: Promise<CallContext>,
+    fn: PolicyFn<unknown>,
+    root: CallContext,
+  ): Promise<unknown> {
     let ctx: CallContext;
-    if (answer instanceof Promise) {
-      try {
-        ctx = await answer;
-      } catch (err) {
-        return this.unwind(level - 1, above, err, fn, root);
-      }
-    } else {
-      if (level === 0) {
-        root.dispose();
-        throw answer;
-      }
-      return this.unwind(level - 1, above, answer, fn, root);
+    try {
+      ctx = await answer;
+    } catch (err) {
+      return await this.unwind(level - 1, above, err, fn, root);
     }
     const layers = this.layers;
     for (let i = level + 1; i < this.n; i++) {
       const r = (layers[i] as Layer).enter(ctx, i);
       if (r instanceof CallContext) ctx = r;
-      else return this.admitSlowly(i, ctx, r, fn, root);
+      else return await this.admitSlowly(i, ctx, r, fn, root);
     }
-    return this.invoke(ctx, fn, root);
+    return await this.invoke(ctx, fn, root);
   }
 
   private succeed(from: number, ctx: CallContext): void {
@@ -154,31 +167,53 @@ export class Engine {
     }
   }
 
-  /** A failure reached layer `from`: let it and the layers above it decide, innermost first. */
-  private async unwind(
+  /**
+   * A failure reached layer `from`: let it and the layers above it decide, innermost first.
+   * Layers that pass the failure on synchronously cost no promise; the final rejection is
+   * deferred a microtask so the caller's handler is attached first (see rejectSoon).
+   */
+  private unwind(
     from: number,
     ctx: CallContext,
     error: unknown,
     fn: PolicyFn<unknown>,
     root: CallContext,
-  ) {
+  ): Promise<unknown> {
     let err = error;
     let c = ctx;
-    try {
-      for (let i = from; i >= 0; i--) {
-        c = contextAt(c, i);
-        try {
-          const value: unknown = await (this.layers[i] as Layer).onFailure(c, err, this.next(i + 1, fn), i);
-          this.succeed(i - 1, c);
-          return value;
-        } catch (e) {
-          err = e;
-        }
+    for (let i = from; i >= 0; i--) {
+      c = contextAt(c, i);
+      let answer: unknown;
+      try {
+        answer = (this.layers[i] as Layer).onFailure(c, err, this.next(i + 1, fn), i);
+      } catch (e) {
+        err = e;
+        continue;
       }
-      throw err;
-    } finally {
-      root.dispose();
+      if (answer === PASS) continue;
+      return this.recover(i, c, answer, fn, root);
     }
+    root.dispose();
+    return rejectSoon(err);
+  }
+
+  /** Layer `level` is recovering (retrying, substituting): wait, then let the layers above see the outcome. */
+  private async recover(
+    level: number,
+    c: CallContext,
+    answer: unknown,
+    fn: PolicyFn<unknown>,
+    root: CallContext,
+  ): Promise<unknown> {
+    let value: unknown;
+    try {
+      value = await answer;
+    } catch (e) {
+      return await this.unwind(level - 1, c, e, fn, root);
+    }
+    this.succeed(level - 1, c);
+    root.dispose();
+    return value;
   }
 
   private next(level: number, fn: PolicyFn<unknown>): Next {
@@ -199,7 +234,9 @@ export class Engine {
     try {
       value = await this.runFrom(level + 1, inner, fn);
     } catch (err) {
-      return layer.onFailure(inner, err, this.next(level + 1, fn), level);
+      const answer = layer.onFailure(inner, err, this.next(level + 1, fn), level);
+      if (answer === PASS) throw err;
+      return answer;
     }
     layer.onSuccess(inner, level);
     return value;
@@ -216,9 +253,7 @@ export function layersOf(policy: object): readonly Layer[] {
       timed: false,
       enter: (ctx) => ctx,
       onSuccess: () => undefined,
-      onFailure: (_ctx, error) => {
-        throw error;
-      },
+      onFailure: () => PASS,
       wrap: (ctx, next) => foreign.execute(() => next(ctx), { signal: ctx.signal }),
     },
   ];

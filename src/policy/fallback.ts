@@ -1,6 +1,7 @@
 import { classify, type KeelError } from '../errors/index.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import type { CallContext } from './context.js';
+import { PASS } from './engine.js';
 import type { FallbackEvents } from './events.js';
 import type { FallbackStats } from './policy.js';
 
@@ -39,11 +40,11 @@ export class FallbackPolicy<R> extends PolicyBase<FallbackEvents, FallbackStats,
     this.succeeded(ctx);
   }
 
-  onFailure(ctx: CallContext, error: unknown): Promise<R> {
+  onFailure(ctx: CallContext, error: unknown): Promise<R> | typeof PASS {
     const k = classify(error);
     if (this.shouldHandle !== undefined && !this.shouldHandle(k)) {
       this.failed(ctx, error);
-      throw error;
+      return PASS;
     }
     return this.substitute(ctx, error, k);
   }

@@ -8,7 +8,7 @@ import {
 } from '../time/index.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import type { CallContext } from './context.js';
-import type { Next } from './engine.js';
+import { PASS, type Next } from './engine.js';
 import type { HedgeEvents } from './events.js';
 import type { HedgeStats } from './policy.js';
 
@@ -56,8 +56,8 @@ export class HedgePolicy extends PolicyBase<HedgeEvents, HedgeStats> {
     // unused: a hedge always wraps
   }
 
-  onFailure(_ctx: CallContext, error: unknown): never {
-    throw error;
+  onFailure(): typeof PASS {
+    return PASS; // unused: a hedge always wraps
   }
 
   stats(): HedgeStats {

@@ -1,4 +1,4 @@
-import { Engine, LAYERS, layersOf, type HasLayers, type Layer } from './engine.js';
+import { Engine, LAYERS, layersOf, PASS, type HasLayers, type Layer } from './engine.js';
 import { Emitter, type CommonEvents, type Listener, type PipelineEvents } from './events.js';
 import type { BaseOptions } from './base.js';
 import type { CommonStats, ExecuteOptions, PipelineStats, Policy, PolicyFn, SUBSTITUTE } from './policy.js';
@@ -91,7 +91,7 @@ export class PipelinePolicy<R = never> implements Policy<PipelineEvents, Pipelin
             ctx.startedAt >= 0 ? { error, durationMs: performance.now() - ctx.startedAt } : { error },
           );
         }
-        throw error;
+        return PASS;
       },
     };
   }

@@ -2,6 +2,7 @@ import { keelError, type KeelError } from '../errors/index.js';
 import { systemClock, type Clock } from '../time/index.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import type { CallContext } from './context.js';
+import { PASS } from './engine.js';
 import type { RetryBudgetEvents } from './events.js';
 import type { RetryBudgetStats } from './policy.js';
 
@@ -108,9 +109,9 @@ export class RetryBudgetPolicy extends PolicyBase<RetryBudgetEvents, RetryBudget
     this.succeeded(ctx);
   }
 
-  onFailure(ctx: CallContext, error: unknown): never {
+  onFailure(ctx: CallContext, error: unknown): typeof PASS {
     this.failed(ctx, error);
-    throw error;
+    return PASS;
   }
 
   stats(): RetryBudgetStats {

@@ -3,7 +3,7 @@ import { systemClock, type Clock } from '../time/index.js';
 import { exponential, type Backoff } from './backoff.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import { abortedError, CallContext } from './context.js';
-import type { Next } from './engine.js';
+import { PASS, type Next } from './engine.js';
 import type { GiveUpReason, RetryEvents } from './events.js';
 import type { RetryStats } from './policy.js';
 import type { RetryBudgetPolicy } from './retry-budget.js';
@@ -124,7 +124,7 @@ export class RetryPolicy extends PolicyBase<RetryEvents, RetryStats> {
     // A failure not worth retrying leaves synchronously: no promise, no async frame.
     if (!this.shouldRetry(k, 1)) {
       this.failed(ctx, error);
-      throw error;
+      return PASS;
     }
     return this.retryLoop(ctx, error, k, next, level);
   }

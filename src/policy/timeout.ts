@@ -2,7 +2,7 @@ import { keelError } from '../errors/index.js';
 import { deadlineScheduler, systemClock, type Clock, type DeadlineScheduler } from '../time/index.js';
 import { PolicyBase, type BaseOptions } from './base.js';
 import { CallContext } from './context.js';
-import type { Next } from './engine.js';
+import { PASS, type Next } from './engine.js';
 import type { TimeoutEvents } from './events.js';
 import type { TimeoutStats } from './policy.js';
 
@@ -86,11 +86,12 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
     this.succeeded(ctx);
   }
 
-  onFailure(ctx: CallContext, error: unknown): never {
+  onFailure(ctx: CallContext, error: unknown): typeof PASS {
     this.release(ctx);
-    const thrown = ctx.timeoutError ?? error;
-    this.failed(ctx, thrown);
-    throw thrown;
+    const timedOut = ctx.timeoutError;
+    this.failed(ctx, timedOut ?? error);
+    if (timedOut !== undefined) throw timedOut;
+    return PASS;
   }
 
   stats(): TimeoutStats {
