@@ -61,8 +61,7 @@ export class Engine {
 
   execute<T>(fn: PolicyFn<T>, opts: ExecuteOptions | undefined): Promise<T> {
     const signal = opts?.signal;
-    if (signal?.aborted === true)
-      return Promise.reject(abortedError(signal.reason, 'the call did not start'));
+    if (signal?.aborted === true) return rejectSoon(abortedError(signal.reason, 'the call did not start'));
     if (this.rejectNow !== undefined) {
       const rejection = this.rejectNow();
       if (rejection !== undefined) return rejectSoon(rejection);

@@ -1,6 +1,6 @@
 import { keelError } from '../errors/index.js';
 import { systemClock, type Clock } from '../time/index.js';
-import type { ExecuteOptions, PolicyFn } from './policy.js';
+import type { ExecuteOptions, PolicyFn, SUBSTITUTE } from './policy.js';
 
 /** Options of {@link keyed}. */
 export interface KeyedOptions {
@@ -80,8 +80,14 @@ export class KeyedRegistry<K, P extends Executes> {
   }
 
   /** Runs `fn` under the policy of `key`. */
-  execute<T>(key: K, fn: PolicyFn<T>, opts?: ExecuteOptions): ReturnType<P['execute']> {
-    return this.get(key).execute(fn, opts) as ReturnType<P['execute']>;
+  execute<T>(
+    key: K,
+    fn: PolicyFn<T>,
+    opts?: ExecuteOptions,
+  ): Promise<T | (P extends { readonly [SUBSTITUTE]?: infer R } ? R : never)> {
+    return this.get(key).execute(fn, opts) as Promise<
+      T | (P extends { readonly [SUBSTITUTE]?: infer R } ? R : never)
+    >;
   }
 
   /** Whether `key` currently has a policy (does not count as a use). */
