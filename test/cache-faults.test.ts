@@ -208,7 +208,7 @@ describe('range cache: faults are misses plus repairs', () => {
     const { cache } = await filledCache(tmp.dir, id, 3000, { fs });
     const faults: string[] = [];
     cache.on('fault', (f) => faults.push(f.error.code));
-    const stop = fs.inject({ code: 'EIO', ops: ['readFile'], path: /slice-0$/ });
+    const stop = fs.inject({ code: 'EIO', ops: ['read'], path: /slice-0$/ });
     expect((await cache.read(id, 0, 10)).hit).toBe(false);
     stop();
     fs.inject({ code: 'EACCES', ops: ['readFile'], path: /meta\.json$/ });

@@ -15,6 +15,8 @@ export {
 export { REPAIR_COUNTERS, type CacheStats, type RepairCounter } from './counters.js';
 export { identityHash, describeIdentity, type ObjectIdentity } from './identity.js';
 export {
+  sliceChecksums,
+  VERIFY_BLOCK_BYTES,
   decodeMeta,
   encodeMeta,
   sliceLength,

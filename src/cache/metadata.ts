@@ -1,5 +1,22 @@
 import type { ObjectIdentity } from './identity.js';
 
+import { crc32 } from 'node:zlib';
+
+/** Size of the blocks inside a slice that carry their own CRC32. */
+export const VERIFY_BLOCK_BYTES = 1024 * 1024;
+
+/** Whole-slice CRC32 and per-block CRC32s, in one pass over the bytes. */
+export function sliceChecksums(data: Uint8Array): { crc32: number; blocks: number[] } {
+  const blocks: number[] = [];
+  let whole = 0;
+  for (let offset = 0; offset < data.byteLength; offset += VERIFY_BLOCK_BYTES) {
+    const block = data.subarray(offset, Math.min(data.byteLength, offset + VERIFY_BLOCK_BYTES));
+    blocks.push(crc32(block));
+    whole = crc32(block, whole);
+  }
+  return { crc32: whole, blocks };
+}
+
 /** Current metadata format version. */
 export const META_VERSION = 1;
 
@@ -12,6 +29,11 @@ export interface SliceInfo {
   length: number;
   /** CRC32 (zlib.crc32) of the slice's bytes. */
   crc32: number;
+  /**
+   * CRC32 of each {@link VERIFY_BLOCK_BYTES} block of the slice, so a small range is verified
+   * without reading the whole slice.
+   */
+  blocks?: number[];
   /** Last read or write, epoch ms. */
   lastAccess: number;
 }
@@ -103,6 +125,16 @@ export function decodeMeta(bytes: Uint8Array): DecodedMeta {
     }
     if (!isInt(e.crc32) || e.crc32 > 0xffffffff)
       return { ok: false, reason: `slice ${e.index} has a malformed crc32` };
+    if (e.blocks !== undefined) {
+      const n = Math.ceil(e.length / VERIFY_BLOCK_BYTES);
+      if (
+        !Array.isArray(e.blocks) ||
+        e.blocks.length !== n ||
+        !e.blocks.every((b) => isInt(b) && b <= 0xffffffff)
+      ) {
+        return { ok: false, reason: `slice ${e.index} has malformed block checksums` };
+      }
+    }
     if (!isInt(e.lastAccess)) return { ok: false, reason: `slice ${e.index} has a malformed lastAccess` };
     seen.add(e.index);
   }

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
+import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { crc32 } from 'node:zlib';
 import { classify, keelError, type KeelError } from '../errors/index.js';
@@ -16,6 +17,8 @@ import {
   type CacheMeta,
   type ObjectInfo,
   type SliceInfo,
+  sliceChecksums,
+  VERIFY_BLOCK_BYTES,
 } from './metadata.js';
 
 /** Options of {@link RangeCache.open}. */
@@ -301,7 +304,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
       const slice: SliceInfo = {
         index,
         length: data.byteLength,
-        crc32: crc32(data),
+        ...sliceChecksums(data),
         lastAccess: this.clock.now(),
       };
       this.inFlight.add(file);
@@ -356,33 +359,75 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     const last = Math.floor(end / meta.sliceBytes);
     const byIndex = new Map(meta.slices.map((s) => [s.index, s]));
     for (let i = first; i <= last; i++) if (!byIndex.has(i)) return miss(`slice ${i} not cached`);
-    const firstSlice = byIndex.get(first) as SliceInfo;
-    const firstBytes = await this.readSlice(hash, id, firstSlice);
-    if (!firstBytes) return miss(`slice ${first} unusable`);
-    this.counts.hits++;
+    // Units of verification: one per block touched (or per slice without block checksums).
     const sliceBytes = meta.sliceBytes;
-    const cut = (bytes: Buffer, i: number): Buffer => {
+    const units: { slice: SliceInfo; from: number; to: number; offset: number }[] = [];
+    for (let i = first; i <= last; i++) {
+      const slice = byIndex.get(i) as SliceInfo;
       const base = i * sliceBytes;
-      return bytes.subarray(Math.max(0, start - base), Math.min(bytes.length, end - base + 1));
+      const from = Math.max(0, start - base);
+      const to = Math.min(slice.length, end - base + 1);
+      const step = slice.blocks ? VERIFY_BLOCK_BYTES : slice.length;
+      for (let at = from; at < to; at = (Math.floor(at / step) + 1) * step) {
+        units.push({
+          slice,
+          from: at,
+          to: Math.min(to, (Math.floor(at / step) + 1) * step),
+          offset: base + at,
+        });
+      }
+    }
+    const handles = new Map<number, Promise<FileHandle>>();
+    const closeHandles = (keepFrom: number): void => {
+      for (const [index, h] of handles) {
+        if (index >= keepFrom) continue;
+        handles.delete(index);
+        void h.then((fh) => fh.close()).catch(() => undefined);
+      }
     };
-    const generate = async function* (this: RangeCache): AsyncGenerator<Buffer> {
-      const head = cut(firstBytes, first);
-      this.counts.bytesServed += head.length;
-      yield head;
-      for (let i = first + 1; i <= last; i++) {
-        const bytes = await this.readSlice(hash, id, byIndex.get(i) as SliceInfo);
-        if (!bytes) {
-          throw keelError(
-            'CHECKSUM_MISMATCH',
-            `slice ${i} of ${describeIdentity(id)} failed verification mid-read; continue from the origin at byte ${i * sliceBytes}`,
-            {
-              offset: i * sliceBytes,
-            },
-          );
+    const fetchUnit = (u: (typeof units)[number]): Promise<Buffer | undefined> => {
+      const open = (): Promise<FileHandle> => {
+        let h = handles.get(u.slice.index);
+        if (!h) {
+          h = this.fs.open(this.slicePath(hash, u.slice.index), 'r');
+          h.catch(() => undefined);
+          handles.set(u.slice.index, h);
         }
-        const part = cut(bytes, i);
-        this.counts.bytesServed += part.length;
-        yield part;
+        return h;
+      };
+      return this.readSlice(hash, id, u.slice, u.from, u.to, open);
+    };
+    const firstBytes = await fetchUnit(units[0] as (typeof units)[number]);
+    if (!firstBytes) {
+      closeHandles(Infinity);
+      return miss(`slice ${first} unusable`);
+    }
+    this.counts.hits++;
+    const generate = async function* (this: RangeCache): AsyncGenerator<Buffer> {
+      // Each unit is verified before its bytes go out; the next is read while the consumer takes this one.
+      try {
+        let next = units.length > 1 ? fetchUnit(units[1] as (typeof units)[number]) : undefined;
+        this.counts.bytesServed += firstBytes.length;
+        yield firstBytes;
+        for (let u = 1; u < units.length; u++) {
+          const unit = units[u] as (typeof units)[number];
+          const bytes = await (next as Promise<Buffer | undefined>);
+          const following = units[u + 1];
+          if (following) closeHandles(following.slice.index);
+          next = following ? fetchUnit(following) : undefined;
+          if (!bytes) {
+            void next?.catch(() => undefined);
+            throw keelError(
+              'CHECKSUM_MISMATCH',
+              `slice ${unit.slice.index} of ${describeIdentity(id)} failed verification mid-read; continue from the origin at byte ${unit.offset}`,
+              { offset: unit.offset },
+            );
+          }
+          this.counts.bytesServed += bytes.length;
+          yield bytes;
+        }
+      } finally {
+        closeHandles(Infinity);
       }
     };
     return { hit: true, meta, stream: Readable.from(generate.call(this), { objectMode: false }) };
@@ -534,11 +579,42 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     );
   }
 
-  /** Reads and verifies one slice; on any failure repairs and returns undefined. */
-  private async readSlice(hash: string, id: ObjectIdentity, slice: SliceInfo): Promise<Buffer | undefined> {
-    let bytes: Buffer;
+  /**
+   * Reads bytes `[from, to)` of one slice, verifying every block they touch (or the whole slice
+   * when it has no block checksums). On any failure repairs and returns undefined.
+   */
+  private async readSlice(
+    hash: string,
+    id: ObjectIdentity,
+    slice: SliceInfo,
+    from = 0,
+    to = slice.length,
+    open?: () => Promise<FileHandle>,
+  ): Promise<Buffer | undefined> {
+    const blocks = slice.blocks;
+    const firstBlock = blocks ? Math.floor(from / VERIFY_BLOCK_BYTES) : 0;
+    const lastBlock = blocks ? Math.floor((to - 1) / VERIFY_BLOCK_BYTES) : 0;
+    const readFrom = blocks ? firstBlock * VERIFY_BLOCK_BYTES : 0;
+    const readTo = blocks ? Math.min(slice.length, (lastBlock + 1) * VERIFY_BLOCK_BYTES) : slice.length;
+    const buffer = Buffer.allocUnsafe(readTo - readFrom);
+    let got = 0;
     try {
-      bytes = await this.fs.readFile(this.slicePath(hash, slice.index));
+      // A caller reading several blocks of one slice shares one handle (and closes it).
+      const handle = open ? await open() : await this.fs.open(this.slicePath(hash, slice.index), 'r');
+      try {
+        while (got < buffer.length) {
+          const { bytesRead } = await handle.read(buffer, got, buffer.length - got, readFrom + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        // A slice file longer than recorded is corrupt too.
+        if (got === buffer.length && readTo === slice.length) {
+          const { bytesRead } = await handle.read(Buffer.alloc(1), 0, 1, slice.length);
+          if (bytesRead > 0) got = -1;
+        }
+      } finally {
+        if (!open) await handle.close();
+      }
     } catch (err) {
       const e = classify(err);
       if (e.code !== 'NOT_FOUND') {
@@ -551,13 +627,22 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
       await this.dropCorruptSlice(hash, id, slice.index, 'missing');
       return undefined;
     }
-    if (bytes.length !== slice.length || crc32(bytes) !== slice.crc32) {
+    let ok = got === buffer.length;
+    if (ok && blocks) {
+      for (let b = firstBlock; b <= lastBlock && ok; b++) {
+        const at = b * VERIFY_BLOCK_BYTES - readFrom;
+        ok = crc32(buffer.subarray(at, Math.min(buffer.length, at + VERIFY_BLOCK_BYTES))) === blocks[b];
+      }
+    } else if (ok) {
+      ok = crc32(buffer) === slice.crc32;
+    }
+    if (!ok) {
       await this.dropCorruptSlice(hash, id, slice.index, 'failed its checksum');
       return undefined;
     }
     const entry = this.index.get(`${hash}:${slice.index}`);
     if (entry) entry.lastAccess = this.clock.now();
-    return bytes;
+    return buffer.subarray(from - readFrom, to - readFrom);
   }
 
   private async dropCorruptSlice(
