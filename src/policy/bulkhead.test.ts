@@ -87,3 +87,61 @@ describe('bulkhead', () => {
     expect(() => bulkhead({ maxQueue: -1 })).toThrow(/maxQueue/);
   });
 });
+
+describe('bulkhead properties', () => {
+  it('never runs more than maxConcurrent calls and serves the queue in order', async () => {
+    const fc = (await import('fast-check')).default;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 4 }),
+        fc.integer({ min: 0, max: 4 }),
+        fc.array(fc.oneof(fc.constant('start' as const), fc.nat({ max: 20 })), {
+          minLength: 5,
+          maxLength: 60,
+        }),
+        async (maxConcurrent, maxQueue, cmds) => {
+          const b = bulkhead({ maxConcurrent, maxQueue });
+          let running = 0;
+          let peak = 0;
+          const startedOrder: number[] = [];
+          const finishers: (() => void)[] = [];
+          const done: Promise<unknown>[] = [];
+          let id = 0;
+          for (const c of cmds) {
+            if (c === 'start') {
+              const mine = id++;
+              done.push(
+                b
+                  .execute(
+                    () =>
+                      new Promise<void>((resolve) => {
+                        running++;
+                        peak = Math.max(peak, running);
+                        startedOrder.push(mine);
+                        finishers.push(() => {
+                          running--;
+                          resolve();
+                        });
+                      }),
+                  )
+                  .catch(() => undefined),
+              );
+            } else if (finishers.length > 0) {
+              finishers.splice(c % finishers.length, 1)[0]!();
+              await new Promise((r) => setImmediate(r));
+            }
+          }
+          while (finishers.length > 0) {
+            finishers.shift()!();
+            await new Promise((r) => setImmediate(r));
+          }
+          await Promise.all(done);
+          expect(peak).toBeLessThanOrEqual(maxConcurrent);
+          expect(startedOrder).toEqual([...startedOrder].sort((x, y) => x - y));
+          expect(b.stats()).toMatchObject({ active: 0, queued: 0 });
+        },
+      ),
+      { numRuns: 100 },
+    );
+  });
+});
