@@ -8,3 +8,4 @@
  */
 export * from './errors/index.js';
 export * from './time/index.js';
+export * from './policy/index.js';
