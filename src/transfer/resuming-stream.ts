@@ -54,6 +54,12 @@ export interface ResumingGetResult {
   resumes(): number;
 }
 
+/** Drops a response body; some clients (undici) emit an AbortError on destroy that nobody wants. */
+function discard(body: Readable): void {
+  body.on('error', () => undefined);
+  body.destroy();
+}
+
 function withTimeout<T>(
   promise: Promise<T>,
   ms: number,
@@ -110,7 +116,7 @@ export async function resumingGet(options: ResumingGetOptions): Promise<Resuming
       );
       const etag = res.headers.etag;
       if (res.status === 412 || (pinned !== undefined && etag !== undefined && etag !== pinned)) {
-        res.body.destroy();
+        discard(res.body);
         throw keelError(
           'OBJECT_CHANGED',
           `the object changed (ETag ${pinned ?? '?'} is now ${etag ?? 'different'}); refusing to mix versions`,
@@ -121,7 +127,7 @@ export async function resumingGet(options: ResumingGetOptions): Promise<Resuming
         );
       }
       if (res.status !== 200 && res.status !== 206) {
-        res.body.destroy();
+        discard(res.body);
         throw classify({
           status: res.status,
           headers: res.headers,
@@ -181,7 +187,7 @@ export async function resumingGet(options: ResumingGetOptions): Promise<Resuming
       } catch (err) {
         failure = err;
       }
-      res.body.destroy();
+      discard(res.body);
       if (failure === undefined && (length === undefined || received >= length)) return;
       const error =
         failure === undefined

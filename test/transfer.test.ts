@@ -1,0 +1,327 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chaos, type ChaosProxy } from '../src/chaos/index.js';
+import { retry, constant } from '../src/policy/index.js';
+import { downloadFile, ProgressTracker, resumingGet, S3Client, uploadFile } from '../src/transfer/index.js';
+import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
+
+let origin: S3Origin;
+let proxy: ChaosProxy;
+let dir: string;
+const quickRetry = () => retry({ maxAttempts: 10, backoff: constant(5) });
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+beforeAll(async () => {
+  origin = await startS3Origin(['b']);
+  proxy = await chaos.proxy({ upstream: `127.0.0.1:${origin.port}` });
+  dir = await mkdtemp(path.join(os.tmpdir(), 'keel-transfer-'));
+});
+afterAll(async () => {
+  await proxy.close();
+  await origin.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const direct = (): S3Client => new S3Client({ endpoint: origin.url, credentials: TEST_CREDENTIALS });
+const viaProxy = (): S3Client =>
+  new S3Client({ endpoint: `http://127.0.0.1:${proxy.port}`, credentials: TEST_CREDENTIALS });
+
+async function put(key: string, data: Buffer): Promise<void> {
+  const res = await direct().call({ method: 'PUT', bucket: 'b', key, body: data });
+  res.body.resume();
+}
+
+async function getAll(key: string): Promise<Buffer> {
+  const res = await direct().call({ method: 'GET', bucket: 'b', key });
+  return Buffer.concat((await res.body.toArray()) as Buffer[]);
+}
+
+describe('resuming body stream', () => {
+  it('resumes after limit_data cuts and resets; the consumer sees one correct stream', async () => {
+    const data = randomBytes(3 * 1024 * 1024 + 17);
+    await put('cut.bin', data);
+    proxy.add({ type: 'limit_data', name: 'cut', attributes: { bytes: 700_000 } });
+    try {
+      const client = viaProxy();
+      const resumed: number[] = [];
+      const got = await resumingGet({
+        retry: quickRetry(),
+        onResume: (offset) => resumed.push(offset),
+        request: (range, ifMatch, signal) =>
+          client.send({
+            method: 'GET',
+            bucket: 'b',
+            key: 'cut.bin',
+            signal,
+            headers: { range: `bytes=${range.start}-`, ...(ifMatch ? { 'if-match': ifMatch } : {}) },
+          }),
+      });
+      const body = Buffer.concat((await got.body.toArray()) as Buffer[]);
+      expect(sha(body)).toBe(sha(data));
+      expect(resumed.length).toBeGreaterThanOrEqual(4);
+      expect(got.resumes()).toBe(resumed.length);
+    } finally {
+      proxy.remove('cut');
+    }
+  });
+
+  it('refuses to mix versions when the object changes mid-download', async () => {
+    const v1 = randomBytes(2 * 1024 * 1024);
+    await put('changing.bin', v1);
+    proxy.add({ type: 'limit_data', name: 'cut', attributes: { bytes: 500_000 } });
+    try {
+      const client = viaProxy();
+      let changed = false;
+      const got = await resumingGet({
+        retry: quickRetry(),
+        onResume: () => undefined,
+        request: async (range, ifMatch, signal) => {
+          if (range.start > 0 && !changed) {
+            changed = true;
+            await put('changing.bin', randomBytes(2 * 1024 * 1024));
+          }
+          return client.send({
+            method: 'GET',
+            bucket: 'b',
+            key: 'changing.bin',
+            signal,
+            headers: { range: `bytes=${range.start}-`, ...(ifMatch ? { 'if-match': ifMatch } : {}) },
+          });
+        },
+      });
+      await expect(got.body.toArray()).rejects.toMatchObject({ code: 'OBJECT_CHANGED' });
+    } finally {
+      proxy.remove('cut');
+    }
+  });
+
+  it('fails an attempt whose body stalls past the idle timeout, and resumes', async () => {
+    const data = randomBytes(200_000);
+    let calls = 0;
+    const server = http.createServer((req, res) => {
+      calls++;
+      const start = Number(/bytes=(\d+)-/.exec(req.headers.range ?? '')?.[1] ?? 0);
+      const part = data.subarray(start);
+      res.writeHead(start > 0 ? 206 : 200, {
+        etag: '"x"',
+        'content-length': part.length,
+        ...(start > 0 ? { 'content-range': `bytes ${start}-${data.length - 1}/${data.length}` } : {}),
+      });
+      if (calls === 1)
+        res.write(part.subarray(0, 1000)); // then stall
+      else res.end(part);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const got = await resumingGet({
+        idleTimeoutMs: 100,
+        retry: quickRetry(),
+        request: (range, ifMatch, signal) =>
+          new Promise((resolve, reject) => {
+            const req = http.get(
+              {
+                port,
+                host: '127.0.0.1',
+                headers: { range: `bytes=${range.start}-`, ...(ifMatch ? { 'if-match': ifMatch } : {}) },
+                signal,
+              },
+              (res) =>
+                resolve({
+                  status: res.statusCode ?? 0,
+                  headers: res.headers as Record<string, string>,
+                  body: res,
+                }),
+            );
+            req.on('error', reject);
+          }),
+      });
+      const body = Buffer.concat((await got.body.toArray()) as Buffer[]);
+      expect(body.equals(data)).toBe(true);
+      expect(calls).toBe(2);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+});
+
+describe('resumable download', () => {
+  it('downloads through cuts with a progress tracker; fetches each byte once; verifies the MD5 ETag', async () => {
+    const data = randomBytes(4 * 1024 * 1024 + 3);
+    await put('dl.bin', data);
+    proxy.add({ type: 'limit_data', name: 'cut', attributes: { bytes: 1_000_000 } });
+    try {
+      const tracker = new ProgressTracker();
+      const file = path.join(dir, 'dl.bin');
+      const result = await downloadFile({
+        client: viaProxy(),
+        bucket: 'b',
+        key: 'dl.bin',
+        file,
+        retry: quickRetry(),
+        progress: tracker,
+      });
+      expect(sha(await readFile(file))).toBe(sha(data));
+      expect(result).toMatchObject({
+        size: data.length,
+        resumedFrom: 0,
+        bytesFetched: data.length,
+        checksumVerified: true,
+      });
+      expect(result.resumes).toBeGreaterThanOrEqual(3);
+      expect(tracker.snapshot()).toMatchObject({ done: data.length, total: data.length, percent: 100 });
+      await expect(stat(`${file}.part`)).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(stat(`${file}.keel-download.json`)).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      proxy.remove('cut');
+    }
+  });
+
+  it('a second process resumes a download whose first process was killed with SIGKILL', async () => {
+    const data = randomBytes(6 * 1024 * 1024);
+    await put('killed.bin', data);
+    const file = path.join(dir, 'killed.bin');
+    proxy.add({ type: 'bandwidth', name: 'slow', attributes: { rate: 4000 } }); // ~4 MB/s
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        path.join(import.meta.dirname, 'fixtures/transfer-cli.ts'),
+        'get',
+        `http://127.0.0.1:${proxy.port}`,
+        'killed.bin',
+        file,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise((r) => setTimeout(r, 900));
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await exited;
+    proxy.remove('slow');
+    const partial = await stat(`${file}.part`);
+    expect(partial.size).toBeGreaterThan(0);
+    expect(partial.size).toBeLessThan(data.length);
+    const result = await downloadFile({
+      client: viaProxy(),
+      bucket: 'b',
+      key: 'killed.bin',
+      file,
+      retry: quickRetry(),
+      checkpointBytes: 256 * 1024,
+    });
+    expect(result.resumedFrom).toBeGreaterThan(0);
+    expect(result.bytesFetched).toBe(data.length - result.resumedFrom);
+    expect(sha(await readFile(file))).toBe(sha(data));
+  }, 20_000);
+});
+
+describe('resumable multipart upload', () => {
+  it('uploads through connection resets with bounded concurrency', async () => {
+    const data = randomBytes(3 * 1024 * 1024 + 5);
+    const file = path.join(dir, 'up.bin');
+    await writeFile(file, data);
+    proxy.add({ type: 'reset_peer', name: 'reset', toxicity: 0.3, attributes: { timeout: 0 } });
+    try {
+      const result = await uploadFile({
+        client: viaProxy(),
+        bucket: 'b',
+        key: 'up.bin',
+        file,
+        partBytes: 512 * 1024,
+        concurrency: 3,
+        retry: quickRetry(),
+      });
+      expect(result).toMatchObject({ size: data.length, parts: 7, partsReused: 0 });
+    } finally {
+      proxy.remove('reset');
+    }
+    expect(sha(await getAll('up.bin'))).toBe(sha(data));
+    expect(origin.openUploads()).toEqual([]);
+  });
+
+  it('a restarted process lists the uploaded parts and sends only the rest after SIGKILL', async () => {
+    const data = randomBytes(4 * 1024 * 1024);
+    const file = path.join(dir, 'up-killed.bin');
+    await writeFile(file, data);
+    proxy.add({ type: 'bandwidth', name: 'slow', stream: 'upstream', attributes: { rate: 2000 } });
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        path.join(import.meta.dirname, 'fixtures/transfer-cli.ts'),
+        'put',
+        `http://127.0.0.1:${proxy.port}`,
+        'up-killed.bin',
+        file,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise((r) => setTimeout(r, 1200));
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await exited;
+    proxy.remove('slow');
+    const session = JSON.parse(await readFile(`${file}.keel-upload.json`, 'utf8')) as {
+      parts: Record<string, string>;
+    };
+    expect(Object.keys(session.parts).length).toBeGreaterThan(0);
+    const result = await uploadFile({
+      client: viaProxy(),
+      bucket: 'b',
+      key: 'up-killed.bin',
+      file,
+      partBytes: 256 * 1024,
+      concurrency: 2,
+      retry: quickRetry(),
+    });
+    expect(result.partsReused).toBeGreaterThan(0);
+    expect(result.bytesSent).toBeLessThan(data.length);
+    expect(sha(await getAll('up-killed.bin'))).toBe(sha(data));
+    expect(origin.openUploads()).toEqual([]);
+  }, 20_000);
+
+  it('aborts the multipart upload when it fails for good, leaving nothing behind', async () => {
+    const data = randomBytes(1024 * 1024);
+    const file = path.join(dir, 'up-fail.bin');
+    await writeFile(file, data);
+    const faults = await chaos.httpProxy({
+      upstream: `127.0.0.1:${origin.port}`,
+      rules: [
+        {
+          method: 'PUT',
+          action: {
+            type: 'status',
+            status: 403,
+            body: '<Error><Code>AccessDenied</Code><Message>denied</Message></Error>',
+          },
+        },
+      ],
+    });
+    try {
+      const client = new S3Client({ endpoint: faults.url, credentials: TEST_CREDENTIALS });
+      await expect(
+        uploadFile({
+          client,
+          bucket: 'b',
+          key: 'up-fail.bin',
+          file,
+          partBytes: 256 * 1024,
+          retry: quickRetry(),
+        }),
+      ).rejects.toMatchObject({ code: 'FORBIDDEN' });
+      expect(origin.openUploads()).toEqual([]);
+      await expect(stat(`${file}.keel-upload.json`)).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await faults.close();
+    }
+  });
+});
