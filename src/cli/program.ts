@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerCacheCommand } from './cache.js';
 import { registerChaosCommand } from './chaos.js';
+import { registerTransferCommands } from './transfer.js';
 import { keelVersion } from './version.js';
 
 /** Builds the `keel` command line with every subcommand registered. */
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
   // Subcommands register here, one line each.
   registerChaosCommand(program);
   registerCacheCommand(program);
+  registerTransferCommands(program);
   return program;
 }
 
