@@ -31,6 +31,7 @@ describe('chaos TCP proxy', () => {
       s.on('close', () => resolve(Buffer.concat(parts)));
     });
     expect(got.equals(data)).toBe(true);
+    expect(proxy.stats()).toEqual({ bytesUpstream: data.length, bytesDownstream: data.length, connections: 1 });
   });
 
   it('latency delays the first byte by about the configured time', async () => {

@@ -142,6 +142,7 @@ class Link {
       const started = Date.now();
       await this.write(piece);
       this.bytes += piece.length;
+      this.conn.countBytes(this.stream, piece.length);
       if (bandwidth) await sleep(started + (piece.length / bytesPerSec) * 1000 - Date.now());
       if (this.conn.closed) return;
     }
@@ -189,6 +190,10 @@ class Connection {
 
   random(): number {
     return this.proxy.random();
+  }
+
+  countBytes(stream: ToxicStream, n: number): void {
+    this.proxy.counters[stream] += n;
   }
 
   /** The toxic of `type` acting on `stream` of this connection, if any (toxicity decided once). */
@@ -267,6 +272,8 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
   private readonly toxics = new Map<string, Toxic>();
   private readonly connections = new Set<Connection>();
   readonly random: () => number;
+  /** @internal */
+  readonly counters = { upstream: 0, downstream: 0, connections: 0 };
 
   private constructor(name: string, listen: HostPort, upstream: HostPort, random: () => number) {
     super();
@@ -309,6 +316,15 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
   /** True while accepting connections. */
   get enabled(): boolean {
     return this.server !== undefined;
+  }
+
+  /** Bytes forwarded each way and connections accepted since the proxy started. */
+  stats(): { bytesUpstream: number; bytesDownstream: number; connections: number } {
+    return {
+      bytesUpstream: this.counters.upstream,
+      bytesDownstream: this.counters.downstream,
+      connections: this.counters.connections,
+    };
   }
 
   /** Open proxied connections. */
@@ -463,6 +479,7 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
     });
     const connection = new Connection(this, client, server);
     this.connections.add(connection);
+    this.counters.connections++;
     server.once('connect', () => {
       client.resume();
     });
