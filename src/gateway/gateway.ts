@@ -1,0 +1,264 @@
+import { randomBytes } from 'node:crypto';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { classify } from '../errors/index.js';
+import { RangeCache, type CacheFs } from '../cache/index.js';
+import { systemClock, type Clock } from '../time/index.js';
+import { GatewayMetrics } from './metrics.js';
+import { serveObject, type CacheOutcome, type ReadContext } from './object-read.js';
+import { OriginClient, type OriginCredentials } from './origin-client.js';
+import { OriginGuard, type OriginGuardOptions } from './origin-guard.js';
+import { passthrough } from './passthrough.js';
+import { S3Errors, sendS3Error } from './s3-error.js';
+import { parseS3Target } from './s3-request.js';
+import type { SliceFill } from './slice-fill.js';
+import { verifySigV4, type ClientKey } from './sigv4-verify.js';
+
+/** Options of {@link createGateway}. */
+export interface GatewayOptions {
+  /** Base URL of the S3 origin. */
+  upstream: string;
+  /** Credentials for signing origin requests; unsigned when absent. */
+  originCredentials?: OriginCredentials | undefined;
+  /** Region used to sign origin requests (default us-east-1). */
+  region?: string;
+  /** `gateway`: clients sign with {@link GatewayOptions.clientKeys}; `anonymous`: no client auth (default gateway). */
+  auth?: 'gateway' | 'anonymous';
+  clientKeys?: ClientKey[];
+  /** Cache directory; no cache (every read BYPASS) when absent. */
+  cacheDir?: string | undefined;
+  /** Cache size limit in bytes (default 10 GiB). */
+  cacheMaxBytes?: number;
+  /** Slice size (default 8 MiB). */
+  sliceBytes?: number;
+  /** Serve cached objects this long before revalidating with If-None-Match (default 60 s). */
+  ttlMs?: number;
+  /** Virtual-host-style base domain: `bucket.<baseDomain>` (default none: path-style only). */
+  baseDomain?: string | undefined;
+  firstByteTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  /** Origin connections (default 64). */
+  originConnections?: number;
+  guard?: OriginGuardOptions;
+  clock?: Clock;
+  /** File system for the cache (fault injection in tests). */
+  cacheFs?: CacheFs;
+  /** Log sink (default: JSON lines on stderr for warn and error). */
+  log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+}
+
+/** A running gateway. */
+export interface Gateway {
+  readonly server: http.Server;
+  readonly cache: RangeCache | undefined;
+  readonly guard: OriginGuard;
+  readonly metrics: GatewayMetrics;
+  /** Starts listening; resolves with the bound address. */
+  listen(port: number, host?: string): Promise<AddressInfo>;
+  /** Base URL once listening. */
+  url(): string;
+  /** Requests being served. */
+  inFlight(): number;
+  /** Stops accepting, waits for in-flight requests (up to `graceMs`, default 30 s), closes. */
+  close(graceMs?: number): Promise<void>;
+}
+
+function requestId(): string {
+  return randomBytes(8).toString('hex').toUpperCase();
+}
+
+const defaultLog: NonNullable<GatewayOptions['log']> = (level, msg, fields) => {
+  if (level === 'info') return;
+  process.stderr.write(`${JSON.stringify({ level, time: new Date().toISOString(), msg, ...fields })}\n`);
+};
+
+/**
+ * Creates the S3 caching gateway: opens the cache (an unusable cache directory means bypass mode,
+ * not a failure) and returns a server to listen with.
+ */
+export async function createGateway(options: GatewayOptions): Promise<Gateway> {
+  const clock = options.clock ?? systemClock;
+  const log = options.log ?? defaultLog;
+  const origin = new OriginClient({
+    url: options.upstream,
+    credentials: options.originCredentials,
+    ...(options.region ? { region: options.region } : {}),
+    ...(options.originConnections ? { connections: options.originConnections } : {}),
+    ...(options.firstByteTimeoutMs ? { firstByteTimeoutMs: options.firstByteTimeoutMs } : {}),
+    ...(options.idleTimeoutMs ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
+  });
+  const guard = new OriginGuard({ ...options.guard, ...(options.clock ? { clock: options.clock } : {}) });
+  let cache: RangeCache | undefined;
+  if (options.cacheDir !== undefined) {
+    try {
+      cache = await RangeCache.open({
+        dir: options.cacheDir,
+        ...(options.cacheMaxBytes ? { maxBytes: options.cacheMaxBytes } : {}),
+        ...(options.sliceBytes ? { sliceBytes: options.sliceBytes } : {}),
+        ...(options.clock ? { clock: options.clock } : {}),
+        ...(options.cacheFs ? { fs: options.cacheFs } : {}),
+      });
+      cache.on('repair', (e) => log('warn', `cache repair: ${e.message}`, { counter: e.counter }));
+      cache.on('bypass', (e) =>
+        log(e.active ? 'error' : 'info', `cache bypass ${e.active ? 'on' : 'off'}: ${e.reason}`),
+      );
+      cache.on('fault', (e) => log('warn', `cache fault: ${e.message}`));
+    } catch (err) {
+      log(
+        'error',
+        `cache directory ${options.cacheDir} is unusable; serving every read from the origin (bypass)`,
+        {
+          error: classify(err).message,
+        },
+      );
+    }
+  }
+  const metrics = new GatewayMetrics(cache, guard);
+  const keys = new Map((options.clientKeys ?? []).map((k) => [k.accessKeyId, k.secretAccessKey]));
+  const authMode = options.auth ?? 'gateway';
+  const fills = new Map<string, SliceFill>();
+  const ctx: ReadContext = {
+    origin,
+    guard,
+    cache,
+    clock,
+    ttlMs: options.ttlMs ?? 60_000,
+    sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
+    fills,
+    firstByteTimeoutMs: options.firstByteTimeoutMs ?? 30_000,
+    idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
+    onBytes: (source, n) => metrics.bytes.inc({ source }, n),
+    log,
+  };
+  let active = 0;
+  let draining = false;
+  const sockets = new Set<Socket>();
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const id = requestId();
+    const method = req.method ?? 'GET';
+    const started = performance.now();
+    let outcome: CacheOutcome | 'ERROR' | 'PASS' | 'DENIED' = 'ERROR';
+    active++;
+    res.setHeader('x-request-id', id);
+    if (draining) res.setHeader('connection', 'close');
+    try {
+      const rawUrl = req.url ?? '/';
+      const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
+      if ('malformed' in target) {
+        const spec = target.message.startsWith('invalid bucket')
+          ? S3Errors.invalidBucketName(target.message)
+          : S3Errors.badRequest(target.message);
+        sendS3Error(res, method, spec, id);
+        return;
+      }
+      if (authMode === 'gateway') {
+        const auth = verifySigV4(method, rawUrl, req.headers, keys, Date.now());
+        if (!auth.ok) {
+          outcome = 'DENIED';
+          req.resume();
+          sendS3Error(
+            res,
+            method,
+            { ...auth.error, ...(target.key ? { resource: `/${target.bucket ?? ''}/${target.key}` } : {}) },
+            id,
+          );
+          return;
+        }
+      }
+      const isObjectRead =
+        (method === 'GET' || method === 'HEAD') &&
+        target.bucket !== undefined &&
+        target.key !== undefined &&
+        !target.query.has('partNumber') &&
+        ![...target.query.keys()].some(
+          (k) => k !== 'versionId' && !k.startsWith('X-Amz-') && !k.startsWith('response-') && k !== 'x-id',
+        );
+      if (isObjectRead && ![...target.query.keys()].some((k) => k.startsWith('response-'))) {
+        const versionId = target.query.get('versionId');
+        const query = versionId === null ? '' : `versionId=${encodeURIComponent(versionId)}`;
+        outcome = await serveObject(
+          ctx,
+          req,
+          res,
+          { bucket: target.bucket as string, key: target.key as string, versionId },
+          query,
+          id,
+        );
+        return;
+      }
+      const status = await passthrough(origin, guard, req, res, target, id);
+      outcome = 'PASS';
+      if (
+        target.bucket !== undefined &&
+        target.key !== undefined &&
+        method !== 'GET' &&
+        method !== 'HEAD' &&
+        cache
+      ) {
+        // A write (or its attempt) to an object: the cached copy may be wrong now.
+        await cache
+          .invalidate({ bucket: target.bucket, key: target.key, versionId: null })
+          .catch(() => undefined);
+        metrics.invalidations.inc();
+      }
+      if (
+        target.bucket !== undefined &&
+        method === 'PUT' &&
+        target.query.has('x-amz-copy-source') &&
+        status < 300
+      ) {
+        // nothing further: the destination above was invalidated
+      }
+    } catch (err) {
+      const e = classify(err);
+      log('error', `request failed: ${e.message}`, { requestId: id, code: e.code });
+      sendS3Error(res, method, S3Errors.internal(), id);
+    } finally {
+      active--;
+      metrics.requests.inc({ method: method === 'GET' || method === 'HEAD' ? method : 'OTHER', outcome });
+      metrics.duration.observe({ outcome }, (performance.now() - started) / 1000);
+      log('info', 'request', { requestId: id, method, url: req.url, status: res.statusCode, outcome });
+    }
+  };
+
+  const server = http.createServer((req, res) => {
+    void handle(req, res);
+  });
+  server.keepAliveTimeout = 5_000;
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+
+  return {
+    server,
+    cache,
+    guard,
+    metrics,
+    listen: (port, host = '127.0.0.1') =>
+      new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, host, () => {
+          server.off('error', reject);
+          resolve(server.address() as AddressInfo);
+        });
+      }),
+    url: () => {
+      const a = server.address() as AddressInfo;
+      return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+    },
+    inFlight: () => active,
+    close: async (graceMs = 30_000) => {
+      draining = true;
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      const deadline = Date.now() + graceMs;
+      while (active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      for (const s of sockets) s.destroy();
+      await closed;
+      await origin.close();
+      await cache?.close();
+    },
+  };
+}

@@ -1,0 +1,21 @@
+/**
+ * The S3 caching gateway: an S3 REST endpoint in front of an S3 origin that serves reads from the
+ * self-healing range cache, protects the origin and serves stale copies when it fails.
+ * @packageDocumentation
+ */
+export { createGateway, type Gateway, type GatewayOptions } from './gateway.js';
+export {
+  OriginClient,
+  type OriginClientOptions,
+  type OriginCredentials,
+  type OriginRequest,
+  type OriginResponse,
+} from './origin-client.js';
+export { OriginGuard, type OriginGuardOptions } from './origin-guard.js';
+export { GatewayMetrics } from './metrics.js';
+export type { CacheOutcome } from './object-read.js';
+export { evaluateRange, type RangeDecision } from './range.js';
+export { evaluateConditions, type ConditionOutcome, type ConditionHeaders } from './conditional.js';
+export { parseS3Target, encodeKey, type S3Target, type MalformedTarget } from './s3-request.js';
+export { s3ErrorXml, S3Errors, type S3ErrorSpec } from './s3-error.js';
+export { verifySigV4, type ClientKey, type AuthResult } from './sigv4-verify.js';

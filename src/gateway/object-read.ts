@@ -1,0 +1,494 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { once } from 'node:events';
+import type { Readable } from 'node:stream';
+import { classify, isKeelError, type KeelError } from '../errors/index.js';
+import {
+  identityHash,
+  type CacheMeta,
+  type ObjectIdentity,
+  type ObjectInfo,
+  type RangeCache,
+} from '../cache/index.js';
+import type { Clock } from '../time/index.js';
+import { resumingGet } from '../transfer/index.js';
+import { evaluateConditions } from './conditional.js';
+import type { OriginClient, OriginResponse } from './origin-client.js';
+import { isThrottle, retryAfterSeconds, type OriginGuard } from './origin-guard.js';
+import { evaluateRange } from './range.js';
+import { S3Errors, sendS3Error } from './s3-error.js';
+import { SliceFill, SliceReadError } from './slice-fill.js';
+
+/** What a read was: the `x-keel-cache` header. */
+export type CacheOutcome = 'HIT' | 'MISS' | 'PARTIAL' | 'STALE' | 'BYPASS';
+
+/** Response headers of an object that are replayed from the origin as they were. */
+const REPLAYED =
+  /^(x-amz-meta-.*|cache-control|content-encoding|content-disposition|content-language|expires|x-amz-version-id|x-amz-storage-class|x-amz-server-side-encryption.*|x-amz-tagging-count|x-amz-website-redirect-location|x-amz-restore|x-amz-object-lock-.*|x-amz-replication-status|x-amz-expiration)$/;
+
+/** Everything the read path needs from the gateway. */
+export interface ReadContext {
+  origin: OriginClient;
+  guard: OriginGuard;
+  cache: RangeCache | undefined;
+  clock: Clock;
+  /** Serve cached metadata this long before revalidating (ms). */
+  ttlMs: number;
+  /** Slice size used when the cache is off. */
+  sliceBytes: number;
+  fills: Map<string, SliceFill>;
+  firstByteTimeoutMs: number;
+  idleTimeoutMs: number;
+  onBytes(source: 'cache' | 'origin', n: number): void;
+  log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
+}
+
+/** The identity plus the object info the read is served from. */
+interface Resolved {
+  meta: CacheMeta | (ObjectInfo & { sliceBytes: number; slices: { index: number }[] });
+  stale: boolean;
+}
+
+function infoFrom(headers: Record<string, string>): ObjectInfo | undefined {
+  const etag = headers.etag;
+  const range = headers['content-range'];
+  const size = range ? Number(range.split('/')[1]) : Number(headers['content-length']);
+  if (etag === undefined || !Number.isSafeInteger(size)) return undefined;
+  const replay: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) if (REPLAYED.test(k)) replay[k] = v;
+  return {
+    etag,
+    size,
+    ...(headers['last-modified'] === undefined ? {} : { lastModified: headers['last-modified'] }),
+    ...(headers['content-type'] === undefined ? {} : { contentType: headers['content-type'] }),
+    headers: replay,
+  };
+}
+
+async function safe<T>(ctx: ReadContext, what: string, fn: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await fn();
+  } catch (err) {
+    ctx.log('warn', `cache ${what} failed; serving from the origin`, { error: classify(err).message });
+    return undefined;
+  }
+}
+
+/** Passes an origin answer through to the client as it is. */
+export function relay(res: ServerResponse, up: OriginResponse, extra: Record<string, string>): void {
+  const headers = { ...up.headers, ...extra };
+  delete headers.connection;
+  delete headers['keep-alive'];
+  delete headers['transfer-encoding'];
+  res.writeHead(up.status, headers);
+  up.body.on('error', () => res.destroy());
+  up.body.pipe(res);
+}
+
+/**
+ * Serves GET or HEAD of one object from the cache and the origin: revalidation, conditionals,
+ * ranges, slice by slice with single-flight fills, stale serving when the origin fails.
+ */
+export async function serveObject(
+  ctx: ReadContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  id: ObjectIdentity,
+  rawQuery: string,
+  requestId: string,
+  attempt = 0,
+): Promise<CacheOutcome | 'ERROR' | 'PASS'> {
+  const method = req.method ?? 'GET';
+  const base = { 'x-request-id': requestId, 'x-amz-request-id': requestId };
+  const bypass = ctx.cache === undefined || ctx.cache.bypassed;
+  const resolved = await resolveObject(ctx, id, rawQuery);
+  if ('error' in resolved) {
+    const err = resolved.error;
+    const spec = isThrottle(err)
+      ? S3Errors.slowDown(retryAfterSeconds(err))
+      : S3Errors.serviceUnavailable(
+          retryAfterSeconds(err),
+          `the origin is unavailable (${err.code}); please retry`,
+        );
+    sendS3Error(
+      res,
+      method,
+      { ...spec, headers: { ...spec.headers, ...base, 'x-keel-cache': 'MISS' } },
+      requestId,
+    );
+    return 'ERROR';
+  }
+  if ('passthrough' in resolved) {
+    // Not an object we can serve (404, 403 …): ask the origin the client's own question.
+    try {
+      const up = await ctx.guard.once(id.bucket, (signal) =>
+        ctx.origin.request({
+          method,
+          bucket: id.bucket,
+          key: id.key,
+          rawQuery,
+          headers: pick(req.headers, [
+            'range',
+            'if-match',
+            'if-none-match',
+            'if-modified-since',
+            'if-unmodified-since',
+          ]),
+          signal,
+        }),
+      );
+      relay(res, up, { ...base, 'x-keel-cache': 'BYPASS' });
+      return 'PASS';
+    } catch (err) {
+      const e = classify(err);
+      sendS3Error(
+        res,
+        method,
+        {
+          ...S3Errors.serviceUnavailable(retryAfterSeconds(e)),
+          headers: { 'retry-after': String(retryAfterSeconds(e)), ...base },
+        },
+        requestId,
+      );
+      return 'ERROR';
+    }
+  }
+  const { meta, stale } = resolved;
+  const objectHeaders: Record<string, string> = {
+    ...base,
+    etag: meta.etag,
+    'accept-ranges': 'bytes',
+    ...(meta.lastModified === undefined ? {} : { 'last-modified': meta.lastModified }),
+    ...meta.headers,
+  };
+  const condition = evaluateConditions(
+    {
+      'if-match': req.headers['if-match'],
+      'if-none-match': req.headers['if-none-match'],
+      'if-modified-since': req.headers['if-modified-since'],
+      'if-unmodified-since': req.headers['if-unmodified-since'],
+    },
+    meta,
+  );
+  if (condition === 'not-modified') {
+    res.writeHead(304, { ...objectHeaders, 'x-keel-cache': stale ? 'STALE' : 'HIT' });
+    res.end();
+    return stale ? 'STALE' : 'HIT';
+  }
+  if (condition === 'precondition-failed') {
+    sendS3Error(res, method, { ...S3Errors.preconditionFailed(), headers: { ...base } }, requestId);
+    return 'ERROR';
+  }
+  const range = evaluateRange(req.headers.range, meta.size);
+  if (range.kind === 'unsatisfiable') {
+    const spec = S3Errors.invalidRange(meta.size);
+    sendS3Error(res, method, { ...spec, headers: { ...spec.headers, ...base } }, requestId);
+    return 'ERROR';
+  }
+  const start = range.kind === 'partial' ? range.start : 0;
+  const end = range.kind === 'partial' ? range.end : meta.size - 1;
+  const cached = new Set(meta.slices.map((s) => s.index));
+  const needed: number[] = [];
+  for (
+    let i = Math.floor(start / meta.sliceBytes);
+    end >= start && i <= Math.floor(end / meta.sliceBytes);
+    i++
+  )
+    needed.push(i);
+  const missing = needed.filter((i) => !cached.has(i));
+  let outcome: CacheOutcome = bypass
+    ? 'BYPASS'
+    : missing.length === 0
+      ? stale
+        ? 'STALE'
+        : 'HIT'
+      : missing.length === needed.length
+        ? 'MISS'
+        : 'PARTIAL';
+  if (stale && missing.length > 0) {
+    const spec = S3Errors.serviceUnavailable(
+      1,
+      'the origin is unavailable and the range is not cached; please retry',
+    );
+    sendS3Error(
+      res,
+      method,
+      { ...spec, headers: { ...spec.headers, ...base, 'x-keel-cache': 'STALE' } },
+      requestId,
+    );
+    return 'ERROR';
+  }
+  if (bypass) outcome = 'BYPASS';
+  const status = range.kind === 'partial' ? 206 : 200;
+  const headers: Record<string, string> = {
+    ...objectHeaders,
+    'content-length': String(end - start + 1),
+    ...(meta.contentType === undefined ? {} : { 'content-type': meta.contentType }),
+    ...(status === 206 ? { 'content-range': `bytes ${start}-${end}/${meta.size}` } : {}),
+    'x-keel-cache': outcome,
+  };
+  if (method === 'HEAD' || end < start) {
+    res.writeHead(status, headers);
+    res.end();
+    return outcome;
+  }
+  // Open the first missing slice before answering, so a changed object is noticed before a byte goes out.
+  const first = needed[0] as number;
+  if (!cached.has(first)) {
+    const fill = startFill(ctx, id, rawQuery, meta, first);
+    try {
+      await fill.opened;
+    } catch (err) {
+      const e = classify(err);
+      if (e.code === 'OBJECT_CHANGED' && attempt === 0) {
+        if (ctx.cache) await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(id));
+        return serveObject(ctx, req, res, id, rawQuery, requestId, 1);
+      }
+      const spec = isThrottle(e)
+        ? S3Errors.slowDown(retryAfterSeconds(e))
+        : S3Errors.serviceUnavailable(retryAfterSeconds(e));
+      sendS3Error(
+        res,
+        method,
+        { ...spec, headers: { ...spec.headers, ...base, 'x-keel-cache': outcome } },
+        requestId,
+      );
+      return 'ERROR';
+    }
+  }
+  res.writeHead(status, headers);
+  try {
+    for (const index of needed) {
+      if (res.destroyed) break;
+      const a = Math.max(start, index * meta.sliceBytes);
+      const b = Math.min(end, (index + 1) * meta.sliceBytes - 1);
+      await streamSlice(ctx, res, id, rawQuery, meta, index, a, b, cached.has(index));
+    }
+    res.end();
+  } catch (err) {
+    const e = classify(err instanceof SliceReadError ? err.error : err);
+    ctx.log('error', `read of ${id.bucket}/${id.key} broke after the headers went out: ${e.message}`, {
+      requestId,
+    });
+    if (e.code === 'OBJECT_CHANGED' && ctx.cache)
+      await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(id));
+    res.destroy();
+  }
+  return outcome;
+}
+
+function pick(headers: IncomingMessage['headers'], names: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const n of names) {
+    const v = headers[n];
+    if (typeof v === 'string') out[n] = v;
+  }
+  return out;
+}
+
+async function write(res: ServerResponse, chunk: Buffer): Promise<void> {
+  if (!res.write(chunk) && !res.destroyed) {
+    await Promise.race([once(res, 'drain'), once(res, 'close')]);
+  }
+}
+
+async function streamSlice(
+  ctx: ReadContext,
+  res: ServerResponse,
+  id: ObjectIdentity,
+  rawQuery: string,
+  meta: Resolved['meta'],
+  index: number,
+  a: number,
+  b: number,
+  isCached: boolean,
+): Promise<void> {
+  let pos = a;
+  if (isCached && ctx.cache) {
+    const hit = await safe(ctx, 'read', () => (ctx.cache as RangeCache).read(id, a, b));
+    if (hit?.hit) {
+      try {
+        for await (const chunk of hit.stream as AsyncIterable<Buffer>) {
+          if (res.destroyed) {
+            hit.stream.destroy();
+            return;
+          }
+          await write(res, chunk);
+          pos += chunk.length;
+          ctx.onBytes('cache', chunk.length);
+        }
+        return;
+      } catch (err) {
+        // A slice failed verification mid-read (already repaired by the cache): the origin continues.
+        ctx.log(
+          'warn',
+          `cached slice of ${id.bucket}/${id.key} failed mid-read at ${pos}; continuing from the origin`,
+          {
+            error: classify(err).message,
+          },
+        );
+      }
+    }
+  }
+  const fill = startFill(ctx, id, rawQuery, meta, index);
+  try {
+    for await (const chunk of fill.read(pos, b)) {
+      if (res.destroyed) return;
+      await write(res, chunk);
+      pos += chunk.length;
+      ctx.onBytes('origin', chunk.length);
+    }
+    return;
+  } catch (err) {
+    if (!(err instanceof SliceReadError) || err.error.code === 'OBJECT_CHANGED') throw err;
+    pos = err.offset;
+  }
+  // The shared fetch failed: fetch the rest of this slice for ourselves.
+  const own = await openRange(ctx, id, rawQuery, meta.etag, pos, b);
+  for await (const chunk of own.body as AsyncIterable<Buffer>) {
+    if (res.destroyed) {
+      own.body.destroy();
+      return;
+    }
+    await write(res, chunk);
+    ctx.onBytes('origin', chunk.length);
+  }
+}
+
+function openRange(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  etag: string,
+  start: number,
+  end: number,
+) {
+  return resumingGet({
+    start,
+    end,
+    ifMatch: etag,
+    retry: ctx.guard.retry,
+    firstByteTimeoutMs: ctx.firstByteTimeoutMs,
+    idleTimeoutMs: ctx.idleTimeoutMs,
+    request: (range, ifMatch, signal) =>
+      ctx.guard.once(
+        id.bucket,
+        (s) =>
+          ctx.origin.request({
+            method: 'GET',
+            bucket: id.bucket,
+            key: id.key,
+            rawQuery,
+            headers: {
+              range: `bytes=${range.start}-${range.end ?? ''}`,
+              ...(ifMatch === undefined ? {} : { 'if-match': ifMatch }),
+            },
+            signal: AbortSignal.any([s, signal]),
+          }),
+        signal,
+      ),
+  });
+}
+
+/** The shared fill of slice `index` (started if none is running). */
+function startFill(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  meta: Resolved['meta'],
+  index: number,
+): SliceFill {
+  const key = `${identityHash(id)}:${meta.etag}:${index}`;
+  const existing = ctx.fills.get(key);
+  if (existing) return existing;
+  const start = index * meta.sliceBytes;
+  const end = Math.min(meta.size, start + meta.sliceBytes) - 1;
+  const fill = new SliceFill(start, end - start + 1);
+  ctx.fills.set(key, fill);
+  void (async () => {
+    let body: Readable | undefined;
+    try {
+      const got = await openRange(ctx, id, rawQuery, meta.etag, start, end);
+      body = got.body;
+      fill.markOpened();
+      for await (const chunk of got.body as AsyncIterable<Buffer>) fill.push(chunk);
+      fill.finish();
+    } catch (err) {
+      body?.destroy();
+      fill.fail(err);
+      ctx.fills.delete(key);
+      return;
+    }
+    ctx.fills.delete(key);
+    const cache = ctx.cache;
+    if (cache && !cache.bypassed && meta.sliceBytes === cache.sliceBytes) {
+      const result = await safe(ctx, 'write', () => cache.writeSlice(id, index, fill.bytes(), meta.etag));
+      if (result && !result.stored && result.reason !== 'bypass')
+        ctx.log('warn', `slice ${index} of ${id.bucket}/${id.key} not cached: ${result.message}`);
+    }
+  })();
+  return fill;
+}
+
+/** Finds the object's info: cached and fresh, revalidated, or asked of the origin with HEAD. */
+async function resolveObject(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+): Promise<Resolved | { passthrough: true } | { error: KeelError }> {
+  const cache = ctx.cache;
+  const cachedMeta = cache ? await safe(ctx, 'metadata read', () => cache.getMeta(id)) : undefined;
+  if (cachedMeta && ctx.clock.now() - cachedMeta.cachedAt < ctx.ttlMs)
+    return { meta: cachedMeta, stale: false };
+  let up: OriginResponse;
+  try {
+    up = await ctx.guard.call(id.bucket, (signal) =>
+      ctx.origin.request({
+        method: 'HEAD',
+        bucket: id.bucket,
+        key: id.key,
+        rawQuery,
+        headers: cachedMeta ? { 'if-none-match': cachedMeta.etag } : {},
+        signal,
+      }),
+    );
+  } catch (err) {
+    const e = isKeelError(err) ? err : classify(err);
+    if (cachedMeta) {
+      ctx.log('warn', `origin failed revalidating ${id.bucket}/${id.key}; serving stale`, {
+        error: e.message,
+      });
+      return { meta: cachedMeta, stale: true };
+    }
+    return { error: e };
+  }
+  up.body.resume();
+  if (up.status === 304 && cachedMeta) {
+    const refreshed = await safe(ctx, 'metadata write', () =>
+      (cache as RangeCache).putMeta(id, {
+        etag: cachedMeta.etag,
+        size: cachedMeta.size,
+        ...(cachedMeta.lastModified === undefined ? {} : { lastModified: cachedMeta.lastModified }),
+        ...(cachedMeta.contentType === undefined ? {} : { contentType: cachedMeta.contentType }),
+        ...(cachedMeta.headers === undefined ? {} : { headers: cachedMeta.headers }),
+      }),
+    );
+    const again = refreshed?.stored
+      ? await safe(ctx, 'metadata read', () => (cache as RangeCache).getMeta(id))
+      : undefined;
+    return { meta: again ?? { ...cachedMeta, cachedAt: ctx.clock.now() }, stale: false };
+  }
+  const info = up.status === 200 ? infoFrom(up.headers) : undefined;
+  if (!info) {
+    if (cachedMeta && (up.status === 404 || up.status === 403))
+      await safe(ctx, 'invalidate', () => (cache as RangeCache).invalidate(id));
+    return { passthrough: true };
+  }
+  if (cache && !cache.bypassed) {
+    const stored = await safe(ctx, 'metadata write', () => cache.putMeta(id, info));
+    if (stored?.stored) {
+      const meta = await safe(ctx, 'metadata read', () => cache.getMeta(id));
+      if (meta) return { meta, stale: false };
+    }
+  }
+  return { meta: { ...info, sliceBytes: ctx.sliceBytes, slices: [] }, stale: false };
+}

@@ -1,0 +1,136 @@
+import type { Readable } from 'node:stream';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { HttpRequest } from '@smithy/protocol-http';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { Agent, request } from 'undici';
+import { encodeKey } from './s3-request.js';
+
+/** Credentials the gateway signs its origin requests with. */
+export interface OriginCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+/** Options of {@link OriginClient}. */
+export interface OriginClientOptions {
+  /** Base URL of the S3 origin, e.g. `https://s3.amazonaws.com`. */
+  url: string;
+  /** Sign requests with these (SigV4); unsigned when absent. */
+  credentials?: OriginCredentials | undefined;
+  /** Region for signing (default `us-east-1`). */
+  region?: string;
+  /** Connections per origin host (default 64). */
+  connections?: number;
+  /** Fail a request whose response headers take longer (default 30 s). */
+  firstByteTimeoutMs?: number;
+  /** Fail a response whose body stalls longer between chunks (default 30 s). */
+  idleTimeoutMs?: number;
+}
+
+/** One request to the origin; the path is built from bucket and key. */
+export interface OriginRequest {
+  method: string;
+  bucket?: string | undefined;
+  key?: string | undefined;
+  /** Raw query string, without `?`. */
+  rawQuery?: string;
+  /** Lower-case request headers to send (besides host and signing headers). */
+  headers?: Record<string, string>;
+  body?: Readable | Buffer | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+/** The origin's answer: status, lower-case headers, body. */
+export interface OriginResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: Readable;
+}
+
+function rfc3986(s: string): string {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+/**
+ * The gateway's HTTP client to the S3 origin (undici), re-signing every request with the
+ * gateway's own credentials. First-byte and idle timeouts are the connection pool's, not timers
+ * per call.
+ */
+export class OriginClient {
+  readonly url: URL;
+  private readonly agent: Agent;
+  private readonly signer: SignatureV4 | undefined;
+
+  constructor(options: OriginClientOptions) {
+    this.url = new URL(options.url);
+    this.agent = new Agent({
+      connections: options.connections ?? 64,
+      headersTimeout: options.firstByteTimeoutMs ?? 30_000,
+      bodyTimeout: options.idleTimeoutMs ?? 30_000,
+      keepAliveTimeout: 10_000,
+    });
+    this.signer = options.credentials
+      ? new SignatureV4({
+          credentials: options.credentials,
+          region: options.region ?? 'us-east-1',
+          service: 's3',
+          sha256: Sha256,
+          uriEscapePath: false,
+        })
+      : undefined;
+  }
+
+  /** Sends one request; never throws for an HTTP status (only for network failures and timeouts). */
+  async request(req: OriginRequest): Promise<OriginResponse> {
+    const base = this.url.pathname.replace(/\/$/, '');
+    let path = base;
+    if (req.bucket !== undefined) path += `/${rfc3986(req.bucket)}`;
+    if (req.key !== undefined) path += `/${encodeKey(req.key)}`;
+    if (path === '') path = '/';
+    const query: Record<string, string | string[]> = {};
+    const pairs: string[] = [];
+    for (const [k, v] of new URLSearchParams(req.rawQuery ?? '')) {
+      const prev = query[k];
+      query[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+      pairs.push(
+        v === '' && !(req.rawQuery ?? '').includes(`${k}=`) ? rfc3986(k) : `${rfc3986(k)}=${rfc3986(v)}`,
+      );
+    }
+    const headers: Record<string, string> = { ...req.headers, host: this.url.host };
+    if (this.signer) {
+      headers['x-amz-content-sha256'] ??= 'UNSIGNED-PAYLOAD';
+      const signed = await this.signer.sign(
+        new HttpRequest({
+          method: req.method,
+          protocol: this.url.protocol,
+          hostname: this.url.hostname,
+          ...(this.url.port === '' ? {} : { port: Number(this.url.port) }),
+          path,
+          query,
+          headers,
+        }),
+      );
+      Object.assign(headers, signed.headers);
+    }
+    const target = `${this.url.protocol}//${this.url.host}${path}${pairs.length ? `?${pairs.join('&')}` : ''}`;
+    const res = await request(target, {
+      method: req.method as 'GET',
+      headers,
+      body: req.body ?? null,
+      dispatcher: this.agent,
+      ...(req.signal ? { signal: req.signal } : {}),
+    });
+    const out: Record<string, string> = {};
+    for (const [k, v] of Object.entries(res.headers)) {
+      if (v === undefined) continue;
+      out[k] = Array.isArray(v) ? v.join(', ') : v;
+    }
+    return { status: res.statusCode, headers: out, body: res.body };
+  }
+
+  /** Closes idle connections. */
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+}

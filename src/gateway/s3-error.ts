@@ -1,0 +1,95 @@
+import type { ServerResponse } from 'node:http';
+
+function escapeXml(s: string): string {
+  return s.replace(
+    /[<>&'"]/g,
+    (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c] ?? c,
+  );
+}
+
+/** An S3 error answer: status, S3 code, message and extra elements (e.g. RangeRequested). */
+export interface S3ErrorSpec {
+  status: number;
+  code: string;
+  message: string;
+  resource?: string | undefined;
+  extra?: Record<string, string | number>;
+  /** Extra response headers (Retry-After, Content-Range …). */
+  headers?: Record<string, string>;
+}
+
+/** The S3 error XML document for `spec`. */
+export function s3ErrorXml(spec: S3ErrorSpec, requestId: string): string {
+  const fields: [string, string | number][] = [
+    ['Code', spec.code],
+    ['Message', spec.message],
+    ...(spec.resource === undefined ? [] : [['Resource', spec.resource] as [string, string]]),
+    ...Object.entries(spec.extra ?? {}),
+    ['RequestId', requestId],
+  ];
+  const inner = fields.map(([k, v]) => `<${k}>${escapeXml(String(v))}</${k}>`).join('');
+  return `<?xml version="1.0" encoding="UTF-8"?>\n<Error>${inner}</Error>`;
+}
+
+/** Sends an S3 error (no body for HEAD, as S3). */
+export function sendS3Error(res: ServerResponse, method: string, spec: S3ErrorSpec, requestId: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = s3ErrorXml(spec, requestId);
+  res.writeHead(spec.status, {
+    'content-type': 'application/xml',
+    ...(method === 'HEAD' ? {} : { 'content-length': String(Buffer.byteLength(body)) }),
+    ...spec.headers,
+  });
+  res.end(method === 'HEAD' ? undefined : body);
+}
+
+/** The common S3 errors, by name. */
+export const S3Errors = {
+  invalidRange: (size: number): S3ErrorSpec => ({
+    status: 416,
+    code: 'InvalidRange',
+    message: 'The requested range is not satisfiable',
+    extra: { ActualObjectSize: size },
+    headers: { 'content-range': `bytes */${size}` },
+  }),
+  preconditionFailed: (): S3ErrorSpec => ({
+    status: 412,
+    code: 'PreconditionFailed',
+    message: 'At least one of the pre-conditions you specified did not hold',
+    extra: { Condition: 'If-Match' },
+  }),
+  serviceUnavailable: (retryAfterSeconds: number, message?: string): S3ErrorSpec => ({
+    status: 503,
+    code: 'ServiceUnavailable',
+    message: message ?? 'The origin is unavailable; please retry',
+    headers: { 'retry-after': String(retryAfterSeconds) },
+  }),
+  slowDown: (retryAfterSeconds: number): S3ErrorSpec => ({
+    status: 503,
+    code: 'SlowDown',
+    message: 'Please reduce your request rate.',
+    headers: { 'retry-after': String(retryAfterSeconds) },
+  }),
+  accessDenied: (message = 'Access Denied'): S3ErrorSpec => ({ status: 403, code: 'AccessDenied', message }),
+  signatureMismatch: (): S3ErrorSpec => ({
+    status: 403,
+    code: 'SignatureDoesNotMatch',
+    message:
+      'The request signature we calculated does not match the signature you provided. Check your key and signing method.',
+  }),
+  invalidAccessKey: (): S3ErrorSpec => ({
+    status: 403,
+    code: 'InvalidAccessKeyId',
+    message: 'The AWS Access Key Id you provided does not exist in our records.',
+  }),
+  badRequest: (message: string): S3ErrorSpec => ({ status: 400, code: 'InvalidRequest', message }),
+  invalidBucketName: (message: string): S3ErrorSpec => ({ status: 400, code: 'InvalidBucketName', message }),
+  internal: (): S3ErrorSpec => ({
+    status: 500,
+    code: 'InternalError',
+    message: 'We encountered an internal error. Please try again.',
+  }),
+} as const;

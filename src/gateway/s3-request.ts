@@ -1,0 +1,85 @@
+/** What an incoming S3 request addresses: a bucket, an object, or the service. */
+export interface S3Target {
+  bucket: string | undefined;
+  /** Decoded object key; undefined for bucket and service requests. */
+  key: string | undefined;
+  style: 'path' | 'virtual-host';
+  /** Query parameters, decoded. */
+  query: URLSearchParams;
+  /** The raw query string as the client sent it, without `?` ('' when none). */
+  rawQuery: string;
+}
+
+/** A request path that no S3 would accept. */
+export interface MalformedTarget {
+  malformed: true;
+  message: string;
+}
+
+/** Loose on purpose (legacy us-east-1 names had capitals and underscores); the origin is the authority. */
+const BUCKET_NAME = /^[A-Za-z0-9._-]{1,255}$/;
+
+/**
+ * Splits a request URL into bucket, key and query, path-style (`/bucket/key`) or
+ * virtual-host-style (`bucket.<baseDomain>/key`). Keys are percent-decoded once, as S3 does.
+ * Returns a {@link MalformedTarget} for undecodable paths or impossible bucket names.
+ */
+export function parseS3Target(
+  rawUrl: string,
+  host: string | undefined,
+  baseDomain: string | undefined,
+): S3Target | MalformedTarget {
+  const q = rawUrl.indexOf('?');
+  const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
+  const rawQuery = q === -1 ? '' : rawUrl.slice(q + 1);
+  if (!rawPath.startsWith('/'))
+    return { malformed: true, message: `request path must start with /: ${rawPath}` };
+  let query: URLSearchParams;
+  try {
+    query = new URLSearchParams(rawQuery);
+  } catch {
+    return { malformed: true, message: 'query string could not be decoded' };
+  }
+  const hostName = (host ?? '').replace(/:\d+$/, '').toLowerCase();
+  let bucket: string | undefined;
+  let rawKey: string | undefined;
+  let style: S3Target['style'] = 'path';
+  if (baseDomain && hostName.endsWith(`.${baseDomain.toLowerCase()}`)) {
+    style = 'virtual-host';
+    bucket = hostName.slice(0, -(baseDomain.length + 1));
+    rawKey = rawPath.length > 1 ? rawPath.slice(1) : undefined;
+  } else {
+    const rest = rawPath.slice(1);
+    const slash = rest.indexOf('/');
+    if (rest === '') bucket = undefined;
+    else if (slash === -1) bucket = rest;
+    else {
+      bucket = rest.slice(0, slash);
+      rawKey = rest.slice(slash + 1) === '' ? undefined : rest.slice(slash + 1);
+    }
+  }
+  if (bucket !== undefined) {
+    try {
+      bucket = decodeURIComponent(bucket);
+    } catch {
+      return { malformed: true, message: 'bucket name could not be decoded' };
+    }
+    if (!BUCKET_NAME.test(bucket)) return { malformed: true, message: `invalid bucket name: ${bucket}` };
+  }
+  let key: string | undefined;
+  if (rawKey !== undefined) {
+    try {
+      key = decodeURIComponent(rawKey);
+    } catch {
+      return { malformed: true, message: 'object key could not be decoded' };
+    }
+  }
+  return { bucket, key, style, query, rawQuery };
+}
+
+/** Encodes an object key for a path-style URL (every byte except unreserved and `/`). */
+export function encodeKey(key: string): string {
+  return encodeURIComponent(key)
+    .replace(/%2F/g, '/')
+    .replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
