@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { registerCacheCommand } from './cache.js';
 import { registerChaosCommand } from './chaos.js';
 import { registerTransferCommands } from './transfer.js';
+import { registerGatewayCommand } from './gateway.js';
 import { keelVersion } from './version.js';
 
 /** Builds the `keel` command line with every subcommand registered. */
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
   registerChaosCommand(program);
   registerCacheCommand(program);
   registerTransferCommands(program);
+  registerGatewayCommand(program);
   return program;
 }
 

@@ -19,3 +19,14 @@ export { evaluateConditions, type ConditionOutcome, type ConditionHeaders } from
 export { parseS3Target, encodeKey, type S3Target, type MalformedTarget } from './s3-request.js';
 export { s3ErrorXml, S3Errors, type S3ErrorSpec } from './s3-error.js';
 export { verifySigV4, type ClientKey, type AuthResult } from './sigv4-verify.js';
+export { resolveGatewayConfig, type GatewayConfig } from './config.js';
+export { runGateway, type RunningGateway } from './run.js';
+export {
+  startAdminServer,
+  gatewayHealth,
+  gatewayStatus,
+  type AdminServer,
+  type AdminServerOptions,
+  type CheckResult,
+} from './admin-server.js';
+export { startDemoOrigin, DEMO_OBJECTS } from './demo.js';

@@ -1,5 +1,4 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { classify, isKeelError, type KeelError } from '../errors/index.js';
 import {
@@ -285,10 +284,17 @@ function pick(headers: IncomingMessage['headers'], names: string[]): Record<stri
   return out;
 }
 
-async function write(res: ServerResponse, chunk: Buffer): Promise<void> {
-  if (!res.write(chunk) && !res.destroyed) {
-    await Promise.race([once(res, 'drain'), once(res, 'close')]);
-  }
+function write(res: ServerResponse, chunk: Buffer): Promise<void> | undefined {
+  if (res.write(chunk) || res.destroyed) return undefined;
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
 }
 
 async function streamSlice(

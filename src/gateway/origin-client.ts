@@ -129,8 +129,8 @@ export class OriginClient {
     return { status: res.statusCode, headers: out, body: res.body };
   }
 
-  /** Closes idle connections. */
+  /** Closes the connections (requests still running are aborted). */
   async close(): Promise<void> {
-    await this.agent.close();
+    await this.agent.destroy();
   }
 }

@@ -1,0 +1,197 @@
+import { readFileSync } from 'node:fs';
+import { keelError } from '../errors/index.js';
+import type { ClientKey } from './sigv4-verify.js';
+
+/** The gateway's settings after flags, `KEEL_*` variables and the config file are merged. */
+export interface GatewayConfig {
+  upstream: string;
+  listenHost: string;
+  listenPort: number;
+  adminHost: string;
+  adminPort: number;
+  auth: 'gateway' | 'anonymous';
+  /** Allow anonymous mode on a non-loopback address. */
+  forceAnonymous: boolean;
+  clientKeys: ClientKey[];
+  originAccessKeyId: string | undefined;
+  originSecretAccessKey: string | undefined;
+  region: string;
+  cacheDir: string | undefined;
+  cacheMaxBytes: number;
+  sliceBytes: number;
+  ttlSeconds: number;
+  baseDomain: string | undefined;
+  cleanupIntervalSeconds: number;
+  drainSeconds: number;
+}
+
+/** Each setting: its flag (camelCase, as commander gives it), env var and config-file key. */
+const SETTINGS = {
+  upstream: 'KEEL_UPSTREAM',
+  listen: 'KEEL_LISTEN',
+  admin: 'KEEL_ADMIN_LISTEN',
+  auth: 'KEEL_AUTH',
+  forceAnonymous: 'KEEL_FORCE_ANONYMOUS',
+  clientKeys: 'KEEL_CLIENT_KEYS',
+  originAccessKeyId: 'KEEL_ORIGIN_ACCESS_KEY_ID',
+  originSecretAccessKey: 'KEEL_ORIGIN_SECRET_ACCESS_KEY',
+  region: 'KEEL_REGION',
+  cacheDir: 'KEEL_CACHE_DIR',
+  cacheMaxBytes: 'KEEL_CACHE_MAX_BYTES',
+  sliceBytes: 'KEEL_SLICE_BYTES',
+  ttlSeconds: 'KEEL_TTL_SECONDS',
+  baseDomain: 'KEEL_BASE_DOMAIN',
+  cleanupIntervalSeconds: 'KEEL_CLEANUP_INTERVAL_SECONDS',
+  drainSeconds: 'KEEL_DRAIN_SECONDS',
+} as const;
+
+type Setting = keyof typeof SETTINGS;
+type Raw = Partial<Record<Setting, string | number | boolean | undefined>>;
+
+const UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tib: 1024 ** 4,
+};
+
+function fail(setting: Setting, message: string): never {
+  throw keelError(
+    'INVALID_CONFIG',
+    `--${setting.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} (${SETTINGS[setting]}): ${message}`,
+    { setting },
+  );
+}
+
+function bytes(setting: Setting, v: string | number | boolean | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(String(v));
+  const unit = UNITS[(m?.[2] ?? 'x').toLowerCase()];
+  if (!m || unit === undefined) fail(setting, `expected a size such as 10GiB or 8MiB, got "${String(v)}"`);
+  const n = Math.floor(Number(m[1]) * unit);
+  if (n <= 0) fail(setting, 'must be positive');
+  return n;
+}
+
+function num(setting: Setting, v: string | number | boolean | undefined, dflt: number, min = 0): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min) fail(setting, `expected a number ≥ ${min}, got "${String(v)}"`);
+  return n;
+}
+
+function hostPort(
+  setting: Setting,
+  v: string | number | boolean | undefined,
+  dflt: string,
+): { host: string; port: number } {
+  const s = String(v ?? dflt);
+  const m = /^(?:\[?([^\]]*?)\]?:)?(\d+)$/.exec(s);
+  if (!m) fail(setting, `expected [host:]port, got "${s}"`);
+  const port = Number(m[2]);
+  if (port > 65535) fail(setting, `port ${port} is out of range`);
+  return { host: m[1] || '127.0.0.1', port };
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+/**
+ * Merges flags over `KEEL_*` environment variables over the JSON config file (`--config` or
+ * `KEEL_CONFIG`) over defaults, and validates the result.
+ * @throws KeelError `INVALID_CONFIG` whose message names the flag and variable of the bad setting.
+ */
+export function resolveGatewayConfig(
+  flags: Raw & { config?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): GatewayConfig {
+  let file: Raw = {};
+  const configPath = flags.config ?? env.KEEL_CONFIG;
+  if (configPath !== undefined) {
+    try {
+      file = JSON.parse(readFileSync(configPath, 'utf8')) as Raw;
+    } catch (err) {
+      throw keelError('INVALID_CONFIG', `--config ${configPath}: ${(err as Error).message}`);
+    }
+    const unknown = Object.keys(file).filter((k) => !(k in SETTINGS));
+    if (unknown.length)
+      throw keelError(
+        'INVALID_CONFIG',
+        `--config ${configPath}: unknown settings ${unknown.join(', ')}; known: ${Object.keys(SETTINGS).join(', ')}`,
+      );
+  }
+  const get = (s: Setting): string | number | boolean | undefined => flags[s] ?? env[SETTINGS[s]] ?? file[s];
+  const upstream = get('upstream');
+  if (upstream === undefined) fail('upstream', 'required: the S3 origin URL, e.g. https://s3.amazonaws.com');
+  try {
+    const u = new URL(String(upstream));
+    if (u.protocol !== 'http:' && u.protocol !== 'https:')
+      fail('upstream', `must be http or https, got ${u.protocol}`);
+  } catch (err) {
+    if ((err as { code?: string }).code === 'INVALID_CONFIG') throw err;
+    fail('upstream', `not a URL: "${String(upstream)}"`);
+  }
+  const auth = String(get('auth') ?? 'gateway');
+  if (auth !== 'gateway' && auth !== 'anonymous')
+    fail('auth', `expected gateway or anonymous, got "${auth}"`);
+  const listen = hostPort('listen', get('listen'), '127.0.0.1:8080');
+  const admin = hostPort('admin', get('admin'), '127.0.0.1:9090');
+  const forceAnonymous = ['true', '1', 'yes'].includes(String(get('forceAnonymous') ?? false));
+  if (auth === 'anonymous' && !isLoopback(listen.host) && !forceAnonymous)
+    fail(
+      'auth',
+      `anonymous mode on ${listen.host} would serve anyone who can reach it; listen on loopback or pass --force-anonymous`,
+    );
+  const clientKeys: ClientKey[] = String(get('clientKeys') ?? '')
+    .split(',')
+    .filter((s) => s.trim() !== '')
+    .map((pair) => {
+      const i = pair.indexOf(':');
+      if (i < 1 || i === pair.length - 1)
+        fail('clientKeys', 'expected ACCESS_KEY_ID:SECRET pairs separated by commas');
+      return { accessKeyId: pair.slice(0, i).trim(), secretAccessKey: pair.slice(i + 1).trim() };
+    });
+  if (auth === 'gateway' && clientKeys.length === 0)
+    fail('clientKeys', 'gateway auth needs at least one client key (or use --auth anonymous on loopback)');
+  const originAccessKeyId = get('originAccessKeyId') ?? env.AWS_ACCESS_KEY_ID;
+  const originSecretAccessKey = get('originSecretAccessKey') ?? env.AWS_SECRET_ACCESS_KEY;
+  if ((originAccessKeyId === undefined) !== (originSecretAccessKey === undefined))
+    fail(
+      originAccessKeyId === undefined ? 'originAccessKeyId' : 'originSecretAccessKey',
+      'origin credentials need both the key id and the secret',
+    );
+  const sliceBytes = bytes('sliceBytes', get('sliceBytes'), 8 * 1024 ** 2);
+  if (sliceBytes < 64 * 1024 || sliceBytes > 1024 ** 3) fail('sliceBytes', 'must be between 64KiB and 1GiB');
+  const cacheDir = get('cacheDir');
+  const baseDomain = get('baseDomain');
+  return {
+    upstream: String(upstream),
+    listenHost: listen.host,
+    listenPort: listen.port,
+    adminHost: admin.host,
+    adminPort: admin.port,
+    auth,
+    forceAnonymous,
+    clientKeys,
+    originAccessKeyId: originAccessKeyId === undefined ? undefined : String(originAccessKeyId),
+    originSecretAccessKey: originSecretAccessKey === undefined ? undefined : String(originSecretAccessKey),
+    region: String(get('region') ?? env.AWS_REGION ?? 'us-east-1'),
+    cacheDir: cacheDir === undefined ? undefined : String(cacheDir),
+    cacheMaxBytes: bytes('cacheMaxBytes', get('cacheMaxBytes'), 10 * 1024 ** 3),
+    sliceBytes,
+    ttlSeconds: num('ttlSeconds', get('ttlSeconds'), 60),
+    baseDomain: baseDomain === undefined ? undefined : String(baseDomain),
+    cleanupIntervalSeconds: num('cleanupIntervalSeconds', get('cleanupIntervalSeconds'), 3600, 1),
+    drainSeconds: num('drainSeconds', get('drainSeconds'), 30),
+  };
+}

@@ -1,0 +1,166 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
+
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+let origin: S3Origin;
+let dir: string;
+const big = randomBytes(24 * 1024 * 1024);
+
+interface Child {
+  proc: ChildProcess;
+  url: string;
+  admin: string;
+  exited: Promise<number | null>;
+}
+
+function startGateway(cacheDir: string, extra: string[] = []): Promise<Child> {
+  const proc = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      'src/cli/main.ts',
+      'gateway',
+      '--upstream',
+      origin.url,
+      '--auth',
+      'anonymous',
+      '--listen',
+      '0',
+      '--admin',
+      '0',
+      '--cache-dir',
+      cacheDir,
+      '--slice-bytes',
+      '1MiB',
+      ...extra,
+    ],
+    {
+      env: {
+        ...process.env,
+        KEEL_ORIGIN_ACCESS_KEY_ID: TEST_CREDENTIALS.accessKeyId,
+        KEEL_ORIGIN_SECRET_ACCESS_KEY: TEST_CREDENTIALS.secretAccessKey,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+  return new Promise((resolve, reject) => {
+    let err = '';
+    proc.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /S3 endpoint (http:\/\/\S+) .*admin (http:\/\/\S+)/.exec(err);
+      if (m) resolve({ proc, url: m[1] as string, admin: m[2] as string, exited });
+    });
+    proc.stdout.resume();
+    void exited.then(() => reject(new Error(`gateway exited early: ${err}`)));
+  });
+}
+
+beforeAll(async () => {
+  origin = await startS3Origin(['b']);
+  dir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-proc-'));
+  const s3 = new S3Client({
+    endpoint: origin.url,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: TEST_CREDENTIALS,
+  });
+  await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'big.bin', Body: big }));
+  s3.destroy();
+});
+
+afterAll(async () => {
+  await origin.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('keel gateway as a process', () => {
+  it('on SIGTERM finishes the download in flight and exits 0', async () => {
+    const gw = await startGateway(path.join(dir, 'term'));
+    const res = await fetch(`${gw.url}/b/big.bin`);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const parts: Uint8Array[] = [];
+    const first = await reader.read();
+    parts.push(first.value as Uint8Array);
+    gw.proc.kill('SIGTERM');
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 1)); // a slow client
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+    }
+    expect(sha(Buffer.concat(parts))).toBe(sha(big));
+    expect(await gw.exited).toBe(0);
+  });
+
+  it('after SIGKILL during fills, a restarted gateway serves every read correctly', async () => {
+    const cacheDir = path.join(dir, 'kill');
+    const gw = await startGateway(cacheDir);
+    const res = await fetch(`${gw.url}/b/big.bin`);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let got = 0;
+    while (got < 5 * 1024 * 1024) got += ((await reader.read()).value as Uint8Array).length;
+    gw.proc.kill('SIGKILL');
+    await gw.exited;
+    await reader.cancel().catch(() => undefined);
+    const again = await startGateway(cacheDir);
+    for (const range of [undefined, 'bytes=0-99', 'bytes=3000000-9000000', 'bytes=-1']) {
+      const r = await fetch(`${again.url}/b/big.bin`, { headers: range ? { range } : {} });
+      const body = Buffer.from(await r.arrayBuffer());
+      const m = range ? /bytes=(\d*)-(\d*)/.exec(range) : null;
+      const start = m ? (m[1] === '' ? big.length - Number(m[2]) : Number(m[1])) : 0;
+      const end = m && m[1] !== '' && m[2] !== '' ? Number(m[2]) : big.length - 1;
+      expect(sha(body)).toBe(sha(big.subarray(start, end + 1)));
+    }
+    const status = (await (await fetch(`${again.admin}/status`)).json()) as {
+      repairs: Record<string, number>;
+    };
+    expect(Object.keys(status.repairs)).toEqual([
+      'corruption_metadata_total',
+      'corruption_missing_range_total',
+      'disk_full_events_total',
+      'inconsistency_fixed_total',
+      'partial_write_cleanup_total',
+      'orphaned_files_cleaned_total',
+    ]);
+    const metrics = await (await fetch(`${again.admin}/metrics`)).text();
+    expect(metrics).toContain('keel_cache_corruption_metadata_total');
+    expect(metrics).toMatch(/keel_gateway_requests_total\{method="GET",outcome="(HIT|PARTIAL|MISS)"\}/);
+    expect((await fetch(`${again.admin}/ready`)).status).toBe(200);
+    again.proc.kill('SIGTERM');
+    expect(await again.exited).toBe(0);
+  });
+
+  it('refuses anonymous mode on a public address without --force-anonymous, naming the setting', async () => {
+    const proc = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        'src/cli/main.ts',
+        'gateway',
+        '--upstream',
+        origin.url,
+        '--auth',
+        'anonymous',
+        '--listen',
+        '0.0.0.0:0',
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
+    let err = '';
+    proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const code = await new Promise((r) => proc.on('exit', r));
+    expect(code).not.toBe(0);
+    expect(err).toContain('--auth (KEEL_AUTH)');
+  });
+});
