@@ -73,7 +73,7 @@ export function registerGatewayCommand(program: Command): void {
       });
       const running = await runGateway(config, {
         handleSignals: true,
-        ...(demoOrigin ? { afterShutdown: demoOrigin.close } : {}),
+        ...(demoOrigin ? { afterShutdown: () => demoOrigin.close() } : {}),
       });
       const base = running.gateway.url();
       const admin = running.admin.url();
