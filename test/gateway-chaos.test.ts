@@ -155,6 +155,30 @@ describe('gateway under origin faults', () => {
   });
 });
 
+describe('gateway single flight', () => {
+  it('fetches an uncached object from the origin once for 50 simultaneous clients', async () => {
+    const g = await gateway();
+    const key = 'stampede.bin';
+    const body = randomBytes(2 * 1024 * 1024);
+    data.set(key, body);
+    const s3 = new S3Client({
+      endpoint: origin.url,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: TEST_CREDENTIALS,
+    });
+    await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: body }));
+    s3.destroy();
+    const before = tcp.stats().bytesDownstream;
+    const results = await Promise.all(Array.from({ length: 50 }, () => get(g, key)));
+    for (const r of results) expect(sha(r.body)).toBe(sha(body));
+    const fetched = tcp.stats().bytesDownstream - before;
+    // The body once, plus response headers of one HEAD and one GET per slice.
+    expect(fetched).toBeGreaterThanOrEqual(body.length);
+    expect(fetched / body.length).toBeLessThan(1.01);
+  });
+});
+
 describe('gateway under cache faults', () => {
   async function objectDir(g: Gateway): Promise<string> {
     const dir = path.join((g.cache as NonNullable<Gateway['cache']>).dir);

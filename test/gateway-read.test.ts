@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -179,6 +180,80 @@ describe('gateway read path', () => {
     const got = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'small.txt' }));
     expect(sha(await body(got))).toBe(sha(fresh));
     objects.set('small.txt', fresh);
+  });
+});
+
+describe('gateway revalidation and addressing', () => {
+  it('revalidates after the TTL: a 304 keeps the slices, a new ETag drops them', async () => {
+    const g = await createGateway({
+      upstream: origin.url,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'anonymous',
+      cacheDir: path.join(dir, 'ttl'),
+      sliceBytes: SLICE,
+      ttlMs: 0,
+      log: () => undefined,
+    });
+    await g.listen(0);
+    try {
+      const v1 = randomBytes(SLICE * 2);
+      await direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'changing.bin', Body: v1 }));
+      const r1 = await fetch(`${g.url()}/b/changing.bin`);
+      expect(sha(Buffer.from(await r1.arrayBuffer()))).toBe(sha(v1));
+      await new Promise((r) => setTimeout(r, 100));
+      const r2 = await fetch(`${g.url()}/b/changing.bin`);
+      expect(r2.headers.get('x-keel-cache')).toBe('HIT');
+      expect(sha(Buffer.from(await r2.arrayBuffer()))).toBe(sha(v1));
+      const v2 = randomBytes(SLICE * 2 + 5);
+      await direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'changing.bin', Body: v2 }));
+      const r3 = await fetch(`${g.url()}/b/changing.bin`);
+      expect(r3.headers.get('x-keel-cache')).toBe('MISS');
+      expect(sha(Buffer.from(await r3.arrayBuffer()))).toBe(sha(v2));
+    } finally {
+      await g.close(500);
+    }
+  });
+
+  it('serves virtual-host-style requests under the base domain', async () => {
+    const g = await createGateway({
+      upstream: origin.url,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'anonymous',
+      cacheDir: path.join(dir, 'vhost'),
+      sliceBytes: SLICE,
+      baseDomain: 's3.keel.test',
+      log: () => undefined,
+    });
+    const { port } = await g.listen(0);
+    try {
+      const got = await new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
+        http
+          .get(
+            {
+              host: '127.0.0.1',
+              port,
+              path: '/big.bin',
+              headers: { host: `b.s3.keel.test:${port}`, range: 'bytes=0-1023' },
+            },
+            (res) => {
+              const parts: Buffer[] = [];
+              res.on('data', (d: Buffer) => parts.push(d));
+              res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(parts) }));
+            },
+          )
+          .on('error', reject);
+      });
+      expect(got.status).toBe(206);
+      expect(sha(got.body)).toBe(sha((objects.get('big.bin') as Buffer).subarray(0, 1024)));
+    } finally {
+      await g.close(500);
+    }
+  });
+
+  it('answers a malformed key with 400 InvalidRequest', async () => {
+    const res = await fetchRaw('/b/%E0%A4%A');
+    expect(res.status).toBe(400);
+    expect(await res.text()).toContain('<Code>InvalidRequest</Code>');
   });
 });
 

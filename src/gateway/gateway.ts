@@ -125,6 +125,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     ttlMs: options.ttlMs ?? 60_000,
     sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
     fills,
+    heads: new Map(),
     firstByteTimeoutMs: options.firstByteTimeoutMs ?? 30_000,
     idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
     onBytes: (source, n) => metrics.bytes.inc({ source }, n),

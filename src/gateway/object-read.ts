@@ -35,6 +35,8 @@ export interface ReadContext {
   /** Slice size used when the cache is off. */
   sliceBytes: number;
   fills: Map<string, SliceFill>;
+  /** Origin lookups in flight, shared by concurrent requests for one object. */
+  heads: Map<string, Promise<Resolved | { passthrough: true } | { error: KeelError }>>;
   firstByteTimeoutMs: number;
   idleTimeoutMs: number;
   onBytes(source: 'cache' | 'origin', n: number): void;
@@ -42,7 +44,7 @@ export interface ReadContext {
 }
 
 /** The identity plus the object info the read is served from. */
-interface Resolved {
+export interface Resolved {
   meta: CacheMeta | (ObjectInfo & { sliceBytes: number; slices: { index: number }[] });
   stale: boolean;
 }
@@ -424,13 +426,14 @@ function startFill(
       ctx.fills.delete(key);
       return;
     }
-    ctx.fills.delete(key);
+    // The fill stays findable until the slice is in the cache, so no request refetches it meanwhile.
     const cache = ctx.cache;
     if (cache && !cache.bypassed && meta.sliceBytes === cache.sliceBytes) {
       const result = await safe(ctx, 'write', () => cache.writeSlice(id, index, fill.bytes(), meta.etag));
       if (result && !result.stored && result.reason !== 'bypass')
         ctx.log('warn', `slice ${index} of ${id.bucket}/${id.key} not cached: ${result.message}`);
     }
+    ctx.fills.delete(key);
   })();
   return fill;
 }
@@ -445,6 +448,24 @@ async function resolveObject(
   const cachedMeta = cache ? await safe(ctx, 'metadata read', () => cache.getMeta(id)) : undefined;
   if (cachedMeta && ctx.clock.now() - cachedMeta.cachedAt < ctx.ttlMs)
     return { meta: cachedMeta, stale: false };
+  const flightKey = `${identityHash(id)}:${cachedMeta?.etag ?? ''}`;
+  let flight = ctx.heads.get(flightKey);
+  if (!flight) {
+    flight = lookupOrigin(ctx, id, rawQuery, cachedMeta);
+    ctx.heads.set(flightKey, flight);
+    void flight.finally(() => ctx.heads.delete(flightKey)).catch(() => undefined);
+  }
+  return flight;
+}
+
+/** One HEAD (If-None-Match when cached) shared by concurrent requests for the object. */
+async function lookupOrigin(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  cachedMeta: CacheMeta | undefined,
+): Promise<Resolved | { passthrough: true } | { error: KeelError }> {
+  const cache = ctx.cache;
   let up: OriginResponse;
   try {
     up = await ctx.guard.call(id.bucket, (signal) =>
