@@ -1,0 +1,150 @@
+/**
+ * The persisted shape of operation groups and the {@link GroupRepository} interface that the
+ * SQLite and PostgreSQL stores implement. Groups and operations are plain data so that any
+ * process can finish or roll back a group after a crash.
+ */
+
+/** Every status a group can be in. */
+export type GroupStatus =
+  | 'pending'
+  | 'running'
+  | 'paused'
+  | 'stopping'
+  | 'stopped'
+  | 'completed'
+  | 'failed'
+  | 'rolling_back'
+  | 'rolled_back'
+  | 'rollback_failed';
+
+/** Every status an operation can be in. */
+export type OperationStatus =
+  | 'pending'
+  | 'running'
+  | 'done'
+  | 'failed'
+  | 'rolled_back'
+  | 'rollback_failed'
+  | 'skipped';
+
+/** How a stop was asked for: finish the current operation and stop, or stop and roll back. */
+export type StopMode = 'graceful' | 'rollback';
+
+/** What to do when an operation fails for good: roll back the group (default) or leave it `failed`. */
+export type FailureMode = 'rollback' | 'stop';
+
+/** An error as persisted: enough to diagnose and choose a recovery strategy. */
+export interface StoredError {
+  code: string;
+  kind: string;
+  message: string;
+  retryable: boolean;
+  /** `forward` or `rollback`, and which operation, when the error came from one. */
+  phase?: 'forward' | 'rollback';
+  seq?: number;
+}
+
+/** One persisted group. Times are epoch ms. */
+export interface GroupRecord {
+  id: string;
+  name: string;
+  status: GroupStatus;
+  onFailure: FailureMode;
+  stopMode: StopMode | null;
+  createdAt: number;
+  startedAt: number | null;
+  /** Last time anything happened to the group (an operation started or ended, a status changed, a heartbeat). */
+  updatedAt: number;
+  finishedAt: number | null;
+  leaseOwner: string | null;
+  leaseExpiresAt: number | null;
+  lastError: StoredError | null;
+  recoverAttempts: number;
+}
+
+/** One persisted operation of a group. */
+export interface OperationRecord {
+  groupId: string;
+  /** Position in the group, from 0. */
+  seq: number;
+  /** Operations with the same step run in parallel; steps run in ascending order. */
+  step: number;
+  executor: string;
+  target: string;
+  forward: unknown;
+  /** `null` when the operation has nothing to undo. */
+  rollback: unknown;
+  status: OperationStatus;
+  attempts: number;
+  error: StoredError | null;
+  startedAt: number | null;
+  finishedAt: number | null;
+}
+
+/** One line of a group's log. */
+export interface GroupLogEntry {
+  groupId: string;
+  at: number;
+  level: 'info' | 'warn' | 'error';
+  message: string;
+}
+
+/** Columns of a group that may be changed by {@link GroupRepository.updateGroup}. */
+export type GroupPatch = Partial<
+  Pick<
+    GroupRecord,
+    | 'status'
+    | 'stopMode'
+    | 'startedAt'
+    | 'updatedAt'
+    | 'finishedAt'
+    | 'leaseOwner'
+    | 'leaseExpiresAt'
+    | 'lastError'
+    | 'recoverAttempts'
+  >
+>;
+
+/** Columns of an operation that may be changed by {@link GroupRepository.updateOperation}. */
+export type OperationPatch = Partial<
+  Pick<OperationRecord, 'status' | 'attempts' | 'error' | 'startedAt' | 'finishedAt'>
+>;
+
+/** An operation to insert: its group and seq are given by the repository call. */
+export type NewOperation = Pick<
+  OperationRecord,
+  'step' | 'executor' | 'target' | 'forward' | 'rollback'
+>;
+
+/**
+ * Durable storage of groups, their operations and logs. Both implementations make every call
+ * atomic; `updateGroup` with `expect` is a compare-and-set on the status, which is how
+ * transitions stay valid when several processes act on one group.
+ */
+export interface GroupRepository {
+  /** `sqlite` or `postgres`. */
+  readonly kind: 'sqlite' | 'postgres';
+  /** Creates the tables if needed (versioned; safe to call at every start). */
+  migrate(): Promise<void>;
+  insertGroup(group: GroupRecord, operations: readonly NewOperation[]): Promise<void>;
+  /** Appends operations after the existing ones; returns their seqs. */
+  appendOperations(groupId: string, operations: readonly NewOperation[]): Promise<number[]>;
+  getGroup(id: string): Promise<GroupRecord | undefined>;
+  listGroups(filter?: { statuses?: readonly GroupStatus[]; limit?: number }): Promise<GroupRecord[]>;
+  getOperations(groupId: string): Promise<OperationRecord[]>;
+  /** Applies the patch; with `expect`, only if the status is one of those. Returns whether a row changed. */
+  updateGroup(id: string, patch: GroupPatch, expect?: readonly GroupStatus[]): Promise<boolean>;
+  updateOperation(groupId: string, seq: number, patch: OperationPatch): Promise<void>;
+  /** Takes the lease if it is free, expired or already `owner`'s. */
+  acquireLease(id: string, owner: string, nowMs: number, untilMs: number): Promise<boolean>;
+  /** Extends the lease if `owner` still holds it. */
+  renewLease(id: string, owner: string, nowMs: number, untilMs: number): Promise<boolean>;
+  releaseLease(id: string, owner: string): Promise<void>;
+  addLog(entry: GroupLogEntry): Promise<void>;
+  getLogs(groupId: string): Promise<GroupLogEntry[]>;
+  /** Deletes groups (with operations and logs) in `status` finished before `beforeMs`. */
+  deleteGroups(status: GroupStatus, beforeMs: number): Promise<number>;
+  /** Deletes log lines older than `beforeMs`. */
+  deleteLogs(beforeMs: number): Promise<number>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,328 @@
+import type {
+  GroupLogEntry,
+  GroupPatch,
+  GroupRecord,
+  GroupRepository,
+  GroupStatus,
+  NewOperation,
+  OperationPatch,
+  OperationRecord,
+} from './groups-schema.js';
+
+/**
+ * The few things {@link SqlGroupRepository} needs from a database: queries written with `?`
+ * placeholders, and a transaction. The SQLite and PostgreSQL drivers provide them.
+ */
+export interface GroupSqlDriver {
+  readonly kind: 'sqlite' | 'postgres';
+  all(sql: string, params?: readonly unknown[]): Promise<Record<string, unknown>[]>;
+  /** Runs a statement; resolves with the number of rows changed. */
+  run(sql: string, params?: readonly unknown[]): Promise<number>;
+  /** Runs `fn` in one transaction (serialised per group on PostgreSQL by row locks). */
+  transaction<T>(fn: (tx: GroupSqlDriver) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+/** Schema version 1 of the groups tables; the same SQL runs on SQLite and PostgreSQL. */
+export const GROUPS_MIGRATIONS: readonly { version: number; statements: readonly string[] }[] = [
+  {
+    version: 1,
+    statements: [
+      `CREATE TABLE IF NOT EXISTS keel_groups (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, on_failure TEXT NOT NULL,
+        stop_mode TEXT, created_at BIGINT NOT NULL, started_at BIGINT, updated_at BIGINT NOT NULL,
+        finished_at BIGINT, lease_owner TEXT, lease_expires_at BIGINT, last_error TEXT,
+        recover_attempts INTEGER NOT NULL DEFAULT 0)`,
+      `CREATE INDEX IF NOT EXISTS keel_groups_status ON keel_groups (status, updated_at)`,
+      `CREATE TABLE IF NOT EXISTS keel_group_operations (
+        group_id TEXT NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL, executor TEXT NOT NULL,
+        target TEXT NOT NULL, forward TEXT, rollback TEXT, status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, error TEXT, started_at BIGINT, finished_at BIGINT,
+        PRIMARY KEY (group_id, seq))`,
+      `CREATE TABLE IF NOT EXISTS keel_group_logs (
+        group_id TEXT NOT NULL, at BIGINT NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL)`,
+      `CREATE INDEX IF NOT EXISTS keel_group_logs_group ON keel_group_logs (group_id, at)`,
+      `CREATE INDEX IF NOT EXISTS keel_group_logs_at ON keel_group_logs (at)`,
+    ],
+  },
+];
+
+const GROUP_COLUMNS: Record<keyof GroupPatch, string> = {
+  status: 'status',
+  stopMode: 'stop_mode',
+  startedAt: 'started_at',
+  updatedAt: 'updated_at',
+  finishedAt: 'finished_at',
+  leaseOwner: 'lease_owner',
+  leaseExpiresAt: 'lease_expires_at',
+  lastError: 'last_error',
+  recoverAttempts: 'recover_attempts',
+};
+
+const OPERATION_COLUMNS: Record<keyof OperationPatch, string> = {
+  status: 'status',
+  attempts: 'attempts',
+  error: 'error',
+  startedAt: 'started_at',
+  finishedAt: 'finished_at',
+};
+
+const JSON_FIELDS = new Set(['lastError', 'error']);
+
+const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+const json = (v: unknown): unknown => (v === null || v === undefined ? null : (JSON.parse(String(v)) as unknown));
+const encode = (v: unknown): string | null => (v === null || v === undefined ? null : JSON.stringify(v));
+
+function toGroup(r: Record<string, unknown>): GroupRecord {
+  return {
+    id: String(r.id),
+    name: String(r.name),
+    status: String(r.status) as GroupStatus,
+    onFailure: r.on_failure === 'stop' ? 'stop' : 'rollback',
+    stopMode: r.stop_mode === 'graceful' || r.stop_mode === 'rollback' ? r.stop_mode : null,
+    createdAt: Number(r.created_at),
+    startedAt: num(r.started_at),
+    updatedAt: Number(r.updated_at),
+    finishedAt: num(r.finished_at),
+    leaseOwner: r.lease_owner === null || r.lease_owner === undefined ? null : String(r.lease_owner),
+    leaseExpiresAt: num(r.lease_expires_at),
+    lastError: json(r.last_error) as GroupRecord['lastError'],
+    recoverAttempts: Number(r.recover_attempts),
+  };
+}
+
+function toOperation(r: Record<string, unknown>): OperationRecord {
+  return {
+    groupId: String(r.group_id),
+    seq: Number(r.seq),
+    step: Number(r.step),
+    executor: String(r.executor),
+    target: String(r.target),
+    forward: json(r.forward),
+    rollback: json(r.rollback),
+    status: String(r.status) as OperationRecord['status'],
+    attempts: Number(r.attempts),
+    error: json(r.error) as OperationRecord['error'],
+    startedAt: num(r.started_at),
+    finishedAt: num(r.finished_at),
+  };
+}
+
+function setClause(
+  patch: Record<string, unknown>,
+  columns: Record<string, string>,
+): { sql: string; params: unknown[] } {
+  const parts: string[] = [];
+  const params: unknown[] = [];
+  for (const [key, value] of Object.entries(patch)) {
+    const column = columns[key];
+    if (column === undefined || value === undefined) continue;
+    parts.push(`${column} = ?`);
+    params.push(JSON_FIELDS.has(key) ? encode(value) : value);
+  }
+  return { sql: parts.join(', '), params };
+}
+
+/** A {@link GroupRepository} over any {@link GroupSqlDriver}. */
+export class SqlGroupRepository implements GroupRepository {
+  readonly kind: 'sqlite' | 'postgres';
+  constructor(private readonly db: GroupSqlDriver) {
+    this.kind = db.kind;
+  }
+
+  async migrate(): Promise<void> {
+    await this.db.run(
+      `CREATE TABLE IF NOT EXISTS keel_groups_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`,
+    );
+    const rows = await this.db.all(`SELECT MAX(version) AS v FROM keel_groups_schema`);
+    const current = Number(rows[0]?.v ?? 0);
+    for (const migration of GROUPS_MIGRATIONS) {
+      if (migration.version <= current) continue;
+      await this.db.transaction(async (tx) => {
+        for (const statement of migration.statements) await tx.run(statement);
+        await tx.run(`INSERT INTO keel_groups_schema (version, applied_at) VALUES (?, ?)`, [
+          migration.version,
+          Date.now(),
+        ]);
+      });
+    }
+  }
+
+  async insertGroup(group: GroupRecord, operations: readonly NewOperation[]): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await tx.run(
+        `INSERT INTO keel_groups (id, name, status, on_failure, stop_mode, created_at, started_at, updated_at,
+          finished_at, lease_owner, lease_expires_at, last_error, recover_attempts)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        [
+          group.id,
+          group.name,
+          group.status,
+          group.onFailure,
+          group.stopMode,
+          group.createdAt,
+          group.startedAt,
+          group.updatedAt,
+          group.finishedAt,
+          group.leaseOwner,
+          group.leaseExpiresAt,
+          encode(group.lastError),
+          group.recoverAttempts,
+        ],
+      );
+      await insertOperations(tx, group.id, 0, operations);
+    });
+  }
+
+  async appendOperations(groupId: string, operations: readonly NewOperation[]): Promise<number[]> {
+    return this.db.transaction(async (tx) => {
+      // Locks the group row on PostgreSQL so two appends do not pick the same seqs.
+      await tx.run(`UPDATE keel_groups SET updated_at = updated_at WHERE id = ?`, [groupId]);
+      const rows = await tx.all(
+        `SELECT COALESCE(MAX(seq) + 1, 0) AS next FROM keel_group_operations WHERE group_id = ?`,
+        [groupId],
+      );
+      const first = Number(rows[0]?.next ?? 0);
+      await insertOperations(tx, groupId, first, operations);
+      return operations.map((_, i) => first + i);
+    });
+  }
+
+  async getGroup(id: string): Promise<GroupRecord | undefined> {
+    const rows = await this.db.all(`SELECT * FROM keel_groups WHERE id = ?`, [id]);
+    return rows[0] === undefined ? undefined : toGroup(rows[0]);
+  }
+
+  async listGroups(filter: { statuses?: readonly GroupStatus[]; limit?: number } = {}): Promise<GroupRecord[]> {
+    const params: unknown[] = [];
+    let where = '';
+    if (filter.statuses !== undefined && filter.statuses.length > 0) {
+      where = `WHERE status IN (${filter.statuses.map(() => '?').join(', ')})`;
+      params.push(...filter.statuses);
+    }
+    params.push(filter.limit ?? 1000);
+    const rows = await this.db.all(
+      `SELECT * FROM keel_groups ${where} ORDER BY created_at, id LIMIT ?`,
+      params,
+    );
+    return rows.map(toGroup);
+  }
+
+  async getOperations(groupId: string): Promise<OperationRecord[]> {
+    const rows = await this.db.all(
+      `SELECT * FROM keel_group_operations WHERE group_id = ? ORDER BY seq`,
+      [groupId],
+    );
+    return rows.map(toOperation);
+  }
+
+  async updateGroup(id: string, patch: GroupPatch, expect?: readonly GroupStatus[]): Promise<boolean> {
+    const set = setClause(patch, GROUP_COLUMNS);
+    if (set.sql === '') return true;
+    const params = [...set.params, id];
+    let sql = `UPDATE keel_groups SET ${set.sql} WHERE id = ?`;
+    if (expect !== undefined) {
+      sql += ` AND status IN (${expect.map(() => '?').join(', ')})`;
+      params.push(...expect);
+    }
+    return (await this.db.run(sql, params)) > 0;
+  }
+
+  async updateOperation(groupId: string, seq: number, patch: OperationPatch): Promise<void> {
+    const set = setClause(patch, OPERATION_COLUMNS);
+    if (set.sql === '') return;
+    await this.db.run(`UPDATE keel_group_operations SET ${set.sql} WHERE group_id = ? AND seq = ?`, [
+      ...set.params,
+      groupId,
+      seq,
+    ]);
+  }
+
+  async acquireLease(id: string, owner: string, nowMs: number, untilMs: number): Promise<boolean> {
+    const changed = await this.db.run(
+      `UPDATE keel_groups SET lease_owner = ?, lease_expires_at = ?, updated_at = ?
+       WHERE id = ? AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at IS NULL OR lease_expires_at <= ?)`,
+      [owner, untilMs, nowMs, id, owner, nowMs],
+    );
+    return changed > 0;
+  }
+
+  async renewLease(id: string, owner: string, nowMs: number, untilMs: number): Promise<boolean> {
+    const changed = await this.db.run(
+      `UPDATE keel_groups SET lease_expires_at = ?, updated_at = ? WHERE id = ? AND lease_owner = ?`,
+      [untilMs, nowMs, id, owner],
+    );
+    return changed > 0;
+  }
+
+  async releaseLease(id: string, owner: string): Promise<void> {
+    await this.db.run(
+      `UPDATE keel_groups SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?`,
+      [id, owner],
+    );
+  }
+
+  async addLog(entry: GroupLogEntry): Promise<void> {
+    await this.db.run(`INSERT INTO keel_group_logs (group_id, at, level, message) VALUES (?, ?, ?, ?)`, [
+      entry.groupId,
+      entry.at,
+      entry.level,
+      entry.message,
+    ]);
+  }
+
+  async getLogs(groupId: string): Promise<GroupLogEntry[]> {
+    const rows = await this.db.all(
+      `SELECT * FROM keel_group_logs WHERE group_id = ? ORDER BY at, message`,
+      [groupId],
+    );
+    return rows.map((r) => ({
+      groupId: String(r.group_id),
+      at: Number(r.at),
+      level: String(r.level) as GroupLogEntry['level'],
+      message: String(r.message),
+    }));
+  }
+
+  async deleteGroups(status: GroupStatus, beforeMs: number): Promise<number> {
+    return this.db.transaction(async (tx) => {
+      const ids = (
+        await tx.all(
+          `SELECT id FROM keel_groups WHERE status = ? AND COALESCE(finished_at, updated_at) < ?`,
+          [status, beforeMs],
+        )
+      ).map((r) => String(r.id));
+      for (const id of ids) {
+        await tx.run(`DELETE FROM keel_group_operations WHERE group_id = ?`, [id]);
+        await tx.run(`DELETE FROM keel_group_logs WHERE group_id = ?`, [id]);
+        await tx.run(`DELETE FROM keel_groups WHERE id = ?`, [id]);
+      }
+      return ids.length;
+    });
+  }
+
+  async deleteLogs(beforeMs: number): Promise<number> {
+    return this.db.run(`DELETE FROM keel_group_logs WHERE at < ?`, [beforeMs]);
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+}
+
+async function insertOperations(
+  tx: GroupSqlDriver,
+  groupId: string,
+  firstSeq: number,
+  operations: readonly NewOperation[],
+): Promise<void> {
+  let seq = firstSeq;
+  for (const op of operations) {
+    await tx.run(
+      `INSERT INTO keel_group_operations (group_id, seq, step, executor, target, forward, rollback, status, attempts)
+       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0)`,
+      [groupId, seq, op.step, op.executor, op.target, encode(op.forward), encode(op.rollback)],
+    );
+    seq++;
+  }
+}
