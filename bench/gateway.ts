@@ -1,0 +1,275 @@
+/**
+ * keel gateway against nginx (proxy_cache + slice) in front of the same s3rver origin:
+ * 1. cache hits with 1 MiB and 4 KiB ranges, 64 connections (wrk): requests/s and p99;
+ * 2. a stampede: 100 clients at once on an uncached 64 MiB object: origin bytes / object size;
+ * 3. misses: time to first byte through keel over direct to the origin.
+ * Writes bench/results/gateway.json.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash, createCipheriv } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import S3rver from 's3rver';
+import { chaos } from '../src/chaos/index.js';
+
+const OBJECT = 64 * 1024 * 1024;
+const SECONDS = Number(process.env.KEEL_BENCH_GATEWAY_SECONDS ?? 8);
+const CONNECTIONS = 64;
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+
+function bytes(seed: string, size: number): Buffer {
+  const key = createHash('sha256').update(seed).digest().subarray(0, 16);
+  return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(size));
+}
+
+function put(base: string, key: string, body: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      `${base}/demo/${key}`,
+      { method: 'PUT', headers: { 'content-length': body.length } },
+      (res) => {
+        res.resume();
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve() : reject(new Error(`PUT ${key}: ${res.statusCode}`)),
+        );
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Full GET; resolves with time to first byte (ms) and the body's sha256. */
+function get(
+  url: string,
+  headers: Record<string, string> = {},
+): Promise<{ ttfbMs: number; sha: string; length: number }> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    http
+      .get(url, { headers, agent: false }, (res) => {
+        let ttfb = -1;
+        const h = createHash('sha256');
+        let length = 0;
+        res.on('data', (d: Buffer) => {
+          if (ttfb < 0) ttfb = performance.now() - t0;
+          h.update(d);
+          length += d.length;
+        });
+        res.on('end', () => resolve({ ttfbMs: ttfb, sha: h.digest('hex'), length }));
+        res.on('error', reject);
+      })
+      .on('error', reject);
+  });
+}
+
+function wrk(url: string, rangeBytes: number): { rps: number; p99Ms: number } {
+  const script = path.join(root, `range-${rangeBytes}.lua`);
+  spawnSync('sh', ['-c', `cat > ${script}`], {
+    input: `local size = ${OBJECT}\nlocal len = ${rangeBytes}\nlocal n = math.floor(size / len)\nlocal counter = 0\nrequest = function()\n  counter = counter + 1\n  local start = ((counter * 7919) % n) * len\n  return wrk.format("GET", nil, {["Range"] = "bytes=" .. start .. "-" .. (start + len - 1)})\nend\n`,
+  });
+  const out = spawnSync(
+    'wrk',
+    ['-t', '2', '-c', String(CONNECTIONS), '-d', `${SECONDS}s`, '--latency', '-s', script, url],
+    {
+      encoding: 'utf8',
+    },
+  ).stdout;
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
+  const p = /99%\s+([\d.]+)(us|ms|s)/.exec(out);
+  const p99Ms = p ? Number(p[1]) * (p[2] === 'us' ? 0.001 : p[2] === 's' ? 1000 : 1) : NaN;
+  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out);
+  if (non2xx) {
+    const probe = spawnSync('curl', ['-si', '-r', '0-10', url], { encoding: 'utf8' }).stdout;
+    throw new Error(`wrk saw ${non2xx[1]} errors against ${url}:\n${out}\n${probe}`);
+  }
+  return { rps, p99Ms };
+}
+
+async function startKeel(upstream: string, cacheDir: string): Promise<{ url: string; proc: ChildProcess }> {
+  const proc = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      'src/cli/main.ts',
+      'gateway',
+      '--upstream',
+      upstream,
+      '--auth',
+      'anonymous',
+      '--listen',
+      '0',
+      '--admin',
+      '0',
+      '--cache-dir',
+      cacheDir,
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, KEEL_ORIGIN_ACCESS_KEY_ID: 'S3RVER', KEEL_ORIGIN_SECRET_ACCESS_KEY: 'S3RVER' },
+    },
+  );
+  return new Promise((resolve, reject) => {
+    let err = '';
+    proc.stderr?.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /S3 endpoint (http:\/\/\S+)/.exec(err);
+      if (m) resolve({ url: m[1] as string, proc });
+    });
+    proc.on('exit', () => reject(new Error(`keel exited: ${err}`)));
+  });
+}
+
+async function startNginx(upstreamPort: number, dir: string): Promise<{ url: string; proc: ChildProcess }> {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const conf = `
+worker_processes 1;
+${process.getuid?.() === 0 ? 'user root;' : ''}
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi;
+  uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+  proxy_cache_path ${dir}/cache levels=1:2 keys_zone=s3:50m max_size=10g inactive=1h use_temp_path=off;
+  upstream origin { server 127.0.0.1:${upstreamPort}; keepalive 64; }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      slice 1m;
+      proxy_cache s3;
+      proxy_cache_key $uri$is_args$args$slice_range;
+      proxy_set_header Range $slice_range;
+      proxy_set_header Host 127.0.0.1:${upstreamPort};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache_valid 200 206 1h;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 60s;
+      proxy_pass http://origin;
+    }
+  }
+}`;
+  await writeFile(path.join(dir, 'nginx.conf'), conf);
+  const proc = spawn('nginx', ['-c', path.join(dir, 'nginx.conf'), '-p', dir], { stdio: 'ignore' });
+  for (let i = 0; i < 50; i++) {
+    try {
+      await get(`http://127.0.0.1:${port}/demo/nothing`);
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return { url: `http://127.0.0.1:${port}`, proc };
+}
+
+const root = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-gateway-'));
+const s3dir = path.join(root, 's3');
+const s3rver = new S3rver({
+  port: 0,
+  address: '127.0.0.1',
+  silent: true,
+  directory: s3dir,
+  configureBuckets: [{ name: 'demo' }],
+});
+const { port: originPort } = (await s3rver.run()) as { port: number };
+const originUrl = `http://127.0.0.1:${originPort}`;
+const results: Record<string, unknown> = {
+  date: new Date().toISOString(),
+  cpus: os.cpus().length,
+  connections: CONNECTIONS,
+  seconds: SECONDS,
+};
+const children: ChildProcess[] = [];
+try {
+  const hot = bytes('hot', OBJECT);
+  await put(originUrl, 'hot.bin', hot);
+  await put(originUrl, 'stampede-keel.bin', bytes('sk', OBJECT));
+  await put(originUrl, 'stampede-nginx.bin', bytes('sn', OBJECT));
+  const small = Array.from({ length: 15 }, (_, i) => `miss-${i}.bin`);
+  for (const k of small) await put(originUrl, k, bytes(k, 1024 * 1024));
+
+  // keel and nginx each behind their own counting proxy to the same origin.
+  const keelProxy = await chaos.proxy({ upstream: `127.0.0.1:${originPort}` });
+  const nginxProxy = await chaos.proxy({ upstream: `127.0.0.1:${originPort}` });
+  const keel = await startKeel(`http://127.0.0.1:${keelProxy.port}`, path.join(root, 'keel-cache'));
+  children.push(keel.proc);
+  await (async () => undefined)();
+  const nginxDir = path.join(root, 'nginx');
+  spawnSync('mkdir', ['-p', nginxDir]);
+  const nginx = await startNginx(nginxProxy.port, nginxDir);
+  children.push(nginx.proc);
+
+  // 3. misses: TTFB through keel over direct (alternating, same objects fresh for keel).
+  const viaKeel: number[] = [];
+  const direct: number[] = [];
+  for (const k of small) {
+    direct.push((await get(`${originUrl}/demo/${k}`)).ttfbMs);
+    viaKeel.push((await get(`${keel.url}/demo/${k}`)).ttfbMs);
+  }
+  results.missTtfb = {
+    keelMedianMs: median(viaKeel),
+    directMedianMs: median(direct),
+    ratio: median(viaKeel) / median(direct),
+    target: '≤ 1.2',
+  };
+
+  // 2. stampede: 100 clients at once on an uncached 64 MiB object.
+  const stampede = async (
+    base: string,
+    key: string,
+    proxy: typeof keelProxy,
+  ): Promise<Record<string, number | boolean>> => {
+    const before = proxy.stats().bytesDownstream;
+    const t0 = performance.now();
+    const all = await Promise.all(Array.from({ length: 100 }, () => get(`${base}/demo/${key}`)));
+    const ms = performance.now() - t0;
+    const want = createHash('sha256')
+      .update(bytes(key === 'stampede-keel.bin' ? 'sk' : 'sn', OBJECT))
+      .digest('hex');
+    return {
+      originBytesOverSize: (proxy.stats().bytesDownstream - before) / OBJECT,
+      allIdentical: all.every((r) => r.sha === want),
+      seconds: ms / 1000,
+    };
+  };
+  results.stampede = {
+    keel: await stampede(keel.url, 'stampede-keel.bin', keelProxy),
+    nginx: await stampede(nginx.url, 'stampede-nginx.bin', nginxProxy),
+    target: 'keel ≤ 1.05 (limit 1.00)',
+  };
+
+  // 1. hits: warm both caches with the whole object, then ranges with wrk.
+  await get(`${keel.url}/demo/hot.bin`);
+  await get(`${nginx.url}/demo/hot.bin`);
+  await new Promise((r) => setTimeout(r, 500));
+  const hits: Record<string, unknown> = {};
+  for (const [name, len] of [
+    ['1MiB', 1024 * 1024],
+    ['4KiB', 4096],
+  ] as const) {
+    const k = wrk(`${keel.url}/demo/hot.bin`, len);
+    const n = wrk(`${nginx.url}/demo/hot.bin`, len);
+    hits[name] = { keel: k, nginx: n, rpsRatio: k.rps / n.rps, p99Ratio: k.p99Ms / n.p99Ms };
+  }
+  results.hits = {
+    ...hits,
+    target: '1MiB rpsRatio ≥ 0.5 (keel verifies CRC32 of every block served; nginx verifies nothing)',
+  };
+  await keelProxy.close();
+  await nginxProxy.close();
+} finally {
+  for (const c of children) c.kill('SIGTERM');
+  await new Promise<void>((r) => s3rver.close(() => r()));
+  await rm(root, { recursive: true, force: true });
+}
+await writeFile(
+  path.join(import.meta.dirname, 'results/gateway.json'),
+  `${JSON.stringify(results, null, 2)}\n`,
+);
+console.log(JSON.stringify(results, null, 2));
