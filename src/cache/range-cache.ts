@@ -273,9 +273,16 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    * Stores slice `index` of the object, checked against the stored metadata: the ETag must match
    * (versions never mix) and the length must be the slice's. The write is atomic and durable
    * before the metadata refers to it.
+   * `expected` is the ETag the bytes were fetched under, as a string or `{ etag }`.
    * @throws KeelError `INVALID_INPUT` for an index or length that cannot be right.
    */
-  async writeSlice(id: ObjectIdentity, index: number, data: Uint8Array, etag: string): Promise<WriteResult> {
+  async writeSlice(
+    id: ObjectIdentity,
+    index: number,
+    data: Uint8Array,
+    expected: string | { etag: string },
+  ): Promise<WriteResult> {
+    const etag = typeof expected === 'string' ? expected : expected.etag;
     if (this.bypassed || this.closed)
       return { stored: false, reason: 'bypass', message: this.bypassReason ?? 'cache closed' };
     const hash = identityHash(id);
