@@ -19,13 +19,7 @@ export type GroupStatus =
 
 /** Every status an operation can be in. */
 export type OperationStatus =
-  | 'pending'
-  | 'running'
-  | 'done'
-  | 'failed'
-  | 'rolled_back'
-  | 'rollback_failed'
-  | 'skipped';
+  'pending' | 'running' | 'done' | 'failed' | 'rolled_back' | 'rollback_failed' | 'skipped';
 
 /** How a stop was asked for: finish the current operation and stop, or stop and roll back. */
 export type StopMode = 'graceful' | 'rollback';
@@ -111,10 +105,7 @@ export type OperationPatch = Partial<
 >;
 
 /** An operation to insert: its group and seq are given by the repository call. */
-export type NewOperation = Pick<
-  OperationRecord,
-  'step' | 'executor' | 'target' | 'forward' | 'rollback'
->;
+export type NewOperation = Pick<OperationRecord, 'step' | 'executor' | 'target' | 'forward' | 'rollback'>;
 
 /**
  * Durable storage of groups, their operations and logs. Both implementations make every call

@@ -70,7 +70,9 @@ const OPERATION_COLUMNS: Record<keyof OperationPatch, string> = {
 const JSON_FIELDS = new Set(['lastError', 'error']);
 
 const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
-const json = (v: unknown): unknown => (v === null || v === undefined ? null : (JSON.parse(String(v)) as unknown));
+const text = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
+const json = (v: unknown): unknown =>
+  v === null || v === undefined ? null : (JSON.parse(text(v)) as unknown);
 const encode = (v: unknown): string | null => (v === null || v === undefined ? null : JSON.stringify(v));
 
 function toGroup(r: Record<string, unknown>): GroupRecord {
@@ -84,7 +86,7 @@ function toGroup(r: Record<string, unknown>): GroupRecord {
     startedAt: num(r.started_at),
     updatedAt: Number(r.updated_at),
     finishedAt: num(r.finished_at),
-    leaseOwner: r.lease_owner === null || r.lease_owner === undefined ? null : String(r.lease_owner),
+    leaseOwner: typeof r.lease_owner === 'string' ? r.lease_owner : null,
     leaseExpiresAt: num(r.lease_expires_at),
     lastError: json(r.last_error) as GroupRecord['lastError'],
     recoverAttempts: Number(r.recover_attempts),
@@ -193,7 +195,9 @@ export class SqlGroupRepository implements GroupRepository {
     return rows[0] === undefined ? undefined : toGroup(rows[0]);
   }
 
-  async listGroups(filter: { statuses?: readonly GroupStatus[]; limit?: number } = {}): Promise<GroupRecord[]> {
+  async listGroups(
+    filter: { statuses?: readonly GroupStatus[]; limit?: number } = {},
+  ): Promise<GroupRecord[]> {
     const params: unknown[] = [];
     let where = '';
     if (filter.statuses !== undefined && filter.statuses.length > 0) {
@@ -209,10 +213,9 @@ export class SqlGroupRepository implements GroupRepository {
   }
 
   async getOperations(groupId: string): Promise<OperationRecord[]> {
-    const rows = await this.db.all(
-      `SELECT * FROM keel_group_operations WHERE group_id = ? ORDER BY seq`,
-      [groupId],
-    );
+    const rows = await this.db.all(`SELECT * FROM keel_group_operations WHERE group_id = ? ORDER BY seq`, [
+      groupId,
+    ]);
     return rows.map(toOperation);
   }
 
@@ -272,10 +275,9 @@ export class SqlGroupRepository implements GroupRepository {
   }
 
   async getLogs(groupId: string): Promise<GroupLogEntry[]> {
-    const rows = await this.db.all(
-      `SELECT * FROM keel_group_logs WHERE group_id = ? ORDER BY at, message`,
-      [groupId],
-    );
+    const rows = await this.db.all(`SELECT * FROM keel_group_logs WHERE group_id = ? ORDER BY at, message`, [
+      groupId,
+    ]);
     return rows.map((r) => ({
       groupId: String(r.group_id),
       at: Number(r.at),
