@@ -294,9 +294,19 @@ describe.each(stores)('operation groups on %s', (_name, makeFixture) => {
 
   it('recovers failed groups by strategy: network errors are retried, logic errors left for a person, attempts bounded', async () => {
     failing.set('net', 2); // both attempts of the run fail
-    const net = await manager.create({ name: 'net', steps: [note('a'), note('net')], onFailure: 'stop' });
+    const net = await manager.create({
+      id: 'g1-net',
+      name: 'net',
+      steps: [note('a'), note('net')],
+      onFailure: 'stop',
+    });
     await expect(manager.run(net)).rejects.toMatchObject({ status: 'failed' });
-    const logic = await manager.create({ name: 'logic', steps: [note('bad')], onFailure: 'stop' });
+    const logic = await manager.create({
+      id: 'g2-logic',
+      name: 'logic',
+      steps: [note('bad')],
+      onFailure: 'stop',
+    });
     await expect(manager.run(logic)).rejects.toMatchObject({ status: 'failed' });
     expect(await manager.diagnose(net)).toMatchObject({
       errorKind: 'network',
