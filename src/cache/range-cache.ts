@@ -94,6 +94,11 @@ interface IndexEntry {
   lastAccess: number;
 }
 
+/** Most bytes read (and verified) in one go while streaming; whole verification blocks. */
+const READ_UNIT_BYTES = 2 * VERIFY_BLOCK_BYTES;
+/** Units read ahead of the consumer while streaming. */
+const READ_AHEAD = 2;
+
 const META_FILE = 'meta.json';
 const SLICE_PREFIX = 'slice-';
 
@@ -366,7 +371,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     const last = Math.floor(end / meta.sliceBytes);
     const byIndex = new Map(meta.slices.map((s) => [s.index, s]));
     for (let i = first; i <= last; i++) if (!byIndex.has(i)) return miss(`slice ${i} not cached`);
-    // Units of verification: one per block touched (or per slice without block checksums).
+    // Units of reading: up to READ_UNIT_BYTES of whole verification blocks of one slice (a slice
+    // without block checksums is one unit).
     const sliceBytes = meta.sliceBytes;
     const units: { slice: SliceInfo; from: number; to: number; offset: number }[] = [];
     for (let i = first; i <= last; i++) {
@@ -374,7 +380,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
       const base = i * sliceBytes;
       const from = Math.max(0, start - base);
       const to = Math.min(slice.length, end - base + 1);
-      const step = slice.blocks ? VERIFY_BLOCK_BYTES : slice.length;
+      const step = slice.blocks ? READ_UNIT_BYTES : slice.length;
       for (let at = from; at < to; at = (Math.floor(at / step) + 1) * step) {
         units.push({
           slice,
@@ -411,29 +417,40 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     }
     this.counts.hits++;
     const generate = async function* (this: RangeCache): AsyncGenerator<Buffer> {
-      // Each unit is verified before its bytes go out; the next is read while the consumer takes this one.
+      // Each unit is verified before its bytes go out; READ_AHEAD units are read while the
+      // consumer takes this one.
+      const ahead: Promise<Buffer | undefined>[] = [];
+      let scheduled = 1;
+      const fill = (): void => {
+        while (ahead.length < READ_AHEAD && scheduled < units.length) {
+          const p = fetchUnit(units[scheduled++] as (typeof units)[number]);
+          p.catch(() => undefined);
+          ahead.push(p);
+        }
+      };
       try {
-        let next = units.length > 1 ? fetchUnit(units[1] as (typeof units)[number]) : undefined;
+        fill();
         this.counts.bytesServed += firstBytes.length;
         yield firstBytes;
         for (let u = 1; u < units.length; u++) {
           const unit = units[u] as (typeof units)[number];
-          const bytes = await (next as Promise<Buffer | undefined>);
-          const following = units[u + 1];
-          if (following) closeHandles(following.slice.index);
-          next = following ? fetchUnit(following) : undefined;
+          const bytes = await (ahead.shift() as Promise<Buffer | undefined>);
           if (!bytes) {
-            void next?.catch(() => undefined);
             throw keelError(
               'CHECKSUM_MISMATCH',
               `slice ${unit.slice.index} of ${describeIdentity(id)} failed verification mid-read; continue from the origin at byte ${unit.offset}`,
               { offset: unit.offset },
             );
           }
+          // Units are in order: slices before the next unit's are done with.
+          const following = units[u + 1];
+          if (following) closeHandles(following.slice.index);
+          fill();
           this.counts.bytesServed += bytes.length;
           yield bytes;
         }
       } finally {
+        // close() waits for reads still in flight on a handle.
         closeHandles(Infinity);
       }
     };
