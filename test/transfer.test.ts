@@ -14,6 +14,21 @@ let origin: S3Origin;
 let proxy: ChaosProxy;
 let dir: string;
 const quickRetry = () => retry({ maxAttempts: 10, backoff: constant(5) });
+/** Polls a condition on real files (not a timer) for up to 15 s. */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 300; i++) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('condition not reached in 15 s');
+}
+const loadJson = async (file: string): Promise<unknown> => {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as unknown;
+  } catch {
+    return undefined;
+  }
+};
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 beforeAll(async () => {
@@ -201,7 +216,12 @@ describe('resumable download', () => {
       ],
       { stdio: ['ignore', 'pipe', 'inherit'] },
     );
-    await new Promise((r) => setTimeout(r, 900));
+    // Kill once a checkpoint is on disk (the child starts slowly on a busy machine).
+    await until(
+      async () =>
+        (((await loadJson(`${file}.keel-download.json`)) as { bytesDone?: number } | undefined)?.bytesDone ??
+          0) > 0,
+    );
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGKILL');
     await exited;
@@ -265,7 +285,12 @@ describe('resumable multipart upload', () => {
       ],
       { stdio: ['ignore', 'pipe', 'inherit'] },
     );
-    await new Promise((r) => setTimeout(r, 1200));
+    await until(
+      async () =>
+        Object.keys(
+          ((await loadJson(`${file}.keel-upload.json`)) as { parts?: object } | undefined)?.parts ?? {},
+        ).length > 0,
+    );
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGKILL');
     await exited;
