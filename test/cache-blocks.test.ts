@@ -63,7 +63,8 @@ describe('range cache: slices of many verification blocks', () => {
     // A range of slice 1 that does not touch block 3 verifies (only touched blocks are read).
     const before = await cache.read(id, SLICE, SLICE + MiB - 1);
     expect(before.hit).toBe(true);
-    if (before.hit) expect((await bytesOf(before.stream)).equals(data.subarray(SLICE, SLICE + MiB))).toBe(true);
+    if (before.hit)
+      expect((await bytesOf(before.stream)).equals(data.subarray(SLICE, SLICE + MiB))).toBe(true);
     // A read from slice 0 over the bad byte: a hit whose stream stops with the offset to resume at,
     // having passed on only verified bytes before it.
     const r = await cache.read(id, 0, SIZE - 1);

@@ -7,6 +7,7 @@ import { classify, keelError, type KeelError } from '../errors/index.js';
 import { systemClock, type Clock, type TimerHandle } from '../time/index.js';
 import { TMP_MARKER, writeFileAtomic } from './atomic-write.js';
 import { zeroRepairs, type CacheStats, type RepairCounter } from './counters.js';
+import { evictionTarget, SliceIndex } from './eviction.js';
 import { realFs, type CacheFs } from './fs.js';
 import { describeIdentity, identityHash, type ObjectIdentity } from './identity.js';
 import {
@@ -87,13 +88,6 @@ export interface VerifyReport extends CleanupReport {
   fixed: boolean;
 }
 
-interface IndexEntry {
-  hash: string;
-  index: number;
-  length: number;
-  lastAccess: number;
-}
-
 /** Most bytes read (and verified) in one go while streaming; whole verification blocks. */
 const READ_UNIT_BYTES = 2 * VERIFY_BLOCK_BYTES;
 /** Units read ahead of the consumer while streaming. */
@@ -125,8 +119,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   private readonly graceMs: number;
   private readonly clock: Clock;
   private readonly fs: CacheFs;
-  private readonly index = new Map<string, IndexEntry>();
-  private sizeBytes = 0;
+  private readonly index = new SliceIndex();
   private readonly locks = new Map<string, Promise<void>>();
   private readonly inFlight = new Set<string>();
   private bypassReason: string | undefined;
@@ -198,15 +191,13 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
 
   /** Counters and gauges. */
   stats(): CacheStats {
-    const objects = new Set<string>();
-    for (const e of this.index.values()) objects.add(e.hash);
     return {
       ...this.counts,
       repairs: { ...this.counts.repairs },
-      sizeBytes: this.sizeBytes,
+      sizeBytes: this.index.sizeBytes,
       maxBytes: this.maxBytes,
-      objects: objects.size,
-      slices: this.index.size,
+      objects: this.index.objectCount,
+      slices: this.index.slices,
       bypass: this.bypassed,
       bypassReason: this.bypassReason,
     };
@@ -501,15 +492,13 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
 
   /** Evicts least recently used slices until at most `targetBytes` remain; returns bytes freed. */
   async evictTo(targetBytes: number, exceptObject?: string): Promise<number> {
-    if (this.sizeBytes <= targetBytes) return 0;
+    if (this.index.sizeBytes <= targetBytes) return 0;
     // The object being written (whose lock the caller holds) is never evicted from under it.
-    const entries = [...this.index.values()]
-      .filter((e) => e.hash !== exceptObject)
-      .sort((a, b) => a.lastAccess - b.lastAccess);
+    const entries = this.index.lruOrder(exceptObject);
     let freed = 0;
     for (const e of entries) {
-      if (this.sizeBytes <= targetBytes) break;
-      if (!this.index.has(`${e.hash}:${e.index}`)) continue;
+      if (this.index.sizeBytes <= targetBytes) break;
+      if (!this.index.has(e.hash, e.index)) continue;
       freed += await this.withLock(e.hash, async () => {
         const loaded = await this.loadMeta(e.hash);
         if (loaded.state !== 'ok') {
@@ -664,8 +653,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
       await this.dropCorruptSlice(hash, id, slice.index, 'failed its checksum');
       return undefined;
     }
-    const entry = this.index.get(`${hash}:${slice.index}`);
-    if (entry) entry.lastAccess = this.clock.now();
+    this.index.touch(hash, slice.index, this.clock.now());
     return buffer.subarray(from - readFrom, to - readFrom);
   }
 
@@ -713,28 +701,20 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   }
 
   private indexSlice(hash: string, slice: SliceInfo): void {
-    const key = `${hash}:${slice.index}`;
-    if (this.index.has(key)) return;
-    this.index.set(key, { hash, index: slice.index, length: slice.length, lastAccess: slice.lastAccess });
-    this.sizeBytes += slice.length;
+    this.index.add(hash, slice);
   }
 
   private unindexSlice(hash: string, index: number): void {
-    const key = `${hash}:${index}`;
-    const e = this.index.get(key);
-    if (!e) return;
-    this.index.delete(key);
-    this.sizeBytes -= e.length;
+    this.index.remove(hash, index);
   }
 
   private unindexObject(hash: string): void {
-    for (const e of [...this.index.values()]) if (e.hash === hash) this.unindexSlice(hash, e.index);
+    this.index.removeObject(hash);
   }
 
   private async makeRoom(incoming: number): Promise<void> {
-    if (this.sizeBytes + incoming > this.maxBytes * this.high) {
-      await this.evictTo(Math.max(0, this.maxBytes * this.low - incoming));
-    }
+    const target = evictionTarget(this.index.sizeBytes, incoming, this.maxBytes, this.high, this.low);
+    if (target !== undefined) await this.evictTo(target);
   }
 
   /**
@@ -761,7 +741,10 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
           return { stored: false, reason: 'disk-full', message: e.message };
         }
         // Emergency eviction: free at least a slice's worth, down to the low watermark.
-        const target = Math.min(this.maxBytes * this.low, Math.max(0, this.sizeBytes - 2 * this.sliceBytes));
+        const target = Math.min(
+          this.maxBytes * this.low,
+          Math.max(0, this.index.sizeBytes - 2 * this.sliceBytes),
+        );
         await this.evictTo(target, hash).catch(() => 0);
       }
     }
@@ -793,7 +776,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
         this.inFlight,
       );
       await this.fs.rm(file, { force: true });
-      if (this.index.size === 0) await this.rebuildIndex();
+      if (this.index.slices === 0) await this.rebuildIndex();
       const reason = this.bypassReason ?? '';
       this.bypassReason = undefined;
       this.emit('bypass', { active: false, reason: `cache usable again (was: ${reason})` });
@@ -805,7 +788,6 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
 
   private async rebuildIndex(): Promise<void> {
     this.index.clear();
-    this.sizeBytes = 0;
     await this.walk(false, this.cleanupOnOpen);
   }
 

@@ -1,0 +1,104 @@
+/** One indexed slice: what eviction needs to know about it. */
+export interface IndexedSlice {
+  /** The object's directory name ({@link identityHash}). */
+  hash: string;
+  index: number;
+  length: number;
+  /** Last read or write, epoch ms. */
+  lastAccess: number;
+}
+
+/**
+ * The in-memory index of the slices on disk, by object: their sizes for the size limit and their
+ * last access for least-recently-used eviction. Rebuilt from the metadata files at open.
+ */
+export class SliceIndex {
+  private readonly objects = new Map<string, Map<number, IndexedSlice>>();
+  private bytes = 0;
+  private count = 0;
+
+  /** Bytes of all indexed slices. */
+  get sizeBytes(): number {
+    return this.bytes;
+  }
+
+  /** Number of indexed slices. */
+  get slices(): number {
+    return this.count;
+  }
+
+  /** Number of objects with at least one indexed slice. */
+  get objectCount(): number {
+    return this.objects.size;
+  }
+
+  /** Indexes a slice (no-op when already indexed). */
+  add(hash: string, slice: { index: number; length: number; lastAccess: number }): void {
+    let object = this.objects.get(hash);
+    if (!object) {
+      object = new Map();
+      this.objects.set(hash, object);
+    }
+    if (object.has(slice.index)) return;
+    object.set(slice.index, { hash, index: slice.index, length: slice.length, lastAccess: slice.lastAccess });
+    this.bytes += slice.length;
+    this.count++;
+  }
+
+  has(hash: string, index: number): boolean {
+    return this.objects.get(hash)?.has(index) ?? false;
+  }
+
+  /** Records a read of the slice, for LRU order. */
+  touch(hash: string, index: number, now: number): void {
+    const e = this.objects.get(hash)?.get(index);
+    if (e) e.lastAccess = now;
+  }
+
+  remove(hash: string, index: number): void {
+    const object = this.objects.get(hash);
+    const e = object?.get(index);
+    if (!object || !e) return;
+    object.delete(index);
+    if (object.size === 0) this.objects.delete(hash);
+    this.bytes -= e.length;
+    this.count--;
+  }
+
+  removeObject(hash: string): void {
+    const object = this.objects.get(hash);
+    if (!object) return;
+    for (const e of object.values()) this.bytes -= e.length;
+    this.count -= object.size;
+    this.objects.delete(hash);
+  }
+
+  clear(): void {
+    this.objects.clear();
+    this.bytes = 0;
+    this.count = 0;
+  }
+
+  /** Slices, least recently used first, leaving out the object `except` (being written). */
+  lruOrder(except?: string): IndexedSlice[] {
+    const all: IndexedSlice[] = [];
+    for (const [hash, object] of this.objects)
+      if (hash !== except) for (const e of object.values()) all.push(e);
+    return all.sort((a, b) => a.lastAccess - b.lastAccess);
+  }
+}
+
+/**
+ * How many bytes to keep after eviction: nothing to do (`undefined`) while `size + incoming` stays
+ * at or under the high watermark, otherwise down to the low watermark minus the incoming bytes.
+ */
+export function evictionTarget(
+  sizeBytes: number,
+  incoming: number,
+  maxBytes: number,
+  high: number,
+  low: number,
+): number | undefined {
+  if (sizeBytes + incoming <= maxBytes * high) return undefined;
+  return Math.max(0, maxBytes * low - incoming);
+}
