@@ -3,6 +3,7 @@ import { registerCacheCommand } from './cache.js';
 import { registerChaosCommand } from './chaos.js';
 import { registerTransferCommands } from './transfer.js';
 import { registerGatewayCommand } from './gateway.js';
+import { registerGroupsCommand } from './groups.js';
 import { keelVersion } from './version.js';
 
 /** Builds the `keel` command line with every subcommand registered. */
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerCacheCommand(program);
   registerTransferCommands(program);
   registerGatewayCommand(program);
+  registerGroupsCommand(program);
   return program;
 }
 

@@ -1,0 +1,120 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Command } from 'commander';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { registerGroupsCommand } from '../src/cli/groups.js';
+import {
+  ExecutorRegistry,
+  GroupManager,
+  openGroupRepository,
+  type GroupRepository,
+} from '../src/groups/index.js';
+import { registerExecutors } from './fixtures/groups-executors.js';
+
+const EXECUTORS = path.join(import.meta.dirname, 'fixtures', 'groups-executors.ts');
+
+let dir: string;
+let store: string;
+let repo: GroupRepository;
+let manager: GroupManager;
+
+async function keel(...args: string[]): Promise<{ out: string; code: number }> {
+  const program = new Command('keel').exitOverride();
+  registerGroupsCommand(program);
+  let out = '';
+  const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+    out += String(chunk);
+    return true;
+  });
+  process.exitCode = 0;
+  try {
+    await program.parseAsync(['node', 'keel', 'groups', ...args, '--store', store]);
+  } finally {
+    spy.mockRestore();
+  }
+  const code = process.exitCode ?? 0;
+  process.exitCode = 0;
+  return { out, code };
+}
+
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'keel-groups-cli-'));
+  store = path.join(dir, 'groups.db');
+  repo = await openGroupRepository(store);
+  const executors = new ExecutorRegistry();
+  registerExecutors(executors);
+  manager = new GroupManager({ repository: repo, executors, retry: { maxAttempts: 1 } });
+});
+
+afterEach(async () => {
+  await repo.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const touch = (name: string) => ({
+  executor: 'touch',
+  target: name,
+  forward: path.join(dir, name),
+  rollback: path.join(dir, name),
+});
+
+describe('keel groups', () => {
+  it('lists, shows, pauses, resumes and stops groups', async () => {
+    const id = await manager.create({ id: 'g-1', name: 'two files', steps: [touch('a'), touch('b')] });
+    const list = await keel('list', '--json');
+    expect(JSON.parse(list.out)).toEqual([
+      expect.objectContaining({ id, status: 'pending', done: 0, total: 2 }),
+    ]);
+    expect((await keel('list')).out).toMatch(/g-1 {2}pending +0\/2 {2}two files/);
+    expect((await keel('pause', id)).out).toBe('g-1: paused\n');
+    const shown = await keel('show', id);
+    expect(shown.out).toContain('status: paused  0/2 done');
+    expect(shown.out).toMatch(/0 step 0 pending +touch a/);
+    expect((await keel('resume', id)).out).toBe('g-1: pending\n');
+    expect((await keel('list', '--status', 'pending', '--json')).out).toContain('"g-1"');
+    expect((await keel('stop', id, '--mode', 'graceful')).out).toBe('g-1: stopped\n');
+    await expect(keel('pause', id)).rejects.toMatchObject({ code: 'GROUP_INVALID_TRANSITION' });
+    await expect(keel('stop', id, '--mode', 'sideways')).rejects.toThrow(
+      /--mode must be graceful or rollback/,
+    );
+    await expect(keel('list', '--status', 'bogus')).rejects.toThrow(/unknown status "bogus"/);
+  });
+
+  it('rolls back a completed group with the executors of a module', async () => {
+    const id = await manager.create({ name: 'files', steps: [touch('a'), touch('b')] });
+    await manager.run(id);
+    expect(existsSync(path.join(dir, 'a'))).toBe(true);
+    await expect(keel('rollback', id)).rejects.toThrow(/pass --executors <module>/);
+    const result = await keel('rollback', id, '--executors', EXECUTORS);
+    expect(result).toEqual({ out: `${id}: rolled_back\n`, code: 0 });
+    expect(existsSync(path.join(dir, 'a'))).toBe(false);
+    expect(existsSync(path.join(dir, 'b'))).toBe(false);
+  });
+
+  it('diagnoses a stuck group without executors and recovers it with them', async () => {
+    const id = await manager.create({ name: 'crashed', steps: [touch('a'), touch('b')] });
+    await repo.updateGroup(id, { status: 'running', startedAt: Date.now() });
+    await repo.updateOperation(id, 0, { status: 'running' });
+    const dry = await keel('recover');
+    expect(dry.code).toBe(1);
+    expect(dry.out).toContain(`group ${id} is running but its worker's lease expired`);
+    const done = await keel('recover', '--executors', EXECUTORS);
+    expect(done).toEqual({
+      out: `examined 1 group(s)\n  ${id}: recovered via reset-and-retry → completed\n`,
+      code: 0,
+    });
+    expect(existsSync(path.join(dir, 'b'))).toBe(true);
+    expect((await keel('recover')).out).toBe('nothing to recover\n');
+  });
+
+  it('asks for a store when none is given', async () => {
+    const program = new Command('keel').exitOverride();
+    registerGroupsCommand(program);
+    const saved = process.env.KEEL_GROUPS_STORE;
+    delete process.env.KEEL_GROUPS_STORE;
+    await expect(program.parseAsync(['node', 'keel', 'groups', 'list'])).rejects.toThrow(/no store given/);
+    if (saved !== undefined) process.env.KEEL_GROUPS_STORE = saved;
+  });
+});
