@@ -1,0 +1,54 @@
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { identityHash, type ObjectIdentity } from '../src/cache/index.js';
+import { faultyFs, type FsFaultCode, type FsOperation } from '../src/chaos/index.js';
+import { bytesOf, filledCache, SLICE, tempDir } from './cache-support.js';
+
+const id: ObjectIdentity = { bucket: 'b', key: 'w' };
+let tmp: Awaited<ReturnType<typeof tempDir>>;
+beforeEach(async () => {
+  tmp = await tempDir();
+});
+afterEach(async () => {
+  await tmp.remove();
+});
+const objectDir = (ident: ObjectIdentity): string => {
+  const h = identityHash(ident);
+  return path.join(tmp.dir, 'objects', h.slice(0, 2), h);
+};
+
+describe('range cache: write faults other than a full disk', () => {
+  const cases: [FsFaultCode, FsOperation][] = [
+    ['EIO', 'write'],
+    ['EIO', 'sync'],
+    ['EACCES', 'open'],
+    ['EROFS', 'rename'],
+  ];
+  for (const [code, op] of cases) {
+    it(`${code} on ${op}: not stored, a fault event, no partial file, no bypass, earlier slices intact`, async () => {
+      const fs = faultyFs();
+      const { cache, data } = await filledCache(tmp.dir, id, 2 * SLICE + 10, { fs });
+      const other: ObjectIdentity = { bucket: 'b', key: 'other' };
+      await cache.putMeta(other, { etag: '"o"', size: SLICE });
+      const faults: string[] = [];
+      cache.on('fault', (f) => faults.push(f.error.code));
+      const stop = fs.inject({ code, ops: [op], path: /slice-0/ });
+      const r = await cache.writeSlice(other, 0, Buffer.alloc(SLICE, 1), { etag: '"o"' });
+      stop();
+      expect(r).toMatchObject({ stored: false, reason: 'io-error' });
+      expect(faults.length).toBe(1);
+      expect(cache.stats().ioErrors).toBe(1);
+      expect(cache.bypassed).toBe(false);
+      expect((await readdir(objectDir(other))).sort()).toEqual(['meta.json']);
+      expect((await cache.read(other, 0, 0)).hit).toBe(false);
+      const old = await cache.read(id, 0, 2 * SLICE + 9);
+      expect(old.hit).toBe(true);
+      if (old.hit) expect((await bytesOf(old.stream)).equals(data)).toBe(true);
+      // Once the fault passes, the same write succeeds.
+      expect(await cache.writeSlice(other, 0, Buffer.alloc(SLICE, 1), { etag: '"o"' })).toEqual({
+        stored: true,
+      });
+    });
+  }
+});
