@@ -93,6 +93,9 @@ const READ_UNIT_BYTES = 2 * VERIFY_BLOCK_BYTES;
 /** Units read ahead of the consumer while streaming. */
 const READ_AHEAD = 2;
 
+/** Objects cleanup, verify and open walk at once. */
+const WALK_CONCURRENCY = 16;
+
 const META_FILE = 'meta.json';
 const SLICE_PREFIX = 'slice-';
 
@@ -851,12 +854,19 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
         if (fix) await this.fs.rm(full, { force: true });
       }
     }
+    // Objects are independent (each under its own lock): walk several at once, so the disk's
+    // queue stays busy.
     let done = 0;
-    for (const hash of hashes) {
-      await this.withLock(hash, () => this.walkObject(hash, deep, fix, report, minAgeMs));
-      report.objectsScanned++;
-      onProgress?.(++done, hashes.length);
-    }
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < hashes.length) {
+        const hash = hashes[next++] as string;
+        await this.withLock(hash, () => this.walkObject(hash, deep, fix, report, minAgeMs));
+        report.objectsScanned++;
+        onProgress?.(++done, hashes.length);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(WALK_CONCURRENCY, hashes.length) }, worker));
     if (fix) {
       if (report.partialWrites > 0)
         this.repair(
