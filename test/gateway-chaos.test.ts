@@ -135,7 +135,7 @@ describe('gateway under origin faults', () => {
     });
     const warm = await get(g, 'one.bin');
     expect(sha(warm.body)).toBe(sha(expected('one.bin')));
-    await new Promise((r) => setTimeout(r, 100));
+    await g.idle();
     await tcp.disable();
     try {
       for (let i = 0; i < 3; i++) {
@@ -197,14 +197,17 @@ describe('gateway under cache faults', () => {
 
   async function warm(g: Gateway): Promise<string> {
     await readAll(g);
-    await new Promise((r) => setTimeout(r, 150));
+    // Slices reach the disk just after the response: wait for all 9 of two.bin.
+    for (let i = 0; i < 100 && (g.cache?.stats().slices ?? 0) < 9; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(g.cache?.stats().slices).toBe(9);
     return objectDir(g);
   }
 
   it('serves correct bytes when slice files are deleted, and counts the repair', async () => {
     const g = await gateway();
     const dir = await warm(g);
-    for (const f of (await readdir(dir)).filter((n) => n.startsWith('slice-')).slice(0, 3))
+    for (const f of (await readdir(dir)).filter((n) => /^slice-\d+$/.test(n)).slice(0, 3))
       await rm(path.join(dir, f));
     await readAll(g);
     const r = g.cache?.stats().repairs;
@@ -222,7 +225,7 @@ describe('gateway under cache faults', () => {
   it('serves correct bytes when slice bytes are flipped', async () => {
     const g = await gateway();
     const dir = await warm(g);
-    for (const f of (await readdir(dir)).filter((n) => n.startsWith('slice-'))) {
+    for (const f of (await readdir(dir)).filter((n) => /^slice-\d+$/.test(n))) {
       const p = path.join(dir, f);
       const b = await readFile(p);
       b[b.length >> 1] = (b[b.length >> 1] as number) ^ 0xff;
@@ -236,7 +239,7 @@ describe('gateway under cache faults', () => {
     const fs = faultyFs({ diskBytes: 300 * 1024 });
     const g = await gateway({ cacheFs: fs });
     await readAll(g);
-    await new Promise((r) => setTimeout(r, 150));
+    await g.idle();
     await readAll(g);
     expect(g.cache?.stats().repairs.disk_full_events_total).toBeGreaterThan(0);
   });

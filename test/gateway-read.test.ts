@@ -82,7 +82,7 @@ describe('gateway read path', () => {
     const want = objects.get('big.bin') as Buffer;
     const first = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'big.bin' }));
     expect(sha(await body(first))).toBe(sha(want));
-    await new Promise((r) => setTimeout(r, 100)); // cache writes finish after the response
+    await gateway.idle(); // cache writes finish after the response
     expect(gateway.cache?.stats().slices).toBe(6);
     const hits = gateway.cache?.stats().hits ?? 0;
     const second = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'big.bin' }));
@@ -91,7 +91,7 @@ describe('gateway read path', () => {
     const raw1 = await fetchRaw('/b/big.bin');
     expect(raw1.headers.get('x-keel-cache')).toBe('MISS');
     expect(sha(Buffer.from(await raw1.arrayBuffer()))).toBe(sha(want));
-    await new Promise((r) => setTimeout(r, 100));
+    await anonymous?.idle();
     const raw2 = await fetchRaw('/b/big.bin');
     expect(raw2.headers.get('x-keel-cache')).toBe('HIT');
     expect(sha(Buffer.from(await raw2.arrayBuffer()))).toBe(sha(want));
@@ -129,7 +129,7 @@ describe('gateway read path', () => {
     });
     expect(r1.headers.get('x-keel-cache')).toBe('MISS');
     await r1.arrayBuffer();
-    await new Promise((r) => setTimeout(r, 100));
+    await anonymous?.idle();
     const r2 = await fetchRaw(`/b/${encodeURIComponent('dir/with space+plus.bin').replace(/%2F/g, '/')}`);
     expect(r2.headers.get('x-keel-cache')).toBe('PARTIAL');
     expect(sha(Buffer.from(await r2.arrayBuffer()))).toBe(sha(want));
@@ -200,7 +200,7 @@ describe('gateway revalidation and addressing', () => {
       await direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'changing.bin', Body: v1 }));
       const r1 = await fetch(`${g.url()}/b/changing.bin`);
       expect(sha(Buffer.from(await r1.arrayBuffer()))).toBe(sha(v1));
-      await new Promise((r) => setTimeout(r, 100));
+      await g.idle();
       const r2 = await fetch(`${g.url()}/b/changing.bin`);
       expect(r2.headers.get('x-keel-cache')).toBe('HIT');
       expect(sha(Buffer.from(await r2.arrayBuffer()))).toBe(sha(v1));

@@ -59,6 +59,8 @@ export interface Gateway {
   url(): string;
   /** Requests being served. */
   inFlight(): number;
+  /** Resolves once no slice fill and no cache write is in flight (or after `timeoutMs`, default 10 s). */
+  idle(timeoutMs?: number): Promise<void>;
   /** Stops accepting, waits for in-flight requests (up to `graceMs`, default 30 s), closes. */
   close(graceMs?: number): Promise<void>;
 }
@@ -126,6 +128,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
     fills,
     heads: new Map(),
+    metaWrites: new Map(),
     firstByteTimeoutMs: options.firstByteTimeoutMs ?? 30_000,
     idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
     onBytes: (source, n) => metrics.bytes.inc({ source }, n),
@@ -250,6 +253,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
     },
     inFlight: () => active,
+    idle: async (timeoutMs = 10_000) => {
+      const deadline = Date.now() + timeoutMs;
+      while ((fills.size > 0 || ctx.metaWrites.size > 0) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 5));
+    },
     close: async (graceMs = 30_000) => {
       draining = true;
       const closed = new Promise<void>((r) => server.close(() => r()));
@@ -258,6 +266,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       while (active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       for (const s of sockets) s.destroy();
       await closed;
+      // Let slices already fetched reach the cache.
+      while ((fills.size > 0 || ctx.metaWrites.size > 0) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 5));
       await origin.close();
       await cache?.close();
     },

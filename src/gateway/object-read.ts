@@ -37,6 +37,8 @@ export interface ReadContext {
   fills: Map<string, SliceFill>;
   /** Origin lookups in flight, shared by concurrent requests for one object. */
   heads: Map<string, Promise<Resolved | { passthrough: true } | { error: KeelError }>>;
+  /** Metadata writes in flight by object hash; slice writes of the object wait for them. */
+  metaWrites: Map<string, Promise<unknown>>;
   firstByteTimeoutMs: number;
   idleTimeoutMs: number;
   onBytes(source: 'cache' | 'origin', n: number): void;
@@ -101,7 +103,10 @@ export async function serveObject(
   const method = req.method ?? 'GET';
   const base = { 'x-request-id': requestId, 'x-amz-request-id': requestId };
   const bypass = ctx.cache === undefined || ctx.cache.bypassed;
-  const resolved = await resolveObject(ctx, id, rawQuery);
+  const rangeHeader = req.headers.range;
+  const firstMatch = rangeHeader === undefined ? undefined : /^bytes=(\d+)-(\d*)$/.exec(rangeHeader.trim());
+  const firstByte = rangeHeader === undefined ? 0 : firstMatch ? Number(firstMatch[1]) : undefined;
+  const resolved = await resolveObject(ctx, id, rawQuery, method === 'GET' ? firstByte : undefined);
   if ('error' in resolved) {
     const err = resolved.error;
     const spec = isThrottle(err)
@@ -234,6 +239,10 @@ export async function serveObject(
   }
   // Open the first missing slice before answering, so a changed object is noticed before a byte goes out.
   const first = needed[0] as number;
+  if (!cached.has(first) && ctx.cache && !ctx.fills.has(fillKey(id, meta.etag, first))) {
+    const now = await safe(ctx, 'metadata read', () => (ctx.cache as RangeCache).getMeta(id));
+    if (now?.etag === meta.etag) for (const sl of now.slices) cached.add(sl.index);
+  }
   if (!cached.has(first)) {
     const fill = startFill(ctx, id, rawQuery, meta, first);
     try {
@@ -311,7 +320,9 @@ async function streamSlice(
   isCached: boolean,
 ): Promise<void> {
   let pos = a;
-  if (isCached && ctx.cache) {
+  // A slice missing when the request began may have been filled since (by another request).
+  const mayBeCached = isCached || (ctx.cache !== undefined && !ctx.fills.has(fillKey(id, meta.etag, index)));
+  if (mayBeCached && ctx.cache) {
     const hit = await safe(ctx, 'read', () => (ctx.cache as RangeCache).read(id, a, b));
     if (hit?.hit) {
       try {
@@ -369,7 +380,9 @@ function openRange(
   etag: string,
   start: number,
   end: number,
+  initial?: OriginResponse,
 ) {
+  let pending = initial;
   return resumingGet({
     start,
     end,
@@ -377,8 +390,13 @@ function openRange(
     retry: ctx.guard.retry,
     firstByteTimeoutMs: ctx.firstByteTimeoutMs,
     idleTimeoutMs: ctx.idleTimeoutMs,
-    request: (range, ifMatch, signal) =>
-      ctx.guard.once(
+    request: (range, ifMatch, signal) => {
+      if (pending && range.start === start) {
+        const first = pending;
+        pending = undefined;
+        return Promise.resolve(first);
+      }
+      return ctx.guard.once(
         id.bucket,
         (s) =>
           ctx.origin.request({
@@ -393,19 +411,26 @@ function openRange(
             signal: AbortSignal.any([s, signal]),
           }),
         signal,
-      ),
+      );
+    },
   });
 }
 
 /** The shared fill of slice `index` (started if none is running). */
+function fillKey(id: ObjectIdentity, etag: string, index: number): string {
+  return `${identityHash(id)}:${etag}:${index}`;
+}
+
+/** The shared fill of slice `index` (started if none is running), from `initial` when the origin already answered. */
 function startFill(
   ctx: ReadContext,
   id: ObjectIdentity,
   rawQuery: string,
   meta: Resolved['meta'],
   index: number,
+  initial?: OriginResponse,
 ): SliceFill {
-  const key = `${identityHash(id)}:${meta.etag}:${index}`;
+  const key = fillKey(id, meta.etag, index);
   const existing = ctx.fills.get(key);
   if (existing) return existing;
   const start = index * meta.sliceBytes;
@@ -415,7 +440,7 @@ function startFill(
   void (async () => {
     let body: Readable | undefined;
     try {
-      const got = await openRange(ctx, id, rawQuery, meta.etag, start, end);
+      const got = await openRange(ctx, id, rawQuery, meta.etag, start, end, initial);
       body = got.body;
       fill.markOpened();
       for await (const chunk of got.body as AsyncIterable<Buffer>) fill.push(chunk);
@@ -429,6 +454,7 @@ function startFill(
     // The fill stays findable until the slice is in the cache, so no request refetches it meanwhile.
     const cache = ctx.cache;
     if (cache && !cache.bypassed && meta.sliceBytes === cache.sliceBytes) {
+      await ctx.metaWrites.get(identityHash(id));
       const result = await safe(ctx, 'write', () => cache.writeSlice(id, index, fill.bytes(), meta.etag));
       if (result && !result.stored && result.reason !== 'bypass')
         ctx.log('warn', `slice ${index} of ${id.bucket}/${id.key} not cached: ${result.message}`);
@@ -443,6 +469,7 @@ async function resolveObject(
   ctx: ReadContext,
   id: ObjectIdentity,
   rawQuery: string,
+  firstByte: number | undefined,
 ): Promise<Resolved | { passthrough: true } | { error: KeelError }> {
   const cache = ctx.cache;
   const cachedMeta = cache ? await safe(ctx, 'metadata read', () => cache.getMeta(id)) : undefined;
@@ -451,9 +478,17 @@ async function resolveObject(
   const flightKey = `${identityHash(id)}:${cachedMeta?.etag ?? ''}`;
   let flight = ctx.heads.get(flightKey);
   if (!flight) {
-    flight = lookupOrigin(ctx, id, rawQuery, cachedMeta);
+    flight = lookupOrigin(ctx, id, rawQuery, cachedMeta, firstByte);
     ctx.heads.set(flightKey, flight);
-    void flight.finally(() => ctx.heads.delete(flightKey)).catch(() => undefined);
+    // Shared until the metadata is on disk, so later requests do not ask the origin again meanwhile.
+    const hash = identityHash(id);
+    void flight
+      .finally(async () => {
+        // A revalidation is not kept: the next request after it must ask the origin again.
+        if (!cachedMeta) await ctx.metaWrites.get(hash);
+        ctx.heads.delete(flightKey);
+      })
+      .catch(() => undefined);
   }
   return flight;
 }
@@ -464,17 +499,27 @@ async function lookupOrigin(
   id: ObjectIdentity,
   rawQuery: string,
   cachedMeta: CacheMeta | undefined,
+  firstByte: number | undefined,
 ): Promise<Resolved | { passthrough: true } | { error: KeelError }> {
   const cache = ctx.cache;
+  // A miss with a known first byte asks for that slice straight away: its answer carries the
+  // object's ETag, size and headers, so the client's first byte costs one origin round trip.
+  const sliceIndex =
+    !cachedMeta && firstByte !== undefined ? Math.floor(firstByte / ctx.sliceBytes) : undefined;
+  const sliceStart = sliceIndex === undefined ? 0 : sliceIndex * ctx.sliceBytes;
   let up: OriginResponse;
   try {
     up = await ctx.guard.call(id.bucket, (signal) =>
       ctx.origin.request({
-        method: 'HEAD',
+        method: sliceIndex === undefined ? 'HEAD' : 'GET',
         bucket: id.bucket,
         key: id.key,
         rawQuery,
-        headers: cachedMeta ? { 'if-none-match': cachedMeta.etag } : {},
+        headers: cachedMeta
+          ? { 'if-none-match': cachedMeta.etag }
+          : sliceIndex === undefined
+            ? {}
+            : { range: `bytes=${sliceStart}-${sliceStart + ctx.sliceBytes - 1}` },
         signal,
       }),
     );
@@ -488,34 +533,58 @@ async function lookupOrigin(
     }
     return { error: e };
   }
-  up.body.resume();
   if (up.status === 304 && cachedMeta) {
-    const refreshed = await safe(ctx, 'metadata write', () =>
-      (cache as RangeCache).putMeta(id, {
-        etag: cachedMeta.etag,
-        size: cachedMeta.size,
-        ...(cachedMeta.lastModified === undefined ? {} : { lastModified: cachedMeta.lastModified }),
-        ...(cachedMeta.contentType === undefined ? {} : { contentType: cachedMeta.contentType }),
-        ...(cachedMeta.headers === undefined ? {} : { headers: cachedMeta.headers }),
-      }),
-    );
-    const again = refreshed?.stored
-      ? await safe(ctx, 'metadata read', () => (cache as RangeCache).getMeta(id))
-      : undefined;
-    return { meta: again ?? { ...cachedMeta, cachedAt: ctx.clock.now() }, stale: false };
+    up.body.resume();
+    const refreshed = { ...cachedMeta, cachedAt: ctx.clock.now() };
+    storeMeta(ctx, id, refreshed);
+    return { meta: refreshed, stale: false };
   }
-  const info = up.status === 200 ? infoFrom(up.headers) : undefined;
+  const usable = up.status === 206 || (up.status === 200 && (sliceIndex ?? 0) === 0);
+  const info = usable ? infoFrom(up.headers) : undefined;
   if (!info) {
+    discard(up.body);
     if (cachedMeta && (up.status === 404 || up.status === 403))
       await safe(ctx, 'invalidate', () => (cache as RangeCache).invalidate(id));
     return { passthrough: true };
   }
-  if (cache && !cache.bypassed) {
-    const stored = await safe(ctx, 'metadata write', () => cache.putMeta(id, info));
-    if (stored?.stored) {
-      const meta = await safe(ctx, 'metadata read', () => cache.getMeta(id));
-      if (meta) return { meta, stale: false };
-    }
+  const meta = { ...info, sliceBytes: ctx.sliceBytes, slices: [] };
+  storeMeta(ctx, id, info);
+  const bodyIsSlice =
+    sliceIndex !== undefined &&
+    (up.status === 206
+      ? up.headers['content-range']?.startsWith(`bytes ${sliceStart}-`) === true
+      : info.size <= ctx.sliceBytes);
+  if (bodyIsSlice && !ctx.fills.has(fillKey(id, info.etag, sliceIndex)))
+    startFill(ctx, id, rawQuery, meta, sliceIndex, up);
+  else {
+    // Someone is already fetching this slice: stop this transfer rather than read it to the end.
+    up.body.on('error', () => undefined);
+    up.body.destroy();
   }
-  return { meta: { ...info, sliceBytes: ctx.sliceBytes, slices: [] }, stale: false };
+  return { meta, stale: false };
+}
+
+function discard(body: Readable): void {
+  body.on('error', () => undefined);
+  body.resume();
+}
+
+/** Writes the object's metadata in the background; slice writes wait for it. */
+function storeMeta(ctx: ReadContext, id: ObjectIdentity, info: ObjectInfo): void {
+  const cache = ctx.cache;
+  if (!cache || cache.bypassed) return;
+  const hash = identityHash(id);
+  const write = safe(ctx, 'metadata write', () =>
+    cache.putMeta(id, {
+      etag: info.etag,
+      size: info.size,
+      ...(info.lastModified === undefined ? {} : { lastModified: info.lastModified }),
+      ...(info.contentType === undefined ? {} : { contentType: info.contentType }),
+      ...(info.headers === undefined ? {} : { headers: info.headers }),
+    }),
+  );
+  ctx.metaWrites.set(hash, write);
+  void write.finally(() => {
+    if (ctx.metaWrites.get(hash) === write) ctx.metaWrites.delete(hash);
+  });
 }
