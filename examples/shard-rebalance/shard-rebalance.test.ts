@@ -1,0 +1,196 @@
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { chaos, type ChaosProxy } from '../../src/chaos/index.js';
+import {
+  ExecutorRegistry,
+  GroupFailedError,
+  GroupManager,
+  openGroupRepository,
+  type GroupRepository,
+} from '../../src/groups/index.js';
+import { constant } from '../../src/policy/index.js';
+import { VirtualClock } from '../../src/time/index.js';
+import { postgresAvailable, PG_URL } from '../../test/groups-support.js';
+import { databaseUrl, seed, snapshot, withClient, type Nodes, type Snapshot } from './cluster.js';
+import { registerShardExecutors, type BeforeOperation } from './executors.js';
+import { planRebalance } from './plan.js';
+
+const withPg = await postgresAvailable();
+const run = randomUUID().replaceAll('-', '').slice(0, 10);
+const names = ['n1', 'n2', 'n3', 'n4'];
+const databases = names.map((n) => `keel_shards_${run}_${n}`);
+const PLACEMENT = { 1: 'n1', 2: 'n1', 3: 'n2', 4: 'n2', 5: 'n3', 6: 'n3' } as const;
+
+let proxy: ChaosProxy;
+let nodes: Nodes;
+let dir: string;
+let repo: GroupRepository;
+let original: Snapshot;
+let hook: BeforeOperation | undefined;
+
+const manager = (owner = 'test'): GroupManager =>
+  new GroupManager({
+    repository: repo,
+    executors: registerShardExecutors(new ExecutorRegistry(), nodes, (name, ctx) => hook?.(name, ctx)),
+    owner,
+    retry: { maxAttempts: 2, backoff: constant(0) },
+  });
+
+describe.skipIf(!withPg)('shard rebalance onto a fourth node', () => {
+  beforeAll(async () => {
+    await withClient(PG_URL, async (c) => {
+      for (const db of databases) await c.query(`CREATE DATABASE ${db}`);
+    });
+    // n4 is reached through the chaos proxy, so the tests can cut it.
+    const server = new URL(PG_URL);
+    proxy = await chaos.proxy({ upstream: `${server.hostname}:${server.port || '5432'}` });
+    nodes = Object.fromEntries(
+      names.map((n, i) => [
+        n,
+        databaseUrl(PG_URL, databases[i] as string, n === 'n4' ? proxy.listen : undefined),
+      ]),
+    );
+    dir = await mkdtemp(path.join(tmpdir(), 'keel-shards-'));
+    repo = await openGroupRepository(path.join(dir, 'groups.db'));
+  });
+
+  afterAll(async () => {
+    await repo.close();
+    await proxy.close();
+    await rm(dir, { recursive: true, force: true });
+    await withClient(PG_URL, async (c) => {
+      for (const db of databases) await c.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+    });
+  });
+
+  beforeEach(async () => {
+    hook = undefined;
+    if (!proxy.enabled) await proxy.enable();
+    await seed(nodes, PLACEMENT, 25);
+    original = await snapshot(nodes);
+  });
+
+  const balanced = (s: Snapshot): void => {
+    const counts = Object.values(s.tables).map((t) => Object.keys(t).length);
+    expect(counts).toHaveLength(4);
+    expect(Math.max(...counts) - Math.min(...counts)).toBeLessThanOrEqual(1);
+    expect(Object.keys(s.tables.n4 ?? {})).toHaveLength(1);
+    // every shard is where the routing says, with all its rows, and nowhere else
+    for (const [shard, node] of Object.entries(s.routing)) {
+      expect(s.tables[node]?.[shard]).toEqual(original.tables[PLACEMENT[Number(shard) as 1]]?.[shard]);
+      for (const other of names.filter((n) => n !== node)) expect(s.tables[other]?.[shard]).toBeUndefined();
+    }
+  };
+
+  it('moves shards onto the new node: create, copy, switch routing, drop', async () => {
+    const m = manager();
+    const plan = planRebalance(original.routing, ['n1', 'n2', 'n3'], 'n4');
+    expect(plan.steps).toHaveLength(4);
+    const id = await m.create(plan);
+    await expect(m.run(id)).resolves.toEqual({ id, status: 'completed' });
+    const after = await snapshot(nodes);
+    balanced(after);
+    expect(after.routing['2']).toBe('n4');
+  });
+
+  it('restores the original state when the new node is cut mid-way, once it is reachable again', async () => {
+    const m = manager();
+    // two moves so the cut lands after one shard has fully moved
+    const plan = planRebalance({ ...original.routing, 7: 'n1', 8: 'n1' }, ['n1', 'n2', 'n3'], 'n4');
+    await seed(nodes, { ...PLACEMENT, 7: 'n1', 8: 'n1' }, 25);
+    original = await snapshot(nodes);
+    expect(plan.steps.length).toBeGreaterThanOrEqual(8);
+    hook = async (_name, ctx) => {
+      if (ctx.seq === 5 && ctx.attempt === 1) await proxy.disable(); // during the second move's copy
+    };
+    const id = await m.create(plan);
+    const err = (await m.run(id).catch((e: unknown) => e)) as GroupFailedError;
+    expect(err).toBeInstanceOf(GroupFailedError);
+    expect(err.status).toBe('rollback_failed');
+    expect(err.errors[0]?.code).toBe('CONNECTION_REFUSED');
+    expect((await m.diagnose(id)).strategy).toBe('continue-rollback');
+    // the routing rollback did not need n4 and already ran
+    expect((await snapshot({ n1: nodes.n1 as string })).routing).toEqual(original.routing);
+
+    await proxy.enable();
+    await expect(m.rollback(id)).resolves.toEqual({ id, status: 'rolled_back' });
+    expect(await snapshot(nodes)).toEqual(original);
+  });
+
+  it('pauses on request from another process, resumes, and stops with a rollback', async () => {
+    const worker = manager('worker');
+    const operator = manager('operator');
+    const id = await worker.create(planRebalance(original.routing, ['n1', 'n2', 'n3'], 'n4'));
+    hook = async (_name, ctx) => {
+      if (ctx.seq === 2) await operator.pause(id);
+    };
+    await expect(worker.run(id)).resolves.toEqual({ id, status: 'paused' });
+    expect(await worker.progress(id)).toMatchObject({ status: 'paused', done: 3, total: 4 });
+    const mid = await snapshot(nodes);
+    expect(mid.routing['2']).toBe('n4'); // switched, source not yet dropped
+    expect(mid.tables.n1?.['2']).toEqual(original.tables.n1?.['2']);
+    hook = undefined;
+    await expect(worker.resume(id)).resolves.toEqual({ id, status: 'completed' });
+    balanced(await snapshot(nodes));
+
+    await seed(nodes, PLACEMENT, 25);
+    const second = await worker.create(planRebalance(original.routing, ['n1', 'n2', 'n3'], 'n4'));
+    hook = async (_name, ctx) => {
+      if (ctx.seq === 3) await operator.stop(second, { mode: 'rollback' });
+    };
+    await expect(worker.run(second)).resolves.toEqual({ id: second, status: 'rolled_back' });
+    expect(await snapshot(nodes)).toEqual(original);
+  });
+
+  it('recovers a group whose worker process was killed with SIGKILL', async () => {
+    const id = await manager().create(planRebalance(original.routing, ['n1', 'n2', 'n3'], 'n4'));
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        path.join(import.meta.dirname, 'worker.ts'),
+        path.join(dir, 'groups.db'),
+        id,
+        JSON.stringify(nodes),
+        '2',
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        if (out.includes('AT 2')) resolve();
+      });
+      child.on('exit', (code) => {
+        reject(new Error(`worker exited early (${String(code)}): ${out}`));
+      });
+    });
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+
+    // Another process comes along later: the dead worker's 1 s lease has expired on its clock.
+    const clock = new VirtualClock(Date.now() + 1500);
+    const rescuer = new GroupManager({
+      repository: repo,
+      executors: registerShardExecutors(new ExecutorRegistry(), nodes),
+      clock,
+      owner: 'rescuer',
+    });
+    expect((await rescuer.stuck()).map((g) => g.id)).toEqual([id]);
+    expect(await rescuer.diagnose(id)).toMatchObject({ stuck: true, strategy: 'reset-and-retry' });
+    expect((await rescuer.progress(id)).current).toEqual([
+      { seq: 2, executor: 'routing.set', target: 'routing/2' },
+    ]);
+    const report = await rescuer.recover();
+    expect(report.actions).toEqual([
+      { id, action: 'recovered', strategy: 'reset-and-retry', status: 'completed' },
+    ]);
+    balanced(await snapshot(nodes));
+  });
+});
