@@ -9,6 +9,7 @@ import { TMP_MARKER, writeFileAtomic } from './atomic-write.js';
 import { zeroRepairs, type CacheStats, type RepairCounter } from './counters.js';
 import { evictionTarget, SliceIndex } from './eviction.js';
 import { realFs, type CacheFs } from './fs.js';
+import { planRead } from './read-plan.js';
 import { describeIdentity, identityHash, type ObjectIdentity } from './identity.js';
 import {
   decodeMeta,
@@ -88,8 +89,6 @@ export interface VerifyReport extends CleanupReport {
   fixed: boolean;
 }
 
-/** Most bytes read (and verified) in one go while streaming; whole verification blocks. */
-const READ_UNIT_BYTES = 2 * VERIFY_BLOCK_BYTES;
 /** Units read ahead of the consumer while streaming. */
 const READ_AHEAD = 2;
 
@@ -360,30 +359,10 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     const loaded = await this.loadMeta(hash, id);
     if (loaded.state !== 'ok') return miss(loaded.state === 'missing' ? 'not cached' : 'metadata unusable');
     const meta = loaded.meta;
-    if (end >= meta.size) return miss('range beyond the object');
+    const plan = planRead(meta, start, end);
+    if (!plan.ok) return miss(plan.reason);
+    const units = plan.units;
     const first = Math.floor(start / meta.sliceBytes);
-    const last = Math.floor(end / meta.sliceBytes);
-    const byIndex = new Map(meta.slices.map((s) => [s.index, s]));
-    for (let i = first; i <= last; i++) if (!byIndex.has(i)) return miss(`slice ${i} not cached`);
-    // Units of reading: up to READ_UNIT_BYTES of whole verification blocks of one slice (a slice
-    // without block checksums is one unit).
-    const sliceBytes = meta.sliceBytes;
-    const units: { slice: SliceInfo; from: number; to: number; offset: number }[] = [];
-    for (let i = first; i <= last; i++) {
-      const slice = byIndex.get(i) as SliceInfo;
-      const base = i * sliceBytes;
-      const from = Math.max(0, start - base);
-      const to = Math.min(slice.length, end - base + 1);
-      const step = slice.blocks ? READ_UNIT_BYTES : slice.length;
-      for (let at = from; at < to; at = (Math.floor(at / step) + 1) * step) {
-        units.push({
-          slice,
-          from: at,
-          to: Math.min(to, (Math.floor(at / step) + 1) * step),
-          offset: base + at,
-        });
-      }
-    }
     const handles = new Map<number, Promise<FileHandle>>();
     const closeHandles = (keepFrom: number): void => {
       for (const [index, h] of handles) {

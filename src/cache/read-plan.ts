@@ -1,0 +1,48 @@
+import { VERIFY_BLOCK_BYTES, type CacheMeta, type SliceInfo } from './metadata.js';
+
+/** Most bytes read (and verified) in one go while streaming: whole verification blocks. */
+export const READ_UNIT_BYTES = 2 * VERIFY_BLOCK_BYTES;
+
+/** One read of a stream: bytes `[from, to)` of one slice, at `offset` in the object. */
+export interface ReadUnit {
+  slice: SliceInfo;
+  from: number;
+  to: number;
+  offset: number;
+}
+
+/** The units that stream bytes `start..end` (inclusive), or why the range cannot be served. */
+export type ReadPlan = { ok: true; units: ReadUnit[] } | { ok: false; reason: string };
+
+/**
+ * Cuts an inclusive byte range of a cached object into read units: within each slice, pieces that
+ * end on multiples of {@link READ_UNIT_BYTES} (so every unit covers whole verification blocks
+ * plus the range's edges); a slice without block checksums is one unit, verified whole.
+ */
+export function planRead(meta: CacheMeta, start: number, end: number): ReadPlan {
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start)
+    return { ok: false, reason: 'invalid range' };
+  if (end >= meta.size) return { ok: false, reason: 'range beyond the object' };
+  const sliceBytes = meta.sliceBytes;
+  const first = Math.floor(start / sliceBytes);
+  const last = Math.floor(end / sliceBytes);
+  const byIndex = new Map(meta.slices.map((s) => [s.index, s]));
+  const units: ReadUnit[] = [];
+  for (let i = first; i <= last; i++) {
+    const slice = byIndex.get(i);
+    if (!slice) return { ok: false, reason: `slice ${i} not cached` };
+    const base = i * sliceBytes;
+    const from = Math.max(0, start - base);
+    const to = Math.min(slice.length, end - base + 1);
+    const step = slice.blocks ? READ_UNIT_BYTES : slice.length;
+    for (let at = from; at < to; at = (Math.floor(at / step) + 1) * step) {
+      units.push({
+        slice,
+        from: at,
+        to: Math.min(to, (Math.floor(at / step) + 1) * step),
+        offset: base + at,
+      });
+    }
+  }
+  return { ok: true, units };
+}
