@@ -52,3 +52,22 @@ describe('range cache: write faults other than a full disk', () => {
     });
   }
 });
+
+describe('range cache: EDQUOT is a full disk too', () => {
+  it('a quota error on fsync counts a disk-full event, leaves no partial file and succeeds on the one retry', async () => {
+    const fs = faultyFs();
+    const { cache } = await filledCache(tmp.dir, id, 2 * SLICE, { fs });
+    const other: ObjectIdentity = { bucket: 'b', key: 'quota' };
+    await cache.putMeta(other, { etag: '"q"', size: SLICE });
+    fs.inject({ code: 'EDQUOT', ops: ['sync'], path: /slice-0\.tmp-/, times: 1 });
+    expect(await cache.writeSlice(other, 0, Buffer.alloc(SLICE, 2), { etag: '"q"' })).toEqual({
+      stored: true,
+    });
+    expect(cache.stats().repairs.disk_full_events_total).toBe(1);
+    expect(cache.stats().evictions).toBeGreaterThan(0);
+    expect((await readdir(objectDir(other))).sort()).toEqual(['meta.json', 'slice-0']);
+    const r = await cache.read(other, 0, SLICE - 1);
+    expect(r.hit).toBe(true);
+    if (r.hit) expect((await bytesOf(r.stream)).equals(Buffer.alloc(SLICE, 2))).toBe(true);
+  });
+});
