@@ -109,6 +109,21 @@ describe('keel groups', () => {
     expect((await keel('recover')).out).toBe('nothing to recover\n');
   });
 
+  it('leaves a rollback stop of a paused group to recovery when it has no executors', async () => {
+    const id = await manager.create({ name: 'half', steps: [touch('a'), touch('b')] });
+    await manager.run(id);
+    // as a worker leaves it when a pause lands during its last operation
+    await manager.repository.updateGroup(id, { status: 'paused' });
+    expect((await keel('stop', id, '--mode', 'rollback')).out).toBe(`${id}: stopping\n`);
+    expect(existsSync(path.join(dir, 'a'))).toBe(true);
+    const recovered = await keel('recover', '--executors', EXECUTORS, '--json');
+    expect(JSON.parse(recovered.out)).toEqual({
+      examined: 1,
+      actions: [{ id, action: 'recovered', strategy: 'continue-rollback', status: 'rolled_back' }],
+    });
+    expect(existsSync(path.join(dir, 'a'))).toBe(false);
+  });
+
   it('asks for a store when none is given', async () => {
     const program = new Command('keel').exitOverride();
     registerGroupsCommand(program);

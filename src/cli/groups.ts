@@ -168,7 +168,7 @@ export function registerGroupsCommand(program: Command): void {
       }
       const mode: StopMode = options.mode;
       await withManager(options, async (manager) => {
-        const outcome = await manager.stop(id, { mode, drive: false });
+        const outcome = await manager.stop(id, { mode, drive: options.executors !== undefined });
         out(options, outcome, [`${id}: ${outcome.status}`]);
       });
     });

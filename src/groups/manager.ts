@@ -251,8 +251,8 @@ export class GroupManager {
   /**
    * Stops a group: `graceful` lets the current operation finish, then stops; `rollback` stops and
    * rolls back what was done. Honoured by whichever process runs the group, between operations.
-   * If nobody runs it, a graceful stop takes effect now and a rollback stop is left `stopping` for
-   * {@link GroupManager.recover} (or runs here with `drive: true`).
+   * If nobody runs it, a graceful stop takes effect now; a rollback stop of a paused group runs
+   * here unless `drive: false`, which leaves it `stopping` for {@link GroupManager.recover}.
    */
   async stop(id: string, options: { mode?: StopMode; drive?: boolean } = {}): Promise<RunOutcome> {
     const mode = options.mode ?? 'graceful';
@@ -271,7 +271,7 @@ export class GroupManager {
     }
     await this.transition(id, 'stopping', { stopMode: mode });
     await this.log(id, 'info', `stop (${mode}) requested`);
-    if (options.drive === true || group.status === 'paused') return this.tryDrive(id);
+    if (options.drive ?? group.status === 'paused') return this.tryDrive(id);
     return { id, status: 'stopping' };
   }
 
