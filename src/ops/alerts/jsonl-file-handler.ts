@@ -1,0 +1,58 @@
+import { appendFile, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import type { Alert, AlertHandler } from './types.js';
+
+/** Options of {@link jsonlFileAlertHandler}. */
+export interface JsonlFileOptions {
+  path: string;
+  /** Rotate when the file reaches this size. Default 10 MiB. */
+  maxBytes?: number;
+  /** Rotated files kept (`path.1` newest … `path.N`). Default 5. */
+  keep?: number;
+  name?: string;
+}
+
+/**
+ * Appends alerts as JSON lines, rotating `path` → `path.1` → … when it passes `maxBytes`.
+ * Writes are serialised so lines never interleave.
+ */
+export function jsonlFileAlertHandler(options: JsonlFileOptions): AlertHandler {
+  const maxBytes = options.maxBytes ?? 10 * 1024 * 1024;
+  const keep = options.keep ?? 5;
+  if (!(maxBytes > 0)) throw new Error('alerts.jsonlFile.maxBytes: must be > 0');
+  if (!Number.isInteger(keep) || keep < 1) throw new Error('alerts.jsonlFile.keep: must be an integer >= 1');
+  let chain: Promise<void> = Promise.resolve();
+
+  async function rotateIfNeeded(): Promise<void> {
+    let size: number;
+    try {
+      size = (await stat(options.path)).size;
+    } catch {
+      return;
+    }
+    if (size < maxBytes) return;
+    await rm(`${options.path}.${String(keep)}`, { force: true });
+    for (let i = keep - 1; i >= 1; i--) {
+      await rename(`${options.path}.${String(i)}`, `${options.path}.${String(i + 1)}`).catch(() => undefined);
+    }
+    await rename(options.path, `${options.path}.1`);
+  }
+
+  async function write(alerts: readonly Alert[]): Promise<void> {
+    await mkdir(dirname(options.path), { recursive: true });
+    await rotateIfNeeded();
+    await appendFile(options.path, alerts.map((a) => JSON.stringify(a) + '\n').join(''));
+  }
+
+  return {
+    name: options.name ?? 'file',
+    send(alerts) {
+      const next = chain.then(() => write(alerts));
+      chain = next.catch(() => undefined);
+      return next;
+    },
+    async close() {
+      await chain;
+    },
+  };
+}

@@ -1,0 +1,71 @@
+/**
+ * Operations for keel services: metrics, health checks with auto-recovery, alerts, disk
+ * monitoring and cleanup, degradation modes, graceful shutdown, the admin HTTP server and logging.
+ * @packageDocumentation
+ */
+export { Metrics, createMetrics, formatFromAccept, type MetricsFormat, type MetricsOptions } from './metrics.js';
+export { bindPolicyMetrics, BREAKER_STATE_VALUE, type PolicyMetricsOptions } from './policy-metrics.js';
+export {
+  HealthRegistry,
+  HEALTH_CONTENT_TYPE,
+  httpStatusOfHealth,
+  type HealthStatus,
+  type Probe,
+  type CheckOutcome,
+  type HealthCheck,
+  type CheckEntry,
+  type HealthReport,
+  type HealthRegistryOptions,
+} from './health.js';
+export {
+  AutoRecovery,
+  defaultRecoveryBackoff,
+  type AutoRecoveryOptions,
+  type RecoveryAttempt,
+  type RecoveryState,
+  type RecoveryStatus,
+} from './recovery.js';
+export { AlertManager, alertFingerprint, type AlertManagerOptions } from './alerts/manager.js';
+export { sanitiseAlert, sanitiseText } from './alerts/sanitise.js';
+export { logAlertHandler } from './alerts/log-handler.js';
+export { jsonlFileAlertHandler, type JsonlFileOptions } from './alerts/jsonl-file-handler.js';
+export {
+  webhookAlertHandler,
+  alertmanagerHandler,
+  toAlertmanager,
+  type WebhookOptions,
+  type WebhookHandler,
+} from './alerts/webhook-handler.js';
+export {
+  ALERT_SEVERITIES,
+  type Alert,
+  type AlertHandler,
+  type AlertInput,
+  type AlertRoute,
+  type AlertSeverity,
+} from './alerts/types.js';
+export {
+  DiskMonitor,
+  type DiskMonitorOptions,
+  type DiskUsage,
+  type DiskLevel,
+  type StatfsResult,
+} from './disk-monitor.js';
+export {
+  cleanupDisk,
+  CLEANUP_PRESETS,
+  type CleanupOptions,
+  type CleanupReport,
+  type CleanupRule,
+  type RemovedFile,
+} from './disk-cleanup.js';
+export {
+  GracefulShutdown,
+  type GracefulShutdownOptions,
+  type ShutdownResult,
+  type SignalSource,
+} from './shutdown.js';
+export { AdminServer, type AdminServerOptions, type StatusProvider } from './admin-server.js';
+export { createLogger, type LoggerFactoryOptions } from './logger.js';
+export { DegradationRegistry, type DegradationMode, type ComponentMode } from './degradation.js';
+export { JsonStateFile } from './state-store.js';

@@ -1,0 +1,78 @@
+import { mkdir, readFile, rename, writeFile, open } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
+/**
+ * A small JSON document on disk that survives restarts (alert history, recovery attempts).
+ * Writes go to a `.tmp` file that is fsynced and renamed, so a crash leaves the old or the new
+ * document, never half of one; saves coalesce (one write in flight, the latest state wins).
+ */
+export class JsonStateFile<T> {
+  private writing: Promise<void> | undefined;
+  private pending: T | undefined;
+  private hasPending = false;
+
+  constructor(readonly path: string) {}
+
+  /** Reads the document; `undefined` when the file is missing or not valid JSON (a fresh start). */
+  async load(): Promise<T | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Checks at start-up that the directory can be created and written; throws naming `setting`. */
+  async assertWritable(setting: string): Promise<void> {
+    try {
+      await mkdir(dirname(this.path), { recursive: true });
+      const handle = await open(`${this.path}.probe`, 'w');
+      await handle.close();
+      const { rm } = await import('node:fs/promises');
+      await rm(`${this.path}.probe`, { force: true });
+    } catch (err) {
+      throw new Error(`${setting}: cannot write ${this.path}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Saves `value` (coalesced with other saves); resolves when it is on disk. */
+  save(value: T): Promise<void> {
+    this.pending = value;
+    this.hasPending = true;
+    if (!this.writing) this.writing = this.drain();
+    return this.writing;
+  }
+
+  /** Resolves when no save is in flight. */
+  async flush(): Promise<void> {
+    while (this.writing) await this.writing;
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.hasPending) {
+        const value = this.pending;
+        this.hasPending = false;
+        await mkdir(dirname(this.path), { recursive: true });
+        const tmp = `${this.path}.tmp`;
+        await writeFile(tmp, JSON.stringify(value));
+        const handle = await open(tmp, 'r+');
+        try {
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+        await rename(tmp, this.path);
+      }
+    } finally {
+      this.writing = undefined;
+    }
+  }
+}
