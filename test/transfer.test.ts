@@ -4,10 +4,20 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chaos, type ChaosProxy } from '../src/chaos/index.js';
 import { retry, constant } from '../src/policy/index.js';
-import { downloadFile, ProgressTracker, resumingGet, S3Client, uploadFile } from '../src/transfer/index.js';
+import { VirtualClock } from '../src/time/index.js';
+import {
+  downloadFile,
+  ProgressTracker,
+  resumingGet,
+  S3Client,
+  uploadFile,
+  type RangeRequest,
+} from '../src/transfer/index.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 let origin: S3Origin;
@@ -115,53 +125,167 @@ describe('resuming body stream', () => {
     }
   });
 
-  it('fails an attempt whose body stalls past the idle timeout, and resumes', async () => {
-    const data = randomBytes(200_000);
+  /** A node:http origin for `data` whose behaviour per call is chosen by `act`. */
+  async function scriptedOrigin(
+    data: Buffer,
+    act: (call: number, res: http.ServerResponse, part: Buffer) => void,
+  ): Promise<{ request: RangeRequest; calls: () => number; close: () => void }> {
     let calls = 0;
     const server = http.createServer((req, res) => {
       calls++;
       const start = Number(/bytes=(\d+)-/.exec(req.headers.range ?? '')?.[1] ?? 0);
       const part = data.subarray(start);
-      res.writeHead(start > 0 ? 206 : 200, {
-        etag: '"x"',
-        'content-length': part.length,
-        ...(start > 0 ? { 'content-range': `bytes ${start}-${data.length - 1}/${data.length}` } : {}),
-      });
-      if (calls === 1)
-        res.write(part.subarray(0, 1000)); // then stall
-      else res.end(part);
+      res.setHeader('etag', '"x"');
+      res.setHeader('content-length', part.length);
+      if (start > 0) {
+        res.statusCode = 206;
+        res.setHeader('content-range', `bytes ${start}-${data.length - 1}/${data.length}`);
+      }
+      act(calls, res, part);
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as { port: number }).port;
+    const request: RangeRequest = (range, ifMatch, signal) =>
+      new Promise((resolve, reject) => {
+        const req = http.get(
+          {
+            port,
+            host: '127.0.0.1',
+            headers: { range: `bytes=${range.start}-`, ...(ifMatch ? { 'if-match': ifMatch } : {}) },
+            signal,
+          },
+          (res) =>
+            resolve({
+              status: res.statusCode ?? 0,
+              headers: res.headers as Record<string, string>,
+              body: res,
+            }),
+        );
+        req.on('error', reject);
+      });
+    return {
+      request,
+      calls: () => calls,
+      close: () => {
+        server.closeAllConnections();
+        server.close();
+      },
+    };
+  }
+
+  it('fails an attempt whose body stalls past the idle timeout, and resumes', async () => {
+    const data = randomBytes(200_000);
+    const scripted = await scriptedOrigin(data, (call, res, part) => {
+      if (call === 1)
+        res.write(part.subarray(0, 1000)); // then stall
+      else res.end(part);
+    });
+    const clock = new VirtualClock();
     try {
       const got = await resumingGet({
         idleTimeoutMs: 100,
+        clock,
         retry: quickRetry(),
-        request: (range, ifMatch, signal) =>
-          new Promise((resolve, reject) => {
-            const req = http.get(
-              {
-                port,
-                host: '127.0.0.1',
-                headers: { range: `bytes=${range.start}-`, ...(ifMatch ? { 'if-match': ifMatch } : {}) },
-                signal,
-              },
-              (res) =>
-                resolve({
-                  status: res.statusCode ?? 0,
-                  headers: res.headers as Record<string, string>,
-                  body: res,
-                }),
-            );
-            req.on('error', reject);
-          }),
+        request: scripted.request,
       });
+      const chunks: Buffer[] = [];
+      let advanced = false;
+      got.body.on('data', (c: Buffer) => {
+        chunks.push(c);
+        if (!advanced) {
+          advanced = true;
+          // The first 1000 bytes are in; the scripted now stalls. 99 ms is not enough...
+          void clock.advance(99).then(async () => {
+            expect(scripted.calls()).toBe(1);
+            await clock.advance(1); // ...100 ms is.
+          });
+        }
+      });
+      await finished(got.body);
+      expect(Buffer.concat(chunks).equals(data)).toBe(true);
+      expect(scripted.calls()).toBe(2);
+      expect(got.resumes()).toBe(1);
+    } finally {
+      scripted.close();
+    }
+  });
+
+  it('does not count time the consumer holds a chunk as the origin stalling', async () => {
+    // A body whose bytes are always ready, so only the consumer sets the pace (backpressure).
+    const pieces = Array.from({ length: 20 }, () => randomBytes(10_000));
+    const data = Buffer.concat(pieces);
+    let calls = 0;
+    const request: RangeRequest = (range) => {
+      calls++;
+      const rest = data.subarray(range.start);
+      return Promise.resolve({
+        status: range.start === 0 ? 200 : 206,
+        headers: {
+          etag: '"x"',
+          'content-length': String(rest.length),
+          ...(range.start === 0
+            ? {}
+            : { 'content-range': `bytes ${range.start}-${data.length - 1}/${data.length}` }),
+        },
+        body: Readable.from(range.start === 0 ? pieces : [rest], { objectMode: false }),
+      });
+    };
+    const clock = new VirtualClock();
+    const got = await resumingGet({ idleTimeoutMs: 100, clock, retry: quickRetry(), request });
+    const chunks: Buffer[] = [];
+    for await (const chunk of got.body as AsyncIterable<Buffer>) {
+      chunks.push(chunk);
+      await clock.advance(500); // a slow disk
+    }
+    expect(Buffer.concat(chunks).equals(data)).toBe(true);
+    expect(calls).toBe(1);
+  });
+
+  it('fails an attempt whose headers do not come within the first-byte timeout, and asks again', async () => {
+    const data = randomBytes(50_000);
+    const scripted = await scriptedOrigin(data, (call, res, part) => {
+      if (call > 1) res.end(part); // the first call never answers
+    });
+    const clock = new VirtualClock();
+    try {
+      const pending = resumingGet({
+        firstByteTimeoutMs: 1000,
+        clock,
+        retry: quickRetry(),
+        request: scripted.request,
+      });
+      await until(() => Promise.resolve(scripted.calls() === 1));
+      await clock.advance(1000);
+      const got = await pending;
       const body = Buffer.concat((await got.body.toArray()) as Buffer[]);
       expect(body.equals(data)).toBe(true);
-      expect(calls).toBe(2);
+      expect(scripted.calls()).toBe(2);
     } finally {
-      server.closeAllConnections();
-      server.close();
+      scripted.close();
+    }
+  });
+
+  it('gives up when every attempt misses the first-byte timeout', async () => {
+    const scripted = await scriptedOrigin(randomBytes(10), () => undefined);
+    const clock = new VirtualClock();
+    try {
+      const pending = resumingGet({
+        firstByteTimeoutMs: 1000,
+        clock,
+        retry: retry({ maxAttempts: 2, backoff: constant(1) }),
+        request: scripted.request,
+      });
+      const outcome = pending.then(
+        () => 'resolved',
+        (err: unknown) => err,
+      );
+      await until(() => Promise.resolve(scripted.calls() === 1));
+      await clock.advance(1000);
+      await until(() => Promise.resolve(scripted.calls() === 2));
+      await clock.advance(1000);
+      expect(await outcome).toMatchObject({ code: 'RETRIES_EXHAUSTED', cause: { code: 'TIMEOUT' } });
+    } finally {
+      scripted.close();
     }
   });
 });
@@ -239,6 +363,52 @@ describe('resumable download', () => {
     });
     expect(result.resumedFrom).toBeGreaterThan(0);
     expect(result.bytesFetched).toBe(data.length - result.resumedFrom);
+    expect(sha(await readFile(file))).toBe(sha(data));
+  }, 20_000);
+  it('starts over when the bytes on disk do not match the state file', async () => {
+    const data = randomBytes(4 * 1024 * 1024);
+    await put('tampered.bin', data);
+    const file = path.join(dir, 'tampered.bin');
+    proxy.add({ type: 'bandwidth', name: 'slow', attributes: { rate: 4000 } }); // ~4 MB/s
+    const stop = new AbortController();
+    const first = downloadFile({
+      client: viaProxy(),
+      bucket: 'b',
+      key: 'tampered.bin',
+      file,
+      retry: quickRetry(),
+      checkpointBytes: 256 * 1024,
+      signal: stop.signal,
+    });
+    const outcome = first.then(
+      () => 'finished',
+      (err: unknown) => err,
+    );
+    try {
+      await until(
+        async () =>
+          (((await loadJson(`${file}.keel-download.json`)) as { bytesDone?: number } | undefined)
+            ?.bytesDone ?? 0) >=
+          256 * 1024,
+      );
+      stop.abort();
+      expect(await outcome).not.toBe('finished');
+    } finally {
+      proxy.remove('slow');
+    }
+    // One byte inside the checkpointed range changes on disk.
+    const part = await readFile(`${file}.part`);
+    expect(part.length).toBeGreaterThanOrEqual(256 * 1024);
+    part[1000] = (part[1000] ?? 0) ^ 0xff;
+    await writeFile(`${file}.part`, part);
+    const result = await downloadFile({
+      client: viaProxy(),
+      bucket: 'b',
+      key: 'tampered.bin',
+      file,
+      retry: quickRetry(),
+    });
+    expect(result).toMatchObject({ resumedFrom: 0, discardedBytes: part.length, bytesFetched: data.length });
     expect(sha(await readFile(file))).toBe(sha(data));
   }, 20_000);
 });

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat, truncate } from 'node:fs/promises';
+import { crc32 } from 'node:zlib';
 import { keelError } from '../errors/index.js';
 import type { RetryPolicy } from '../policy/index.js';
 import { ProgressTracker } from './progress.js';
@@ -30,8 +31,13 @@ export interface DownloadResult {
   file: string;
   size: number;
   etag: string;
-  /** Bytes already on disk from an earlier run, kept. */
+  /** Bytes already on disk from an earlier run, checked against the state file's CRC32 and kept. */
   resumedFrom: number;
+  /**
+   * Bytes of an earlier run that were thrown away: past the last checkpoint (never vouched for),
+   * or the whole partial file when it did not match the state (shorter, or another CRC32).
+   */
+  discardedBytes: number;
   /** Bytes fetched over the network in this run. */
   bytesFetched: number;
   /** Times the body broke and was resumed in this run. */
@@ -47,6 +53,8 @@ interface DownloadState {
   etag: string;
   size: number;
   bytesDone: number;
+  /** CRC32 of the first `bytesDone` bytes of the `.part` file. */
+  crc32: number;
 }
 
 const isState = (v: unknown): v is DownloadState => {
@@ -59,14 +67,25 @@ const isState = (v: unknown): v is DownloadState => {
     typeof s.key === 'string' &&
     typeof s.etag === 'string' &&
     Number.isSafeInteger(s.size) &&
-    Number.isSafeInteger(s.bytesDone)
+    Number.isSafeInteger(s.bytesDone) &&
+    Number.isSafeInteger(s.crc32)
   );
 };
+
+/** CRC32 of the first `length` bytes of `file`. */
+async function crc32Of(file: string, length: number): Promise<number> {
+  if (length === 0) return 0;
+  let crc = 0;
+  for await (const chunk of createReadStream(file, { start: 0, end: length - 1 }))
+    crc = crc32(chunk as Buffer, crc);
+  return crc;
+}
 
 /**
  * Downloads an S3 object to a file, surviving broken connections (the body is resumed from the
  * next byte, pinned to the ETag) and restarts (a second run continues from the bytes on disk that
- * the state file vouches for). Verifies the size and, for a single-part ETag, the MD5; renames
+ * the state file vouches for: its size, ETag and the CRC32 of the bytes kept must match, otherwise
+ * the download starts over). Verifies the size and, for a single-part ETag, the MD5; renames
  * into place atomically.
  * @throws KeelError `OBJECT_CHANGED` when the object changed mid-way (the partial file is kept for
  *   nothing: it is removed and the next run starts over), `CHECKSUM_MISMATCH`, or the classified
@@ -90,28 +109,33 @@ export async function downloadFile(options: DownloadOptions): Promise<DownloadRe
     throw keelError('BAD_GATEWAY', `HEAD ${bucket}/${key} gave no usable Content-Length`);
 
   let offset = 0;
+  let crc = 0;
+  let discarded = 0;
   const previous = await loadState(stateFile, isState);
+  const onDisk = await stat(partFile).then(
+    (s) => s.size,
+    () => 0,
+  );
   if (
     previous &&
     previous.bucket === bucket &&
     previous.key === key &&
     previous.etag === etag &&
-    previous.size === size
+    previous.size === size &&
+    onDisk >= previous.bytesDone &&
+    (await crc32Of(partFile, previous.bytesDone)) === previous.crc32
   ) {
-    const onDisk = await stat(partFile).then(
-      (s) => s.size,
-      () => 0,
-    );
-    offset = Math.min(onDisk, previous.bytesDone);
+    offset = previous.bytesDone;
+    crc = previous.crc32;
     // Bytes past the last checkpoint were never vouched for (not fsynced): drop them.
-    await truncate(partFile, offset).catch(async () => {
-      offset = 0;
-      await rm(partFile, { force: true });
-    });
+    discarded = onDisk - offset;
+    if (discarded > 0) await truncate(partFile, offset);
   } else {
+    // No state, another object or version, or bytes on disk that do not match: start over.
+    discarded = onDisk;
     await rm(partFile, { force: true });
   }
-  const state: DownloadState = { version: 1, bucket, key, etag, size, bytesDone: offset };
+  const state: DownloadState = { version: 1, bucket, key, etag, size, bytesDone: offset, crc32: crc };
   await saveState(stateFile, state);
 
   const progress = options.progress;
@@ -148,11 +172,13 @@ export async function downloadFile(options: DownloadOptions): Promise<DownloadRe
         await handle.write(chunk, 0, chunk.length, position);
         position += chunk.length;
         fetched += chunk.length;
+        crc = crc32(chunk, crc);
         sinceCheckpoint += chunk.length;
         progress?.set(position);
         if (sinceCheckpoint >= checkpoint) {
           await handle.sync();
           state.bytesDone = position;
+          state.crc32 = crc;
           await saveState(stateFile, state);
           sinceCheckpoint = 0;
         }
@@ -197,6 +223,7 @@ export async function downloadFile(options: DownloadOptions): Promise<DownloadRe
     size,
     etag,
     resumedFrom: offset,
+    discardedBytes: discarded,
     bytesFetched: fetched,
     resumes,
     checksumVerified: md5 !== undefined,

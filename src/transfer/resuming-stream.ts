@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import { classify, keelError, type KeelError } from '../errors/index.js';
 import { retry, type RetryPolicy } from '../policy/index.js';
+import { deadlineScheduler, systemClock, type Clock, type DeadlineScheduler } from '../time/index.js';
 
 /** What the request function returns: status, lower-case headers, and the body. */
 export interface RawResponse {
@@ -34,6 +35,8 @@ export interface ResumingGetOptions {
   firstByteTimeoutMs?: number;
   /** Fail an attempt whose body stalls longer between chunks (default 30 s). */
   idleTimeoutMs?: number;
+  /** Clock for the timeouts (default the system clock; a VirtualClock in tests). */
+  clock?: Clock;
   /** Give up after this many resumes in a row that brought no new byte (default 5). */
   maxStalledResumes?: number;
   /** Told each time the body broke and is resumed from `offset`. */
@@ -60,21 +63,68 @@ function discard(body: Readable): void {
   body.destroy();
 }
 
+/**
+ * Rejects (and aborts `controller`) when `promise` takes longer than `ms`. The deadline lives on
+ * the shared scheduler: no timer of its own.
+ */
 function withTimeout<T>(
   promise: Promise<T>,
   ms: number,
+  scheduler: DeadlineScheduler,
   controller: AbortController,
   what: string,
 ): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
+  let deadline: { cancel(): void } | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
+    deadline = scheduler.schedule(ms, () => {
       const err = keelError('TIMEOUT', `${what} took longer than ${ms} ms`);
       controller.abort(err);
       reject(err);
-    }, ms);
+    });
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  return Promise.race([promise, timeout]).finally(() => deadline?.cancel());
+}
+
+/**
+ * Destroys `body` with a TIMEOUT error once no chunk has arrived for `ms` while the consumer was
+ * waiting for one. One deadline per idle period, not one per chunk: when it falls due after
+ * activity, it re-arms for the remainder.
+ */
+function idleWatchdog(
+  body: Readable,
+  ms: number,
+  clock: Clock,
+  scheduler: DeadlineScheduler,
+  controller: AbortController,
+  what: () => string,
+): { touch(): void; pause(): void; stop(): void } {
+  let last = clock.now();
+  let paused = false;
+  let deadline: { cancel(): void } | undefined;
+  const arm = (delay: number): void => {
+    deadline = scheduler.schedule(delay, () => {
+      // Time the consumer spends with a chunk is not the origin stalling.
+      const idle = paused ? 0 : clock.now() - last;
+      if (idle < ms) {
+        arm(ms - idle);
+        return;
+      }
+      const err = keelError('TIMEOUT', `${what()} for longer than ${ms} ms`);
+      controller.abort(err);
+      body.destroy(err);
+    });
+  };
+  arm(ms);
+  return {
+    touch: () => {
+      last = clock.now();
+      paused = false;
+    },
+    pause: () => {
+      paused = true;
+    },
+    stop: () => deadline?.cancel(),
+  };
 }
 
 function parseContentRange(
@@ -97,6 +147,8 @@ export async function resumingGet(options: ResumingGetOptions): Promise<Resuming
   const firstByteMs = options.firstByteTimeoutMs ?? 30_000;
   const idleMs = options.idleTimeoutMs ?? 30_000;
   const maxStalled = options.maxStalledResumes ?? 5;
+  const clock = options.clock ?? systemClock;
+  const scheduler = deadlineScheduler(clock);
   const start = options.start ?? 0;
   let pinned = options.ifMatch;
   let resumes = 0;
@@ -111,6 +163,7 @@ export async function resumingGet(options: ResumingGetOptions): Promise<Resuming
           controller.signal,
         ),
         firstByteMs,
+        scheduler,
         controller,
         `waiting for response headers from byte ${offset}`,
       );
@@ -161,17 +214,18 @@ export async function resumingGet(options: ResumingGetOptions): Promise<Resuming
       const { res, controller } = current;
       const before = received;
       let failure: unknown;
+      const watchdog = idleWatchdog(
+        res.body,
+        idleMs,
+        clock,
+        scheduler,
+        controller,
+        () => `the body stalled at byte ${start + received}`,
+      );
       try {
-        const iterator = res.body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-        for (;;) {
-          const next = await withTimeout(
-            iterator.next(),
-            idleMs,
-            controller,
-            `the body stalled at byte ${start + received}`,
-          );
-          if (next.done) break;
-          let chunk = next.value;
+        for await (const value of res.body as AsyncIterable<Buffer>) {
+          watchdog.touch();
+          let chunk = value;
           if (skip > 0) {
             const drop = Math.min(skip, chunk.length);
             skip -= drop;
@@ -181,11 +235,15 @@ export async function resumingGet(options: ResumingGetOptions): Promise<Resuming
           if (length !== undefined && received + chunk.length > length)
             chunk = chunk.subarray(0, length - received);
           received += chunk.length;
+          watchdog.pause();
           yield chunk;
+          watchdog.touch();
           if (length !== undefined && received >= length) break;
         }
       } catch (err) {
         failure = err;
+      } finally {
+        watchdog.stop();
       }
       discard(res.body);
       if (failure === undefined && (length === undefined || received >= length)) return;
