@@ -133,38 +133,65 @@ export async function cleanupGroups(
   return { groupsDeleted, logsDeleted };
 }
 
-/** The shape ops' health checks take: a name, a check, and an optional recovery. */
+/**
+ * A health check over groups, structurally compatible with keel/ops: register it with
+ * `HealthRegistry.register(check)` (it has `name`, `componentType` and `run`) and pass `action` to
+ * `new AutoRecovery(health, { check: check.name, action: check.action })`. `check()` and `recover()`
+ * are the same two things for callers without ops.
+ */
 export interface GroupsHealthCheck {
   name: string;
-  check(): Promise<{ status: 'pass' | 'warn' | 'fail'; output?: string }>;
-  recover?(): Promise<void>;
+  componentType: 'component';
+  check(): Promise<{ status: 'pass' | 'warn' | 'fail'; observedValue?: number; output?: string }>;
+  recover(): Promise<void>;
+  run(
+    signal?: AbortSignal,
+  ): Promise<{ status: 'pass' | 'warn' | 'fail'; observedValue?: number; output?: string }>;
+  action(signal?: AbortSignal): Promise<void>;
 }
 
 /**
  * A health check over the groups in a store: `fail` when a group is stuck or its rollback
- * failed, `warn` when a group is `failed`, else `pass`. Its `recover()` runs {@link recoverGroups}.
+ * failed, `warn` when a group is `failed`, else `pass` (observed value: groups needing attention).
+ * Its `recover()` / `action()` runs {@link recoverGroups} and throws if a group is still not recovered.
  */
 export function groupsHealthCheck(
   manager: GroupManager,
   options: RecoverOptions & { name?: string } = {},
 ): GroupsHealthCheck {
+  const check: GroupsHealthCheck['check'] = async () => {
+    const stuck = await manager.stuck();
+    const failed = await manager.list(['failed']);
+    const rollbackFailed = await manager.list(['rollback_failed']);
+    const observedValue = stuck.length + failed.length + rollbackFailed.length;
+    if (stuck.length > 0 || rollbackFailed.length > 0) {
+      return {
+        status: 'fail',
+        observedValue,
+        output: `${String(stuck.length)} stuck group(s) [${stuck.map((g) => g.id).join(', ')}], ${String(rollbackFailed.length)} with failed rollbacks [${rollbackFailed.map((g) => g.id).join(', ')}]`,
+      };
+    }
+    if (failed.length > 0)
+      return { status: 'warn', observedValue, output: `${String(failed.length)} failed group(s)` };
+    return { status: 'pass', observedValue };
+  };
+  const recover = async (): Promise<void> => {
+    const report = await recoverGroups(manager, options);
+    const notRecovered = report.actions.filter((a) => a.action === 'failed-again');
+    if (notRecovered.length > 0) {
+      throw keelError(
+        'GROUP_RECOVERY_FAILED',
+        `recovery left ${String(notRecovered.length)} group(s) unrecovered: ${notRecovered.map((a) => a.id).join(', ')}`,
+        { actions: report.actions },
+      );
+    }
+  };
   return {
-    name: options.name ?? 'groups',
-    async check() {
-      const stuck = await manager.stuck();
-      const failed = await manager.list(['failed']);
-      const rollbackFailed = await manager.list(['rollback_failed']);
-      if (stuck.length > 0 || rollbackFailed.length > 0) {
-        return {
-          status: 'fail',
-          output: `${String(stuck.length)} stuck group(s) [${stuck.map((g) => g.id).join(', ')}], ${String(rollbackFailed.length)} with failed rollbacks`,
-        };
-      }
-      if (failed.length > 0) return { status: 'warn', output: `${String(failed.length)} failed group(s)` };
-      return { status: 'pass' };
-    },
-    async recover() {
-      await recoverGroups(manager, options);
-    },
+    name: options.name ?? 'groups:attention',
+    componentType: 'component',
+    check,
+    recover,
+    run: () => check(),
+    action: () => recover(),
   };
 }
