@@ -30,7 +30,7 @@ export class Metrics {
   counter<L extends string>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
     if (!name.endsWith('_total')) throw new Error(`metric ${name}: counter names end in _total`);
     const existing = this.registry.getSingleMetric(name);
-    if (existing instanceof Counter) return existing as Counter<L>;
+    if (existing instanceof Counter) return existing;
     if (existing) throw new Error(`metric ${name} is already registered as another type`);
     return new Counter<L>({ name, help, labelNames, registers: [this.registry] });
   }
@@ -43,7 +43,7 @@ export class Metrics {
     collect?: (gauge: Gauge<L>) => void,
   ): Gauge<L> {
     const existing = this.registry.getSingleMetric(name);
-    if (existing instanceof Gauge) return existing as Gauge<L>;
+    if (existing instanceof Gauge) return existing;
     if (existing) throw new Error(`metric ${name} is already registered as another type`);
     return new Gauge<L>({
       name,
@@ -62,7 +62,7 @@ export class Metrics {
     buckets: number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
   ): Histogram<L> {
     const existing = this.registry.getSingleMetric(name);
-    if (existing instanceof Histogram) return existing as Histogram<L>;
+    if (existing instanceof Histogram) return existing;
     if (existing) throw new Error(`metric ${name} is already registered as another type`);
     return new Histogram<L>({ name, help, labelNames, buckets, registers: [this.registry] });
   }

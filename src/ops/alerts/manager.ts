@@ -107,8 +107,8 @@ export class AlertManager {
     const existing = this.active.get(fingerprint);
     const window = this.options.dedupWindowMs ?? 300_000;
     if (existing && now - (this.lastSent.get(fingerprint) ?? 0) < window) {
-      existing.count += 1;
-      this.persist();
+      // Alerts already handed to handlers or history are never mutated.
+      this.active.set(fingerprint, { ...existing, count: existing.count + 1 });
       return undefined;
     }
     const alert = sanitiseAlert({

@@ -1,0 +1,102 @@
+import { describe, expect, it } from 'vitest';
+import { VirtualClock } from '../time/index.js';
+import { HealthRegistry } from './health.js';
+import { AutoRecovery } from './recovery.js';
+import { AlertManager } from './alerts/manager.js';
+import type { Alert } from './alerts/types.js';
+
+function setup(healthyAfterActions: number) {
+  const clock = new VirtualClock(0);
+  const health = new HealthRegistry({ clock });
+  let actions = 0;
+  const actionTimes: number[] = [];
+  health.register({ name: 'db:connection', run: () => (actions >= healthyAfterActions ? 'pass' : 'fail') });
+  const sent: Alert[] = [];
+  const alerts = new AlertManager({ clock, handlers: [{ name: 'mem', send: (a) => { sent.push(...a); } }] });
+  const recovery = new AutoRecovery(health, {
+    check: 'db:connection',
+    clock,
+    alerts,
+    maxAttempts: 3,
+    backoffMs: (n) => 1000 * 2 ** (n - 2),
+    action: () => { actions++; actionTimes.push(clock.now()); },
+  });
+  return { clock, health, recovery, alerts, sent, actionTimes, count: () => actions };
+}
+
+describe('AutoRecovery', () => {
+  it('runs the action when the check fails and records a recovery', async () => {
+    const t = setup(1);
+    await t.health.report();
+    await t.clock.advance(0);
+    await t.alerts.flush();
+    expect(t.count()).toBe(1);
+    const state = t.recovery.state();
+    expect(state.status).toBe('recovered');
+    expect(state.history).toEqual([{ at: new Date(0).toISOString(), attempt: 1, outcome: 'recovered' }]);
+  });
+
+  it('spaces attempts by the backoff and gives up after maxAttempts with a critical alert', async () => {
+    const t = setup(Infinity);
+    await t.health.report();
+    await t.clock.advance(0);
+    expect(t.actionTimes).toEqual([0]);
+    await t.clock.advance(999);
+    expect(t.actionTimes).toEqual([0]);
+    await t.clock.advance(1);
+    expect(t.actionTimes).toEqual([0, 1000]);
+    await t.clock.advance(2000);
+    expect(t.actionTimes).toEqual([0, 1000, 3000]);
+    await t.clock.advance(60_000);
+    expect(t.count()).toBe(3);
+    expect(t.recovery.state().status).toBe('exhausted');
+    expect(t.recovery.state().history.map((h) => h.outcome)).toEqual(['still-failing', 'still-failing', 'still-failing']);
+    await t.alerts.flush();
+    expect(t.sent.map((a) => [a.name, a.severity, a.status])).toEqual([['RecoveryFailed', 'critical', 'firing']]);
+    // More failing checks do not restart the attempts.
+    await t.health.report();
+    await t.clock.advance(60_000);
+    expect(t.count()).toBe(3);
+  });
+
+  it('resolves the alert and resets when the check passes again', async () => {
+    let healthy = false;
+    const clock = new VirtualClock(0);
+    const health = new HealthRegistry({ clock });
+    health.register({ name: 'q:stuck', run: () => (healthy ? 'pass' : 'fail') });
+    const sent: Alert[] = [];
+    const alerts = new AlertManager({ clock, handlers: [{ name: 'mem', send: (a) => { sent.push(...a); } }] });
+    const recovery = new AutoRecovery(health, { check: 'q:stuck', clock, alerts, maxAttempts: 1, action: () => { throw new Error('token=abc still stuck'); } });
+    await health.report();
+    await clock.advance(0);
+    expect(recovery.state().status).toBe('exhausted');
+    expect(recovery.state().history[0]?.outcome).toBe('action-failed');
+    expect(recovery.state().history[0]?.error).not.toContain('abc');
+    healthy = true;
+    await health.report();
+    await alerts.flush();
+    expect(recovery.state().status).toBe('recovered');
+    expect(sent.map((a) => a.status)).toEqual(['firing', 'resolved']);
+  });
+
+  it('continues from a persisted state after a restart', async () => {
+    const clock = new VirtualClock(0);
+    const health = new HealthRegistry({ clock });
+    health.register({ name: 'db:connection', run: () => 'fail' });
+    let actions = 0;
+    const states: unknown[] = [];
+    const recovery = new AutoRecovery(health, {
+      check: 'db:connection',
+      clock,
+      maxAttempts: 3,
+      initialState: { check: 'db:connection', status: 'idle', attempts: 2, history: [] },
+      onChange: (s) => states.push(s),
+      action: () => { actions++; },
+    });
+    await health.report();
+    await clock.runAll();
+    expect(actions).toBe(1);
+    expect(recovery.state().status).toBe('exhausted');
+    expect(states.length).toBeGreaterThan(0);
+  });
+});
