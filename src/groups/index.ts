@@ -22,6 +22,7 @@ export {
   type RetentionOptions,
   type RetentionReport,
   type GroupsHealthCheck,
+  type GroupsHealthOutcome,
 } from './recovery.js';
 export { reconcile, type Difference, type ReconcileOptions } from './reconcile.js';
 export type {

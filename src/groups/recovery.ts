@@ -133,6 +133,13 @@ export async function cleanupGroups(
   return { groupsDeleted, logsDeleted };
 }
 
+/** What the groups health check reports; `observedValue` counts groups needing attention. */
+export interface GroupsHealthOutcome {
+  status: 'pass' | 'warn' | 'fail';
+  observedValue?: number;
+  output?: string;
+}
+
 /**
  * A health check over groups, structurally compatible with keel/ops: register it with
  * `HealthRegistry.register(check)` (it has `name`, `componentType` and `run`) and pass `action` to
@@ -142,12 +149,10 @@ export async function cleanupGroups(
 export interface GroupsHealthCheck {
   name: string;
   componentType: 'component';
-  check(): Promise<{ status: 'pass' | 'warn' | 'fail'; observedValue?: number; output?: string }>;
-  recover(): Promise<void>;
-  run(
-    signal?: AbortSignal,
-  ): Promise<{ status: 'pass' | 'warn' | 'fail'; observedValue?: number; output?: string }>;
-  action(signal?: AbortSignal): Promise<void>;
+  check: () => Promise<GroupsHealthOutcome>;
+  recover: () => Promise<void>;
+  run: (signal?: AbortSignal) => Promise<GroupsHealthOutcome>;
+  action: (signal?: AbortSignal) => Promise<void>;
 }
 
 /**
