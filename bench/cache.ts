@@ -28,6 +28,8 @@ async function drain(stream: AsyncIterable<unknown>): Promise<number> {
   return n;
 }
 
+// Other work on the machine skews every figure: record the load so results can be judged.
+const loadAtStart = os.loadavg();
 const root = await mkdtemp(path.join(process.env.KEEL_BENCH_DIR ?? os.tmpdir(), 'keel-bench-cache-'));
 try {
   const data = randomBytes(SLICE);
@@ -149,7 +151,11 @@ try {
   await many.close();
 
   const result = {
-    machine: { cpus: os.cpus().length, node: process.version },
+    machine: {
+      cpus: os.cpus().length,
+      node: process.version,
+      loadAverage: { atStart: loadAtStart, atEnd: os.loadavg() },
+    },
     note: 'medians; page cache warm for both keel and raw reads; same files on the same disk',
     sliceBytes: SLICE,
     objectBytes: total,
