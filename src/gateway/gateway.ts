@@ -144,6 +144,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     const started = performance.now();
     let outcome: CacheOutcome | 'ERROR' | 'PASS' | 'DENIED' = 'ERROR';
     active++;
+    // In flight until the response is flushed (or aborted), not merely handed to the socket.
+    res.once('close', () => active--);
     res.setHeader('x-request-id', id);
     if (draining) res.setHeader('connection', 'close');
     try {
@@ -219,7 +221,6 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       log('error', `request failed: ${e.message}`, { requestId: id, code: e.code });
       sendS3Error(res, method, S3Errors.internal(), id);
     } finally {
-      active--;
       metrics.requests.inc({ method: method === 'GET' || method === 'HEAD' ? method : 'OTHER', outcome });
       metrics.duration.observe({ outcome }, (performance.now() - started) / 1000);
       log('info', 'request', { requestId: id, method, url: req.url, status: res.statusCode, outcome });
@@ -264,6 +265,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       server.closeIdleConnections();
       const deadline = Date.now() + graceMs;
       while (active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      // Connections whose response is done close by keep-alive timeout, not by force: closing them
+      // while a slow client still has unread bytes makes some clients (undici) drop the response.
+      const settle = Math.max(0, Math.min(server.keepAliveTimeout + 1_000, deadline - Date.now()));
+      await Promise.race([closed, new Promise((r) => setTimeout(r, settle))]);
       for (const s of sockets) s.destroy();
       await closed;
       // Let slices already fetched reach the cache.

@@ -324,7 +324,10 @@ async function streamSlice(
   const mayBeCached = isCached || (ctx.cache !== undefined && !ctx.fills.has(fillKey(id, meta.etag, index)));
   if (mayBeCached && ctx.cache) {
     const hit = await safe(ctx, 'read', () => (ctx.cache as RangeCache).read(id, a, b));
-    if (hit?.hit) {
+    if (hit?.hit && hit.meta.etag !== meta.etag) {
+      // The cache holds another version (its new metadata is still being written): never mix.
+      hit.stream.destroy();
+    } else if (hit?.hit) {
       try {
         for await (const chunk of hit.stream as AsyncIterable<Buffer>) {
           if (res.destroyed) {
