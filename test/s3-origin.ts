@@ -66,7 +66,7 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
       http
         .request({ host: '127.0.0.1', port: directPort, method: 'HEAD', path: p }, (r) => {
           r.resume();
-          resolve(r.statusCode === 200 ? (r.headers.etag) : undefined);
+          resolve(r.statusCode === 200 ? r.headers.etag : undefined);
         })
         .on('error', () => resolve(undefined))
         .end();

@@ -519,6 +519,53 @@ describe('resumable multipart upload', () => {
       await faults.close();
     }
   });
+  it('when one part fails for good, starts no further part and aborts the upload', async () => {
+    const data = randomBytes(4 * 1024 * 1024);
+    const file = path.join(dir, 'up-one-fails.bin');
+    await writeFile(file, data);
+    let puts = 0;
+    // client -> TCP proxy (slow uploads) -> HTTP faults (refuse the second PUT) -> origin: when
+    // the second part is refused, the first and third are still on their way.
+    const faults = await chaos.httpProxy({
+      upstream: `127.0.0.1:${origin.port}`,
+      random: () => (++puts === 2 ? 0 : 1),
+      rules: [
+        {
+          method: 'PUT',
+          probability: 0.5,
+          action: {
+            type: 'status',
+            status: 403,
+            body: '<Error><Code>AccessDenied</Code><Message>denied</Message></Error>',
+          },
+        },
+      ],
+    });
+    const slow = await chaos.proxy({ upstream: new URL(faults.url).host });
+    slow.add({ type: 'bandwidth', name: 'slow-up', stream: 'upstream', attributes: { rate: 2000 } });
+    try {
+      const client = new S3Client({
+        endpoint: `http://127.0.0.1:${slow.port}`,
+        credentials: TEST_CREDENTIALS,
+      });
+      await expect(
+        uploadFile({
+          client,
+          bucket: 'b',
+          key: 'up-one-fails.bin',
+          file,
+          partBytes: 512 * 1024,
+          concurrency: 3,
+          retry: quickRetry(),
+        }),
+      ).rejects.toMatchObject({ code: 'FORBIDDEN' });
+      expect(origin.openUploads()).toEqual([]);
+      expect(puts).toBe(3); // the three first parts, none after the refusal
+    } finally {
+      await slow.close();
+      await faults.close();
+    }
+  });
 });
 
 describe('keel get / keel put', () => {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { classify, keelError } from '../errors/index.js';
 import { retry as retryPolicy, type RetryPolicy } from '../policy/index.js';
@@ -132,21 +133,34 @@ export async function uploadFile(options: UploadOptions): Promise<UploadResult> 
   try {
     const todo = Array.from({ length: partCount }, (_, i) => i + 1).filter((p) => !parts.has(p));
     let saving = Promise.resolve();
+    // The first part that fails for good stops the others: no new part starts, and the ones in
+    // flight are cancelled, so the abort below is not raced by a part landing after it.
+    const stop = new AbortController();
     const worker = async (): Promise<void> => {
-      for (let partNumber = todo.shift(); partNumber !== undefined; partNumber = todo.shift()) {
+      for (
+        let partNumber = todo.shift();
+        partNumber !== undefined && !stop.signal.aborted;
+        partNumber = todo.shift()
+      ) {
         const offset = (partNumber - 1) * partBytes;
         const length = Math.min(partBytes, size - offset);
         const body = Buffer.alloc(length);
         await handle.read(body, 0, length, offset);
+        // S3 checks the part against its MD5 and refuses it (BadDigest) if a byte changed on the way.
+        const md5 = createHash('md5').update(body).digest('base64');
         const current = partNumber;
-        const res = await policy.execute(() =>
-          client.call({
-            method: 'PUT',
-            bucket,
-            key,
-            query: { partNumber: String(current), uploadId: active.uploadId },
-            body,
-          }),
+        const res = await policy.execute(
+          () =>
+            client.call({
+              method: 'PUT',
+              bucket,
+              key,
+              query: { partNumber: String(current), uploadId: active.uploadId },
+              headers: { 'content-md5': md5 },
+              body,
+              signal: stop.signal,
+            }),
+          { signal: stop.signal },
         );
         res.body.resume();
         const etag = res.headers.etag;
@@ -161,7 +175,15 @@ export async function uploadFile(options: UploadOptions): Promise<UploadResult> 
         await saving;
       }
     };
-    await Promise.all(Array.from({ length: Math.min(concurrency, Math.max(1, todo.length)) }, worker));
+    let firstFailure: { error: unknown } | undefined;
+    const workers = Array.from({ length: Math.min(concurrency, Math.max(1, todo.length)) }, () =>
+      worker().catch((err: unknown) => {
+        firstFailure ??= { error: err };
+        stop.abort(err);
+      }),
+    );
+    await Promise.all(workers);
+    if (firstFailure) throw firstFailure.error;
     const xml = `<CompleteMultipartUpload>${[...parts.entries()]
       .sort((a, b) => a[0] - b[0])
       .map(([n, e]) => `<Part><PartNumber>${n}</PartNumber><ETag>${e}</ETag></Part>`)
