@@ -1,0 +1,125 @@
+import { EventEmitter } from 'node:events';
+import { createServer, request, Agent } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { VirtualClock } from '../time/index.js';
+import { GracefulShutdown } from './shutdown.js';
+import { HealthRegistry } from './health.js';
+
+function signals() {
+  const source = new EventEmitter();
+  return { source, send: (s: NodeJS.Signals) => source.emit(s) };
+}
+
+describe('GracefulShutdown', () => {
+  it('fails readiness at once, waits the delay, runs hooks in reverse order and exits 0', async () => {
+    const clock = new VirtualClock(0);
+    const health = new HealthRegistry({ clock });
+    health.markStarted();
+    const exits: number[] = [];
+    const order: string[] = [];
+    const { source, send } = signals();
+    const sd = new GracefulShutdown({ clock, health, delayMs: 5000, exit: (c) => exits.push(c), signalSource: source });
+    sd.addHook('db', () => { order.push('db'); });
+    sd.addHook('queue', async () => { order.push('queue'); await clock.sleep(100); });
+    sd.addHook('http', () => { order.push('http'); });
+    sd.install();
+    send('SIGTERM');
+    expect((await health.report('readiness')).status).toBe('fail');
+    await clock.advance(4999);
+    expect(order).toEqual([]);
+    await clock.advance(1);
+    expect(order).toEqual(['http', 'queue']);
+    await clock.advance(100);
+    expect(order).toEqual(['http', 'queue', 'db']);
+    expect(exits).toEqual([0]);
+  });
+
+  it('exits 1 when a hook fails or times out, and still runs the others', async () => {
+    const clock = new VirtualClock(0);
+    const exits: number[] = [];
+    const ran: string[] = [];
+    const sd = new GracefulShutdown({ clock, delayMs: 0, hookTimeoutMs: 1000, exit: (c) => exits.push(c) });
+    sd.addHook('first', () => { ran.push('first'); });
+    sd.addHook('hangs', () => new Promise(() => undefined), { timeoutMs: 500 });
+    sd.addHook('throws', () => { throw new Error('boom'); });
+    const done = sd.shutdown();
+    await clock.advance(500);
+    const result = await done;
+    expect(result).toEqual({ exitCode: 1, drainTimedOut: false, failedHooks: ['throws', 'hangs'] });
+    expect(ran).toEqual(['first']);
+    expect(exits).toEqual([1]);
+  });
+
+  it('exits at once on a second signal', async () => {
+    const clock = new VirtualClock(0);
+    const exits: number[] = [];
+    const { source, send } = signals();
+    const sd = new GracefulShutdown({ clock, delayMs: 10_000, exit: (c) => exits.push(c), signalSource: source });
+    sd.install();
+    send('SIGTERM');
+    await clock.advance(1);
+    send('SIGINT');
+    expect(exits).toEqual([1]);
+  });
+
+  it('closes idle keep-alive connections at once and lets an in-flight request finish', async () => {
+    const clock = new VirtualClock(0);
+    let finish!: () => void;
+    const server = createServer((req, res) => {
+      if (req.url === '/slow') finish = () => res.end('slow done');
+      else res.end('fast');
+    });
+    const exits: number[] = [];
+    const sd = new GracefulShutdown({ clock, delayMs: 0, drainTimeoutMs: 60_000, exit: (c) => exits.push(c) });
+    sd.addServer(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const agent = new Agent({ keepAlive: true });
+    const get = (path: string) =>
+      new Promise<{ status: number; body: string; connection: string | undefined }>((resolve, reject) => {
+        request({ port, host: '127.0.0.1', path, agent }, (res) => {
+          let body = '';
+          res.on('data', (c: Buffer) => { body += c.toString(); });
+          res.on('end', () => { resolve({ status: res.statusCode ?? 0, body, connection: res.headers.connection }); });
+        }).on('error', reject).end();
+      });
+    expect((await get('/fast')).body).toBe('fast'); // leaves an idle keep-alive socket
+    const slow = get('/slow');
+    await new Promise((r) => setTimeout(r, 50));
+    const done = sd.shutdown();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(exits).toEqual([]);
+    finish();
+    const res = await slow;
+    expect(res.body).toBe('slow done');
+    const result = await done;
+    expect(result.exitCode).toBe(0);
+    expect(server.listening).toBe(false);
+    agent.destroy();
+  });
+
+  it('closes connections after the drain timeout and exits 1', async () => {
+    const clock = new VirtualClock(0);
+    const server = createServer(() => undefined); // never answers
+    const exits: number[] = [];
+    const sd = new GracefulShutdown({ clock, delayMs: 0, drainTimeoutMs: 1000, exit: (c) => exits.push(c) });
+    sd.addServer(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const failed = new Promise<string>((resolve) => {
+      request({ port, host: '127.0.0.1', path: '/' }, () => { resolve('answered'); }).on('error', (e) => { resolve(e.message); }).end();
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    const done = sd.shutdown();
+    await new Promise((r) => setTimeout(r, 20));
+    await clock.advance(1000);
+    expect((await done).drainTimedOut).toBe(true);
+    expect(await failed).toMatch(/socket hang up|ECONNRESET/);
+    expect(exits).toEqual([1]);
+  });
+
+  it('rejects invalid options naming the setting', () => {
+    expect(() => new GracefulShutdown({ delayMs: -1 })).toThrow(/shutdown\.delayMs/);
+  });
+});
