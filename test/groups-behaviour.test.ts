@@ -265,6 +265,25 @@ describe.each(stores)('operation groups on %s', (_name, makeFixture) => {
     expect((await manager.get(id))?.leaseOwner).toBeNull();
   });
 
+  it('a worker that lost its lease stops without recording the operation it was running', async () => {
+    const gate = deferred();
+    holds.set('a', gate.promise);
+    const id = await manager.create({ name: 'lost', steps: [note('a'), note('b')] });
+    const run = manager.run(id);
+    await until(async () => (await manager.progress(id)).current.length === 1, 'a running');
+    // another process took the group over (as after a long GC pause past the lease)
+    await repo.updateGroup(id, { leaseOwner: 'worker-b', leaseExpiresAt: clock.now() + 60_000 });
+    await clock.advance(4000); // the heartbeat finds the lease gone
+    await until(
+      async () => (await manager.logs(id)).some((l) => l.message === 'worker-a lost the lease'),
+      'the heartbeat to notice',
+    );
+    gate.resolve();
+    await expect(run).rejects.toMatchObject({ code: 'GROUP_LEASE_LOST' });
+    expect((await manager.operations(id)).map((o) => o.status)).toEqual(['running', 'pending']);
+    expect(await manager.get(id)).toMatchObject({ status: 'running', leaseOwner: 'worker-b' });
+  });
+
   it('detects a group whose worker died, diagnoses it and recovers it by rerunning the interrupted operation', async () => {
     const id = await manager.create({ name: 'crash', steps: [note('a'), note('b'), note('c')] });
     // a worker that died in operation b: state as it left it in the store

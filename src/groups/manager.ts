@@ -116,7 +116,7 @@ export class GroupManager {
         ...options.retry,
         clock: this.clock,
       });
-      this.runWithRetry = (fn) => policy.execute(fn);
+      this.runWithRetry = (fn, signal) => policy.execute(fn, signal === undefined ? {} : { signal });
     }
   }
 
@@ -363,7 +363,16 @@ export class GroupManager {
         this.repository.renewLease(id, this.owner, at, at + this.leaseMs).then(
           (held) => {
             if (held) beat();
-            else abort.abort(keelError('GROUP_LEASE_LOST', `lost the lease on group ${id}`, { groupId: id }));
+            else {
+              abort.abort(
+                keelError(
+                  'GROUP_LEASE_LOST',
+                  `${this.owner} lost the lease on group ${id} to another process; stopping without recording`,
+                  { groupId: id },
+                ),
+              );
+              void this.log(id, 'warn', `${this.owner} lost the lease`).catch(() => undefined);
+            }
           },
           () => {
             beat();
@@ -401,6 +410,7 @@ export class GroupManager {
             open.filter((o) => o.step === step),
             signal,
           );
+          if (signal.aborted) throw classify(signal.reason);
           if (failures.length > 0) {
             errors.push(...failures.map((f) => f.error));
             const first = failures[0];
@@ -481,7 +491,9 @@ export class GroupManager {
         const execCtx = { groupId: id, seq: op.seq, target: op.target, attempt: ctx.attempt, signal };
         if (direction === 'forward') await executor.forward(op.forward, execCtx);
         else if (rollbackFn !== undefined) await rollbackFn(op.rollback, execCtx);
-      });
+      }, signal);
+      // A worker that lost its lease must not record anything: the group belongs to another now.
+      if (signal.aborted) return { seq: op.seq, error: classify(signal.reason) };
       await this.repository.updateOperation(id, op.seq, {
         status: direction === 'forward' ? 'done' : 'rolled_back',
         attempts,
@@ -491,6 +503,7 @@ export class GroupManager {
       await this.log(id, 'info', `${label}: ok`);
       return undefined;
     } catch (err) {
+      if (signal.aborted) return { seq: op.seq, error: classify(signal.reason) };
       const error = rootError(err);
       await this.repository.updateOperation(id, op.seq, {
         status: direction === 'forward' ? 'failed' : 'rollback_failed',
@@ -501,7 +514,7 @@ export class GroupManager {
       await this.log(id, 'error', `${label}: ${error.code}: ${error.message}`);
       return { seq: op.seq, error };
     } finally {
-      await this.touch(id);
+      if (!signal.aborted) await this.touch(id);
     }
   }
 
@@ -522,6 +535,7 @@ export class GroupManager {
         continue;
       }
       const failure = await this.runOne(id, op, 'rollback', signal);
+      if (signal.aborted) throw classify(signal.reason);
       if (failure !== undefined) errors.push(failure.error);
     }
     return errors;

@@ -26,7 +26,7 @@ export interface GroupDefinition {
 }
 
 /** Runs one attempt sequence of an operation; the default is keel's retry policy. */
-export type RetryRunner = <T>(fn: PolicyFn<T>) => Promise<T>;
+export type RetryRunner = <T>(fn: PolicyFn<T>, signal?: AbortSignal) => Promise<T>;
 
 /** How a run of a group ended, as far as the caller is concerned. */
 export interface RunOutcome {
