@@ -67,7 +67,9 @@ export function diagnoseRecord(group: GroupRecord, nowMs: number): Diagnosis {
   const stuck = active && (group.leaseExpiresAt === null || group.leaseExpiresAt <= nowMs);
   const errorKind = failureClass(group.lastError);
   let strategy: RecoveryStrategy = 'none';
-  if (group.status === 'rollback_failed' || (stuck && group.status !== 'running')) {
+  if (stuck && group.status === 'stopping' && group.stopMode !== 'rollback') {
+    strategy = 'finish-stop';
+  } else if (group.status === 'rollback_failed' || (stuck && group.status !== 'running')) {
     strategy = 'continue-rollback';
   } else if (stuck || group.status === 'failed') {
     // A crashed worker without an error is a state problem: reset the interrupted operation and retry.

@@ -105,5 +105,11 @@ describe('diagnosis', () => {
   it('a stuck rollback continues the rollback; a paused group is never stuck', () => {
     expect(diagnoseRecord({ ...base, status: 'rolling_back' }, 9999).strategy).toBe('continue-rollback');
     expect(diagnoseRecord({ ...base, status: 'paused', leaseExpiresAt: null }, 9999).stuck).toBe(false);
+    expect(diagnoseRecord({ ...base, status: 'stopping', stopMode: 'graceful' }, 9999).strategy).toBe(
+      'finish-stop',
+    );
+    expect(diagnoseRecord({ ...base, status: 'stopping', stopMode: 'rollback' }, 9999).strategy).toBe(
+      'continue-rollback',
+    );
   });
 });
