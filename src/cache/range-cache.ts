@@ -7,7 +7,9 @@ import { classify, keelError, type KeelError } from '../errors/index.js';
 import { systemClock, type Clock, type TimerHandle } from '../time/index.js';
 import { TMP_MARKER, writeFileAtomic } from './atomic-write.js';
 import { zeroRepairs, type CacheStats, type RepairCounter } from './counters.js';
+import { walkCache, type CleanupReport, type VerifyReport, type WalkContext } from './cleanup.js';
 import { evictionTarget, SliceIndex } from './eviction.js';
+import { META_FILE, SLICE_PREFIX } from './layout.js';
 import { realFs, type CacheFs } from './fs.js';
 import { planRead } from './read-plan.js';
 import { describeIdentity, identityHash, type ObjectIdentity } from './identity.js';
@@ -71,34 +73,11 @@ export interface RangeCacheEvents {
   bypass: [{ active: boolean; reason: string }];
 }
 
-/** What {@link RangeCache.cleanup} did. */
-export interface CleanupReport {
-  partialWrites: number;
-  orphanedFiles: number;
-  inconsistenciesFixed: number;
-  corruptMetadata: number;
-  objectsScanned: number;
-}
-
-/** What {@link RangeCache.verify} found (and repaired with `fix`). */
-export interface VerifyReport extends CleanupReport {
-  slicesChecked: number;
-  bytesChecked: number;
-  checksumFailures: number;
-  missingSlices: number;
-  fixed: boolean;
-}
-
 /** Units read ahead of the consumer while streaming. */
 const READ_AHEAD = 2;
 
-/** Objects cleanup, verify and open walk at once. */
-const WALK_CONCURRENCY = 16;
-
-const META_FILE = 'meta.json';
-const SLICE_PREFIX = 'slice-';
-
-type LoadedMeta =
+/** metadata.json as found on disk. */
+export type LoadedMeta =
   | { state: 'ok'; meta: CacheMeta }
   | { state: 'missing' }
   | { state: 'corrupt'; reason: string }
@@ -799,148 +778,38 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     return { removed: missing.length, remaining: meta.slices.length - missing.length };
   }
 
-  /**
-   * One pass over every object directory: removes stale `.tmp` files and orphans, fixes
-   * references, indexes valid slices; with `deep`, also reads and verifies every slice.
-   */
-  private async walk(
+  private walk(
     deep: boolean,
     fix = true,
     onProgress?: (done: number, total: number) => void,
     minAgeMs = 0,
   ): Promise<VerifyReport> {
-    const report: VerifyReport = {
-      partialWrites: 0,
-      orphanedFiles: 0,
-      inconsistenciesFixed: 0,
-      corruptMetadata: 0,
-      objectsScanned: 0,
-      slicesChecked: 0,
-      bytesChecked: 0,
-      checksumFailures: 0,
-      missingSlices: 0,
-      fixed: fix,
-    };
-    const root = this.objectsDir();
-    const hashes: string[] = [];
-    for (const shard of await this.readdirSafe(root)) {
-      for (const hash of await this.readdirSafe(path.join(root, shard))) hashes.push(hash);
-    }
-    // Leftover probe files at the top level.
-    for (const name of await this.readdirSafe(this.dir)) {
-      const full = path.join(this.dir, name);
-      if (name.includes(TMP_MARKER) && !this.inFlight.has(full)) {
-        if (fix) await this.fs.rm(full, { force: true });
-      }
-    }
-    // Objects are independent (each under its own lock): walk several at once, so the disk's
-    // queue stays busy.
-    let done = 0;
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < hashes.length) {
-        const hash = hashes[next++] as string;
-        await this.withLock(hash, () => this.walkObject(hash, deep, fix, report, minAgeMs));
-        report.objectsScanned++;
-        onProgress?.(++done, hashes.length);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(WALK_CONCURRENCY, hashes.length) }, worker));
-    if (fix) {
-      if (report.partialWrites > 0)
-        this.repair(
-          'partial_write_cleanup_total',
-          `removed ${report.partialWrites} leftover .tmp file(s)`,
-          report.partialWrites,
-        );
-      if (report.orphanedFiles > 0)
-        this.repair(
-          'orphaned_files_cleaned_total',
-          `removed ${report.orphanedFiles} orphaned slice file(s)`,
-          report.orphanedFiles,
-        );
-    }
-    return report;
+    return walkCache(this.walkContext(), { deep, fix, minAgeMs, ...(onProgress ? { onProgress } : {}) });
   }
 
-  private async walkObject(
-    hash: string,
-    deep: boolean,
-    fix: boolean,
-    report: VerifyReport,
-    minAgeMs: number,
-  ): Promise<void> {
-    const dir = this.objectDir(hash);
-    const names = await this.readdirSafe(dir);
-    const young = new Set<string>();
-    if (minAgeMs > 0) {
-      // Files this young may belong to a writer in another process (a CLI cleanup of a live cache).
-      for (const name of names) {
-        if (name === META_FILE) continue;
-        const st = await this.fs.stat(path.join(dir, name)).catch(() => undefined);
-        if (st && Date.now() - st.mtimeMs < minAgeMs) young.add(name);
-      }
-    }
-    const busy = (name: string): boolean => young.has(name) || this.inFlight.has(path.join(dir, name));
-    for (const name of names) {
-      if (name.includes(TMP_MARKER) && !busy(name)) {
-        report.partialWrites++;
-        if (fix) await this.fs.rm(path.join(dir, name), { force: true });
-      }
-    }
-    const sliceFiles = names.filter((n) => n.startsWith(SLICE_PREFIX) && !n.includes(TMP_MARKER));
-    const loaded = names.includes(META_FILE)
-      ? await this.peekMeta(hash, fix)
-      : ({ state: 'missing' } as const);
-    if (loaded.state === 'corrupt') {
-      report.corruptMetadata++;
-      return;
-    }
-    if (loaded.state === 'error') return;
-    const referenced = new Set(
-      loaded.state === 'ok' ? loaded.meta.slices.map((s) => `${SLICE_PREFIX}${s.index}`) : [],
-    );
-    for (const name of sliceFiles) {
-      if (referenced.has(name) || busy(name)) continue;
-      report.orphanedFiles++;
-      if (fix) await this.fs.rm(path.join(dir, name), { force: true });
-    }
-    if (loaded.state === 'missing') {
-      if (fix && sliceFiles.every((n) => !busy(n)))
-        await this.fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
-      return;
-    }
-    const meta = loaded.meta;
-    const present = new Set(sliceFiles);
-    const missing = meta.slices.filter((s) => !present.has(`${SLICE_PREFIX}${s.index}`));
-    report.missingSlices += missing.length;
-    if (missing.length > 0 && fix) {
-      const fixed = await this.fixReferences(hash);
-      report.inconsistenciesFixed += fixed.removed;
-    }
-    const current = missing.length > 0 && fix ? await this.peekMeta(hash, fix) : loaded;
-    if (current.state !== 'ok') return;
-    for (const s of current.meta.slices) {
-      if (deep) {
-        report.slicesChecked++;
-        let ok = false;
-        try {
-          const bytes = await this.fs.readFile(this.slicePath(hash, s.index));
-          report.bytesChecked += bytes.length;
-          ok = bytes.length === s.length && crc32(bytes) === s.crc32;
-        } catch (err) {
-          if (classify(err).code !== 'NOT_FOUND')
-            this.fault(`could not read slice ${s.index} of ${hash}`, err);
-        }
-        if (!ok) {
-          report.checksumFailures++;
-          if (fix)
-            await this.dropCorruptSlice(hash, current.meta.identity, s.index, 'failed verification', true);
-          continue;
-        }
-      }
-      this.indexSlice(hash, s);
-    }
+  private walkContext(): WalkContext {
+    return {
+      dir: this.dir,
+      fs: this.fs,
+      inFlight: this.inFlight,
+      objectsDir: () => this.objectsDir(),
+      objectDir: (hash) => this.objectDir(hash),
+      slicePath: (hash, index) => this.slicePath(hash, index),
+      readdirSafe: (dir) => this.readdirSafe(dir),
+      withLock: (hash, fn) => this.withLock(hash, fn),
+      peekMeta: (hash, fix) => this.peekMeta(hash, fix),
+      fixReferences: (hash) => this.fixReferences(hash),
+      dropCorruptSlice: (hash, id, index, why) => this.dropCorruptSlice(hash, id, index, why, true),
+      indexSlice: (hash, slice) => {
+        this.indexSlice(hash, slice);
+      },
+      repair: (counter, message, count) => {
+        this.repair(counter, message, count);
+      },
+      fault: (message, err) => {
+        this.fault(message, err);
+      },
+    };
   }
 
   /** loadMeta without the repair side effects when not fixing. */
@@ -972,3 +841,5 @@ function sameIdentity(meta: CacheMeta, id: ObjectIdentity): boolean {
     (meta.identity.versionId ?? null) === (id.versionId ?? null)
   );
 }
+
+export type { CleanupReport, VerifyReport };

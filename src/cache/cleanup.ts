@@ -1,0 +1,201 @@
+import path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { classify } from '../errors/index.js';
+import { TMP_MARKER } from './atomic-write.js';
+import type { RepairCounter } from './counters.js';
+import type { CacheFs } from './fs.js';
+import type { ObjectIdentity } from './identity.js';
+import { META_FILE, SLICE_PREFIX } from './layout.js';
+import type { SliceInfo } from './metadata.js';
+import type { LoadedMeta } from './range-cache.js';
+
+/** What {@link RangeCache.cleanup} did. */
+export interface CleanupReport {
+  partialWrites: number;
+  orphanedFiles: number;
+  inconsistenciesFixed: number;
+  corruptMetadata: number;
+  objectsScanned: number;
+}
+
+/** What {@link RangeCache.verify} found (and repaired with `fix`). */
+export interface VerifyReport extends CleanupReport {
+  slicesChecked: number;
+  bytesChecked: number;
+  checksumFailures: number;
+  missingSlices: number;
+  fixed: boolean;
+}
+
+/** Objects cleanup, verify and open walk at once. */
+const WALK_CONCURRENCY = 16;
+
+/** What a walk over the cache needs from the cache (its locks, repairs and index). */
+export interface WalkContext {
+  dir: string;
+  fs: CacheFs;
+  /** Paths a writer in this process is using: never removed. */
+  inFlight: ReadonlySet<string>;
+  objectsDir(): string;
+  objectDir(hash: string): string;
+  slicePath(hash: string, index: number): string;
+  readdirSafe(dir: string): Promise<string[]>;
+  withLock<T>(hash: string, fn: () => Promise<T>): Promise<T>;
+  /** Loads meta.json; repairs corrupted metadata only when `fix`. */
+  peekMeta(hash: string, fix: boolean): Promise<LoadedMeta>;
+  /** Removes references to missing slices (caller holds the lock). */
+  fixReferences(hash: string): Promise<{ removed: number; remaining: number }>;
+  /** Drops a slice that failed verification (caller holds the lock). */
+  dropCorruptSlice(hash: string, id: ObjectIdentity, index: number, why: string): Promise<void>;
+  indexSlice(hash: string, slice: SliceInfo): void;
+  repair(counter: RepairCounter, message: string, count?: number): void;
+  fault(message: string, err: unknown): void;
+}
+
+/** Options of {@link walkCache}. */
+export interface WalkOptions {
+  /** Also read every slice and check its CRC32 (verify). */
+  deep: boolean;
+  /** Repair what is found; without, only report. */
+  fix: boolean;
+  /** Leave `.tmp` and unreferenced files younger than this alone (another process may own them). */
+  minAgeMs: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * One pass over every object directory: removes stale `.tmp` files and orphans, fixes
+ * references, indexes valid slices; with `deep`, also reads and verifies every slice.
+ */
+export async function walkCache(ctx: WalkContext, options: WalkOptions): Promise<VerifyReport> {
+  const { deep, fix, onProgress, minAgeMs } = options;
+  const report: VerifyReport = {
+    partialWrites: 0,
+    orphanedFiles: 0,
+    inconsistenciesFixed: 0,
+    corruptMetadata: 0,
+    objectsScanned: 0,
+    slicesChecked: 0,
+    bytesChecked: 0,
+    checksumFailures: 0,
+    missingSlices: 0,
+    fixed: fix,
+  };
+  const root = ctx.objectsDir();
+  const hashes: string[] = [];
+  for (const shard of await ctx.readdirSafe(root)) {
+    for (const hash of await ctx.readdirSafe(path.join(root, shard))) hashes.push(hash);
+  }
+  // Leftover probe files at the top level.
+  for (const name of await ctx.readdirSafe(ctx.dir)) {
+    const full = path.join(ctx.dir, name);
+    if (name.includes(TMP_MARKER) && !ctx.inFlight.has(full)) {
+      if (fix) await ctx.fs.rm(full, { force: true });
+    }
+  }
+  // Objects are independent (each under its own lock): walk several at once, so the disk's
+  // queue stays busy.
+  let done = 0;
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < hashes.length) {
+      const hash = hashes[next++] as string;
+      await ctx.withLock(hash, () => walkObject(ctx, hash, deep, fix, report, minAgeMs));
+      report.objectsScanned++;
+      onProgress?.(++done, hashes.length);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(WALK_CONCURRENCY, hashes.length) }, worker));
+  if (fix) {
+    if (report.partialWrites > 0)
+      ctx.repair(
+        'partial_write_cleanup_total',
+        `removed ${report.partialWrites} leftover .tmp file(s)`,
+        report.partialWrites,
+      );
+    if (report.orphanedFiles > 0)
+      ctx.repair(
+        'orphaned_files_cleaned_total',
+        `removed ${report.orphanedFiles} orphaned slice file(s)`,
+        report.orphanedFiles,
+      );
+  }
+  return report;
+}
+
+async function walkObject(
+  ctx: WalkContext,
+  hash: string,
+  deep: boolean,
+  fix: boolean,
+  report: VerifyReport,
+  minAgeMs: number,
+): Promise<void> {
+  const dir = ctx.objectDir(hash);
+  const names = await ctx.readdirSafe(dir);
+  const young = new Set<string>();
+  if (minAgeMs > 0) {
+    // Files this young may belong to a writer in another process (a CLI cleanup of a live cache).
+    for (const name of names) {
+      if (name === META_FILE) continue;
+      const st = await ctx.fs.stat(path.join(dir, name)).catch(() => undefined);
+      if (st && Date.now() - st.mtimeMs < minAgeMs) young.add(name);
+    }
+  }
+  const busy = (name: string): boolean => young.has(name) || ctx.inFlight.has(path.join(dir, name));
+  for (const name of names) {
+    if (name.includes(TMP_MARKER) && !busy(name)) {
+      report.partialWrites++;
+      if (fix) await ctx.fs.rm(path.join(dir, name), { force: true });
+    }
+  }
+  const sliceFiles = names.filter((n) => n.startsWith(SLICE_PREFIX) && !n.includes(TMP_MARKER));
+  const loaded = names.includes(META_FILE) ? await ctx.peekMeta(hash, fix) : ({ state: 'missing' } as const);
+  if (loaded.state === 'corrupt') {
+    report.corruptMetadata++;
+    return;
+  }
+  if (loaded.state === 'error') return;
+  const referenced = new Set(
+    loaded.state === 'ok' ? loaded.meta.slices.map((s) => `${SLICE_PREFIX}${s.index}`) : [],
+  );
+  for (const name of sliceFiles) {
+    if (referenced.has(name) || busy(name)) continue;
+    report.orphanedFiles++;
+    if (fix) await ctx.fs.rm(path.join(dir, name), { force: true });
+  }
+  if (loaded.state === 'missing') {
+    if (fix && sliceFiles.every((n) => !busy(n)))
+      await ctx.fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    return;
+  }
+  const meta = loaded.meta;
+  const present = new Set(sliceFiles);
+  const missing = meta.slices.filter((s) => !present.has(`${SLICE_PREFIX}${s.index}`));
+  report.missingSlices += missing.length;
+  if (missing.length > 0 && fix) {
+    const fixed = await ctx.fixReferences(hash);
+    report.inconsistenciesFixed += fixed.removed;
+  }
+  const current = missing.length > 0 && fix ? await ctx.peekMeta(hash, fix) : loaded;
+  if (current.state !== 'ok') return;
+  for (const s of current.meta.slices) {
+    if (deep) {
+      report.slicesChecked++;
+      let ok = false;
+      try {
+        const bytes = await ctx.fs.readFile(ctx.slicePath(hash, s.index));
+        report.bytesChecked += bytes.length;
+        ok = bytes.length === s.length && crc32(bytes) === s.crc32;
+      } catch (err) {
+        if (classify(err).code !== 'NOT_FOUND') ctx.fault(`could not read slice ${s.index} of ${hash}`, err);
+      }
+      if (!ok) {
+        report.checksumFailures++;
+        if (fix) await ctx.dropCorruptSlice(hash, current.meta.identity, s.index, 'failed verification');
+        continue;
+      }
+    }
+    ctx.indexSlice(hash, s);
+  }
+}
