@@ -50,7 +50,13 @@ export interface GroupProgress {
 
 /** A recovery strategy, chosen from the kind of the last error. */
 export type RecoveryStrategy =
-  'retry-with-backoff' | 'check-and-retry' | 'reset-and-retry' | 'continue-rollback' | 'manual' | 'none';
+  | 'retry-with-backoff'
+  | 'check-and-retry'
+  | 'reset-and-retry'
+  | 'continue-rollback'
+  | 'finish-stop'
+  | 'manual'
+  | 'none';
 
 /** The error families that decide a strategy. */
 export type FailureClass = 'network' | 'timeout' | 'resource' | 'state' | 'logic' | 'none';
