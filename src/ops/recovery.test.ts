@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { VirtualClock } from '../time/index.js';
 import { HealthRegistry } from './health.js';
@@ -98,5 +101,36 @@ describe('AutoRecovery', () => {
     expect(actions).toBe(1);
     expect(recovery.state().status).toBe('exhausted');
     expect(states.length).toBeGreaterThan(0);
+  });
+
+  it('reloads attempts and history from its state file after a restart', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'keel-ops-recovery-'));
+    try {
+      const file = join(dir, 'recovery.json');
+      const clock = new VirtualClock(0);
+      const health = new HealthRegistry({ clock });
+      health.register({ name: 'db:connection', run: () => 'fail' });
+      let actions = 0;
+      const options = { check: 'db:connection', clock, maxAttempts: 3, backoffMs: () => 1000, action: () => { actions++; } };
+      const first = await AutoRecovery.persistent(health, options, file);
+      await health.report();
+      await clock.advance(0);
+      await clock.advance(1000);
+      expect(actions).toBe(2);
+      first.close();
+      await first.flush();
+      // A new process: one attempt left.
+      const clock2 = new VirtualClock(0);
+      const health2 = new HealthRegistry({ clock: clock2 });
+      health2.register({ name: 'db:connection', run: () => 'fail' });
+      const second = await AutoRecovery.persistent(health2, { ...options, clock: clock2 }, file);
+      expect(second.state().history.map((h) => h.attempt)).toEqual([1, 2]);
+      await health2.report();
+      await clock2.runAll();
+      expect(actions).toBe(3);
+      expect(second.state().status).toBe('exhausted');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -3,6 +3,7 @@ import { systemClock } from '../time/index.js';
 import { redactString } from '../errors/index.js';
 import type { HealthRegistry } from './health.js';
 import type { AlertManager } from './alerts/manager.js';
+import { JsonStateFile } from './state-store.js';
 
 /** Where a recovery stands. */
 export type RecoveryStatus = 'idle' | 'waiting' | 'recovering' | 'recovered' | 'exhausted';
@@ -69,14 +70,50 @@ export class AutoRecovery {
     const max = options.maxAttempts ?? 3;
     if (!Number.isInteger(max) || max < 1) throw new Error(`recovery[${options.check}].maxAttempts: must be an integer >= 1`);
     this.clock = options.clock ?? systemClock;
-    this.current = options.initialState
-      ? { ...options.initialState, history: [...options.initialState.history] }
+    const init = options.initialState;
+    this.current = init
+      ? {
+          ...init,
+          // An attempt that was pending or running when the process stopped is due again.
+          status: init.status === 'waiting' || init.status === 'recovering' ? 'idle' : init.status,
+          history: [...init.history],
+        }
       : { check: options.check, status: 'idle', attempts: 0, history: [] };
     this.dispose = health.onResult((name, entry) => {
       if (name !== options.check || this.busy) return;
       if (entry.status === 'fail') this.onFailure();
       else this.onPass();
     });
+  }
+
+  /**
+   * An AutoRecovery whose state is kept in `file`: the state of the previous run is loaded (a
+   * missing or unreadable file is a fresh start) and every change is saved. Throws, naming the
+   * setting, when the file cannot be written.
+   */
+  static async persistent(health: HealthRegistry, options: AutoRecoveryOptions, file: string): Promise<AutoRecovery> {
+    const store = new JsonStateFile<RecoveryState>(file);
+    await store.assertWritable(`recovery[${options.check}].stateFile`);
+    const saved = await store.load();
+    const initialState = saved?.check === options.check && Array.isArray(saved.history) ? saved : undefined;
+    const onChange = options.onChange;
+    const recovery = new AutoRecovery(health, {
+      ...options,
+      ...(initialState ? { initialState } : {}),
+      onChange: (state) => {
+        void store.save(state).catch(() => undefined);
+        onChange?.(state);
+      },
+    });
+    recovery.store = store;
+    return recovery;
+  }
+
+  private store: JsonStateFile<RecoveryState> | undefined;
+
+  /** Resolves when the state file (if any) holds the latest state. */
+  async flush(): Promise<void> {
+    await this.store?.flush();
   }
 
   /** A copy of the state. */
