@@ -25,7 +25,14 @@ async function start(token?: string) {
   const admin = new AdminServer({ health, metrics, ...(token ? { token } : {}) });
   servers.push(admin);
   await admin.listen();
-  return { admin, health, metrics, setDb: (ok: boolean) => { dbOk = ok; } };
+  return {
+    admin,
+    health,
+    metrics,
+    setDb: (ok: boolean) => {
+      dbOk = ok;
+    },
+  };
 }
 
 describe('AdminServer', () => {
@@ -57,8 +64,12 @@ describe('AdminServer', () => {
     expect((await fetch(`${admin.url}/metrics`)).status).toBe(401);
     expect((await fetch(`${admin.url}/metrics?/livez`)).status).toBe(401);
     expect((await fetch(`${admin.url}/status?x=/readyz`)).status).toBe(401);
-    expect((await fetch(`${admin.url}/status`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);
-    expect((await fetch(`${admin.url}/status`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    expect((await fetch(`${admin.url}/status`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(
+      401,
+    );
+    expect(
+      (await fetch(`${admin.url}/status`, { headers: { authorization: `Bearer ${token}` } })).status,
+    ).toBe(200);
     expect((await fetch(`${admin.url}/readyz?verbose=1`)).status).toBe(200);
     expect(() => new AdminServer({ health, token: 'short' })).toThrow(/admin\.token/);
     expect(() => new AdminServer({ health, port: 70000 })).toThrow(/admin\.port/);
@@ -84,7 +95,9 @@ describe('AdminServer', () => {
     expect(text).toContain('keel_policy_rejections_total{policy="origin",reason="circuitOpen"} 1');
     expect(text).toContain('keel_cache_hits_total 3');
     expect(text).toContain('process_cpu_user_seconds_total');
-    const om = await fetch(`${admin.url}/metrics`, { headers: { accept: 'application/openmetrics-text; version=1.0.0' } });
+    const om = await fetch(`${admin.url}/metrics`, {
+      headers: { accept: 'application/openmetrics-text; version=1.0.0' },
+    });
     expect(om.headers.get('content-type')).toContain('application/openmetrics-text');
     expect(await om.text()).toMatch(/# EOF\s*$/);
     expect(() => bindPolicyMetrics(metrics, retry({ name: 'bucket/some/key' }))).toThrow(/must match/);
@@ -94,7 +107,16 @@ describe('AdminServer', () => {
     const { admin, health } = await start();
     health.markStarted();
     const sent: Alert[] = [];
-    const alerts = new AlertManager({ handlers: [{ name: 'mem', send: (a) => { sent.push(...a); } }] });
+    const alerts = new AlertManager({
+      handlers: [
+        {
+          name: 'mem',
+          send: (a) => {
+            sent.push(...a);
+          },
+        },
+      ],
+    });
     const modes = new DegradationRegistry({ health, alerts });
     admin.addStatus('degradation', () => modes.snapshot());
     admin.addStatus('alerts', () => alerts.history());
@@ -103,23 +125,36 @@ describe('AdminServer', () => {
     let res = await fetch(`${admin.url}/readyz`);
     expect(res.status).toBe(200);
     expect(((await res.json()) as { status: string }).status).toBe('warn');
-    const status = (await (await fetch(`${admin.url}/status`)).json()) as Record<string, Record<string, unknown>>;
+    const status = (await (await fetch(`${admin.url}/status`)).json()) as Record<
+      string,
+      Record<string, unknown>
+    >;
     expect(status.degradation?.cache).toMatchObject({ mode: 'bypass', reason: 'disk full (ENOSPC)' });
     expect(status.cache).toEqual({ bytes: 10, secretAccessKey: '[REDACTED]' });
     modes.set('cache', 'normal');
     res = await fetch(`${admin.url}/readyz`);
     expect(((await res.json()) as { status: string }).status).toBe('pass');
     await alerts.flush();
-    expect(sent.map((a) => `${a.name}:${a.status}`)).toEqual(['ComponentDegraded:firing', 'ComponentDegraded:resolved']);
+    expect(sent.map((a) => `${a.name}:${a.status}`)).toEqual([
+      'ComponentDegraded:firing',
+      'ComponentDegraded:resolved',
+    ]);
   });
 });
 
 describe('createLogger', () => {
   it('writes JSON lines with the correlation id and without secrets', () => {
     const lines: string[] = [];
-    const destination = new Writable({ write(chunk: Buffer, _e, cb) { lines.push(chunk.toString()); cb(); } });
+    const destination = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        lines.push(chunk.toString());
+        cb();
+      },
+    });
     const log = createLogger({ destination, name: 'test' });
-    withCorrelation('req-123', () => { log.info({ password: 'p4ss', headers: { authorization: 'Bearer abc.def' } }, 'login with token=s3cr3t'); });
+    withCorrelation('req-123', () => {
+      log.info({ password: 'p4ss', headers: { authorization: 'Bearer abc.def' } }, 'login with token=s3cr3t');
+    });
     log.info('outside');
     const [first, second] = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(first?.correlationId).toBe('req-123');

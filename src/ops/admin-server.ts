@@ -47,7 +47,10 @@ export class AdminServer {
   private readonly openPaths: ReadonlySet<string>;
 
   constructor(private readonly options: AdminServerOptions) {
-    if (options.port !== undefined && !(Number.isInteger(options.port) && options.port >= 0 && options.port < 65536))
+    if (
+      options.port !== undefined &&
+      !(Number.isInteger(options.port) && options.port >= 0 && options.port < 65536)
+    )
       throw new Error(`admin.port: must be an integer in 0..65535, got ${String(options.port)}`);
     if (options.token !== undefined && options.token.length < 16)
       throw new Error('admin.token: must be at least 16 characters');
@@ -55,7 +58,13 @@ export class AdminServer {
     this.openPaths = new Set(options.openPaths ?? ['/livez', '/readyz', '/startupz']);
     this.server = createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => {
-        if (!res.headersSent) this.send(res, 500, 'application/json', JSON.stringify({ error: String(redact(err instanceof Error ? err.message : err)) }));
+        if (!res.headersSent)
+          this.send(
+            res,
+            500,
+            'application/json',
+            JSON.stringify({ error: String(redact(err instanceof Error ? err.message : err)) }),
+          );
         else res.destroy();
       });
     });

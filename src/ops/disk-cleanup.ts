@@ -71,7 +71,11 @@ function globToRegExp(glob: string): RegExp {
   return new RegExp(`^${out}$`);
 }
 
-async function walk(root: string, dir: string, out: { path: string; rel: string; bytes: number; mtimeMs: number }[]): Promise<void> {
+async function walk(
+  root: string,
+  dir: string,
+  out: { path: string; rel: string; bytes: number; mtimeMs: number }[],
+): Promise<void> {
   let names: string[];
   try {
     names = await readdir(dir);
@@ -83,7 +87,8 @@ async function walk(root: string, dir: string, out: { path: string; rel: string;
     const st = await lstat(path).catch(() => undefined);
     if (!st || st.isSymbolicLink()) continue;
     if (st.isDirectory()) await walk(root, path, out);
-    else if (st.isFile()) out.push({ path, rel: relative(root, path).split(sep).join('/'), bytes: st.size, mtimeMs: st.mtimeMs });
+    else if (st.isFile())
+      out.push({ path, rel: relative(root, path).split(sep).join('/'), bytes: st.size, mtimeMs: st.mtimeMs });
   }
 }
 
@@ -95,7 +100,8 @@ async function walk(root: string, dir: string, out: { path: string; rel: string;
  */
 export async function cleanupDisk(options: CleanupOptions): Promise<CleanupReport> {
   const target = options.targetFreeRatio ?? 0.2;
-  if (!(target > 0 && target <= 1)) throw new Error(`cleanup.targetFreeRatio: must be in (0, 1], got ${String(target)}`);
+  if (!(target > 0 && target <= 1))
+    throw new Error(`cleanup.targetFreeRatio: must be in (0, 1], got ${String(target)}`);
   if (options.rules.length === 0) throw new Error('cleanup.rules: at least one rule is required');
   const statfs = options.statfs ?? ((p: string) => fsStatfs(p));
   const now = (options.now ?? Date.now)();
@@ -104,7 +110,13 @@ export async function cleanupDisk(options: CleanupOptions): Promise<CleanupRepor
   const total = s.blocks * s.bsize;
   let free = s.bavail * s.bsize;
   const needed = (): number => Math.max(0, Math.ceil(target * total - free));
-  const report: CleanupReport = { removed: [], freedBytes: 0, evictedBytes: 0, reachedTarget: false, errors: [] };
+  const report: CleanupReport = {
+    removed: [],
+    freedBytes: 0,
+    evictedBytes: 0,
+    reachedTarget: false,
+    errors: [],
+  };
 
   if (options.evict && needed() > 0 && !options.dryRun) {
     report.evictedBytes = await options.evict(needed());
@@ -118,7 +130,12 @@ export async function cleanupDisk(options: CleanupOptions): Promise<CleanupRepor
       throw new Error(`cleanup.rules[${String(i)}].olderThanMs: must be >= 0`);
     const root = await realpath(rule.dir).catch(() => undefined);
     if (!root) continue;
-    const pattern = rule.pattern === undefined ? undefined : typeof rule.pattern === 'string' ? globToRegExp(rule.pattern) : rule.pattern;
+    const pattern =
+      rule.pattern === undefined
+        ? undefined
+        : typeof rule.pattern === 'string'
+          ? globToRegExp(rule.pattern)
+          : rule.pattern;
     const files: { path: string; rel: string; bytes: number; mtimeMs: number }[] = [];
     await walk(root, root, files);
     for (const f of files) {

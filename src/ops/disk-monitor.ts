@@ -45,7 +45,8 @@ export interface DiskMonitorOptions {
 
 function ratio(name: string, v: number | undefined, def: number): number {
   const r = v ?? def;
-  if (!Number.isFinite(r) || r <= 0 || r > 1) throw new Error(`disk.${name}: must be in (0, 1], got ${String(v)}`);
+  if (!Number.isFinite(r) || r <= 0 || r > 1)
+    throw new Error(`disk.${name}: must be in (0, 1], got ${String(v)}`);
   return r;
 }
 
@@ -87,7 +88,14 @@ export class DiskMonitor {
           : usedRatio >= this.warning || inodesUsedRatio >= this.inodeWarning
             ? 'warning'
             : 'ok';
-      const usage = { path, totalBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize, usedRatio, inodesUsedRatio, level };
+      const usage = {
+        path,
+        totalBytes: s.blocks * s.bsize,
+        freeBytes: s.bavail * s.bsize,
+        usedRatio,
+        inodesUsedRatio,
+        level,
+      };
       out.push(usage);
       this.transition(usage);
     }

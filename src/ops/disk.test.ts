@@ -40,9 +40,23 @@ describe('DiskMonitor', () => {
   it('raises an alert when crossing a threshold and resolves it when back under', async () => {
     let free = 500;
     const sent: Alert[] = [];
-    const alerts = new AlertManager({ handlers: [{ name: 'mem', send: (a) => { sent.push(...a); } }] });
+    const alerts = new AlertManager({
+      handlers: [
+        {
+          name: 'mem',
+          send: (a) => {
+            sent.push(...a);
+          },
+        },
+      ],
+    });
     const levels: string[] = [];
-    const m = new DiskMonitor({ paths: ['/data'], statfs: fakeFs(() => free), alerts, onLevel: (u) => levels.push(u.level) });
+    const m = new DiskMonitor({
+      paths: ['/data'],
+      statfs: fakeFs(() => free),
+      alerts,
+      onLevel: (u) => levels.push(u.level),
+    });
     await m.check();
     free = 150;
     await m.check();
@@ -52,7 +66,12 @@ describe('DiskMonitor', () => {
     free = 500;
     await m.check();
     await alerts.flush();
-    expect(sent.map((a) => `${a.severity}:${a.status}`)).toEqual(['warning:firing', 'warning:resolved', 'critical:firing', 'critical:resolved']);
+    expect(sent.map((a) => `${a.severity}:${a.status}`)).toEqual([
+      'warning:firing',
+      'warning:resolved',
+      'critical:firing',
+      'critical:resolved',
+    ]);
     expect(levels).toEqual(['warning', 'critical']);
   });
 
@@ -65,7 +84,11 @@ describe('DiskMonitor', () => {
     free = 50;
     const report = await health.report();
     expect(report.status).toBe('warn');
-    expect(report.checks['disk:utilization']?.[0]).toMatchObject({ status: 'fail', observedValue: 95, observedUnit: 'percent' });
+    expect(report.checks['disk:utilization']?.[0]).toMatchObject({
+      status: 'fail',
+      observedValue: 95,
+      observedUnit: 'percent',
+    });
   });
 
   it('reads a real file system with fs.statfs', async () => {
@@ -76,7 +99,9 @@ describe('DiskMonitor', () => {
 
   it('rejects thresholds out of range, naming the setting', () => {
     expect(() => new DiskMonitor({ paths: ['/'], warningRatio: 1.5 })).toThrow(/disk\.warningRatio/);
-    expect(() => new DiskMonitor({ paths: ['/'], warningRatio: 0.95 })).toThrow(/disk\.warningRatio: must be below/);
+    expect(() => new DiskMonitor({ paths: ['/'], warningRatio: 0.95 })).toThrow(
+      /disk\.warningRatio: must be below/,
+    );
     expect(() => new DiskMonitor({ paths: [] })).toThrow(/disk\.paths/);
   });
 });
@@ -102,15 +127,31 @@ describe('cleanupDisk', () => {
     const now = Date.now();
     await populate(dir, now);
     let freeBlocks = 150; // 15% free of 1000 KiB: 50 KiB to free for 20%
-    const statfs = (): Promise<StatfsResult> => Promise.resolve({ bsize: 1024, blocks: 1000, bavail: freeBlocks, files: 1, ffree: 1 });
-    const report = await cleanupDisk({ rules: [{ dir, pattern: /\.log$/, olderThanMs: 2 * 86_400_000 }], statfs, now: () => now });
+    const statfs = (): Promise<StatfsResult> =>
+      Promise.resolve({ bsize: 1024, blocks: 1000, bavail: freeBlocks, files: 1, ffree: 1 });
+    const report = await cleanupDisk({
+      rules: [{ dir, pattern: /\.log$/, olderThanMs: 2 * 86_400_000 }],
+      statfs,
+      now: () => now,
+    });
     freeBlocks += report.freedBytes / 1024;
     expect(report.removed.map((r) => r.path.slice(dir.length + 1))).toEqual([
-      'sub/app-10.log', 'app-9.log', 'sub/app-8.log', 'app-7.log', 'sub/app-6.log',
+      'sub/app-10.log',
+      'app-9.log',
+      'sub/app-8.log',
+      'app-7.log',
+      'sub/app-6.log',
     ]);
     expect(report.freedBytes).toBe(50 * 1024);
     expect(report.reachedTarget).toBe(true);
-    expect((await readdir(dir)).sort()).toEqual(['app-1.log', 'app-3.log', 'app-5.log', 'fresh.log', 'keep.dat', 'sub']);
+    expect((await readdir(dir)).sort()).toEqual([
+      'app-1.log',
+      'app-3.log',
+      'app-5.log',
+      'fresh.log',
+      'keep.dat',
+      'sub',
+    ]);
     expect((await readdir(join(dir, 'sub'))).sort()).toEqual(['app-2.log', 'app-4.log']);
   });
 
@@ -118,8 +159,17 @@ describe('cleanupDisk', () => {
     const dir = await tempDir();
     const now = Date.now();
     await populate(dir, now);
-    const report = await cleanupDisk({ rules: [CLEANUP_PRESETS.logs(dir)], targetFreeRatio: 1, now: () => now });
-    expect(report.removed.map((r) => r.path.slice(dir.length + 1)).sort()).toEqual(['app-7.log', 'app-9.log', 'sub/app-10.log', 'sub/app-8.log']);
+    const report = await cleanupDisk({
+      rules: [CLEANUP_PRESETS.logs(dir)],
+      targetFreeRatio: 1,
+      now: () => now,
+    });
+    expect(report.removed.map((r) => r.path.slice(dir.length + 1)).sort()).toEqual([
+      'app-7.log',
+      'app-9.log',
+      'sub/app-10.log',
+      'sub/app-8.log',
+    ]);
   });
 
   it('asks the eviction hook first and deletes nothing when it frees enough', async () => {
@@ -127,12 +177,17 @@ describe('cleanupDisk', () => {
     const now = Date.now();
     await populate(dir, now);
     let freeBlocks = 150;
-    const statfs = (): Promise<StatfsResult> => Promise.resolve({ bsize: 1024, blocks: 1000, bavail: freeBlocks, files: 1, ffree: 1 });
+    const statfs = (): Promise<StatfsResult> =>
+      Promise.resolve({ bsize: 1024, blocks: 1000, bavail: freeBlocks, files: 1, ffree: 1 });
     const asked: number[] = [];
     const report = await cleanupDisk({
       rules: [{ dir, pattern: '**/*.log' }],
       statfs,
-      evict: (bytes) => { asked.push(bytes); freeBlocks += bytes / 1024; return Promise.resolve(bytes); },
+      evict: (bytes) => {
+        asked.push(bytes);
+        freeBlocks += bytes / 1024;
+        return Promise.resolve(bytes);
+      },
     });
     expect(asked).toEqual([50 * 1024]);
     expect(report.removed).toEqual([]);
@@ -156,9 +211,15 @@ describe('cleanupDisk', () => {
   it('lists without removing in a dry run, and validates options', async () => {
     const dir = await tempDir();
     await writeFile(join(dir, 'a.tmp'), 'x');
-    const report = await cleanupDisk({ rules: [{ dir, pattern: '*.tmp' }], targetFreeRatio: 1, dryRun: true });
+    const report = await cleanupDisk({
+      rules: [{ dir, pattern: '*.tmp' }],
+      targetFreeRatio: 1,
+      dryRun: true,
+    });
     expect(report.removed.length).toBe(1);
     expect(await readdir(dir)).toEqual(['a.tmp']);
-    await expect(cleanupDisk({ rules: [{ dir }], targetFreeRatio: 0 })).rejects.toThrow(/cleanup\.targetFreeRatio/);
+    await expect(cleanupDisk({ rules: [{ dir }], targetFreeRatio: 0 })).rejects.toThrow(
+      /cleanup\.targetFreeRatio/,
+    );
   });
 });

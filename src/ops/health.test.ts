@@ -7,13 +7,27 @@ describe('HealthRegistry', () => {
     const clock = new VirtualClock(Date.UTC(2026, 0, 1));
     const health = new HealthRegistry({ clock, serviceId: 'svc', version: '1' });
     health.markStarted();
-    health.register({ name: 'db:connections', componentType: 'datastore', run: () => ({ status: 'pass', observedValue: 3, observedUnit: 'connections', output: 'ignored' }) });
-    health.register({ name: 'cache:hitRatio', critical: false, run: () => ({ status: 'fail', observedValue: 0.1, output: 'cold cache' }) });
+    health.register({
+      name: 'db:connections',
+      componentType: 'datastore',
+      run: () => ({ status: 'pass', observedValue: 3, observedUnit: 'connections', output: 'ignored' }),
+    });
+    health.register({
+      name: 'cache:hitRatio',
+      critical: false,
+      run: () => ({ status: 'fail', observedValue: 0.1, output: 'cold cache' }),
+    });
     const report = await health.report('readiness');
     expect(report.status).toBe('warn');
     expect(report.serviceId).toBe('svc');
     expect(report.checks['db:connections']).toEqual([
-      { componentType: 'datastore', status: 'pass', observedValue: 3, observedUnit: 'connections', time: '2026-01-01T00:00:00.000Z' },
+      {
+        componentType: 'datastore',
+        status: 'pass',
+        observedValue: 3,
+        observedUnit: 'connections',
+        time: '2026-01-01T00:00:00.000Z',
+      },
     ]);
     expect(report.checks['cache:hitRatio']?.[0]?.output).toBe('cold cache');
     expect(httpStatusOfHealth(report.status)).toBe(200);
@@ -22,7 +36,12 @@ describe('HealthRegistry', () => {
   it('fails when a critical check throws, and redacts secrets in its output', async () => {
     const health = new HealthRegistry();
     health.markStarted();
-    health.register({ name: 'db:ping', run: () => { throw new Error('connect failed password=hunter2'); } });
+    health.register({
+      name: 'db:ping',
+      run: () => {
+        throw new Error('connect failed password=hunter2');
+      },
+    });
     const report = await health.report();
     expect(report.status).toBe('fail');
     expect(httpStatusOfHealth(report.status)).toBe(503);
@@ -36,12 +55,19 @@ describe('HealthRegistry', () => {
     health.register({
       name: 'upstream:ping',
       timeoutMs: 1000,
-      run: (signal) => new Promise(() => { signal.addEventListener('abort', () => { aborted = true; }); }),
+      run: (signal) =>
+        new Promise(() => {
+          signal.addEventListener('abort', () => {
+            aborted = true;
+          });
+        }),
     });
     const pending = health.runCheck('upstream:ping');
     await clock.advance(999);
     let settled = false;
-    void pending.then(() => { settled = true; });
+    void pending.then(() => {
+      settled = true;
+    });
     await Promise.resolve();
     expect(settled).toBe(false);
     await clock.advance(1);
@@ -55,7 +81,17 @@ describe('HealthRegistry', () => {
     const health = new HealthRegistry();
     let runs = 0;
     let release!: () => void;
-    health.register({ name: 'slow:check', run: () => { runs++; return new Promise((r) => { release = () => { r('pass'); }; }); } });
+    health.register({
+      name: 'slow:check',
+      run: () => {
+        runs++;
+        return new Promise((r) => {
+          release = () => {
+            r('pass');
+          };
+        });
+      },
+    });
     const a = health.runCheck('slow:check');
     const b = health.runCheck('slow:check');
     const c = health.report();
@@ -93,7 +129,14 @@ describe('HealthRegistry', () => {
     const clock = new VirtualClock();
     const health = new HealthRegistry({ clock });
     let runs = 0;
-    health.register({ name: 'bg:check', intervalMs: 10_000, run: () => { runs++; return 'pass'; } });
+    health.register({
+      name: 'bg:check',
+      intervalMs: 10_000,
+      run: () => {
+        runs++;
+        return 'pass';
+      },
+    });
     health.start();
     await clock.advance(0);
     expect(runs).toBe(1);

@@ -173,20 +173,25 @@ export class HealthRegistry {
       (e) => probe === 'all' || (e.check.probes ?? ['readiness']).includes(probe),
     );
     const results = await Promise.all(
-      selected.map((e) => (e.check.intervalMs !== undefined && e.last ? Promise.resolve(e.last) : this.run(e))),
+      selected.map((e) =>
+        e.check.intervalMs !== undefined && e.last ? Promise.resolve(e.last) : this.run(e),
+      ),
     );
     let status: HealthStatus = 'pass';
     const checks: Record<string, CheckEntry[]> = {};
     results.forEach((result, i) => {
       const check = (selected[i] as Entry).check;
       (checks[check.name] ??= []).push(result);
-      const effective: HealthStatus = result.status === 'fail' && check.critical === false ? 'warn' : result.status;
+      const effective: HealthStatus =
+        result.status === 'fail' && check.critical === false ? 'warn' : result.status;
       if (RANK[effective] > RANK[status]) status = effective;
     });
     const time = new Date(this.clock.now()).toISOString();
     if ((probe === 'readiness' || probe === 'all') && this.shuttingDown) {
       status = 'fail';
-      checks['process:shutdown'] = [{ componentType: 'system', status: 'fail', time, output: 'shutting down' }];
+      checks['process:shutdown'] = [
+        { componentType: 'system', status: 'fail', time, output: 'shutting down' },
+      ];
     }
     if ((probe === 'readiness' || probe === 'startup') && !this.started) {
       status = 'fail';
@@ -256,7 +261,8 @@ export class HealthRegistry {
     };
     if (outcome.observedValue !== undefined) entry.observedValue = outcome.observedValue;
     if (outcome.observedUnit !== undefined) entry.observedUnit = outcome.observedUnit;
-    if (outcome.status !== 'pass' && outcome.output !== undefined) entry.output = redactString(outcome.output);
+    if (outcome.status !== 'pass' && outcome.output !== undefined)
+      entry.output = redactString(outcome.output);
     return entry;
   }
 }

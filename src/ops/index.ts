@@ -3,7 +3,13 @@
  * monitoring and cleanup, degradation modes, graceful shutdown, the admin HTTP server and logging.
  * @packageDocumentation
  */
-export { Metrics, createMetrics, formatFromAccept, type MetricsFormat, type MetricsOptions } from './metrics.js';
+export {
+  Metrics,
+  createMetrics,
+  formatFromAccept,
+  type MetricsFormat,
+  type MetricsOptions,
+} from './metrics.js';
 export { bindPolicyMetrics, BREAKER_STATE_VALUE, type PolicyMetricsOptions } from './policy-metrics.js';
 export {
   HealthRegistry,

@@ -1,4 +1,12 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, openMetricsContentType, prometheusContentType } from 'prom-client';
+import {
+  collectDefaultMetrics,
+  Counter,
+  Gauge,
+  Histogram,
+  Registry,
+  openMetricsContentType,
+  prometheusContentType,
+} from 'prom-client';
 
 /** Exposition formats the admin server can answer with. */
 export type MetricsFormat = 'text' | 'openmetrics';
@@ -50,7 +58,13 @@ export class Metrics {
       help,
       labelNames,
       registers: [this.registry],
-      ...(collect ? { collect(this: Gauge<L>) { collect(this); } } : {}),
+      ...(collect
+        ? {
+            collect(this: Gauge<L>) {
+              collect(this);
+            },
+          }
+        : {}),
     });
   }
 

@@ -15,14 +15,27 @@ function setup(healthyAfterActions: number) {
   const actionTimes: number[] = [];
   health.register({ name: 'db:connection', run: () => (actions >= healthyAfterActions ? 'pass' : 'fail') });
   const sent: Alert[] = [];
-  const alerts = new AlertManager({ clock, handlers: [{ name: 'mem', send: (a) => { sent.push(...a); } }] });
+  const alerts = new AlertManager({
+    clock,
+    handlers: [
+      {
+        name: 'mem',
+        send: (a) => {
+          sent.push(...a);
+        },
+      },
+    ],
+  });
   const recovery = new AutoRecovery(health, {
     check: 'db:connection',
     clock,
     alerts,
     maxAttempts: 3,
     backoffMs: (n) => 1000 * 2 ** (n - 2),
-    action: () => { actions++; actionTimes.push(clock.now()); },
+    action: () => {
+      actions++;
+      actionTimes.push(clock.now());
+    },
   });
   return { clock, health, recovery, alerts, sent, actionTimes, count: () => actions };
 }
@@ -53,9 +66,15 @@ describe('AutoRecovery', () => {
     await t.clock.advance(60_000);
     expect(t.count()).toBe(3);
     expect(t.recovery.state().status).toBe('exhausted');
-    expect(t.recovery.state().history.map((h) => h.outcome)).toEqual(['still-failing', 'still-failing', 'still-failing']);
+    expect(t.recovery.state().history.map((h) => h.outcome)).toEqual([
+      'still-failing',
+      'still-failing',
+      'still-failing',
+    ]);
     await t.alerts.flush();
-    expect(t.sent.map((a) => [a.name, a.severity, a.status])).toEqual([['RecoveryFailed', 'critical', 'firing']]);
+    expect(t.sent.map((a) => [a.name, a.severity, a.status])).toEqual([
+      ['RecoveryFailed', 'critical', 'firing'],
+    ]);
     // More failing checks do not restart the attempts.
     await t.health.report();
     await t.clock.advance(60_000);
@@ -68,8 +87,26 @@ describe('AutoRecovery', () => {
     const health = new HealthRegistry({ clock });
     health.register({ name: 'q:stuck', run: () => (healthy ? 'pass' : 'fail') });
     const sent: Alert[] = [];
-    const alerts = new AlertManager({ clock, handlers: [{ name: 'mem', send: (a) => { sent.push(...a); } }] });
-    const recovery = new AutoRecovery(health, { check: 'q:stuck', clock, alerts, maxAttempts: 1, action: () => { throw new Error('token=abc still stuck'); } });
+    const alerts = new AlertManager({
+      clock,
+      handlers: [
+        {
+          name: 'mem',
+          send: (a) => {
+            sent.push(...a);
+          },
+        },
+      ],
+    });
+    const recovery = new AutoRecovery(health, {
+      check: 'q:stuck',
+      clock,
+      alerts,
+      maxAttempts: 1,
+      action: () => {
+        throw new Error('token=abc still stuck');
+      },
+    });
     await health.report();
     await clock.advance(0);
     expect(recovery.state().status).toBe('exhausted');
@@ -94,7 +131,9 @@ describe('AutoRecovery', () => {
       maxAttempts: 3,
       initialState: { check: 'db:connection', status: 'idle', attempts: 2, history: [] },
       onChange: (s) => states.push(s),
-      action: () => { actions++; },
+      action: () => {
+        actions++;
+      },
     });
     await health.report();
     await clock.runAll();
@@ -111,7 +150,15 @@ describe('AutoRecovery', () => {
       const health = new HealthRegistry({ clock });
       health.register({ name: 'db:connection', run: () => 'fail' });
       let actions = 0;
-      const options = { check: 'db:connection', clock, maxAttempts: 3, backoffMs: () => 1000, action: () => { actions++; } };
+      const options = {
+        check: 'db:connection',
+        clock,
+        maxAttempts: 3,
+        backoffMs: () => 1000,
+        action: () => {
+          actions++;
+        },
+      };
       const first = await AutoRecovery.persistent(health, options, file);
       await health.report();
       await clock.advance(0);

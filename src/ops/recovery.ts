@@ -68,7 +68,8 @@ export class AutoRecovery {
     private readonly options: AutoRecoveryOptions,
   ) {
     const max = options.maxAttempts ?? 3;
-    if (!Number.isInteger(max) || max < 1) throw new Error(`recovery[${options.check}].maxAttempts: must be an integer >= 1`);
+    if (!Number.isInteger(max) || max < 1)
+      throw new Error(`recovery[${options.check}].maxAttempts: must be an integer >= 1`);
     this.clock = options.clock ?? systemClock;
     const init = options.initialState;
     this.current = init
@@ -91,7 +92,11 @@ export class AutoRecovery {
    * missing or unreadable file is a fresh start) and every change is saved. Throws, naming the
    * setting, when the file cannot be written.
    */
-  static async persistent(health: HealthRegistry, options: AutoRecoveryOptions, file: string): Promise<AutoRecovery> {
+  static async persistent(
+    health: HealthRegistry,
+    options: AutoRecoveryOptions,
+    file: string,
+  ): Promise<AutoRecovery> {
     const store = new JsonStateFile<RecoveryState>(file);
     await store.assertWritable(`recovery[${options.check}].stateFile`);
     const saved = await store.load();
@@ -141,7 +146,11 @@ export class AutoRecovery {
   }
 
   private onFailure(): void {
-    if (this.current.status === 'waiting' || this.current.status === 'recovering' || this.current.status === 'exhausted')
+    if (
+      this.current.status === 'waiting' ||
+      this.current.status === 'recovering' ||
+      this.current.status === 'exhausted'
+    )
       return;
     if (this.current.status === 'recovered') this.update({ status: 'idle', attempts: 0 });
     this.scheduleNext();
@@ -181,7 +190,12 @@ export class AutoRecovery {
           ? { at, attempt: n, outcome: 'still-failing', ...(result.output ? { error: result.output } : {}) }
           : { at, attempt: n, outcome: 'recovered' };
     } catch (err) {
-      record = { at, attempt: n, outcome: 'action-failed', error: redactString(err instanceof Error ? err.message : String(err)) };
+      record = {
+        at,
+        attempt: n,
+        outcome: 'action-failed',
+        error: redactString(err instanceof Error ? err.message : String(err)),
+      };
     } finally {
       this.busy = false;
     }

@@ -19,10 +19,23 @@ describe('GracefulShutdown', () => {
     const exits: number[] = [];
     const order: string[] = [];
     const { source, send } = signals();
-    const sd = new GracefulShutdown({ clock, health, delayMs: 5000, exit: (c) => exits.push(c), signalSource: source });
-    sd.addHook('db', () => { order.push('db'); });
-    sd.addHook('queue', async () => { order.push('queue'); await clock.sleep(100); });
-    sd.addHook('http', () => { order.push('http'); });
+    const sd = new GracefulShutdown({
+      clock,
+      health,
+      delayMs: 5000,
+      exit: (c) => exits.push(c),
+      signalSource: source,
+    });
+    sd.addHook('db', () => {
+      order.push('db');
+    });
+    sd.addHook('queue', async () => {
+      order.push('queue');
+      await clock.sleep(100);
+    });
+    sd.addHook('http', () => {
+      order.push('http');
+    });
     sd.install();
     send('SIGTERM');
     expect((await health.report('readiness')).status).toBe('fail');
@@ -40,9 +53,13 @@ describe('GracefulShutdown', () => {
     const exits: number[] = [];
     const ran: string[] = [];
     const sd = new GracefulShutdown({ clock, delayMs: 0, hookTimeoutMs: 1000, exit: (c) => exits.push(c) });
-    sd.addHook('first', () => { ran.push('first'); });
+    sd.addHook('first', () => {
+      ran.push('first');
+    });
     sd.addHook('hangs', () => new Promise(() => undefined), { timeoutMs: 500 });
-    sd.addHook('throws', () => { throw new Error('boom'); });
+    sd.addHook('throws', () => {
+      throw new Error('boom');
+    });
     const done = sd.shutdown();
     await clock.advance(500);
     const result = await done;
@@ -55,7 +72,12 @@ describe('GracefulShutdown', () => {
     const clock = new VirtualClock(0);
     const exits: number[] = [];
     const { source, send } = signals();
-    const sd = new GracefulShutdown({ clock, delayMs: 10_000, exit: (c) => exits.push(c), signalSource: source });
+    const sd = new GracefulShutdown({
+      clock,
+      delayMs: 10_000,
+      exit: (c) => exits.push(c),
+      signalSource: source,
+    });
     sd.install();
     send('SIGTERM');
     await clock.advance(1);
@@ -71,7 +93,12 @@ describe('GracefulShutdown', () => {
       else res.end('fast');
     });
     const exits: number[] = [];
-    const sd = new GracefulShutdown({ clock, delayMs: 0, drainTimeoutMs: 60_000, exit: (c) => exits.push(c) });
+    const sd = new GracefulShutdown({
+      clock,
+      delayMs: 0,
+      drainTimeoutMs: 60_000,
+      exit: (c) => exits.push(c),
+    });
     sd.addServer(server);
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as AddressInfo).port;
@@ -80,9 +107,15 @@ describe('GracefulShutdown', () => {
       new Promise<{ status: number; body: string; connection: string | undefined }>((resolve, reject) => {
         request({ port, host: '127.0.0.1', path, agent }, (res) => {
           let body = '';
-          res.on('data', (c: Buffer) => { body += c.toString(); });
-          res.on('end', () => { resolve({ status: res.statusCode ?? 0, body, connection: res.headers.connection }); });
-        }).on('error', reject).end();
+          res.on('data', (c: Buffer) => {
+            body += c.toString();
+          });
+          res.on('end', () => {
+            resolve({ status: res.statusCode ?? 0, body, connection: res.headers.connection });
+          });
+        })
+          .on('error', reject)
+          .end();
       });
     expect((await get('/fast')).body).toBe('fast'); // leaves an idle keep-alive socket
     const slow = get('/slow');
@@ -108,7 +141,13 @@ describe('GracefulShutdown', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as AddressInfo).port;
     const failed = new Promise<string>((resolve) => {
-      request({ port, host: '127.0.0.1', path: '/' }, () => { resolve('answered'); }).on('error', (e) => { resolve(e.message); }).end();
+      request({ port, host: '127.0.0.1', path: '/' }, () => {
+        resolve('answered');
+      })
+        .on('error', (e) => {
+          resolve(e.message);
+        })
+        .end();
     });
     await new Promise((r) => setTimeout(r, 50));
     const done = sd.shutdown();

@@ -50,7 +50,8 @@ interface Tracked {
 
 function positive(name: string, v: number | undefined, def: number): number {
   const r = v ?? def;
-  if (!Number.isFinite(r) || r < 0) throw new Error(`shutdown.${name}: must be a number >= 0, got ${String(v)}`);
+  if (!Number.isFinite(r) || r < 0)
+    throw new Error(`shutdown.${name}: must be a number >= 0, got ${String(v)}`);
   return r;
 }
 
@@ -109,7 +110,11 @@ export class GracefulShutdown {
 
   /** Registers a hook run at shutdown (reverse order of registration). Returns a remover. */
   addHook(name: string, fn: () => Promise<void> | void, options: { timeoutMs?: number } = {}): () => void {
-    const hook: Hook = { name, fn, timeoutMs: positive(`hooks.${name}.timeoutMs`, options.timeoutMs, this.hookTimeoutMs) };
+    const hook: Hook = {
+      name,
+      fn,
+      timeoutMs: positive(`hooks.${name}.timeoutMs`, options.timeoutMs, this.hookTimeoutMs),
+    };
     this.hooks.push(hook);
     return () => {
       const i = this.hooks.indexOf(hook);
@@ -207,14 +212,22 @@ export class GracefulShutdown {
       });
     });
     try {
-      const outcome = await Promise.race([Promise.resolve().then(hook.fn).then(() => undefined), timedOut]);
+      const outcome = await Promise.race([
+        Promise.resolve()
+          .then(hook.fn)
+          .then(() => undefined),
+        timedOut,
+      ]);
       if (outcome) {
         this.log('shutdown hook failed', { hook: hook.name, error: outcome.message });
         return false;
       }
       return true;
     } catch (err) {
-      this.log('shutdown hook failed', { hook: hook.name, error: err instanceof Error ? err.message : String(err) });
+      this.log('shutdown hook failed', {
+        hook: hook.name,
+        error: err instanceof Error ? err.message : String(err),
+      });
       return false;
     } finally {
       timer?.cancel();

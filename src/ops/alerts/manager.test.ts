@@ -15,7 +15,13 @@ import type { Alert, AlertHandler } from './types.js';
 
 function memory(name = 'mem'): AlertHandler & { batches: Alert[][] } {
   const batches: Alert[][] = [];
-  return { name, batches, send: (a) => { batches.push([...a]); } };
+  return {
+    name,
+    batches,
+    send: (a) => {
+      batches.push([...a]);
+    },
+  };
 }
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -40,7 +46,11 @@ describe('AlertManager', () => {
     await clock.advance(60_000);
     m.raise({ name: 'X', severity: 'error', summary: 's', labels: { a: '1' } });
     await m.flush();
-    expect(h.batches.flat().map((a) => [a.labels.a, a.count])).toEqual([['1', 1], ['2', 1], ['1', 3]]);
+    expect(h.batches.flat().map((a) => [a.labels.a, a.count])).toEqual([
+      ['1', 1],
+      ['2', 1],
+      ['1', 3],
+    ]);
   });
 
   it('groups alerts with equal group labels into one notification', async () => {
@@ -89,7 +99,8 @@ describe('AlertManager', () => {
     const clock = new VirtualClock(0);
     const h = memory();
     const m = new AlertManager({ clock, handlers: [h], maxPerMinute: 2 });
-    for (let i = 0; i < 5; i++) m.raise({ name: 'N', severity: 'info', summary: String(i), labels: { i: String(i) } });
+    for (let i = 0; i < 5; i++)
+      m.raise({ name: 'N', severity: 'info', summary: String(i), labels: { i: String(i) } });
     await m.flush();
     expect(h.batches.length).toBe(2);
     expect(m.suppressed).toBe(3);
@@ -116,12 +127,17 @@ describe('AlertManager', () => {
     const historyFile = join(dir, 'state', 'alerts.json');
     const first = new AlertManager({ handlers: [], historyFile, historySize: 3 });
     await first.start();
-    for (let i = 0; i < 5; i++) first.raise({ name: 'H', severity: 'info', summary: String(i), labels: { i: String(i) } });
+    for (let i = 0; i < 5; i++)
+      first.raise({ name: 'H', severity: 'info', summary: String(i), labels: { i: String(i) } });
     first.resolve('H', { i: '4' });
     await first.close();
     const second = new AlertManager({ handlers: [], historyFile, historySize: 3 });
     await second.start();
-    expect(second.history().map((a) => [a.summary, a.status])).toEqual([['3', 'firing'], ['4', 'firing'], ['4', 'resolved']]);
+    expect(second.history().map((a) => [a.summary, a.status])).toEqual([
+      ['3', 'firing'],
+      ['4', 'firing'],
+      ['4', 'resolved'],
+    ]);
     expect(second.firing().map((a) => a.summary)).toEqual(['3']);
     // A reloaded firing alert is deduplicated, not re-sent as new.
     expect(second.resolve('H', { i: '3' })?.status).toBe('resolved');
@@ -136,7 +152,9 @@ describe('AlertManager', () => {
   });
 
   it('rejects invalid config naming the setting', () => {
-    expect(() => new AlertManager({ handlers: [], routes: [{ handlers: ['nope'] }] })).toThrow(/alerts\.routes\[0\]\.handlers: unknown handler "nope"/);
+    expect(() => new AlertManager({ handlers: [], routes: [{ handlers: ['nope'] }] })).toThrow(
+      /alerts\.routes\[0\]\.handlers: unknown handler "nope"/,
+    );
     expect(() => new AlertManager({ handlers: [], dedupWindowMs: -1 })).toThrow(/alerts\.dedupWindowMs/);
     expect(() => webhookAlertHandler({ url: 'ftp://x' })).toThrow(/alerts\.webhook\.url/);
   });
@@ -155,8 +173,15 @@ describe('AlertManager', () => {
       fc.property(fc.string(), secret, wrap, fc.string(), (prefix, s, w, suffix) => {
         const text = `${prefix} ${w(s)} ${suffix}`;
         const alert = sanitiseAlert({
-          name: 'A', severity: 'error', summary: text, labels: { where: text }, details: { nested: { msg: text, list: [text] }, password: s },
-          fingerprint: 'f', status: 'firing', startsAt: '', count: 1,
+          name: 'A',
+          severity: 'error',
+          summary: text,
+          labels: { where: text },
+          details: { nested: { msg: text, list: [text] }, password: s },
+          fingerprint: 'f',
+          status: 'firing',
+          startsAt: '',
+          count: 1,
         });
         const json = JSON.stringify(alert);
         return !json.includes(s) && !json.includes(s.toLowerCase() + '@');
@@ -172,11 +197,20 @@ describe('alert handlers', () => {
     const path = join(dir, 'alerts.jsonl');
     const h = jsonlFileAlertHandler({ path, maxBytes: 300, keep: 2 });
     const m = new AlertManager({ handlers: [h], maxPerMinute: 1000 });
-    for (let i = 0; i < 10; i++) m.raise({ name: 'R', severity: 'info', summary: `alert number ${String(i)}`, labels: { i: String(i) } });
+    for (let i = 0; i < 10; i++)
+      m.raise({
+        name: 'R',
+        severity: 'info',
+        summary: `alert number ${String(i)}`,
+        labels: { i: String(i) },
+      });
     await m.close();
     const files = (await readdir(dir)).sort();
     expect(files).toEqual(['alerts.jsonl', 'alerts.jsonl.1', 'alerts.jsonl.2']);
-    const last = (await readFile(path, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Alert);
+    const last = (await readFile(path, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Alert);
     expect(last.at(-1)?.summary).toBe('alert number 9');
   });
 
@@ -185,21 +219,39 @@ describe('alert handlers', () => {
     let up = false;
     const server: Server = createServer((req, res) => {
       let body = '';
-      req.on('data', (c: Buffer) => { body += c.toString(); });
+      req.on('data', (c: Buffer) => {
+        body += c.toString();
+      });
       req.on('end', () => {
-        if (!up) { res.writeHead(503).end(); return; }
+        if (!up) {
+          res.writeHead(503).end();
+          return;
+        }
         received.push(JSON.parse(body));
         res.writeHead(200).end();
       });
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => { server.close(() => { r(); }); }));
+    cleanups.push(
+      () =>
+        new Promise((r) => {
+          server.close(() => {
+            r();
+          });
+        }),
+    );
     const url = `http://127.0.0.1:${String((server.address() as AddressInfo).port)}`;
     const clock = new VirtualClock(0);
-    const h = webhookAlertHandler({ url, maxQueue: 2, clock, retryPolicy: retry({ maxAttempts: 50, backoff: constant(1000), clock }) });
+    const h = webhookAlertHandler({
+      url,
+      maxQueue: 2,
+      clock,
+      retryPolicy: retry({ maxAttempts: 50, backoff: constant(1000), clock }),
+    });
     const m = new AlertManager({ handlers: [h], clock });
     const started = performance.now();
-    for (let i = 0; i < 4; i++) m.raise({ name: 'W', severity: 'error', summary: `s${String(i)}`, labels: { i: String(i) } });
+    for (let i = 0; i < 4; i++)
+      m.raise({ name: 'W', severity: 'error', summary: `s${String(i)}`, labels: { i: String(i) } });
     expect(performance.now() - started).toBeLessThan(1000);
     await new Promise((r) => setTimeout(r, 50));
     expect(received).toEqual([]);
@@ -220,17 +272,38 @@ describe('alert handlers', () => {
     const server = createServer((req, res) => {
       let body = '';
       paths.push(req.url ?? '');
-      req.on('data', (c: Buffer) => { body += c.toString(); });
-      req.on('end', () => { bodies.push(JSON.parse(body)); res.writeHead(200).end(); });
+      req.on('data', (c: Buffer) => {
+        body += c.toString();
+      });
+      req.on('end', () => {
+        bodies.push(JSON.parse(body));
+        res.writeHead(200).end();
+      });
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => { server.close(() => { r(); }); }));
+    cleanups.push(
+      () =>
+        new Promise((r) => {
+          server.close(() => {
+            r();
+          });
+        }),
+    );
     const h = alertmanagerHandler(`http://127.0.0.1:${String((server.address() as AddressInfo).port)}`);
     const m = new AlertManager({ handlers: [h] });
-    m.raise({ name: 'DiskSpaceLow', severity: 'critical', summary: 'disk full, mail ops@example.com', labels: { path: '/data' } });
+    m.raise({
+      name: 'DiskSpaceLow',
+      severity: 'critical',
+      summary: 'disk full, mail ops@example.com',
+      labels: { path: '/data' },
+    });
     await m.close();
     expect(paths).toEqual(['/api/v2/alerts']);
-    const [alert] = bodies[0] as { labels: Record<string, string>; annotations: Record<string, string>; startsAt: string }[];
+    const [alert] = bodies[0] as {
+      labels: Record<string, string>;
+      annotations: Record<string, string>;
+      startsAt: string;
+    }[];
     expect(alert?.labels).toEqual({ path: '/data', alertname: 'DiskSpaceLow', severity: 'critical' });
     expect(alert?.annotations.summary).toBe('disk full, mail [REDACTED]');
   });

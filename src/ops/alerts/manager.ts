@@ -3,7 +3,13 @@ import type { Clock, TimerHandle } from '../../time/index.js';
 import { systemClock } from '../../time/index.js';
 import { JsonStateFile } from '../state-store.js';
 import { sanitiseAlert } from './sanitise.js';
-import { ALERT_SEVERITIES, type Alert, type AlertHandler, type AlertInput, type AlertRoute } from './types.js';
+import {
+  ALERT_SEVERITIES,
+  type Alert,
+  type AlertHandler,
+  type AlertInput,
+  type AlertRoute,
+} from './types.js';
 
 /** Options of {@link AlertManager}. */
 export interface AlertManagerOptions {
@@ -67,9 +73,11 @@ export class AlertManager {
     }
     for (const [i, route] of (options.routes ?? []).entries()) {
       for (const name of route.handlers)
-        if (!this.handlers.has(name)) throw new Error(`alerts.routes[${String(i)}].handlers: unknown handler "${name}"`);
+        if (!this.handlers.has(name))
+          throw new Error(`alerts.routes[${String(i)}].handlers: unknown handler "${name}"`);
       for (const s of route.severities ?? [])
-        if (!ALERT_SEVERITIES.includes(s)) throw new Error(`alerts.routes[${String(i)}].severities: unknown "${s}"`);
+        if (!ALERT_SEVERITIES.includes(s))
+          throw new Error(`alerts.routes[${String(i)}].severities: unknown "${s}"`);
     }
     const positive = (key: keyof AlertManagerOptions, min: number): void => {
       const v = options[key];
@@ -138,7 +146,11 @@ export class AlertManager {
     if (!firing) return undefined;
     this.active.delete(fingerprint);
     this.lastSent.delete(fingerprint);
-    const resolved: Alert = { ...firing, status: 'resolved', endsAt: new Date(this.clock.now()).toISOString() };
+    const resolved: Alert = {
+      ...firing,
+      status: 'resolved',
+      endsAt: new Date(this.clock.now()).toISOString(),
+    };
     this.record(resolved);
     this.enqueue(resolved);
     return resolved;
@@ -173,7 +185,8 @@ export class AlertManager {
 
   private record(alert: Alert): void {
     this.historyList.push(alert);
-    if (this.historyList.length > this.historySize) this.historyList.splice(0, this.historyList.length - this.historySize);
+    if (this.historyList.length > this.historySize)
+      this.historyList.splice(0, this.historyList.length - this.historySize);
     this.persist();
   }
 
@@ -188,7 +201,9 @@ export class AlertManager {
       this.deliver([alert]);
       return;
     }
-    const key = [alert.name, ...(this.options.groupBy ?? []).map((l) => alert.labels[l] ?? '')].join('\u0000');
+    const key = [alert.name, ...(this.options.groupBy ?? []).map((l) => alert.labels[l] ?? '')].join(
+      '\u0000',
+    );
     const group = this.groups.get(key);
     if (group) {
       group.alerts.push(alert);
@@ -222,7 +237,9 @@ export class AlertManager {
       return;
     }
     const targets = new Map<string, Alert[]>();
-    for (const alert of alerts) for (const name of this.route(alert)) (targets.get(name) ?? targets.set(name, []).get(name))?.push(alert);
+    for (const alert of alerts)
+      for (const name of this.route(alert))
+        (targets.get(name) ?? targets.set(name, []).get(name))?.push(alert);
     for (const [name, list] of targets) {
       const handler = this.handlers.get(name);
       if (!handler) continue;

@@ -44,7 +44,8 @@ export function webhookAlertHandler(options: WebhookOptions): WebhookHandler {
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')
     throw new Error(`alerts.webhook.url: must be http or https, got ${parsed.protocol}`);
   const maxQueue = options.maxQueue ?? 100;
-  if (!Number.isInteger(maxQueue) || maxQueue < 1) throw new Error('alerts.webhook.maxQueue: must be an integer >= 1');
+  if (!Number.isInteger(maxQueue) || maxQueue < 1)
+    throw new Error('alerts.webhook.maxQueue: must be an integer >= 1');
   const timeoutMs = options.timeoutMs ?? 5000;
   const policy =
     options.retryPolicy ??
@@ -67,10 +68,15 @@ export function webhookAlertHandler(options: WebhookOptions): WebhookHandler {
       });
       await res.arrayBuffer();
       if (!res.ok)
-        throw keelError('HTTP_ERROR', `alert webhook answered ${String(res.status)}`, { status: res.status }, {
-          retryable: res.status >= 500 || res.status === 429 || res.status === 408,
-          httpStatus: res.status,
-        });
+        throw keelError(
+          'HTTP_ERROR',
+          `alert webhook answered ${String(res.status)}`,
+          { status: res.status },
+          {
+            retryable: res.status >= 500 || res.status === 429 || res.status === 408,
+            httpStatus: res.status,
+          },
+        );
     });
   }
 
@@ -116,7 +122,10 @@ export function webhookAlertHandler(options: WebhookOptions): WebhookHandler {
  * `{ labels, annotations, startsAt, endsAt }`), so alerts reach an existing Alertmanager.
  * `baseUrl` is the Alertmanager address, e.g. `http://127.0.0.1:9093`.
  */
-export function alertmanagerHandler(baseUrl: string, options: Omit<WebhookOptions, 'url' | 'body'> = {}): WebhookHandler {
+export function alertmanagerHandler(
+  baseUrl: string,
+  options: Omit<WebhookOptions, 'url' | 'body'> = {},
+): WebhookHandler {
   return webhookAlertHandler({
     ...options,
     name: options.name ?? 'alertmanager',
@@ -132,7 +141,12 @@ export function toAlertmanager(alert: Alert): {
   startsAt: string;
   endsAt?: string;
 } {
-  const out: { labels: Record<string, string>; annotations: Record<string, string>; startsAt: string; endsAt?: string } = {
+  const out: {
+    labels: Record<string, string>;
+    annotations: Record<string, string>;
+    startsAt: string;
+    endsAt?: string;
+  } = {
     labels: { ...alert.labels, alertname: alert.name, severity: alert.severity },
     annotations: { summary: alert.summary },
     startsAt: alert.startsAt,
