@@ -219,6 +219,24 @@ describe.each(stores)('operation groups on %s', (_name, makeFixture) => {
     expect(journal).toEqual(['+a', '+b', '-undo-b', '-undo-a']);
   });
 
+  it('stops groups nobody is running: pending ones at once, a paused one rolled back here', async () => {
+    const a = await manager.create({ name: 'a', steps: [note('a')] });
+    await expect(manager.stop(a, { mode: 'graceful' })).resolves.toEqual({ id: a, status: 'stopped' });
+    const b = await manager.create({ name: 'b', steps: [note('b')] });
+    await expect(manager.stop(b, { mode: 'rollback' })).resolves.toEqual({ id: b, status: 'rolled_back' });
+    expect(journal).toEqual([]);
+    const gate = deferred();
+    holds.set('c2', gate.promise);
+    const c = await manager.create({ name: 'c', steps: [note('c1'), note('c2'), note('c3')] });
+    const run = manager.run(c);
+    await until(async () => (await manager.progress(c)).current[0]?.seq === 1, 'c2 running');
+    await manager.pause(c);
+    gate.resolve();
+    await expect(run).resolves.toEqual({ id: c, status: 'paused' });
+    await expect(manager.stop(c, { mode: 'rollback' })).resolves.toEqual({ id: c, status: 'rolled_back' });
+    expect(journal).toEqual(['+c1', '+c2', '-undo-c2', '-undo-c1']);
+  });
+
   it('enforces the allowed transitions', async () => {
     const id = await manager.create({ name: 'done', steps: [note('a')] });
     await manager.run(id);
