@@ -266,6 +266,49 @@ describe('alert handlers', () => {
     expect(h.delivered).toBe(3);
   });
 
+  it('retries a webhook whose port refuses connections, then drops the batch', async () => {
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    await new Promise<void>((r) => {
+      server.close(() => {
+        r();
+      });
+    });
+    const clock = new VirtualClock(0);
+    const policy = retry({ maxAttempts: 3, backoff: constant(1000), clock });
+    let retries = 0;
+    policy.on('retry', () => {
+      retries++;
+    });
+    const h = webhookAlertHandler({
+      url: `http://127.0.0.1:${String(port)}/hook`,
+      clock,
+      retryPolicy: policy,
+    });
+    void h.send([
+      sanitiseAlert({
+        name: 'A',
+        severity: 'info',
+        summary: 's',
+        labels: {},
+        details: {},
+        fingerprint: 'f',
+        status: 'firing',
+        startsAt: '',
+        count: 1,
+      }),
+    ]);
+    for (let i = 0; i < 20 && h.dropped === 0; i++) {
+      await clock.advance(1000);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await h.close?.();
+    expect(retries).toBe(2);
+    expect(h.dropped).toBe(1);
+    expect(h.delivered).toBe(0);
+  });
+
   it('posts in the Alertmanager v2 shape', async () => {
     const bodies: unknown[] = [];
     const paths: string[] = [];

@@ -60,12 +60,28 @@ export function webhookAlertHandler(options: WebhookOptions): WebhookHandler {
 
   async function post(alerts: readonly Alert[]): Promise<void> {
     await policy.execute(async () => {
-      const res = await fetch(options.url, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', ...options.headers },
-        body: JSON.stringify(options.body ? options.body(alerts) : { alerts }),
-        signal: AbortSignal.timeout(timeoutMs),
-      });
+      let res: Response;
+      try {
+        res = await fetch(options.url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...options.headers },
+          body: JSON.stringify(options.body ? options.body(alerts) : { alerts }),
+          signal: AbortSignal.timeout(timeoutMs),
+        });
+      } catch (err) {
+        // fetch reports refused connections, resets and timeouts alike as one TypeError: all are
+        // worth another try for a receiver that is restarting.
+        throw keelError(
+          'ALERT_WEBHOOK_UNREACHABLE',
+          `alert webhook ${parsed.host} unreachable`,
+          {},
+          {
+            cause: err,
+            kind: 'transient',
+            retryable: true,
+          },
+        );
+      }
       await res.arrayBuffer();
       if (!res.ok)
         throw keelError(
