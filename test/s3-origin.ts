@@ -16,6 +16,8 @@ export interface S3Origin {
   directPort: number;
   /** Multipart uploads created and neither completed nor aborted. */
   openUploads(): string[];
+  /** The most UploadPart requests the origin was handling at once. */
+  maxConcurrentParts(): number;
   close(): Promise<void>;
 }
 
@@ -73,7 +75,13 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
     });
 
   const sockets = new Set<import('node:net').Socket>();
+  let partsInFlight = 0;
+  let maxPartsInFlight = 0;
   const shim = http.createServer((req, res) => {
+    if (req.method === 'PUT' && req.url?.includes('uploadId=')) {
+      maxPartsInFlight = Math.max(maxPartsInFlight, ++partsInFlight);
+      res.once('close', () => partsInFlight--);
+    }
     const chunks: Buffer[] = [];
     req.on('data', (d: Buffer) => chunks.push(d));
     req.on('end', () => {
@@ -169,6 +177,7 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
     port,
     directPort,
     openUploads: () => [...uploads.entries()].filter(([, u]) => u.open).map(([id]) => id),
+    maxConcurrentParts: () => maxPartsInFlight,
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise((r) => shim.close(r));

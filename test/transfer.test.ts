@@ -430,6 +430,7 @@ describe('resumable multipart upload', () => {
         retry: quickRetry(),
       });
       expect(result).toMatchObject({ size: data.length, parts: 7, partsReused: 0 });
+      expect(origin.maxConcurrentParts()).toBeLessThanOrEqual(3);
     } finally {
       proxy.remove('reset');
     }
