@@ -326,6 +326,24 @@ describe('classify', () => {
   });
 });
 
+describe('real fetch failures', () => {
+  it('a refused connection through fetch() is CONNECTION_REFUSED and retryable', async () => {
+    const net = await import('node:net');
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    await new Promise((r) => server.close(r));
+    const err = await fetch(`http://127.0.0.1:${port}/`).catch((e: unknown) => e);
+    expect(classify(err)).toMatchObject({ code: 'CONNECTION_REFUSED', retryable: true });
+  });
+
+  it('a port fetch() refuses to use is a clear, non-retryable input error', async () => {
+    const err = await fetch('http://127.0.0.1:1/').catch((e: unknown) => e);
+    expect(classify(err)).toMatchObject({ code: 'INVALID_INPUT', retryable: false });
+    expect(classify(err).message).toMatch(/bad ports/);
+  });
+});
+
 describe('helpers', () => {
   it('isRetryable and httpStatusOf read the classification', () => {
     expect(isRetryable(sysErr('ECONNRESET'))).toBe(true);

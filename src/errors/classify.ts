@@ -184,6 +184,18 @@ function classifyInner(err: unknown, depth: number): KeelError {
     return fromMapping(undici, message, { errorCode: code }, options);
   }
 
+  // fetch() refuses ports on the Fetch standard's block list (1, 21, 25, 6000 …) before connecting.
+  if (
+    name === 'TypeError' &&
+    safeString((e.cause as { message?: unknown } | undefined)?.message) === 'bad port'
+  ) {
+    return keelError(
+      'INVALID_INPUT',
+      `${message}: fetch() refuses this port (on the Fetch standard's list of bad ports); use another port`,
+      {},
+      options,
+    );
+  }
   // fetch() wraps the real failure: TypeError('fetch failed', { cause })
   if (
     depth < MAX_CAUSE_DEPTH &&
