@@ -17,3 +17,11 @@ export { SqlGroupRepository, GROUPS_MIGRATIONS, type GroupSqlDriver } from './gr
 export { sqliteGroupRepository, type SqliteGroupOptions } from './groups-sqlite.js';
 export { postgresGroupRepository, type PostgresGroupOptions } from './groups-postgres.js';
 export { openGroupRepository } from './groups-open.js';
+
+// The persistent queue (src/queue).
+export {
+  SqliteQueueStore,
+  type QueueRow,
+  type NewQueueRow,
+  type SqliteQueueStoreOptions,
+} from './queue-sqlite.js';
