@@ -34,6 +34,8 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
   });
   const address = (await s3rver.run()) as { port: number };
   const directPort = address.port;
+  // Our own agent, so close() can drop the shim's connections to s3rver (s3rver waits for them).
+  const agent = new http.Agent({ keepAlive: true });
   const uploads = new Map<string, { parts: Map<number, { etag: string; size: number }>; open: boolean }>();
 
   const forward = (
@@ -43,7 +45,7 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
     onResponse?: (status: number, headers: http.IncomingHttpHeaders, data: Buffer) => void,
   ): void => {
     const up = http.request(
-      { host: '127.0.0.1', port: directPort, method: req.method, path: req.url, headers: req.headers },
+      { agent, host: '127.0.0.1', port: directPort, method: req.method, path: req.url, headers: req.headers },
       (upRes) => {
         if (!onResponse) {
           res.writeHead(upRes.statusCode ?? 502, upRes.headers);
@@ -66,7 +68,7 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
   const headEtag = (p: string): Promise<string | undefined> =>
     new Promise((resolve) => {
       http
-        .request({ host: '127.0.0.1', port: directPort, method: 'HEAD', path: p }, (r) => {
+        .request({ agent, host: '127.0.0.1', port: directPort, method: 'HEAD', path: p }, (r) => {
           r.resume();
           resolve(r.statusCode === 200 ? r.headers.etag : undefined);
         })
@@ -181,6 +183,7 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise((r) => shim.close(r));
+      agent.destroy();
       await new Promise((r) => s3rver.close(r));
       await rm(dir, { recursive: true, force: true });
     },
