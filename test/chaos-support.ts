@@ -1,7 +1,9 @@
 import net from 'node:net';
 
 /** A TCP server for chaos tests: echoes, or sends `payload` on connect and closes. */
-export async function startUpstream(mode: { echo: true } | { payload: Buffer }): Promise<{ port: number; close(): Promise<void> }> {
+export async function startUpstream(
+  mode: { echo: true } | { payload: Buffer },
+): Promise<{ port: number; close(): Promise<void> }> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
@@ -49,7 +51,13 @@ export function receive(port: number, send?: Buffer, end = false): Promise<Recei
       error = err;
     });
     socket.on('close', () => {
-      resolve({ bytes: Buffer.concat(parts), chunks: parts.length, firstByteMs, closedMs: performance.now() - started, error });
+      resolve({
+        bytes: Buffer.concat(parts),
+        chunks: parts.length,
+        firstByteMs,
+        closedMs: performance.now() - started,
+        error,
+      });
     });
   });
 }

@@ -10,10 +10,15 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
-async function setup(mode: { echo: true } | { payload: Buffer }): Promise<{ proxy: ChaosProxy; upstreamPort: number }> {
+async function setup(
+  mode: { echo: true } | { payload: Buffer },
+): Promise<{ proxy: ChaosProxy; upstreamPort: number }> {
   const upstream = await startUpstream(mode);
   const proxy = await chaos.proxy({ upstream: `127.0.0.1:${upstream.port}` });
-  cleanups.push(() => upstream.close(), () => proxy.close());
+  cleanups.push(
+    () => upstream.close(),
+    () => proxy.close(),
+  );
   return { proxy, upstreamPort: upstream.port };
 }
 
@@ -31,7 +36,11 @@ describe('chaos TCP proxy', () => {
       s.on('close', () => resolve(Buffer.concat(parts)));
     });
     expect(got.equals(data)).toBe(true);
-    expect(proxy.stats()).toEqual({ bytesUpstream: data.length, bytesDownstream: data.length, connections: 1 });
+    expect(proxy.stats()).toEqual({
+      bytesUpstream: data.length,
+      bytesDownstream: data.length,
+      connections: 1,
+    });
   });
 
   it('latency delays the first byte by about the configured time', async () => {
@@ -68,7 +77,9 @@ describe('chaos TCP proxy', () => {
     proxy.add({ type: 'bandwidth', attributes: { rate: 400 } }); // 400 KB/s → 0.5 s
     const got = await receive(proxy.port);
     expect(got.bytes.equals(payload)).toBe(true);
-    const rate = got.bytes.length / 1000 / ((got.closedMs - got.firstByteMs) / 1000 + 0.1);
+    // KB/s over the whole transfer, connect to close (the proxy paces in 100 ms steps).
+    const rate = got.bytes.length / 1000 / (got.closedMs / 1000);
+    console.log('bandwidth toxic: measured KB/s at rate 400 =', rate.toFixed(1));
     expect(rate).toBeGreaterThan(400 * 0.8);
     expect(rate).toBeLessThan(400 * 1.2);
   });
@@ -97,6 +108,40 @@ describe('chaos TCP proxy', () => {
     await new Promise((r) => setTimeout(r, 100));
     expect(Buffer.concat(received).toString()).toBe('through');
     socket.destroy();
+  });
+
+  it('a reset_peer toxic removed before it fires leaves open connections alone', async () => {
+    const { proxy } = await setup({ echo: true });
+    proxy.add({ type: 'reset_peer', name: 'rst', attributes: { timeout: 80 } });
+    const socket = net.connect(proxy.port, '127.0.0.1');
+    const closed = new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+      let error: NodeJS.ErrnoException | undefined;
+      socket.on('error', (err) => (error = err));
+      socket.on('close', () => resolve(error));
+    });
+    await new Promise((r) => socket.once('connect', r));
+    expect(proxy.remove('rst')).toBe(true);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(socket.destroyed).toBe(false);
+    const echoed = new Promise<string>((resolve) =>
+      socket.once('data', (d: Buffer) => resolve(d.toString())),
+    );
+    socket.write('still here');
+    expect(await echoed).toBe('still here');
+    socket.end();
+    expect(await closed).toBeUndefined();
+  });
+
+  it('updating a timeout toxic counts its new time from the update', async () => {
+    const { proxy } = await setup({ echo: true });
+    proxy.add({ type: 'timeout', name: 't', attributes: { timeout: 100 } });
+    const got = receive(proxy.port, Buffer.from('held'));
+    await new Promise((r) => setTimeout(r, 50));
+    proxy.update('t', { attributes: { timeout: 200 } }); // the old 100 ms no longer applies
+    const result = await got;
+    expect(result.bytes.length).toBe(0);
+    expect(result.closedMs).toBeGreaterThanOrEqual(240);
+    expect(proxy.toxic('t')?.attributes).toEqual({ timeout: 200 });
   });
 
   it('slicer cuts data into small chunks with delays', async () => {
@@ -132,8 +177,17 @@ describe('chaos TCP proxy', () => {
     });
     await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
     const proxy = await chaos.proxy({ upstream: `127.0.0.1:${(sink.address() as net.AddressInfo).port}` });
-    cleanups.push(() => new Promise((r) => sink.close(() => r())), () => proxy.close());
-    proxy.add({ type: 'limit_data', name: 'never', stream: 'upstream', toxicity: 0, attributes: { bytes: 1 } });
+    cleanups.push(
+      () => new Promise((r) => sink.close(() => r())),
+      () => proxy.close(),
+    );
+    proxy.add({
+      type: 'limit_data',
+      name: 'never',
+      stream: 'upstream',
+      toxicity: 0,
+      attributes: { bytes: 1 },
+    });
     proxy.add({ type: 'limit_data', name: 'up', stream: 'upstream', attributes: { bytes: 3 } });
     await receive(proxy.port, Buffer.from('abcdef'));
     expect(Buffer.concat(seen).toString()).toBe('abc');
@@ -162,7 +216,10 @@ describe('chaos TCP proxy', () => {
       [() => proxy.add({ type: 'latency', attributes: {} }), /needs attributes.latency/],
       [() => proxy.add({ type: 'latency', attributes: { latency: -5 } }), /non-negative number/],
       [() => proxy.add({ type: 'latency', toxicity: 2, attributes: { latency: 1 } }), /toxicity/],
-      [() => proxy.add({ type: 'latency', stream: 'sideways' as never, attributes: { latency: 1 } }), /stream/],
+      [
+        () => proxy.add({ type: 'latency', stream: 'sideways' as never, attributes: { latency: 1 } }),
+        /stream/,
+      ],
     ];
     for (const [attempt, message] of attempts) {
       let caught: unknown;
@@ -178,6 +235,8 @@ describe('chaos TCP proxy', () => {
     expect(() => proxy.add({ type: 'latency', attributes: { latency: 1 } })).toThrow(/already exists/);
     await expect(chaos.proxy({ upstream: 'no-such-host.invalid:80' })).rejects.toThrow(/does not resolve/);
     await expect(chaos.proxy({ upstream: '127.0.0.1:99999' })).rejects.toThrow(/port of 1-65535/);
-    await expect(chaos.proxy({ upstream: `127.0.0.1:1`, listen: proxy.listen })).rejects.toMatchObject({ code: 'CONFLICT' });
+    await expect(chaos.proxy({ upstream: `127.0.0.1:1`, listen: proxy.listen })).rejects.toMatchObject({
+      code: 'CONFLICT',
+    });
   });
 });

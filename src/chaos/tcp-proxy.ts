@@ -169,7 +169,8 @@ class Connection {
   readonly startedAt = Date.now();
   closed = false;
   private readonly affected = new Map<string, boolean>();
-  private readonly timers = new Set<NodeJS.Timeout>();
+  /** Pending reset_peer/timeout timers, by toxic name. */
+  private readonly timers = new Map<string, NodeJS.Timeout>();
   private readonly links: readonly Link[];
 
   constructor(
@@ -216,16 +217,31 @@ class Connection {
     const ms = (toxic.attributes as { timeout: number }).timeout;
     if (toxic.type === 'timeout' && ms === 0) return; // holds until removed
     const timer = setTimeout(() => {
-      this.timers.delete(timer);
+      this.timers.delete(toxic.name);
       if (toxic.type === 'reset_peer') this.reset();
       else this.destroy();
     }, ms);
-    this.timers.add(timer);
+    this.timers.set(toxic.name, timer);
+  }
+
+  /** A changed reset_peer/timeout toxic counts its time again from now (as Toxiproxy restarts it). */
+  onToxicUpdated(toxic: Toxic): void {
+    this.cancelTimer(toxic.name);
+    this.onToxicAdded(toxic);
+    for (const link of this.links) void link.pump();
   }
 
   onToxicRemoved(name: string): void {
+    this.cancelTimer(name);
     this.affected.delete(name);
     for (const link of this.links) void link.pump();
+  }
+
+  private cancelTimer(name: string): void {
+    const timer = this.timers.get(name);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.timers.delete(name);
   }
 
   /** Closes both sides with a TCP RST. */
@@ -248,7 +264,7 @@ class Connection {
   }
 
   private clearTimers(): void {
-    for (const t of this.timers) clearTimeout(t);
+    for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
   }
 }
@@ -405,6 +421,7 @@ export class ChaosProxy extends EventEmitter<ChaosProxyEvents> {
       throw keelError('NOT_FOUND', `toxic ${name} not found on proxy ${this.name}`, {}, { stack: false });
     const next = updateToxic(current, patch);
     this.toxics.set(name, next);
+    for (const c of this.connections) c.onToxicUpdated(next);
     return next;
   }
 
