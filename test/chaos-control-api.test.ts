@@ -15,7 +15,11 @@ afterAll(async () => {
   await upstream.close();
 });
 
-async function call(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+async function call(
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: unknown }> {
   const res = await fetch(`${api.url}${path}`, {
     method,
     ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
@@ -25,7 +29,7 @@ async function call(method: string, path: string, body?: unknown): Promise<{ sta
   try {
     json = JSON.parse(text);
   } catch {
-    // plain text answers (version)
+    // empty answers (204)
   }
   return { status: res.status, json };
 }
@@ -33,14 +37,30 @@ async function call(method: string, path: string, body?: unknown): Promise<{ sta
 describe('Toxiproxy-compatible control API', () => {
   it('drives proxies and toxics through toxiproxy-node-client unchanged', async () => {
     const client = new Toxiproxy(api.url);
-    expect(await client.getVersion()).toBe(TOXIPROXY_API_VERSION);
-    const proxy = await client.createProxy({ name: 'origin', listen: '127.0.0.1:0', upstream: `127.0.0.1:${upstream.port}` });
+    expect(JSON.parse(await client.getVersion())).toEqual({ version: TOXIPROXY_API_VERSION });
+    const proxy = await client.createProxy({
+      name: 'origin',
+      listen: '127.0.0.1:0',
+      upstream: `127.0.0.1:${upstream.port}`,
+    });
     expect(proxy.enabled).toBe(true);
     const port = Number(proxy.listen.split(':').pop());
     expect((await receive(port)).bytes.toString()).toBe('0123456789');
 
-    const toxic = await proxy.addToxic({ name: 'cut', type: 'limit_data', stream: 'downstream', toxicity: 1, attributes: { bytes: 4 } as never });
-    expect(toxic.toJson()).toEqual({ name: 'cut', type: 'limit_data', stream: 'downstream', toxicity: 1, attributes: { bytes: 4 } });
+    const toxic = await proxy.addToxic({
+      name: 'cut',
+      type: 'limit_data',
+      stream: 'downstream',
+      toxicity: 1,
+      attributes: { bytes: 4 } as never,
+    });
+    expect(toxic.toJson()).toEqual({
+      name: 'cut',
+      type: 'limit_data',
+      stream: 'downstream',
+      toxicity: 1,
+      attributes: { bytes: 4 },
+    });
     expect((await receive(port)).bytes.toString()).toBe('0123');
 
     const updated = await toxic.update({ attributes: { bytes: 6 } } as never);
@@ -70,7 +90,9 @@ describe('Toxiproxy-compatible control API', () => {
 
   it('answers bad input with Toxiproxy status codes and JSON errors, and keeps running', async () => {
     const name = 'errs';
-    expect((await call('POST', '/proxies', { name, upstream: `127.0.0.1:${upstream.port}` })).status).toBe(201);
+    expect((await call('POST', '/proxies', { name, upstream: `127.0.0.1:${upstream.port}` })).status).toBe(
+      201,
+    );
     const cases: [string, string, unknown, number, RegExp][] = [
       ['POST', '/proxies', { name, upstream: `127.0.0.1:${upstream.port}` }, 409, /already exists/],
       ['POST', '/proxies', { upstream: `127.0.0.1:${upstream.port}` }, 400, /name/],
@@ -80,7 +102,13 @@ describe('Toxiproxy-compatible control API', () => {
       ['GET', '/proxies/nope', undefined, 404, /proxy not found/],
       ['GET', `/proxies/${name}/toxics/nope`, undefined, 404, /toxic not found/],
       ['POST', `/proxies/${name}/toxics`, { type: 'explode' }, 400, /unknown toxic type/],
-      ['POST', `/proxies/${name}/toxics`, { type: 'latency', attributes: { latency: 'slow' } }, 400, /non-negative number/],
+      [
+        'POST',
+        `/proxies/${name}/toxics`,
+        { type: 'latency', attributes: { latency: 'slow' } },
+        400,
+        /non-negative number/,
+      ],
       ['PATCH', `/proxies/${name}`, { enabled: 'yes' }, 400, /enabled/],
     ];
     for (const [method, path, body, status, message] of cases) {
@@ -89,13 +117,27 @@ describe('Toxiproxy-compatible control API', () => {
       expect(res.json).toMatchObject({ status });
       expect((res.json as { error: string }).error).toMatch(message);
     }
-    expect((await call('POST', `/proxies/${name}/toxics`, { type: 'latency', attributes: { latency: 5 } })).status).toBe(200);
-    const dup = await call('POST', `/proxies/${name}/toxics`, { type: 'latency', attributes: { latency: 5 } });
+    expect(
+      (await call('POST', `/proxies/${name}/toxics`, { type: 'latency', attributes: { latency: 5 } })).status,
+    ).toBe(200);
+    const dup = await call('POST', `/proxies/${name}/toxics`, {
+      type: 'latency',
+      attributes: { latency: 5 },
+    });
     expect(dup.status).toBe(409);
     const listed = await call('GET', `/proxies/${name}/toxics`);
-    expect(listed.json).toEqual([{ name: 'latency_downstream', type: 'latency', stream: 'downstream', toxicity: 1, attributes: { latency: 5, jitter: 0 } }]);
+    expect(listed.json).toEqual([
+      {
+        name: 'latency_downstream',
+        type: 'latency',
+        stream: 'downstream',
+        toxicity: 1,
+        attributes: { latency: 5, jitter: 0 },
+      },
+    ]);
     expect((await call('DELETE', `/proxies/${name}/toxics/latency_downstream`)).status).toBe(204);
     expect((await call('DELETE', `/proxies/${name}`)).status).toBe(204);
-    expect((await call('GET', '/version')).status).toBe(200);
+    expect(await call('GET', '/version')).toEqual({ status: 200, json: { version: TOXIPROXY_API_VERSION } });
+    expect((await call('GET', '/nowhere')).status).toBe(404);
   });
 });

@@ -125,7 +125,9 @@ export class ChaosControlServer {
   private async route(method: string, parts: string[], body: unknown): Promise<[number, unknown]> {
     const [head, name, sub, toxicName, ...rest] = parts;
     if (rest.length > 0) throw apiError(404, 'not found');
-    if (head === 'version' && parts.length === 1 && method === 'GET') return [200, TOXIPROXY_API_VERSION];
+    // Toxiproxy >= 2.6 answers JSON here; clients pass the body through as text.
+    if (head === 'version' && parts.length === 1 && method === 'GET')
+      return [200, { version: TOXIPROXY_API_VERSION }];
     if (head === 'reset' && parts.length === 1 && method === 'POST') {
       for (const p of this.proxies.values()) {
         p.removeAll();
@@ -266,10 +268,6 @@ async function readJson(req: http.IncomingMessage): Promise<unknown> {
 function send(res: http.ServerResponse, status: number, payload: unknown): void {
   if (status === 204) {
     res.writeHead(204).end();
-    return;
-  }
-  if (typeof payload === 'string') {
-    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8' }).end(payload);
     return;
   }
   const body = JSON.stringify(payload);
