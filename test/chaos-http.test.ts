@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chaos, type HttpFaultProxy } from '../src/chaos/index.js';
+import { chaos, parseHttpFaultSpec, type HttpFaultProxy, type HttpFaultRule } from '../src/chaos/index.js';
 
 const body = randomBytes(64 * 1024);
 let origin: http.Server;
@@ -148,5 +148,56 @@ describe('HTTP fault proxy', () => {
     expect(() => proxy.add({ action: { type: 'status', status: 999 } })).toThrow(/status must be 100-599/);
     expect(() => proxy.add({ action: { type: 'explode' } as never })).toThrow(/unknown action type/);
     expect(() => proxy.add({ probability: 3, action: { type: 'delay', ms: 1 } })).toThrow(/probability/);
+    expect(() => proxy.add({ method: 7 as never, action: { type: 'delay', ms: 1 } })).toThrow(
+      /method must be/,
+    );
+    expect(() => proxy.add({ path: {} as never, action: { type: 'delay', ms: 1 } })).toThrow(/path must be/);
+  });
+
+  it('refuses a listen address in use with CONFLICT', async () => {
+    await expect(
+      chaos.httpProxy({ upstream: '127.0.0.1:1', listen: `127.0.0.1:${proxy.port}` }),
+    ).rejects.toMatchObject({
+      code: 'CONFLICT',
+      message: expect.stringMatching(/already in use/) as unknown,
+    });
+  });
+});
+
+describe('parseHttpFaultSpec', () => {
+  const ok: [string, HttpFaultRule][] = [
+    ['status=500', { action: { type: 'status', status: 500 } }],
+    [
+      'status=503,retry-after=2,method=GET|head,path=/bucket/,probability=0.2,name=flaky',
+      {
+        name: 'flaky',
+        method: ['GET', 'HEAD'],
+        path: '/bucket/',
+        probability: 0.2,
+        action: { type: 'status', status: 503, retryAfterSeconds: 2 },
+      },
+    ],
+    ['delay=250', { action: { type: 'delay', ms: 250 } }],
+    ['cut=1000,path=~\\.bin$', { path: /\.bin$/, action: { type: 'cut', afterBytes: 1000 } }],
+    ['corrupt=3', { action: { type: 'corrupt', bytes: 3 } }],
+  ];
+  it.each(ok)('parses %s', (spec, rule) => {
+    expect(parseHttpFaultSpec(spec)).toEqual(rule);
+  });
+
+  const bad: [string, RegExp][] = [
+    ['', /key=value/],
+    ['status', /key=value/],
+    ['method=GET', /exactly one action/],
+    ['status=503,delay=10', /exactly one action/],
+    ['status=abc', /status must be a non-negative integer/],
+    ['cut=-1', /cut must be/],
+    ['delay=10,retry-after=1', /retry-after goes with status/],
+    ['status=500,colour=red', /unknown key "colour"/],
+    ['status=500,status=503', /status given twice/],
+    ['status=500,path=~(', /not a valid RegExp/],
+  ];
+  it.each(bad)('rejects %j', (spec, message) => {
+    expect(() => parseHttpFaultSpec(spec)).toThrow(message);
   });
 });

@@ -61,6 +61,16 @@ function validateRule(rule: HttpFaultRule): void {
   };
   if (rule.probability !== undefined && !(rule.probability >= 0 && rule.probability <= 1))
     bad('probability must be between 0 and 1');
+  const methods: unknown = rule.method;
+  if (
+    methods !== undefined &&
+    typeof methods !== 'string' &&
+    !(Array.isArray(methods) && methods.every((m) => typeof m === 'string'))
+  )
+    bad('method must be a string or an array of strings');
+  const path: unknown = rule.path;
+  if (path !== undefined && typeof path !== 'string' && !(path instanceof RegExp))
+    bad('path must be a RegExp or a path prefix string');
   switch (a.type) {
     case 'status':
       if (!Number.isInteger(a.status) || a.status < 100 || a.status > 599)
@@ -100,7 +110,10 @@ export class HttpFaultProxy {
     private readonly random: () => number,
   ) {}
 
-  /** Starts the proxy. @throws KeelError `INVALID_INPUT` for a bad upstream or rule. */
+  /**
+   * Starts the proxy.
+   * @throws KeelError `INVALID_INPUT` for a bad upstream or rule, `CONFLICT` when the port is in use.
+   */
   static async start(options: HttpFaultProxyOptions): Promise<HttpFaultProxy> {
     const upstream = parseHostPort(options.upstream.replace(/^http:\/\//, '').replace(/\/$/, ''), 'upstream');
     const listen = parseHostPort(options.listen ?? '127.0.0.1:0', 'listen', true);
@@ -115,7 +128,18 @@ export class HttpFaultProxy {
       s.on('close', () => proxy.sockets.delete(s));
     });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      server.once('error', (err: NodeJS.ErrnoException) => {
+        reject(
+          err.code === 'EADDRINUSE'
+            ? keelError(
+                'CONFLICT',
+                `cannot listen on ${formatHostPort(listen.host, listen.port)}: the address is already in use`,
+                {},
+                { cause: err },
+              )
+            : err,
+        );
+      });
       server.listen(listen.port, listen.host, resolve);
     });
     return proxy;

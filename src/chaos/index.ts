@@ -37,3 +37,4 @@ export {
   type HttpFaultProxyOptions,
   type HttpFaultRule,
 } from './http-faults.js';
+export { parseHttpFaultSpec } from './http-fault-spec.js';
