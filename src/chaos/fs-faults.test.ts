@@ -71,4 +71,28 @@ describe('faultyFs', () => {
     const stats = await fs.statfs(dir);
     expect(stats.bavail * stats.bsize).toBe(4096 * 3);
   });
+
+  it('accounts replaced and removed files on the simulated disk, so rewrite-and-rename does not leak space', async () => {
+    const fs = faultyFs({ diskBytes: 100 });
+    const meta = path.join(dir, 'meta.json');
+    for (let i = 0; i < 20; i++) {
+      await fs.writeFile(`${meta}.tmp`, 'x'.repeat(40)); // 20 rewrites of 40 bytes on a 100-byte disk
+      await fs.rename(`${meta}.tmp`, meta);
+    }
+    expect(fs.freeBytes()).toBe(60);
+    await fs.writeFile(meta, 'short'); // overwriting in place gives back the difference
+    expect(fs.freeBytes()).toBe(95);
+    const handle = await fs.open(meta, 'w'); // truncation frees the old contents
+    expect(fs.freeBytes()).toBe(100);
+    await handle.write(Buffer.alloc(30));
+    await handle.close();
+    await fs.mkdir(path.join(dir, 'sub', 'deep'), { recursive: true });
+    await fs.writeFile(path.join(dir, 'sub', 'deep', 'f'), 'y'.repeat(50));
+    expect(fs.freeBytes()).toBe(20);
+    await fs.rm(path.join(dir, 'sub'), { recursive: true });
+    expect(fs.freeBytes()).toBe(70);
+    await expect(fs.writeFile(path.join(dir, 'big'), 'z'.repeat(71))).rejects.toMatchObject({
+      code: 'ENOSPC',
+    });
+  });
 });

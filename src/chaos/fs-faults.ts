@@ -198,20 +198,33 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
     });
   };
 
+  // Bytes a path holds (a directory: everything under it), for the simulated disk's accounting.
   const sizeOf = async (path: unknown): Promise<number> => {
     if (free === undefined) return 0;
     try {
-      return (await real.stat(path as string)).size;
+      const stats = await real.stat(path as string);
+      if (!stats.isDirectory()) return stats.size;
+      let total = 0;
+      const entries = await real.readdir(path as string);
+      for (const entry of entries) total += await sizeOf(`${pathText(path) ?? ''}/${entry}`);
+      return total;
     } catch {
       return 0;
     }
   };
+  const giveBack = (bytes: number): void => {
+    if (free !== undefined) free += bytes;
+  };
+  // Opening with `w` (not `a`, not `r+`) truncates: the old contents' space comes back.
+  const truncates = (flags: unknown): boolean => typeof flags === 'string' && flags.startsWith('w');
 
   const fs: FsLike = {
     open: async (path: Parameters<typeof nodeFs.open>[0], ...rest: unknown[]) => {
       const p = pathText(path);
       check('open', p);
+      const freed = truncates(rest[0]) ? await sizeOf(path) : 0;
       const handle = await (real.open as (...a: unknown[]) => Promise<FileHandle>)(path, ...rest);
+      giveBack(freed);
       return wrapHandle(handle, p);
     },
     readFile: (async (path: unknown, ...rest: unknown[]) => {
@@ -221,22 +234,33 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
     writeFile: (async (path: unknown, data: unknown, ...rest: unknown[]) => {
       const p = pathText(path);
       check('writeFile', p);
-      spend('writeFile', p, byteLength(data));
-      return (real.writeFile as (...a: unknown[]) => Promise<void>)(path, data, ...rest);
+      const options = rest[0];
+      const flag =
+        typeof options === 'object' && options !== null ? (options as { flag?: unknown }).flag : 'w';
+      const replaced = flag === undefined || truncates(flag) ? await sizeOf(path) : 0;
+      // A full disk refuses the write whole, before touching the file (no partial data).
+      spend('writeFile', p, Math.max(0, byteLength(data) - replaced));
+      await (real.writeFile as (...a: unknown[]) => Promise<void>)(path, data, ...rest);
+      giveBack(Math.max(0, replaced - byteLength(data)));
     }) as typeof nodeFs.writeFile,
     rename: async (from: unknown, to: unknown) => {
       check('rename', pathText(to) ?? pathText(from));
-      return (real.rename as (...a: unknown[]) => Promise<void>)(from, to);
+      // Renaming over a file frees the file that was there.
+      const replaced = pathText(from) === pathText(to) ? 0 : await sizeOf(to);
+      await (real.rename as (...a: unknown[]) => Promise<void>)(from, to);
+      giveBack(replaced);
     },
     unlink: async (path: unknown) => {
       check('unlink', pathText(path));
       const size = await sizeOf(path);
       await (real.unlink as (...a: unknown[]) => Promise<void>)(path);
-      if (free !== undefined) free += size;
+      giveBack(size);
     },
     rm: async (path: unknown, ...rest: unknown[]) => {
       check('rm', pathText(path));
-      return (real.rm as (...a: unknown[]) => Promise<void>)(path, ...rest);
+      const size = await sizeOf(path);
+      await (real.rm as (...a: unknown[]) => Promise<void>)(path, ...rest);
+      giveBack(size);
     },
     mkdir: (async (path: unknown, ...rest: unknown[]) => {
       check('mkdir', pathText(path));
