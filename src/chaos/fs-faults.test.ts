@@ -3,7 +3,27 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { classify } from '../errors/index.js';
-import { faultyFs } from './index.js';
+import * as nodeFs from 'node:fs/promises';
+import { faultyFs, type FsLike } from './index.js';
+
+// The example from docs/chaos.md ("FsLike: how a module accepts an injected file system").
+interface StoreOptions {
+  dir: string;
+  fs?: Pick<FsLike, 'open' | 'rename' | 'readFile' | 'mkdir'>;
+}
+
+async function saveState(options: StoreOptions, json: string): Promise<void> {
+  const fs = options.fs ?? nodeFs;
+  const tmp = `${options.dir}/state.json.tmp`;
+  const handle = await fs.open(tmp, 'w');
+  try {
+    await handle.writeFile(json);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await fs.rename(tmp, `${options.dir}/state.json`);
+}
 
 let dir: string;
 beforeEach(async () => {
@@ -94,5 +114,15 @@ describe('faultyFs', () => {
     await expect(fs.writeFile(path.join(dir, 'big'), 'z'.repeat(71))).rejects.toMatchObject({
       code: 'ENOSPC',
     });
+  });
+
+  it("reaches code written against FsLike (the guide's example): a failed fsync keeps the old state", async () => {
+    await saveState({ dir }, '{"v":1}'); // the real node:fs/promises is an FsLike
+    const fs = faultyFs({ faults: [{ code: 'EIO', ops: ['sync'], times: 1 }] });
+    await expect(saveState({ dir, fs }, '{"v":2}')).rejects.toMatchObject({ code: 'EIO', syscall: 'sync' });
+    expect(await readFile(path.join(dir, 'state.json'), 'utf8')).toBe('{"v":1}');
+    await saveState({ dir, fs }, '{"v":2}');
+    expect(await readFile(path.join(dir, 'state.json'), 'utf8')).toBe('{"v":2}');
+    expect(fs.counts.calls).toMatchObject({ open: 2, write: 2, sync: 2, close: 2, rename: 1 });
   });
 });
