@@ -15,6 +15,10 @@ afterAll(async () => {
   await upstream.close();
 });
 
+function apiAddress(): string {
+  return new URL(api.url).host;
+}
+
 async function call(
   method: string,
   path: string,
@@ -110,6 +114,10 @@ describe('Toxiproxy-compatible control API', () => {
         /non-negative number/,
       ],
       ['PATCH', `/proxies/${name}`, { enabled: 'yes' }, 400, /enabled/],
+      ['POST', '/proxies', { name: 'busy', listen: apiAddress(), upstream: '127.0.0.1:1' }, 409, /in use/],
+      ['PATCH', `/proxies/${name}`, { listen: apiAddress() }, 409, /in use/],
+      ['PATCH', `/proxies/${name}/toxics/nope`, { toxicity: 0.5 }, 404, /toxic not found/],
+      ['POST', '/populate', [{ name: 'p1', upstream: '127.0.0.1:1' }, { name: 'p2' }], 400, /upstream/],
     ];
     for (const [method, path, body, status, message] of cases) {
       const res = await call(method, path, body);
@@ -117,6 +125,11 @@ describe('Toxiproxy-compatible control API', () => {
       expect(res.json).toMatchObject({ status });
       expect((res.json as { error: string }).error).toMatch(message);
     }
+    // After the bad requests, the proxy still runs on its port and forwards.
+    const shown = (await call('GET', `/proxies/${name}`)).json as { listen: string; enabled: boolean };
+    expect(shown.enabled).toBe(true);
+    expect((await receive(Number(shown.listen.split(':').pop()))).bytes.toString()).toBe('0123456789');
+    expect(Object.keys((await call('GET', '/proxies')).json as object)).not.toContain('p1');
     expect(
       (await call('POST', `/proxies/${name}/toxics`, { type: 'latency', attributes: { latency: 5 } })).status,
     ).toBe(200);
