@@ -4,6 +4,7 @@ import { registerChaosCommand } from './chaos.js';
 import { registerTransferCommands } from './transfer.js';
 import { registerGatewayCommand } from './gateway.js';
 import { registerGroupsCommand } from './groups.js';
+import { registerQueueCommand } from './queue.js';
 import { keelVersion } from './version.js';
 
 /** Builds the `keel` command line with every subcommand registered. */
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerTransferCommands(program);
   registerGatewayCommand(program);
   registerGroupsCommand(program);
+  registerQueueCommand(program);
   return program;
 }
 
