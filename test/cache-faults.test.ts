@@ -211,7 +211,8 @@ describe('range cache: faults are misses plus repairs', () => {
     const stop = fs.inject({ code: 'EIO', ops: ['read'], path: /slice-0$/ });
     expect((await cache.read(id, 0, 10)).hit).toBe(false);
     stop();
-    fs.inject({ code: 'EACCES', ops: ['readFile'], path: /meta\.json$/ });
+    // Metadata is read through stat (kept in memory while the file is unchanged) and readFile.
+    fs.inject({ code: 'EACCES', ops: ['stat', 'readFile'], path: /meta\.json$/ });
     expect((await cache.read(id, 0, 10)).hit).toBe(false);
     expect(faults).toEqual(['IO_ERROR', 'PERMISSION_DENIED']);
     expect(cache.stats().ioErrors).toBe(2);

@@ -49,6 +49,11 @@ export class SliceIndex {
     return this.objects.get(hash)?.has(index) ?? false;
   }
 
+  /** Last access of an indexed slice, epoch ms. */
+  lastAccessOf(hash: string, index: number): number | undefined {
+    return this.objects.get(hash)?.get(index)?.lastAccess;
+  }
+
   /** Records a read of the slice, for LRU order. */
   touch(hash: string, index: number, now: number): void {
     const e = this.objects.get(hash)?.get(index);

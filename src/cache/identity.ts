@@ -8,11 +8,20 @@ export interface ObjectIdentity {
   versionId?: string | null;
 }
 
+/** Hashes of recently used identities: a hit asks for its object's hash several times. */
+const recent = new Map<string, string>();
+const RECENT_MAX = 4096;
+
 /** A stable hex hash of the identity, used as the object's directory name. */
 export function identityHash(id: ObjectIdentity): string {
-  return createHash('sha256')
-    .update(JSON.stringify([id.bucket, id.key, id.versionId ?? '']))
-    .digest('hex');
+  const text = JSON.stringify([id.bucket, id.key, id.versionId ?? '']);
+  let hash = recent.get(text);
+  if (hash === undefined) {
+    hash = createHash('sha256').update(text).digest('hex');
+    if (recent.size >= RECENT_MAX) recent.clear();
+    recent.set(text, hash);
+  }
+  return hash;
 }
 
 /** `bucket/key` (with `?versionId=` when set), for messages. */

@@ -5,6 +5,9 @@
  */
 export {
   RangeCache,
+  MAX_BUFFER_READ_BYTES,
+  type BufferReadResult,
+  type ReadOptions,
   type CleanupReport,
   type RangeCacheEvents,
   type RangeCacheOptions,
@@ -17,6 +20,7 @@ export { identityHash, describeIdentity, type ObjectIdentity } from './identity.
 export {
   sliceChecksums,
   VERIFY_BLOCK_BYTES,
+  V1_BLOCK_BYTES,
   decodeMeta,
   encodeMeta,
   sliceLength,

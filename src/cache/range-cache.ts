@@ -2,7 +2,6 @@ import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { crc32 } from 'node:zlib';
 import { classify, keelError, type KeelError } from '../errors/index.js';
 import { systemClock, type Clock, type TimerHandle } from '../time/index.js';
 import { TMP_MARKER, writeFileAtomic } from './atomic-write.js';
@@ -12,8 +11,12 @@ import { evictionTarget, SliceIndex } from './eviction.js';
 import { META_FILE, SLICE_PREFIX } from './layout.js';
 import { realFs, type CacheFs } from './fs.js';
 import { planRead } from './read-plan.js';
+import { readAndVerify } from './slice-read.js';
+import { defaultVerifyThreads, VerifyPool } from './verify-pool.js';
 import { describeIdentity, identityHash, type ObjectIdentity } from './identity.js';
+import { MetaMemo, sameStamp, stampOf, type FileStamp } from './meta-memo.js';
 import {
+  blocksOf,
   decodeMeta,
   encodeMeta,
   META_VERSION,
@@ -22,7 +25,6 @@ import {
   type ObjectInfo,
   type SliceInfo,
   sliceChecksums,
-  VERIFY_BLOCK_BYTES,
 } from './metadata.js';
 
 /** Options of {@link RangeCache.open}. */
@@ -49,6 +51,19 @@ export interface RangeCacheOptions {
    * in case another process is writing them (default 60 s).
    */
   cleanupGraceMs?: number;
+  /**
+   * How long access times of read slices stay in memory before they are written into meta.json
+   * (default 5 minutes; also on `close()` and `flushAccess()`). Reads never write on their own.
+   */
+  accessFlushMs?: number;
+  /**
+   * Threads that read slice files and check their CRC32s off the event loop (default: one per
+   * core, at most 4; 0 reads and checks on the event loop). With an injected `fs`, reads always
+   * go through it on the event loop.
+   */
+  verifyThreads?: number;
+  /** Most slices whose decoded metadata is kept in memory, over all objects (default 100,000). */
+  metadataMemoSlices?: number;
   clock?: Clock;
   /** File system to use (default `node:fs/promises`); inject faults with `faultyFs()` from `keel/chaos`. */
   fs?: CacheFs;
@@ -56,6 +71,26 @@ export interface RangeCacheOptions {
 
 /** A read: the bytes, or why not. */
 export type ReadResult = { hit: true; meta: CacheMeta; stream: Readable } | { hit: false; reason: string };
+
+/**
+ * A read into memory: every byte verified, or why not. Call `release()` once nothing uses `bytes`
+ * any more (for a response: when it has finished) so the cache can reuse the memory; `bytes` must
+ * not be used after. Not calling it is fine: the memory is then garbage-collected.
+ */
+export type BufferReadResult =
+  { hit: true; meta: CacheMeta; bytes: Buffer; release: () => void } | { hit: false; reason: string };
+
+/** Options of {@link RangeCache.read} and {@link RangeCache.readBuffer}. */
+export interface ReadOptions {
+  /**
+   * The metadata `getMeta()` returned for this object just before: when nothing has replaced it
+   * since, it is not looked up again.
+   */
+  meta?: CacheMeta;
+}
+
+/** Largest range {@link RangeCache.readBuffer} reads (16 MiB). */
+export const MAX_BUFFER_READ_BYTES = 16 * 1024 * 1024;
 
 /** A write: stored, or why not (none of these is an error for the caller: it just serves the origin's bytes). */
 export type WriteResult =
@@ -101,6 +136,16 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   private readonly clock: Clock;
   private readonly fs: CacheFs;
   private readonly index = new SliceIndex();
+  private readonly memo: MetaMemo;
+  private readonly accessFlushMs: number;
+  /** Objects whose slices were read since their access times were last written. */
+  private readonly accessDirty = new Set<string>();
+  private accessTimer: TimerHandle | undefined;
+  private flushing: Promise<void> | undefined;
+  /** Counts starts and ends of metadata writes and removals (see loadMeta). */
+  private metaWrites = 0;
+  /** Threads that read and verify slices off the event loop; none with an injected `fs`. */
+  private readonly verifier: VerifyPool | undefined;
   private readonly locks = new Map<string, Promise<void>>();
   private readonly inFlight = new Set<string>();
   private bypassReason: string | undefined;
@@ -129,11 +174,16 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     this.graceMs = options.cleanupGraceMs ?? 60_000;
     this.clock = options.clock ?? systemClock;
     this.fs = options.fs ?? realFs;
+    this.accessFlushMs = options.accessFlushMs ?? 300_000;
+    this.memo = new MetaMemo(options.metadataMemoSlices);
+    const threads = options.verifyThreads ?? defaultVerifyThreads();
+    this.verifier = options.fs === undefined && threads > 0 ? new VerifyPool(threads) : undefined;
     const bad = (m: string): never => {
       throw keelError('INVALID_CONFIG', `range cache: ${m}`);
     };
     if (!Number.isSafeInteger(this.sliceBytes) || this.sliceBytes < 1)
       bad(`sliceBytes must be a positive integer, got ${this.sliceBytes}`);
+    if (!(this.accessFlushMs > 0)) bad(`accessFlushMs must be > 0, got ${this.accessFlushMs}`);
     if (!(this.maxBytes > 0)) bad(`maxBytes must be > 0, got ${this.maxBytes}`);
     if (!(this.low > 0 && this.low < this.high && this.high <= 1)) {
       bad(`watermarks must satisfy 0 < lowWatermark < highWatermark <= 1, got ${this.low} and ${this.high}`);
@@ -157,12 +207,20 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     return cache;
   }
 
-  /** Stops background probing. Reads and writes after close are misses. */
-  close(): Promise<void> {
-    this.closed = true;
+  /**
+   * Writes pending access times (see `accessFlushMs`) and stops background work. Reads and writes
+   * after close are misses.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.accessTimer?.cancel();
+    this.accessTimer = undefined;
     this.probeTimer?.cancel();
     this.probeTimer = undefined;
-    return Promise.resolve();
+    if (!this.bypassed) await this.flushAccess();
+    this.closed = true;
+    this.memo.clear();
+    await this.verifier?.close();
   }
 
   /** True while writes are bypassed. */
@@ -184,9 +242,21 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     };
   }
 
-  /** The object's metadata, or undefined when not cached (corrupted metadata is repaired: a miss). */
-  async getMeta(id: ObjectIdentity): Promise<CacheMeta | undefined> {
-    const loaded = await this.loadMeta(identityHash(id), id);
+  /**
+   * The object's metadata, or undefined when not cached (corrupted metadata is repaired: a miss).
+   * Kept in memory while meta.json is unchanged (one `stat` per call); treat it as read-only.
+   * `lazy`: answer from memory without the `stat` when the object is remembered; the next read
+   * of the object checks the file on its verifying thread (and forgets the metadata if the file
+   * changed), so a caller that goes on to read it pays no extra system call. Without verifying
+   * threads, `lazy` changes nothing.
+   */
+  async getMeta(id: ObjectIdentity, options: { lazy?: boolean } = {}): Promise<CacheMeta | undefined> {
+    const hash = identityHash(id);
+    if (options.lazy && this.verifier && !this.closed) {
+      const known = this.memo.get(hash);
+      if (known && sameIdentity(known.meta, id)) return known.meta;
+    }
+    const loaded = await this.loadMeta(hash, id);
     return loaded.state === 'ok' ? loaded.meta : undefined;
   }
 
@@ -326,7 +396,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    * slice fail, the stream errors with a `CHECKSUM_MISMATCH` KeelError whose `details.offset` says
    * where to continue from the origin.
    */
-  async read(id: ObjectIdentity, start: number, end: number): Promise<ReadResult> {
+  async read(id: ObjectIdentity, start: number, end: number, options: ReadOptions = {}): Promise<ReadResult> {
     const miss = (reason: string): ReadResult => {
       this.counts.misses++;
       return { hit: false, reason };
@@ -335,7 +405,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start)
       return miss('invalid range');
     const hash = identityHash(id);
-    const loaded = await this.loadMeta(hash, id);
+    const loaded = await this.metaFor(hash, id, options.meta);
     if (loaded.state !== 'ok') return miss(loaded.state === 'missing' ? 'not cached' : 'metadata unusable');
     const meta = loaded.meta;
     const plan = planRead(meta, start, end);
@@ -360,7 +430,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
         }
         return h;
       };
-      return this.readSlice(hash, id, u.slice, u.from, u.to, open);
+      return this.readSlice(hash, id, u.slice, u.from, u.to, open).then((p) => p?.bytes);
     };
     const firstBytes = await fetchUnit(units[0] as (typeof units)[number]);
     if (!firstBytes) {
@@ -407,6 +477,66 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
       }
     };
     return { hit: true, meta, stream: Readable.from(generate.call(this), { objectMode: false }) };
+  }
+
+  /**
+   * Reads bytes `start..end` (inclusive) into memory and answers only once every one of them is
+   * verified: a hit holds exactly those bytes, so nothing unverified can reach a client. Meant for
+   * ranges that fit in memory (a gateway's ranged GETs); stream bigger ones with `read()`.
+   * Anything missing, corrupt or unreadable is a miss (and repaired).
+   * @throws KeelError `INVALID_INPUT` for a range longer than {@link MAX_BUFFER_READ_BYTES}.
+   */
+  async readBuffer(
+    id: ObjectIdentity,
+    start: number,
+    end: number,
+    options: ReadOptions = {},
+  ): Promise<BufferReadResult> {
+    const miss = (reason: string): BufferReadResult => {
+      this.counts.misses++;
+      return { hit: false, reason };
+    };
+    if (this.closed) return miss('cache closed');
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start)
+      return miss('invalid range');
+    if (end - start + 1 > MAX_BUFFER_READ_BYTES)
+      throw keelError(
+        'INVALID_INPUT',
+        `readBuffer reads at most ${MAX_BUFFER_READ_BYTES} bytes; use read() for ${end - start + 1}`,
+      );
+    const hash = identityHash(id);
+    const loaded = await this.metaFor(hash, id, options.meta);
+    if (loaded.state !== 'ok') return miss(loaded.state === 'missing' ? 'not cached' : 'metadata unusable');
+    const meta = loaded.meta;
+    if (end >= meta.size) return miss('range beyond the object');
+    const first = Math.floor(start / meta.sliceBytes);
+    const last = Math.floor(end / meta.sliceBytes);
+    const pieces: Promise<{ bytes: Buffer; release: () => void } | undefined>[] = [];
+    for (let i = first; i <= last; i++) {
+      const slice = meta.slices.find((s) => s.index === i);
+      if (!slice) return miss(`slice ${i} not cached`);
+      const base = i * meta.sliceBytes;
+      pieces.push(
+        this.readSlice(hash, id, slice, Math.max(0, start - base), Math.min(slice.length, end - base + 1)),
+      );
+    }
+    const read = await Promise.all(pieces);
+    const bad = read.findIndex((p) => p === undefined);
+    if (bad >= 0) {
+      for (const p of read) p?.release();
+      return miss(`slice ${first + bad} unusable`);
+    }
+    const parts = read as { bytes: Buffer; release: () => void }[];
+    this.counts.hits++;
+    if (parts.length === 1) {
+      const only = parts[0] as (typeof parts)[number];
+      this.counts.bytesServed += only.bytes.length;
+      return { hit: true, meta, bytes: only.bytes, release: only.release };
+    }
+    const bytes = Buffer.concat(parts.map((p) => p.bytes));
+    for (const p of parts) p.release();
+    this.counts.bytesServed += bytes.length;
+    return { hit: true, meta, bytes, release: () => undefined };
   }
 
   /** Forgets an object: metadata and every slice. */
@@ -480,12 +610,15 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     return path.join(this.dir, 'objects');
   }
 
+  // Paths are built on every hit: plain concatenation of parts that need no normalising (a
+  // resolved directory and hex hashes) instead of path.join.
   private objectDir(hash: string): string {
-    return path.join(this.objectsDir(), hash.slice(0, 2), hash);
+    const base = this.dir.endsWith(path.sep) ? this.dir.slice(0, -1) : this.dir; // '/' itself
+    return `${base}${path.sep}objects${path.sep}${hash.slice(0, 2)}${path.sep}${hash}`;
   }
 
   private slicePath(hash: string, index: number): string {
-    return path.join(this.objectDir(hash), `${SLICE_PREFIX}${index}`);
+    return `${this.objectDir(hash)}${path.sep}${SLICE_PREFIX}${index}`;
   }
 
   private async withLock<T>(hash: string, fn: () => Promise<T>): Promise<T> {
@@ -515,18 +648,56 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     this.emit('fault', { message, error: classify(err) });
   }
 
+  /** `known` when it is still the remembered metadata of the object, else loaded. */
+  private metaFor(
+    hash: string,
+    id: ObjectIdentity,
+    known: CacheMeta | undefined,
+  ): Promise<LoadedMeta> | LoadedMeta {
+    return known !== undefined && this.memo.isCurrent(hash, known)
+      ? { state: 'ok', meta: known }
+      : this.loadMeta(hash, id);
+  }
+
+  private metaPath(hash: string): string {
+    return `${this.objectDir(hash)}${path.sep}${META_FILE}`;
+  }
+
+  /**
+   * The object's metadata: from memory when meta.json is the file it was read from or written as
+   * (one `stat`), else read, checked and remembered. Corrupted metadata is repaired (a miss).
+   */
   private async loadMeta(hash: string, id?: ObjectIdentity): Promise<LoadedMeta> {
+    const file = this.metaPath(hash);
+    // A metadata write or removal while this load runs may leave its stamp and bytes from two
+    // different files: then the result is used but not remembered.
+    const writesBefore = this.metaWrites;
     let bytes: Buffer;
-    try {
-      bytes = await this.fs.readFile(path.join(this.objectDir(hash), META_FILE));
-    } catch (err) {
+    let stamp: FileStamp;
+    const unreadable = (err: unknown): LoadedMeta => {
       const e = classify(err);
-      if (e.code === 'NOT_FOUND') return { state: 'missing' };
+      if (e.code === 'NOT_FOUND') {
+        this.memo.delete(hash);
+        return { state: 'missing' };
+      }
       this.fault(
         `could not read metadata of ${id ? describeIdentity(id) : hash}: ${e.message}; serving from origin`,
         err,
       );
       return { state: 'error', error: e };
+    };
+    try {
+      stamp = stampOf(await this.fs.stat(file));
+    } catch (err) {
+      return unreadable(err);
+    }
+    const known = this.memo.get(hash);
+    if (known && sameStamp(known.stamp, stamp) && (!id || sameIdentity(known.meta, id)))
+      return { state: 'ok', meta: known.meta };
+    try {
+      bytes = await this.fs.readFile(file);
+    } catch (err) {
+      return unreadable(err);
     }
     const decoded = decodeMeta(bytes);
     if (!decoded.ok || (id && !sameIdentity(decoded.meta, id))) {
@@ -540,22 +711,39 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
       );
       return { state: 'corrupt', reason };
     }
+    // Stat came first: if the file changed in between, the stamp is older than the bytes and the
+    // next load reads the file again.
+    if (this.metaWrites === writesBefore) this.memo.set(hash, decoded.meta, stamp);
     return { state: 'ok', meta: decoded.meta };
   }
 
+  /**
+   * Replaces meta.json atomically and remembers what was written. Slices carry their latest
+   * access times from the index, so eviction order survives a restart.
+   */
   private async writeMeta(hash: string, meta: CacheMeta): Promise<void> {
+    const written: CacheMeta = {
+      ...meta,
+      slices: meta.slices.map((s) => {
+        const at = this.index.lastAccessOf(hash, s.index);
+        return at !== undefined && at > s.lastAccess ? { ...s, lastAccess: at } : s;
+      }),
+    };
+    this.memo.delete(hash);
+    this.metaWrites++;
     await this.fs.mkdir(this.objectDir(hash), { recursive: true });
-    await writeFileAtomic(
-      this.fs,
-      path.join(this.objectDir(hash), META_FILE),
-      encodeMeta(meta),
-      this.inFlight,
-    );
+    await writeFileAtomic(this.fs, this.metaPath(hash), encodeMeta(written), this.inFlight);
+    this.metaWrites++;
+    this.accessDirty.delete(hash);
+    // Remember it only with the stamp of the file as renamed into place.
+    const stamp = await this.fs.stat(this.metaPath(hash)).then(stampOf, () => undefined);
+    if (stamp) this.memo.set(hash, written, stamp);
   }
 
   /**
-   * Reads bytes `[from, to)` of one slice, verifying every block they touch (or the whole slice
-   * when it has no block checksums). On any failure repairs and returns undefined.
+   * Reads bytes `[from, to)` of one slice, verifying every block they touch (the whole slice when
+   * it has no block checksums), on a verifying thread when there are any. On any failure repairs
+   * and returns undefined.
    */
   private async readSlice(
     hash: string,
@@ -564,58 +752,93 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     from = 0,
     to = slice.length,
     open?: () => Promise<FileHandle>,
-  ): Promise<Buffer | undefined> {
-    const blocks = slice.blocks;
-    const firstBlock = blocks ? Math.floor(from / VERIFY_BLOCK_BYTES) : 0;
-    const lastBlock = blocks ? Math.floor((to - 1) / VERIFY_BLOCK_BYTES) : 0;
-    const readFrom = blocks ? firstBlock * VERIFY_BLOCK_BYTES : 0;
-    const readTo = blocks ? Math.min(slice.length, (lastBlock + 1) * VERIFY_BLOCK_BYTES) : slice.length;
-    const buffer = Buffer.allocUnsafe(readTo - readFrom);
-    let got = 0;
-    try {
-      // A caller reading several blocks of one slice shares one handle (and closes it).
-      const handle = open ? await open() : await this.fs.open(this.slicePath(hash, slice.index), 'r');
-      try {
-        while (got < buffer.length) {
-          const { bytesRead } = await handle.read(buffer, got, buffer.length - got, readFrom + got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
-        // A slice file longer than recorded is corrupt too.
-        if (got === buffer.length && readTo === slice.length) {
-          const { bytesRead } = await handle.read(Buffer.alloc(1), 0, 1, slice.length);
-          if (bytesRead > 0) got = -1;
-        }
-      } finally {
-        if (!open) await handle.close();
-      }
-    } catch (err) {
-      const e = classify(err);
+  ): Promise<{ bytes: Buffer; release: () => void } | undefined> {
+    const { blockBytes, blocks } = blocksOf(slice);
+    const firstBlock = Math.floor(from / blockBytes);
+    const lastBlock = Math.floor((to - 1) / blockBytes);
+    const readFrom = firstBlock * blockBytes;
+    const readTo = Math.min(slice.length, (lastBlock + 1) * blockBytes);
+    // At the slice's end, one byte more: a slice file longer than recorded is corrupt too.
+    const atEnd = readTo === slice.length;
+    const crcs =
+      blocks instanceof Uint32Array
+        ? blocks.subarray(firstBlock, lastBlock + 1)
+        : Uint32Array.from(Array.prototype.slice.call(blocks, firstBlock, lastBlock + 1) as number[]);
+    // The thread also checks that meta.json is still the file the metadata in memory came from.
+    const known = this.verifier ? this.memo.peek(hash) : undefined;
+    const request = {
+      path: this.slicePath(hash, slice.index),
+      position: readFrom,
+      length: readTo - readFrom,
+      atEnd,
+      blockBytes,
+      crcs,
+      meta: known && { path: this.metaPath(hash), stamp: known.stamp },
+    };
+    const outcome = this.verifier
+      ? await this.verifier.verify(request)
+      : await readAndVerify(this.fs, request, open);
+    if (outcome.ok) {
+      // The bytes match the checksums they were read against; a changed meta.json is read anew
+      // by the next lookup.
+      if (outcome.metaChanged && this.memo.peek(hash) === known) this.memo.delete(hash);
+      this.touch(hash, slice.index);
+      return { bytes: outcome.bytes.subarray(from - readFrom, to - readFrom), release: outcome.release };
+    }
+    if (outcome.kind === 'error') {
+      const e = classify(outcome.error);
       if (e.code !== 'NOT_FOUND') {
         this.fault(
           `could not read slice ${slice.index} of ${describeIdentity(id)}: ${e.message}; serving from origin`,
-          err,
+          outcome.error,
         );
         return undefined;
       }
-      await this.dropCorruptSlice(hash, id, slice.index, 'missing');
-      return undefined;
     }
-    let ok = got === buffer.length;
-    if (ok && blocks) {
-      for (let b = firstBlock; b <= lastBlock && ok; b++) {
-        const at = b * VERIFY_BLOCK_BYTES - readFrom;
-        ok = crc32(buffer.subarray(at, Math.min(buffer.length, at + VERIFY_BLOCK_BYTES))) === blocks[b];
-      }
-    } else if (ok) {
-      ok = crc32(buffer) === slice.crc32;
+    const why =
+      outcome.kind === 'error'
+        ? 'missing'
+        : outcome.kind === 'checksum'
+          ? 'failed its checksum'
+          : 'has the wrong length';
+    await this.dropCorruptSlice(hash, id, slice.index, why);
+    return undefined;
+  }
+
+  /** Records a read for LRU order; the access time reaches meta.json lazily. */
+  private touch(hash: string, index: number): void {
+    this.index.touch(hash, index, this.clock.now());
+    this.accessDirty.add(hash);
+    if (this.accessTimer === undefined && !this.closed)
+      this.accessTimer = this.clock.setTimer(this.accessFlushMs, () => {
+        this.accessTimer = undefined;
+        void this.flushAccess();
+      });
+  }
+
+  /**
+   * Writes the access times of slices read since the last flush into their metadata, so the
+   * eviction order survives a restart. Best effort: a failure only loses access times.
+   */
+  async flushAccess(): Promise<void> {
+    // One flush at a time: a caller waits for the one running (the timer's) and then its own.
+    const run = (this.flushing ?? Promise.resolve()).then(() => this.writeAccessTimes());
+    this.flushing = run;
+    await run;
+    if (this.flushing === run) this.flushing = undefined;
+  }
+
+  private async writeAccessTimes(): Promise<void> {
+    const hashes = [...this.accessDirty];
+    this.accessDirty.clear();
+    for (const hash of hashes) {
+      await this.withLock(hash, async () => {
+        const loaded = await this.loadMeta(hash);
+        if (loaded.state === 'ok') await this.writeMeta(hash, loaded.meta);
+      }).catch((err: unknown) => {
+        this.fault(`could not record access times of ${hash}`, err);
+      });
     }
-    if (!ok) {
-      await this.dropCorruptSlice(hash, id, slice.index, 'failed its checksum');
-      return undefined;
-    }
-    this.index.touch(hash, slice.index, this.clock.now());
-    return buffer.subarray(from - readFrom, to - readFrom);
   }
 
   private async dropCorruptSlice(
@@ -657,7 +880,11 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   }
 
   private async removeObject(hash: string): Promise<void> {
+    this.memo.delete(hash);
+    this.accessDirty.delete(hash);
+    this.metaWrites++;
     await this.fs.rm(this.objectDir(hash), { recursive: true, force: true });
+    this.metaWrites++;
     this.unindexObject(hash);
   }
 

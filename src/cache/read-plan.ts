@@ -1,7 +1,7 @@
-import { VERIFY_BLOCK_BYTES, type CacheMeta, type SliceInfo } from './metadata.js';
+import { blocksOf, type CacheMeta, type SliceInfo } from './metadata.js';
 
 /** Most bytes read (and verified) in one go while streaming: whole verification blocks. */
-export const READ_UNIT_BYTES = 2 * VERIFY_BLOCK_BYTES;
+export const READ_UNIT_BYTES = 2 * 1024 * 1024;
 
 /** One read of a stream: bytes `[from, to)` of one slice, at `offset` in the object. */
 export interface ReadUnit {
@@ -34,7 +34,9 @@ export function planRead(meta: CacheMeta, start: number, end: number): ReadPlan 
     const base = i * sliceBytes;
     const from = Math.max(0, start - base);
     const to = Math.min(slice.length, end - base + 1);
-    const step = slice.blocks ? READ_UNIT_BYTES : slice.length;
+    // Units of whole blocks (a slice without block checksums is one block).
+    const { blockBytes } = blocksOf(slice);
+    const step = Math.max(blockBytes, Math.floor(READ_UNIT_BYTES / blockBytes) * blockBytes);
     for (let at = from; at < to; at = (Math.floor(at / step) + 1) * step) {
       units.push({
         slice,
