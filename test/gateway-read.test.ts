@@ -85,9 +85,12 @@ describe('gateway read path', () => {
     await gateway.idle(); // cache writes finish after the response
     expect(gateway.cache?.stats().slices).toBe(6);
     const hits = gateway.cache?.stats().hits ?? 0;
+    const served = gateway.cache?.stats().bytesServed ?? 0;
     const second = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'big.bin' }));
     expect(sha(await body(second))).toBe(sha(want));
-    expect(gateway.cache?.stats().hits).toBe(hits + 6);
+    // Every byte from the cache (in one verified read or several, as the range allows).
+    expect(gateway.cache?.stats().hits).toBeGreaterThan(hits);
+    expect(gateway.cache?.stats().bytesServed).toBe(served + want.length);
     const raw1 = await fetchRaw('/b/big.bin');
     expect(raw1.headers.get('x-keel-cache')).toBe('MISS');
     expect(sha(Buffer.from(await raw1.arrayBuffer()))).toBe(sha(want));

@@ -24,6 +24,9 @@ export type CacheOutcome = 'HIT' | 'MISS' | 'PARTIAL' | 'STALE' | 'BYPASS';
 const REPLAYED =
   /^(x-amz-meta-.*|cache-control|content-encoding|content-disposition|content-language|expires|x-amz-version-id|x-amz-storage-class|x-amz-server-side-encryption.*|x-amz-tagging-count|x-amz-website-redirect-location|x-amz-restore|x-amz-object-lock-.*|x-amz-replication-status|x-amz-expiration)$/;
 
+/** Cached ranges up to this size are read into memory and verified whole before the answer starts. */
+const BUFFERED_HIT_BYTES = 2 * 1024 * 1024;
+
 /** Everything the read path needs from the gateway. */
 export interface ReadContext {
   origin: OriginClient;
@@ -200,6 +203,34 @@ export async function serveObject(
     i++
   )
     needed.push(i);
+  if (method === 'GET' && ctx.cache && end >= start && end - start < BUFFERED_HIT_BYTES) {
+    if (needed.every((i) => cached.has(i))) {
+      const cache = ctx.cache;
+      // A hit that fits in memory is read and verified whole before a byte goes out.
+      const hit = await safe(ctx, 'read', () =>
+        cache.readBuffer(id, start, end, 'version' in meta ? { meta } : {}),
+      );
+      if (hit?.hit && hit.meta.etag === meta.etag) {
+        const outcome: CacheOutcome = bypass ? 'BYPASS' : stale ? 'STALE' : 'HIT';
+        res.writeHead(range.kind === 'partial' ? 206 : 200, {
+          ...objectHeaders,
+          'content-length': String(hit.bytes.length),
+          ...(meta.contentType === undefined ? {} : { 'content-type': meta.contentType }),
+          ...(range.kind === 'partial' ? { 'content-range': `bytes ${start}-${end}/${meta.size}` } : {}),
+          'x-keel-cache': outcome,
+        });
+        const n = hit.bytes.length;
+        // The cache may reuse the memory once the bytes are with the OS, not before.
+        res.end(hit.bytes, hit.release);
+        ctx.onBytes('cache', n);
+        return outcome;
+      }
+      // A fault (the cache has repaired it): what is still cached of this version decides.
+      const now = await safe(ctx, 'metadata read', () => cache.getMeta(id));
+      for (const i of needed) cached.delete(i);
+      if (now?.etag === meta.etag) for (const sl of now.slices) cached.add(sl.index);
+    }
+  }
   const missing = needed.filter((i) => !cached.has(i));
   let outcome: CacheOutcome = bypass
     ? 'BYPASS'
@@ -323,7 +354,9 @@ async function streamSlice(
   // A slice missing when the request began may have been filled since (by another request).
   const mayBeCached = isCached || (ctx.cache !== undefined && !ctx.fills.has(fillKey(id, meta.etag, index)));
   if (mayBeCached && ctx.cache) {
-    const hit = await safe(ctx, 'read', () => (ctx.cache as RangeCache).read(id, a, b));
+    const hit = await safe(ctx, 'read', () =>
+      (ctx.cache as RangeCache).read(id, a, b, 'version' in meta ? { meta } : {}),
+    );
     if (hit?.hit && hit.meta.etag !== meta.etag) {
       // The cache holds another version (its new metadata is still being written): never mix.
       hit.stream.destroy();
@@ -475,7 +508,10 @@ async function resolveObject(
   firstByte: number | undefined,
 ): Promise<Resolved | { passthrough: true } | { error: KeelError }> {
   const cache = ctx.cache;
-  const cachedMeta = cache ? await safe(ctx, 'metadata read', () => cache.getMeta(id)) : undefined;
+  // From memory when remembered: the read that follows checks meta.json on the cache's own thread.
+  const cachedMeta = cache
+    ? await safe(ctx, 'metadata read', () => cache.getMeta(id, { lazy: true }))
+    : undefined;
   if (cachedMeta && ctx.clock.now() - cachedMeta.cachedAt < ctx.ttlMs)
     return { meta: cachedMeta, stale: false };
   const flightKey = `${identityHash(id)}:${cachedMeta?.etag ?? ''}`;
