@@ -176,6 +176,8 @@ describe('AutoRecovery', () => {
       await clock2.runAll();
       expect(actions).toBe(3);
       expect(second.state().status).toBe('exhausted');
+      second.close();
+      await second.flush();
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -1,4 +1,4 @@
-import { mkdir, readFile, rename, writeFile, open } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile, open } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
 /**
@@ -35,7 +35,6 @@ export class JsonStateFile<T> {
       await mkdir(dirname(this.path), { recursive: true });
       const handle = await open(`${this.path}.probe`, 'w');
       await handle.close();
-      const { rm } = await import('node:fs/promises');
       await rm(`${this.path}.probe`, { force: true });
     } catch (err) {
       throw new Error(`${setting}: cannot write ${this.path}: ${(err as Error).message}`, { cause: err });
