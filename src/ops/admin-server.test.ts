@@ -162,4 +162,32 @@ describe('createLogger', () => {
     expect(lines[0]).not.toMatch(/p4ss|abc\.def|s3cr3t/);
     expect(second?.correlationId).toBeUndefined();
   });
+
+  it('removes secrets at any depth and from errors, keeping the error type and stack', () => {
+    const lines: string[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        lines.push(chunk.toString());
+        cb();
+      },
+    });
+    const log = createLogger({ destination });
+    const deep = { a: { b: { c: { d: { password: 'deep-pw', url: 'postgres://u:pgpass@db/x' } } } } };
+    log.info(deep, 'nested');
+    const err = Object.assign(new Error('connect failed for postgres://u:errpass@db/x'), { token: 'tok-1' });
+    log.error({ err, request: { headers: { 'x-amz-security-token': 'sts-1' } } }, 'failed');
+    log.error(err);
+    expect(lines).toHaveLength(3);
+    const text = lines.join('');
+    expect(text).not.toMatch(/deep-pw|pgpass|errpass|tok-1|sts-1/);
+    const [first, second, third] = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(JSON.stringify(first)).toContain('[REDACTED]');
+    const loggedErr = second?.err as { type?: string; stack?: string; message?: string };
+    expect(loggedErr.type).toBe('Error');
+    expect(loggedErr.stack).toContain('connect failed');
+    expect(third?.msg).toContain('connect failed');
+    // The caller's objects are not changed.
+    expect(deep.a.b.c.d.password).toBe('deep-pw');
+    expect(err.token).toBe('tok-1');
+  });
 });

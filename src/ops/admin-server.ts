@@ -22,6 +22,9 @@ export interface AdminServerOptions {
 /** A part of `/status`: called per request, its value is redacted and serialised. */
 export type StatusProvider = () => unknown;
 
+/** An extra endpoint added with {@link AdminServer.addRoute}; it writes the whole response. */
+export type AdminRoute = (req: IncomingMessage, res: ServerResponse) => Promise<void> | void;
+
 const PROBES: Record<string, Probe | 'all'> = {
   '/livez': 'liveness',
   '/readyz': 'readiness',
@@ -43,6 +46,7 @@ export class AdminServer {
   /** The node:http server (add it to a {@link GracefulShutdown} if it should be drained). */
   readonly server: Server;
   private readonly providers = new Map<string, StatusProvider>();
+  private readonly routes = new Map<string, AdminRoute>();
   private readonly tokenDigest: Buffer | undefined;
   private readonly openPaths: ReadonlySet<string>;
 
@@ -74,6 +78,16 @@ export class AdminServer {
   addStatus(name: string, provider: StatusProvider): () => void {
     this.providers.set(name, provider);
     return () => this.providers.delete(name);
+  }
+
+  /**
+   * Adds an endpoint (e.g. `POST /cache/cleanup`) behind the same token check as the others
+   * (unless its path is in `openPaths`). Returns a remover.
+   */
+  addRoute(method: string, path: string, route: AdminRoute): () => void {
+    const key = `${method.toUpperCase()} ${path}`;
+    this.routes.set(key, route);
+    return () => this.routes.delete(key);
   }
 
   /** Starts listening; resolves with the bound address. */
@@ -126,6 +140,16 @@ export class AdminServer {
     let path = q >= 0 ? url.slice(0, q) : url;
     if (path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
     const head = req.method === 'HEAD';
+    const route = this.routes.get(`${req.method ?? 'GET'} ${path}`);
+    if (route) {
+      if (!this.authorised(req, path)) {
+        res.setHeader('www-authenticate', 'Bearer');
+        this.send(res, 401, 'application/json', '{"error":"unauthorized"}', head);
+        return;
+      }
+      await route(req, res);
+      return;
+    }
     if (req.method !== 'GET' && !head) {
       res.setHeader('allow', 'GET, HEAD');
       this.send(res, 405, 'application/json', '{"error":"method not allowed"}');

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'pino';
-import { correlationId, redactString } from '../errors/index.js';
+import { correlationId, redact, redactString } from '../errors/index.js';
 
 /** Options of {@link createLogger}. */
 export interface LoggerFactoryOptions {
@@ -43,8 +43,33 @@ function prettyStream(): DestinationStream | undefined {
 }
 
 /**
+ * Strings lose secret-looking text; objects are copied with secrets removed at any depth (by key
+ * and by content), Errors keep their type, stack and cause for pino's serializer, redacted.
+ */
+function redactArgument(arg: unknown): unknown {
+  if (typeof arg === 'string') return redactString(arg);
+  if (arg === null || typeof arg !== 'object') return arg;
+  if (arg instanceof Error) return redactedError(arg);
+  const out = redact(arg) as Record<string, unknown>;
+  // pino serialises `err` with its stack when it is an Error: keep that for errors under `err`.
+  const err = (arg as { err?: unknown }).err;
+  if (err instanceof Error) out.err = redactedError(err);
+  return out;
+}
+
+function redactedError(err: Error): Error {
+  const copy = new Error(redactString(err.message), { cause: redact(err.cause) });
+  copy.name = err.name;
+  if (err.stack !== undefined) copy.stack = redactString(err.stack);
+  const own: Record<string, unknown> = {};
+  for (const key of Object.keys(err)) own[key] = (err as unknown as Record<string, unknown>)[key];
+  Object.assign(copy, redact(own));
+  return copy;
+}
+
+/**
  * A pino logger: JSON lines with the current correlation id (see `withCorrelation`) on every
- * line, secrets censored by key and removed from messages, pretty output on a terminal.
+ * line, secrets censored by key at any depth and removed from text, pretty output on a terminal.
  */
 export function createLogger(options: LoggerFactoryOptions = {}): Logger {
   const config: LoggerOptions = {
@@ -56,7 +81,7 @@ export function createLogger(options: LoggerFactoryOptions = {}): Logger {
     },
     hooks: {
       logMethod(args, method) {
-        const redacted = args.map((a) => (typeof a === 'string' ? redactString(a) : a)) as typeof args;
+        const redacted = args.map(redactArgument) as typeof args;
         method.apply(this, redacted);
       },
     },

@@ -142,6 +142,44 @@ describe('AutoRecovery', () => {
     expect(states.length).toBeGreaterThan(0);
   });
 
+  it('aborts an action that hangs past its timeout and counts the attempt as failed', async () => {
+    const clock = new VirtualClock(0);
+    const health = new HealthRegistry({ clock });
+    health.register({ name: 'db:connection', run: () => 'fail' });
+    const signals: AbortSignal[] = [];
+    const recovery = new AutoRecovery(health, {
+      check: 'db:connection',
+      clock,
+      maxAttempts: 2,
+      actionTimeoutMs: 5000,
+      backoffMs: () => 1000,
+      action: (signal) => {
+        signals.push(signal);
+        return new Promise<void>(() => undefined); // never settles
+      },
+    });
+    await health.report();
+    await clock.advance(0);
+    expect(recovery.state().status).toBe('recovering');
+    await clock.advance(4999);
+    expect(signals[0]?.aborted).toBe(false);
+    await clock.advance(1);
+    expect(signals[0]?.aborted).toBe(true);
+    expect(recovery.state().history[0]).toMatchObject({ attempt: 1, outcome: 'action-failed' });
+    expect(recovery.state().history[0]?.error).toContain('timed out after 5000 ms');
+    await clock.advance(1000 + 5000);
+    expect(signals).toHaveLength(2);
+    expect(recovery.state().status).toBe('exhausted');
+    recovery.close();
+  });
+
+  it('rejects a timeout that is not a positive number, naming the setting', () => {
+    const health = new HealthRegistry({ clock: new VirtualClock(0) });
+    expect(
+      () => new AutoRecovery(health, { check: 'x', actionTimeoutMs: 0, action: () => undefined }),
+    ).toThrow('recovery[x].actionTimeoutMs');
+  });
+
   it('reloads attempts and history from its state file after a restart', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'keel-ops-recovery-'));
     try {

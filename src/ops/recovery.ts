@@ -31,6 +31,11 @@ export interface AutoRecoveryOptions {
   check: string;
   /** Reconnect, reset a breaker, evict, restart… Throwing counts as a failed attempt. */
   action: (signal: AbortSignal) => Promise<void> | void;
+  /**
+   * Time an action may take: then its signal is aborted and the attempt counts as failed, so a
+   * hung reconnect cannot stall recovery for ever. Default 30 s.
+   */
+  actionTimeoutMs?: number;
   /** Attempts before giving up (until the check passes again). Default 3. */
   maxAttempts?: number;
   /** Wait before attempt `n` (n ≥ 2). Default 1 s · 2^(n-2), at most 60 s. */
@@ -70,6 +75,9 @@ export class AutoRecovery {
     const max = options.maxAttempts ?? 3;
     if (!Number.isInteger(max) || max < 1)
       throw new Error(`recovery[${options.check}].maxAttempts: must be an integer >= 1`);
+    const timeout = options.actionTimeoutMs ?? 30_000;
+    if (!Number.isFinite(timeout) || timeout <= 0)
+      throw new Error(`recovery[${options.check}].actionTimeoutMs: must be a number of milliseconds > 0`);
     this.clock = options.clock ?? systemClock;
     const init = options.initialState;
     this.current = init
@@ -126,10 +134,34 @@ export class AutoRecovery {
     return { ...this.current, history: [...this.current.history] };
   }
 
-  /** Stops listening and cancels a pending attempt. */
+  /** Stops listening, cancels a pending attempt and aborts a running action. */
   close(): void {
     this.timer?.cancel();
+    this.running?.abort(new Error(`recovery of ${this.options.check} closed`));
     this.dispose();
+  }
+
+  private running: AbortController | undefined;
+
+  /** Runs the action; rejects when it throws or outlives `actionTimeoutMs` (its signal aborted). */
+  private async runAction(): Promise<void> {
+    const controller = new AbortController();
+    this.running = controller;
+    const timeoutMs = this.options.actionTimeoutMs ?? 30_000;
+    let timer: TimerHandle | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = this.clock.setTimer(timeoutMs, () => {
+        const err = new Error(`recovery action timed out after ${String(timeoutMs)} ms`);
+        controller.abort(err);
+        reject(err);
+      });
+    });
+    try {
+      await Promise.race([Promise.resolve(this.options.action(controller.signal)), timedOut]);
+    } finally {
+      timer?.cancel();
+      this.running = undefined;
+    }
   }
 
   private get maxAttempts(): number {
@@ -183,7 +215,7 @@ export class AutoRecovery {
     let record: RecoveryAttempt;
     this.busy = true;
     try {
-      await this.options.action(new AbortController().signal);
+      await this.runAction();
       const result = await this.health.runCheck(this.options.check);
       record =
         result.status === 'fail'
