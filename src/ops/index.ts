@@ -71,7 +71,12 @@ export {
   type ShutdownResult,
   type SignalSource,
 } from './shutdown.js';
-export { AdminServer, type AdminServerOptions, type AdminRoute, type StatusProvider } from './admin-server.js';
+export {
+  AdminServer,
+  type AdminServerOptions,
+  type AdminRoute,
+  type StatusProvider,
+} from './admin-server.js';
 export { createLogger, type LoggerFactoryOptions } from './logger.js';
 export { DegradationRegistry, type DegradationMode, type ComponentMode } from './degradation.js';
 export { JsonStateFile } from './state-store.js';
