@@ -4,6 +4,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { classify } from '../errors/index.js';
 import { RangeCache, type CacheFs } from '../cache/index.js';
 import { systemClock, type Clock } from '../time/index.js';
+import type { CircuitBreakerPolicy } from '../policy/index.js';
 import { GatewayMetrics } from './metrics.js';
 import { serveObject, type CacheOutcome, type ReadContext } from './object-read.js';
 import { OriginClient, type OriginCredentials } from './origin-client.js';
@@ -43,6 +44,10 @@ export interface GatewayOptions {
   clock?: Clock;
   /** File system for the cache (fault injection in tests). */
   cacheFs?: CacheFs;
+  /** While the cache is bypassed, how often it checks whether the disk is usable again (default 30 s). */
+  cacheBypassProbeMs?: number;
+  /** Node's process metrics on `/metrics` (default true). */
+  defaultMetrics?: boolean;
   /** Log sink (default: JSON lines on stderr for warn and error). */
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
@@ -59,6 +64,11 @@ export interface Gateway {
   url(): string;
   /** Requests being served. */
   inFlight(): number;
+  /**
+   * Calls `listener` with each bucket's origin breaker: at once for those already in use, then
+   * as each new bucket is first requested (before its first origin call). Returns a remover.
+   */
+  onBreaker(listener: (bucket: string, breaker: CircuitBreakerPolicy) => void): () => void;
   /** Resolves once no slice fill and no cache write is in flight (or after `timeoutMs`, default 10 s). */
   idle(timeoutMs?: number): Promise<void>;
   /** Stops accepting, waits for in-flight requests (up to `graceMs`, default 30 s), closes. */
@@ -105,6 +115,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         ...(options.sliceBytes ? { sliceBytes: options.sliceBytes } : {}),
         ...(options.clock ? { clock: options.clock } : {}),
         ...(options.cacheFs ? { fs: options.cacheFs } : {}),
+        ...(options.cacheBypassProbeMs !== undefined ? { bypassProbeMs: options.cacheBypassProbeMs } : {}),
       });
       cache.on('repair', (e) => log('warn', `cache repair: ${e.message}`, { counter: e.counter }));
       cache.on('bypass', (e) =>
@@ -121,7 +132,19 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       );
     }
   }
-  const metrics = new GatewayMetrics(cache, guard);
+  const metrics = new GatewayMetrics(cache, guard, {
+    ...(options.defaultMetrics !== undefined ? { defaultMetrics: options.defaultMetrics } : {}),
+  });
+  const breakerListeners = new Set<(bucket: string, breaker: CircuitBreakerPolicy) => void>();
+  const watched = new Map<string, CircuitBreakerPolicy>();
+  // Metrics and alerts see a bucket's breaker before its first origin call.
+  const watchBucket = (bucket: string): void => {
+    if (watched.has(bucket)) return;
+    const breaker = guard.breaker(bucket);
+    watched.set(bucket, breaker);
+    metrics.bindBreaker(bucket, breaker);
+    for (const l of breakerListeners) l(bucket, breaker);
+  };
   const keys = new Map((options.clientKeys ?? []).map((k) => [k.accessKeyId, k.secretAccessKey]));
   const authMode = options.auth ?? 'gateway';
   const fills = new Map<string, SliceFill>();
@@ -178,6 +201,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
           return;
         }
       }
+      watchBucket(target.bucket ?? '');
       const isObjectRead =
         (method === 'GET' || method === 'HEAD') &&
         target.bucket !== undefined &&
@@ -199,29 +223,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         );
         return;
       }
-      const status = await passthrough(origin, guard, req, res, target, id);
+      await passthrough(origin, guard, req, res, target, id, {
+        cache,
+        onInvalidate: () => metrics.invalidations.inc(),
+      });
       outcome = 'PASS';
-      if (
-        target.bucket !== undefined &&
-        target.key !== undefined &&
-        method !== 'GET' &&
-        method !== 'HEAD' &&
-        cache
-      ) {
-        // A write (or its attempt) to an object: the cached copy may be wrong now.
-        await cache
-          .invalidate({ bucket: target.bucket, key: target.key, versionId: null })
-          .catch(() => undefined);
-        metrics.invalidations.inc();
-      }
-      if (
-        target.bucket !== undefined &&
-        method === 'PUT' &&
-        target.query.has('x-amz-copy-source') &&
-        status < 300
-      ) {
-        // nothing further: the destination above was invalidated
-      }
     } catch (err) {
       const e = classify(err);
       log('error', `request failed: ${e.message}`, { requestId: id, code: e.code });
@@ -260,6 +266,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
     },
     inFlight: () => active,
+    onBreaker: (listener) => {
+      for (const [bucket, breaker] of watched) listener(bucket, breaker);
+      breakerListeners.add(listener);
+      return () => breakerListeners.delete(listener);
+    },
     idle: async (timeoutMs = 10_000) => {
       const deadline = Date.now() + timeoutMs;
       while ((fills.size > 0 || ctx.metaWrites.size > 0) && Date.now() < deadline)

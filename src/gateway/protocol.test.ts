@@ -3,7 +3,8 @@ import { decodeAwsChunked } from './aws-chunked.js';
 import { evaluateConditions } from './conditional.js';
 import { evaluateRange } from './range.js';
 import { s3ErrorXml, S3Errors } from './s3-error.js';
-import { parseS3Target } from './s3-request.js';
+import { parseS3Target, type S3Target } from './s3-request.js';
+import { deleteObjectsKeys, invalidatedBy, isDeleteObjects } from './write-invalidation.js';
 import { canonicalRequest, sigv4Signature, verifySigV4 } from './sigv4-verify.js';
 
 describe('evaluateRange', () => {
@@ -155,5 +156,48 @@ describe('verifySigV4', () => {
     expect(verifySigV4('GET', `${url}&X-Amz-Signature=${sig}`, h, keys, now).ok).toBe(true);
     const late = verifySigV4('GET', `${url}&X-Amz-Signature=${sig}`, h, keys, now + 2 * 86400_000);
     expect(late.ok ? 'ok' : late.error.message).toBe('Request has expired');
+  });
+});
+
+describe('write invalidation', () => {
+  const t = (url: string) => parseS3Target(url, undefined, undefined) as S3Target;
+  it.each([
+    ['PUT', '/b/k', [{ bucket: 'b', key: 'k', versionId: null }]],
+    ['DELETE', '/b/k', [{ bucket: 'b', key: 'k', versionId: null }]],
+    [
+      'DELETE',
+      '/b/k?versionId=v1',
+      [
+        { bucket: 'b', key: 'k', versionId: null },
+        { bucket: 'b', key: 'k', versionId: 'v1' },
+      ],
+    ],
+    ['POST', '/b/k?uploadId=u', [{ bucket: 'b', key: 'k', versionId: null }]],
+    ['PUT', '/b/k?tagging', [{ bucket: 'b', key: 'k', versionId: null }]],
+    ['POST', '/b/k?uploads', []],
+    ['PUT', '/b/k?partNumber=1&uploadId=u', []],
+    ['DELETE', '/b/k?uploadId=u', []],
+    ['POST', '/b/k?select&select-type=2', []],
+    ['GET', '/b/k', []],
+    ['PUT', '/b', []],
+  ] as const)('%s %s drops %o', (method, url, expected) => {
+    expect(invalidatedBy(method, t(url))).toEqual(expected);
+  });
+
+  it('finds every key (and version) of a DeleteObjects body, entities decoded', () => {
+    const body = Buffer.from(
+      '<?xml version="1.0"?><Delete><Quiet>true</Quiet><Object><Key>a&amp;b &lt;c&gt;</Key></Object><Object><Key> spaced </Key><VersionId>v9</VersionId></Object></Delete>',
+    );
+    expect(deleteObjectsKeys(body)).toEqual([
+      { key: 'a&b <c>', versionId: undefined },
+      { key: ' spaced ', versionId: 'v9' },
+    ]);
+    expect(invalidatedBy('POST', t('/b?delete'), deleteObjectsKeys(body))).toHaveLength(3);
+    expect(deleteObjectsKeys(Buffer.from('<Delete><Object><Key>only</Key></Object></Delete>'))).toEqual([
+      { key: 'only', versionId: undefined },
+    ]);
+    expect(deleteObjectsKeys(Buffer.from('not xml <'))).toEqual([]);
+    expect(isDeleteObjects('POST', t('/b?delete'))).toBe(true);
+    expect(isDeleteObjects('POST', t('/b/k?delete'))).toBe(false);
   });
 });

@@ -1,0 +1,189 @@
+/**
+ * Shared setup of the gateway protocol tests: s3rver as the origin, a gateway in `gateway` auth
+ * mode with a cache, SDK clients for both, and a raw signed request helper for what the SDK will
+ * not send (tampered bodies, odd ranges, hand-built URLs).
+ */
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { S3Client } from '@aws-sdk/client-s3';
+import { HttpRequest } from '@smithy/protocol-http';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
+import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
+
+export const CLIENT_KEY = { accessKeyId: 'CLIENTKEY', secretAccessKey: 'client-secret-key' };
+export const SLICE = 64 * 1024;
+export const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+export interface Harness {
+  origin: S3Origin;
+  gateway: Gateway;
+  cacheDir: string;
+  /** SDK client of the gateway, signing with the client key. */
+  client: S3Client;
+  /** SDK client of the origin itself. */
+  direct: S3Client;
+  close(): Promise<void>;
+}
+
+export function s3(
+  endpoint: string,
+  credentials: { accessKeyId: string; secretAccessKey: string },
+): S3Client {
+  return new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials, maxAttempts: 1 });
+}
+
+export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise<Harness> {
+  const origin = await startS3Origin(['b']);
+  const cacheDir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-proto-'));
+  const gateway = await createGateway({
+    upstream: origin.url,
+    originCredentials: TEST_CREDENTIALS,
+    auth: 'gateway',
+    clientKeys: [CLIENT_KEY],
+    cacheDir,
+    sliceBytes: SLICE,
+    log: () => undefined,
+    ...extra,
+  });
+  await gateway.listen(0);
+  const client = s3(gateway.url(), CLIENT_KEY);
+  const direct = s3(origin.url, TEST_CREDENTIALS);
+  return {
+    origin,
+    gateway,
+    cacheDir,
+    client,
+    direct,
+    close: async () => {
+      client.destroy();
+      direct.destroy();
+      await gateway.close(1000);
+      await origin.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function bodyOf(out: { Body?: unknown }): Promise<Buffer> {
+  return Buffer.from(
+    await (out.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray(),
+  );
+}
+
+export interface RawAnswer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** A request exactly as given (path not re-encoded), answered whole. */
+export function rawRequest(
+  baseUrl: string,
+  method: string,
+  pathAndQuery: string,
+  headers: Record<string, string> = {},
+  body?: Buffer,
+): Promise<RawAnswer> {
+  const u = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: u.hostname, port: u.port, method, path: pathAndQuery, headers, agent: false },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts) }),
+        );
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/**
+ * Signs a request with SigV4 (header auth) for `baseUrl`. `pathAndQuery` is sent as it is; the
+ * signer sees it decoded, as S3 canonicalises it. `payloadHash` defaults to the body's sha256.
+ */
+export async function signedHeaders(
+  baseUrl: string,
+  credentials: { accessKeyId: string; secretAccessKey: string },
+  method: string,
+  pathAndQuery: string,
+  headers: Record<string, string> = {},
+  payloadHash?: string,
+  body: Buffer = Buffer.alloc(0),
+  signingDate?: Date,
+): Promise<Record<string, string>> {
+  const u = new URL(baseUrl);
+  const q = pathAndQuery.indexOf('?');
+  const rawPath = q === -1 ? pathAndQuery : pathAndQuery.slice(0, q);
+  const query: Record<string, string> = {};
+  if (q !== -1) for (const [k, v] of new URLSearchParams(pathAndQuery.slice(q + 1))) query[k] = v;
+  const signer = new SignatureV4({
+    credentials,
+    region: 'us-east-1',
+    service: 's3',
+    sha256: Sha256,
+    uriEscapePath: false,
+  });
+  const signed = await signer.sign(
+    new HttpRequest({
+      method,
+      protocol: u.protocol,
+      hostname: u.hostname,
+      port: Number(u.port),
+      path: rawPath.split('/').map(decodeURIComponent).map(encodeSegment).join('/'),
+      query,
+      headers: {
+        host: u.host,
+        'x-amz-content-sha256': payloadHash ?? sha(body),
+        ...headers,
+      },
+    }),
+    signingDate ? { signingDate } : {},
+  );
+  return signed.headers;
+}
+
+function encodeSegment(s: string): string {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+/** Signs with `credentials` and sends. */
+export async function signedRequest(
+  baseUrl: string,
+  credentials: { accessKeyId: string; secretAccessKey: string },
+  method: string,
+  pathAndQuery: string,
+  headers: Record<string, string> = {},
+  body?: Buffer,
+): Promise<RawAnswer> {
+  const h = await signedHeaders(baseUrl, credentials, method, pathAndQuery, headers, undefined, body);
+  return rawRequest(baseUrl, method, pathAndQuery, h, body);
+}
+
+/** Every file under `dir` with its size and mtime, to tell whether anything was written. */
+export async function snapshot(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) await walk(p);
+      else {
+        const s = await stat(p);
+        out.push(`${path.relative(dir, p)} ${s.size} ${s.mtimeMs}`);
+      }
+    }
+  };
+  await walk(dir);
+  return out.sort();
+}
+
+export { TEST_CREDENTIALS };

@@ -1,0 +1,243 @@
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import {
+  CompleteMultipartUploadCommand,
+  CopyObjectCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  PutObjectCommand,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createGateway, type Gateway } from '../src/gateway/index.js';
+import {
+  bodyOf,
+  CLIENT_KEY,
+  s3,
+  sha,
+  signedRequest,
+  SLICE,
+  startHarness,
+  TEST_CREDENTIALS,
+  type Harness,
+} from './gateway-protocol-support.js';
+
+let h: Harness;
+
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.close();
+});
+
+async function put(key: string, data: Buffer): Promise<void> {
+  await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: data }));
+}
+
+/** Reads through the gateway, waits until the slices are on disk, and checks they are. */
+async function readCached(key: string, want: Buffer, versionId?: string): Promise<void> {
+  const got = await h.client.send(
+    new GetObjectCommand({ Bucket: 'b', Key: key, ...(versionId ? { VersionId: versionId } : {}) }),
+  );
+  expect(sha(await bodyOf(got))).toBe(sha(want));
+  await h.gateway.idle();
+  const meta = await h.gateway.cache?.getMeta({ bucket: 'b', key, versionId: versionId ?? null });
+  expect(meta?.slices.length).toBe(Math.ceil(want.length / SLICE));
+}
+
+async function readThrough(key: string): Promise<Buffer | string> {
+  try {
+    return await bodyOf(await h.client.send(new GetObjectCommand({ Bucket: 'b', Key: key })));
+  } catch (err) {
+    return (err as Error).name;
+  }
+}
+
+describe('writes through the gateway drop the cached object', () => {
+  it('PutObject: the next read returns the new bytes, not the cached ones', async () => {
+    const v1 = randomBytes(SLICE * 2 + 3);
+    await put('put.bin', v1);
+    await readCached('put.bin', v1);
+    const v2 = randomBytes(SLICE + 9);
+    await h.client.send(new PutObjectCommand({ Bucket: 'b', Key: 'put.bin', Body: v2 }));
+    expect(sha((await readThrough('put.bin')) as Buffer)).toBe(sha(v2));
+  });
+
+  it('DeleteObject: the next read is NoSuchKey', async () => {
+    const v1 = randomBytes(1000);
+    await put('delete me.bin', v1);
+    await readCached('delete me.bin', v1);
+    await h.client.send(new DeleteObjectCommand({ Bucket: 'b', Key: 'delete me.bin' }));
+    expect(await readThrough('delete me.bin')).toBe('NoSuchKey');
+  });
+
+  it('DeleteObject of one version drops that version and the current one', async () => {
+    const v1 = randomBytes(5000);
+    await put('versioned.bin', v1);
+    await readCached('versioned.bin', v1);
+    await readCached('versioned.bin', v1, 'v-1');
+    await h.client.send(new DeleteObjectCommand({ Bucket: 'b', Key: 'versioned.bin', VersionId: 'v-1' }));
+    const cache = h.gateway.cache;
+    expect(await cache?.getMeta({ bucket: 'b', key: 'versioned.bin', versionId: 'v-1' })).toBeUndefined();
+    expect(await cache?.getMeta({ bucket: 'b', key: 'versioned.bin', versionId: null })).toBeUndefined();
+    // s3rver has no versioning: deleting "a version" deleted the object.
+    expect(await readThrough('versioned.bin')).toBe('NoSuchKey');
+  });
+
+  it('CopyObject: the destination is dropped and reads the copied bytes', async () => {
+    const src = randomBytes(SLICE + 1);
+    const dst = randomBytes(SLICE * 3);
+    await put('copy-src.bin', src);
+    await put('copy-dst.bin', dst);
+    await readCached('copy-dst.bin', dst);
+    await h.client.send(
+      new CopyObjectCommand({ Bucket: 'b', Key: 'copy-dst.bin', CopySource: 'b/copy-src.bin' }),
+    );
+    expect(sha((await readThrough('copy-dst.bin')) as Buffer)).toBe(sha(src));
+  });
+
+  it('CompleteMultipartUpload: the object is dropped when the upload completes, not before', async () => {
+    const old = randomBytes(SLICE * 2);
+    await put('multi.bin', old);
+    await readCached('multi.bin', old);
+    const part1 = randomBytes(5 * 1024 * 1024);
+    const part2 = randomBytes(1234);
+    const { UploadId } = await h.client.send(
+      new CreateMultipartUploadCommand({ Bucket: 'b', Key: 'multi.bin' }),
+    );
+    const etags: string[] = [];
+    for (const [i, part] of [part1, part2].entries()) {
+      const r = await h.client.send(
+        new UploadPartCommand({ Bucket: 'b', Key: 'multi.bin', UploadId, PartNumber: i + 1, Body: part }),
+      );
+      etags.push(r.ETag as string);
+    }
+    // Uploading parts leaves the object as it is: still cached.
+    expect(await h.gateway.cache?.getMeta({ bucket: 'b', key: 'multi.bin' })).toBeDefined();
+    expect(sha((await readThrough('multi.bin')) as Buffer)).toBe(sha(old));
+    await h.client.send(
+      new CompleteMultipartUploadCommand({
+        Bucket: 'b',
+        Key: 'multi.bin',
+        UploadId,
+        MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) },
+      }),
+    );
+    expect(sha((await readThrough('multi.bin')) as Buffer)).toBe(sha(Buffer.concat([part1, part2])));
+  });
+
+  it('lib-storage Upload (multipart) replaces a cached object', async () => {
+    const old = randomBytes(4000);
+    await put('upload.bin', old);
+    await readCached('upload.bin', old);
+    const fresh = randomBytes(6 * 1024 * 1024 + 77);
+    await new Upload({ client: h.client, params: { Bucket: 'b', Key: 'upload.bin', Body: fresh } }).done();
+    expect(sha((await readThrough('upload.bin')) as Buffer)).toBe(sha(fresh));
+  });
+
+  it('DeleteObjects: every key listed is dropped', async () => {
+    const keys = ['multi-del-a.bin', 'multi-del b & <c>.bin', 'multi-del-ünïcode +.bin'];
+    for (const k of keys) {
+      const d = randomBytes(3000);
+      await put(k, d);
+      await readCached(k, d);
+    }
+    const out = await h.client.send(
+      new DeleteObjectsCommand({ Bucket: 'b', Delete: { Objects: keys.map((Key) => ({ Key })) } }),
+    );
+    expect(out.Deleted?.map((d) => d.Key).sort()).toEqual([...keys].sort());
+    for (const k of keys) {
+      expect(await h.gateway.cache?.getMeta({ bucket: 'b', key: k })).toBeUndefined();
+      expect(await readThrough(k)).toBe('NoSuchKey');
+    }
+  });
+
+  it('a write the origin refuses leaves the cached object as it was', async () => {
+    const v1 = randomBytes(SLICE + 5);
+    await put('kept.bin', v1);
+    await readCached('kept.bin', v1);
+    await expect(
+      h.client.send(new CopyObjectCommand({ Bucket: 'b', Key: 'kept.bin', CopySource: 'b/does-not-exist' })),
+    ).rejects.toMatchObject({ name: 'NoSuchKey' });
+    expect((await h.gateway.cache?.getMeta({ bucket: 'b', key: 'kept.bin' }))?.slices.length).toBe(2);
+    expect(sha((await readThrough('kept.bin')) as Buffer)).toBe(sha(v1));
+  });
+});
+
+describe('DeleteObjects body', () => {
+  it('reaches the origin byte for byte while its keys are dropped', async () => {
+    // A recording proxy between the gateway and the origin.
+    const seen: Buffer[] = [];
+    const upstream = new URL(h.origin.url);
+    const recorder = http.createServer((req, res) => {
+      const parts: Buffer[] = [];
+      req.on('data', (d: Buffer) => parts.push(d));
+      req.on('end', () => {
+        const body = Buffer.concat(parts);
+        if (req.method === 'POST' && req.url?.includes('delete')) seen.push(body);
+        const up = http.request(
+          {
+            host: upstream.hostname,
+            port: upstream.port,
+            method: req.method,
+            path: req.url,
+            headers: req.headers,
+          },
+          (r) => {
+            res.writeHead(r.statusCode ?? 502, r.headers);
+            r.pipe(res);
+          },
+        );
+        up.end(body);
+      });
+    });
+    await new Promise<void>((r) => recorder.listen(0, '127.0.0.1', r));
+    const port = (recorder.address() as { port: number }).port;
+    const g: Gateway = await createGateway({
+      upstream: `http://127.0.0.1:${port}`,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'gateway',
+      clientKeys: [CLIENT_KEY],
+      cacheDir: `${h.cacheDir}-recorded`,
+      sliceBytes: SLICE,
+      log: () => undefined,
+    });
+    await g.listen(0);
+    const client = s3(g.url(), CLIENT_KEY);
+    try {
+      const keys = ['rec-x&y.bin', 'rec-z.bin'];
+      for (const k of keys) {
+        await put(k, randomBytes(100));
+        await client.send(new GetObjectCommand({ Bucket: 'b', Key: k })).then(bodyOf);
+      }
+      await g.idle();
+      // Odd but valid XML: a declaration, a comment, entities, and whitespace kept as sent.
+      const body = Buffer.from(
+        `<?xml version="1.0" encoding="UTF-8"?>\n<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/">\n  <!-- two keys -->\n  <Object><Key>rec-x&amp;y.bin</Key></Object>\n  <Object><Key>rec-z.bin</Key><VersionId>null</VersionId></Object>\n  <Quiet>false</Quiet>\n</Delete>\n`,
+      );
+      const res = await signedRequest(
+        g.url(),
+        CLIENT_KEY,
+        'POST',
+        '/b?delete',
+        { 'content-type': 'application/xml' },
+        body,
+      );
+      expect(res.status).toBe(200);
+      expect(seen).toHaveLength(1);
+      expect(sha(seen[0] as Buffer)).toBe(sha(body));
+      for (const k of keys) expect(await g.cache?.getMeta({ bucket: 'b', key: k })).toBeUndefined();
+      expect(
+        Number(await g.metrics.invalidations.get().then((m) => m.values[0]?.value)),
+      ).toBeGreaterThanOrEqual(2);
+    } finally {
+      client.destroy();
+      await g.close(500);
+      await new Promise((r) => recorder.close(r));
+    }
+  });
+});
