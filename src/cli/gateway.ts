@@ -17,6 +17,14 @@ interface GatewayFlags {
   baseDomain?: string;
   cleanupIntervalSeconds?: string;
   drainSeconds?: string;
+  shutdownDelaySeconds?: string;
+  adminToken?: string;
+  alerts?: string;
+  alertsFile?: string;
+  alertsWebhookUrl?: string;
+  diskWarningPercent?: string;
+  diskCriticalPercent?: string;
+  diskCheckIntervalSeconds?: string;
   demo?: boolean;
 }
 
@@ -50,6 +58,29 @@ export function registerGatewayCommand(program: Command): void {
       'on SIGTERM, wait this long for requests in flight (KEEL_DRAIN_SECONDS, default 30)',
     )
     .option(
+      '--shutdown-delay-seconds <n>',
+      'on SIGTERM, fail readiness this long before refusing connections (KEEL_SHUTDOWN_DELAY_SECONDS, default 0; 5 behind a load balancer)',
+    )
+    .option(
+      '--admin-token <token>',
+      'bearer token for the admin endpoints other than the probes, ≥ 16 characters (KEEL_ADMIN_TOKEN)',
+    )
+    .option('--alerts <handlers>', 'where alerts go: none or log,file,webhook (KEEL_ALERTS, default log)')
+    .option('--alerts-file <file>', 'JSON-lines file of the file alert handler (KEEL_ALERTS_FILE)')
+    .option('--alerts-webhook-url <url>', 'URL the webhook alert handler POSTs to (KEEL_ALERTS_WEBHOOK_URL)')
+    .option(
+      '--disk-warning-percent <n>',
+      'cache file system use that warns and starts a cleanup (KEEL_DISK_WARNING_PERCENT, default 80)',
+    )
+    .option(
+      '--disk-critical-percent <n>',
+      'cache file system use that is critical and evicts (KEEL_DISK_CRITICAL_PERCENT, default 90)',
+    )
+    .option(
+      '--disk-check-interval-seconds <n>',
+      'how often the disk is checked (KEEL_DISK_CHECK_INTERVAL_SECONDS, default 60)',
+    )
+    .option(
       '--demo',
       'start a local s3rver origin with a demo bucket and the gateway on :8080 (anonymous), admin on :9090',
     )
@@ -76,7 +107,7 @@ export function registerGatewayCommand(program: Command): void {
         ...(demoOrigin ? { afterShutdown: () => demoOrigin.close() } : {}),
       });
       const base = running.gateway.url();
-      const admin = running.admin.url();
+      const admin = running.admin.url;
       process.stderr.write(
         `keel gateway: S3 endpoint ${base} (auth ${config.auth}) → ${config.upstream}; admin ${admin}\n`,
       );
@@ -94,7 +125,7 @@ export function registerGatewayCommand(program: Command): void {
             `  aws s3 cp s3://demo/${DEMO_OBJECTS[1].key} /tmp/x --endpoint-url ${base} --no-sign-request`,
             `  curl -s ${admin}/metrics | grep keel_     # Prometheus metrics`,
             `  curl -s ${admin}/status                   # JSON status with the repair counters`,
-            `  curl -s ${admin}/health; curl -s -XPOST ${admin}/cache/verify`,
+            `  curl -s ${admin}/health/ready; curl -s -XPOST ${admin}/cache/verify`,
             'Ctrl-C drains and stops.',
             '',
           ].join('\n'),

@@ -1,144 +1,195 @@
-import http from 'node:http';
-import { statfs } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { classify } from '../errors/index.js';
 import { REPAIR_COUNTERS } from '../cache/index.js';
+import {
+  AdminServer,
+  HEALTH_CONTENT_TYPE,
+  httpStatusOfHealth,
+  type AlertManager,
+  type DiskMonitor,
+  type HealthRegistry,
+  type Probe,
+} from '../ops/index.js';
 import type { Gateway } from './gateway.js';
 
-/** One health check's result. */
-export interface CheckResult {
-  status: 'pass' | 'warn' | 'fail';
-  detail: string;
-}
-
 /** Options of {@link startAdminServer}. */
-export interface AdminServerOptions {
+export interface GatewayAdminOptions {
+  /** Port (0: any free port). */
   port: number;
   /** Bind address (default 127.0.0.1: admin endpoints are not for the public). */
   host?: string;
-  /** Disk free share below which health warns (default 0.05). */
-  minFreeDiskRatio?: number;
+  /** When set, every endpoint but the probes needs `Authorization: Bearer <token>` (≥ 16 characters). */
+  token?: string | undefined;
+  /** The health checks (see {@link registerGatewayHealth}); graceful shutdown fails its readiness. */
+  health: HealthRegistry;
+  /** Disk readings for `/status`. */
+  disk?: DiskMonitor | undefined;
+  /** Firing alerts for `/status`. */
+  alerts?: AlertManager | undefined;
 }
 
-/** The running admin server. */
-export interface AdminServer {
-  server: http.Server;
-  url(): string;
-  close(): Promise<void>;
+/** Probe paths answered without the admin token (what an orchestrator calls). */
+const PROBE_ROUTES: Record<string, Probe | 'all'> = {
+  '/health/live': 'liveness',
+  '/health/ready': 'readiness',
+  '/health/startup': 'startup',
+  '/live': 'liveness',
+  '/ready': 'readiness',
+  '/health': 'all',
+};
+
+const OPEN_PATHS = [
+  '/livez',
+  '/readyz',
+  '/startupz',
+  ...Object.keys(PROBE_ROUTES).filter((p) => p !== '/health'),
+];
+
+/**
+ * Registers the gateway's health checks, all readiness checks that warn rather than fail
+ * readiness (a gateway whose origin is down still serves stale copies, and one whose cache is
+ * unusable still serves from the origin):
+ * - `origin:reachable`: fails while an origin breaker is open, warns while one is half-open;
+ * - `cache:writable`: fails while the cache is bypassed (unusable directory or full disk);
+ * - `disk:utilization` (with a `disk` monitor): warns at the warning level, fails at critical.
+ */
+export function registerGatewayHealth(gateway: Gateway, health: HealthRegistry, disk?: DiskMonitor): void {
+  health.register({
+    name: 'origin:reachable',
+    componentType: 'component',
+    critical: false,
+    run: () => {
+      const states = Object.entries(gateway.guard.breakerStates());
+      const open = states.filter(([, s]) => s === 'open' || s === 'isolated').map(([b]) => b || '_service');
+      const half = states.filter(([, s]) => s === 'halfOpen').map(([b]) => b || '_service');
+      if (open.length > 0)
+        return {
+          status: 'fail',
+          observedValue: open.length,
+          observedUnit: 'open breakers',
+          output: `origin breaker open for ${open.join(', ')}: cached copies are served stale, misses get 503 with Retry-After`,
+        };
+      return {
+        status: half.length > 0 ? 'warn' : 'pass',
+        observedValue: 0,
+        observedUnit: 'open breakers',
+        output: `origin breaker probing for ${half.join(', ')}`,
+      };
+    },
+  });
+  health.register({
+    name: 'cache:writable',
+    componentType: 'datastore',
+    critical: false,
+    run: () => {
+      const cache = gateway.cache;
+      if (!cache) return { status: 'warn', output: 'no cache configured: every read goes to the origin' };
+      if (cache.bypassed)
+        return {
+          status: 'fail',
+          observedValue: 'bypass',
+          output: `cache bypassed, every read served from the origin: ${cache.stats().bypassReason ?? 'unusable'}`,
+        };
+      return { status: 'pass', observedValue: 'caching' };
+    },
+  });
+  disk?.healthCheck(health);
 }
 
-/** Health of the gateway: origin breakers, cache writability, disk space. */
-export async function gatewayHealth(
-  gateway: Gateway,
-  minFreeDiskRatio = 0.05,
-): Promise<Record<string, CheckResult>> {
-  const checks: Record<string, CheckResult> = {};
-  const open = Object.entries(gateway.guard.breakerStates()).filter(([, s]) => s !== 'closed');
-  checks.origin =
-    open.length === 0
-      ? { status: 'pass', detail: 'no origin breaker open' }
-      : { status: 'warn', detail: `breakers not closed: ${open.map(([b, s]) => `${b}=${s}`).join(', ')}` };
-  const cache = gateway.cache;
-  checks.cache = !cache
-    ? { status: 'warn', detail: 'no cache: every read goes to the origin' }
-    : cache.bypassed
-      ? { status: 'warn', detail: `cache bypassed: ${cache.stats().bypassReason ?? 'unusable'}` }
-      : { status: 'pass', detail: 'cache writable' };
-  if (cache) {
-    try {
-      const s = await statfs(cache.dir);
-      const ratio = s.bavail / s.blocks;
-      checks.disk =
-        ratio < minFreeDiskRatio
-          ? { status: 'warn', detail: `${(ratio * 100).toFixed(1)} % free on the cache disk` }
-          : { status: 'pass', detail: `${(ratio * 100).toFixed(1)} % free` };
-    } catch (err) {
-      checks.disk = { status: 'fail', detail: classify(err).message };
-    }
-  }
-  return checks;
-}
-
-/** The `/status` document: cache stats with the six repair counters by their seed names, breakers, in-flight. */
+/** The gateway part of `/status`: requests in flight, breakers by bucket, retry budget. */
 export function gatewayStatus(gateway: Gateway): Record<string, unknown> {
-  const stats = gateway.cache?.stats();
   return {
     inFlight: gateway.inFlight(),
     breakers: gateway.guard.breakerStates(),
     retryBudgetExhausted: gateway.guard.budgetExhausted,
-    cache: stats ?? null,
-    repairs: Object.fromEntries(REPAIR_COUNTERS.map((c) => [c, stats?.repairs[c] ?? 0])),
   };
 }
 
-function json(res: http.ServerResponse, status: number, body: unknown): void {
+/** The six repair counters by their seed names (zeros without a cache). */
+export function repairCounts(gateway: Gateway): Record<string, number> {
+  const stats = gateway.cache?.stats();
+  return Object.fromEntries(REPAIR_COUNTERS.map((c) => [c, stats?.repairs[c] ?? 0]));
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body, null, 2);
-  res.writeHead(status, { 'content-type': 'application/json' }).end(text);
+  res
+    .writeHead(status, {
+      'content-type': 'application/json',
+      'cache-control': 'no-store',
+      'content-length': Buffer.byteLength(text),
+    })
+    .end(text);
+}
+
+/** Drains a request body we do not read, so the connection can be reused. */
+function ignoreBody(req: IncomingMessage): void {
+  req.resume();
 }
 
 /**
- * The admin endpoints on their own port: `GET /health` (503 when a check fails), `GET /ready`
- * (503 while draining), `GET /metrics` (Prometheus), `GET /status`, `POST /cache/cleanup`,
- * `POST /cache/verify` (`?fix=1` repairs).
+ * Starts keel/ops' {@link AdminServer} with the gateway's endpoints: `GET /health/live`,
+ * `/health/ready` (also `/live`, `/ready`, `/livez`, `/readyz`), `/health` and `/healthz`
+ * (`application/health+json`, 503 when failing); `GET /metrics` (Prometheus text, or OpenMetrics
+ * when the `Accept` header asks for it); `GET /status` (JSON: health, gateway, cache stats, the six
+ * repair counters by name, disk, firing alerts); `POST /cache/cleanup`; `POST /cache/verify`
+ * (`?fix=1` repairs). With a token, everything but the probes needs it.
+ * @throws Error when the port or the token is invalid, or the port is taken.
  */
-export async function startAdminServer(
-  gateway: Gateway,
-  options: AdminServerOptions,
-  isReady: () => boolean,
-): Promise<AdminServer> {
-  const server = http.createServer((req, res) => {
-    void (async () => {
-      const url = new URL(req.url ?? '/', 'http://admin');
-      try {
-        if (req.method === 'GET' && (url.pathname === '/health' || url.pathname === '/healthz')) {
-          const checks = await gatewayHealth(gateway, options.minFreeDiskRatio);
-          const status = Object.values(checks).some((c) => c.status === 'fail')
-            ? 'fail'
-            : Object.values(checks).some((c) => c.status === 'warn')
-              ? 'warn'
-              : 'pass';
-          json(res, status === 'fail' ? 503 : 200, { status, checks });
-        } else if (req.method === 'GET' && (url.pathname === '/ready' || url.pathname === '/readyz')) {
-          const ready = isReady();
-          json(res, ready ? 200 : 503, { ready });
-        } else if (req.method === 'GET' && url.pathname === '/metrics') {
-          const text = await gateway.metrics.registry.metrics();
-          res.writeHead(200, { 'content-type': gateway.metrics.registry.contentType }).end(text);
-        } else if (req.method === 'GET' && url.pathname === '/status') {
-          json(res, 200, gatewayStatus(gateway));
-        } else if (req.method === 'POST' && url.pathname === '/cache/cleanup') {
-          if (!gateway.cache) json(res, 409, { error: 'no cache configured' });
-          else json(res, 200, await gateway.cache.cleanup());
-        } else if (req.method === 'POST' && url.pathname === '/cache/verify') {
-          if (!gateway.cache) json(res, 409, { error: 'no cache configured' });
-          else
-            json(
-              res,
-              200,
-              await gateway.cache.verify({
-                fix: url.searchParams.get('fix') === '1' || url.searchParams.get('fix') === 'true',
-              }),
-            );
-        } else json(res, 404, { error: `no admin endpoint ${req.method ?? ''} ${url.pathname}` });
-      } catch (err) {
-        json(res, 500, { error: classify(err).message });
-      }
-    })();
+export async function startAdminServer(gateway: Gateway, options: GatewayAdminOptions): Promise<AdminServer> {
+  const { health } = options;
+  const admin = new AdminServer({
+    health,
+    metrics: gateway.metrics.ops,
+    port: options.port,
+    host: options.host ?? '127.0.0.1',
+    ...(options.token !== undefined ? { token: options.token } : {}),
+    openPaths: OPEN_PATHS,
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host ?? '127.0.0.1', () => resolve());
+  for (const [path, probe] of Object.entries(PROBE_ROUTES))
+    admin.addRoute('GET', path, async (_req, res) => {
+      const report = await health.report(probe);
+      const body = JSON.stringify(report);
+      res
+        .writeHead(httpStatusOfHealth(report.status), {
+          'content-type': HEALTH_CONTENT_TYPE,
+          'cache-control': 'no-store',
+          'content-length': Buffer.byteLength(body),
+        })
+        .end(body);
+    });
+  admin.addStatus('gateway', () => gatewayStatus(gateway));
+  admin.addStatus('cache', () => gateway.cache?.stats() ?? null);
+  admin.addStatus('repairs', () => repairCounts(gateway));
+  if (options.disk) {
+    const disk = options.disk;
+    admin.addStatus('disk', () => disk.snapshot());
+  }
+  if (options.alerts) {
+    const alerts = options.alerts;
+    admin.addStatus('alerts', () => alerts.firing());
+  }
+  admin.addRoute('POST', '/cache/cleanup', async (req, res) => {
+    ignoreBody(req);
+    const cache = gateway.cache;
+    if (!cache) return json(res, 409, { error: 'no cache configured' });
+    try {
+      json(res, 200, await cache.cleanup());
+    } catch (err) {
+      json(res, 500, { error: `cache cleanup failed: ${classify(err).message}` });
+    }
   });
-  return {
-    server,
-    url: () => {
-      const a = server.address() as AddressInfo;
-      return `http://${a.address}:${a.port}`;
-    },
-    close: () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  };
+  admin.addRoute('POST', '/cache/verify', async (req, res) => {
+    ignoreBody(req);
+    const cache = gateway.cache;
+    if (!cache) return json(res, 409, { error: 'no cache configured' });
+    const fix = new URL(req.url ?? '/', 'http://admin').searchParams.get('fix');
+    try {
+      json(res, 200, await cache.verify({ fix: fix === '1' || fix === 'true' }));
+    } catch (err) {
+      json(res, 500, { error: `cache verify failed: ${classify(err).message}` });
+    }
+  });
+  await admin.listen();
+  return admin;
 }

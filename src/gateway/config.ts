@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { keelError } from '../errors/index.js';
+import { ALERT_HANDLER_NAMES, type AlertHandlerName } from './alerting.js';
 import type { ClientKey } from './sigv4-verify.js';
 
 /** The gateway's settings after flags, `KEEL_*` variables and the config file are merged. */
@@ -22,7 +23,21 @@ export interface GatewayConfig {
   ttlSeconds: number;
   baseDomain: string | undefined;
   cleanupIntervalSeconds: number;
+  /** On SIGTERM, how long requests in flight may finish before their connections are closed. */
   drainSeconds: number;
+  /** On SIGTERM, how long readiness fails before the S3 port stops accepting (load balancers notice). */
+  shutdownDelaySeconds: number;
+  /** Bearer token for the admin endpoints other than the probes (never logged). */
+  adminToken: string | undefined;
+  /** Where alerts go. */
+  alerts: AlertHandlerName[];
+  alertsFile: string | undefined;
+  alertsWebhookUrl: string | undefined;
+  /** Used share of the cache's file system (percent) that raises a warning… */
+  diskWarningPercent: number;
+  /** …and a critical alert, with cleanup and eviction. */
+  diskCriticalPercent: number;
+  diskCheckIntervalSeconds: number;
 }
 
 /** Each setting: its flag (camelCase, as commander gives it), env var and config-file key. */
@@ -43,6 +58,14 @@ const SETTINGS = {
   baseDomain: 'KEEL_BASE_DOMAIN',
   cleanupIntervalSeconds: 'KEEL_CLEANUP_INTERVAL_SECONDS',
   drainSeconds: 'KEEL_DRAIN_SECONDS',
+  shutdownDelaySeconds: 'KEEL_SHUTDOWN_DELAY_SECONDS',
+  adminToken: 'KEEL_ADMIN_TOKEN',
+  alerts: 'KEEL_ALERTS',
+  alertsFile: 'KEEL_ALERTS_FILE',
+  alertsWebhookUrl: 'KEEL_ALERTS_WEBHOOK_URL',
+  diskWarningPercent: 'KEEL_DISK_WARNING_PERCENT',
+  diskCriticalPercent: 'KEEL_DISK_CRITICAL_PERCENT',
+  diskCheckIntervalSeconds: 'KEEL_DISK_CHECK_INTERVAL_SECONDS',
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -174,6 +197,42 @@ export function resolveGatewayConfig(
   if (sliceBytes < 64 * 1024 || sliceBytes > 1024 ** 3) fail('sliceBytes', 'must be between 64KiB and 1GiB');
   const cacheDir = get('cacheDir');
   const baseDomain = get('baseDomain');
+  const adminToken = get('adminToken');
+  if (adminToken !== undefined && String(adminToken).length < 16)
+    fail('adminToken', 'must be at least 16 characters');
+  const alertsRaw = String(get('alerts') ?? 'log').trim();
+  const alerts = alertsRaw === 'none' || alertsRaw === '' ? [] : alertsRaw.split(',').map((a) => a.trim());
+  for (const a of alerts)
+    if (!(ALERT_HANDLER_NAMES as readonly string[]).includes(a))
+      fail(
+        'alerts',
+        `unknown alert handler "${a}": expected none or a list of ${ALERT_HANDLER_NAMES.join(', ')}`,
+      );
+  const alertsFile = get('alertsFile');
+  if (alerts.includes('file') && alertsFile === undefined)
+    fail('alertsFile', 'required when --alerts includes file: the JSON-lines file alerts are appended to');
+  const alertsWebhookUrl = get('alertsWebhookUrl');
+  if (alerts.includes('webhook')) {
+    if (alertsWebhookUrl === undefined) fail('alertsWebhookUrl', 'required when --alerts includes webhook');
+    let u: URL | undefined;
+    try {
+      u = new URL(String(alertsWebhookUrl));
+    } catch {
+      u = undefined;
+    }
+    // The URL may carry a token: it is never repeated in the message.
+    if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:'))
+      fail('alertsWebhookUrl', 'expected an http or https URL');
+  }
+  const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, 1);
+  const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, 1);
+  if (diskCriticalPercent > 100)
+    fail('diskCriticalPercent', `must be at most 100, got ${diskCriticalPercent}`);
+  if (diskWarningPercent >= diskCriticalPercent)
+    fail(
+      'diskWarningPercent',
+      `must be below --disk-critical-percent (${diskCriticalPercent}), got ${diskWarningPercent}`,
+    );
   return {
     upstream: String(upstream),
     listenHost: listen.host,
@@ -193,5 +252,13 @@ export function resolveGatewayConfig(
     baseDomain: baseDomain === undefined ? undefined : String(baseDomain),
     cleanupIntervalSeconds: num('cleanupIntervalSeconds', get('cleanupIntervalSeconds'), 3600, 1),
     drainSeconds: num('drainSeconds', get('drainSeconds'), 30),
+    shutdownDelaySeconds: num('shutdownDelaySeconds', get('shutdownDelaySeconds'), 0),
+    adminToken: adminToken === undefined ? undefined : String(adminToken),
+    alerts: alerts as AlertHandlerName[],
+    alertsFile: alertsFile === undefined ? undefined : String(alertsFile),
+    alertsWebhookUrl: alertsWebhookUrl === undefined ? undefined : String(alertsWebhookUrl),
+    diskWarningPercent,
+    diskCriticalPercent,
+    diskCheckIntervalSeconds: num('diskCheckIntervalSeconds', get('diskCheckIntervalSeconds'), 60, 1),
   };
 }

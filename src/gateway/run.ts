@@ -1,28 +1,73 @@
 import os from 'node:os';
 import path from 'node:path';
 import { classify } from '../errors/index.js';
-import { startAdminServer, type AdminServer } from './admin-server.js';
+import {
+  createLogger,
+  DiskMonitor,
+  GracefulShutdown,
+  HealthRegistry,
+  type AdminServer,
+  type AlertManager,
+  type DiskUsage,
+  type ShutdownResult,
+  type StatfsResult,
+} from '../ops/index.js';
+import { systemClock, type TimerHandle } from '../time/index.js';
+import { registerGatewayHealth, startAdminServer } from './admin-server.js';
+import { createGatewayAlerts, GATEWAY_ALERTS, watchGatewayAlerts } from './alerting.js';
 import type { GatewayConfig } from './config.js';
 import { createGateway, type Gateway, type GatewayOptions } from './gateway.js';
 
-/** A gateway with its admin server, scheduled cleanup and SIGTERM handling. */
+/** A gateway with its admin server, health, alerts, disk monitor, scheduled cleanup and graceful shutdown. */
 export interface RunningGateway {
   gateway: Gateway;
   admin: AdminServer;
-  /** Drains (in-flight requests finish), then closes everything. */
-  shutdown(): Promise<void>;
+  health: HealthRegistry;
+  alerts: AlertManager;
+  /** Watches the cache's file system (absent when no cache is configured). */
+  disk: DiskMonitor | undefined;
+  /**
+   * Graceful shutdown: readiness fails, the S3 port stops accepting after `shutdownDelaySeconds`,
+   * requests in flight finish (up to `drainSeconds`), then the gateway, alerts and admin server
+   * close. Resolves with how it went (exit code 1 when the drain timed out or a step failed).
+   */
+  shutdown(): Promise<ShutdownResult>;
+}
+
+/** Extra options of {@link runGateway}, besides any {@link GatewayOptions}. */
+export interface RunOptions extends Partial<GatewayOptions> {
+  /** Drain and exit on SIGTERM/SIGINT (a second signal exits at once). Default false. */
+  handleSignals?: boolean;
+  /** Runs last at shutdown (the demo stops its origin here). */
+  afterShutdown?: () => Promise<void>;
+  /** Called with the exit code once shut down; default `process.exit` with signals, else nothing. */
+  exit?: (code: number) => void;
+  /** For tests: replaces `fs.statfs` in the disk monitor. */
+  statfs?: (path: string) => Promise<StatfsResult>;
 }
 
 /**
- * Starts the gateway described by `config`: the S3 endpoint, the admin server, cleanup every
- * `cleanupIntervalSeconds`, and (with `handleSignals`) drain-and-exit on SIGTERM/SIGINT.
+ * Starts the gateway described by `config`: the S3 endpoint; keel/ops' admin server (health,
+ * readiness, metrics, status, cache cleanup and verify); alerts on cache bypass, disk-full
+ * events, open origin breakers and a spent retry budget; a disk monitor on the cache directory
+ * (every `diskCheckIntervalSeconds`; at the warning level a cache cleanup, at critical also
+ * eviction of half the cache); cache cleanup every `cleanupIntervalSeconds`; and graceful
+ * shutdown (with `handleSignals`, on SIGTERM/SIGINT).
+ * @throws when a port is taken or an alert handler cannot be set up (the message names the setting).
  */
-export async function runGateway(
-  config: GatewayConfig,
-  extra: Partial<GatewayOptions> & { handleSignals?: boolean; afterShutdown?: () => Promise<void> } = {},
-): Promise<RunningGateway> {
+export async function runGateway(config: GatewayConfig, extra: RunOptions = {}): Promise<RunningGateway> {
   const cacheDir = config.cacheDir ?? path.join(os.tmpdir(), 'keel-gateway-cache');
-  const { handleSignals, afterShutdown, ...options } = extra;
+  const { handleSignals, afterShutdown, exit, statfs, ...options } = extra;
+  const clock = options.clock ?? systemClock;
+  const logger = createLogger({ name: 'keel-gateway', destination: process.stderr });
+  const alerts = createGatewayAlerts({
+    handlers: config.alerts,
+    file: config.alertsFile,
+    webhookUrl: config.alertsWebhookUrl,
+    logger,
+    clock,
+  });
+  await alerts.start();
   const gateway = await createGateway({
     upstream: config.upstream,
     originCredentials:
@@ -39,40 +84,107 @@ export async function runGateway(
     baseDomain: config.baseDomain,
     ...options,
   });
-  let draining = false;
-  await gateway.listen(config.listenPort, config.listenHost);
-  const admin = await startAdminServer(
-    gateway,
-    { port: config.adminPort, host: config.adminHost },
-    () => !draining,
-  );
-  const cleanup = setInterval(() => {
-    void gateway.cache?.cleanup().catch((err: unknown) => {
-      process.stderr.write(`keel gateway: scheduled cleanup failed: ${classify(err).message}\n`);
-    });
-  }, config.cleanupIntervalSeconds * 1000);
-  cleanup.unref();
-  let done: Promise<void> | undefined;
-  const shutdown = (): Promise<void> => {
-    done ??= (async () => {
-      draining = true;
-      clearInterval(cleanup);
-      await gateway.close(config.drainSeconds * 1000);
-      await admin.close();
-      await afterShutdown?.();
-    })();
-    return done;
+  const cache = gateway.cache;
+  const stopWatching = watchGatewayAlerts(gateway, alerts);
+  const health = new HealthRegistry({ serviceId: 'keel-gateway', clock });
+
+  const disk = cache
+    ? new DiskMonitor({
+        paths: [cache.dir],
+        warningRatio: config.diskWarningPercent / 100,
+        criticalRatio: config.diskCriticalPercent / 100,
+        alerts,
+        ...(statfs ? { statfs } : {}),
+        onLevel: (usage) => void relieveDisk(usage),
+      })
+    : undefined;
+  const relieveDisk = async (usage: DiskUsage): Promise<void> => {
+    if (!cache) return;
+    try {
+      await cache.cleanup();
+      if (usage.level === 'critical') await cache.evictTo(Math.floor(cache.stats().sizeBytes / 2));
+    } catch (err) {
+      logger.warn(`cache cleanup after disk ${usage.level} failed: ${classify(err).message}`);
+    }
   };
-  if (handleSignals) {
-    const onSignal = (sig: string): void => {
-      process.stderr.write(`keel gateway: ${sig}: draining ${gateway.inFlight()} request(s)\n`);
-      shutdown().then(
-        () => process.exit(0),
-        () => process.exit(1),
-      );
+  const checkDisk = async (): Promise<void> => {
+    if (!disk) return;
+    try {
+      const usage = await disk.check();
+      if (usage.every((u) => u.level === 'ok') && !cache?.bypassed)
+        alerts.resolve(GATEWAY_ALERTS.diskFull, { component: 'cache' });
+    } catch (err) {
+      logger.warn(`disk check of ${cacheDir} failed: ${classify(err).message}`);
+    }
+  };
+  registerGatewayHealth(gateway, health, disk);
+
+  const timers: TimerHandle[] = [];
+  let stopped = false;
+  const every = (seconds: number, fn: () => Promise<void>): void => {
+    const tick = (): void => {
+      const t = clock.setTimer(seconds * 1000, () => {
+        void fn().finally(() => {
+          if (!stopped) tick();
+        });
+      });
+      timers.push(t);
     };
-    process.once('SIGTERM', () => onSignal('SIGTERM'));
-    process.once('SIGINT', () => onSignal('SIGINT'));
+    tick();
+  };
+  if (cache) {
+    every(config.cleanupIntervalSeconds, async () => {
+      await cache.cleanup().catch((err: unknown) => {
+        logger.warn(`scheduled cache cleanup failed: ${classify(err).message}`);
+      });
+    });
+    every(config.diskCheckIntervalSeconds, checkDisk);
   }
-  return { gateway, admin, shutdown };
+
+  // The S3 port is drained by gateway.close() in the last hook, not by GracefulShutdown's own
+  // drain: that closes a keep-alive connection as soon as its response is written, and a client
+  // still reading a large body from its socket buffer (undici, for one) then drops the response.
+  // gateway.close() stops accepting, waits for responses in flight, then lets finished
+  // connections close by keep-alive timeout before it closes them.
+  const shutdown = new GracefulShutdown({
+    health,
+    delayMs: config.shutdownDelaySeconds * 1000,
+    drainTimeoutMs: config.drainSeconds * 1000,
+    hookTimeoutMs: config.drainSeconds * 1000 + 10_000,
+    clock,
+    exit: exit ?? (handleSignals ? (code) => process.exit(code) : () => undefined),
+    log: (message, fields) => logger.info(fields ?? {}, `shutdown: ${message}`),
+  });
+  let admin: AdminServer;
+  try {
+    await gateway.listen(config.listenPort, config.listenHost);
+    admin = await startAdminServer(gateway, {
+      port: config.adminPort,
+      host: config.adminHost,
+      token: config.adminToken,
+      health,
+      disk,
+      alerts,
+    });
+  } catch (err) {
+    stopWatching();
+    await gateway.close(0);
+    await alerts.close();
+    throw err;
+  }
+  await checkDisk();
+  health.markStarted();
+
+  // Hooks run in reverse order: the gateway (fills reach the cache), alerts, admin, then the caller's.
+  if (afterShutdown) shutdown.addHook('after', afterShutdown);
+  shutdown.addHook('admin', () => admin.close());
+  shutdown.addHook('alerts', () => alerts.close());
+  shutdown.addHook('gateway', async () => {
+    stopped = true;
+    for (const t of timers) t.cancel();
+    stopWatching();
+    await gateway.close(config.drainSeconds * 1000);
+  });
+  if (handleSignals) shutdown.install();
+  return { gateway, admin, health, alerts, disk, shutdown: () => shutdown.shutdown('requested') };
 }
