@@ -20,13 +20,20 @@ export { parseS3Target, encodeKey, type S3Target, type MalformedTarget } from '.
 export { s3ErrorXml, S3Errors, type S3ErrorSpec } from './s3-error.js';
 export { verifySigV4, type ClientKey, type AuthResult } from './sigv4-verify.js';
 export { resolveGatewayConfig, type GatewayConfig } from './config.js';
-export { runGateway, type RunningGateway } from './run.js';
+export { runGateway, type RunningGateway, type RunOptions } from './run.js';
 export {
   startAdminServer,
-  gatewayHealth,
+  registerGatewayHealth,
   gatewayStatus,
-  type AdminServer,
-  type AdminServerOptions,
-  type CheckResult,
+  repairCounts,
+  type GatewayAdminOptions,
 } from './admin-server.js';
+export {
+  createGatewayAlerts,
+  watchGatewayAlerts,
+  GATEWAY_ALERTS,
+  ALERT_HANDLER_NAMES,
+  type AlertHandlerName,
+  type GatewayAlertOptions,
+} from './alerting.js';
 export { startDemoOrigin, DEMO_OBJECTS } from './demo.js';
