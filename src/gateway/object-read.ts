@@ -15,6 +15,7 @@ import type { OriginClient, OriginResponse } from './origin-client.js';
 import { isThrottle, retryAfterSeconds, type OriginGuard } from './origin-guard.js';
 import { evaluateRange } from './range.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
+import { Revalidator, type RevalidatorOptions } from './revalidation.js';
 import { SliceFill, SliceReadError } from './slice-fill.js';
 
 /** What a read was: the `x-keel-cache` header. */
@@ -38,8 +39,12 @@ export interface ReadContext {
   /** Slice size used when the cache is off. */
   sliceBytes: number;
   fills: Map<string, SliceFill>;
-  /** Origin lookups in flight, shared by concurrent requests for one object. */
-  heads: Map<string, Promise<Resolved | { passthrough: true } | { error: KeelError }>>;
+  /** Origin lookups of uncached objects in flight, shared by concurrent requests for one object. */
+  heads: Map<string, Promise<Lookup>>;
+  /** Revalidation timeout and backoff (defaults: see {@link RevalidatorOptions}). */
+  revalidation?: RevalidatorOptions;
+  /** Revalidations in flight and backing off, per object (created on first use). */
+  revalidator?: Revalidator<Resolved | { passthrough: true }>;
   /** Metadata writes in flight by object hash; slice writes of the object wait for them. */
   metaWrites: Map<string, Promise<unknown>>;
   firstByteTimeoutMs: number;
@@ -500,13 +505,21 @@ function startFill(
   return fill;
 }
 
-/** Finds the object's info: cached and fresh, revalidated, or asked of the origin with HEAD. */
+/** What the origin said about an object: serve it, pass the request through, or fail. */
+export type Lookup = Resolved | { passthrough: true } | { error: KeelError };
+
+function revalidatorOf(ctx: ReadContext): Revalidator<Resolved | { passthrough: true }> {
+  ctx.revalidator ??= new Revalidator(ctx.clock, ctx.revalidation);
+  return ctx.revalidator;
+}
+
+/** Finds the object's info: cached and fresh, revalidated, or asked of the origin. */
 async function resolveObject(
   ctx: ReadContext,
   id: ObjectIdentity,
   rawQuery: string,
   firstByte: number | undefined,
-): Promise<Resolved | { passthrough: true } | { error: KeelError }> {
+): Promise<Lookup> {
   const cache = ctx.cache;
   // From memory when remembered: the read that follows checks meta.json on the cache's own thread.
   const cachedMeta = cache
@@ -514,37 +527,99 @@ async function resolveObject(
     : undefined;
   if (cachedMeta && ctx.clock.now() - cachedMeta.cachedAt < ctx.ttlMs)
     return { meta: cachedMeta, stale: false };
-  const flightKey = `${identityHash(id)}:${cachedMeta?.etag ?? ''}`;
-  let flight = ctx.heads.get(flightKey);
+  const hash = identityHash(id);
+  if (cachedMeta) {
+    // One revalidation per object, shared and bounded; the cached copy when it cannot confirm.
+    const outcome = await revalidatorOf(ctx).revalidate(
+      hash,
+      cachedMeta,
+      (signal) => revalidate(ctx, id, rawQuery, cachedMeta, signal),
+      () => ctx.metaWrites.get(hash),
+    );
+    return outcome.state === 'fresh' ? outcome.value : { meta: cachedMeta, stale: true };
+  }
+  let flight = ctx.heads.get(hash);
   if (!flight) {
-    flight = lookupOrigin(ctx, id, rawQuery, cachedMeta, firstByte);
-    ctx.heads.set(flightKey, flight);
+    flight = lookupOrigin(ctx, id, rawQuery, firstByte);
+    ctx.heads.set(hash, flight);
     // Shared until the metadata is on disk, so later requests do not ask the origin again meanwhile.
-    const hash = identityHash(id);
     void flight
       .finally(async () => {
-        // A revalidation is not kept: the next request after it must ask the origin again.
-        if (!cachedMeta) await ctx.metaWrites.get(hash);
-        ctx.heads.delete(flightKey);
+        await ctx.metaWrites.get(hash);
+        ctx.heads.delete(hash);
       })
       .catch(() => undefined);
   }
   return flight;
 }
 
-/** One HEAD (If-None-Match when cached) shared by concurrent requests for the object. */
+/**
+ * Asks the origin whether the cached copy is current (HEAD with If-None-Match). A 304 refreshes
+ * it; another ETag replaces the metadata, which drops every slice of the old version.
+ * @throws when the origin fails or `signal` aborts (the caller serves the cached copy stale).
+ */
+async function revalidate(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  cachedMeta: CacheMeta,
+  signal: AbortSignal,
+): Promise<Resolved | { passthrough: true }> {
+  let up: OriginResponse;
+  try {
+    up = await ctx.guard.call(
+      id.bucket,
+      (s) =>
+        ctx.origin.request({
+          method: 'HEAD',
+          bucket: id.bucket,
+          key: id.key,
+          rawQuery,
+          headers: { 'if-none-match': cachedMeta.etag },
+          signal: AbortSignal.any([s, signal]),
+        }),
+      signal,
+    );
+  } catch (err) {
+    const e = classify(signal.aborted ? (signal.reason ?? err) : err);
+    ctx.log('warn', `could not revalidate ${id.bucket}/${id.key} with the origin; serving it stale`, {
+      error: e.message,
+      code: e.code,
+    });
+    throw e;
+  }
+  discard(up.body);
+  const info = up.status === 200 ? infoFrom(up.headers) : undefined;
+  if (up.status === 304 || (info && info.etag === cachedMeta.etag && info.size === cachedMeta.size)) {
+    const refreshed = { ...cachedMeta, cachedAt: ctx.clock.now() };
+    storeMeta(ctx, id, refreshed);
+    return { meta: refreshed, stale: false };
+  }
+  if (!info) {
+    if (ctx.cache && (up.status === 404 || up.status === 403)) {
+      const cache = ctx.cache;
+      await safe(ctx, 'invalidate', () => cache.invalidate(id));
+    }
+    return { passthrough: true };
+  }
+  ctx.log('info', `${id.bucket}/${id.key} changed at the origin; dropping its cached slices`, {
+    etag: info.etag,
+    was: cachedMeta.etag,
+  });
+  storeMeta(ctx, id, info);
+  return { meta: { ...info, sliceBytes: ctx.sliceBytes, slices: [] }, stale: false };
+}
+
+/** The first origin request for an uncached object, shared by concurrent requests for it. */
 async function lookupOrigin(
   ctx: ReadContext,
   id: ObjectIdentity,
   rawQuery: string,
-  cachedMeta: CacheMeta | undefined,
   firstByte: number | undefined,
-): Promise<Resolved | { passthrough: true } | { error: KeelError }> {
-  const cache = ctx.cache;
+): Promise<Lookup> {
   // A miss with a known first byte asks for that slice straight away: its answer carries the
   // object's ETag, size and headers, so the client's first byte costs one origin round trip.
-  const sliceIndex =
-    !cachedMeta && firstByte !== undefined ? Math.floor(firstByte / ctx.sliceBytes) : undefined;
+  const sliceIndex = firstByte !== undefined ? Math.floor(firstByte / ctx.sliceBytes) : undefined;
   const sliceStart = sliceIndex === undefined ? 0 : sliceIndex * ctx.sliceBytes;
   let up: OriginResponse;
   try {
@@ -554,36 +629,18 @@ async function lookupOrigin(
         bucket: id.bucket,
         key: id.key,
         rawQuery,
-        headers: cachedMeta
-          ? { 'if-none-match': cachedMeta.etag }
-          : sliceIndex === undefined
-            ? {}
-            : { range: `bytes=${sliceStart}-${sliceStart + ctx.sliceBytes - 1}` },
+        headers:
+          sliceIndex === undefined ? {} : { range: `bytes=${sliceStart}-${sliceStart + ctx.sliceBytes - 1}` },
         signal,
       }),
     );
   } catch (err) {
-    const e = isKeelError(err) ? err : classify(err);
-    if (cachedMeta) {
-      ctx.log('warn', `origin failed revalidating ${id.bucket}/${id.key}; serving stale`, {
-        error: e.message,
-      });
-      return { meta: cachedMeta, stale: true };
-    }
-    return { error: e };
-  }
-  if (up.status === 304 && cachedMeta) {
-    up.body.resume();
-    const refreshed = { ...cachedMeta, cachedAt: ctx.clock.now() };
-    storeMeta(ctx, id, refreshed);
-    return { meta: refreshed, stale: false };
+    return { error: isKeelError(err) ? err : classify(err) };
   }
   const usable = up.status === 206 || (up.status === 200 && (sliceIndex ?? 0) === 0);
   const info = usable ? infoFrom(up.headers) : undefined;
   if (!info) {
     discard(up.body);
-    if (cachedMeta && (up.status === 404 || up.status === 403))
-      await safe(ctx, 'invalidate', () => (cache as RangeCache).invalidate(id));
     return { passthrough: true };
   }
   const meta = { ...info, sliceBytes: ctx.sliceBytes, slices: [] };
