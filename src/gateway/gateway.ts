@@ -13,7 +13,7 @@ import { passthrough } from './passthrough.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
 import { parseS3Target } from './s3-request.js';
 import type { SliceFill } from './slice-fill.js';
-import { verifySigV4, type ClientKey } from './sigv4-verify.js';
+import { verifySigV4, type ClientKey, type VerifiedRequest } from './sigv4-verify.js';
 
 /** Options of {@link createGateway}. */
 export interface GatewayOptions {
@@ -187,6 +187,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         sendS3Error(res, method, spec, id);
         return;
       }
+      let verified: VerifiedRequest | undefined;
       if (authMode === 'gateway') {
         const auth = verifySigV4(method, rawUrl, req.headers, keys, Date.now());
         if (!auth.ok) {
@@ -200,6 +201,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
           );
           return;
         }
+        verified = auth;
       }
       watchBucket(target.bucket ?? '');
       const isObjectRead =
@@ -225,6 +227,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       }
       await passthrough(origin, guard, req, res, target, id, {
         cache,
+        verified,
         onInvalidate: () => metrics.invalidations.inc(),
       });
       outcome = 'PASS';

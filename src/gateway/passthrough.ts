@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
-import { classify } from '../errors/index.js';
+import type { Readable, Transform } from 'node:stream';
+import { classify, keelError } from '../errors/index.js';
 import type { RangeCache } from '../cache/index.js';
 import type { OriginClient } from './origin-client.js';
 import type { OriginGuard } from './origin-guard.js';
@@ -8,7 +8,9 @@ import { relay } from './object-read.js';
 import { retryAfterSeconds } from './origin-guard.js';
 import type { S3Target } from './s3-request.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
-import { decodeAwsChunked } from './aws-chunked.js';
+import { BodyRejectedError, decodeAwsChunked } from './aws-chunked.js';
+import { verifyPayloadSha256 } from './payload-verify.js';
+import type { VerifiedRequest } from './sigv4-verify.js';
 import {
   deleteObjectsKeys,
   invalidatedBy,
@@ -42,6 +44,73 @@ export interface PassthroughOptions {
   cache?: RangeCache | undefined;
   /** Called once per cache entry dropped. */
   onInvalidate?: () => void;
+  /** The client's verified signature (`gateway` auth): chunk signatures are checked against it. */
+  verified?: VerifiedRequest | undefined;
+}
+
+/** The `x-amz-content-sha256` values of streaming (aws-chunked) uploads keel decodes. */
+const STREAMING = new Set([
+  'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
+  'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER',
+  'STREAMING-UNSIGNED-PAYLOAD-TRAILER',
+]);
+
+type BodyPlan = { body: Readable; verifier: Transform | undefined } | { refuse: BodyRejectedError };
+
+/**
+ * How the client's body goes to the origin: a streaming body decoded with its chunk signatures
+ * (gateway auth), length and trailer checksum checked; a hashed body checked against its
+ * `x-amz-content-sha256`; an `UNSIGNED-PAYLOAD` body as it is.
+ */
+function planBody(
+  req: IncomingMessage,
+  headers: Record<string, string>,
+  verified: VerifiedRequest | undefined,
+): BodyPlan {
+  const sha = req.headers['x-amz-content-sha256'];
+  const method = req.method ?? 'GET';
+  if (typeof sha === 'string' && sha.startsWith('STREAMING-')) {
+    if (!STREAMING.has(sha))
+      return {
+        refuse: new BodyRejectedError({
+          status: 400,
+          code: 'InvalidArgument',
+          message: `x-amz-content-sha256 ${sha} is not supported by this gateway; use ${[...STREAMING].join(', ')}, UNSIGNED-PAYLOAD or a sha256`,
+        }),
+      };
+    const declared = req.headers['x-amz-decoded-content-length'];
+    const decodedLength = Number(declared);
+    if (typeof declared !== 'string' || !/^\d+$/.test(declared) || !Number.isSafeInteger(decodedLength))
+      return {
+        refuse: new BodyRejectedError({
+          status: 411,
+          code: 'MissingContentLength',
+          message: 'A streaming upload needs a valid x-amz-decoded-content-length header.',
+        }),
+      };
+    headers['content-length'] = String(decodedLength);
+    const enc = (headers['content-encoding'] ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s !== 'aws-chunked' && s !== '');
+    if (enc.length) headers['content-encoding'] = enc.join(', ');
+    else delete headers['content-encoding'];
+    const trailer = req.headers['x-amz-trailer'];
+    const verifier = decodeAwsChunked({
+      signing:
+        verified && sha.startsWith('STREAMING-AWS4-HMAC-SHA256-PAYLOAD') ? verified.signing : undefined,
+      decodedLength,
+      trailer: sha.endsWith('-TRAILER') && typeof trailer === 'string' ? trailer : undefined,
+    });
+    return { body: verifier, verifier };
+  }
+  if (typeof sha === 'string' && /^[0-9a-fA-F]{64}$/.test(sha)) {
+    headers['x-amz-content-sha256'] = sha.toLowerCase();
+    if (method === 'GET' || method === 'HEAD') return { body: req, verifier: undefined };
+    const verifier = verifyPayloadSha256(sha);
+    return { body: verifier, verifier };
+  }
+  return { body: req, verifier: undefined };
 }
 
 async function readAll(body: Readable, limit: number): Promise<Buffer | undefined> {
@@ -76,26 +145,49 @@ export async function passthrough(
     if (v === undefined || DROPPED.has(k)) continue;
     headers[k] = Array.isArray(v) ? v.join(', ') : v;
   }
-  const sha = req.headers['x-amz-content-sha256'];
-  let body: Readable = req;
-  if (typeof sha === 'string' && sha.startsWith('STREAMING-')) {
-    const decoded = req.headers['x-amz-decoded-content-length'];
-    if (decoded !== undefined) headers['content-length'] = String(decoded);
-    const enc = (headers['content-encoding'] ?? '')
-      .split(',')
-      .map((s) => s.trim())
-      .filter((s) => s !== 'aws-chunked' && s !== '');
-    if (enc.length) headers['content-encoding'] = enc.join(', ');
-    else delete headers['content-encoding'];
-    body = req.pipe(decodeAwsChunked());
-  } else if (typeof sha === 'string' && /^[0-9a-f]{64}$/.test(sha)) headers['x-amz-content-sha256'] = sha;
   const method = req.method ?? 'GET';
+  const plan = planBody(req, headers, options.verified);
+  const refuse = (e: BodyRejectedError): number => {
+    // The rest of the body is not wanted; the connection closes after the answer.
+    req.resume();
+    sendS3Error(res, method, { ...e.s3, headers: { ...e.s3.headers, connection: 'close' } }, requestId);
+    return e.s3.status;
+  };
+  if ('refuse' in plan) return refuse(plan.refuse);
+  const body = plan.body;
+  let rejected: BodyRejectedError | undefined;
+  if (plan.verifier) {
+    const verifier = plan.verifier;
+    verifier.on('error', (err) => {
+      rejected =
+        err instanceof BodyRejectedError
+          ? err
+          : new BodyRejectedError(S3Errors.badRequest(`the request body could not be read: ${err.message}`));
+      req.unpipe(verifier);
+    });
+    const cut = (): void => {
+      if (!req.complete)
+        verifier.destroy(
+          new BodyRejectedError({
+            status: 400,
+            code: 'IncompleteBody',
+            message: 'The client closed the connection before the whole body was sent.',
+          }),
+        );
+    };
+    req.once('aborted', cut);
+    req.once('error', cut);
+    req.once('close', cut);
+    req.pipe(verifier);
+  }
   const hasBody = method !== 'GET' && method !== 'HEAD';
   let upload: Readable | Buffer = body;
   let deleted: { key: string; versionId: string | undefined }[] = [];
   if (isDeleteObjects(method, target) && options.cache) {
     // The keys to drop are in the body: read it (it is small), pass the same bytes on.
-    const whole = await readAll(body, MAX_DELETE_BODY_BYTES);
+    const whole = await readAll(body, MAX_DELETE_BODY_BYTES).catch(() => null);
+    if (whole === null)
+      return refuse(rejected ?? new BodyRejectedError(S3Errors.badRequest('the body could not be read')));
     if (whole === undefined) {
       sendS3Error(
         res,
@@ -115,16 +207,28 @@ export async function passthrough(
   try {
     // Bodies cannot be replayed: one attempt through the breaker, no retry.
     const up = await guard.once(target.bucket ?? '', (signal) =>
-      origin.request({
-        method,
-        bucket: target.bucket,
-        key: target.key,
-        rawQuery: target.rawQuery,
-        headers,
-        body: hasBody ? upload : undefined,
-        signal,
-      }),
+      origin
+        .request({
+          method,
+          bucket: target.bucket,
+          key: target.key,
+          rawQuery: target.rawQuery,
+          headers,
+          body: hasBody ? upload : undefined,
+          signal,
+        })
+        .catch((err: unknown) => {
+          // The client's body was refused: not the origin's failure, so no breaker counts it.
+          if (rejected) throw keelError('BAD_REQUEST', rejected.message, { s3Code: rejected.s3.code });
+          throw err;
+        }),
     );
+    if (rejected) {
+      // The origin answered before the body was refused (an early error): nothing was stored.
+      up.body.on('error', () => undefined);
+      up.body.destroy();
+      return refuse(rejected);
+    }
     if (up.status < 300 && options.cache) {
       const cache = options.cache;
       for (const id of invalidatedBy(method, target, deleted)) {
@@ -135,6 +239,7 @@ export async function passthrough(
     relay(res, up, { 'x-request-id': requestId, 'x-keel-cache': 'BYPASS' });
     return up.status;
   } catch (err) {
+    if (rejected) return refuse(rejected);
     const e = classify(err);
     const after = retryAfterSeconds(e);
     const spec = S3Errors.serviceUnavailable(after, `the origin is unavailable (${e.code}); please retry`);

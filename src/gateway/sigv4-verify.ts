@@ -1,5 +1,6 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import type { ChunkSigning } from './aws-chunked.js';
 import { S3Errors, type S3ErrorSpec } from './s3-error.js';
 
 /** An access key clients may sign with. */
@@ -8,8 +9,17 @@ export interface ClientKey {
   secretAccessKey: string;
 }
 
+/** A request whose signature holds: who signed it, the payload hash it signed, and what chunk signatures chain from. */
+export interface VerifiedRequest {
+  ok: true;
+  accessKeyId: string;
+  /** The signed `x-amz-content-sha256`: a hex sha256, `UNSIGNED-PAYLOAD` or a `STREAMING-*` value. */
+  payloadHash: string;
+  signing: ChunkSigning;
+}
+
 /** Outcome of verifying a request's SigV4 signature. */
-export type AuthResult = { ok: true; accessKeyId: string } | { ok: false; error: S3ErrorSpec };
+export type AuthResult = VerifiedRequest | { ok: false; error: S3ErrorSpec };
 
 /** Allowed clock difference for header-signed requests (S3: 15 minutes). */
 const MAX_SKEW_MS = 15 * 60 * 1000;
@@ -32,24 +42,29 @@ function parseAmzDate(s: string | undefined): number | undefined {
   return Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6]));
 }
 
+/** The SigV4 signing key of a scope (`date/region/service/aws4_request`). */
+export function signingKey(secretAccessKey: string, scope: string): Buffer {
+  const [date = '', region = '', service = ''] = scope.split('/');
+  let key = hmac(`AWS4${secretAccessKey}`, date);
+  key = hmac(key, region);
+  key = hmac(key, service);
+  return hmac(key, 'aws4_request');
+}
+
 /** The SigV4 signature of a canonical request, hex. */
 export function sigv4Signature(
   secretAccessKey: string,
   amzDate: string,
   scope: string,
   canonicalRequest: string,
+  key: Buffer = signingKey(secretAccessKey, scope),
 ): string {
-  const [date = '', region = '', service = ''] = scope.split('/');
   const stringToSign = [
     'AWS4-HMAC-SHA256',
     amzDate,
     scope,
     createHash('sha256').update(canonicalRequest, 'utf8').digest('hex'),
   ].join('\n');
-  let key = hmac(`AWS4${secretAccessKey}`, date);
-  key = hmac(key, region);
-  key = hmac(key, service);
-  key = hmac(key, 'aws4_request');
   return hmac(key, stringToSign).toString('hex');
 }
 
@@ -101,8 +116,8 @@ function same(a: string, b: string): boolean {
 /**
  * Verifies a client's SigV4 signature, from the Authorization header or a presigned URL, against
  * the configured keys. The payload hash is the client's `x-amz-content-sha256` (a hex hash,
- * `UNSIGNED-PAYLOAD` or a `STREAMING-*` value); the origin checks hashed bodies when the
- * gateway forwards them. Chunk signatures of streaming bodies are not verified.
+ * `UNSIGNED-PAYLOAD` or a `STREAMING-*` value). The body itself is checked while it streams: see `passthrough`, which
+ * verifies a hex payload hash and every chunk signature of a streaming upload from the result.
  */
 export function verifySigV4(
   method: string,
@@ -204,7 +219,13 @@ export function verifySigV4(
     payloadHash,
     presigned ? 'X-Amz-Signature' : undefined,
   );
-  const expected = sigv4Signature(secret, amzDate, scope, canonical);
+  const key = signingKey(secret, scope);
+  const expected = sigv4Signature(secret, amzDate, scope, canonical, key);
   if (!same(expected, signature)) return { ok: false, error: S3Errors.signatureMismatch() };
-  return { ok: true, accessKeyId };
+  return {
+    ok: true,
+    accessKeyId,
+    payloadHash,
+    signing: { signingKey: key, amzDate, scope, seedSignature: signature },
+  };
 }
