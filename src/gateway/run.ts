@@ -1,4 +1,5 @@
 import os from 'node:os';
+import type { Logger } from 'pino';
 import path from 'node:path';
 import { classify } from '../errors/index.js';
 import {
@@ -42,6 +43,8 @@ export interface RunOptions extends Partial<GatewayOptions> {
   afterShutdown?: () => Promise<void>;
   /** Called with the exit code once shut down; default `process.exit` with signals, else nothing. */
   exit?: (code: number) => void;
+  /** Logger of the gateway's operations: alerts, disk, cleanup, shutdown (default: JSON lines on stderr). */
+  logger?: Logger;
   /** For tests: replaces `fs.statfs` in the disk monitor. */
   statfs?: (path: string) => Promise<StatfsResult>;
 }
@@ -57,9 +60,9 @@ export interface RunOptions extends Partial<GatewayOptions> {
  */
 export async function runGateway(config: GatewayConfig, extra: RunOptions = {}): Promise<RunningGateway> {
   const cacheDir = config.cacheDir ?? path.join(os.tmpdir(), 'keel-gateway-cache');
-  const { handleSignals, afterShutdown, exit, statfs, ...options } = extra;
+  const { handleSignals, afterShutdown, exit, statfs, logger: givenLogger, ...options } = extra;
   const clock = options.clock ?? systemClock;
-  const logger = createLogger({ name: 'keel-gateway', destination: process.stderr });
+  const logger = givenLogger ?? createLogger({ name: 'keel-gateway', destination: process.stderr });
   const alerts = createGatewayAlerts({
     handlers: config.alerts,
     file: config.alertsFile,

@@ -1,0 +1,366 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { readFile, writeFile, mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { pino } from 'pino';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { chaos, faultyFs, type ChaosProxy } from '../src/chaos/index.js';
+import {
+  resolveGatewayConfig,
+  runGateway,
+  type RunningGateway,
+  type RunOptions,
+} from '../src/gateway/index.js';
+import type { Alert, HealthReport } from '../src/ops/index.js';
+import { VirtualClock } from '../src/time/index.js';
+import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
+
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+const TOKEN = 'admin-token-0123456789';
+let origin: S3Origin;
+let proxy: ChaosProxy;
+let root: string;
+const data = new Map<string, Buffer>();
+const running: RunningGateway[] = [];
+
+beforeAll(async () => {
+  origin = await startS3Origin(['b']);
+  proxy = await chaos.proxy({ upstream: `127.0.0.1:${origin.port}` });
+  root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-ops-'));
+  const s3 = new S3Client({
+    endpoint: origin.url,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: TEST_CREDENTIALS,
+  });
+  for (const [key, size] of [
+    ['a.bin', 300_000],
+    ['c.bin', 200_000],
+    ['d.bin', 150_000],
+  ] as const) {
+    const body = randomBytes(size);
+    data.set(key, body);
+    await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: body }));
+  }
+  s3.destroy();
+});
+
+afterEach(async () => {
+  if (!proxy.enabled) await proxy.enable();
+});
+
+afterAll(async () => {
+  for (const r of running) await r.shutdown();
+  await proxy.close();
+  await origin.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+let n = 0;
+async function start(flags: Record<string, string> = {}, extra: RunOptions = {}): Promise<RunningGateway> {
+  const config = resolveGatewayConfig(
+    {
+      upstream: `http://127.0.0.1:${proxy.port}`,
+      auth: 'anonymous',
+      listen: '0',
+      admin: '0',
+      cacheDir: path.join(root, `cache-${++n}`),
+      sliceBytes: '64KiB',
+      originAccessKeyId: TEST_CREDENTIALS.accessKeyId,
+      originSecretAccessKey: TEST_CREDENTIALS.secretAccessKey,
+      alerts: 'file',
+      alertsFile: path.join(root, `alerts-${n}.jsonl`),
+      ...flags,
+    },
+    {},
+  );
+  const r = await runGateway(config, {
+    log: () => undefined,
+    logger: pino({ level: 'silent' }),
+    defaultMetrics: false,
+    ...extra,
+  });
+  running.push(r);
+  return r;
+}
+
+async function read(
+  r: RunningGateway,
+  key: string,
+): Promise<{ status: number; cache: string | null; body: Buffer }> {
+  const res = await fetch(`${r.gateway.url()}/b/${key}`);
+  return {
+    status: res.status,
+    cache: res.headers.get('x-keel-cache'),
+    body: Buffer.from(await res.arrayBuffer()),
+  };
+}
+
+async function readOk(r: RunningGateway, key: string): Promise<string | null> {
+  const got = await read(r, key);
+  expect(got.status).toBe(200);
+  expect(sha(got.body)).toBe(sha(data.get(key) as Buffer));
+  return got.cache;
+}
+
+async function ready(
+  r: RunningGateway,
+): Promise<{ status: number; type: string | null; report: HealthReport }> {
+  const res = await fetch(`${r.admin.url}/health/ready`);
+  return {
+    status: res.status,
+    type: res.headers.get('content-type'),
+    report: (await res.json()) as HealthReport,
+  };
+}
+
+const checkStatus = (report: HealthReport, name: string): string | undefined =>
+  report.checks[name]?.[0]?.status;
+
+async function fileAlerts(r: RunningGateway, file: string): Promise<Pick<Alert, 'name' | 'status'>[]> {
+  await r.alerts.flush();
+  const text = await readFile(file, 'utf8').catch(() => '');
+  return text
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => {
+      const a = JSON.parse(l) as Alert;
+      return { name: a.name, status: a.status };
+    });
+}
+
+/** Waits for I/O the test cannot advance (a probe's file writes), a bounded number of turns. */
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!cond()) throw new Error(`never happened: ${what}`);
+}
+
+describe('gateway operations', () => {
+  it('raises KeelCacheBypass and KeelCacheDiskFull when the disk fills, keeps serving, and resolves on recovery', async () => {
+    const fs = faultyFs();
+    const clock = new VirtualClock(Date.now());
+    const r = await start(
+      {},
+      { cacheFs: fs, clock, cacheBypassProbeMs: 30_000, guard: { retryAttempts: 1 } },
+    );
+    const file = path.join(root, `alerts-${n}.jsonl`);
+    expect(await readOk(r, 'a.bin')).toBe('MISS');
+    await r.gateway.idle();
+    expect(await readOk(r, 'a.bin')).toBe('HIT');
+    let h = await ready(r);
+    expect(h.status).toBe(200);
+    expect(h.type).toBe('application/health+json');
+    expect(h.report.status).toBe('pass');
+    expect(checkStatus(h.report, 'cache:writable')).toBe('pass');
+
+    const stop = fs.inject({
+      code: 'ENOSPC',
+      ops: ['open', 'write', 'writeFile', 'sync', 'rename', 'mkdir'],
+    });
+    await readOk(r, 'c.bin');
+    await r.gateway.idle();
+    await readOk(r, 'c.bin');
+    expect(r.gateway.cache?.bypassed).toBe(true);
+    expect(await readOk(r, 'd.bin')).toBe('BYPASS');
+    const firing = r.alerts.firing().map((a) => a.name);
+    expect(firing).toContain('KeelCacheBypass');
+    expect(firing).toContain('KeelCacheDiskFull');
+    expect(await fileAlerts(r, file)).toEqual(
+      expect.arrayContaining([
+        { name: 'KeelCacheBypass', status: 'firing' },
+        { name: 'KeelCacheDiskFull', status: 'firing' },
+      ]),
+    );
+    h = await ready(r);
+    expect(h.status).toBe(200); // the gateway still serves: readiness warns, it does not fail
+    expect(h.report.status).toBe('warn');
+    expect(checkStatus(h.report, 'cache:writable')).toBe('fail');
+    const metrics = await (await fetch(`${r.admin.url}/metrics`)).text();
+    expect(metrics).toMatch(/^keel_gateway_cache_bypass 1$/m);
+    expect(metrics).toMatch(/^keel_cache_disk_full_events_total [1-9]/m);
+
+    stop();
+    await clock.advance(30_000); // the cache's probe runs and finds the disk usable
+    await until(() => r.gateway.cache?.bypassed === false, 'cache leaves bypass');
+    expect(r.alerts.firing().map((a) => a.name)).not.toContain('KeelCacheBypass');
+    expect(await fileAlerts(r, file)).toEqual(
+      expect.arrayContaining([
+        { name: 'KeelCacheBypass', status: 'resolved' },
+        { name: 'KeelCacheDiskFull', status: 'resolved' },
+      ]),
+    );
+    h = await ready(r);
+    expect(h.report.status).toBe('pass');
+    expect(checkStatus(h.report, 'cache:writable')).toBe('pass');
+    await readOk(r, 'd.bin');
+  });
+
+  it('starts in bypass with an alert when the cache directory is unusable', async () => {
+    const notADir = path.join(root, 'not-a-dir');
+    await writeFile(notADir, 'x');
+    const r = await start({ cacheDir: path.join(notADir, 'cache') });
+    expect(r.alerts.firing().map((a) => a.name)).toEqual(['KeelCacheBypass']);
+    expect(await readOk(r, 'a.bin')).toBe('BYPASS');
+    const h = await ready(r);
+    expect(h.status).toBe(200);
+    expect(checkStatus(h.report, 'cache:writable')).toBe('fail');
+    expect(checkStatus(h.report, 'disk:utilization')).toBe('fail');
+  });
+
+  it('raises KeelOriginBreakerOpen during an origin outage, serves what it has, and resolves when the origin is back', async () => {
+    const clock = new VirtualClock(Date.now());
+    const r = await start(
+      {},
+      { clock, guard: { retryAttempts: 1, breakerFailures: 3, breakerHalfOpenAfterMs: 10_000 } },
+    );
+    const file = path.join(root, `alerts-${n}.jsonl`);
+    expect(await readOk(r, 'a.bin')).toBe('MISS');
+    await r.gateway.idle();
+    await proxy.disable();
+    for (let i = 0; i < 3; i++) {
+      const miss = await read(r, 'c.bin');
+      expect(miss.status).toBe(503);
+    }
+    expect(r.gateway.guard.breakerStates()).toEqual({ b: 'open' });
+    const fast = await fetch(`${r.gateway.url()}/b/d.bin`);
+    expect(fast.status).toBe(503);
+    expect(fast.headers.get('retry-after')).toMatch(/^\d+$/);
+    await fast.arrayBuffer();
+    expect(await readOk(r, 'a.bin')).toBe('HIT');
+    expect(r.alerts.firing().map((a) => [a.name, a.labels])).toEqual([
+      ['KeelOriginBreakerOpen', { bucket: 'b' }],
+    ]);
+    let h = await ready(r);
+    expect(h.status).toBe(200);
+    expect(h.report.status).toBe('warn');
+    expect(checkStatus(h.report, 'origin:reachable')).toBe('fail');
+    const metrics = await (await fetch(`${r.admin.url}/metrics`)).text();
+    expect(metrics).toMatch(/^keel_breaker_state\{breaker="b"\} 1$/m);
+    expect(metrics).toMatch(/^keel_gateway_breakers\{state="open"\} 1$/m);
+    expect(metrics).toMatch(/^keel_gateway_origin_requests_total\{outcome="failure"\} [3-9]/m);
+    expect(metrics).toMatch(/^keel_gateway_origin_requests_total\{outcome="rejected"\} [1-9]/m);
+
+    await proxy.enable();
+    await clock.advance(10_000);
+    await readOk(r, 'c.bin');
+    expect(r.gateway.guard.breakerStates()).toEqual({ b: 'closed' });
+    expect(r.alerts.firing()).toEqual([]);
+    expect(await fileAlerts(r, file)).toEqual([
+      { name: 'KeelOriginBreakerOpen', status: 'firing' },
+      { name: 'KeelOriginBreakerOpen', status: 'resolved' },
+    ]);
+    h = await ready(r);
+    expect(checkStatus(h.report, 'origin:reachable')).toBe('pass');
+  });
+
+  it('raises KeelRetryBudgetExhausted when a retry is refused for want of budget', async () => {
+    const clock = new VirtualClock(Date.now());
+    const r = await start({}, { clock, guard: { retryAttempts: 3, breakerFailures: 100 } });
+    while (r.gateway.guard.budget.tryWithdraw()) {
+      // spend the whole budget; a virtual clock refills nothing meanwhile
+    }
+    await proxy.disable();
+    expect((await read(r, 'c.bin')).status).toBe(503);
+    expect(r.alerts.firing().map((a) => a.name)).toEqual(['KeelRetryBudgetExhausted']);
+    const metrics = await (await fetch(`${r.admin.url}/metrics`)).text();
+    expect(metrics).toMatch(/^keel_gateway_retry_budget_exhausted_total [1-9]/m);
+    expect(metrics).toMatch(/^keel_retry_give_ups_total\{policy="origin",reason="budget"\} [1-9]/m);
+  });
+
+  it('raises DiskSpaceLow, fails disk:utilization and cleans the cache when the cache disk is critical', async () => {
+    let bavail = 500;
+    const statfs = (): Promise<{
+      bsize: number;
+      blocks: number;
+      bavail: number;
+      files: number;
+      ffree: number;
+    }> => Promise.resolve({ bsize: 4096, blocks: 1000, bavail, files: 0, ffree: 0 });
+    const clock = new VirtualClock(Date.now());
+    const r = await start({ diskCheckIntervalSeconds: '60' }, { clock, statfs });
+    await readOk(r, 'a.bin');
+    await r.gateway.idle();
+    expect(r.gateway.cache?.stats().slices).toBeGreaterThan(0);
+    bavail = 50; // 95 % used
+    await clock.advance(60_000);
+    await until(() => r.alerts.firing().some((a) => a.name === 'DiskSpaceLow'), 'DiskSpaceLow raised');
+    expect(r.alerts.firing().find((a) => a.name === 'DiskSpaceLow')?.severity).toBe('critical');
+    await until(() => r.gateway.cache?.stats().evictions !== 0, 'eviction after the critical level');
+    const h = await ready(r);
+    expect(checkStatus(h.report, 'disk:utilization')).toBe('fail');
+    expect(h.report.status).toBe('warn');
+    bavail = 900;
+    await clock.advance(60_000);
+    await until(() => r.alerts.firing().length === 0, 'DiskSpaceLow resolved');
+  });
+
+  it('serves probes, metrics in both formats, status and cache endpoints, with the admin token where set', async () => {
+    const r = await start({ adminToken: TOKEN });
+    await readOk(r, 'a.bin');
+    await r.gateway.idle();
+    await readOk(r, 'a.bin');
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    for (const p of ['/health/live', '/health/ready', '/livez', '/readyz', '/ready', '/live'])
+      expect((await fetch(`${r.admin.url}${p}`)).status, p).toBe(200);
+    expect((await fetch(`${r.admin.url}/metrics`)).status).toBe(401);
+    expect((await fetch(`${r.admin.url}/cache/cleanup`, { method: 'POST' })).status).toBe(401);
+    const text = await fetch(`${r.admin.url}/metrics`, { headers: auth });
+    expect(text.headers.get('content-type')).toContain('text/plain');
+    const body = await text.text();
+    expect(body).toMatch(/^keel_gateway_requests_total\{method="GET",outcome="HIT"\} 1$/m);
+    expect(body).toMatch(/^keel_gateway_bytes_served_total\{source="cache"\} 300000$/m);
+    expect(body).toMatch(/^keel_gateway_bytes_served_total\{source="origin"\} 300000$/m);
+    expect(body).toContain('keel_gateway_origin_first_byte_seconds_bucket');
+    const om = await fetch(`${r.admin.url}/metrics`, {
+      headers: { ...auth, accept: 'application/openmetrics-text; version=1.0.0' },
+    });
+    expect(om.headers.get('content-type')).toContain('application/openmetrics-text');
+    expect((await om.text()).trimEnd().endsWith('# EOF')).toBe(true);
+    const status = (await (await fetch(`${r.admin.url}/status`, { headers: auth })).json()) as {
+      repairs: Record<string, number>;
+      gateway: { inFlight: number; breakers: Record<string, string> };
+      cache: { hits: number };
+      health: HealthReport;
+      alerts: unknown[];
+    };
+    expect(Object.keys(status.repairs)).toEqual([
+      'corruption_metadata_total',
+      'corruption_missing_range_total',
+      'disk_full_events_total',
+      'inconsistency_fixed_total',
+      'partial_write_cleanup_total',
+      'orphaned_files_cleaned_total',
+    ]);
+    expect(status.gateway.breakers).toEqual({ b: 'closed' });
+    expect(status.cache.hits).toBe(1);
+    expect(status.health.status).toBe('pass');
+    expect(status.alerts).toEqual([]);
+    const cleanup = await fetch(`${r.admin.url}/cache/cleanup`, { method: 'POST', headers: auth });
+    expect(cleanup.status).toBe(200);
+    expect(await cleanup.json()).toMatchObject({ objectsScanned: 1 });
+    const verify = await fetch(`${r.admin.url}/cache/verify?fix=1`, { method: 'POST', headers: auth });
+    expect(verify.status).toBe(200);
+    expect(await verify.json()).toMatchObject({ objectsScanned: 1 });
+  });
+
+  it('fails readiness and refuses new connections once shutdown starts, and finishes the request in flight', async () => {
+    const r = await start();
+    const res = await fetch(`${r.gateway.url()}/b/a.bin`);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const parts: Uint8Array[] = [(await reader.read()).value as Uint8Array];
+    const url = r.gateway.url();
+    const done = r.shutdown();
+    const h = await ready(r);
+    expect(h.status).toBe(503);
+    expect(h.report.checks['process:shutdown']?.[0]?.status).toBe('fail');
+    await expect(fetch(`${url}/b/c.bin`)).rejects.toThrow();
+    for (;;) {
+      const { done: end, value } = await reader.read();
+      if (end) break;
+      parts.push(value);
+    }
+    expect(sha(Buffer.concat(parts))).toBe(sha(data.get('a.bin') as Buffer));
+    expect(await done).toEqual({ exitCode: 0, drainTimedOut: false, failedHooks: [] });
+  });
+});
