@@ -8,17 +8,19 @@ import { openQueue } from '../src/queue/index.js';
 
 const child = path.join(import.meta.dirname, 'fixtures', 'queue-crash-child.ts');
 
-/** Runs the child, kills it with SIGKILL after `ms`, returns the ids it acknowledged. */
+/** Runs the child, kills it with SIGKILL `ms` after it is ready, returns the ids it acknowledged. */
 function runAndKill(args: string[], ms: number): Promise<number[]> {
   return new Promise((resolve) => {
     const p = spawn(process.execPath, ['--import', 'tsx', child, ...args], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';
+    let timer: NodeJS.Timeout | undefined;
     p.stdout.on('data', (d: Buffer) => {
       out += d.toString();
+      // Count from "ready" (store open), not from spawn: start-up time varies with machine load.
+      if (timer === undefined && out.includes('ready\n')) timer = setTimeout(() => p.kill('SIGKILL'), ms);
     });
-    const timer = setTimeout(() => p.kill('SIGKILL'), ms);
     p.on('exit', () => {
       clearTimeout(timer);
       resolve([...out.matchAll(/^ack (\d+)$/gm)].map((m) => Number(m[1])));
@@ -46,7 +48,7 @@ describe('queue crash safety (SQLite, SIGKILL)', () => {
     const effects = new Database(effectsDb);
     effects.exec('CREATE TABLE IF NOT EXISTS effects (n INTEGER PRIMARY KEY)');
     const insert = effects.prepare('INSERT OR IGNORE INTO effects(n) VALUES (?)');
-    const q = openQueue<{ n: number }>(db, { name: 'crash' });
+    const q = await openQueue<{ n: number }>(db, { name: 'crash' });
     q.process(
       ({ payload }) => {
         insert.run(payload.n);
@@ -54,10 +56,13 @@ describe('queue crash safety (SQLite, SIGKILL)', () => {
       },
       { concurrency: 8, leaseMs: 300, pollMs: 5 },
     );
-    const end = Date.now() + 15_000;
-    while (q.stats().pending + q.stats().active > 0 && Date.now() < end)
-      await new Promise((r) => setTimeout(r, 20));
-    const stats = q.stats();
+    const end = Date.now() + 60_000;
+    const open = async (): Promise<number> => {
+      const s = await q.stats();
+      return s.pending + s.active;
+    };
+    while ((await open()) > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    const stats = await q.stats();
     await q.close();
     expect(stats.pending + stats.active).toBe(0);
     expect(stats.dead).toBe(0);
@@ -65,5 +70,5 @@ describe('queue crash safety (SQLite, SIGKILL)', () => {
     effects.close();
     const missing = [...acked].filter((n) => !done.has(n));
     expect(missing).toEqual([]);
-  });
+  }, 120_000);
 });

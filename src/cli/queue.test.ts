@@ -10,10 +10,10 @@ import { registerQueueCommand } from './queue.js';
 describe('keel queue', () => {
   it('reports stats and redrives dead letters', async () => {
     const file = path.join(mkdtempSync(path.join(tmpdir(), 'keel-cli-queue-')), 'q.db');
-    const q = openQueue<string>(file);
+    const q = await openQueue<string>(file);
     await q.enqueue('x', { maxAttempts: 1 });
     q.process(() => Promise.reject(keelError('INVALID_INPUT', 'bad')), { pollMs: 5 });
-    while (q.stats().dead === 0) await new Promise((r) => setTimeout(r, 5));
+    while ((await q.stats()).dead === 0) await new Promise((r) => setTimeout(r, 5));
     await q.close();
     const out: string[] = [];
     const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {

@@ -1,6 +1,7 @@
 /**
- * keel/queue: a persistent operation queue with leases, attempt tokens, retries, dead letters
- * and group commit, on SQLite.
+ * keel/queue: a persistent operation queue on SQLite or PostgreSQL, with group commit, leases and
+ * attempt tokens, retries through keel's backoff and retry budget, dead letters, partition order,
+ * retention, reconnection and optional AES-256-GCM encryption of payloads at rest.
  * @packageDocumentation
  */
 export {
@@ -11,9 +12,18 @@ export {
   type QueueJob,
   type ProcessOptions,
   type QueueOptions,
+  type RetentionOptions,
   type QueueStats,
+  type QueueItem,
   type DeadLetter,
 } from './queue.js';
+export {
+  payloadCipher,
+  isEncryptedPayload,
+  type EncryptionOptions,
+  type PayloadCipher,
+} from './encryption.js';
+export type { QueueItemState } from '../store/index.js';
 export {
   createOutageQueue,
   isUnavailable,

@@ -6,9 +6,9 @@ import { keelError } from '../errors/index.js';
 import { openQueue, type Queue } from './index.js';
 
 const open: Queue[] = [];
-function fresh<T>(name = 'q'): { q: Queue<T>; file: string } {
+async function fresh<T>(name = 'q'): Promise<{ q: Queue<T>; file: string }> {
   const file = path.join(mkdtempSync(path.join(tmpdir(), 'keel-queue-')), 'q.db');
-  const q = openQueue<T>(file, { name });
+  const q = await openQueue<T>(file, { name });
   open.push(q);
   return { q, file };
 }
@@ -16,9 +16,9 @@ afterEach(async () => {
   await Promise.all(open.splice(0).map((q) => q.close(100)));
 });
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
+async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 5));
   }
@@ -26,25 +26,25 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
 
 describe('queue on SQLite', () => {
   it('commits concurrent enqueues together and survives reopening', async () => {
-    const { q, file } = fresh<number>();
+    const { q, file } = await fresh<number>();
     const res = await Promise.all(Array.from({ length: 200 }, (_, i) => q.enqueue(i)));
     expect(new Set(res.map((r) => r.id)).size).toBe(200);
     await q.close();
-    const again = openQueue<number>(file, { name: 'q' });
+    const again = await openQueue<number>(file, { name: 'q' });
     open.push(again);
-    expect(again.stats().pending).toBe(200);
+    expect((await again.stats()).pending).toBe(200);
   });
 
   it('returns the first item for a repeated idempotency key', async () => {
-    const { q } = fresh<string>();
+    const { q } = await fresh<string>();
     const a = await q.enqueue('a', { idempotencyKey: 'k' });
     const b = await q.enqueue('b', { idempotencyKey: 'k' });
     expect(b).toEqual({ id: a.id, duplicate: true });
-    expect(q.stats().pending).toBe(1);
+    expect((await q.stats()).pending).toBe(1);
   });
 
   it('processes items of one partition in order, one at a time', async () => {
-    const { q } = fresh<{ p: string; n: number }>();
+    const { q } = await fresh<{ p: string; n: number }>();
     for (let n = 0; n < 20; n++)
       await q.enqueue({ p: n % 2 ? 'a' : 'b', n }, { partitionKey: n % 2 ? 'a' : 'b' });
     const seen: Record<string, number[]> = { a: [], b: [] };
@@ -60,14 +60,14 @@ describe('queue on SQLite', () => {
       },
       { concurrency: 4, pollMs: 5 },
     );
-    await until(() => q.stats().completed === 20);
+    await until(async () => (await q.stats()).completed === 20);
     expect(overlap).toBe(false);
     expect(seen.a).toEqual([1, 3, 5, 7, 9, 11, 13, 15, 17, 19]);
     expect(seen.b).toEqual([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
   });
 
   it('retries, then dead-letters with the error history, and redrives', async () => {
-    const { q } = fresh<string>();
+    const { q } = await fresh<string>();
     await q.enqueue('x', { maxAttempts: 3 });
     let calls = 0;
     let fail = true;
@@ -80,46 +80,49 @@ describe('queue on SQLite', () => {
       },
       { pollMs: 5, backoffMs: () => 0 },
     );
-    await until(() => q.stats().dead === 1);
+    await until(async () => (await q.stats()).dead === 1);
     expect(calls).toBe(3);
-    const [dead] = q.deadLetters();
+    const [dead] = await q.deadLetters();
     expect(dead?.errors.map((e) => (e as { message: string }).message)).toEqual([
       'down 1',
       'down 2',
       'down 3',
     ]);
     fail = false;
-    expect(q.redrive()).toBe(1);
-    await until(() => q.stats().completed === 1);
-    expect(q.stats().dead).toBe(0);
+    expect(await q.redrive()).toBe(1);
+    await until(async () => (await q.stats()).completed === 1);
+    expect((await q.stats()).dead).toBe(0);
   });
 
   it('dead-letters a non-retryable error at once', async () => {
-    const { q } = fresh<string>();
+    const { q } = await fresh<string>();
     await q.enqueue('x', { maxAttempts: 5 });
     q.process(() => Promise.reject(keelError('INVALID_INPUT', 'bad')), { pollMs: 5 });
-    await until(() => q.stats().dead === 1);
-    expect(q.deadLetters()[0]?.attempts).toBe(1);
+    await until(async () => (await q.stats()).dead === 1);
+    expect((await q.deadLetters())[0]?.attempts).toBe(1);
   });
 
   it('reclaims an expired lease and refuses the stale token', async () => {
-    const { q } = fresh<string>();
+    const { q } = await fresh<string>();
     await q.enqueue('x');
     const store = q.rawStore;
     const t = Date.now() + 60_000;
-    const first = store.claim('q', 1, 10, t)[0];
+    const [first] = await store.claim('q', 1, 10, t);
     expect(first).toBeDefined();
-    expect(store.claim('q', 1, 10, t + 5)).toEqual([]);
-    const second = store.claim('q', 1, 10, t + 1_000)[0];
+    expect(await store.claim('q', 1, 10, t + 5)).toEqual([]);
+    const [second] = await store.claim('q', 1, 10, t + 1_000);
     expect(second?.id).toBe(first?.id);
     expect(second?.attempts).toBe(2);
-    expect(store.complete(first?.id ?? 0, first?.token ?? '', t + 1_001)).toBe(false);
-    expect(store.heartbeat(first?.id ?? 0, first?.token ?? '', t + 9_999)).toBe(false);
-    expect(store.complete(second?.id ?? 0, second?.token ?? '', t + 1_001)).toBe(true);
+    const stale = { id: first?.id ?? 0, token: first?.token ?? '' };
+    expect((await store.complete([stale], t + 1_001)).size).toBe(0);
+    expect((await store.heartbeat([stale], t + 9_999)).size).toBe(0);
+    expect(
+      (await store.complete([{ id: second?.id ?? 0, token: second?.token ?? '' }], t + 1_001)).size,
+    ).toBe(1);
   });
 
   it('pauses and resumes claiming', async () => {
-    const { q } = fresh<number>();
+    const { q } = await fresh<number>();
     let handled = 0;
     q.pause();
     q.process(
@@ -137,12 +140,12 @@ describe('queue on SQLite', () => {
   });
 
   it('purges old completed items and reports stats', async () => {
-    const { q } = fresh<number>();
+    const { q } = await fresh<number>();
     await q.enqueue(1);
     q.process(() => Promise.resolve(), { pollMs: 5 });
-    await until(() => q.stats().completed === 1);
-    expect(q.stats().completedTotal).toBe(1);
-    expect(q.purge(-1)).toBe(1);
-    expect(q.stats().completed).toBe(0);
+    await until(async () => (await q.stats()).completed === 1);
+    expect((await q.stats()).completedTotal).toBe(1);
+    expect(await q.purge(-1)).toBe(1);
+    expect((await q.stats()).completed).toBe(0);
   });
 });

@@ -1,11 +1,21 @@
-import { classify, keelError } from '../errors/index.js';
-import { systemClock, type Clock } from '../time/index.js';
+import { classify, isKeelError, keelError } from '../errors/index.js';
+import { exponential, type Backoff, type RetryBudgetPolicy } from '../policy/index.js';
+import { systemClock, type Clock, type TimerHandle } from '../time/index.js';
 import {
-  SqliteQueueStore,
+  openQueueStore,
+  type ClaimRef,
   type NewQueueRow,
+  type QueueItemState,
   type QueueRow,
-  type SqliteQueueStoreOptions,
+  type QueueStore,
+  type QueueStoreOptions,
 } from '../store/index.js';
+import {
+  isEncryptedPayload,
+  payloadCipher,
+  type EncryptionOptions,
+  type PayloadCipher,
+} from './encryption.js';
 
 /** Options of {@link Queue.enqueue}. */
 export interface EnqueueOptions {
@@ -34,6 +44,7 @@ export interface QueueJob<T> {
   payload: T;
   attempt: number;
   partitionKey: string | null;
+  /** Aborts when the lease is lost (`STALE_TOKEN`) or the queue closes before the handler ends. */
   signal: AbortSignal;
 }
 
@@ -43,17 +54,42 @@ export interface ProcessOptions {
   concurrency?: number;
   /** Lease length, renewed by heartbeats every third of it (default 30 000). */
   leaseMs?: number;
-  /** Wait between empty polls, in ms (default 50). */
+  /** Wait between empty polls, in ms (default 50); an enqueue in this process wakes workers at once. */
   pollMs?: number;
-  /** Delay before retry `attempt` (default: 100 ms doubling, at most 30 s). */
+  /** Delays between attempts of a failing item (default: exponential, 100 ms doubling, at most 30 s, full jitter). */
+  backoff?: Backoff;
+  /** Instead of `backoff`: the delay before retry `attempt` as a function (kept for existing callers). */
   backoffMs?: (attempt: number) => number;
+  /**
+   * A retry budget shared with other retries: when it is spent, a failed item is rescheduled
+   * after `maxDelayMs` instead of its backoff delay, so a failing dependency is not hammered.
+   */
+  budget?: RetryBudgetPolicy;
+  /** Delay used when the budget is spent (default 30 000). */
+  maxDelayMs?: number;
+  /** Waits between polls while the store is unavailable (default: exponential 50 ms to 5 s, equal jitter). */
+  reconnectBackoff?: Backoff;
+}
+
+/** Retention of finished items, swept on an interval by one instance at a time. */
+export interface RetentionOptions {
+  /** Completed items are deleted this long after they finished (default 1 day). */
+  completedMs?: number;
+  /** Dead letters are deleted this long after they died (default 14 days). */
+  deadMs?: number;
+  /** How often to sweep (default 5 minutes). */
+  intervalMs?: number;
 }
 
 /** Options of {@link openQueue}. */
-export interface QueueOptions extends SqliteQueueStoreOptions {
+export interface QueueOptions extends QueueStoreOptions {
   /** Queue name inside the store (default 'default'). */
   name?: string;
   clock?: Clock;
+  /** Automatic retention (default on, see {@link RetentionOptions}); `false` turns it off. */
+  retention?: RetentionOptions | false;
+  /** Encrypt payloads at rest with AES-256-GCM (see `payloadCipher`). */
+  encryption?: EncryptionOptions;
 }
 
 /** A snapshot for metrics and health. */
@@ -63,78 +99,176 @@ export interface QueueStats {
   completed: number;
   dead: number;
   oldestPendingAgeMs: number | null;
+  /** Claiming stopped for every worker ({@link Queue.pauseAll}). */
+  paused: boolean;
+  /** Handled successfully by this instance since it opened. */
   completedTotal: number;
+  /** Handler failures in this instance since it opened (retried or dead-lettered). */
   failedTotal: number;
+  /** Items this instance moved to the dead letters. */
+  deadLetteredTotal: number;
+  /** Completions refused because the lease had been lost to another worker. */
+  staleTotal: number;
+  /** Items removed by retention sweeps of this instance. */
+  sweptTotal: number;
 }
 
-/** A dead letter with its error history. */
-export interface DeadLetter<T> {
+/** An item as listed by {@link Queue.list}. */
+export interface QueueItem<T> {
   id: number;
-  payload: T;
+  state: QueueItemState;
+  /** Undefined when the payload is encrypted and no key is configured (`encrypted` is then true). */
+  payload: T | undefined;
+  encrypted: boolean;
   attempts: number;
+  maxAttempts: number;
+  priority: number;
+  partitionKey: string | null;
+  idempotencyKey: string | null;
+  runAt: number;
+  createdAt: number;
+  finishedAt: number | null;
   errors: unknown[];
 }
 
-interface Pending {
+/** A dead letter with its error history. */
+export type DeadLetter<T> = QueueItem<T>;
+
+interface PendingEnqueue {
   row: NewQueueRow;
   resolve: (e: Enqueued) => void;
   reject: (err: unknown) => void;
 }
 
+interface InFlight {
+  ref: ClaimRef;
+  abort: AbortController;
+  released: boolean;
+  done: Promise<void>;
+}
+
+const DEFAULT_BACKOFF = exponential({ initialMs: 100, maxMs: 30_000 });
+const DEFAULT_RECONNECT = exponential({ initialMs: 50, maxMs: 5000, jitter: 'equal' });
+
+const sleep = (ms: number): Promise<void> =>
+  new Promise((resolve) => {
+    setTimeout(resolve, ms).unref();
+  });
+
+/** The delay before attempt `attempt + 1` of a backoff (walks it `attempt` steps). */
+function delayAfter(backoff: Backoff, attempt: number): number {
+  let b = backoff;
+  let delayMs = 0;
+  for (let i = 0; i < Math.max(1, attempt); i++) ({ delayMs, next: b } = b.next());
+  return delayMs;
+}
+
+const isUnavailable = (err: unknown): boolean => isKeelError(err) && err.code === 'QUEUE_STORE_UNAVAILABLE';
+
+function checkInt(name: string, value: number | undefined, min: number): void {
+  if (value !== undefined && !(Number.isSafeInteger(value) && value >= min))
+    throw keelError(
+      'INVALID_INPUT',
+      `enqueue option ${name} must be an integer >= ${String(min)}, got ${String(value)}`,
+    );
+}
+
 /**
- * A persistent operation queue on SQLite. Enqueues issued in the same tick are committed in one
- * transaction (one fsync); `enqueue` resolves only after that commit.
+ * A persistent operation queue on SQLite or PostgreSQL (see {@link openQueue}). Enqueues issued
+ * while a commit is running are committed together (group commit); `enqueue` resolves only after
+ * its commit. Completions are batched the same way.
  */
 export class Queue<T = unknown> {
-  private batch: Pending[] = [];
+  private batch: PendingEnqueue[] = [];
   private flushScheduled = false;
+  private flushing: Promise<void> | undefined;
+  private completions: { ref: ClaimRef; resolve: (done: boolean) => void; reject: (err: unknown) => void }[] =
+    [];
+  private completionScheduled = false;
   private running = false;
   private paused = false;
+  private closed = false;
+  private closeDeadline = Number.POSITIVE_INFINITY;
   private loop: Promise<void> | undefined;
-  private readonly inFlight = new Map<number, { token: string; abort: AbortController }>();
-  private completedTotal = 0;
-  private failedTotal = 0;
+  private readonly inFlight = new Map<number, InFlight>();
   private wake: (() => void) | undefined;
+  private heartbeatTimer: TimerHandle | undefined;
+  private retentionTimer: TimerHandle | undefined;
+  private readonly totals = { completed: 0, failed: 0, dead: 0, stale: 0, swept: 0 };
+  private reconnect: Backoff = DEFAULT_RECONNECT;
 
+  /** Use {@link openQueue}. */
   constructor(
-    private readonly store: SqliteQueueStore,
-    private readonly name: string,
-    private readonly clock: Clock,
-  ) {}
+    private readonly store: QueueStore,
+    readonly name: string,
+    private readonly clock: Clock = systemClock,
+    private readonly retention?: Required<RetentionOptions>,
+    private readonly cipher?: PayloadCipher,
+  ) {
+    if (retention) this.scheduleRetention();
+  }
 
-  /** Stores `payload`; resolves once it is durable. Throws QUEUE_CLOSED after close(). */
+  /** Where the store is (file path, or PostgreSQL URL without credentials). */
+  get location(): string {
+    return this.store.location;
+  }
+
+  /**
+   * Stores `payload` (anything JSON can represent); resolves once it is durable.
+   * @throws KeelError `QUEUE_CLOSED` after close(), `INVALID_INPUT` for bad options,
+   *   `QUEUE_STORE_UNAVAILABLE` (retryable) while a PostgreSQL store is unreachable,
+   *   `QUEUE_ENQUEUE_FAILED` when the store refused the batch.
+   */
   enqueue(payload: T, options: EnqueueOptions = {}): Promise<Enqueued> {
     if (this.closed)
       return Promise.reject(keelError('QUEUE_CLOSED', `queue "${this.name}" is closed; enqueue refused`));
+    let row: NewQueueRow;
+    try {
+      checkInt('priority', options.priority, Number.MIN_SAFE_INTEGER);
+      checkInt('delayMs', options.delayMs, 0);
+      checkInt('maxAttempts', options.maxAttempts, 1);
+      const json = JSON.stringify(payload) as string | undefined;
+      if (json === undefined)
+        throw keelError(
+          'INVALID_INPUT',
+          `enqueue: the payload must be JSON-serialisable, got ${typeof payload}`,
+        );
+      row = {
+        payload: this.cipher ? this.cipher.encrypt(json) : json,
+        partitionKey: options.partitionKey,
+        idempotencyKey: options.idempotencyKey,
+        priority: options.priority ?? 0,
+        maxAttempts: options.maxAttempts ?? 5,
+        runAt: this.clock.now() + (options.delayMs ?? 0),
+      };
+    } catch (err) {
+      return Promise.reject(classify(err));
+    }
     return new Promise<Enqueued>((resolve, reject) => {
-      this.batch.push({
-        row: {
-          payload: JSON.stringify(payload),
-          partitionKey: options.partitionKey,
-          idempotencyKey: options.idempotencyKey,
-          priority: options.priority ?? 0,
-          maxAttempts: options.maxAttempts ?? 5,
-          runAt: this.clock.now() + (options.delayMs ?? 0),
-        },
-        resolve,
-        reject,
-      });
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        setImmediate(() => {
-          this.flush();
-        });
-      }
+      this.batch.push({ row, resolve, reject });
+      this.scheduleFlush();
     });
   }
 
-  private flush(): void {
-    this.flushScheduled = false;
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.flushing) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flushing = this.flush().finally(() => {
+        this.flushing = undefined;
+        if (this.batch.length > 0) this.scheduleFlush();
+      });
+    });
+  }
+
+  /** Commits everything enqueued so far in one transaction. */
+  private async flush(): Promise<void> {
     const batch = this.batch;
     this.batch = [];
     if (batch.length === 0) return;
     try {
-      const ids = this.store.insertMany(
+      const ids = await this.store.enqueue(
         this.name,
         batch.map((p) => p.row),
         this.clock.now(),
@@ -144,104 +278,261 @@ export class Queue<T = unknown> {
       });
       this.wake?.();
     } catch (err) {
-      const error = keelError(
-        'QUEUE_ENQUEUE_FAILED',
-        `could not store ${String(batch.length)} item(s) in queue "${this.name}"`,
-        {},
-        {
-          cause: err,
-          retryable: true,
-          kind: 'transient',
-        },
-      );
+      const error = isUnavailable(err)
+        ? err
+        : keelError(
+            'QUEUE_ENQUEUE_FAILED',
+            `could not store ${String(batch.length)} item(s) in queue "${this.name}" at ${this.store.location}`,
+            {},
+            { cause: err, retryable: true, kind: 'transient' },
+          );
       for (const p of batch) p.reject(error);
     }
   }
 
-  private closed = false;
-
-  /** Starts workers running `handler`. A rejection is retried with backoff, then dead-lettered. */
+  /**
+   * Starts workers running `handler`. A rejection is retried after the backoff (or `maxDelayMs`
+   * when the retry budget is spent), then dead-lettered; a non-retryable KeelError is dead-lettered
+   * at once. While the store is unavailable, workers keep polling with `reconnectBackoff` and
+   * resume by themselves.
+   * @throws KeelError `INVALID_CONFIG` when already processing.
+   */
   process(handler: (job: QueueJob<T>) => Promise<void>, options: ProcessOptions = {}): void {
-    if (this.running) throw keelError('INVALID_CONFIG', `queue "${this.name}" is already processing`);
+    if (this.running || this.closed)
+      throw keelError('INVALID_CONFIG', `queue "${this.name}" is already processing or closed`);
     this.running = true;
-    const concurrency = Math.max(1, options.concurrency ?? 1);
+    const concurrency = Math.max(1, Math.floor(options.concurrency ?? 1));
     const leaseMs = options.leaseMs ?? 30_000;
     const pollMs = options.pollMs ?? 50;
-    const backoff = options.backoffMs ?? ((a: number) => Math.min(30_000, 100 * 2 ** (a - 1)));
-    const heartbeat = setInterval(
-      () => {
-        for (const [id, f] of this.inFlight) {
-          if (!this.store.heartbeat(id, f.token, this.clock.now() + leaseMs))
-            f.abort.abort(keelError('STALE_TOKEN', `lease of item ${String(id)} was lost`));
-        }
-      },
-      Math.max(10, leaseMs / 3),
-    );
-    heartbeat.unref();
-    const run = async (row: QueueRow): Promise<void> => {
-      const token = row.token ?? '';
-      const abort = new AbortController();
-      this.inFlight.set(row.id, { token, abort });
+    if (!(leaseMs > 0))
+      throw keelError('INVALID_CONFIG', `process option leaseMs must be > 0, got ${String(leaseMs)}`);
+    const legacy = options.backoffMs;
+    const backoff = options.backoff ?? DEFAULT_BACKOFF;
+    const retryDelay = legacy ?? ((attempt: number) => delayAfter(backoff, attempt));
+    const maxDelayMs = options.maxDelayMs ?? 30_000;
+    const budget = options.budget;
+    this.reconnect = options.reconnectBackoff ?? DEFAULT_RECONNECT;
+    this.startHeartbeat(leaseMs);
+
+    const run = async (row: QueueRow, entry: InFlight): Promise<void> => {
+      const ref = entry.ref;
+      let outcome: { ok: true } | { ok: false; error: unknown };
       try {
+        const payload = this.decode(row.payload);
+        if (row.attempts === 1) budget?.deposit();
         await handler({
           id: row.id,
-          payload: JSON.parse(row.payload) as T,
+          payload,
           attempt: row.attempts,
           partitionKey: row.partitionKey,
-          signal: abort.signal,
+          signal: entry.abort.signal,
         });
-        if (!this.closed || this.inFlight.has(row.id)) {
-          if (this.store.complete(row.id, token, this.clock.now())) this.completedTotal++;
-        }
+        outcome = { ok: true };
       } catch (err) {
-        this.failedTotal++;
-        const e = classify(err);
-        const dead = row.attempts >= row.maxAttempts || (!e.retryable && e.code !== 'UNKNOWN');
-        const now = this.clock.now();
-        try {
-          this.store.fail(
-            row.id,
-            token,
-            { code: e.code, message: e.message, attempt: row.attempts, at: now },
-            dead ? null : now + backoff(row.attempts),
-            now,
-          );
-        } catch {
-          // The store closed under a handler that outlived close(): its lease expires and the item is reclaimed.
-        }
-      } finally {
-        this.inFlight.delete(row.id);
-        this.wake?.();
+        outcome = { ok: false, error: err };
       }
+      if (entry.released) return;
+      if (outcome.ok) {
+        const done = await this.persist(() => this.completeLater(ref));
+        if (done === true) {
+          this.totals.completed++;
+          if (row.attempts > 1) budget?.refund();
+        } else if (done === false) this.totals.stale++;
+        return;
+      }
+      this.totals.failed++;
+      const e = classify(outcome.error);
+      const dead = row.attempts >= row.maxAttempts || (!e.retryable && e.code !== 'UNKNOWN');
+      const now = this.clock.now();
+      let runAt: number | null = null;
+      if (!dead) runAt = now + (budget && !budget.tryWithdraw(e) ? maxDelayMs : retryDelay(row.attempts));
+      const failed = await this.persist(() =>
+        this.store.fail(
+          ref,
+          { code: e.code, message: e.message, attempt: row.attempts, at: now },
+          runAt,
+          now,
+        ),
+      );
+      if (failed === true && dead) this.totals.dead++;
+      if (failed === false) this.totals.stale++;
     };
+
     this.loop = (async () => {
+      let reconnect = this.reconnect;
       while (this.running) {
         const free = concurrency - this.inFlight.size;
         let claimed: QueueRow[] = [];
         if (!this.paused && free > 0) {
           try {
-            claimed = this.store.claim(this.name, free, leaseMs, this.clock.now());
+            claimed = await this.store.claim(this.name, free, leaseMs, this.clock.now());
+            reconnect = this.reconnect;
           } catch {
-            claimed = [];
+            // Store unavailable (or failing): back off and poll again; claims resume when it answers.
+            const step = reconnect.next();
+            reconnect = step.next;
+            await this.idle(step.delayMs);
+            continue;
           }
         }
-        for (const row of claimed) void run(row);
-        if (claimed.length === 0 || this.inFlight.size >= concurrency) {
-          await new Promise<void>((resolve) => {
-            const t = setTimeout(resolve, pollMs);
-            this.wake = () => {
-              clearTimeout(t);
-              resolve();
-            };
+        for (const row of claimed) {
+          if (!this.running) {
+            // Closed while claiming: give it back at once.
+            await this.store.release({ id: row.id, token: row.token ?? '' }).catch(() => undefined);
+            continue;
+          }
+          const entry: InFlight = {
+            ref: { id: row.id, token: row.token ?? '' },
+            abort: new AbortController(),
+            released: false,
+            done: Promise.resolve(),
+          };
+          this.inFlight.set(row.id, entry);
+          entry.done = run(row, entry).finally(() => {
+            this.inFlight.delete(row.id);
+            this.wake?.();
           });
-          this.wake = undefined;
         }
+        if (claimed.length === 0 || this.inFlight.size >= concurrency) await this.idle(pollMs);
       }
-      clearInterval(heartbeat);
     })();
   }
 
-  /** Stops claiming new items; those in flight finish. */
+  /** Waits `ms` or until woken (by an enqueue, a finished handler, resume or close). */
+  private idle(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const t = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wake = () => {
+        this.wake = undefined;
+        done();
+      };
+    });
+  }
+
+  /**
+   * Runs a store write for a claimed item, retrying while the store is unavailable (until the
+   * queue's close deadline). Resolves with the write's answer, or undefined when it gave up: the
+   * lease then expires and the item is claimed again.
+   */
+  private async persist(write: () => Promise<boolean>): Promise<boolean | undefined> {
+    let reconnect = this.reconnect;
+    for (;;) {
+      try {
+        return await write();
+      } catch (err) {
+        if (!isUnavailable(err) || Date.now() > this.closeDeadline) return undefined;
+        const step = reconnect.next();
+        reconnect = step.next;
+        await sleep(step.delayMs);
+      }
+    }
+  }
+
+  /** Completes `ref` together with the other completions of this tick (one transaction). */
+  private completeLater(ref: ClaimRef): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.completions.push({ ref, resolve, reject });
+      if (this.completionScheduled) return;
+      this.completionScheduled = true;
+      setImmediate(() => {
+        this.completionScheduled = false;
+        const batch = this.completions;
+        this.completions = [];
+        this.store
+          .complete(
+            batch.map((c) => c.ref),
+            this.clock.now(),
+          )
+          .then(
+            (done) => {
+              for (const c of batch) c.resolve(done.has(c.ref.id));
+            },
+            (err: unknown) => {
+              for (const c of batch) c.reject(err);
+            },
+          );
+      });
+    });
+  }
+
+  private startHeartbeat(leaseMs: number): void {
+    const every = Math.max(10, Math.floor(leaseMs / 3));
+    const beat = (): void => {
+      const entries = [...this.inFlight.values()].filter((f) => !f.released);
+      if (entries.length > 0) {
+        this.store
+          .heartbeat(
+            entries.map((f) => f.ref),
+            this.clock.now() + leaseMs,
+          )
+          .then(
+            (held) => {
+              for (const f of entries)
+                if (!held.has(f.ref.id) && this.inFlight.get(f.ref.id) === f)
+                  f.abort.abort(
+                    keelError(
+                      'STALE_TOKEN',
+                      `lease of item ${String(f.ref.id)} in queue "${this.name}" was lost`,
+                    ),
+                  );
+            },
+            // Store unavailable: the next beat tries again; if the lease runs out meanwhile, the
+            // completion is refused and the item is handled again (at least once).
+            () => undefined,
+          );
+      }
+      if (this.running) this.heartbeatTimer = this.clock.setTimer(every, beat);
+    };
+    this.heartbeatTimer = this.clock.setTimer(every, beat);
+  }
+
+  private scheduleRetention(): void {
+    const r = this.retention;
+    if (!r) return;
+    this.retentionTimer = this.clock.setTimer(r.intervalMs, () => {
+      if (this.closed) return;
+      void this.purge(r.completedMs, r.deadMs)
+        .catch(() => 0)
+        .finally(() => {
+          this.scheduleRetention();
+        });
+    });
+  }
+
+  private decode(stored: string): T {
+    if (this.cipher) return JSON.parse(this.cipher.decrypt(stored)) as T;
+    if (isEncryptedPayload(stored))
+      throw keelError(
+        'QUEUE_DECRYPT_FAILED',
+        `an item of queue "${this.name}" is encrypted but no encryption.key is configured`,
+      );
+    return JSON.parse(stored) as T;
+  }
+
+  private toItem(r: QueueRow): QueueItem<T> {
+    const encrypted = isEncryptedPayload(r.payload);
+    return {
+      id: r.id,
+      state: r.status,
+      payload: encrypted && !this.cipher ? undefined : this.decode(r.payload),
+      encrypted,
+      attempts: r.attempts,
+      maxAttempts: r.maxAttempts,
+      priority: r.priority,
+      partitionKey: r.partitionKey,
+      idempotencyKey: r.idempotencyKey,
+      runAt: r.runAt,
+      createdAt: r.createdAt,
+      finishedAt: r.finishedAt,
+      errors: JSON.parse(r.errors) as unknown[],
+    };
+  }
+
+  /** Stops claiming in this instance; handlers in flight finish. See {@link pauseAll} for every worker. */
   pause(): void {
     this.paused = true;
   }
@@ -252,69 +543,136 @@ export class Queue<T = unknown> {
     this.wake?.();
   }
 
-  /** Dead letters with their error history, oldest first. */
-  deadLetters(limit = 100): DeadLetter<T>[] {
-    return this.store.list(this.name, 'dead', limit).map((r) => ({
-      id: r.id,
-      payload: JSON.parse(r.payload) as T,
-      attempts: r.attempts,
-      errors: JSON.parse(r.errors) as unknown[],
-    }));
+  /** Stops claiming for every worker of this queue on this store (persisted) until {@link resumeAll}. */
+  async pauseAll(): Promise<void> {
+    await this.store.setPaused(this.name, true);
   }
 
-  /** Sends dead letters (all, or `ids`) back to the queue; returns how many. */
-  redrive(ids?: readonly number[]): number {
-    const n = this.store.redrive(this.name, this.clock.now(), ids);
+  /** Undoes {@link pauseAll}. */
+  async resumeAll(): Promise<void> {
+    await this.store.setPaused(this.name, false);
+    this.wake?.();
+  }
+
+  /** Items in `state`, oldest first (default: up to 100). */
+  async list(state: QueueItemState, limit = 100): Promise<QueueItem<T>[]> {
+    return (await this.store.list(this.name, state, limit)).map((r) => this.toItem(r));
+  }
+
+  /** Dead letters with their error history, oldest first. */
+  deadLetters(limit = 100): Promise<DeadLetter<T>[]> {
+    return this.list('dead', limit);
+  }
+
+  /** Sends dead letters (all, or `ids`) back to the queue with fresh attempts; resolves with how many. */
+  async redrive(ids?: readonly number[]): Promise<number> {
+    const n = await this.store.redrive(this.name, this.clock.now(), ids);
     this.wake?.();
     return n;
   }
 
-  /** Removes completed items older than `completedMaxAgeMs` (default 1 day) and dead letters older than `deadMaxAgeMs` (default 7 days). */
-  purge(completedMaxAgeMs = 86_400_000, deadMaxAgeMs = 7 * 86_400_000): number {
+  /**
+   * Deletes completed items older than `completedMaxAgeMs` (default: the retention setting, 1 day)
+   * and dead letters older than `deadMaxAgeMs` (default 14 days); resolves with how many (0 when
+   * another instance is sweeping right now).
+   */
+  async purge(
+    completedMaxAgeMs = this.retention?.completedMs ?? 86_400_000,
+    deadMaxAgeMs = this.retention?.deadMs ?? 14 * 86_400_000,
+  ): Promise<number> {
     const now = this.clock.now();
-    return this.store.purge(this.name, now - completedMaxAgeMs, now - deadMaxAgeMs);
+    const n = (await this.store.sweep(this.name, now - completedMaxAgeMs, now - deadMaxAgeMs)) ?? 0;
+    this.totals.swept += n;
+    return n;
   }
 
-  /** Depth, oldest age, throughput counters and dead letters. */
-  stats(): QueueStats {
-    const c = this.store.counts(this.name);
+  /** Depth, oldest age, throughput counters and dead letters. @throws QUEUE_STORE_UNAVAILABLE while the store is down. */
+  async stats(): Promise<QueueStats> {
+    const c = await this.store.counts(this.name);
     return {
       pending: c.pending,
       active: c.active,
       completed: c.completed,
       dead: c.dead,
-      oldestPendingAgeMs: c.oldestPendingAt === null ? null : this.clock.now() - c.oldestPendingAt,
-      completedTotal: this.completedTotal,
-      failedTotal: this.failedTotal,
+      oldestPendingAgeMs:
+        c.oldestPendingAt === null ? null : Math.max(0, this.clock.now() - c.oldestPendingAt),
+      paused: c.paused,
+      completedTotal: this.totals.completed,
+      failedTotal: this.totals.failed,
+      deadLetteredTotal: this.totals.dead,
+      staleTotal: this.totals.stale,
+      sweptTotal: this.totals.swept,
     };
   }
 
-  /** Stops workers, waits for handlers in flight (up to `timeoutMs`, default 10 s), releases the rest and closes the store. */
+  /**
+   * Stops claiming, commits pending enqueues, waits for handlers in flight (up to `timeoutMs`,
+   * default 10 s), releases what did not finish (without counting the attempt) and closes the store.
+   */
   async close(timeoutMs = 10_000): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.flush();
+    this.closeDeadline = Date.now() + timeoutMs;
     this.running = false;
+    this.heartbeatTimer?.cancel();
+    this.retentionTimer?.cancel();
     this.wake?.();
-    await this.loop;
-    const deadline = Date.now() + timeoutMs;
-    while (this.inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    for (const [id, f] of [...this.inFlight]) {
-      this.inFlight.delete(id);
-      f.abort.abort(keelError('ABORTED', 'queue closing'));
-      this.store.release(id, f.token);
+    while (this.flushing || this.flushScheduled || this.batch.length > 0) {
+      if (this.flushing) await this.flushing;
+      else await new Promise((r) => setImmediate(r));
     }
-    this.store.close();
+    await this.loop;
+    const pending = [...this.inFlight.values()].map((f) => f.done);
+    if (pending.length > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all(pending),
+        new Promise((r) => {
+          timer = setTimeout(r, timeoutMs);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    for (const f of [...this.inFlight.values()]) {
+      f.released = true;
+      f.abort.abort(keelError('ABORTED', `queue "${this.name}" closing`));
+      await this.store.release(f.ref).catch(() => undefined);
+    }
+    this.inFlight.clear();
+    await this.store.close();
   }
 
   /** @internal for tests: the underlying store. */
-  get rawStore(): SqliteQueueStore {
+  get rawStore(): QueueStore {
     return this.store;
   }
 }
 
-/** Opens (creating if needed) a queue in the SQLite file `path`. */
-export function openQueue<T = unknown>(path: string, options: QueueOptions = {}): Queue<T> {
-  const { name = 'default', clock = systemClock, ...storeOptions } = options;
-  return new Queue<T>(new SqliteQueueStore(path, storeOptions), name, clock);
+/**
+ * Opens (creating and migrating if needed) a queue. `target` is a SQLite file path (or
+ * `sqlite:<path>`) or a `postgres://` / `postgresql://` URL.
+ * @throws KeelError `INVALID_CONFIG` for a bad target, URL, key or option (never showing a
+ *   password or key), `QUEUE_STORE_OPEN_FAILED` or `QUEUE_STORE_UNAVAILABLE` when it cannot open.
+ */
+export async function openQueue<T = unknown>(target: string, options: QueueOptions = {}): Promise<Queue<T>> {
+  const { name = 'default', clock = systemClock, retention, encryption, ...storeOptions } = options;
+  if (typeof name !== 'string' || name === '')
+    throw keelError('INVALID_CONFIG', 'queue option name must be a non-empty string');
+  const cipher = encryption === undefined ? undefined : payloadCipher(encryption);
+  let kept: Required<RetentionOptions> | undefined;
+  if (retention !== false) {
+    kept = {
+      completedMs: retention?.completedMs ?? 86_400_000,
+      deadMs: retention?.deadMs ?? 14 * 86_400_000,
+      intervalMs: retention?.intervalMs ?? 300_000,
+    };
+    for (const [k, v] of Object.entries(kept))
+      if (!(Number.isFinite(v) && v >= 0) || (k === 'intervalMs' && v < 1))
+        throw keelError(
+          'INVALID_CONFIG',
+          `queue option retention.${k} must be a number of ms >= ${k === 'intervalMs' ? 1 : 0}, got ${String(v)}`,
+        );
+  }
+  const store = await openQueueStore(target, storeOptions);
+  return new Queue<T>(store, name, clock, kept, cipher);
 }

@@ -20,8 +20,15 @@ export { openGroupRepository } from './groups-open.js';
 
 // The persistent queue (src/queue).
 export {
-  SqliteQueueStore,
+  QUEUE_ITEM_STATES,
+  type QueueStore,
   type QueueRow,
   type NewQueueRow,
-  type SqliteQueueStoreOptions,
-} from './queue-sqlite.js';
+  type QueueItemState,
+  type QueueCounts,
+  type ClaimRef,
+  type EnqueueResult,
+} from './queue-store.js';
+export { SqliteQueueStore, type SqliteQueueStoreOptions } from './queue-sqlite.js';
+export { PostgresQueueStore, redactPostgresUrl, type PostgresQueueStoreOptions } from './queue-postgres.js';
+export { openQueueStore, type QueueStoreOptions } from './queue-open.js';
