@@ -280,9 +280,8 @@ export async function serveObject(
     if (now?.etag === meta.etag) for (const sl of now.slices) cached.add(sl.index);
   }
   if (!cached.has(first)) {
-    const fill = startFill(ctx, id, rawQuery, meta, first);
     try {
-      await fill.opened;
+      await openFill(ctx, id, rawQuery, meta, first);
     } catch (err) {
       const e = classify(err);
       if (e.code === 'OBJECT_CHANGED' && attempt === 0) {
@@ -401,6 +400,11 @@ async function streamSlice(
   } catch (err) {
     if (!(err instanceof SliceReadError) || err.error.code === 'OBJECT_CHANGED') throw err;
     pos = err.offset;
+    ctx.log(
+      'info',
+      `shared fetch of slice ${index} of ${id.bucket}/${id.key} failed at byte ${pos}; fetching the rest for this request`,
+      { error: err.error.message },
+    );
   }
   // The shared fetch failed: fetch the rest of this slice for ourselves.
   const own = await openRange(ctx, id, rawQuery, meta.etag, pos, b);
@@ -457,7 +461,36 @@ function openRange(
   });
 }
 
-/** The shared fill of slice `index` (started if none is running). */
+/**
+ * Waits until the origin answered for slice `index` (the shared fill's, started if none runs).
+ * A request that joined a fill someone else started and that failed tries once more for itself
+ * (joining a newer fill if another waiter got there first), unless the object changed or the
+ * breaker is open.
+ * @throws the fill's KeelError when the origin did not answer.
+ */
+async function openFill(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  meta: Resolved['meta'],
+  index: number,
+): Promise<void> {
+  const joined = ctx.fills.has(fillKey(id, meta.etag, index));
+  try {
+    await startFill(ctx, id, rawQuery, meta, index).opened;
+  } catch (err) {
+    const e = classify(err);
+    if (!joined || e.code === 'OBJECT_CHANGED' || e.code === 'CIRCUIT_OPEN') throw e;
+    ctx.log(
+      'info',
+      `shared fetch of slice ${index} of ${id.bucket}/${id.key} failed; fetching it for this request`,
+      { error: e.message },
+    );
+    await startFill(ctx, id, rawQuery, meta, index).opened;
+  }
+}
+
+/** The key of the shared fill of slice `index` of this version of the object. */
 function fillKey(id: ObjectIdentity, etag: string, index: number): string {
   return `${identityHash(id)}:${etag}:${index}`;
 }

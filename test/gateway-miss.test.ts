@@ -1,0 +1,238 @@
+import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { chaos, type HttpFaultProxy } from '../src/chaos/index.js';
+import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
+import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
+
+// Origin path: gateway → HTTP fault proxy → s3rver. The proxy draws its faults from `script`, so
+// which request gets which fault is decided by the test, not by chance.
+const SLICE = 64 * 1024;
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+let origin: S3Origin;
+let faults: HttpFaultProxy;
+let s3: S3Client;
+let root: string;
+/** Values the fault proxy draws for rules with a probability (one per rule per matching request). */
+const script: number[] = [];
+const gateways: Gateway[] = [];
+
+async function gateway(extra: Partial<GatewayOptions> = {}): Promise<Gateway> {
+  const g = await createGateway({
+    upstream: `http://127.0.0.1:${faults.port}`,
+    originCredentials: TEST_CREDENTIALS,
+    auth: 'anonymous',
+    cacheDir: await mkdtemp(path.join(root, 'cache-')),
+    sliceBytes: SLICE,
+    log: () => undefined,
+    ...extra,
+  });
+  await g.listen(0);
+  gateways.push(g);
+  return g;
+}
+
+async function put(key: string, body: Buffer): Promise<void> {
+  await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: body }));
+}
+
+/** A GET that keeps whatever arrived, even when the gateway cuts the response. */
+function get(
+  g: Gateway,
+  key: string,
+  range?: string,
+): Promise<{ status: number; body: Buffer; complete: boolean; cache: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(`${g.url()}/b/${key}`, { headers: range ? { range } : {}, agent: false }, (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('error', () => undefined);
+        res.on('close', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            body: Buffer.concat(parts),
+            complete: res.complete,
+            cache: res.headers['x-keel-cache'] as string | undefined,
+          }),
+        );
+      })
+      .on('error', reject);
+  });
+}
+
+async function until(what: string, ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 1000 && !ok(); i++) await new Promise((r) => setTimeout(r, 5));
+  if (!ok()) throw new Error(`timed out waiting for ${what}`);
+}
+
+beforeAll(async () => {
+  origin = await startS3Origin(['b']);
+  root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-miss-'));
+  faults = await chaos.httpProxy({ upstream: origin.url, random: () => script.shift() ?? 1 });
+  s3 = new S3Client({
+    endpoint: origin.url,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: TEST_CREDENTIALS,
+  });
+});
+
+afterEach(() => {
+  faults.clear();
+  script.length = 0;
+});
+
+afterAll(async () => {
+  for (const g of gateways) await g.close(500);
+  s3.destroy();
+  await faults.close();
+  await origin.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('gateway misses', () => {
+  it('has a waiter whose shared fetch failed fetch the rest of the slice for itself', async () => {
+    const logs: string[] = [];
+    // One attempt per origin call: the shared fetch's resume fails for good on its first 503.
+    const g = await gateway({
+      guard: { retryAttempts: 1, breakerFailures: 1000 },
+      log: (_level, msg) => logs.push(msg),
+    });
+    const body = randomBytes(SLICE);
+    await put('waiter.bin', body);
+    const p = '/b/waiter.bin';
+    // Per GET, the proxy draws once for each rule, in order: hold, cut, 503.
+    faults.add({
+      name: 'hold',
+      method: 'GET',
+      path: p,
+      probability: 0.5,
+      action: { type: 'delay', ms: 300 },
+    });
+    faults.add({
+      name: 'cut',
+      method: 'GET',
+      path: p,
+      probability: 0.5,
+      action: { type: 'cut', afterBytes: 1000 },
+    });
+    faults.add({
+      name: '503',
+      method: 'GET',
+      path: p,
+      probability: 0.5,
+      action: { type: 'status', status: 503 },
+    });
+    // The shared fetch: held (so every client joins it), then cut after 1000 bytes; its resume: 503.
+    script.push(0, 0, 1, 1, 1, 0);
+    const N = 8;
+    const reads = Array.from({ length: N }, () => get(g, 'waiter.bin'));
+    await until('every client to wait on the shared fetch', () => g.inFlight() === N);
+    const answers = await Promise.all(reads);
+    for (const a of answers) {
+      expect(a.status).toBe(200);
+      expect(a.complete).toBe(true);
+      expect(sha(a.body)).toBe(sha(body));
+    }
+    expect(faults.stats.faults).toMatchObject({ hold: 1, cut: 1, '503': 1 });
+    expect(logs.filter((m) => m.startsWith('shared fetch of slice 0 of b/waiter.bin failed')).length).toBe(N);
+    await g.idle();
+    // The waiters' own fetches are not cached (none holds the whole slice); the next read is a miss.
+    const next = await get(g, 'waiter.bin');
+    expect(sha(next.body)).toBe(sha(body));
+  });
+
+  it('has the waiters fetch for themselves when the shared fetch fails before the origin answered', async () => {
+    const g = await gateway({ guard: { retryAttempts: 1, breakerFailures: 1000 } });
+    const body = randomBytes(SLICE * 2);
+    await put('preopen.bin', body);
+    // Slice 0 cached, so the read of slice 1 is a fill of its own (no lookup first).
+    const first = await get(g, 'preopen.bin', 'bytes=0-9');
+    expect(first.cache).toBe('MISS');
+    await g.idle();
+    faults.add({
+      name: 'slow-503',
+      method: 'GET',
+      path: '/b/preopen.bin',
+      probability: 0.5,
+      action: { type: 'status', status: 503 },
+    });
+    faults.add({
+      name: 'hold',
+      method: 'GET',
+      path: '/b/preopen.bin',
+      probability: 0.5,
+      action: { type: 'delay', ms: 300 },
+    });
+    // The shared fetch: held, then 503. Every other request goes through.
+    script.push(0, 0);
+    const N = 6;
+    const reads = Array.from({ length: N }, () =>
+      get(g, 'preopen.bin', `bytes=${SLICE + 5}-${SLICE + 5000}`),
+    );
+    await until('every client to wait on the shared fetch', () => g.inFlight() === N);
+    const answers = await Promise.all(reads);
+    // The request that started the shared fetch answers its failure (retries are off here); every
+    // request that was waiting on it fetched for itself.
+    const failed = answers.filter((a) => a.status === 503);
+    expect(failed.length).toBe(1);
+    const served = answers.filter((a) => a.status !== 503);
+    expect(served.length).toBe(N - 1);
+    for (const a of served) {
+      expect(a.status).toBe(206);
+      expect(sha(a.body)).toBe(sha(body.subarray(SLICE + 5, SLICE + 5001)));
+    }
+    expect(faults.stats.faults['slow-503']).toBe(1);
+  });
+
+  it('never mixes versions when the object changes between slices of one read, and drops every slice', async () => {
+    const g = await gateway();
+    const v1 = randomBytes(SLICE * 4);
+    await put('mixed.bin', v1);
+    // Slice 0 of v1 cached (with v1's metadata, fresh for the TTL).
+    expect((await get(g, 'mixed.bin', 'bytes=0-99')).cache).toBe('MISS');
+    await g.idle();
+    expect(g.cache?.stats().slices).toBe(1);
+    const v2 = randomBytes(SLICE * 4);
+    await put('mixed.bin', v2);
+    // Slice 0 comes from the cache (v1); slice 1 is fetched with If-Match v1: 412. The answer's
+    // headers (v1's ETag) are out, so the read is cut, never continued with v2's bytes.
+    const cut = await get(g, 'mixed.bin');
+    expect(cut.status).toBe(200);
+    expect(cut.complete).toBe(false);
+    expect(cut.body.length).toBeLessThan(v1.length);
+    expect(sha(cut.body)).toBe(sha(v1.subarray(0, cut.body.length)));
+    await g.idle();
+    // Every slice of the old version is gone; the next read is v2, whole.
+    expect(g.cache?.stats().slices).toBe(0);
+    const fresh = await get(g, 'mixed.bin');
+    expect(fresh.cache).toBe('MISS');
+    expect(fresh.complete).toBe(true);
+    expect(sha(fresh.body)).toBe(sha(v2));
+  });
+
+  it('serves the new version when the first slice of a read is refused with 412 before the answer starts', async () => {
+    const g = await gateway();
+    const v1 = randomBytes(SLICE * 3);
+    await put('changed-first.bin', v1);
+    expect((await get(g, 'changed-first.bin', 'bytes=0-99')).cache).toBe('MISS');
+    await g.idle();
+    const v2 = randomBytes(SLICE * 3 + 7);
+    await put('changed-first.bin', v2);
+    // Slice 1 is the first one needed and not cached: its If-Match v1 fetch gets 412 before any
+    // header goes out, so the gateway drops the object and serves v2.
+    const range = `bytes=${SLICE + 1}-${SLICE * 3}`;
+    const got = await get(g, 'changed-first.bin', range);
+    expect(got.status).toBe(206);
+    expect(got.complete).toBe(true);
+    expect(sha(got.body)).toBe(sha(v2.subarray(SLICE + 1, SLICE * 3 + 1)));
+    await g.idle();
+    const whole = await get(g, 'changed-first.bin');
+    expect(sha(whole.body)).toBe(sha(v2));
+  });
+});
