@@ -82,14 +82,33 @@ afterAll(async () => {
 });
 
 describe('keel gateway as a process', () => {
-  it('on SIGTERM finishes the download in flight and exits 0', async () => {
+  it('on SIGTERM fails readiness, refuses new connections, finishes the download in flight and exits 0', async () => {
     const gw = await startGateway(path.join(dir, 'term'));
+    expect((await fetch(`${gw.admin}/health/ready`)).status).toBe(200);
     const res = await fetch(`${gw.url}/b/big.bin`);
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     const parts: Uint8Array[] = [];
     const first = await reader.read();
     parts.push(first.value as Uint8Array);
     gw.proc.kill('SIGTERM');
+    // The signal is handled asynchronously in the child: ask until it answers (bounded).
+    let readiness = 200;
+    for (let i = 0; i < 200 && readiness === 200; i++) {
+      readiness = (await fetch(`${gw.admin}/health/ready`)).status;
+      if (readiness === 200) await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(readiness).toBe(503);
+    let refused: unknown;
+    for (let i = 0; i < 200 && refused === undefined; i++) {
+      try {
+        const other = await fetch(`${gw.url}/b/big.bin`, { headers: { range: 'bytes=0-0' } });
+        await other.arrayBuffer();
+        await new Promise((r) => setTimeout(r, 10));
+      } catch (err) {
+        refused = err;
+      }
+    }
+    expect(String((refused as { cause?: { code?: string } } | undefined)?.cause?.code)).toBe('ECONNREFUSED');
     for (;;) {
       await new Promise((r) => setTimeout(r, 1)); // a slow client
       const { done, value } = await reader.read();
@@ -98,6 +117,19 @@ describe('keel gateway as a process', () => {
     }
     expect(sha(Buffer.concat(parts))).toBe(sha(big));
     expect(await gw.exited).toBe(0);
+  });
+
+  it('on SIGTERM cuts a download that outlasts --drain-seconds and exits 1', async () => {
+    const gw = await startGateway(path.join(dir, 'stall'), ['--drain-seconds', '1']);
+    let err = '';
+    gw.proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    const res = await fetch(`${gw.url}/b/big.bin`);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read(); // then never read again: the response cannot finish
+    gw.proc.kill('SIGTERM');
+    expect(await gw.exited).toBe(1);
+    expect(err).toContain('drain timed out: 1 request(s)');
+    await reader.cancel().catch(() => undefined);
   });
 
   it('after SIGKILL during fills, a restarted gateway serves every read correctly', async () => {
@@ -134,6 +166,9 @@ describe('keel gateway as a process', () => {
     expect(metrics).toContain('keel_cache_corruption_metadata_total');
     expect(metrics).toMatch(/keel_gateway_requests_total\{method="GET",outcome="(HIT|PARTIAL|MISS)"\}/);
     expect((await fetch(`${again.admin}/ready`)).status).toBe(200);
+    expect((await fetch(`${again.admin}/health/ready`)).headers.get('content-type')).toBe(
+      'application/health+json',
+    );
     again.proc.kill('SIGTERM');
     expect(await again.exited).toBe(0);
   });

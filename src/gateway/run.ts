@@ -186,7 +186,17 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     stopped = true;
     for (const t of timers) t.cancel();
     stopWatching();
+    // gateway.close() cuts what is still in flight at the deadline; that is a failed drain (exit 1).
+    let cut = 0;
+    const deadline = clock.setTimer(config.drainSeconds * 1000, () => {
+      cut = gateway.inFlight();
+    });
     await gateway.close(config.drainSeconds * 1000);
+    deadline.cancel();
+    if (cut > 0)
+      throw new Error(
+        `drain timed out: ${cut} request(s) still in flight after ${config.drainSeconds} s were cut`,
+      );
   });
   if (handleSignals) shutdown.install();
   return { gateway, admin, health, alerts, disk, shutdown: () => shutdown.shutdown('requested') };
