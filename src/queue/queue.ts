@@ -194,6 +194,8 @@ export class Queue<T = unknown> {
   private wake: (() => void) | undefined;
   private heartbeatTimer: TimerHandle | undefined;
   private retentionTimer: TimerHandle | undefined;
+  private sweeping: Promise<void> | undefined;
+  private sweepAgain = false;
   private readonly totals = { completed: 0, failed: 0, dead: 0, stale: 0, swept: 0 };
   private reconnect: Backoff = DEFAULT_RECONNECT;
 
@@ -490,16 +492,30 @@ export class Queue<T = unknown> {
     this.heartbeatTimer = this.clock.setTimer(every, beat);
   }
 
+  /**
+   * Sweeps every `retention.intervalMs` of the queue's clock. The next timer is set before the sweep
+   * runs; a tick that finds a sweep still running asks for one more after it (never two at once).
+   */
   private scheduleRetention(): void {
     const r = this.retention;
     if (!r) return;
     this.retentionTimer = this.clock.setTimer(r.intervalMs, () => {
       if (this.closed) return;
-      void this.purge(r.completedMs, r.deadMs)
-        .catch(() => 0)
-        .finally(() => {
-          this.scheduleRetention();
-        });
+      this.scheduleRetention();
+      if (this.sweeping) {
+        this.sweepAgain = true;
+        return;
+      }
+      const sweep = async (): Promise<void> => {
+        do {
+          this.sweepAgain = false;
+          // A failed sweep (store unavailable) is simply tried again at the next tick.
+          await this.purge(r.completedMs, r.deadMs).catch(() => 0);
+        } while (this.sweepAgain && !this.closed);
+      };
+      this.sweeping = sweep().finally(() => {
+        this.sweeping = undefined;
+      });
     });
   }
 
@@ -622,6 +638,7 @@ export class Queue<T = unknown> {
       else await new Promise((r) => setImmediate(r));
     }
     await this.loop;
+    await this.sweeping;
     const pending = [...this.inFlight.values()].map((f) => f.done);
     if (pending.length > 0) {
       let timer: NodeJS.Timeout | undefined;
