@@ -1,0 +1,103 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveGatewayConfig } from '../src/gateway/index.js';
+
+const base = { upstream: 'http://127.0.0.1:9000', auth: 'anonymous' };
+let dir: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-opscfg-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('gateway operations settings', () => {
+  it('default to log alerts, 80/90 % disk levels checked every minute, no shutdown delay, no admin token', () => {
+    const c = resolveGatewayConfig(base, {});
+    expect(c).toMatchObject({
+      alerts: ['log'],
+      alertsFile: undefined,
+      alertsWebhookUrl: undefined,
+      diskWarningPercent: 80,
+      diskCriticalPercent: 90,
+      diskCheckIntervalSeconds: 60,
+      shutdownDelaySeconds: 0,
+      drainSeconds: 30,
+      adminToken: undefined,
+    });
+  });
+
+  it('read flags over KEEL_* variables over the config file', async () => {
+    const file = path.join(dir, 'gw.json');
+    await writeFile(
+      file,
+      JSON.stringify({
+        diskWarningPercent: 70,
+        diskCriticalPercent: 85,
+        alerts: 'none',
+        shutdownDelaySeconds: 2,
+      }),
+    );
+    const c = resolveGatewayConfig(
+      { ...base, config: file, diskCriticalPercent: 95 },
+      {
+        KEEL_DISK_WARNING_PERCENT: '75',
+        KEEL_ALERTS: 'log,file',
+        KEEL_ALERTS_FILE: '/var/log/keel/alerts.jsonl',
+        KEEL_ADMIN_TOKEN: 'a-long-enough-admin-token',
+      },
+    );
+    expect(c).toMatchObject({
+      diskWarningPercent: 75,
+      diskCriticalPercent: 95,
+      alerts: ['log', 'file'],
+      alertsFile: '/var/log/keel/alerts.jsonl',
+      adminToken: 'a-long-enough-admin-token',
+      shutdownDelaySeconds: 2,
+    });
+    expect(resolveGatewayConfig({ ...base, alerts: 'none' }, {}).alerts).toEqual([]);
+  });
+
+  it.each([
+    [{ alerts: 'log,pager' }, '--alerts (KEEL_ALERTS): unknown alert handler "pager"'],
+    [{ alerts: 'file' }, '--alerts-file (KEEL_ALERTS_FILE): required when --alerts includes file'],
+    [{ alerts: 'webhook' }, '--alerts-webhook-url (KEEL_ALERTS_WEBHOOK_URL): required'],
+    [
+      { alerts: 'webhook', alertsWebhookUrl: 'ftp://hooks.example/secret-token' },
+      '--alerts-webhook-url (KEEL_ALERTS_WEBHOOK_URL): expected an http or https URL',
+    ],
+    [{ diskWarningPercent: '95' }, '--disk-warning-percent (KEEL_DISK_WARNING_PERCENT): must be below'],
+    [
+      { diskCriticalPercent: '120' },
+      '--disk-critical-percent (KEEL_DISK_CRITICAL_PERCENT): must be at most 100',
+    ],
+    [{ diskWarningPercent: 'lots' }, '--disk-warning-percent (KEEL_DISK_WARNING_PERCENT): expected a number'],
+    [{ diskCheckIntervalSeconds: '0' }, '--disk-check-interval-seconds (KEEL_DISK_CHECK_INTERVAL_SECONDS)'],
+    [{ drainSeconds: '-1' }, '--drain-seconds (KEEL_DRAIN_SECONDS): expected a number ≥ 0'],
+    [{ shutdownDelaySeconds: 'soon' }, '--shutdown-delay-seconds (KEEL_SHUTDOWN_DELAY_SECONDS)'],
+    [{ adminToken: 'short' }, '--admin-token (KEEL_ADMIN_TOKEN): must be at least 16 characters'],
+  ])('reject %j naming the setting', (flags, message) => {
+    expect(() => resolveGatewayConfig({ ...base, ...flags }, {})).toThrow(message);
+  });
+
+  it('never repeat the admin token or the webhook URL in an error', () => {
+    const secret = 'ftp://hooks.example/secret-token';
+    let text = '';
+    try {
+      resolveGatewayConfig({ ...base, alerts: 'webhook', alertsWebhookUrl: secret }, {});
+    } catch (err) {
+      text = (err as Error).message;
+    }
+    expect(text).not.toBe('');
+    expect(text).not.toContain('secret-token');
+    try {
+      resolveGatewayConfig({ ...base, adminToken: 'tok-short' }, {});
+    } catch (err) {
+      text = (err as Error).message;
+    }
+    expect(text).not.toContain('tok-short');
+  });
+});
