@@ -38,6 +38,35 @@ const DROPPED = new Set([
   'expect',
 ]);
 
+/** Query parameters of a presigned URL: the client's signature, never forwarded (the origin request is signed anew). */
+const PRESIGN_PARAMS = new Set([
+  'x-amz-algorithm',
+  'x-amz-credential',
+  'x-amz-date',
+  'x-amz-expires',
+  'x-amz-signedheaders',
+  'x-amz-signature',
+  'x-amz-security-token',
+]);
+
+/** The raw query without the client's presigned-URL parameters, other parameters as sent. */
+export function withoutPresignParams(rawQuery: string): string {
+  if (!/x-amz-/i.test(rawQuery)) return rawQuery;
+  return rawQuery
+    .split('&')
+    .filter((p) => {
+      const name = p.split('=')[0] ?? '';
+      let decoded = name;
+      try {
+        decoded = decodeURIComponent(name);
+      } catch {
+        // an undecodable name is not one of ours
+      }
+      return p !== '' && !PRESIGN_PARAMS.has(decoded.toLowerCase());
+    })
+    .join('&');
+}
+
 /** What {@link passthrough} needs besides the origin. */
 export interface PassthroughOptions {
   /** The cache whose entries successful writes drop (none: nothing to invalidate). */
@@ -212,7 +241,7 @@ export async function passthrough(
           method,
           bucket: target.bucket,
           key: target.key,
-          rawQuery: target.rawQuery,
+          rawQuery: withoutPresignParams(target.rawQuery),
           headers,
           body: hasBody ? upload : undefined,
           signal,

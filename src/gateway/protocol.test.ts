@@ -1,5 +1,9 @@
+import { createHash } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { decodeAwsChunked } from './aws-chunked.js';
+import { chunkSignature, decodeAwsChunked } from './aws-chunked.js';
+import { withoutPresignParams } from './passthrough.js';
+import { verifyPayloadSha256 } from './payload-verify.js';
 import { evaluateConditions } from './conditional.js';
 import { evaluateRange } from './range.js';
 import { s3ErrorXml, S3Errors } from './s3-error.js';
@@ -201,3 +205,172 @@ describe('write invalidation', () => {
     expect(isDeleteObjects('POST', t('/b/k?delete'))).toBe(false);
   });
 });
+
+describe('aws-chunked chunk signatures', () => {
+  // AWS's SigV4 streaming example: PUT /examplebucket/chunkObject.txt, 66560 bytes of 'a' in a
+  // 65536-byte chunk and a 1024-byte chunk.
+  const secret = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY';
+  const scope = '20130524/us-east-1/s3/aws4_request';
+  const seed = '4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9';
+  const documented = [
+    'ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648',
+    '0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497',
+    'b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9',
+  ];
+  const headers = {
+    host: 's3.amazonaws.com',
+    'x-amz-date': '20130524T000000Z',
+    'x-amz-storage-class': 'REDUCED_REDUNDANCY',
+    'x-amz-content-sha256': 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
+    'content-encoding': 'aws-chunked',
+    'x-amz-decoded-content-length': '66560',
+    'content-length': '66824',
+    authorization: `AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/${scope},SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature=${seed}`,
+  };
+  const keys = new Map([['AKIAIOSFODNN7EXAMPLE', secret]]);
+  const now = Date.UTC(2013, 4, 24, 0, 1);
+  const chunks = [Buffer.alloc(65536, 'a'), Buffer.alloc(1024, 'a'), Buffer.alloc(0)];
+
+  function encode(sigs: string[], data = chunks): Buffer {
+    return Buffer.concat(
+      data.flatMap((c, i) => [
+        Buffer.from(`${c.length.toString(16)};chunk-signature=${sigs[i] ?? ''}\r\n`),
+        c,
+        Buffer.from('\r\n'),
+      ]),
+    );
+  }
+
+  async function decode(body: Buffer, step: number, options: Parameters<typeof decodeAwsChunked>[0]) {
+    const t = decodeAwsChunked(options);
+    const out: Buffer[] = [];
+    t.on('data', (d: Buffer) => out.push(d));
+    const done = new Promise<Buffer>((resolve, reject) => {
+      t.on('end', () => resolve(Buffer.concat(out)));
+      t.on('error', reject);
+    });
+    for (let i = 0; i < body.length && !t.destroyed; i += step) t.write(body.subarray(i, i + step));
+    t.end();
+    return done;
+  }
+
+  it('verifies the seed signature of the documented request and chains the documented chunk signatures', async () => {
+    const auth = verifySigV4('PUT', '/examplebucket/chunkObject.txt', headers, keys, now);
+    expect(auth.ok).toBe(true);
+    if (!auth.ok) return;
+    let previous = auth.signing.seedSignature;
+    for (const [i, c] of chunks.entries()) {
+      const sig = chunkSignature(auth.signing, previous, createHash('sha256').update(c).digest('hex'));
+      expect(sig).toBe(documented[i]);
+      previous = sig;
+    }
+    const body = encode(documented);
+    expect(body.length).toBe(66824);
+    for (const step of [body.length, 4096, 1000]) {
+      const out = await decode(body, step, { signing: auth.signing, decodedLength: 66560 });
+      expect(out.equals(Buffer.alloc(66560, 'a'))).toBe(true);
+    }
+  });
+
+  it.each([
+    ['a flipped data byte', (b: Buffer) => flip(b, 66000), 'SignatureDoesNotMatch'],
+    ['a changed final signature', (b: Buffer) => flip(b, b.length - 10), 'SignatureDoesNotMatch'],
+  ])('refuses %s', async (_what, tamper, code) => {
+    const auth = verifySigV4('PUT', '/examplebucket/chunkObject.txt', headers, keys, now);
+    if (!auth.ok) throw new Error('seed');
+    const body = encode(documented);
+    tamper(body);
+    await expect(decode(body, 4096, { signing: auth.signing, decodedLength: 66560 })).rejects.toMatchObject({
+      s3: { code },
+    });
+  });
+
+  it('releases no byte of a chunk before its signature is checked, and holds the last one until the end', async () => {
+    const auth = verifySigV4('PUT', '/examplebucket/chunkObject.txt', headers, keys, now);
+    if (!auth.ok) throw new Error('seed');
+    const body = encode(documented);
+    flip(body, 66000); // in the second chunk
+    const t = decodeAwsChunked({ signing: auth.signing, decodedLength: 66560 });
+    let released = 0;
+    t.on('data', (d: Buffer) => (released += d.length));
+    t.on('error', () => undefined);
+    t.write(body);
+    await new Promise((r) => setImmediate(r));
+    // The first (good) chunk is held back while the next is unchecked; the bad one never goes.
+    expect(released).toBe(0);
+  });
+
+  it.each([
+    ['no final chunk', (b: Buffer) => b.subarray(0, b.length - 86), 'IncompleteBody'],
+    ['a short last chunk', (b: Buffer) => Buffer.concat([b.subarray(0, 65626 + 86 + 10)]), 'IncompleteBody'],
+  ])('refuses a body with %s', async (_what, cut, code) => {
+    const auth = verifySigV4('PUT', '/examplebucket/chunkObject.txt', headers, keys, now);
+    if (!auth.ok) throw new Error('seed');
+    await expect(
+      decode(cut(encode(documented)), 4096, { signing: auth.signing, decodedLength: 66560 }),
+    ).rejects.toMatchObject({ s3: { code } });
+  });
+
+  it('checks the declared decoded length and a crc32 trailer of an unsigned streaming body', async () => {
+    const data = Buffer.from('hello, trailer');
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(data));
+    const body = (checksum: string) =>
+      Buffer.from(
+        `${data.length.toString(16)}\r\n${data.toString()}\r\n0\r\nx-amz-checksum-crc32:${checksum}\r\n\r\n`,
+      );
+    const opts = { decodedLength: data.length, trailer: 'x-amz-checksum-crc32' };
+    expect((await decode(body(crc.toString('base64')), 3, opts)).toString()).toBe(data.toString());
+    await expect(decode(body('AAAAAA=='), 3, opts)).rejects.toMatchObject({ s3: { code: 'BadDigest' } });
+    await expect(decode(body(crc.toString('base64')), 3, { decodedLength: 99 })).rejects.toMatchObject({
+      s3: { code: 'IncompleteBody' },
+    });
+    await expect(decode(body(crc.toString('base64')), 3, { decodedLength: 3 })).rejects.toMatchObject({
+      s3: { code: 'IncompleteBody' },
+    });
+  });
+});
+
+describe('payload sha256 verification', () => {
+  it('passes a body whose sha256 matches and refuses one that does not, holding back its end', async () => {
+    const data = Buffer.from('the body');
+    const good = createHash('sha256').update(data).digest('hex');
+    const run = async (hex: string) => {
+      const t = verifyPayloadSha256(hex);
+      const out: Buffer[] = [];
+      t.on('data', (d: Buffer) => out.push(d));
+      const done = new Promise<Buffer>((resolve, reject) => {
+        t.on('end', () => resolve(Buffer.concat(out)));
+        t.on('error', (e) => reject(e));
+      });
+      t.write(data.subarray(0, 3));
+      t.write(data.subarray(3));
+      t.end();
+      return { done, out };
+    };
+    expect((await (await run(good)).done).toString()).toBe('the body');
+    const bad = await run('0'.repeat(64));
+    await expect(bad.done).rejects.toMatchObject({ s3: { code: 'XAmzContentSHA256Mismatch' } });
+    expect(Buffer.concat(bad.out).length).toBeLessThan(data.length);
+  });
+});
+
+describe('withoutPresignParams', () => {
+  it.each([
+    ['', ''],
+    ['uploads', 'uploads'],
+    ['partNumber=1&uploadId=a%2Bb', 'partNumber=1&uploadId=a%2Bb'],
+    [
+      'X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=K%2F1&response-content-type=a%2Fb&X-Amz-Signature=ab&X-Amz-SignedHeaders=host&X-Amz-Date=1&X-Amz-Expires=9&x-id=GetObject',
+      'response-content-type=a%2Fb&x-id=GetObject',
+    ],
+    ['X-Amz-Security-Token=t&versionId=3', 'versionId=3'],
+  ])('%s → %s', (raw, expected) => {
+    expect(withoutPresignParams(raw)).toBe(expected);
+  });
+});
+
+/** Flips the low bit of byte `i`. */
+function flip(b: Buffer, i: number): void {
+  b.writeUInt8(b.readUInt8(i) ^ 1, i);
+}

@@ -1,0 +1,371 @@
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import { Readable } from 'node:stream';
+import { crc32 } from 'node:zlib';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { HttpRequest } from '@smithy/protocol-http';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  bodyOf,
+  CLIENT_KEY,
+  rawRequest,
+  sha,
+  signedHeaders,
+  startHarness,
+  type Harness,
+  type RawAnswer,
+} from './gateway-protocol-support.js';
+
+let h: Harness;
+const signer = new SignatureV4({
+  credentials: CLIENT_KEY,
+  region: 'us-east-1',
+  service: 's3',
+  sha256: Sha256,
+  uriEscapePath: false,
+});
+
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.close();
+});
+
+/** The object at the origin (sha256), or its error name. */
+async function atOrigin(key: string): Promise<string> {
+  try {
+    return sha(await bodyOf(await h.direct.send(new GetObjectCommand({ Bucket: 'b', Key: key }))));
+  } catch (err) {
+    return (err as Error).name;
+  }
+}
+
+const FINAL_CHUNK_BYTES = 86; // "0;chunk-signature=<64>\r\n\r\n"
+
+function encodedLength(sizes: number[]): number {
+  return sizes.reduce((n, s) => n + s.toString(16).length + 17 + 64 + 2 + s + 2, 0) + FINAL_CHUNK_BYTES;
+}
+
+/**
+ * A STREAMING-AWS4-HMAC-SHA256-PAYLOAD upload built as the SigV4 streaming spec says: the seed
+ * signature by @smithy/signature-v4 over the headers, each chunk's signature by its signString.
+ */
+async function signedChunkedPut(
+  key: string,
+  data: Buffer,
+  chunkBytes: number,
+  /** The Content-Length to sign, from the full encoded length (to send a cut body as a whole message). */
+  contentLength: (full: number) => number = (n) => n,
+): Promise<{ headers: Record<string, string>; body: Buffer }> {
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < data.length; i += chunkBytes) chunks.push(data.subarray(i, i + chunkBytes));
+  const signingDate = new Date();
+  const headers = await signedHeaders(
+    h.gateway.url(),
+    CLIENT_KEY,
+    'PUT',
+    `/b/${key}`,
+    {
+      'content-encoding': 'aws-chunked',
+      'x-amz-decoded-content-length': String(data.length),
+      'content-length': String(contentLength(encodedLength(chunks.map((c) => c.length)))),
+    },
+    'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
+    undefined,
+    signingDate,
+  );
+  const seed = /Signature=([0-9a-f]{64})/.exec(headers.authorization ?? '')?.[1] as string;
+  const amzDate = headers['x-amz-date'] as string;
+  const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
+  const parts: Buffer[] = [];
+  let previous = seed;
+  for (const c of [...chunks, Buffer.alloc(0)]) {
+    const stringToSign = [
+      'AWS4-HMAC-SHA256-PAYLOAD',
+      amzDate,
+      scope,
+      previous,
+      sha(Buffer.alloc(0)),
+      sha(c),
+    ].join('\n');
+    const sig = await signer.sign(stringToSign, { signingDate });
+    parts.push(Buffer.from(`${c.length.toString(16)};chunk-signature=${sig}\r\n`), c, Buffer.from('\r\n'));
+    previous = sig;
+  }
+  return { headers, body: Buffer.concat(parts) };
+}
+
+function errorCode(res: RawAnswer): string | undefined {
+  return /<Code>([^<]+)<\/Code>/.exec(res.body.toString())?.[1];
+}
+
+describe('streaming uploads in gateway auth mode', () => {
+  it('stores a valid signed aws-chunked upload byte for byte', async () => {
+    const data = randomBytes(200_000);
+    const { headers, body } = await signedChunkedPut('chunked-ok.bin', data, 64 * 1024);
+    const res = await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-ok.bin', headers, body);
+    expect(res.status).toBe(200);
+    expect(await atOrigin('chunked-ok.bin')).toBe(sha(data));
+  });
+
+  it.each([
+    [
+      'a flipped byte in the second chunk',
+      (b: Buffer) => flip(b, 64 * 1024 + 200),
+      403,
+      'SignatureDoesNotMatch',
+    ],
+    [
+      'a flipped byte in the last chunk',
+      (b: Buffer) => flip(b, b.length - 200),
+      403,
+      'SignatureDoesNotMatch',
+    ],
+    [
+      'a wrong final chunk signature',
+      (b: Buffer) => (b[b.length - 10] = b[b.length - 10] === 0x30 ? 0x31 : 0x30),
+      403,
+      'SignatureDoesNotMatch',
+    ],
+  ])('refuses %s and never stores it, keeping the old object', async (_what, tamper, status, code) => {
+    const old = randomBytes(1000);
+    await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'chunked-bad.bin', Body: old }));
+    const data = randomBytes(150_000);
+    const { headers, body } = await signedChunkedPut('chunked-bad.bin', data, 64 * 1024);
+    tamper(body);
+    const res = await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-bad.bin', headers, body);
+    expect(res.status).toBe(status);
+    expect(errorCode(res)).toBe(code);
+    expect(res.body.toString()).toContain(`<RequestId>${String(res.headers['x-request-id'])}</RequestId>`);
+    expect(await atOrigin('chunked-bad.bin')).toBe(sha(old));
+  });
+
+  it.each([
+    ['its final chunk missing', FINAL_CHUNK_BYTES],
+    ['its last chunk cut short', FINAL_CHUNK_BYTES + 500],
+  ])('refuses a body with %s as IncompleteBody and stores nothing', async (_what, cutBytes) => {
+    const data = randomBytes(100_000);
+    // The HTTP message itself is whole (its signed Content-Length says so): only the chunk
+    // stream inside it ends early.
+    const built = await signedChunkedPut('chunked-short.bin', data, 64 * 1024, (n) => n - cutBytes);
+    const body = built.body.subarray(0, built.body.length - cutBytes);
+    const res = await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-short.bin', built.headers, body);
+    expect(res.status).toBe(400);
+    expect(errorCode(res)).toBe('IncompleteBody');
+    expect(await atOrigin('chunked-short.bin')).toBe('NoSuchKey');
+  });
+
+  it('refuses a body that carries fewer bytes than x-amz-decoded-content-length declares', async () => {
+    const data = randomBytes(50_000);
+    const chunks = [data];
+    const signingDate = new Date();
+    const headers = await signedHeaders(
+      h.gateway.url(),
+      CLIENT_KEY,
+      'PUT',
+      '/b/chunked-declared.bin',
+      {
+        'content-encoding': 'aws-chunked',
+        'x-amz-decoded-content-length': String(data.length + 10),
+        'content-length': String(encodedLength(chunks.map((c) => c.length))),
+      },
+      'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
+      undefined,
+      signingDate,
+    );
+    const seed = /Signature=([0-9a-f]{64})/.exec(headers.authorization ?? '')?.[1] as string;
+    const amzDate = headers['x-amz-date'] as string;
+    const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
+    let previous = seed;
+    const parts: Buffer[] = [];
+    for (const c of [data, Buffer.alloc(0)]) {
+      const sig = await signer.sign(
+        ['AWS4-HMAC-SHA256-PAYLOAD', amzDate, scope, previous, sha(Buffer.alloc(0)), sha(c)].join('\n'),
+        { signingDate },
+      );
+      parts.push(Buffer.from(`${c.length.toString(16)};chunk-signature=${sig}\r\n`), c, Buffer.from('\r\n'));
+      previous = sig;
+    }
+    const res = await rawRequest(
+      h.gateway.url(),
+      'PUT',
+      '/b/chunked-declared.bin',
+      headers,
+      Buffer.concat(parts),
+    );
+    expect(res.status).toBe(400);
+    expect(errorCode(res)).toBe('IncompleteBody');
+    expect(await atOrigin('chunked-declared.bin')).toBe('NoSuchKey');
+  });
+
+  it('stores nothing when the client hangs up in the middle of the body', async () => {
+    const data = randomBytes(300_000);
+    const { headers, body } = await signedChunkedPut('chunked-hangup.bin', data, 64 * 1024);
+    const u = new URL(h.gateway.url());
+    const closed = new Promise<void>((resolve) => {
+      const req = http.request({
+        host: u.hostname,
+        port: u.port,
+        method: 'PUT',
+        path: '/b/chunked-hangup.bin',
+        headers,
+        agent: false,
+      });
+      req.on('error', () => resolve());
+      req.on('close', () => resolve());
+      req.write(body.subarray(0, 150_000), () => setImmediate(() => req.destroy()));
+    });
+    await closed;
+    for (let i = 0; i < 200 && h.gateway.inFlight() > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(h.gateway.inFlight()).toBe(0);
+    expect(await atOrigin('chunked-hangup.bin')).toBe('NoSuchKey');
+  });
+
+  it('does not count refused bodies against the origin breaker', async () => {
+    for (let i = 0; i < 8; i++) {
+      const { headers, body } = await signedChunkedPut('chunked-breaker.bin', randomBytes(70_000), 64 * 1024);
+      flip(body, 100);
+      expect((await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-breaker.bin', headers, body)).status).toBe(
+        403,
+      );
+    }
+    expect(h.gateway.guard.breakerStates().b).toBe('closed');
+    await h.client.send(new HeadObjectCommand({ Bucket: 'b', Key: 'chunked-ok.bin' }));
+  });
+});
+
+describe('SDK uploads and payload hashes', () => {
+  it('stores an SDK upload of a stream (aws-chunked, STREAMING-UNSIGNED-PAYLOAD-TRAILER with a checksum)', async () => {
+    const data = randomBytes(300_000);
+    const seen: string[] = [];
+    h.client.middlewareStack.add(
+      (next) => async (args) => {
+        const r = args.request as { headers?: Record<string, string> };
+        if (r.headers?.['x-amz-content-sha256']) seen.push(r.headers['x-amz-content-sha256']);
+        return next(args);
+      },
+      { step: 'finalizeRequest', name: 'recordPayloadMode', priority: 'low' },
+    );
+    try {
+      await h.client.send(
+        new PutObjectCommand({
+          Bucket: 'b',
+          Key: 'sdk-stream.bin',
+          Body: Readable.from([data]),
+          ContentLength: data.length,
+        }),
+      );
+    } finally {
+      h.client.middlewareStack.remove('recordPayloadMode');
+    }
+    expect(seen).toContain('STREAMING-UNSIGNED-PAYLOAD-TRAILER');
+    expect(await atOrigin('sdk-stream.bin')).toBe(sha(data));
+  });
+
+  it('refuses an unsigned streaming upload whose trailer checksum is wrong', async () => {
+    const data = Buffer.from('a body with a crc32 trailer');
+    const good = Buffer.alloc(4);
+    good.writeUInt32BE(crc32(data));
+    const bodyWith = (crc: string) =>
+      Buffer.from(
+        `${data.length.toString(16)}\r\n${data.toString()}\r\n0\r\nx-amz-checksum-crc32:${crc}\r\n\r\n`,
+      );
+    const send = async (crc: string) => {
+      const body = bodyWith(crc);
+      const headers = await signedHeaders(
+        h.gateway.url(),
+        CLIENT_KEY,
+        'PUT',
+        '/b/trailer.bin',
+        {
+          'content-encoding': 'aws-chunked',
+          'x-amz-decoded-content-length': String(data.length),
+          'x-amz-trailer': 'x-amz-checksum-crc32',
+          'content-length': String(body.length),
+        },
+        'STREAMING-UNSIGNED-PAYLOAD-TRAILER',
+      );
+      return rawRequest(h.gateway.url(), 'PUT', '/b/trailer.bin', headers, body);
+    };
+    const bad = await send('AAAAAA==');
+    expect(bad.status).toBe(400);
+    expect(errorCode(bad)).toBe('BadDigest');
+    expect(await atOrigin('trailer.bin')).toBe('NoSuchKey');
+    expect((await send(good.toString('base64'))).status).toBe(200);
+    expect(await atOrigin('trailer.bin')).toBe(sha(data));
+  });
+
+  it('refuses a signed body whose sha256 is not its x-amz-content-sha256, and stores a matching one', async () => {
+    const old = randomBytes(100);
+    await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'hashed.bin', Body: old }));
+    const claimed = randomBytes(40_000);
+    const sent = Buffer.from(claimed);
+    flip(sent, 39_999);
+    const headers = await signedHeaders(
+      h.gateway.url(),
+      CLIENT_KEY,
+      'PUT',
+      '/b/hashed.bin',
+      { 'content-length': String(sent.length) },
+      sha(claimed),
+    );
+    const res = await rawRequest(h.gateway.url(), 'PUT', '/b/hashed.bin', headers, sent);
+    expect(res.status).toBe(400);
+    expect(errorCode(res)).toBe('XAmzContentSHA256Mismatch');
+    expect(await atOrigin('hashed.bin')).toBe(sha(old));
+    await h.client.send(new PutObjectCommand({ Bucket: 'b', Key: 'hashed.bin', Body: claimed }));
+    expect(await atOrigin('hashed.bin')).toBe(sha(claimed));
+  });
+
+  it('accepts UNSIGNED-PAYLOAD, in headers and in a presigned PUT URL', async () => {
+    const data = randomBytes(10_000);
+    const headers = await signedHeaders(
+      h.gateway.url(),
+      CLIENT_KEY,
+      'PUT',
+      '/b/unsigned.bin',
+      { 'content-length': String(data.length) },
+      'UNSIGNED-PAYLOAD',
+    );
+    const plain = await rawRequest(h.gateway.url(), 'PUT', '/b/unsigned.bin', headers, data);
+    expect(plain.body.toString()).toBe('');
+    expect(plain.status).toBe(200);
+    expect(await atOrigin('unsigned.bin')).toBe(sha(data));
+    const u = new URL(h.gateway.url());
+    const presigned = await signer.presign(
+      new HttpRequest({
+        method: 'PUT',
+        protocol: u.protocol,
+        hostname: u.hostname,
+        port: Number(u.port),
+        path: '/b/presigned.bin',
+        // As @aws-sdk/s3-request-presigner does: the canonical request's payload is UNSIGNED-PAYLOAD.
+        headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+      }),
+      {
+        expiresIn: 300,
+        unhoistableHeaders: new Set(['x-amz-content-sha256']),
+        unsignableHeaders: new Set(['x-amz-content-sha256']),
+      },
+    );
+    const qs = new URLSearchParams(presigned.query as Record<string, string>).toString();
+    const res = await rawRequest(
+      h.gateway.url(),
+      'PUT',
+      `/b/presigned.bin?${qs}`,
+      { 'content-length': String(data.length) },
+      data,
+    );
+    expect(res.body.toString()).toBe('');
+    expect(res.status).toBe(200);
+    expect(await atOrigin('presigned.bin')).toBe(sha(data));
+  });
+});
+
+/** Flips the low bit of byte `i`. */
+function flip(b: Buffer, i: number): void {
+  b.writeUInt8(b.readUInt8(i) ^ 1, i);
+}
