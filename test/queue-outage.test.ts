@@ -83,7 +83,7 @@ describe.skipIf(!available)('outage mode with PostgreSQL as the dependency behin
     db = new pg.Pool({ connectionString: url.toString(), max: 4, connectionTimeoutMillis: 500 });
     db.on('error', () => undefined); // idle clients cut by the proxy; the next query reconnects
     dir = await mkdtemp(path.join(tmpdir(), 'keel-outage-'));
-    queue = await Promise.resolve(openQueue<Write>(path.join(dir, 'spool.db')));
+    queue = await openQueue<Write>(path.join(dir, 'spool.db'));
     outage = createOutageQueue({
       queue,
       policy: pipeline(
@@ -171,7 +171,7 @@ describe.skipIf(!available)('outage mode with PostgreSQL as the dependency behin
         Array.from({ length: 20 }, (_, i) => i + 1),
       );
     }
-    const s = await Promise.resolve(queue.stats());
+    const s = await queue.stats();
     expect(s.pending + s.active).toBe(0);
     expect(s.dead).toBe(0);
     expect(outage.stats().replayed).toBe(during.length + after.filter((o) => o.status === 'queued').length);

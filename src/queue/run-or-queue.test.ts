@@ -65,7 +65,7 @@ async function setup(opts: { queueFile?: string; maxAttempts?: number } = {}): P
     });
     file = path.join(dir, 'q.db');
   }
-  const queue = await Promise.resolve(openQueue<Write>(file, { clock }));
+  const queue = await openQueue<Write>(file, { clock });
   const policy = pipeline(
     retry({ clock, maxAttempts: 2, backoff: constant(100) }),
     circuitBreaker({ clock, window: consecutive(2), halfOpenAfterMs: 5_000 }),
@@ -99,9 +99,8 @@ async function call(
   return p;
 }
 
-// The queue's stats and dead letters may answer synchronously (SQLite) or with a promise.
-const stats = (q: Queue<Write>) => Promise.resolve(q.stats());
-const dead = (q: Queue<Write>) => Promise.resolve(q.deadLetters());
+const stats = (q: Queue<Write>) => q.stats();
+const dead = (q: Queue<Write>) => q.deadLetters();
 
 /** Waits (real time) for the queue's worker loop, which polls on real timers. */
 async function until(cond: () => boolean, ms = 5_000): Promise<void> {
@@ -252,7 +251,7 @@ describe('runOrQueue', () => {
       rmSync(dir, { recursive: true, force: true });
     });
     const file = path.join(dir, 'q.db');
-    const held = await Promise.resolve(openQueue<Write>(file, { clock: new VirtualClock(1_000_000) }));
+    const held = await openQueue<Write>(file, { clock: new VirtualClock(1_000_000) });
     await held.enqueue({ p: 'a', n: 1 }, { partitionKey: 'a' });
     await held.close();
     const { clock, db, outage } = await setup({ queueFile: file });
