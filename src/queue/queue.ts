@@ -198,6 +198,20 @@ export class Queue<T = unknown> {
   private sweepAgain = false;
   private readonly totals = { completed: 0, failed: 0, dead: 0, stale: 0, swept: 0 };
   private reconnect: Backoff = DEFAULT_RECONNECT;
+  private storeError: unknown;
+
+  /** Notes whether the last store call reached the store (for {@link storeAvailable}). */
+  private observe(err?: unknown): void {
+    this.storeError = err !== undefined && isUnavailable(err) ? err : undefined;
+  }
+
+  /**
+   * False while the store (PostgreSQL) is unreachable, as seen by the last call this instance
+   * made; workers keep polling with `reconnectBackoff` and this turns true again by itself.
+   */
+  get storeAvailable(): boolean {
+    return this.storeError === undefined;
+  }
 
   /** Use {@link openQueue}. */
   constructor(
@@ -275,11 +289,13 @@ export class Queue<T = unknown> {
         batch.map((p) => p.row),
         this.clock.now(),
       );
+      this.observe();
       batch.forEach((p, i) => {
         p.resolve(ids[i] ?? { id: -1, duplicate: false });
       });
       this.wake?.();
     } catch (err) {
+      this.observe(err);
       const error = isUnavailable(err)
         ? err
         : keelError(
@@ -368,8 +384,10 @@ export class Queue<T = unknown> {
         if (!this.paused && free > 0) {
           try {
             claimed = await this.store.claim(this.name, free, leaseMs, this.clock.now());
+            this.observe();
             reconnect = this.reconnect;
-          } catch {
+          } catch (err) {
+            this.observe(err);
             // Store unavailable (or failing): back off and poll again; claims resume when it answers.
             const step = reconnect.next();
             reconnect = step.next;
@@ -424,8 +442,11 @@ export class Queue<T = unknown> {
     let reconnect = this.reconnect;
     for (;;) {
       try {
-        return await write();
+        const answer = await write();
+        this.observe();
+        return answer;
       } catch (err) {
+        this.observe(err);
         if (!isUnavailable(err) || Date.now() > this.closeDeadline) return undefined;
         const step = reconnect.next();
         reconnect = step.next;

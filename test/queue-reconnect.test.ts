@@ -1,0 +1,119 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { chaos, type ChaosProxy } from '../src/chaos/index.js';
+import { openQueue, type Queue } from '../src/queue/index.js';
+import { PG_URL, postgresAvailable, until } from './queue-support.js';
+
+const withPg = await postgresAvailable();
+
+/** The test's PostgreSQL URL with its host and port replaced by the proxy's. */
+function through(proxy: ChaosProxy): string {
+  const u = new URL(PG_URL);
+  u.hostname = '127.0.0.1';
+  u.port = String(proxy.port);
+  return u.toString();
+}
+
+function upstreamOf(url: string): string {
+  const u = new URL(url);
+  return `${u.hostname}:${u.port || '5432'}`;
+}
+
+describe.skipIf(!withPg)('queue on PostgreSQL behind the chaos proxy', () => {
+  const schema = `keel_queue_rc_${randomUUID().replaceAll('-', '').slice(0, 10)}`;
+  const queues: Queue[] = [];
+  let proxy: ChaosProxy | undefined;
+
+  afterEach(async () => {
+    await proxy?.enable();
+    for (const q of queues.splice(0)) await q.close(100).catch(() => undefined);
+    await proxy?.close();
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    await client.end();
+  });
+
+  const open = async <T>(url: string): Promise<Queue<T>> => {
+    const q = await openQueue<T>(url, { name: 'rc', schema, retention: false, connectTimeoutMs: 1000 });
+    queues.push(q);
+    return q;
+  };
+
+  it('refuses enqueues with a retryable QUEUE_STORE_UNAVAILABLE during an outage, and workers resume by themselves', async () => {
+    proxy = await chaos.proxy({ upstream: upstreamOf(PG_URL) });
+    const url = through(proxy);
+    const producer = await open<number>(url);
+    const workers = [await open<number>(url), await open<number>(url)];
+    const handled: number[] = [];
+    let gate: Promise<void> = Promise.resolve();
+    let open_ = (): void => undefined;
+    for (const w of workers)
+      w.process(
+        async ({ payload }) => {
+          handled.push(payload);
+          await gate;
+        },
+        { concurrency: 4, leaseMs: 5000, pollMs: 5 },
+      );
+    await Promise.all(Array.from({ length: 20 }, (_, i) => producer.enqueue(i)));
+    await until(async () => (await producer.stats()).completed === 20, 'the first 20 items');
+
+    // Hold the next handlers mid-flight, then cut PostgreSQL away under them.
+    gate = new Promise<void>((r) => {
+      open_ = r;
+    });
+    await Promise.all(Array.from({ length: 20 }, (_, i) => producer.enqueue(100 + i)));
+    await until(() => handled.length >= 28, 'handlers of both workers to be in flight');
+    await proxy.disable();
+
+    const refused = await producer.enqueue(999).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    expect(refused).toMatchObject({ code: 'QUEUE_STORE_UNAVAILABLE', retryable: true });
+    expect((refused as Error).message).toContain(`127.0.0.1:${String(proxy.port)}/test`);
+    await expect(producer.stats()).rejects.toMatchObject({ code: 'QUEUE_STORE_UNAVAILABLE' });
+    // The held handlers finish during the outage: their completions wait for the store.
+    open_();
+    await until(() => workers.every((w) => !w.storeAvailable), 'both workers to notice the outage');
+
+    await proxy.enable();
+    // Enqueue works again without reopening anything.
+    await until(
+      () =>
+        producer.enqueue(200).then(
+          () => true,
+          () => false,
+        ),
+      'enqueue to work again',
+    );
+    await until(
+      async () => (await producer.stats()).completed === 41,
+      'every item to complete after the outage',
+    );
+    expect(workers.every((w) => w.storeAvailable)).toBe(true);
+    const expected = [
+      ...Array.from({ length: 20 }, (_, i) => i),
+      ...Array.from({ length: 20 }, (_, i) => 100 + i),
+      200,
+    ];
+    expect([...handled].sort((a, b) => a - b)).toEqual(expected);
+    expect((await producer.stats()).dead).toBe(0);
+  });
+
+  it('fails to open with QUEUE_STORE_UNAVAILABLE naming the store but not the password', async () => {
+    proxy = await chaos.proxy({ upstream: upstreamOf(PG_URL), enabled: false });
+    const u = new URL(through(proxy));
+    u.password = 'hunter2-secret';
+    const err = await openQueue(u.toString(), { schema, connectTimeoutMs: 500 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: 'QUEUE_STORE_UNAVAILABLE', retryable: true });
+    expect(JSON.stringify(err)).not.toContain('hunter2');
+    expect((err as Error).message).not.toContain('hunter2');
+    expect((err as Error).message).toContain(`127.0.0.1:${String(proxy.port)}/test`);
+  });
+});
