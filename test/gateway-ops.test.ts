@@ -1,4 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { readFile, writeFile, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -196,11 +198,30 @@ describe('gateway operations', () => {
     await readOk(r, 'd.bin');
   });
 
-  it('starts in bypass with an alert when the cache directory is unusable', async () => {
+  it('starts in bypass when the cache directory is unusable, and sends the alert to the webhook', async () => {
+    const received: { alerts: Alert[] }[] = [];
+    const hook = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (d: Buffer) => (body += d.toString()));
+      req.on('end', () => {
+        received.push(JSON.parse(body) as { alerts: Alert[] });
+        res.end();
+      });
+    });
+    await new Promise<void>((resolve) => hook.listen(0, '127.0.0.1', resolve));
     const notADir = path.join(root, 'not-a-dir');
     await writeFile(notADir, 'x');
-    const r = await start({ cacheDir: path.join(notADir, 'cache') });
+    const r = await start({
+      cacheDir: path.join(notADir, 'cache'),
+      alerts: 'webhook',
+      alertsWebhookUrl: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`,
+    });
     expect(r.alerts.firing().map((a) => a.name)).toEqual(['KeelCacheBypass']);
+    await until(() => received.length > 0, 'webhook delivery');
+    expect(received[0]?.alerts.map((a) => [a.name, a.severity, a.status])).toEqual([
+      ['KeelCacheBypass', 'critical', 'firing'],
+    ]);
+    hook.close();
     expect(await readOk(r, 'a.bin')).toBe('BYPASS');
     const h = await ready(r);
     expect(h.status).toBe(200);

@@ -66,7 +66,9 @@ export class GatewayMetrics {
       [],
       [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     );
+    // Series that exist from the start, so rate() and absent() work before the first request.
     for (const o of ['success', 'failure', 'rejected']) this.originRequests.inc({ outcome: o }, 0);
+    for (const source of ['cache', 'origin']) this.bytes.inc({ source }, 0);
     m.gauge('keel_gateway_breakers', 'Origin circuit breakers (one per bucket) by state.', ['state'], (g) => {
       const states = Object.values(guard.breakerStates());
       for (const s of BREAKER_STATES) g.set({ state: s }, states.filter((x) => x === s).length);
