@@ -253,10 +253,10 @@ describe('gateway revalidation and addressing', () => {
     }
   });
 
-  it('answers a malformed key with 400 InvalidRequest', async () => {
+  it('answers a malformed key with 400 InvalidURI', async () => {
     const res = await fetchRaw('/b/%E0%A4%A');
     expect(res.status).toBe(400);
-    expect(await res.text()).toContain('<Code>InvalidRequest</Code>');
+    expect(await res.text()).toContain('<Code>InvalidURI</Code>');
   });
 });
 

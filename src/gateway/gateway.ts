@@ -11,7 +11,7 @@ import { OriginClient, type OriginCredentials } from './origin-client.js';
 import { OriginGuard, type OriginGuardOptions } from './origin-guard.js';
 import { passthrough } from './passthrough.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
-import { parseS3Target } from './s3-request.js';
+import { malformedTargetError, parseS3Target } from './s3-request.js';
 import type { SliceFill } from './slice-fill.js';
 import { verifySigV4, type ClientKey, type VerifiedRequest } from './sigv4-verify.js';
 
@@ -181,10 +181,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       const rawUrl = req.url ?? '/';
       const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
       if ('malformed' in target) {
-        const spec = target.message.startsWith('invalid bucket')
-          ? S3Errors.invalidBucketName(target.message)
-          : S3Errors.badRequest(target.message);
-        sendS3Error(res, method, spec, id);
+        sendS3Error(res, method, malformedTargetError(target), id);
         return;
       }
       let verified: VerifiedRequest | undefined;

@@ -1,3 +1,5 @@
+import type { S3ErrorSpec } from './s3-error.js';
+
 /** What an incoming S3 request addresses: a bucket, an object, or the service. */
 export interface S3Target {
   bucket: string | undefined;
@@ -13,7 +15,14 @@ export interface S3Target {
 /** A request path that no S3 would accept. */
 export interface MalformedTarget {
   malformed: true;
+  /** The S3 error code it is answered with (S3's own for the case). */
+  code: 'InvalidURI' | 'InvalidBucketName';
   message: string;
+}
+
+/** The S3 error (400) a malformed request path is answered with. */
+export function malformedTargetError(target: MalformedTarget): S3ErrorSpec {
+  return { status: 400, code: target.code, message: target.message };
 }
 
 /** Loose on purpose (legacy us-east-1 names had capitals and underscores); the origin is the authority. */
@@ -33,12 +42,20 @@ export function parseS3Target(
   const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
   const rawQuery = q === -1 ? '' : rawUrl.slice(q + 1);
   if (!rawPath.startsWith('/'))
-    return { malformed: true, message: `request path must start with /: ${rawPath}` };
+    return {
+      malformed: true,
+      code: 'InvalidURI',
+      message: "Couldn't parse the specified URI: the path must start with /.",
+    };
   let query: URLSearchParams;
   try {
     query = new URLSearchParams(rawQuery);
   } catch {
-    return { malformed: true, message: 'query string could not be decoded' };
+    return {
+      malformed: true,
+      code: 'InvalidURI',
+      message: "Couldn't parse the specified URI: bad query string.",
+    };
   }
   const hostName = (host ?? '').replace(/:\d+$/, '').toLowerCase();
   let bucket: string | undefined;
@@ -62,16 +79,25 @@ export function parseS3Target(
     try {
       bucket = decodeURIComponent(bucket);
     } catch {
-      return { malformed: true, message: 'bucket name could not be decoded' };
+      return {
+        malformed: true,
+        code: 'InvalidURI',
+        message: "Couldn't parse the specified URI: bad bucket encoding.",
+      };
     }
-    if (!BUCKET_NAME.test(bucket)) return { malformed: true, message: `invalid bucket name: ${bucket}` };
+    if (!BUCKET_NAME.test(bucket))
+      return { malformed: true, code: 'InvalidBucketName', message: 'The specified bucket is not valid.' };
   }
   let key: string | undefined;
   if (rawKey !== undefined) {
     try {
       key = decodeURIComponent(rawKey);
     } catch {
-      return { malformed: true, message: 'object key could not be decoded' };
+      return {
+        malformed: true,
+        code: 'InvalidURI',
+        message: "Couldn't parse the specified URI: bad key encoding.",
+      };
     }
   }
   return { bucket, key, style, query, rawQuery };
