@@ -85,6 +85,10 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     sliceBytes: config.sliceBytes,
     ttlMs: config.ttlSeconds * 1000,
     baseDomain: config.baseDomain,
+    // Warnings and errors in the same JSON lines as the rest (request lines stay off the hot path).
+    log: (level, msg, fields) => {
+      if (level !== 'info') logger[level](fields ?? {}, msg);
+    },
     ...options,
   });
   const cache = gateway.cache;
