@@ -1,9 +1,11 @@
+import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { keelError } from '../src/errors/index.js';
 import { constant, retryBudget } from '../src/policy/index.js';
 import type { Queue } from '../src/queue/index.js';
 import { VirtualClock } from '../src/time/index.js';
 import {
+  PG_URL,
   postgresAvailable,
   postgresQueueFixture,
   sqliteQueueFixture,
@@ -367,5 +369,35 @@ describe.each(stores)('queue on %s', (_name, makeFixture) => {
     );
     await until(() => handled.length === 1, 'the encrypted item to be handled');
     expect(handled).toEqual(['secret-plaintext-4111']);
+  });
+});
+
+describe.skipIf(!withPg)('queue maintenance on PostgreSQL', () => {
+  it('sweeps in one instance at a time: a sweep finding the advisory lock taken does nothing', async () => {
+    const fx = await postgresQueueFixture();
+    try {
+      const clock = new VirtualClock(T0);
+      const q = await fx.open<string>({ clock, retention: false });
+      await q.enqueue('x');
+      const [row] = await q.rawStore.claim('q', 1, 1000, clock.now());
+      await q.rawStore.complete([{ id: row?.id ?? -1, token: row?.token ?? '' }], clock.now());
+      await clock.advance(10_000);
+      const holder = new pg.Client({ connectionString: PG_URL });
+      await holder.connect();
+      try {
+        await holder.query('SELECT pg_advisory_lock(hashtext($1))', [
+          `keel_queue:${fx.isolation.schema ?? ''}:sweep:q`,
+        ]);
+        expect(await q.rawStore.sweep('q', clock.now(), clock.now())).toBeNull();
+        expect(await q.purge(0, 0)).toBe(0);
+        expect((await q.stats()).completed).toBe(1);
+        await holder.query('SELECT pg_advisory_unlock_all()');
+        expect(await q.rawStore.sweep('q', clock.now(), clock.now())).toBe(1);
+      } finally {
+        await holder.end();
+      }
+    } finally {
+      await fx.dispose();
+    }
   });
 });
