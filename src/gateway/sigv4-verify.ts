@@ -80,9 +80,10 @@ export function canonicalRequest(
   const q = rawUrl.indexOf('?');
   const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
   const rawQuery = q === -1 ? '' : rawUrl.slice(q + 1);
+  // In a path '+' is a plus (only query strings are form-encoded).
   const path = rawPath
     .split('/')
-    .map((seg) => rfc3986(decode(seg)))
+    .map((seg) => rfc3986(decodeURIComponent(seg)))
     .join('/');
   const pairs = rawQuery
     .split('&')
