@@ -3,8 +3,11 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
 import { openQueue } from '../src/queue/index.js';
+import { PG_URL, postgresAvailable } from './queue-support.js';
 
 const child = path.join(import.meta.dirname, 'fixtures', 'queue-crash-child.ts');
 
@@ -13,10 +16,17 @@ const child = path.join(import.meta.dirname, 'fixtures', 'queue-crash-child.ts')
  * `signal` (counting from its own progress, not from spawn: start-up and fsync times vary with
  * machine load); returns the ids it acknowledged. A child that never gets there is killed after 30 s.
  */
-function runAndKill(args: string[], signal: RegExp, after: number, ms: number): Promise<number[]> {
+function runAndKill(
+  args: string[],
+  signal: RegExp,
+  after: number,
+  ms: number,
+  env: NodeJS.ProcessEnv,
+): Promise<number[]> {
   return new Promise((resolve) => {
     const p = spawn(process.execPath, ['--import', 'tsx', child, ...args], {
       stdio: ['ignore', 'pipe', 'inherit'],
+      env,
     });
     let out = '';
     let timer: NodeJS.Timeout | undefined;
@@ -34,10 +44,24 @@ function runAndKill(args: string[], signal: RegExp, after: number, ms: number): 
   });
 }
 
-describe('queue crash safety (SQLite, SIGKILL)', () => {
+const withPg = await postgresAvailable();
+const stores: ['sqlite' | 'postgres'][] = [['sqlite']];
+if (withPg) stores.push(['postgres']);
+
+describe.each(stores)('queue crash safety (%s, SIGKILL)', (kind) => {
+  const schema = `keel_queue_crash_${randomUUID().replaceAll('-', '').slice(0, 10)}`;
+  afterAll(async () => {
+    if (kind !== 'postgres') return;
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    await client.end();
+  });
+
   it('handles every acknowledged enqueue exactly once in effect after repeated kills', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'keel-queue-crash-'));
-    const db = path.join(dir, 'q.db');
+    const db = kind === 'postgres' ? PG_URL : path.join(dir, 'q.db');
+    const env = { ...process.env, KEEL_QUEUE_SCHEMA: kind === 'postgres' ? schema : '' };
     const effectsDb = path.join(dir, 'effects.db');
     const acked = new Set<number>();
     const rounds = 6;
@@ -45,8 +69,14 @@ describe('queue crash safety (SQLite, SIGKILL)', () => {
       // The producer dies at a random moment after its first 32 acknowledgements, the worker at a
       // random moment after it started, so kills land mid-enqueue and mid-handling.
       const [produced] = await Promise.all([
-        runAndKill(['produce', db, String(r * 1_000_000)], /^ack /gm, 32, Math.floor(Math.random() * 500)),
-        runAndKill(['work', db, effectsDb], /^ready$/gm, 1, 300 + Math.floor(Math.random() * 600)),
+        runAndKill(
+          ['produce', db, String(r * 1_000_000)],
+          /^ack /gm,
+          32,
+          Math.floor(Math.random() * 500),
+          env,
+        ),
+        runAndKill(['work', db, effectsDb], /^ready$/gm, 1, 300 + Math.floor(Math.random() * 600), env),
       ]);
       for (const n of produced) acked.add(n);
     }
@@ -55,7 +85,10 @@ describe('queue crash safety (SQLite, SIGKILL)', () => {
     const effects = new Database(effectsDb);
     effects.exec('CREATE TABLE IF NOT EXISTS effects (n INTEGER PRIMARY KEY)');
     const insert = effects.prepare('INSERT OR IGNORE INTO effects(n) VALUES (?)');
-    const q = await openQueue<{ n: number }>(db, { name: 'crash' });
+    const q = await openQueue<{ n: number }>(db, {
+      name: 'crash',
+      ...(kind === 'postgres' ? { schema } : {}),
+    });
     q.process(
       ({ payload }) => {
         insert.run(payload.n);
