@@ -132,6 +132,53 @@ describe('GracefulShutdown', () => {
     agent.destroy();
   });
 
+  it('lets a large streamed body in flight reach an undici keep-alive client whole', async () => {
+    const { Agent: UndiciAgent, request: undiciRequest } = await import('undici');
+    const clock = new VirtualClock(0);
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    const chunks = 256; // 16 MiB
+    let started!: () => void;
+    const streaming = new Promise<void>((r) => (started = r));
+    const server = createServer((_req, res) => {
+      res.setHeader('content-length', String(chunk.length * chunks));
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < chunks) {
+          sent++;
+          if (sent === 8) started();
+          if (!res.write(chunk)) {
+            res.once('drain', pump);
+            return;
+          }
+        }
+        res.end();
+      };
+      pump();
+    });
+    const sd = new GracefulShutdown({ clock, delayMs: 0, drainTimeoutMs: 60_000, exit: () => undefined });
+    sd.addServer(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const dispatcher = new UndiciAgent({ keepAliveTimeout: 30_000 });
+    const res = await undiciRequest(`http://127.0.0.1:${String(port)}/big`, { dispatcher });
+    let received = 0;
+    let paused = true;
+    const body = (async () => {
+      for await (const c of res.body) {
+        received += (c as Buffer).length;
+        // Read slowly at first so most of the body is still on its way when the drain starts.
+        if (paused) await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    await streaming;
+    const done = sd.shutdown();
+    paused = false;
+    await body;
+    expect(received).toBe(chunk.length * chunks);
+    expect((await done).exitCode).toBe(0);
+    await dispatcher.close();
+  });
+
   it('closes connections after the drain timeout and exits 1', async () => {
     const clock = new VirtualClock(0);
     const server = createServer(() => undefined); // never answers
