@@ -204,6 +204,35 @@ describe('conditional requests', () => {
   });
 });
 
+describe('other reads', () => {
+  it('response-* overrides are passed to the origin and answered as it answers', async () => {
+    const a = await compare(
+      'GET',
+      '/b/obj.bin?response-content-type=text%2Fplain&response-cache-control=no-cache',
+    );
+    expect(a.headers['content-type']).toBe('text/plain');
+    expect(a.headers['cache-control']).toBe('no-cache');
+  });
+
+  it('If-None-Match: * is 304 for an object that exists', async () => {
+    expect((await compare('GET', '/b/obj.bin', { 'if-none-match': '*' })).status).toBe(304);
+  });
+
+  it('HEAD of a missing object is 404 without a body', async () => {
+    const a = await compare('HEAD', '/b/absent.bin');
+    expect(a.status).toBe(404);
+    expect(a.body.length).toBe(0);
+  });
+
+  it('a key with a .. segment is a key like any other, not a path to resolve', async () => {
+    await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'x/../dots.txt', Body: 'dots' }));
+    const a = await compare('GET', '/b/x/../dots.txt');
+    expect(a.body.toString()).toBe('dots');
+    // The gateway caches it by its key, never by a resolved path.
+    expect(await h.gateway.cache?.getMeta({ bucket: 'b', key: 'x/../dots.txt' })).toBeDefined();
+  });
+});
+
 describe('partNumber and versionId', () => {
   it('partNumber is passed to the origin and answered as it answers', async () => {
     await compare('GET', '/b/obj.bin?partNumber=1');
