@@ -267,6 +267,24 @@ describe('runOrQueue', () => {
   });
 });
 
+describe('createOutageQueue options', () => {
+  it.each([
+    ['retryEveryMs', { retryEveryMs: 0 }],
+    ['concurrency', { concurrency: -1 }],
+    ['checkEveryMs', { checkEveryMs: Number.NaN }],
+  ])('refuses a bad %s, naming it', async (name, bad) => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'keel-outage-'));
+    const queue = await openQueue<Write>(path.join(dir, 'q.db'));
+    cleanup.push(async () => {
+      await queue.close(100);
+      rmSync(dir, { recursive: true, force: true });
+    });
+    expect(() =>
+      createOutageQueue({ queue, policy: retry(), operation: () => Promise.resolve(1), ...bad }),
+    ).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG', message: expect.stringContaining(name) }));
+  });
+});
+
 describe('isUnavailable', () => {
   const cases: [string, ReturnType<typeof keelError>, boolean][] = [
     ['an open breaker', keelError('CIRCUIT_OPEN', 'open', {}, { retryable: false }), true],

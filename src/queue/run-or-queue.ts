@@ -1,4 +1,4 @@
-import { classify, type KeelError } from '../errors/index.js';
+import { classify, keelError, type KeelError } from '../errors/index.js';
 import {
   countsAsFailure,
   type AnyPolicy,
@@ -125,6 +125,20 @@ function findBreaker(policy: AnyPolicy): CircuitBreakerPolicy | undefined {
   return undefined;
 }
 
+function validate<P, R>(options: OutageQueueOptions<P, R>): void {
+  for (const key of ['queue', 'policy', 'operation'] as const) {
+    if (!options[key]) throw keelError('INVALID_CONFIG', `createOutageQueue: option ${key} is required`);
+  }
+  for (const key of ['concurrency', 'leaseMs', 'maxAttempts', 'retryEveryMs', 'checkEveryMs'] as const) {
+    const v = options[key];
+    if (v !== undefined && !(Number.isFinite(v) && v > 0))
+      throw keelError(
+        'INVALID_CONFIG',
+        `createOutageQueue: ${key} must be a positive number, got ${String(v)}`,
+      );
+  }
+}
+
 const blocked = (state: BreakerState): boolean => state === 'open' || state === 'isolated';
 
 /**
@@ -162,7 +176,9 @@ export class OutageQueue<P, R> {
     replayWaits: 0,
   };
 
+  /** @throws KeelError `INVALID_CONFIG` naming the option that is missing or out of range. */
   constructor(options: OutageQueueOptions<P, R>) {
+    validate(options);
     this.options = options;
     this.queue = options.queue;
     this.policy = options.policy;
