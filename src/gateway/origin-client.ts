@@ -1,9 +1,7 @@
 import type { Readable } from 'node:stream';
-import { Sha256 } from '@aws-crypto/sha256-js';
-import { HttpRequest } from '@smithy/protocol-http';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { Agent, request } from 'undici';
 import { encodeKey } from './s3-request.js';
+import { SigV4HeaderSigner } from './sigv4-sign.js';
 
 /** Credentials the gateway signs its origin requests with. */
 export interface OriginCredentials {
@@ -60,7 +58,7 @@ function rfc3986(s: string): string {
 export class OriginClient {
   readonly url: URL;
   private readonly agent: Agent;
-  private readonly signer: SignatureV4 | undefined;
+  private readonly signer: SigV4HeaderSigner | undefined;
 
   constructor(options: OriginClientOptions) {
     this.url = new URL(options.url);
@@ -71,13 +69,7 @@ export class OriginClient {
       keepAliveTimeout: 10_000,
     });
     this.signer = options.credentials
-      ? new SignatureV4({
-          credentials: options.credentials,
-          region: options.region ?? 'us-east-1',
-          service: 's3',
-          sha256: Sha256,
-          uriEscapePath: false,
-        })
+      ? new SigV4HeaderSigner(options.credentials, options.region ?? 'us-east-1')
       : undefined;
   }
 
@@ -88,30 +80,15 @@ export class OriginClient {
     if (req.bucket !== undefined) path += `/${rfc3986(req.bucket)}`;
     if (req.key !== undefined) path += `/${encodeKey(req.key)}`;
     if (path === '') path = '/';
-    const query: Record<string, string | string[]> = {};
     const pairs: string[] = [];
-    for (const [k, v] of new URLSearchParams(req.rawQuery ?? '')) {
-      const prev = query[k];
-      query[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+    for (const [k, v] of new URLSearchParams(req.rawQuery ?? ''))
       pairs.push(
         v === '' && !(req.rawQuery ?? '').includes(`${k}=`) ? rfc3986(k) : `${rfc3986(k)}=${rfc3986(v)}`,
       );
-    }
     const headers: Record<string, string> = { ...req.headers, host: this.url.host };
     if (this.signer) {
       headers['x-amz-content-sha256'] ??= 'UNSIGNED-PAYLOAD';
-      const signed = await this.signer.sign(
-        new HttpRequest({
-          method: req.method,
-          protocol: this.url.protocol,
-          hostname: this.url.hostname,
-          ...(this.url.port === '' ? {} : { port: Number(this.url.port) }),
-          path,
-          query,
-          headers,
-        }),
-      );
-      Object.assign(headers, signed.headers);
+      this.signer.sign(req.method, path, pairs, headers);
     }
     const target = `${this.url.protocol}//${this.url.host}${path}${pairs.length ? `?${pairs.join('&')}` : ''}`;
     const res = await request(target, {
