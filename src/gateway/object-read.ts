@@ -425,9 +425,7 @@ function openRange(
   etag: string,
   start: number,
   end: number,
-  initial?: OriginResponse,
 ) {
-  let pending = initial;
   return resumingGet({
     start,
     end,
@@ -435,13 +433,8 @@ function openRange(
     retry: ctx.guard.retry,
     firstByteTimeoutMs: ctx.firstByteTimeoutMs,
     idleTimeoutMs: ctx.idleTimeoutMs,
-    request: (range, ifMatch, signal) => {
-      if (pending && range.start === start) {
-        const first = pending;
-        pending = undefined;
-        return Promise.resolve(first);
-      }
-      return ctx.guard.once(
+    request: (range, ifMatch, signal) =>
+      ctx.guard.once(
         id.bucket,
         (s) =>
           ctx.origin.request({
@@ -456,8 +449,7 @@ function openRange(
             signal: AbortSignal.any([s, signal]),
           }),
         signal,
-      );
-    },
+      ),
   });
 }
 
@@ -511,13 +503,21 @@ function startFill(
   const end = Math.min(meta.size, start + meta.sliceBytes) - 1;
   const fill = new SliceFill(start, end - start + 1);
   ctx.fills.set(key, fill);
+  // An answer already in hand was checked by the caller (206 of this slice, or 200 of all of it):
+  // readers need not wait for the resuming stream around it to say so.
+  if (initial) fill.markOpened();
   void (async () => {
     let body: Readable | undefined;
     try {
-      const got = await openRange(ctx, id, rawQuery, meta.etag, start, end, initial);
-      body = got.body;
-      fill.markOpened();
-      for await (const chunk of got.body as AsyncIterable<Buffer>) fill.push(chunk);
+      // The answer in hand is read as it is (its idle timeout is the connection pool's); only
+      // when it breaks does a resuming request take over from the byte reached.
+      const received = initial ? await drain(initial.body, fill) : 0;
+      if (received < fill.length) {
+        const got = await openRange(ctx, id, rawQuery, meta.etag, start + received, end);
+        body = got.body;
+        fill.markOpened();
+        for await (const chunk of got.body as AsyncIterable<Buffer>) fill.push(chunk);
+      }
       fill.finish();
     } catch (err) {
       body?.destroy();
@@ -536,6 +536,26 @@ function startFill(
     ctx.fills.delete(key);
   })();
   return fill;
+}
+
+/**
+ * Pushes `body` into `fill` up to the slice's length; resolves with the bytes pushed, fewer than
+ * the length when the body broke or ended early (the caller resumes from there).
+ */
+async function drain(body: Readable, fill: SliceFill): Promise<number> {
+  let received = 0;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      const piece = received + chunk.length > fill.length ? chunk.subarray(0, fill.length - received) : chunk;
+      fill.push(piece);
+      received += piece.length;
+      if (received >= fill.length) break;
+    }
+  } catch {
+    // Broken mid-way: the resuming request continues from `received`.
+  }
+  if (received < fill.length) discard(body);
+  return received;
 }
 
 /** What the origin said about an object: serve it, pass the request through, or fail. */
