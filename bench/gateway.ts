@@ -5,6 +5,8 @@
  * 3. misses: time to first byte through keel over direct to the origin.
  * Writes bench/results/gateway.json. `--only hits,stampede,missTtfb` runs some sections and keeps
  * the others' last figures in the file; KEEL_BENCH_CPU_PROF_DIR=<dir> profiles the keel process.
+ * `--out <file>` writes the figures there instead (a trial run that leaves the record alone);
+ * KEEL_BENCH_MISS_OBJECTS sets how many 1 MiB objects the miss section reads (default 15).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, createCipheriv } from 'node:crypto';
@@ -28,6 +30,13 @@ for (const s of only)
   if (!(SECTIONS as readonly string[]).includes(s))
     throw new Error(`--only takes a comma-separated list of ${SECTIONS.join(', ')}; got ${s}`);
 const run = (s: (typeof SECTIONS)[number]): boolean => only.has(s);
+const outArg = process.argv.indexOf('--out');
+if (outArg >= 0 && !process.argv[outArg + 1]) throw new Error('--out takes a file path');
+const MISS_OBJECTS = Number(process.env.KEEL_BENCH_MISS_OBJECTS ?? 15);
+if (!Number.isInteger(MISS_OBJECTS) || MISS_OBJECTS < 1)
+  throw new Error(
+    `KEEL_BENCH_MISS_OBJECTS must be a positive integer; got ${process.env.KEEL_BENCH_MISS_OBJECTS}`,
+  );
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
 function bytes(seed: string, size: number): Buffer {
@@ -216,7 +225,7 @@ try {
   await put(originUrl, 'hot.bin', hot);
   await put(originUrl, 'stampede-keel.bin', bytes('sk', OBJECT));
   await put(originUrl, 'stampede-nginx.bin', bytes('sn', OBJECT));
-  const small = Array.from({ length: 15 }, (_, i) => `miss-${i}.bin`);
+  const small = Array.from({ length: MISS_OBJECTS }, (_, i) => `miss-${i}.bin`);
   for (const k of small) await put(originUrl, k, bytes(k, 1024 * 1024));
 
   // keel and nginx each behind their own counting proxy to the same origin.
@@ -329,12 +338,29 @@ try {
   await nginxProxy.close();
 } finally {
   stopping = true;
-  for (const c of children) c.kill('SIGTERM');
+  // Wait for the children to exit: keel may still be writing to the cache directory removed below.
+  await Promise.all(
+    children.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.exitCode !== null || c.signalCode !== null) return resolve();
+          c.once('exit', () => resolve());
+          c.kill('SIGTERM');
+          setTimeout(() => {
+            c.kill('SIGKILL');
+            resolve();
+          }, 10_000).unref();
+        }),
+    ),
+  );
   await new Promise<void>((r) => s3rver.close(() => r()));
   await rm(root, { recursive: true, force: true });
 }
 // Sections not run keep their last recorded figures.
-const resultsFile = path.join(import.meta.dirname, 'results/gateway.json');
+const resultsFile =
+  outArg >= 0
+    ? path.resolve(process.argv[outArg + 1] as string)
+    : path.join(import.meta.dirname, 'results/gateway.json');
 const previous = (await readFile(resultsFile, 'utf8').then(
   (t) => JSON.parse(t) as Record<string, unknown>,
   () => ({}),
