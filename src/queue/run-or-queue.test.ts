@@ -216,6 +216,24 @@ describe('runOrQueue', () => {
     expect(await dead(queue)).toEqual([]);
   });
 
+  it('gives a held replay back, its attempt not counted, when the queue closes during an outage', async () => {
+    const { clock, db, queue, outage, file } = await setup();
+    db.up = false;
+    await call(clock, outage, { p: 'a', n: 1 });
+    const before = db.calls;
+    await clock.advance(5_000); // half-open: the replay is the probe and fails
+    await until(() => db.calls > before);
+    await clock.advance(200); // the retry's backoff; then CIRCUIT_OPEN: the replay holds its item
+    await until(() => outage.stats().replayWaits > 0);
+    outage.close();
+    await queue.close(50);
+    const again = await openQueue<Write>(file, { clock });
+    cleanup.push(() => again.close(100));
+    const [item, ...rest] = await again.list('pending');
+    expect(rest).toEqual([]);
+    expect(item).toMatchObject({ payload: { p: 'a', n: 1 }, attempts: 0, errors: [] });
+  });
+
   it('dead-letters a replay that gets a permanent answer and lets its partition move on', async () => {
     const { clock, db, queue, outage } = await setup({ maxAttempts: 1 });
     db.up = false;
