@@ -289,6 +289,30 @@ describe.each(stores)('queue on %s', (_name, makeFixture) => {
     expect((await again.stats()).active).toBe(0);
   });
 
+  it('claims ahead up to prefetch, and gives back what did not start on close', async () => {
+    const q = await open<number>();
+    await Promise.all([1, 2, 3, 4, 5, 6].map((n) => q.enqueue(n)));
+    const started: number[] = [];
+    q.process(
+      ({ payload, signal }) => {
+        started.push(payload);
+        return new Promise<void>((_, reject) => {
+          signal.addEventListener('abort', () => {
+            reject(signal.reason as Error);
+          });
+        });
+      },
+      { concurrency: 1, prefetch: 3, pollMs: 2 },
+    );
+    await until(async () => (await q.stats()).active === 4, 'one running and three prefetched');
+    expect(started).toEqual([1]);
+    expect((await q.stats()).pending).toBe(2);
+    await q.close(20);
+    const again = await open<number>();
+    const pending = await again.list('pending');
+    expect(pending.map((i) => [i.payload, i.attempts])).toEqual([1, 2, 3, 4, 5, 6].map((n) => [n, 0]));
+  });
+
   it('finishes handlers in flight on close and commits pending enqueues', async () => {
     const q = await open<string>();
     await q.enqueue('a');

@@ -55,7 +55,7 @@ describe.skipIf(!withPg)('queue on PostgreSQL behind the chaos proxy', () => {
           handled.push(payload);
           await gate;
         },
-        { concurrency: 4, leaseMs: 5000, pollMs: 5 },
+        { concurrency: 4, prefetch: 0, leaseMs: 5000, pollMs: 5 },
       );
     await Promise.all(Array.from({ length: 20 }, (_, i) => producer.enqueue(i)));
     await until(async () => (await producer.stats()).completed === 20, 'the first 20 items');

@@ -52,6 +52,12 @@ export interface QueueJob<T> {
 export interface ProcessOptions {
   /** Items handled at once (default 1). */
   concurrency?: number;
+  /**
+   * Items claimed ahead of free handlers, so a claim and its commit serve many items (default 16).
+   * Each holds a lease renewed by heartbeats while it waits. Use 0 when handlers are slow and
+   * several workers share the queue, so waiting items are not held by a busy worker.
+   */
+  prefetch?: number;
   /** Lease length, renewed by heartbeats every third of it (default 30 000). */
   leaseMs?: number;
   /** Wait between empty polls, in ms (default 50); an enqueue in this process wakes workers at once. */
@@ -199,6 +205,8 @@ export class Queue<T = unknown> {
   private readonly totals = { completed: 0, failed: 0, dead: 0, stale: 0, swept: 0 };
   private reconnect: Backoff = DEFAULT_RECONNECT;
   private storeError: unknown;
+  /** No claim before this (Date.now() ms): after an empty claim, or backing off from a store error. */
+  private claimNotBefore = 0;
 
   /** Notes whether the last store call reached the store (for {@link storeAvailable}). */
   private observe(err?: unknown): void {
@@ -293,7 +301,7 @@ export class Queue<T = unknown> {
       batch.forEach((p, i) => {
         p.resolve(ids[i] ?? { id: -1, duplicate: false });
       });
-      this.wake?.();
+      this.kick();
     } catch (err) {
       this.observe(err);
       const error = isUnavailable(err)
@@ -320,6 +328,7 @@ export class Queue<T = unknown> {
       throw keelError('INVALID_CONFIG', `queue "${this.name}" is already processing or closed`);
     this.running = true;
     const concurrency = Math.max(1, Math.floor(options.concurrency ?? 1));
+    const prefetch = Math.max(0, Math.floor(options.prefetch ?? 16));
     const leaseMs = options.leaseMs ?? 30_000;
     const pollMs = options.pollMs ?? 50;
     if (!(leaseMs > 0))
@@ -331,6 +340,10 @@ export class Queue<T = unknown> {
     const budget = options.budget;
     this.reconnect = options.reconnectBackoff ?? DEFAULT_RECONNECT;
     this.startHeartbeat(leaseMs);
+
+    /** Claimed items waiting for a free handler (their leases are renewed with the others). */
+    const buffer: { row: QueueRow; entry: InFlight }[] = [];
+    let handling = 0;
 
     const run = async (row: QueueRow, entry: InFlight): Promise<void> => {
       const ref = entry.ref;
@@ -349,6 +362,10 @@ export class Queue<T = unknown> {
       } catch (err) {
         outcome = { ok: false, error: err };
       }
+      // The handler slot is free now; the outcome is written in the background (and batched), so
+      // the next item starts without waiting for this one's commit.
+      handling--;
+      this.wake?.();
       if (entry.released) return;
       if (outcome.ok) {
         const done = await this.persist(() => this.completeLater(ref));
@@ -376,46 +393,82 @@ export class Queue<T = unknown> {
       if (failed === false) this.totals.stale++;
     };
 
+    const start = (row: QueueRow, entry: InFlight): void => {
+      handling++;
+      entry.done = run(row, entry).finally(() => {
+        this.inFlight.delete(row.id);
+        this.wake?.();
+      });
+    };
+
+    let reconnect = this.reconnect;
+    let claiming: Promise<void> | undefined;
+    // Claims run in the background while handlers take items from the buffer (a pipeline), so a
+    // claim's round trip and commit are not paid between items.
+    const refill = (capacity: number): Promise<void> =>
+      this.store.claim(this.name, capacity, leaseMs, this.clock.now()).then(
+        async (claimed) => {
+          this.observe();
+          reconnect = this.reconnect;
+          if (claimed.length === 0) this.claimNotBefore = Date.now() + pollMs;
+          for (const row of claimed) {
+            const ref = { id: row.id, token: row.token ?? '' };
+            if (!this.running) {
+              // Closed while claiming: give it back at once.
+              await this.store.release(ref).catch(() => undefined);
+              continue;
+            }
+            const entry: InFlight = {
+              ref,
+              abort: new AbortController(),
+              released: false,
+              done: Promise.resolve(),
+            };
+            this.inFlight.set(row.id, entry);
+            buffer.push({ row, entry });
+          }
+          if (claimed.length > 0) this.wake?.();
+        },
+        (err: unknown) => {
+          this.observe(err);
+          // Store unavailable (or failing): back off; claims resume by themselves when it answers.
+          const step = reconnect.next();
+          reconnect = step.next;
+          this.claimNotBefore = Date.now() + step.delayMs;
+        },
+      );
+
     this.loop = (async () => {
-      let reconnect = this.reconnect;
       while (this.running) {
-        const free = concurrency - this.inFlight.size;
-        let claimed: QueueRow[] = [];
-        if (!this.paused && free > 0) {
-          try {
-            claimed = await this.store.claim(this.name, free, leaseMs, this.clock.now());
-            this.observe();
-            reconnect = this.reconnect;
-          } catch (err) {
-            this.observe(err);
-            // Store unavailable (or failing): back off and poll again; claims resume when it answers.
-            const step = reconnect.next();
-            reconnect = step.next;
-            await this.idle(step.delayMs);
-            continue;
+        if (this.paused && buffer.length > 0) {
+          // Paused: give the items not started back, so other workers can take them.
+          for (const b of buffer.splice(0)) {
+            this.inFlight.delete(b.row.id);
+            await this.store.release(b.entry.ref).catch(() => undefined);
           }
         }
-        for (const row of claimed) {
-          if (!this.running) {
-            // Closed while claiming: give it back at once.
-            await this.store.release({ id: row.id, token: row.token ?? '' }).catch(() => undefined);
-            continue;
-          }
-          const entry: InFlight = {
-            ref: { id: row.id, token: row.token ?? '' },
-            abort: new AbortController(),
-            released: false,
-            done: Promise.resolve(),
-          };
-          this.inFlight.set(row.id, entry);
-          entry.done = run(row, entry).finally(() => {
-            this.inFlight.delete(row.id);
-            this.wake?.();
+        while (handling < concurrency && buffer.length > 0) {
+          const b = buffer.shift();
+          if (b) start(b.row, b.entry);
+        }
+        const capacity = concurrency + prefetch - handling - buffer.length;
+        const waitMs = this.claimNotBefore - Date.now();
+        // Refill in batches (when half the prefetch is used), not one claim per finished item.
+        if (!claiming && !this.paused && capacity > 0 && buffer.length <= prefetch / 2 && waitMs <= 0) {
+          claiming = refill(capacity).finally(() => {
+            claiming = undefined;
           });
         }
-        if (claimed.length === 0 || this.inFlight.size >= concurrency) await this.idle(pollMs);
+        await this.idle(claiming || waitMs <= 0 ? pollMs : waitMs);
       }
+      await claiming;
     })();
+  }
+
+  /** Lets workers claim at once (something was enqueued or redriven) and wakes them. */
+  private kick(): void {
+    this.claimNotBefore = 0;
+    this.wake?.();
   }
 
   /** Waits `ms` or until woken (by an enqueue, a finished handler, resume or close). */
@@ -459,26 +512,37 @@ export class Queue<T = unknown> {
   private completeLater(ref: ClaimRef): Promise<boolean> {
     return new Promise<boolean>((resolve, reject) => {
       this.completions.push({ ref, resolve, reject });
-      if (this.completionScheduled) return;
-      this.completionScheduled = true;
-      setImmediate(() => {
-        this.completionScheduled = false;
-        const batch = this.completions;
-        this.completions = [];
-        this.store
-          .complete(
-            batch.map((c) => c.ref),
-            this.clock.now(),
-          )
-          .then(
-            (done) => {
-              for (const c of batch) c.resolve(done.has(c.ref.id));
-            },
-            (err: unknown) => {
-              for (const c of batch) c.reject(err);
-            },
-          );
-      });
+      this.scheduleCompletions();
+    });
+  }
+
+  /**
+   * One completion commit at a time: completions that arrive while one is being committed wait
+   * and go together in the next (group commit, as for enqueues).
+   */
+  private scheduleCompletions(): void {
+    if (this.completionScheduled) return;
+    this.completionScheduled = true;
+    setImmediate(() => {
+      const batch = this.completions;
+      this.completions = [];
+      this.store
+        .complete(
+          batch.map((c) => c.ref),
+          this.clock.now(),
+        )
+        .then(
+          (done) => {
+            for (const c of batch) c.resolve(done.has(c.ref.id));
+          },
+          (err: unknown) => {
+            for (const c of batch) c.reject(err);
+          },
+        )
+        .finally(() => {
+          this.completionScheduled = false;
+          if (this.completions.length > 0) this.scheduleCompletions();
+        });
     });
   }
 
@@ -577,7 +641,7 @@ export class Queue<T = unknown> {
   /** Claims again after {@link pause}. */
   resume(): void {
     this.paused = false;
-    this.wake?.();
+    this.kick();
   }
 
   /** Stops claiming for every worker of this queue on this store (persisted) until {@link resumeAll}. */
@@ -588,7 +652,7 @@ export class Queue<T = unknown> {
   /** Undoes {@link pauseAll}. */
   async resumeAll(): Promise<void> {
     await this.store.setPaused(this.name, false);
-    this.wake?.();
+    this.kick();
   }
 
   /** Items in `state`, oldest first (default: up to 100). */
@@ -604,7 +668,7 @@ export class Queue<T = unknown> {
   /** Sends dead letters (all, or `ids`) back to the queue with fresh attempts; resolves with how many. */
   async redrive(ids?: readonly number[]): Promise<number> {
     const n = await this.store.redrive(this.name, this.clock.now(), ids);
-    this.wake?.();
+    this.kick();
     return n;
   }
 
