@@ -241,3 +241,42 @@ describe('DeleteObjects body', () => {
     }
   });
 });
+
+describe('browser form uploads (POST Object)', () => {
+  it.each([
+    ['204', {}],
+    ['201', { success_action_status: '201' }],
+    ['303', { success_action_redirect: 'http://example.invalid/done' }],
+  ])('drop the key the origin says it stored (%s)', async (_status, fields: Record<string, string>) => {
+    const g = await createGateway({
+      upstream: h.origin.url,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'anonymous',
+      cacheDir: `${h.cacheDir}-form-${_status}`,
+      sliceBytes: SLICE,
+      log: () => undefined,
+    });
+    await g.listen(0);
+    try {
+      const key = `form dir/up+loaded ${_status}.bin`;
+      const v1 = randomBytes(SLICE + 10);
+      await put(key, v1);
+      const url = `${g.url()}/b/${key.split('/').map(encodeURIComponent).join('/')}`;
+      expect(sha(Buffer.from(await (await fetch(url)).arrayBuffer()))).toBe(sha(v1));
+      await g.idle();
+      expect(await g.cache?.getMeta({ bucket: 'b', key })).toBeDefined();
+      const v2 = randomBytes(500);
+      const form = new FormData();
+      form.append('key', key);
+      for (const [k, v] of Object.entries(fields)) form.append(k, v);
+      form.append('file', new Blob([v2]), 'upload.bin');
+      const res = await fetch(`${g.url()}/b`, { method: 'POST', body: form, redirect: 'manual' });
+      expect(res.status).toBe(Number(_status));
+      await res.arrayBuffer();
+      expect(await g.cache?.getMeta({ bucket: 'b', key })).toBeUndefined();
+      expect(sha(Buffer.from(await (await fetch(url)).arrayBuffer()))).toBe(sha(v2));
+    } finally {
+      await g.close(500);
+    }
+  });
+});

@@ -15,7 +15,9 @@ import {
   deleteObjectsKeys,
   invalidatedBy,
   isDeleteObjects,
+  isPostObject,
   MAX_DELETE_BODY_BYTES,
+  postObjectKey,
 } from './write-invalidation.js';
 
 /** Client headers that are about this hop or the client's signature, never forwarded. */
@@ -310,12 +312,18 @@ export async function passthrough(
       up.body.destroy();
       return refuse(rejected);
     }
-    if (up.status < 300 && options.cache) {
-      const cache = options.cache;
-      for (const id of invalidatedBy(method, target, deleted)) {
-        await cache.invalidate(id).catch(() => undefined);
-        options.onInvalidate?.();
-      }
+    const cache = options.cache;
+    if (cache && target.bucket !== undefined && up.status < 400) {
+      // A form upload names its key in the form; the origin's answer says where it stored it.
+      const postedKey = isPostObject(method, target, req.headers['content-type'])
+        ? postObjectKey(target.bucket, up.headers.location)
+        : undefined;
+      if (postedKey !== undefined) deleted = [{ key: postedKey, versionId: undefined }];
+      if (up.status < 300 || postedKey !== undefined)
+        for (const id of invalidatedBy(method, target, deleted)) {
+          await cache.invalidate(id).catch(() => undefined);
+          options.onInvalidate?.();
+        }
     }
     await relayAnswer(res, method, up, requestId);
     return up.status;

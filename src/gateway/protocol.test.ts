@@ -8,7 +8,7 @@ import { evaluateConditions } from './conditional.js';
 import { evaluateRange } from './range.js';
 import { s3ErrorXml, S3Errors } from './s3-error.js';
 import { parseS3Target, type S3Target } from './s3-request.js';
-import { deleteObjectsKeys, invalidatedBy, isDeleteObjects } from './write-invalidation.js';
+import { deleteObjectsKeys, invalidatedBy, isDeleteObjects, postObjectKey } from './write-invalidation.js';
 import { canonicalRequest, sigv4Signature, verifySigV4 } from './sigv4-verify.js';
 
 describe('evaluateRange', () => {
@@ -374,3 +374,17 @@ describe('withoutPresignParams', () => {
 function flip(b: Buffer, i: number): void {
   b.writeUInt8(b.readUInt8(i) ^ 1, i);
 }
+
+describe('postObjectKey', () => {
+  it.each([
+    ['http://127.0.0.1:9000/b/dir/a%20b%2Bc.bin', 'dir/a b+c.bin'],
+    ['https://b.s3.amazonaws.com/dir/k%C3%BC.bin', 'dir/kü.bin'],
+    ['http://example.invalid/done?bucket=b&key=dir%2Fx+y.bin&etag=%22e%22', 'dir/x y.bin'],
+    ['http://127.0.0.1:9000/other/k', undefined],
+    ['http://example.invalid/done?bucket=other&key=k', undefined],
+    [undefined, undefined],
+    ['http://127.0.0.1:9000/b/', undefined],
+  ])('Location %s names key %s of bucket b', (location, key) => {
+    expect(postObjectKey('b', location)).toBe(key);
+  });
+});

@@ -44,6 +44,46 @@ export function deleteObjectsKeys(body: Buffer): { key: string; versionId: strin
   return out;
 }
 
+/** True for a browser form upload (`POST /bucket`, multipart/form-data): its key is in the form. */
+export function isPostObject(method: string, target: S3Target, contentType: string | undefined): boolean {
+  return (
+    method === 'POST' &&
+    target.bucket !== undefined &&
+    target.key === undefined &&
+    !target.query.has('delete') &&
+    /^multipart\/form-data/i.test(contentType ?? '')
+  );
+}
+
+/**
+ * The key a successful form upload stored, from the origin's answer: a 303's redirect carries
+ * `key=` in its query, a 201/204 carries the object's URL in `Location` (virtual-host or path
+ * style). Undefined when the answer does not say.
+ */
+export function postObjectKey(bucket: string, location: string | undefined): string | undefined {
+  if (location === undefined) return undefined;
+  let url: URL;
+  try {
+    url = new URL(location, 'http://origin.invalid');
+  } catch {
+    return undefined;
+  }
+  const fromQuery = url.searchParams.get('key');
+  if (fromQuery !== null && url.searchParams.get('bucket') === bucket) return fromQuery;
+  let path = url.pathname;
+  if (!url.hostname.startsWith(`${bucket}.`)) {
+    const prefix = `/${encodeURIComponent(bucket)}/`;
+    if (!path.startsWith(prefix)) return undefined;
+    path = path.slice(prefix.length - 1);
+  }
+  try {
+    const key = decodeURIComponent(path.slice(1));
+    return key === '' ? undefined : key;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The cache entries of one object a write may have changed: its current version, and the version named. */
 function entriesOf(bucket: string, key: string, versionId: string | undefined | null): ObjectIdentity[] {
   const current: ObjectIdentity = { bucket, key, versionId: null };
