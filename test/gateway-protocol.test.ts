@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Sha256 } from '@aws-crypto/sha256-js';
-import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { HttpRequest } from '@smithy/protocol-http';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -261,6 +261,18 @@ describe('keys and addressing', () => {
       .join('/');
     await compare('GET', `/b/${encoded}`);
   });
+
+  it.each(['dir/with ', 'ünïcödé/', 'a+b', "odd !'()*"])(
+    'ListObjectsV2 with prefix %j lists what the origin lists',
+    async (Prefix) => {
+      const via = await h.client.send(new ListObjectsV2Command({ Bucket: 'b', Prefix }));
+      const direct = await h.direct.send(new ListObjectsV2Command({ Bucket: 'b', Prefix }));
+      expect(via.Contents?.map((c) => [c.Key, c.ETag, c.Size])).toEqual(
+        direct.Contents?.map((c) => [c.Key, c.ETag, c.Size]),
+      );
+      expect(via.Contents?.length).toBe(1);
+    },
+  );
 
   it('a literal + in a path is a plus, not a space', async () => {
     const a = await gw('GET', '/b/a+b=c&d.txt');
