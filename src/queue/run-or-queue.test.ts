@@ -48,7 +48,7 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f();
 });
 
-async function setup(opts: { queueFile?: string; maxAttempts?: number } = {}): Promise<{
+async function setup(opts: { queueFile?: string; maxAttempts?: number; start?: boolean } = {}): Promise<{
   clock: VirtualClock;
   db: FakeDb;
   queue: Queue<Write>;
@@ -79,7 +79,7 @@ async function setup(opts: { queueFile?: string; maxAttempts?: number } = {}): P
     retryEveryMs: 1_000,
     ...(opts.maxAttempts === undefined ? {} : { maxAttempts: opts.maxAttempts }),
   });
-  await outage.start();
+  if (opts.start !== false) await outage.start();
   cleanup.push(async () => {
     outage.close();
     await queue.close(100);
@@ -232,6 +232,16 @@ describe('runOrQueue', () => {
     const [item, ...rest] = await again.list('pending');
     expect(rest).toEqual([]);
     expect(item).toMatchObject({ payload: { p: 'a', n: 1 }, attempts: 0, errors: [] });
+  });
+
+  it('starts the replayer on the first call when start() was not called', async () => {
+    const { clock, db, outage } = await setup({ start: false });
+    db.up = false;
+    expect(await call(clock, outage, { p: 'a', n: 1 })).toMatchObject({ status: 'queued' });
+    db.up = true;
+    await clock.advance(5_000);
+    await until(() => db.rows.length === 1);
+    expect(outage.stats().replayed).toBe(1);
   });
 
   it('dead-letters a replay that gets a permanent answer and lets its partition move on', async () => {

@@ -145,7 +145,7 @@ const blocked = (state: BreakerState): boolean => state === 'open' || state === 
  * Outage mode: {@link OutageQueue.runOrQueue} runs an operation through a policy pipeline; when
  * the dependency is unavailable the payload is queued durably and the caller told so. A replayer
  * drains the queue through the same operation and pipeline once the breaker lets calls through,
- * in order per partition, and never while the breaker is open. Call {@link start} first.
+ * in order per partition, and never while the breaker is open.
  */
 export class OutageQueue<P, R> {
   private readonly queue: ReplayQueue<P>;
@@ -164,7 +164,7 @@ export class OutageQueue<P, R> {
   private enqueuesInFlight = 0;
   private enqueueGeneration = 0;
   private paused = false;
-  private started = false;
+  private starting: Promise<void> | undefined;
   private closed = false;
   private checkTimer: TimerHandle | undefined;
   private disposeListener: (() => void) | undefined;
@@ -190,11 +190,16 @@ export class OutageQueue<P, R> {
 
   /**
    * Starts the replayer: reads whether the queue holds items from before (then every partitioned
-   * call queues until it has drained), follows the breaker and starts processing.
+   * call queues until it has drained), follows the breaker and starts processing. The first
+   * `runOrQueue` starts it too; call it at start-up so a backlog left by a previous run replays
+   * before any new call.
    */
-  async start(): Promise<void> {
-    if (this.started) return;
-    this.started = true;
+  start(): Promise<void> {
+    this.starting ??= this.begin();
+    return this.starting;
+  }
+
+  private async begin(): Promise<void> {
     const s = await this.queue.stats();
     this.startupBacklog = s.pending + s.active > 0;
     if (this.breaker) {
@@ -247,6 +252,7 @@ export class OutageQueue<P, R> {
   }
 
   private async runOne(payload: P, options: RunOrQueueOptions): Promise<RunOutcome<R>> {
+    await this.start();
     const key = options.partitionKey;
     if (key !== undefined && (this.startupBacklog || this.backlog.has(key))) {
       this.counters.queuedBacklog++;
@@ -390,7 +396,7 @@ export class OutageQueue<P, R> {
   }
 }
 
-/** Creates an {@link OutageQueue}; call `await outage.start()` before `runOrQueue`. */
+/** Creates an {@link OutageQueue}; `await outage.start()` replays what a previous run left queued. */
 export function createOutageQueue<P, R>(options: OutageQueueOptions<P, R>): OutageQueue<P, R> {
   return new OutageQueue(options);
 }
