@@ -723,14 +723,18 @@ function storeMeta(ctx: ReadContext, id: ObjectIdentity, info: ObjectInfo): void
   const cache = ctx.cache;
   if (!cache || cache.bypassed) return;
   const hash = identityHash(id);
-  const write = safe(ctx, 'metadata write', () =>
-    cache.putMeta(id, {
-      etag: info.etag,
-      size: info.size,
-      ...(info.lastModified === undefined ? {} : { lastModified: info.lastModified }),
-      ...(info.contentType === undefined ? {} : { contentType: info.contentType }),
-      ...(info.headers === undefined ? {} : { headers: info.headers }),
-    }),
+  // Written once the answer being prepared had its turn, so its first byte does not wait behind
+  // the write's work; the fill's slice write waits for it (through metaWrites) all the same.
+  const write = new Promise<void>((resolve) => setImmediate(resolve)).then(() =>
+    safe(ctx, 'metadata write', () =>
+      cache.putMeta(id, {
+        etag: info.etag,
+        size: info.size,
+        ...(info.lastModified === undefined ? {} : { lastModified: info.lastModified }),
+        ...(info.contentType === undefined ? {} : { contentType: info.contentType }),
+        ...(info.headers === undefined ? {} : { headers: info.headers }),
+      }),
+    ),
   );
   ctx.metaWrites.set(hash, write);
   void write.finally(() => {
