@@ -405,8 +405,33 @@ export class Queue<T = unknown> {
     let claiming: Promise<void> | undefined;
     // Claims run in the background while handlers take items from the buffer (a pipeline), so a
     // claim's round trip and commit are not paid between items.
+    const claim = (capacity: number): Promise<QueueRow[]> => {
+      const batch = this.completions;
+      if (!this.store.completeAndClaim || batch.length === 0)
+        return this.store.claim(this.name, capacity, leaseMs, this.clock.now());
+      // Completions waiting for their commit go in the claim's transaction.
+      this.completions = [];
+      return this.store
+        .completeAndClaim(
+          batch.map((c) => c.ref),
+          this.name,
+          capacity,
+          leaseMs,
+          this.clock.now(),
+        )
+        .then(
+          ({ completed, claimed }) => {
+            for (const c of batch) c.resolve(completed.has(c.ref.id));
+            return claimed;
+          },
+          (err: unknown) => {
+            for (const c of batch) c.reject(err);
+            throw err;
+          },
+        );
+    };
     const refill = (capacity: number): Promise<void> =>
-      this.store.claim(this.name, capacity, leaseMs, this.clock.now()).then(
+      claim(capacity).then(
         async (claimed) => {
           this.observe();
           reconnect = this.reconnect;
@@ -526,6 +551,11 @@ export class Queue<T = unknown> {
     setImmediate(() => {
       const batch = this.completions;
       this.completions = [];
+      if (batch.length === 0) {
+        // A claim took them into its transaction.
+        this.completionScheduled = false;
+        return;
+      }
       this.store
         .complete(
           batch.map((c) => c.ref),

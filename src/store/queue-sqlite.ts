@@ -183,26 +183,49 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   claim(queue: string, limit: number, leaseMs: number, now: number): Promise<QueueRow[]> {
-    return this.run(() => {
-      const tx = this.db.transaction(() => {
-        const p = this.stmts.paused.get(queue) as { paused: number } | undefined;
-        if (p?.paused) return [];
-        this.stmts.reclaim.run(queue, now);
-        const candidates = this.stmts.candidates.all(queue, now, limit) as Record<string, unknown>[];
-        return candidates.map((c) => {
-          const token = randomUUID();
-          this.stmts.lease.run(token, now + leaseMs, c.id);
-          return {
-            ...toQueueRow(c),
-            status: 'active' as const,
-            token,
-            leaseUntil: now + leaseMs,
-            attempts: Number(c.attempts) + 1,
-          };
-        });
-      });
-      return tx.immediate();
+    return this.run(() => this.db.transaction(() => this.claimIn(queue, limit, leaseMs, now)).immediate());
+  }
+
+  /** Completes `done` and claims in one transaction: one fsync instead of two per worker cycle. */
+  completeAndClaim(
+    done: readonly ClaimRef[],
+    queue: string,
+    limit: number,
+    leaseMs: number,
+    now: number,
+  ): Promise<{ completed: Set<number>; claimed: QueueRow[] }> {
+    return this.run(() =>
+      this.db
+        .transaction(() => ({
+          completed: this.completeIn(done, now),
+          claimed: this.claimIn(queue, limit, leaseMs, now),
+        }))
+        .immediate(),
+    );
+  }
+
+  private claimIn(queue: string, limit: number, leaseMs: number, now: number): QueueRow[] {
+    const p = this.stmts.paused.get(queue) as { paused: number } | undefined;
+    if (p?.paused) return [];
+    this.stmts.reclaim.run(queue, now);
+    const candidates = this.stmts.candidates.all(queue, now, limit) as Record<string, unknown>[];
+    return candidates.map((c) => {
+      const token = randomUUID();
+      this.stmts.lease.run(token, now + leaseMs, c.id);
+      return {
+        ...toQueueRow(c),
+        status: 'active' as const,
+        token,
+        leaseUntil: now + leaseMs,
+        attempts: Number(c.attempts) + 1,
+      };
     });
+  }
+
+  private completeIn(items: readonly ClaimRef[], now: number): Set<number> {
+    const done = new Set<number>();
+    for (const it of items) if (this.stmts.complete.run(now, it.id, it.token).changes === 1) done.add(it.id);
+    return done;
   }
 
   heartbeat(items: readonly ClaimRef[], leaseUntil: number): Promise<Set<number>> {
@@ -218,15 +241,7 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   complete(items: readonly ClaimRef[], now: number): Promise<Set<number>> {
-    return this.run(() => {
-      const tx = this.db.transaction(() => {
-        const done = new Set<number>();
-        for (const it of items)
-          if (this.stmts.complete.run(now, it.id, it.token).changes === 1) done.add(it.id);
-        return done;
-      });
-      return tx.immediate();
-    });
+    return this.run(() => this.db.transaction(() => this.completeIn(items, now)).immediate());
   }
 
   fail(item: ClaimRef, error: unknown, runAt: number | null, now: number): Promise<boolean> {

@@ -78,6 +78,17 @@ export interface QueueStore {
    * one item at a time, in order. Claims nothing while the queue is paused.
    */
   claim(queue: string, limit: number, leaseMs: number, now: number): Promise<QueueRow[]>;
+  /**
+   * Optional: {@link complete} then {@link claim} in one transaction (one commit). Stores where a
+   * commit is the main cost (SQLite with synchronous=FULL) provide it; workers use it when present.
+   */
+  completeAndClaim?(
+    done: readonly ClaimRef[],
+    queue: string,
+    limit: number,
+    leaseMs: number,
+    now: number,
+  ): Promise<{ completed: Set<number>; claimed: QueueRow[] }>;
   /** Extends the leases of `items` to `leaseUntil`; resolves with the ids whose token was still current. */
   heartbeat(items: readonly ClaimRef[], leaseUntil: number): Promise<Set<number>>;
   /** Marks items completed; resolves with the ids whose token was current (the others are refused). */
