@@ -7,6 +7,7 @@ import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/
 import { HttpRequest } from '@smithy/protocol-http';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createGateway } from '../src/gateway/index.js';
 import {
   bodyOf,
   CLIENT_KEY,
@@ -14,6 +15,9 @@ import {
   sha,
   signedHeaders,
   startHarness,
+  startRecorder,
+  s3,
+  TEST_CREDENTIALS,
   type Harness,
   type RawAnswer,
 } from './gateway-protocol-support.js';
@@ -263,6 +267,47 @@ describe('SDK uploads and payload hashes', () => {
     }
     expect(seen).toContain('STREAMING-UNSIGNED-PAYLOAD-TRAILER');
     expect(await atOrigin('sdk-stream.bin')).toBe(sha(data));
+  });
+
+  it('sends the origin a decoded body with its decoded length, no aws-chunked and no trailer', async () => {
+    const recorder = await startRecorder(h.origin.url);
+    const g = await createGateway({
+      upstream: recorder.url,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'gateway',
+      clientKeys: [CLIENT_KEY],
+      log: () => undefined,
+    });
+    await g.listen(0);
+    const client = s3(g.url(), CLIENT_KEY);
+    try {
+      const data = randomBytes(100_000);
+      await client.send(
+        new PutObjectCommand({
+          Bucket: 'b',
+          Key: 'recorded.bin',
+          Body: Readable.from([data]),
+          ContentLength: data.length,
+          ContentEncoding: 'gzip',
+        }),
+      );
+      const put = recorder.seen.find((r) => r.method === 'PUT');
+      expect(sha(put?.body ?? Buffer.alloc(0))).toBe(sha(data));
+      expect(put?.headers['content-length']).toBe(String(data.length));
+      expect(put?.headers['content-encoding']).toBe('gzip');
+      for (const dropped of [
+        'x-amz-trailer',
+        'x-amz-decoded-content-length',
+        'x-amz-sdk-checksum-algorithm',
+        'expect',
+      ])
+        expect(put?.headers[dropped]).toBeUndefined();
+      expect(put?.headers.authorization).toContain('Credential=S3RVER/');
+    } finally {
+      client.destroy();
+      await g.close(500);
+      await recorder.close();
+    }
   });
 
   it('refuses an unsigned streaming upload whose trailer checksum is wrong', async () => {

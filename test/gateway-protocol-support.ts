@@ -187,3 +187,50 @@ export async function snapshot(dir: string): Promise<string[]> {
 }
 
 export { TEST_CREDENTIALS };
+
+/** What a {@link Recorder} saw of one request. */
+export interface Recorded {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** An HTTP proxy to `upstream` that records every request it forwards. */
+export interface Recorder {
+  url: string;
+  seen: Recorded[];
+  close(): Promise<void>;
+}
+
+export async function startRecorder(upstream: string): Promise<Recorder> {
+  const up = new URL(upstream);
+  const seen: Recorded[] = [];
+  const server = http.createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (d: Buffer) => parts.push(d));
+    req.on('end', () => {
+      const body = Buffer.concat(parts);
+      seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
+      const fwd = http.request(
+        { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
+        (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+        },
+      );
+      fwd.on('error', () => res.destroy());
+      fwd.end(body);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    seen,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}

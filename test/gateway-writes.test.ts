@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
 import {
   CompleteMultipartUploadCommand,
   CopyObjectCommand,
@@ -21,6 +20,7 @@ import {
   signedRequest,
   SLICE,
   startHarness,
+  startRecorder,
   TEST_CREDENTIALS,
   type Harness,
 } from './gateway-protocol-support.js';
@@ -170,35 +170,9 @@ describe('writes through the gateway drop the cached object', () => {
 
 describe('DeleteObjects body', () => {
   it('reaches the origin byte for byte while its keys are dropped', async () => {
-    // A recording proxy between the gateway and the origin.
-    const seen: Buffer[] = [];
-    const upstream = new URL(h.origin.url);
-    const recorder = http.createServer((req, res) => {
-      const parts: Buffer[] = [];
-      req.on('data', (d: Buffer) => parts.push(d));
-      req.on('end', () => {
-        const body = Buffer.concat(parts);
-        if (req.method === 'POST' && req.url?.includes('delete')) seen.push(body);
-        const up = http.request(
-          {
-            host: upstream.hostname,
-            port: upstream.port,
-            method: req.method,
-            path: req.url,
-            headers: req.headers,
-          },
-          (r) => {
-            res.writeHead(r.statusCode ?? 502, r.headers);
-            r.pipe(res);
-          },
-        );
-        up.end(body);
-      });
-    });
-    await new Promise<void>((r) => recorder.listen(0, '127.0.0.1', r));
-    const port = (recorder.address() as { port: number }).port;
+    const recorder = await startRecorder(h.origin.url);
     const g: Gateway = await createGateway({
-      upstream: `http://127.0.0.1:${port}`,
+      upstream: recorder.url,
       originCredentials: TEST_CREDENTIALS,
       auth: 'gateway',
       clientKeys: [CLIENT_KEY],
@@ -228,8 +202,9 @@ describe('DeleteObjects body', () => {
         body,
       );
       expect(res.status).toBe(200);
-      expect(seen).toHaveLength(1);
-      expect(sha(seen[0] as Buffer)).toBe(sha(body));
+      const deletes = recorder.seen.filter((r) => r.method === 'POST' && r.url.includes('delete'));
+      expect(deletes).toHaveLength(1);
+      expect(sha(deletes[0]?.body ?? Buffer.alloc(0))).toBe(sha(body));
       for (const k of keys) expect(await g.cache?.getMeta({ bucket: 'b', key: k })).toBeUndefined();
       expect(
         Number(await g.metrics.invalidations.get().then((m) => m.values[0]?.value)),
@@ -237,7 +212,7 @@ describe('DeleteObjects body', () => {
     } finally {
       client.destroy();
       await g.close(500);
-      await new Promise((r) => recorder.close(r));
+      await recorder.close();
     }
   });
 });

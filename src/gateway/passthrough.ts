@@ -127,6 +127,8 @@ function planBody(
     if (enc.length) headers['content-encoding'] = enc.join(', ');
     else delete headers['content-encoding'];
     const trailer = req.headers['x-amz-trailer'];
+    // The trailer is checked here and not forwarded: S3 refuses an algorithm with no checksum.
+    if (typeof trailer === 'string') delete headers['x-amz-sdk-checksum-algorithm'];
     const verifier = decodeAwsChunked({
       signing:
         verified && sha.startsWith('STREAMING-AWS4-HMAC-SHA256-PAYLOAD') ? verified.signing : undefined,
