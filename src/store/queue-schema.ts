@@ -35,6 +35,12 @@ export const SQLITE_QUEUE_MIGRATIONS: readonly (readonly string[])[] = [
     `CREATE INDEX IF NOT EXISTS keel_queue_finished ON keel_queue_items(queue, status, finished_at)
        WHERE status IN ('completed', 'dead')`,
   ],
+  [
+    // Claim order, so a claim reads the first due items instead of sorting the whole backlog.
+    `CREATE INDEX IF NOT EXISTS keel_queue_claim_order ON keel_queue_items(queue, priority DESC, id)
+       WHERE status = 'pending'`,
+    `CREATE INDEX IF NOT EXISTS keel_queue_leases ON keel_queue_items(queue, lease_until) WHERE status = 'active'`,
+  ],
 ];
 
 /** PostgreSQL (recorded in `keel_queue_schema`). */

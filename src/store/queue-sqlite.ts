@@ -99,7 +99,8 @@ export class SqliteQueueStore implements QueueStore {
          WHERE queue = ? AND status = 'active' AND lease_until < ?`,
       ),
       candidates: db.prepare(
-        `SELECT * FROM keel_queue_items i WHERE queue = ? AND status = 'pending' AND run_at <= ?
+        `SELECT * FROM keel_queue_items i INDEXED BY keel_queue_claim_order
+         WHERE queue = ? AND status = 'pending' AND run_at <= ?
            AND (partition_key IS NULL OR NOT EXISTS (
              SELECT 1 FROM keel_queue_items o WHERE o.queue = i.queue AND o.partition_key = i.partition_key
                AND o.status IN ('pending', 'active') AND (o.status = 'active' OR o.id < i.id)))
