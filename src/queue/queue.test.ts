@@ -1,8 +1,10 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { keelError } from '../errors/index.js';
+import { SQLITE_QUEUE_MIGRATIONS } from '../store/index.js';
 import { openQueue, type Queue } from './index.js';
 
 const open: Queue[] = [];
@@ -147,5 +149,50 @@ describe('queue on SQLite', () => {
     expect((await q.stats()).completedTotal).toBe(1);
     expect(await q.purge(-1)).toBe(1);
     expect((await q.stats()).completed).toBe(0);
+  });
+});
+
+describe('queue schema migrations on SQLite', () => {
+  it('upgrades a version 1 store at open and keeps its items', async () => {
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'keel-queue-')), 'old.db');
+    const db = new Database(file);
+    db.exec(`CREATE TABLE keel_migrations (module TEXT PRIMARY KEY, version INTEGER NOT NULL)`);
+    for (const statement of SQLITE_QUEUE_MIGRATIONS[0] ?? []) db.exec(statement);
+    db.prepare(`INSERT INTO keel_migrations VALUES ('queue', 1)`).run();
+    db.prepare(
+      `INSERT INTO keel_queue_items(queue, payload, status, max_attempts, run_at, created_at) VALUES ('q', '"old"', 'pending', 5, 0, 0)`,
+    ).run();
+    db.close();
+    const q = await openQueue<string>(file, { name: 'q' });
+    open.push(q);
+    expect((await q.list('pending')).map((i) => i.payload)).toEqual(['old']);
+    const check = new Database(file, { readonly: true });
+    expect(check.prepare(`SELECT version FROM keel_migrations WHERE module = 'queue'`).get()).toEqual({
+      version: SQLITE_QUEUE_MIGRATIONS.length,
+    });
+    check.close();
+  });
+
+  it('refuses a store from a newer keel with a clear error', async () => {
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'keel-queue-')), 'new.db');
+    const db = new Database(file);
+    db.exec(`CREATE TABLE keel_migrations (module TEXT PRIMARY KEY, version INTEGER NOT NULL)`);
+    db.prepare(`INSERT INTO keel_migrations VALUES ('queue', 99)`).run();
+    db.close();
+    await expect(openQueue(file)).rejects.toMatchObject({
+      code: 'QUEUE_STORE_OPEN_FAILED',
+      message: /version 99, newer than this keel knows/,
+    });
+  });
+
+  it('names the setting for a bad store target', async () => {
+    await expect(openQueue('')).rejects.toMatchObject({ code: 'INVALID_CONFIG', message: /queue store/ });
+    await expect(openQueue('mysql://root:pw@db/app')).rejects.toMatchObject({
+      code: 'INVALID_CONFIG',
+      message: /unsupported scheme "mysql:"/,
+    });
+    const bad = await openQueue('postgres://user:s3cret@/').catch((e: unknown) => e);
+    expect(bad).toMatchObject({ code: 'INVALID_CONFIG' });
+    expect(JSON.stringify(bad) + String(bad)).not.toContain('s3cret');
   });
 });

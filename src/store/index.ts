@@ -32,3 +32,4 @@ export {
 export { SqliteQueueStore, type SqliteQueueStoreOptions } from './queue-sqlite.js';
 export { PostgresQueueStore, redactPostgresUrl, type PostgresQueueStoreOptions } from './queue-postgres.js';
 export { openQueueStore, type QueueStoreOptions } from './queue-open.js';
+export { SQLITE_QUEUE_MIGRATIONS, POSTGRES_QUEUE_MIGRATIONS } from './queue-schema.js';
