@@ -2,6 +2,7 @@ import type { ErrorCode } from './codes.js';
 import { isKeelError, keelError, KeelError, type KeelErrorOptions } from './keel-error.js';
 import { redactString } from './redact.js';
 import { parseRetryAfter } from './retry-after.js';
+import { postgresMapping } from './postgres.js';
 
 type Mapping = readonly [code: ErrorCode, describe: string, overrides?: KeelErrorOptions];
 
@@ -183,6 +184,9 @@ function classifyInner(err: unknown, depth: number): KeelError {
       return fromStatus(status, e, message, options);
     return fromMapping(undici, message, { errorCode: code }, options);
   }
+
+  const postgres = postgresMapping(e, name, code, message);
+  if (postgres) return fromMapping(postgres, message, code ? { sqlState: code } : {}, options);
 
   // fetch() refuses ports on the Fetch standard's block list (1, 21, 25, 6000 …) before connecting.
   if (
