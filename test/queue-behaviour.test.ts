@@ -394,6 +394,36 @@ describe.each(stores)('queue on %s', (_name, makeFixture) => {
     await until(() => handled.length === 1, 'the encrypted item to be handled');
     expect(handled).toEqual(['secret-plaintext-4111']);
   });
+  it('dead-letters an item its worker cannot decrypt, and handles it after a redrive with the right key', async () => {
+    const writer = await open<string>({ encryption: { key: KEY } });
+    await writer.enqueue('for the right key only');
+    const wrong = await open<string>({ encryption: { key: Buffer.alloc(32, 9) } });
+    let called = false;
+    wrong.process(
+      () => {
+        called = true;
+        return Promise.resolve();
+      },
+      { pollMs: 2 },
+    );
+    await until(async () => (await writer.stats()).dead === 1, 'the undecryptable item to be dead-lettered');
+    expect(called).toBe(false);
+    const [dead] = await writer.deadLetters();
+    expect(dead?.payload).toBe('for the right key only');
+    expect(dead?.errors[0]).toMatchObject({ code: 'QUEUE_DECRYPT_FAILED' });
+    await wrong.close();
+    const handled: string[] = [];
+    writer.process(
+      ({ payload }) => {
+        handled.push(payload);
+        return Promise.resolve();
+      },
+      { pollMs: 2 },
+    );
+    expect(await writer.redrive()).toBe(1);
+    await until(() => handled.length === 1, 'the redriven item');
+    expect(handled).toEqual(['for the right key only']);
+  });
 });
 
 describe.skipIf(!withPg)('queue maintenance on PostgreSQL', () => {
