@@ -241,6 +241,86 @@ describe('streaming uploads in gateway auth mode', () => {
   });
 });
 
+describe('signed streaming uploads with a trailer (STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER)', () => {
+  async function put(
+    key: string,
+    data: Buffer,
+    tamper: { checksum?: string; trailerSignature?: boolean } = {},
+  ): Promise<RawAnswer> {
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(data));
+    const checksum = tamper.checksum ?? crc.toString('base64');
+    const trailerLine = `x-amz-checksum-crc32:${checksum}`;
+    const chunks = [data.subarray(0, 70_000), data.subarray(70_000)];
+    // chunk frames, the final "0;chunk-signature=…\r\n", the trailer, its signature, the blank line
+    const length =
+      chunks.reduce((n, c) => n + c.length.toString(16).length + 17 + 64 + 2 + c.length + 2, 0) +
+      (1 + 17 + 64 + 2) +
+      (trailerLine.length + 2) +
+      ('x-amz-trailer-signature:'.length + 64 + 2) +
+      2;
+    const signingDate = new Date();
+    const headers = await signedHeaders(
+      h.gateway.url(),
+      CLIENT_KEY,
+      'PUT',
+      `/b/${key}`,
+      {
+        'content-encoding': 'aws-chunked',
+        'x-amz-decoded-content-length': String(data.length),
+        'x-amz-trailer': 'x-amz-checksum-crc32',
+        'content-length': String(length),
+      },
+      'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER',
+      undefined,
+      signingDate,
+    );
+    const amzDate = headers['x-amz-date'] as string;
+    const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
+    let previous = /Signature=([0-9a-f]{64})/.exec(headers.authorization ?? '')?.[1] as string;
+    const parts: Buffer[] = [];
+    for (const c of [...chunks, Buffer.alloc(0)]) {
+      const sig = await signer.sign(
+        ['AWS4-HMAC-SHA256-PAYLOAD', amzDate, scope, previous, sha(Buffer.alloc(0)), sha(c)].join('\n'),
+        { signingDate },
+      );
+      parts.push(Buffer.from(`${c.length.toString(16)};chunk-signature=${sig}\r\n`), c);
+      if (c.length > 0) parts.push(Buffer.from('\r\n'));
+      previous = sig;
+    }
+    let trailerSig = await signer.sign(
+      ['AWS4-HMAC-SHA256-TRAILER', amzDate, scope, previous, sha(Buffer.from(`${trailerLine}\n`))].join('\n'),
+      { signingDate },
+    );
+    if (tamper.trailerSignature) trailerSig = trailerSig.replace(/^./, (c) => (c === '0' ? '1' : '0'));
+    parts.push(Buffer.from(`${trailerLine}\r\nx-amz-trailer-signature:${trailerSig}\r\n\r\n`));
+    const body = Buffer.concat(parts);
+    expect(body.length).toBe(length);
+    return rawRequest(h.gateway.url(), 'PUT', `/b/${key}`, headers, body);
+  }
+
+  it('stores an upload whose chunks, trailer checksum and trailer signature hold', async () => {
+    const data = randomBytes(100_000);
+    const res = await put('trailer-signed.bin', data);
+    expect(res.status).toBe(200);
+    expect(await atOrigin('trailer-signed.bin')).toBe(sha(data));
+  });
+
+  it('refuses a wrong trailer signature with SignatureDoesNotMatch, storing nothing', async () => {
+    const res = await put('trailer-badsig.bin', randomBytes(100_000), { trailerSignature: true });
+    expect(res.status).toBe(403);
+    expect(errorCode(res)).toBe('SignatureDoesNotMatch');
+    expect(await atOrigin('trailer-badsig.bin')).toBe('NoSuchKey');
+  });
+
+  it('refuses a signed trailer whose checksum does not match the body with BadDigest, storing nothing', async () => {
+    const res = await put('trailer-baddigest.bin', randomBytes(100_000), { checksum: 'AAAAAA==' });
+    expect(res.status).toBe(400);
+    expect(errorCode(res)).toBe('BadDigest');
+    expect(await atOrigin('trailer-baddigest.bin')).toBe('NoSuchKey');
+  });
+});
+
 describe('SDK uploads and payload hashes', () => {
   it('stores an SDK upload of a stream (aws-chunked, STREAMING-UNSIGNED-PAYLOAD-TRAILER with a checksum)', async () => {
     const data = randomBytes(300_000);
