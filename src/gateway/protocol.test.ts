@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { chunkSignature, decodeAwsChunked } from './aws-chunked.js';
+import fc from 'fast-check';
+import { BodyRejectedError, chunkSignature, decodeAwsChunked } from './aws-chunked.js';
 import { withoutPresignParams } from './passthrough.js';
 import { verifyPayloadSha256 } from './payload-verify.js';
 import { evaluateConditions } from './conditional.js';
@@ -386,5 +387,70 @@ describe('postObjectKey', () => {
     ['http://127.0.0.1:9000/b/', undefined],
   ])('Location %s names key %s of bucket b', (location, key) => {
     expect(postObjectKey('b', location)).toBe(key);
+  });
+});
+
+describe('aws-chunked decoding (properties)', () => {
+  async function feed(body: Buffer, cuts: number[], options: Parameters<typeof decodeAwsChunked>[0] = {}) {
+    const t = decodeAwsChunked(options);
+    const out: Buffer[] = [];
+    t.on('data', (d: Buffer) => out.push(d));
+    const done = new Promise<{ ok: true; data: Buffer } | { ok: false; error: unknown }>((resolve) => {
+      t.on('end', () => resolve({ ok: true, data: Buffer.concat(out) }));
+      t.on('error', (error) => resolve({ ok: false, error }));
+    });
+    let at = 0;
+    for (const c of [...cuts.filter((n) => n < body.length).sort((a, b) => a - b), body.length]) {
+      if (t.destroyed) break;
+      if (c > at) t.write(body.subarray(at, c));
+      at = Math.max(at, c);
+    }
+    if (!t.destroyed) t.end();
+    return done;
+  }
+
+  it('decodes any payload, chunked any way and delivered in any pieces, to itself', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uint8Array({ maxLength: 3000 }),
+        fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 8 }),
+        fc.array(fc.nat({ max: 4000 }), { maxLength: 10 }),
+        async (payload, sizes, cuts) => {
+          const data = Buffer.from(payload);
+          const frames: Buffer[] = [];
+          for (let i = 0, k = 0; i < data.length; k++) {
+            const c = data.subarray(i, i + (sizes[k % sizes.length] ?? 1));
+            frames.push(Buffer.from(`${c.length.toString(16)}\r\n`), c, Buffer.from('\r\n'));
+            i += c.length;
+          }
+          frames.push(Buffer.from('0\r\n\r\n'));
+          const got = await feed(Buffer.concat(frames), cuts, { decodedLength: data.length });
+          expect(got.ok && got.data.equals(data)).toBe(true);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('answers any byte string with a payload or a BodyRejectedError, never a crash or a hang', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b)),
+          fc
+            .array(fc.constantFrom('0', '1', 'a', 'f', ';', '=', '\r\n', 'x', ':', 'chunk-signature='), {
+              maxLength: 60,
+            })
+            .map((p) => Buffer.from(p.join(''))),
+        ),
+        fc.array(fc.nat({ max: 300 }), { maxLength: 5 }),
+        async (body, cuts) => {
+          const got = await feed(body, cuts, { decodedLength: 3 });
+          if (!got.ok) expect(got.error).toBeInstanceOf(BodyRejectedError);
+          else expect(got.data.length).toBe(3);
+        },
+      ),
+      { numRuns: 300 },
+    );
   });
 });
