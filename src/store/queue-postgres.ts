@@ -31,6 +31,26 @@ const RECLAIM_EVERY_MS = 1000;
 /** SQLSTATE classes and codes that mean "the server is not there right now", not "the query is wrong". */
 const UNAVAILABLE_SQLSTATE = /^(08|57P0[123]|53300|53400)/;
 
+/**
+ * Claims up to $4 due items of queue $1 at time $2 with a lease until $3 (the caller adds
+ * RETURNING). SKIP LOCKED lets concurrent claimers pass each other; the NOT EXISTS keeps one item
+ * per partition active, in order.
+ */
+const CLAIM_SQL = `UPDATE keel_queue_items u
+     SET status = 'active', token = gen_random_uuid()::text, lease_until = $3, attempts = u.attempts + 1
+   FROM (
+     SELECT id FROM keel_queue_items i
+     WHERE queue = $1 AND status = 'pending' AND run_at <= $2
+       AND NOT EXISTS (SELECT 1 FROM keel_queue_queues q WHERE q.queue = $1 AND q.paused)
+       AND (partition_key IS NULL OR NOT EXISTS (
+         SELECT 1 FROM keel_queue_items o WHERE o.queue = i.queue AND o.partition_key = i.partition_key
+           AND o.status IN ('pending', 'active') AND (o.status = 'active' OR o.id < i.id)))
+     ORDER BY priority DESC, id LIMIT $4
+     FOR UPDATE SKIP LOCKED) c
+   WHERE u.id = c.id`;
+
+const claimOrder = (a: QueueRow, b: QueueRow): number => b.priority - a.priority || a.id - b.id;
+
 /** `postgres://host:port/db` without user or password, for messages. */
 export function redactPostgresUrl(url: string): string {
   try {
@@ -233,34 +253,51 @@ export class PostgresQueueStore implements QueueStore {
     });
   }
 
-  async claim(queue: string, limit: number, leaseMs: number, now: number): Promise<QueueRow[]> {
-    if (now - this.lastReclaim >= RECLAIM_EVERY_MS) {
-      await this.query(
-        `UPDATE keel_queue_items SET status = 'pending', token = NULL, lease_until = NULL
-         WHERE queue = $1 AND status = 'active' AND lease_until < $2`,
-        [queue, now],
-      );
-      this.lastReclaim = now;
-    }
-    const res = await this.query(
-      `UPDATE keel_queue_items u
-         SET status = 'active', token = gen_random_uuid()::text, lease_until = $3, attempts = u.attempts + 1
-       FROM (
-         SELECT id FROM keel_queue_items i
-         WHERE queue = $1 AND status = 'pending' AND run_at <= $2
-           AND NOT EXISTS (SELECT 1 FROM keel_queue_queues q WHERE q.queue = $1 AND q.paused)
-           AND (partition_key IS NULL OR NOT EXISTS (
-             SELECT 1 FROM keel_queue_items o WHERE o.queue = i.queue AND o.partition_key = i.partition_key
-               AND o.status IN ('pending', 'active') AND (o.status = 'active' OR o.id < i.id)))
-         ORDER BY priority DESC, id LIMIT $4
-         FOR UPDATE SKIP LOCKED) c
-       WHERE u.id = c.id
-       RETURNING u.*`,
-      [queue, now, now + leaseMs, limit],
+  /** Puts items whose lease expired back to pending (at most every RECLAIM_EVERY_MS of `now`). */
+  private async reclaimExpired(queue: string, now: number): Promise<void> {
+    if (now - this.lastReclaim < RECLAIM_EVERY_MS) return;
+    await this.query(
+      `UPDATE keel_queue_items SET status = 'pending', token = NULL, lease_until = NULL
+       WHERE queue = $1 AND status = 'active' AND lease_until < $2`,
+      [queue, now],
     );
-    return (res.rows as Record<string, unknown>[])
-      .map(toQueueRow)
-      .sort((a, b) => b.priority - a.priority || a.id - b.id);
+    this.lastReclaim = now;
+  }
+
+  async claim(queue: string, limit: number, leaseMs: number, now: number): Promise<QueueRow[]> {
+    await this.reclaimExpired(queue, now);
+    const res = await this.query(`${CLAIM_SQL} RETURNING u.*`, [queue, now, now + leaseMs, limit]);
+    return (res.rows as Record<string, unknown>[]).map(toQueueRow).sort(claimOrder);
+  }
+
+  /**
+   * Completes `done` and claims in one statement (one round trip, one commit). The claim does not
+   * see this statement's completions, so the next item of a just-completed partition comes with
+   * the following claim.
+   */
+  async completeAndClaim(
+    done: readonly ClaimRef[],
+    queue: string,
+    limit: number,
+    leaseMs: number,
+    now: number,
+  ): Promise<{ completed: Set<number>; claimed: QueueRow[] }> {
+    await this.reclaimExpired(queue, now);
+    const res = await this.query(
+      `WITH done AS (
+         UPDATE keel_queue_items i SET status = 'completed', token = NULL, lease_until = NULL, finished_at = $2
+         FROM unnest($5::bigint[], $6::text[]) AS r(id, token)
+         WHERE i.id = r.id AND i.token = r.token AND i.status = 'active' RETURNING i.id),
+       claimed AS (${CLAIM_SQL} RETURNING u.*)
+       SELECT (SELECT coalesce(json_agg(id), '[]') FROM done) AS done,
+              (SELECT coalesce(json_agg(claimed), '[]') FROM claimed) AS claimed`,
+      [queue, now, now + leaseMs, limit, done.map((d) => d.id), done.map((d) => d.token)],
+    );
+    const row = res.rows[0] as { done: number[]; claimed: Record<string, unknown>[] } | undefined;
+    return {
+      completed: new Set((row?.done ?? []).map(Number)),
+      claimed: (row?.claimed ?? []).map(toQueueRow).sort(claimOrder),
+    };
   }
 
   async heartbeat(items: readonly ClaimRef[], leaseUntil: number): Promise<Set<number>> {
