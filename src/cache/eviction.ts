@@ -45,6 +45,11 @@ export class SliceIndex {
     this.count++;
   }
 
+  /** True when any slice of the object is indexed. */
+  hasObject(hash: string): boolean {
+    return this.objects.has(hash);
+  }
+
   has(hash: string, index: number): boolean {
     return this.objects.get(hash)?.has(index) ?? false;
   }

@@ -260,6 +260,14 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     return loaded.state === 'ok' ? loaded.meta : undefined;
   }
 
+  /**
+   * False when no slice of the object is cached, answered from memory (no system call): a read
+   * of it is a miss whatever its metadata says. True does not promise a hit.
+   */
+  mayHaveSlices(id: ObjectIdentity): boolean {
+    return this.index.hasObject(identityHash(id));
+  }
+
   /** Indexes of the slices of `[start, end]` (inclusive) that are cached, and the metadata. */
   async cachedSlices(
     id: ObjectIdentity,
