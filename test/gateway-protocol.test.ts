@@ -432,6 +432,27 @@ describe('authentication', () => {
     });
   });
 
+  it('writes that fail auth change neither the cache nor the origin', async () => {
+    await gw('GET', '/b/obj.bin');
+    await cacheUntouched(async () => {
+      const wrong = { ...CLIENT_KEY, secretAccessKey: 'wrong' };
+      const body = Buffer.from('not allowed');
+      const put = await signedHeaders(h.gateway.url(), wrong, 'PUT', '/b/obj.bin', {}, undefined, body);
+      expectS3Error(
+        await rawRequest(h.gateway.url(), 'PUT', '/b/obj.bin', put, body),
+        403,
+        'SignatureDoesNotMatch',
+      );
+      const del = await signedHeaders(h.gateway.url(), wrong, 'DELETE', '/b/obj.bin');
+      expectS3Error(
+        await rawRequest(h.gateway.url(), 'DELETE', '/b/obj.bin', del),
+        403,
+        'SignatureDoesNotMatch',
+      );
+    });
+    expect(sha((await og('GET', '/b/obj.bin')).body)).toBe(sha(data));
+  });
+
   it('a HEAD that fails auth gets the status and no body', async () => {
     const headers = await signedHeaders(
       h.gateway.url(),
