@@ -330,7 +330,12 @@ describe('authentication', () => {
     uriEscapePath: false,
   });
 
-  async function presign(p: string, signingDate: Date, expiresIn: number): Promise<string> {
+  async function presign(
+    p: string,
+    signingDate: Date,
+    expiresIn: number,
+    query: Record<string, string> = {},
+  ): Promise<string> {
     const u = new URL(h.gateway.url());
     const signed = await presigner.presign(
       new HttpRequest({
@@ -339,6 +344,7 @@ describe('authentication', () => {
         hostname: u.hostname,
         port: Number(u.port),
         path: p,
+        query,
         headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
       }),
       {
@@ -381,6 +387,18 @@ describe('authentication', () => {
       expectS3Error(expired, 403, 'AccessDenied');
       expect(xmlField(expired, 'Message')).toBe('Request has expired');
     });
+  });
+
+  it('a presigned download link with response-* overrides is answered with them', async () => {
+    const link = await presign('/b/obj.bin', new Date(), 60, {
+      'response-content-disposition': 'attachment; filename="a x.bin"',
+      'response-content-type': 'application/x-download',
+    });
+    const a = await rawRequest(h.gateway.url(), 'GET', link);
+    expect(a.status).toBe(200);
+    expect(a.headers['content-type']).toBe('application/x-download');
+    expect(a.headers['content-disposition']).toBe('attachment; filename="a x.bin"');
+    expect(sha(a.body)).toBe(sha(data));
   });
 
   it('bad signatures are 403 SignatureDoesNotMatch and never touch the cache, cached object or not', async () => {
