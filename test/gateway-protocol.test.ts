@@ -6,7 +6,12 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Sha256 } from '@aws-crypto/sha256-js';
-import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import {
+  GetObjectCommand,
+  ListObjectsV2Command,
+  PutBucketCorsCommand,
+  PutObjectCommand,
+} from '@aws-sdk/client-s3';
 import { HttpRequest } from '@smithy/protocol-http';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -481,6 +486,45 @@ describe('authentication', () => {
     const a = await rawRequest(h.gateway.url(), 'HEAD', '/b/obj.bin', headers);
     expect(a.status).toBe(403);
     expect(a.body.length).toBe(0);
+  });
+});
+
+describe('CORS preflight', () => {
+  it('an unsigned OPTIONS preflight is answered as the origin answers it, as S3 does', async () => {
+    await h.direct.send(
+      new PutBucketCorsCommand({
+        Bucket: 'b',
+        CORSConfiguration: {
+          CORSRules: [
+            {
+              AllowedOrigins: ['https://app.example'],
+              AllowedMethods: ['GET', 'PUT'],
+              AllowedHeaders: ['*'],
+            },
+          ],
+        },
+      }),
+    );
+    const ask = {
+      origin: 'https://app.example',
+      'access-control-request-method': 'PUT',
+      'access-control-request-headers': 'content-type, x-amz-date',
+    };
+    const direct = await rawRequest(h.origin.url, 'OPTIONS', '/b/obj.bin', ask);
+    const via = await rawRequest(h.gateway.url(), 'OPTIONS', '/b/obj.bin', ask);
+    expect(direct.status).toBe(200);
+    expect(via.status).toBe(200);
+    for (const k of [
+      'access-control-allow-origin',
+      'access-control-allow-methods',
+      'access-control-allow-headers',
+    ])
+      expect(via.headers[k]).toBe(direct.headers[k]);
+    const refused = await rawRequest(h.gateway.url(), 'OPTIONS', '/b/obj.bin', {
+      ...ask,
+      origin: 'https://evil.example',
+    });
+    expect(refused.status).toBe(403);
   });
 });
 

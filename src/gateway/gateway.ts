@@ -185,7 +185,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         return;
       }
       let verified: VerifiedRequest | undefined;
-      if (authMode === 'gateway') {
+      // A CORS preflight is never signed (browsers cannot); S3 answers it from the bucket's CORS rules.
+      if (authMode === 'gateway' && method !== 'OPTIONS') {
         const auth = verifySigV4(method, rawUrl, req.headers, keys, Date.now());
         if (!auth.ok) {
           outcome = 'DENIED';
