@@ -472,9 +472,18 @@ export class Queue<T = unknown> {
             await this.store.release(b.entry.ref).catch(() => undefined);
           }
         }
+        let started = false;
         while (handling < concurrency && buffer.length > 0) {
           const b = buffer.shift();
           if (b) start(b.row, b.entry);
+          started = true;
+        }
+        if (started) {
+          // Let handlers that finish at once finish, so the claim below sees the real free
+          // capacity and claims a batch, not one item per finished handler.
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          if (!this.running) break;
+          if (handling < concurrency && buffer.length > 0) continue;
         }
         const capacity = concurrency + prefetch - handling - buffer.length;
         const waitMs = this.claimNotBefore - Date.now();
@@ -548,7 +557,13 @@ export class Queue<T = unknown> {
   private scheduleCompletions(): void {
     if (this.completionScheduled) return;
     this.completionScheduled = true;
-    setImmediate(() => {
+    // While workers run on a store that can complete and claim at once, wait one more turn: the
+    // worker loop's next claim usually takes these completions into its own commit.
+    const later = (fn: () => void): void => {
+      if (this.running && this.store.completeAndClaim) setImmediate(() => setImmediate(fn));
+      else setImmediate(fn);
+    };
+    later(() => {
       const batch = this.completions;
       this.completions = [];
       if (batch.length === 0) {
