@@ -1,10 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
+import * as fsp from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { CacheFs } from '../src/cache/index.js';
 import { chaos, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
@@ -234,5 +236,29 @@ describe('gateway misses', () => {
     await g.idle();
     const whole = await get(g, 'changed-first.bin');
     expect(sha(whole.body)).toBe(sha(v2));
+  });
+
+  it('answers a GET of an object with no cached slice without waiting for its metadata', async () => {
+    // Reads of metadata files wait at a gate the test opens after the answer arrived.
+    let release: (() => void) | undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let gated = true;
+    const stat = (async (p: Parameters<typeof fsp.stat>[0], o?: Parameters<typeof fsp.stat>[1]) => {
+      if (gated && String(p).endsWith('meta.json')) await gate;
+      return fsp.stat(p, o);
+    }) as CacheFs['stat'];
+    const g = await gateway({ cacheFs: { ...fsp, stat } });
+    const body = randomBytes(SLICE - 3);
+    await put('plain.bin', body);
+    const got = await get(g, 'plain.bin');
+    expect(got.cache).toBe('MISS');
+    expect(sha(got.body)).toBe(sha(body));
+    gated = false;
+    release?.();
+    await g.idle();
+    expect(g.cache?.mayHaveSlices({ bucket: 'b', key: 'plain.bin', versionId: null })).toBe(true);
+    const hit = await get(g, 'plain.bin');
+    expect(hit.cache).toBe('HIT');
+    expect(sha(hit.body)).toBe(sha(body));
   });
 });

@@ -114,7 +114,14 @@ export async function serveObject(
   const rangeHeader = req.headers.range;
   const firstMatch = rangeHeader === undefined ? undefined : /^bytes=(\d+)-(\d*)$/.exec(rangeHeader.trim());
   const firstByte = rangeHeader === undefined ? 0 : firstMatch ? Number(firstMatch[1]) : undefined;
-  const resolved = await resolveObject(ctx, id, rawQuery, method === 'GET' ? firstByte : undefined);
+  const plainGet =
+    method === 'GET' &&
+    firstByte !== undefined &&
+    req.headers['if-match'] === undefined &&
+    req.headers['if-none-match'] === undefined &&
+    req.headers['if-modified-since'] === undefined &&
+    req.headers['if-unmodified-since'] === undefined;
+  const resolved = await resolveObject(ctx, id, rawQuery, method === 'GET' ? firstByte : undefined, plainGet);
   if ('error' in resolved) {
     const err = resolved.error;
     const spec = isThrottle(err)
@@ -572,12 +579,17 @@ async function resolveObject(
   id: ObjectIdentity,
   rawQuery: string,
   firstByte: number | undefined,
+  plainGet = false,
 ): Promise<Lookup> {
   const cache = ctx.cache;
+  // A plain GET of an object with no cached slice is a miss whatever its metadata says: straight
+  // to the origin, without reading the metadata first.
+  const certainMiss = cache !== undefined && plainGet && !cache.mayHaveSlices(id);
   // From memory when remembered: the read that follows checks meta.json on the cache's own thread.
-  const cachedMeta = cache
-    ? await safe(ctx, 'metadata read', () => cache.getMeta(id, { lazy: true }))
-    : undefined;
+  const cachedMeta =
+    cache && !certainMiss
+      ? await safe(ctx, 'metadata read', () => cache.getMeta(id, { lazy: true }))
+      : undefined;
   if (cachedMeta && ctx.clock.now() - cachedMeta.cachedAt < ctx.ttlMs)
     return { meta: cachedMeta, stale: false };
   const hash = identityHash(id);
