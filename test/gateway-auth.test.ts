@@ -228,6 +228,37 @@ describe('streaming uploads in gateway auth mode', () => {
     expect(await atOrigin('chunked-hangup.bin')).toBe('NoSuchKey');
   });
 
+  it('stores nothing and opens no breaker when clients hang up in the middle of plain uploads', async () => {
+    const u = new URL(h.gateway.url());
+    for (let i = 0; i < 8; i++) {
+      const data = randomBytes(300_000);
+      const headers = await signedHeaders(
+        h.gateway.url(),
+        CLIENT_KEY,
+        'PUT',
+        '/b/plain-hangup.bin',
+        { 'content-length': String(data.length) },
+        'UNSIGNED-PAYLOAD',
+      );
+      await new Promise<void>((resolve) => {
+        const req = http.request({
+          host: u.hostname,
+          port: u.port,
+          method: 'PUT',
+          path: '/b/plain-hangup.bin',
+          headers,
+          agent: false,
+        });
+        req.on('error', () => resolve());
+        req.on('close', () => resolve());
+        req.write(data.subarray(0, 100_000), () => setImmediate(() => req.destroy()));
+      });
+      for (let j = 0; j < 200 && h.gateway.inFlight() > 0; j++) await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(await atOrigin('plain-hangup.bin')).toBe('NoSuchKey');
+    expect(h.gateway.guard.breakerStates().b).toBe('closed');
+  });
+
   it('does not count refused bodies against the origin breaker', async () => {
     for (let i = 0; i < 8; i++) {
       const { headers, body } = await signedChunkedPut('chunked-breaker.bin', randomBytes(70_000), 64 * 1024);

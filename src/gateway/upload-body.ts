@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { Readable, Transform } from 'node:stream';
+import { PassThrough, type Readable, type Transform } from 'node:stream';
 import { BodyRejectedError, decodeAwsChunked } from './aws-chunked.js';
 import { verifyPayloadSha256 } from './payload-verify.js';
 import type { VerifiedRequest } from './sigv4-verify.js';
@@ -11,7 +11,10 @@ const STREAMING = new Set([
   'STREAMING-UNSIGNED-PAYLOAD-TRAILER',
 ]);
 
-/** The body to send the origin and the stream checking it, or why it is refused. */
+/**
+ * The body to send the origin and the stream between it and the client (which checks it, and
+ * through which a client hanging up is noticed), or why it is refused.
+ */
 export type BodyPlan = { body: Readable; verifier: Transform | undefined } | { refuse: BodyRejectedError };
 
 /**
@@ -69,5 +72,9 @@ export function planBody(
     const verifier = verifyPayloadSha256(sha);
     return { body: verifier, verifier };
   }
-  return { body: req, verifier: undefined };
+  if (method === 'GET' || method === 'HEAD') return { body: req, verifier: undefined };
+  // Unchecked, but still between the client and the origin: a client hanging up is then told
+  // apart from an origin failure (and never counted against the origin's breaker).
+  const watch = new PassThrough();
+  return { body: watch, verifier: watch };
 }
