@@ -168,6 +168,20 @@ describe('writes through the gateway drop the cached object', () => {
   });
 });
 
+describe('origin failures on writes', () => {
+  it('an origin 500 reaches the client as 500 InternalError, not as the gateway being unavailable', async () => {
+    // s3rver fails DeleteObjects of two keys in one folder (it deletes them concurrently).
+    for (const k of ['fails/a.bin', 'fails/b.bin']) await put(k, randomBytes(10));
+    const body = Buffer.from(
+      '<Delete><Object><Key>fails/a.bin</Key></Object><Object><Key>fails/b.bin</Key></Object></Delete>',
+    );
+    const res = await signedRequest(h.gateway.url(), CLIENT_KEY, 'POST', '/b?delete', {}, body);
+    expect(res.status).toBe(500);
+    expect(res.body.toString()).toContain('<Code>InternalError</Code>');
+    expect(res.body.toString()).toContain(`<RequestId>${String(res.headers['x-request-id'])}</RequestId>`);
+  });
+});
+
 describe('DeleteObjects body', () => {
   it('reaches the origin byte for byte while its keys are dropped', async () => {
     const recorder = await startRecorder(h.origin.url);

@@ -5,7 +5,7 @@ import type { RangeCache } from '../cache/index.js';
 import type { OriginClient, OriginResponse } from './origin-client.js';
 import type { OriginGuard } from './origin-guard.js';
 import { relay } from './object-read.js';
-import { retryAfterSeconds } from './origin-guard.js';
+import { isThrottle, retryAfterSeconds } from './origin-guard.js';
 import type { S3Target } from './s3-request.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
 import { BodyRejectedError } from './aws-chunked.js';
@@ -266,8 +266,13 @@ export async function passthrough(
     if (rejected) return refuse(rejected);
     const e = classify(err);
     const after = retryAfterSeconds(e);
-    const spec = S3Errors.serviceUnavailable(after, `the origin is unavailable (${e.code}); please retry`);
+    // The origin's own 5xx keeps its meaning; a failure to reach it (or an open breaker) is a 503.
+    const spec = isThrottle(e)
+      ? S3Errors.slowDown(after)
+      : e.details.status === 500
+        ? S3Errors.internal()
+        : S3Errors.serviceUnavailable(after, `the origin is unavailable (${e.code}); please retry`);
     sendS3Error(res, method, { ...spec, headers: { ...spec.headers, 'x-request-id': requestId } }, requestId);
-    return 503;
+    return spec.status;
   }
 }
