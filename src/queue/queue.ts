@@ -403,6 +403,7 @@ export class Queue<T = unknown> {
 
     let reconnect = this.reconnect;
     let claiming: Promise<void> | undefined;
+    let refillScheduled = false;
     // Claims run in the background while handlers take items from the buffer (a pipeline), so a
     // claim's round trip and commit are not paid between items.
     const claim = (capacity: number): Promise<QueueRow[]> => {
@@ -472,28 +473,26 @@ export class Queue<T = unknown> {
             await this.store.release(b.entry.ref).catch(() => undefined);
           }
         }
-        let started = false;
         while (handling < concurrency && buffer.length > 0) {
           const b = buffer.shift();
           if (b) start(b.row, b.entry);
-          started = true;
         }
-        if (started) {
-          // Let handlers that finish at once finish, so the claim below sees the real free
-          // capacity and claims a batch, not one item per finished handler.
-          await new Promise<void>((resolve) => setImmediate(resolve));
-          if (!this.running) break;
-          if (handling < concurrency && buffer.length > 0) continue;
-        }
-        const capacity = concurrency + prefetch - handling - buffer.length;
         const waitMs = this.claimNotBefore - Date.now();
-        // Refill in batches (when half the prefetch is used), not one claim per finished item.
-        if (!claiming && !this.paused && capacity > 0 && buffer.length <= prefetch / 2 && waitMs <= 0) {
-          claiming = refill(capacity).finally(() => {
-            claiming = undefined;
+        // Refill in batches when half the prefetch is used. The claim is sized on the next turn of
+        // the event loop, once handlers that finish at once have finished, so it claims a batch
+        // rather than one item per finished handler; meanwhile handlers keep taking buffered items.
+        if (!claiming && !refillScheduled && !this.paused && buffer.length <= prefetch / 2 && waitMs <= 0) {
+          refillScheduled = true;
+          setImmediate(() => {
+            refillScheduled = false;
+            const capacity = concurrency + prefetch - handling - buffer.length;
+            if (!this.running || this.paused || claiming || capacity <= 0) return;
+            claiming = refill(capacity).finally(() => {
+              claiming = undefined;
+            });
           });
         }
-        await this.idle(claiming || waitMs <= 0 ? pollMs : waitMs);
+        await this.idle(claiming || refillScheduled || waitMs <= 0 ? pollMs : waitMs);
       }
       await claiming;
     })();
