@@ -272,6 +272,36 @@ describe('streaming uploads in gateway auth mode', () => {
   });
 });
 
+describe('streaming uploads in anonymous mode', () => {
+  it('decodes signed chunks it has no key to check, and still refuses a short body', async () => {
+    const g = await createGateway({
+      upstream: h.origin.url,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'anonymous',
+      log: () => undefined,
+    });
+    await g.listen(0);
+    try {
+      const data = randomBytes(150_000);
+      const ok = await signedChunkedPut('anon-chunked.bin', data, 64 * 1024);
+      expect((await rawRequest(g.url(), 'PUT', '/b/anon-chunked.bin', ok.headers, ok.body)).status).toBe(200);
+      expect(await atOrigin('anon-chunked.bin')).toBe(sha(data));
+      const short = await signedChunkedPut('anon-short.bin', data, 64 * 1024, (n) => n - FINAL_CHUNK_BYTES);
+      const res = await rawRequest(
+        g.url(),
+        'PUT',
+        '/b/anon-short.bin',
+        short.headers,
+        short.body.subarray(0, short.body.length - FINAL_CHUNK_BYTES),
+      );
+      expect(errorCode(res)).toBe('IncompleteBody');
+      expect(await atOrigin('anon-short.bin')).toBe('NoSuchKey');
+    } finally {
+      await g.close(500);
+    }
+  });
+});
+
 describe('signed streaming uploads with a trailer (STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER)', () => {
   async function put(
     key: string,
