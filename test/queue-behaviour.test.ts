@@ -119,6 +119,48 @@ describe.each(stores)('queue on %s', (_name, makeFixture) => {
     expect((await a.stats()).completed).toBe(1);
   });
 
+  it('renews the lease by heartbeats while a handler runs, and aborts it with STALE_TOKEN once the lease is lost', async () => {
+    const a = await open<string>();
+    const b = await open<string>();
+    await a.enqueue('long');
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let lost: unknown;
+    a.process(
+      async ({ signal }) => {
+        signal.addEventListener('abort', () => {
+          lost = signal.reason;
+        });
+        await gate;
+      },
+      { leaseMs: 900, pollMs: 2 },
+    );
+    await until(async () => (await a.stats()).active === 1, 'the item to be claimed');
+    // Ten lease lengths pass; every 300 ms a heartbeat renews the lease.
+    for (let i = 0; i < 30; i++) {
+      await clock.advance(300);
+      await until(
+        async () => ((await a.rawStore.list('q', 'active', 1))[0]?.leaseUntil ?? 0) > clock.now(),
+        'the renewal',
+      );
+    }
+    expect(await b.rawStore.claim('q', 1, 900, clock.now())).toEqual([]);
+    // Another worker whose clock runs far ahead takes the item over: the first one's lease is lost.
+    // (The first worker stops claiming, so it cannot win the reclaimed item back first.)
+    a.pause();
+    const [taken] = await b.rawStore.claim('q', 1, 60_000, clock.now() + 10_000);
+    expect(taken?.attempts).toBe(2);
+    await clock.advance(300);
+    await until(() => lost !== undefined, 'the handler to be told');
+    expect(lost).toMatchObject({ code: 'STALE_TOKEN' });
+    release();
+    await until(async () => (await a.stats()).staleTotal === 1, 'the refused completion');
+    expect((await a.stats()).completed).toBe(0);
+    expect([...(await b.rawStore.complete([ref(taken)], clock.now()))]).toEqual([taken?.id]);
+  });
+
   it('retries with the backoff, then dead-letters with the error history, and redrives', async () => {
     const q = await open<string>();
     await q.enqueue('x', { maxAttempts: 3 });
