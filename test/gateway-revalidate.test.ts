@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { chaos, type ChaosProxy, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
@@ -239,5 +239,22 @@ describe('gateway revalidation', () => {
     const again = await get(g, 'changed.bin');
     expect(again.cache).toBe('HIT');
     expect(sha(again.body)).toBe(sha(v2));
+  });
+
+  it('passes a 404 through and drops the cached copy when the object was deleted at the origin', async () => {
+    const clock = new VirtualClock(Date.now());
+    const g = await gateway(clock);
+    const body = randomBytes(SLICE * 2);
+    await put('deleted.bin', body);
+    await warm(g, 'deleted.bin', body);
+    await s3.send(new DeleteObjectCommand({ Bucket: 'b', Key: 'deleted.bin' }));
+    // Within the TTL the cached copy is served as it is.
+    expect((await get(g, 'deleted.bin')).cache).toBe('HIT');
+    await clock.advance(TTL + 1);
+    const gone = await get(g, 'deleted.bin');
+    expect(gone.status).toBe(404);
+    expect(gone.body.toString()).toContain('<Code>NoSuchKey</Code>');
+    await g.idle();
+    expect(g.cache?.stats().slices).toBe(0);
   });
 });
