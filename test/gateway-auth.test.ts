@@ -410,46 +410,54 @@ describe('SDK uploads and payload hashes', () => {
     expect(await atOrigin('sdk-stream.bin')).toBe(sha(data));
   });
 
-  it('sends the origin a decoded body with its decoded length, no aws-chunked and no trailer', async () => {
-    const recorder = await startRecorder(h.origin.url);
-    const g = await createGateway({
-      upstream: recorder.url,
-      originCredentials: TEST_CREDENTIALS,
-      auth: 'gateway',
-      clientKeys: [CLIENT_KEY],
-      log: () => undefined,
-    });
-    await g.listen(0);
-    const client = s3(g.url(), CLIENT_KEY);
-    try {
-      const data = randomBytes(100_000);
-      await client.send(
-        new PutObjectCommand({
-          Bucket: 'b',
-          Key: 'recorded.bin',
-          Body: Readable.from([data]),
-          ContentLength: data.length,
-          ContentEncoding: 'gzip',
-        }),
-      );
-      const put = recorder.seen.find((r) => r.method === 'PUT');
-      expect(sha(put?.body ?? Buffer.alloc(0))).toBe(sha(data));
-      expect(put?.headers['content-length']).toBe(String(data.length));
-      expect(put?.headers['content-encoding']).toBe('gzip');
-      for (const dropped of [
-        'x-amz-trailer',
-        'x-amz-decoded-content-length',
-        'x-amz-sdk-checksum-algorithm',
-        'expect',
-      ])
-        expect(put?.headers[dropped]).toBeUndefined();
-      expect(put?.headers.authorization).toContain('Credential=S3RVER/');
-    } finally {
-      client.destroy();
-      await g.close(500);
-      await recorder.close();
-    }
-  });
+  it.each([
+    ['a small', 100_000, true],
+    ['a large', 1024 * 1024 + 1, false],
+  ])(
+    'sends the origin %s streamed body decoded, with its decoded length (and its checksum as a header: %s)',
+    async (_what, size, checksumForwarded) => {
+      const recorder = await startRecorder(h.origin.url);
+      const g = await createGateway({
+        upstream: recorder.url,
+        originCredentials: TEST_CREDENTIALS,
+        auth: 'gateway',
+        clientKeys: [CLIENT_KEY],
+        log: () => undefined,
+      });
+      await g.listen(0);
+      const client = s3(g.url(), CLIENT_KEY);
+      try {
+        const data = randomBytes(size);
+        await client.send(
+          new PutObjectCommand({
+            Bucket: 'b',
+            Key: 'recorded.bin',
+            Body: Readable.from([data]),
+            ContentLength: data.length,
+            ContentEncoding: 'gzip',
+          }),
+        );
+        const put = recorder.seen.find((r) => r.method === 'PUT');
+        expect(sha(put?.body ?? Buffer.alloc(0))).toBe(sha(data));
+        expect(put?.headers['content-length']).toBe(String(data.length));
+        expect(put?.headers['content-encoding']).toBe('gzip');
+        for (const dropped of ['x-amz-trailer', 'x-amz-decoded-content-length', 'expect'])
+          expect(put?.headers[dropped]).toBeUndefined();
+        const crc = Buffer.alloc(4);
+        crc.writeUInt32BE(crc32(data));
+        // S3 refuses an algorithm named without its checksum: both or neither.
+        expect(put?.headers['x-amz-checksum-crc32']).toBe(
+          checksumForwarded ? crc.toString('base64') : undefined,
+        );
+        expect(put?.headers['x-amz-sdk-checksum-algorithm']).toBe(checksumForwarded ? 'CRC32' : undefined);
+        expect(put?.headers.authorization).toContain('Credential=S3RVER/');
+      } finally {
+        client.destroy();
+        await g.close(500);
+        await recorder.close();
+      }
+    },
+  );
 
   it('refuses an unsigned streaming upload whose trailer checksum is wrong', async () => {
     const data = Buffer.from('a body with a crc32 trailer');

@@ -25,6 +25,8 @@ export interface AwsChunkedOptions {
   trailer?: string | undefined;
   /** Largest chunk accepted, held in memory until its signature is checked (default 16 MiB). */
   maxChunkBytes?: number;
+  /** Called with the declared trailer's value once the whole body is checked, before its end is released. */
+  onTrailer?: (name: string, value: string) => void;
 }
 
 /** A streaming body that must not reach the origin, with the S3 error the client gets. */
@@ -181,6 +183,7 @@ export function decodeAwsChunked(options: AwsChunkedOptions = {}): Transform {
         });
       if (signing && !trailerSigned)
         throw malformed('the trailer of a signed streaming upload is not signed');
+      options.onTrailer?.(name, value);
     }
     state = 'done';
     release(t, []);

@@ -9,7 +9,7 @@ import { isThrottle, retryAfterSeconds } from './origin-guard.js';
 import type { S3Target } from './s3-request.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
 import { BodyRejectedError } from './aws-chunked.js';
-import { planBody } from './upload-body.js';
+import { MAX_FORWARDED_TRAILER_BODY_BYTES, planBody } from './upload-body.js';
 import type { VerifiedRequest } from './sigv4-verify.js';
 import {
   deleteObjectsKeys,
@@ -201,9 +201,12 @@ export async function passthrough(
   const hasBody = method !== 'GET' && method !== 'HEAD';
   let upload: Readable | Buffer = body;
   let deleted: { key: string; versionId: string | undefined }[] = [];
-  if (isDeleteObjects(method, target) && options.cache) {
-    // The keys to drop are in the body: read it (it is small), pass the same bytes on.
-    const whole = await readAll(body, MAX_DELETE_BODY_BYTES).catch(() => null);
+  const deleteList = isDeleteObjects(method, target) && options.cache !== undefined;
+  if (deleteList || plan.trailer) {
+    // DeleteObjects names the keys to drop in its body; a small streaming upload's checksum
+    // trailer becomes a header. Either way the body is read whole (it is small) and passed on.
+    const limit = deleteList ? MAX_DELETE_BODY_BYTES : MAX_FORWARDED_TRAILER_BODY_BYTES;
+    const whole = await readAll(body, limit).catch(() => null);
     if (whole === null)
       return refuse(rejected ?? new BodyRejectedError(S3Errors.badRequest('the body could not be read')));
     if (whole === undefined) {
@@ -218,7 +221,13 @@ export async function passthrough(
       );
       return 400;
     }
-    deleted = deleteObjectsKeys(whole);
+    if (deleteList) deleted = deleteObjectsKeys(whole);
+    const checksum = plan.trailer?.value();
+    if (plan.trailer && checksum !== undefined) {
+      headers[plan.trailer.name] = checksum;
+      if (plan.trailer.algorithm !== undefined)
+        headers['x-amz-sdk-checksum-algorithm'] = plan.trailer.algorithm;
+    }
     upload = whole;
     headers['content-length'] = String(whole.length);
   }

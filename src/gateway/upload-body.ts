@@ -15,7 +15,24 @@ const STREAMING = new Set([
  * The body to send the origin and the stream between it and the client (which checks it, and
  * through which a client hanging up is noticed), or why it is refused.
  */
-export type BodyPlan = { body: Readable; verifier: Transform | undefined } | { refuse: BodyRejectedError };
+export type BodyPlan =
+  | { body: Readable; verifier: Transform | undefined; trailer?: ForwardedTrailer }
+  | { refuse: BodyRejectedError };
+
+/**
+ * A small streaming upload's checksum trailer, to forward as a header once the body is read
+ * whole, so the origin checks and stores the checksum the client sent.
+ */
+export interface ForwardedTrailer {
+  /** The trailer's value, known once the body has been read to its end. */
+  value(): string | undefined;
+  name: string;
+  /** The client's `x-amz-sdk-checksum-algorithm`, sent again with the checksum. */
+  algorithm: string | undefined;
+}
+
+/** Streaming uploads up to this size are read whole so their checksum trailer can be forwarded. */
+export const MAX_FORWARDED_TRAILER_BODY_BYTES = 1024 * 1024;
 
 /**
  * How the client's body goes to the origin: a streaming body decoded with its chunk signatures
@@ -55,16 +72,35 @@ export function planBody(
       .filter((s) => s !== 'aws-chunked' && s !== '');
     if (enc.length) headers['content-encoding'] = enc.join(', ');
     else delete headers['content-encoding'];
-    const trailer = req.headers['x-amz-trailer'];
-    // The trailer is checked here and not forwarded: S3 refuses an algorithm with no checksum.
-    if (typeof trailer === 'string') delete headers['x-amz-sdk-checksum-algorithm'];
+    const declaredTrailer = req.headers['x-amz-trailer'];
+    const trailer =
+      sha.endsWith('-TRAILER') && typeof declaredTrailer === 'string'
+        ? declaredTrailer.trim().toLowerCase()
+        : undefined;
+    // A trailer cannot follow a body sent with Content-Length: a small body's checksum is sent as
+    // a header once the body is read; a larger body's is checked here and not forwarded (S3
+    // refuses an algorithm named with no checksum).
+    const algorithm = headers['x-amz-sdk-checksum-algorithm'];
+    if (declaredTrailer !== undefined) delete headers['x-amz-sdk-checksum-algorithm'];
+    let trailerValue: string | undefined;
     const verifier = decodeAwsChunked({
       signing:
         verified && sha.startsWith('STREAMING-AWS4-HMAC-SHA256-PAYLOAD') ? verified.signing : undefined,
       decodedLength,
-      trailer: sha.endsWith('-TRAILER') && typeof trailer === 'string' ? trailer : undefined,
+      trailer,
+      onTrailer: (_name, value) => {
+        trailerValue = value;
+      },
     });
-    return { body: verifier, verifier };
+    const forward =
+      trailer !== undefined &&
+      /^x-amz-checksum-[a-z0-9]+$/.test(trailer) &&
+      decodedLength <= MAX_FORWARDED_TRAILER_BODY_BYTES;
+    return {
+      body: verifier,
+      verifier,
+      ...(forward ? { trailer: { name: trailer, algorithm, value: () => trailerValue } } : {}),
+    };
   }
   if (typeof sha === 'string' && /^[0-9a-fA-F]{64}$/.test(sha)) {
     headers['x-amz-content-sha256'] = sha.toLowerCase();
