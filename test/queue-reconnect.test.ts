@@ -1,4 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { chaos, type ChaosProxy } from '../src/chaos/index.js';
@@ -101,6 +104,44 @@ describe.skipIf(!withPg)('queue on PostgreSQL behind the chaos proxy', () => {
     ];
     expect([...handled].sort((a, b) => a - b)).toEqual(expected);
     expect((await producer.stats()).dead).toBe(0);
+  });
+
+  it('keeps accepting enqueues in a local spool during an outage and hands them over in order', async () => {
+    proxy = await chaos.proxy({ upstream: upstreamOf(PG_URL) });
+    const dir = await mkdtemp(path.join(tmpdir(), 'keel-queue-spool-'));
+    const producer = await openQueue<number>(through(proxy), {
+      name: 'rc',
+      schema,
+      retention: false,
+      connectTimeoutMs: 1000,
+      spool: path.join(dir, 'spool.db'),
+    });
+    queues.push(producer);
+    const worker = await open<number>(PG_URL);
+    const handled: number[] = [];
+    worker.process(
+      ({ payload }) => {
+        handled.push(payload);
+        return Promise.resolve();
+      },
+      { pollMs: 5 },
+    );
+    const send = (from: number, to: number) =>
+      Promise.all(
+        Array.from({ length: to - from }, (_, i) => producer.enqueue(from + i, { partitionKey: 'p' })),
+      );
+    expect((await send(0, 5)).every((r) => r.spooled !== true)).toBe(true);
+    await proxy.disable();
+    const during = await send(5, 15);
+    expect(during.every((r) => r.spooled === true)).toBe(true);
+    await proxy.enable();
+    // Sent while the spool still holds items: they queue behind them, keeping the order.
+    await send(15, 20);
+    await until(() => handled.length >= 20, 'all 20 items to be handled');
+    await until(async () => (await producer.stats()).spooled === 0, 'the spool to empty');
+    expect(handled).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    expect((await worker.stats()).completed).toBe(20);
+    await rm(dir, { recursive: true, force: true });
   });
 
   it('fails to open with QUEUE_STORE_UNAVAILABLE naming the store but not the password', async () => {

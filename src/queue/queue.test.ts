@@ -191,6 +191,10 @@ describe('queue schema migrations on SQLite', () => {
       code: 'INVALID_CONFIG',
       message: /unsupported scheme "mysql:"/,
     });
+    await expect(openQueue(':memory:', { spool: '/tmp/spool.db' })).rejects.toMatchObject({
+      code: 'INVALID_CONFIG',
+      message: /spool applies to PostgreSQL stores only/,
+    });
     const bad = await openQueue('postgres://user:s3cret@/').catch((e: unknown) => e);
     expect(bad).toMatchObject({ code: 'INVALID_CONFIG' });
     expect(JSON.stringify(bad) + String(bad)).not.toContain('s3cret');

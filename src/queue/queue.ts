@@ -16,6 +16,7 @@ import {
   type EncryptionOptions,
   type PayloadCipher,
 } from './encryption.js';
+import { OutageSpool } from './spool.js';
 
 /** Options of {@link Queue.enqueue}. */
 export interface EnqueueOptions {
@@ -36,6 +37,11 @@ export interface Enqueued {
   id: number;
   /** True when an item with the same idempotency key already existed. */
   duplicate: boolean;
+  /**
+   * True when PostgreSQL was unreachable and the item was committed to the local `spool` instead
+   * (its `id` is then the spool's); it moves to PostgreSQL by itself when the server answers.
+   */
+  spooled?: boolean;
 }
 
 /** A claimed item as a handler sees it. */
@@ -96,6 +102,12 @@ export interface QueueOptions extends QueueStoreOptions {
   retention?: RetentionOptions | false;
   /** Encrypt payloads at rest with AES-256-GCM (see `payloadCipher`). */
   encryption?: EncryptionOptions;
+  /**
+   * PostgreSQL only: a SQLite file that keeps accepting enqueues while PostgreSQL is unreachable
+   * (see `Enqueued.spooled`); they are handed to PostgreSQL in order once it answers. Items get a
+   * generated idempotency key when they have none, so none is stored twice.
+   */
+  spool?: string;
 }
 
 /** A snapshot for metrics and health. */
@@ -117,6 +129,8 @@ export interface QueueStats {
   staleTotal: number;
   /** Items removed by retention sweeps of this instance. */
   sweptTotal: number;
+  /** Items waiting in this instance's outage spool (always 0 without `spool`). */
+  spooled: number;
 }
 
 /** An item as listed by {@link Queue.list}. */
@@ -228,6 +242,7 @@ export class Queue<T = unknown> {
     private readonly clock: Clock = systemClock,
     private readonly retention?: Required<RetentionOptions>,
     private readonly cipher?: PayloadCipher,
+    private spool?: OutageSpool,
   ) {
     if (retention) this.scheduleRetention();
   }
@@ -265,6 +280,7 @@ export class Queue<T = unknown> {
         maxAttempts: options.maxAttempts ?? 5,
         runAt: this.clock.now() + (options.delayMs ?? 0),
       };
+      if (this.spool) row = OutageSpool.keyed(row);
     } catch (err) {
       return Promise.reject(classify(err));
     }
@@ -291,19 +307,25 @@ export class Queue<T = unknown> {
     const batch = this.batch;
     this.batch = [];
     if (batch.length === 0) return;
+    const rows = batch.map((p) => p.row);
     try {
-      const ids = await this.store.enqueue(
-        this.name,
-        batch.map((p) => p.row),
-        this.clock.now(),
-      );
-      this.observe();
+      let ids: Enqueued[];
+      if (this.spool?.holding) ids = await this.toSpool(rows);
+      else {
+        try {
+          ids = await this.store.enqueue(this.name, rows, this.clock.now());
+          this.observe();
+        } catch (err) {
+          this.observe(err);
+          if (!this.spool || !isUnavailable(err)) throw err;
+          ids = await this.toSpool(rows);
+        }
+      }
       batch.forEach((p, i) => {
         p.resolve(ids[i] ?? { id: -1, duplicate: false });
       });
       this.kick();
     } catch (err) {
-      this.observe(err);
       const error = isUnavailable(err)
         ? err
         : keelError(
@@ -314,6 +336,17 @@ export class Queue<T = unknown> {
           );
       for (const p of batch) p.reject(error);
     }
+  }
+
+  private async toSpool(rows: NewQueueRow[]): Promise<Enqueued[]> {
+    const spool = this.spool;
+    if (!spool) return [];
+    return (await spool.write(rows)).map((r) => ({ ...r, spooled: true }));
+  }
+
+  /** @internal openQueue attaches the spool once the queue exists (its mover wakes the workers). */
+  attachSpool(spool: OutageSpool): void {
+    this.spool = spool;
   }
 
   /**
@@ -496,6 +529,11 @@ export class Queue<T = unknown> {
       }
       await claiming;
     })();
+  }
+
+  /** @internal Lets workers claim at once (the spool moved items). */
+  wakeWorkers(): void {
+    this.kick();
   }
 
   /** Lets workers claim at once (something was enqueued or redriven) and wakes them. */
@@ -747,6 +785,7 @@ export class Queue<T = unknown> {
       deadLetteredTotal: this.totals.dead,
       staleTotal: this.totals.stale,
       sweptTotal: this.totals.swept,
+      spooled: this.spool?.count() ?? 0,
     };
   }
 
@@ -785,6 +824,7 @@ export class Queue<T = unknown> {
       await this.store.release(f.ref).catch(() => undefined);
     }
     this.inFlight.clear();
+    await this.spool?.close();
     await this.store.close();
   }
 
@@ -819,6 +859,25 @@ export async function openQueue<T = unknown>(target: string, options: QueueOptio
           `queue option retention.${k} must be a number of ms >= ${k === 'intervalMs' ? 1 : 0}, got ${String(v)}`,
         );
   }
-  const store = await openQueueStore(target, storeOptions);
-  return new Queue<T>(store, name, clock, kept, cipher);
+  const { spool, ...rest } = storeOptions;
+  const store = await openQueueStore(target, rest);
+  const queue = new Queue<T>(store, name, clock, kept, cipher);
+  if (spool !== undefined) {
+    if (store.kind !== 'postgres') {
+      await store.close();
+      throw keelError(
+        'INVALID_CONFIG',
+        'queue option spool applies to PostgreSQL stores only (SQLite is already local)',
+      );
+    }
+    try {
+      queue.attachSpool(
+        OutageSpool.open(spool, store, name, clock, DEFAULT_RECONNECT, () => queue.wakeWorkers()),
+      );
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+  }
+  return queue;
 }

@@ -142,6 +142,10 @@ export class SqliteQueueStore implements QueueStore {
       counts: db.prepare(
         `SELECT status, COUNT(*) AS n, MIN(created_at) AS oldest FROM keel_queue_items WHERE queue = ? GROUP BY status`,
       ),
+      pendingCount: db.prepare(
+        `SELECT COUNT(*) AS n FROM keel_queue_items WHERE queue = ? AND status = 'pending'`,
+      ),
+      remove: db.prepare(`DELETE FROM keel_queue_items WHERE id = ?`),
       queues: db.prepare(
         `SELECT DISTINCT queue FROM keel_queue_items UNION SELECT queue FROM keel_queue_queues ORDER BY queue`,
       ),
@@ -325,6 +329,18 @@ export class SqliteQueueStore implements QueueStore {
 
   queues(): Promise<string[]> {
     return this.run(() => (this.stmts.queues.all() as { queue: string }[]).map((r) => r.queue));
+  }
+
+  /** Pending items of `queue`, counted synchronously (for the outage spool's hand-over). */
+  pendingCountSync(queue: string): number {
+    return (this.stmts.pendingCount.get(queue) as { n: number }).n;
+  }
+
+  /** Deletes items by id (the outage spool, once they are stored in the primary store). */
+  remove(ids: readonly number[]): Promise<number> {
+    return this.run(() =>
+      this.db.transaction(() => ids.reduce((n, id) => n + this.stmts.remove.run(id).changes, 0)).immediate(),
+    );
   }
 
   close(): Promise<void> {
