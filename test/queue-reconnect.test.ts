@@ -140,7 +140,7 @@ describe.skipIf(!withPg)('queue on PostgreSQL behind the chaos proxy', () => {
     await until(() => handled.length >= 20, 'all 20 items to be handled');
     await until(async () => (await producer.stats()).spooled === 0, 'the spool to empty');
     expect(handled).toEqual(Array.from({ length: 20 }, (_, i) => i));
-    expect((await worker.stats()).completed).toBe(20);
+    await until(async () => (await worker.stats()).completed === 20, 'all 20 completions committed');
     await rm(dir, { recursive: true, force: true });
   });
 
