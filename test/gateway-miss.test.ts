@@ -261,4 +261,31 @@ describe('gateway misses', () => {
     expect(hit.cache).toBe('HIT');
     expect(sha(hit.body)).toBe(sha(body));
   });
+
+  it('has a GET arriving while the object is still being cached share the fetch under way', async () => {
+    // Slice files wait at a gate: the slice stays in its shared fetch, not yet in the cache.
+    let release: (() => void) | undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const open = (async (p: Parameters<typeof fsp.open>[0], ...rest: [string?]) => {
+      if (path.basename(String(p)).startsWith('slice-')) await gate;
+      return fsp.open(p, ...rest);
+    }) as CacheFs['open'];
+    const g = await gateway({ cacheFs: { ...fsp, open } });
+    const body = randomBytes(SLICE - 3);
+    await put('sharing.bin', body);
+    const before = faults.stats.requests;
+    const first = await get(g, 'sharing.bin');
+    expect(first.cache).toBe('MISS');
+    expect(sha(first.body)).toBe(sha(body));
+    const id = { bucket: 'b', key: 'sharing.bin', versionId: null };
+    for (let i = 0; i < 200 && !(await g.cache?.getMeta(id)); i++) await new Promise((r) => setTimeout(r, 5));
+    expect(await g.cache?.getMeta(id)).toBeDefined();
+    const second = await get(g, 'sharing.bin');
+    expect(sha(second.body)).toBe(sha(body));
+    // One origin request for both: the second read shared the fetch still waiting to be cached.
+    expect(faults.stats.requests - before).toBe(1);
+    release?.();
+    await g.idle();
+    expect((await get(g, 'sharing.bin')).cache).toBe('HIT');
+  });
 });

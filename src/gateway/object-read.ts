@@ -43,6 +43,8 @@ export interface ReadContext {
   heads: Map<string, Promise<Lookup>>;
   /** Revalidation timeout and backoff (defaults: see {@link RevalidatorOptions}). */
   revalidation?: RevalidatorOptions;
+  /** Objects (by hash) this process looked up at the origin (created on first use). */
+  lookedUp?: Set<string>;
   /** Revalidations in flight and backing off, per object (created on first use). */
   revalidator?: Revalidator<Resolved | { passthrough: true }>;
   /** Metadata writes in flight by object hash; slice writes of the object wait for them. */
@@ -568,6 +570,14 @@ async function drain(body: Readable, fill: SliceFill): Promise<number> {
 /** What the origin said about an object: serve it, pass the request through, or fail. */
 export type Lookup = Resolved | { passthrough: true } | { error: KeelError };
 
+/** Objects remembered as asked about (beyond this, the set starts again). */
+const MAX_LOOKED_UP = 100_000;
+
+function lookedUp(ctx: ReadContext): Set<string> {
+  ctx.lookedUp ??= new Set();
+  return ctx.lookedUp;
+}
+
 function revalidatorOf(ctx: ReadContext): Revalidator<Resolved | { passthrough: true }> {
   ctx.revalidator ??= new Revalidator(ctx.clock, ctx.revalidation);
   return ctx.revalidator;
@@ -582,9 +592,11 @@ async function resolveObject(
   plainGet = false,
 ): Promise<Lookup> {
   const cache = ctx.cache;
+  const hash = identityHash(id);
   // A plain GET of an object with no cached slice is a miss whatever its metadata says: straight
-  // to the origin, without reading the metadata first.
-  const certainMiss = cache !== undefined && plainGet && !cache.mayHaveSlices(id);
+  // to the origin, without reading the metadata first. Not for an object this process already
+  // asked about: its fill may be under way, and its metadata is in memory (no system call).
+  const certainMiss = cache !== undefined && plainGet && !cache.mayHaveSlices(id) && !lookedUp(ctx).has(hash);
   // From memory when remembered: the read that follows checks meta.json on the cache's own thread.
   const cachedMeta =
     cache && !certainMiss
@@ -592,7 +604,6 @@ async function resolveObject(
       : undefined;
   if (cachedMeta && ctx.clock.now() - cachedMeta.cachedAt < ctx.ttlMs)
     return { meta: cachedMeta, stale: false };
-  const hash = identityHash(id);
   if (cachedMeta) {
     // One revalidation per object, shared and bounded; the cached copy when it cannot confirm.
     const outcome = await revalidatorOf(ctx).revalidate(
@@ -605,6 +616,9 @@ async function resolveObject(
   }
   let flight = ctx.heads.get(hash);
   if (!flight) {
+    const asked = lookedUp(ctx);
+    if (asked.size >= MAX_LOOKED_UP) asked.clear();
+    asked.add(hash);
     flight = lookupOrigin(ctx, id, rawQuery, firstByte);
     ctx.heads.set(hash, flight);
     // Shared until the metadata is on disk, so later requests do not ask the origin again meanwhile.
