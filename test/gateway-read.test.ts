@@ -138,6 +138,26 @@ describe('gateway read path', () => {
     expect(sha(Buffer.from(await r2.arrayBuffer()))).toBe(sha(want));
   });
 
+  it('serves an empty object: MISS, then HIT, and a range of it is unsatisfiable', async () => {
+    await direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'empty.txt', Body: Buffer.alloc(0) }));
+    const expected = await direct.send(new HeadObjectCommand({ Bucket: 'b', Key: 'empty.txt' }));
+    const out = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'empty.txt' }));
+    expect((await body(out)).length).toBe(0);
+    expect(out.ETag).toBe(expected.ETag);
+    for (const want of ['MISS', 'HIT']) {
+      await anonymous?.idle();
+      const raw = await fetchRaw('/b/empty.txt');
+      expect(raw.status).toBe(200);
+      expect(raw.headers.get('content-length')).toBe('0');
+      expect(raw.headers.get('etag')).toBe(expected.ETag);
+      expect(raw.headers.get('x-keel-cache')).toBe(want);
+      expect((await raw.arrayBuffer()).byteLength).toBe(0);
+    }
+    const ranged = await fetchRaw('/b/empty.txt', { range: 'bytes=0-9' });
+    expect(ranged.status).toBe(416);
+    expect(await ranged.text()).toContain('<Code>InvalidRange</Code>');
+  });
+
   it('answers an unsatisfiable range with 416 InvalidRange and Content-Range bytes */size', async () => {
     const res = await fetchRaw('/b/small.txt', { range: 'bytes=5000-' });
     expect(res.status).toBe(416);

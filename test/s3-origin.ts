@@ -1,12 +1,14 @@
 /**
  * An S3 origin for tests: s3rver on loopback, behind a thin shim that adds what s3rver lacks and
- * real S3 has — If-Match on GET, ListParts and AbortMultipartUpload — and records open uploads.
+ * real S3 has — If-Match on GET, ListParts and AbortMultipartUpload, 416 for a range of an empty
+ * object — and records open uploads.
  */
 import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import S3rver from 's3rver';
+import { fixS3rver } from '../src/gateway/s3rver-fixes.js';
 
 export interface S3Origin {
   /** Base URL clients use (the shim). */
@@ -24,6 +26,7 @@ export interface S3Origin {
 export const TEST_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
 
 export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin> {
+  fixS3rver(); // ranges of empty objects answered with 416, as S3 does
   const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-s3rver-'));
   const s3rver = new S3rver({
     port: 0,

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createCipheriv, createHash } from 'node:crypto';
+import { fixS3rver } from './s3rver-fixes.js';
 
 /** The demo's objects: name and size. */
 export const DEMO_OBJECTS = [
@@ -29,6 +30,7 @@ export async function startDemoOrigin(): Promise<{ url: string; close(): Promise
       close(cb?: () => void): void;
     };
   };
+  fixS3rver();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-demo-origin-'));
   const server = new S3rver({
     port: 0,

@@ -248,13 +248,15 @@ export async function serveObject(
   const missing = needed.filter((i) => !cached.has(i));
   let outcome: CacheOutcome = bypass
     ? 'BYPASS'
-    : missing.length === 0
-      ? stale
-        ? 'STALE'
-        : 'HIT'
-      : missing.length === needed.length
-        ? 'MISS'
-        : 'PARTIAL';
+    : needed.length === 0 && !('version' in meta)
+      ? 'MISS' // an empty object, just asked of the origin
+      : missing.length === 0
+        ? stale
+          ? 'STALE'
+          : 'HIT'
+        : missing.length === needed.length
+          ? 'MISS'
+          : 'PARTIAL';
   if (stale && missing.length > 0) {
     const spec = S3Errors.serviceUnavailable(
       1,
@@ -716,6 +718,11 @@ async function lookupOrigin(
   } catch (err) {
     return { error: isKeelError(err) ? err : classify(err) };
   }
+  if (up.status === 416 && sliceIndex === 0) {
+    // S3 answers any range of an empty object with 416: ask what the object is without one.
+    discard(up.body);
+    return lookupOrigin(ctx, id, rawQuery, undefined);
+  }
   const usable = up.status === 206 || (up.status === 200 && (sliceIndex ?? 0) === 0);
   const info = usable ? infoFrom(up.headers) : undefined;
   if (!info) {
@@ -724,6 +731,12 @@ async function lookupOrigin(
   }
   const meta = { ...info, sliceBytes: ctx.sliceBytes, slices: [] };
   storeMeta(ctx, id, info);
+  if (info.size === 0) {
+    // Nothing to fetch; do not wait for a body (some S3 implementations announce a byte they never send).
+    up.body.on('error', () => undefined);
+    up.body.destroy();
+    return { meta, stale: false };
+  }
   const bodyIsSlice =
     sliceIndex !== undefined &&
     (up.status === 206

@@ -1,0 +1,43 @@
+import { createRequire } from 'node:module';
+
+interface S3rverObject {
+  content: { destroy(): void } | null;
+  range?: { start: number; end: number };
+}
+interface FilesystemStore {
+  getObject: (
+    this: FilesystemStore,
+    bucket: string,
+    key: string,
+    options?: { start?: number; end?: number },
+  ) => Promise<S3rverObject | null>;
+  getMetadata(bucket: string, key: string): Promise<Record<string, unknown>>;
+}
+
+let applied = false;
+
+/**
+ * Makes s3rver (the demo's and the tests' origin) answer a range of an empty object as S3 does,
+ * with 416 InvalidRange: s3rver 3 announces one byte and never sends it, so the request hangs.
+ * Applied once per process; affects only s3rver's file-system store.
+ */
+export function fixS3rver(): void {
+  if (applied) return;
+  applied = true;
+  const require = createRequire(import.meta.url);
+  const Store = require('s3rver/lib/stores/filesystem') as { prototype: FilesystemStore };
+  const getObject = Store.prototype.getObject;
+  Store.prototype.getObject = async function (this: FilesystemStore, bucket, key, options) {
+    const ranged = options !== undefined && (options.start !== undefined || options.end !== undefined);
+    if (!ranged) return getObject.call(this, bucket, key, options);
+    const metadata = await this.getMetadata(bucket, key).catch(() => undefined);
+    if (metadata === undefined || Number(metadata['content-length']) !== 0)
+      return getObject.call(this, bucket, key, options);
+    const object = await getObject.call(this, bucket, key, undefined);
+    if (!object) return object;
+    object.content?.destroy();
+    object.content = null; // with a range set, s3rver answers InvalidRange
+    object.range = { start: options.start ?? 0, end: options.end ?? 0 };
+    return object;
+  };
+}
