@@ -30,6 +30,19 @@ describe('gateway operations settings', () => {
     });
   });
 
+  it('bound revalidation by 1 s by default, settable in seconds, and name a bad value', () => {
+    expect(resolveGatewayConfig(base, {}).revalidateTimeoutSeconds).toBe(1);
+    expect(
+      resolveGatewayConfig(base, { KEEL_REVALIDATE_TIMEOUT_SECONDS: '0.25' }).revalidateTimeoutSeconds,
+    ).toBe(0.25);
+    expect(() => resolveGatewayConfig({ ...base, revalidateTimeoutSeconds: '0' }, {})).toThrow(
+      /revalidate-timeout-seconds|revalidateTimeoutSeconds/,
+    );
+    expect(() => resolveGatewayConfig({ ...base, revalidateTimeoutSeconds: 'soon' }, {})).toThrow(
+      /revalidate-timeout-seconds|revalidateTimeoutSeconds/,
+    );
+  });
+
   it('read flags over KEEL_* variables over the config file', async () => {
     const file = path.join(dir, 'gw.json');
     await writeFile(

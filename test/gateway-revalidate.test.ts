@@ -153,6 +153,28 @@ describe('gateway revalidation', () => {
     expect(heads()).toBe(2);
   });
 
+  it('waits for the configured revalidation timeout before serving STALE', async () => {
+    const clock = new VirtualClock(Date.now());
+    const g = await gateway(clock, { revalidation: { timeoutMs: 5_000 } });
+    const body = randomBytes(SLICE + 5);
+    await put('slow-timeout.bin', body);
+    await warm(g, 'slow-timeout.bin', body);
+    const heads = countHeads('slow-timeout.bin');
+    await clock.advance(TTL + 1);
+    tcp.add({ type: 'timeout', name: 'stall-5s', stream: 'downstream', attributes: { timeout: 0 } });
+    let answered = false;
+    const hit = get(g, 'slow-timeout.bin').finally(() => (answered = true));
+    await until('the revalidation to reach the origin', () => heads() === 1);
+    await clock.advance(REVALIDATION_TIMEOUT); // the default would give up here
+    await new Promise((r) => setTimeout(r, 50));
+    expect(answered).toBe(false);
+    await clock.advance(5_000 - REVALIDATION_TIMEOUT);
+    const a = await hit;
+    expect(a.cache).toBe('STALE');
+    expect(sha(a.body)).toBe(sha(body));
+    tcp.remove('stall-5s');
+  });
+
   it('shares one revalidation between concurrent hits when the origin is slow, and serves them fresh', async () => {
     const clock = new VirtualClock(Date.now());
     const g = await gateway(clock);

@@ -14,6 +14,7 @@ interface GatewayFlags {
   cacheMaxBytes?: string;
   sliceBytes?: string;
   ttlSeconds?: string;
+  revalidateTimeoutSeconds?: string;
   baseDomain?: string;
   cleanupIntervalSeconds?: string;
   drainSeconds?: string;
@@ -48,6 +49,10 @@ export function registerGatewayCommand(program: Command): void {
     .option('--cache-max-bytes <size>', 'cache size limit, e.g. 50GiB (KEEL_CACHE_MAX_BYTES, default 10GiB)')
     .option('--slice-bytes <size>', 'slice size (KEEL_SLICE_BYTES, default 8MiB)')
     .option('--ttl-seconds <n>', 'revalidate cached objects after this long (KEEL_TTL_SECONDS, default 60)')
+    .option(
+      '--revalidate-timeout-seconds <n>',
+      'serve an expired object STALE when the origin has not confirmed it within this long (KEEL_REVALIDATE_TIMEOUT_SECONDS, default 1)',
+    )
     .option('--base-domain <domain>', 'virtual-host-style base domain: bucket.<domain> (KEEL_BASE_DOMAIN)')
     .option(
       '--cleanup-interval-seconds <n>',

@@ -21,6 +21,8 @@ export interface GatewayConfig {
   cacheMaxBytes: number;
   sliceBytes: number;
   ttlSeconds: number;
+  /** How long hits of an expired object wait for the origin to confirm it before being served STALE. */
+  revalidateTimeoutSeconds: number;
   baseDomain: string | undefined;
   cleanupIntervalSeconds: number;
   /** On SIGTERM, how long requests in flight may finish before their connections are closed. */
@@ -55,6 +57,7 @@ const SETTINGS = {
   cacheMaxBytes: 'KEEL_CACHE_MAX_BYTES',
   sliceBytes: 'KEEL_SLICE_BYTES',
   ttlSeconds: 'KEEL_TTL_SECONDS',
+  revalidateTimeoutSeconds: 'KEEL_REVALIDATE_TIMEOUT_SECONDS',
   baseDomain: 'KEEL_BASE_DOMAIN',
   cleanupIntervalSeconds: 'KEEL_CLEANUP_INTERVAL_SECONDS',
   drainSeconds: 'KEEL_DRAIN_SECONDS',
@@ -249,6 +252,7 @@ export function resolveGatewayConfig(
     cacheMaxBytes: bytes('cacheMaxBytes', get('cacheMaxBytes'), 10 * 1024 ** 3),
     sliceBytes,
     ttlSeconds: num('ttlSeconds', get('ttlSeconds'), 60),
+    revalidateTimeoutSeconds: num('revalidateTimeoutSeconds', get('revalidateTimeoutSeconds'), 1, 0.001),
     baseDomain: baseDomain === undefined ? undefined : String(baseDomain),
     cleanupIntervalSeconds: num('cleanupIntervalSeconds', get('cleanupIntervalSeconds'), 3600, 1),
     drainSeconds: num('drainSeconds', get('drainSeconds'), 30),

@@ -7,6 +7,7 @@ import { systemClock, type Clock } from '../time/index.js';
 import type { CircuitBreakerPolicy } from '../policy/index.js';
 import { GatewayMetrics } from './metrics.js';
 import { serveObject, type CacheOutcome, type ReadContext } from './object-read.js';
+import type { RevalidatorOptions } from './revalidation.js';
 import { OriginClient, type OriginCredentials } from './origin-client.js';
 import { OriginGuard, type OriginGuardOptions } from './origin-guard.js';
 import { passthrough } from './passthrough.js';
@@ -34,6 +35,12 @@ export interface GatewayOptions {
   sliceBytes?: number;
   /** Serve cached objects this long before revalidating with If-None-Match (default 60 s). */
   ttlMs?: number;
+  /**
+   * Revalidation of expired objects: one request per object, shared by its hits, bounded by
+   * `timeoutMs` (default 1 s), after which the cached copy is served STALE; a failed revalidation
+   * is not tried again for that object before `backoffMs` (default 1 s, doubling to `maxBackoffMs`, 60 s).
+   */
+  revalidation?: RevalidatorOptions;
   /** Virtual-host-style base domain: `bucket.<baseDomain>` (default none: path-style only). */
   baseDomain?: string | undefined;
   firstByteTimeoutMs?: number;
@@ -154,6 +161,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     cache,
     clock,
     ttlMs: options.ttlMs ?? 60_000,
+    ...(options.revalidation === undefined ? {} : { revalidation: options.revalidation }),
     sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
     fills,
     heads: new Map(),
