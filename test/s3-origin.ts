@@ -16,8 +16,12 @@ export interface S3Origin {
   port: number;
   /** s3rver itself, without the shim. */
   directPort: number;
-  /** Multipart uploads created and neither completed nor aborted. */
-  openUploads(): string[];
+  /**
+   * Multipart uploads created and neither completed nor aborted. With `withParts`, only those that
+   * received a part: an upload whose creation answer a client never got (the connection was cut)
+   * holds none, as the client never learned its id.
+   */
+  openUploads(options?: { withParts?: boolean }): string[];
   /** The most UploadPart requests the origin was handling at once. */
   maxConcurrentParts(): number;
   close(): Promise<void>;
@@ -181,7 +185,10 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
     url: `http://127.0.0.1:${port}`,
     port,
     directPort,
-    openUploads: () => [...uploads.entries()].filter(([, u]) => u.open).map(([id]) => id),
+    openUploads: (options) =>
+      [...uploads.entries()]
+        .filter(([, u]) => u.open && (!options?.withParts || u.parts.size > 0))
+        .map(([id]) => id),
     maxConcurrentParts: () => maxPartsInFlight,
     close: async () => {
       for (const s of sockets) s.destroy();
