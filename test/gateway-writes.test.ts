@@ -11,6 +11,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chaos } from '../src/chaos/index.js';
 import { createGateway, type Gateway } from '../src/gateway/index.js';
 import {
   bodyOf,
@@ -170,15 +171,47 @@ describe('writes through the gateway drop the cached object', () => {
 
 describe('origin failures on writes', () => {
   it('an origin 500 reaches the client as 500 InternalError, not as the gateway being unavailable', async () => {
-    // s3rver fails DeleteObjects of two keys in one folder (it deletes them concurrently).
-    for (const k of ['fails/a.bin', 'fails/b.bin']) await put(k, randomBytes(10));
-    const body = Buffer.from(
-      '<Delete><Object><Key>fails/a.bin</Key></Object><Object><Key>fails/b.bin</Key></Object></Delete>',
-    );
-    const res = await signedRequest(h.gateway.url(), CLIENT_KEY, 'POST', '/b?delete', {}, body);
-    expect(res.status).toBe(500);
-    expect(res.body.toString()).toContain('<Code>InternalError</Code>');
-    expect(res.body.toString()).toContain(`<RequestId>${String(res.headers['x-request-id'])}</RequestId>`);
+    // The origin answers DeleteObjects with a 500 (every time), behind keel's HTTP fault proxy.
+    const faults = await chaos.httpProxy({
+      upstream: h.origin.url,
+      rules: [
+        {
+          name: 'delete-fails',
+          method: 'POST',
+          path: '/b',
+          action: {
+            type: 'status',
+            status: 500,
+            contentType: 'application/xml',
+            body: '<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message><RequestId>ORIGIN-ID</RequestId></Error>',
+          },
+        },
+      ],
+    });
+    const g: Gateway = await createGateway({
+      upstream: `http://127.0.0.1:${String(faults.port)}`,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'gateway',
+      clientKeys: [CLIENT_KEY],
+      cacheDir: `${h.cacheDir}-origin-500`,
+      sliceBytes: SLICE,
+      log: () => undefined,
+    });
+    await g.listen(0);
+    try {
+      const body = Buffer.from(
+        '<Delete><Object><Key>fails/a.bin</Key></Object><Object><Key>fails/b.bin</Key></Object></Delete>',
+      );
+      const res = await signedRequest(g.url(), CLIENT_KEY, 'POST', '/b?delete', {}, body);
+      expect(res.status).toBe(500);
+      expect(faults.stats.faults['delete-fails']).toBe(1);
+      expect(res.body.toString()).toContain('<Code>InternalError</Code>');
+      expect(res.body.toString()).toContain(`<RequestId>${String(res.headers['x-request-id'])}</RequestId>`);
+      expect(res.body.toString()).not.toContain('ORIGIN-ID');
+    } finally {
+      await g.close(1000);
+      await faults.close();
+    }
   });
 });
 
