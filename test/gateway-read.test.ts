@@ -173,10 +173,15 @@ describe('gateway read path', () => {
     expect(await failed.text()).toContain('<Code>PreconditionFailed</Code>');
   });
 
-  it('passes a 404 NoSuchKey through as S3 answers it', async () => {
+  it('passes a 404 NoSuchKey through as S3 answers it, with the gateway request id', async () => {
     await expect(client.send(new GetObjectCommand({ Bucket: 'b', Key: 'absent' }))).rejects.toMatchObject({
       name: 'NoSuchKey',
     });
+    const raw = await fetchRaw('/b/absent');
+    expect(raw.status).toBe(404);
+    const text = await raw.text();
+    expect(text).toContain('<Code>NoSuchKey</Code>');
+    expect(text).toContain(`<RequestId>${String(raw.headers.get('x-request-id'))}</RequestId>`);
   });
 
   it('rejects a bad signature with SignatureDoesNotMatch and never reads the cache', async () => {

@@ -15,6 +15,7 @@ import type { OriginClient, OriginResponse } from './origin-client.js';
 import { isThrottle, retryAfterSeconds, type OriginGuard } from './origin-guard.js';
 import { evaluateRange } from './range.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
+import { relayAnswer } from './relay.js';
 import { Revalidator, type RevalidatorOptions } from './revalidation.js';
 import { SliceFill, SliceReadError } from './slice-fill.js';
 
@@ -86,17 +87,6 @@ async function safe<T>(ctx: ReadContext, what: string, fn: () => Promise<T>): Pr
   }
 }
 
-/** Passes an origin answer through to the client as it is. */
-export function relay(res: ServerResponse, up: OriginResponse, extra: Record<string, string>): void {
-  const headers = { ...up.headers, ...extra };
-  delete headers.connection;
-  delete headers['keep-alive'];
-  delete headers['transfer-encoding'];
-  res.writeHead(up.status, headers);
-  up.body.on('error', () => res.destroy());
-  up.body.pipe(res);
-}
-
 /**
  * Serves GET or HEAD of one object from the cache and the origin: revalidation, conditionals,
  * ranges, slice by slice with single-flight fills, stale serving when the origin fails.
@@ -159,7 +149,7 @@ export async function serveObject(
           signal,
         }),
       );
-      relay(res, up, { ...base, 'x-keel-cache': 'BYPASS' });
+      await relayAnswer(res, method, up, requestId);
       return 'PASS';
     } catch (err) {
       const e = classify(err);

@@ -2,9 +2,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { classify, keelError } from '../errors/index.js';
 import type { RangeCache } from '../cache/index.js';
-import type { OriginClient, OriginResponse } from './origin-client.js';
+import type { OriginClient } from './origin-client.js';
 import type { OriginGuard } from './origin-guard.js';
-import { relay } from './object-read.js';
+import { readAll, relayAnswer } from './relay.js';
 import { isThrottle, retryAfterSeconds } from './origin-guard.js';
 import type { S3Target } from './s3-request.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
@@ -77,69 +77,6 @@ export interface PassthroughOptions {
   onInvalidate?: () => void;
   /** The client's verified signature (`gateway` auth): chunk signatures are checked against it. */
   verified?: VerifiedRequest | undefined;
-}
-
-async function readAll(body: Readable, limit: number): Promise<Buffer | undefined> {
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    n += chunk.length;
-    if (n > limit) return undefined;
-    parts.push(chunk);
-  }
-  return Buffer.concat(parts);
-}
-
-/** Error documents larger than this are relayed as they are. */
-const MAX_ERROR_BODY_BYTES = 64 * 1024;
-
-/**
- * Relays an origin answer. An S3 error document gets the gateway's request id in its
- * `RequestId` (the one in `x-request-id` and the logs); the origin's stays in `x-amz-request-id`.
- */
-export async function relayAnswer(
-  res: ServerResponse,
-  method: string,
-  up: OriginResponse,
-  requestId: string,
-): Promise<void> {
-  const extra = { 'x-request-id': requestId, 'x-keel-cache': 'BYPASS' };
-  const length = Number(up.headers['content-length'] ?? 0);
-  const isErrorXml =
-    up.status >= 400 &&
-    method !== 'HEAD' &&
-    /xml/.test(up.headers['content-type'] ?? '') &&
-    !up.headers['content-encoding'] &&
-    length <= MAX_ERROR_BODY_BYTES;
-  if (!isErrorXml) {
-    relay(res, up, extra);
-    return;
-  }
-  let doc: Buffer | undefined;
-  try {
-    doc = await readAll(up.body, MAX_ERROR_BODY_BYTES);
-  } catch {
-    res.destroy();
-    return;
-  }
-  if (doc === undefined) {
-    // Larger than any S3 error document: it cannot be relayed whole any more.
-    res.destroy();
-    return;
-  }
-  let text = doc.toString('utf8');
-  if (/<Error>[\s\S]*<\/Error>/.test(text)) {
-    text = /<RequestId>[^<]*<\/RequestId>/.test(text)
-      ? text.replace(/<RequestId>[^<]*<\/RequestId>/, `<RequestId>${requestId}</RequestId>`)
-      : text.replace(/<\/Error>(?![\s\S]*<\/Error>)/, `<RequestId>${requestId}</RequestId></Error>`);
-  }
-  const body = Buffer.from(text, 'utf8');
-  const headers: Record<string, string> = { ...up.headers, ...extra, 'content-length': String(body.length) };
-  delete headers.connection;
-  delete headers['keep-alive'];
-  delete headers['transfer-encoding'];
-  res.writeHead(up.status, headers);
-  res.end(body);
 }
 
 /**
