@@ -2,10 +2,10 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { classify } from '../src/index.js';
-import { PG_URL, postgresAvailable } from './groups-support.js';
+import { PG_URL, postgresAvailable } from './pg-support.js';
 
 // Real errors from the local PostgreSQL and the pg client, classified by keel.
-const available = await postgresAvailable();
+const available = await postgresAvailable('the PostgreSQL error classification tests');
 
 async function failure(fn: () => Promise<unknown>): Promise<unknown> {
   try {

@@ -3,26 +3,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
+import { PG_URL, postgresAvailable as pgAvailable } from './pg-support.js';
 import { openGroupRepository, type GroupRepository } from '../src/groups/index.js';
 
-/** The local PostgreSQL of DESIGN.md. */
-export const PG_URL = process.env.KEEL_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+export { PG_URL } from './pg-support.js';
 
-/** Whether PostgreSQL answers; without it tests skip loudly, and fail when CI is set. */
-export async function postgresAvailable(url = PG_URL): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
-  try {
-    await client.connect();
-    await client.query('SELECT 1');
-    return true;
-  } catch (err) {
-    if (process.env.CI) throw new Error(`PostgreSQL is required in CI but ${url} failed: ${String(err)}`);
-    console.warn(`\n*** SKIPPING PostgreSQL group tests: ${url} is not reachable (${String(err)}) ***\n`);
-    return false;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
+/** Whether PostgreSQL answers; without it the group tests skip loudly, and fail when CI is set. */
+export const postgresAvailable = (url = PG_URL): Promise<boolean> =>
+  pgAvailable('PostgreSQL group tests', url);
 
 /** A store under test: `open()` gives another connection to the same data (another "process"). */
 export interface StoreFixture {

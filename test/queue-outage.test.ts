@@ -5,6 +5,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chaos, type ChaosProxy } from '../src/chaos/index.js';
+import { PG_URL, postgresAvailable } from './pg-support.js';
 import { keelError } from '../src/errors/index.js';
 import { circuitBreaker, consecutive, constant, pipeline, retry, timeout } from '../src/policy/index.js';
 import {
@@ -15,26 +16,7 @@ import {
   type RunOutcome,
 } from '../src/queue/index.js';
 
-const PG_URL = process.env.KEEL_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-
-async function postgresAvailable(): Promise<boolean> {
-  const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
-  try {
-    await client.connect();
-    await client.query('SELECT 1');
-    return true;
-  } catch (err) {
-    if (process.env.CI) throw new Error(`PostgreSQL is required in CI but ${PG_URL} failed: ${String(err)}`);
-    console.warn(
-      `\n*** SKIPPING the queue outage test: PostgreSQL at ${PG_URL} is not reachable (${String(err)}) ***\n`,
-    );
-    return false;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
-const available = await postgresAvailable();
+const available = await postgresAvailable('the queue outage test');
 
 interface Write {
   p: string;
