@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import {
   CompleteMultipartUploadCommand,
   CopyObjectCommand,
@@ -211,6 +212,84 @@ describe('origin failures on writes', () => {
     } finally {
       await g.close(1000);
       await faults.close();
+    }
+  });
+});
+
+describe('a write racing a miss of the same object', () => {
+  it('is never followed by the old version, for reads that started after it', async () => {
+    // An origin whose answer to the miss (the old version, as it was when asked) arrives only
+    // after a write went through: the order in which S3 can answer across two connections.
+    const versions: [Buffer, Buffer] = [randomBytes(1000), randomBytes(1000)];
+    let current = 0;
+    let holdNextGet: Promise<void> | undefined;
+    const origin = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        if (req.method === 'PUT') {
+          current = 1;
+          res.writeHead(200, { etag: '"v2"' }).end();
+          return;
+        }
+        const v = current;
+        const body = versions[v === 0 ? 0 : 1];
+        const headers = {
+          etag: v === 0 ? '"v1"' : '"v2"',
+          'last-modified': new Date(0).toUTCString(),
+          'content-type': 'application/octet-stream',
+        };
+        const answer = (): void => {
+          const range = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
+          if (range) {
+            const a = Number(range[1]);
+            const b = Math.min(body.length - 1, range[2] ? Number(range[2]) : body.length - 1);
+            res.writeHead(206, { ...headers, 'content-range': `bytes ${a}-${b}/${body.length}` });
+            res.end(req.method === 'HEAD' ? undefined : body.subarray(a, b + 1));
+          } else {
+            res.writeHead(200, { ...headers, 'content-length': String(body.length) });
+            res.end(req.method === 'HEAD' ? undefined : body);
+          }
+        };
+        const hold = holdNextGet;
+        holdNextGet = undefined;
+        if (hold) void hold.then(answer);
+        else answer();
+      });
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    const g: Gateway = await createGateway({
+      upstream: `http://127.0.0.1:${String((origin.address() as { port: number }).port)}`,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'gateway',
+      clientKeys: [CLIENT_KEY],
+      cacheDir: `${h.cacheDir}-race`,
+      sliceBytes: SLICE,
+      log: () => undefined,
+    });
+    await g.listen(0);
+    const client = s3(g.url(), CLIENT_KEY);
+    try {
+      let release!: () => void;
+      holdNextGet = new Promise<void>((r) => (release = r));
+      const first = client.send(new GetObjectCommand({ Bucket: 'b', Key: 'race.bin' })).then(bodyOf);
+      for (let i = 0; i < 500 && holdNextGet !== undefined; i++) await new Promise((r) => setTimeout(r, 2));
+      expect(holdNextGet).toBeUndefined(); // the miss reached the origin and waits there
+      await client.send(new PutObjectCommand({ Bucket: 'b', Key: 'race.bin', Body: versions[1] }));
+      // A read that starts after the write must not join the lookup that began before it.
+      const second = client.send(new GetObjectCommand({ Bucket: 'b', Key: 'race.bin' })).then(bodyOf);
+      setTimeout(release, 50);
+      expect(sha(await second)).toBe(sha(versions[1]));
+      // The read that began before the write gets the version it asked for, whole.
+      expect(sha(await first)).toBe(sha(versions[0]));
+      await g.idle();
+      // Nothing the old lookup brought back is served afterwards.
+      const third = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'race.bin' })).then(bodyOf);
+      expect(sha(third)).toBe(sha(versions[1]));
+    } finally {
+      client.destroy();
+      await g.close(1000);
+      await new Promise((r) => origin.close(r));
     }
   });
 });

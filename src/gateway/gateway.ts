@@ -6,7 +6,7 @@ import { RangeCache, type CacheFs } from '../cache/index.js';
 import { systemClock, type Clock } from '../time/index.js';
 import type { CircuitBreakerPolicy } from '../policy/index.js';
 import { GatewayMetrics } from './metrics.js';
-import { serveObject, type CacheOutcome, type ReadContext } from './object-read.js';
+import { invalidateReads, serveObject, type CacheOutcome, type ReadContext } from './object-read.js';
 import type { RevalidatorOptions } from './revalidation.js';
 import { OriginClient, type OriginCredentials } from './origin-client.js';
 import { OriginGuard, type OriginGuardOptions } from './origin-guard.js';
@@ -234,7 +234,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       await passthrough(origin, guard, req, res, target, id, {
         cache,
         verified,
-        onInvalidate: () => metrics.invalidations.inc(),
+        onInvalidate: (changed) => {
+          invalidateReads(ctx, changed);
+          if (cache) metrics.invalidations.inc();
+        },
       });
       outcome = 'PASS';
     } catch (err) {

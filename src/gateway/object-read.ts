@@ -46,6 +46,11 @@ export interface ReadContext {
   revalidation?: RevalidatorOptions;
   /** Objects (by hash) this process looked up at the origin (created on first use). */
   lookedUp?: Set<string>;
+  /**
+   * Per object (by hash), how many writes through the gateway changed it (created on first use).
+   * What an origin answer obtained before a write brings back is not cached after it.
+   */
+  generations?: Map<string, number>;
   /** Revalidations in flight and backing off, per object (created on first use). */
   revalidator?: Revalidator<Resolved | { passthrough: true }>;
   /** Metadata writes in flight by object hash; slice writes of the object wait for them. */
@@ -496,6 +501,7 @@ function startFill(
   meta: Resolved['meta'],
   index: number,
   initial?: OriginResponse,
+  gen = generation(ctx, identityHash(id)),
 ): SliceFill {
   const key = fillKey(id, meta.etag, index);
   const existing = ctx.fills.get(key);
@@ -530,7 +536,9 @@ function startFill(
     const cache = ctx.cache;
     if (cache && !cache.bypassed && meta.sliceBytes === cache.sliceBytes) {
       await ctx.metaWrites.get(identityHash(id));
-      const result = await safe(ctx, 'write', () => cache.writeSlice(id, index, fill.bytes(), meta.etag));
+      const result = await writeUnlessChanged(ctx, id, gen, () =>
+        safe(ctx, 'write', () => cache.writeSlice(id, index, fill.bytes(), meta.etag)),
+      );
       if (result && !result.stored && result.reason !== 'bypass')
         ctx.log('warn', `slice ${index} of ${id.bucket}/${id.key} not cached: ${result.message}`);
     }
@@ -568,6 +576,44 @@ const MAX_LOOKED_UP = 100_000;
 function lookedUp(ctx: ReadContext): Set<string> {
   ctx.lookedUp ??= new Set();
   return ctx.lookedUp;
+}
+
+function generation(ctx: ReadContext, hash: string): number {
+  return ctx.generations?.get(hash) ?? 0;
+}
+
+/**
+ * A write through the gateway changed `id`: reads that start from now on neither join an origin
+ * lookup that began before it nor see what such a lookup, a fill or a revalidation brings back
+ * (it is not cached, or dropped again if it was being written). Call before invalidating the cache.
+ */
+export function invalidateReads(ctx: ReadContext, id: ObjectIdentity): void {
+  const hash = identityHash(id);
+  ctx.generations ??= new Map();
+  // Bounded: a hash whose count is dropped only loses protection against a write long past.
+  if (ctx.generations.size >= MAX_LOOKED_UP && !ctx.generations.has(hash)) ctx.generations.clear();
+  ctx.generations.set(hash, generation(ctx, hash) + 1);
+  ctx.heads.delete(hash);
+}
+
+/**
+ * Runs a cache write of what was learned at generation `gen`: skipped when a write through the
+ * gateway came since, and undone when one came while it ran.
+ */
+async function writeUnlessChanged<T>(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  gen: number,
+  write: () => Promise<T>,
+): Promise<T | undefined> {
+  const hash = identityHash(id);
+  if (generation(ctx, hash) !== gen) return undefined;
+  const result = await write();
+  if (generation(ctx, hash) !== gen && ctx.cache) {
+    const cache = ctx.cache;
+    await safe(ctx, 'invalidate', () => cache.invalidate(id));
+  }
+  return result;
 }
 
 function revalidatorOf(ctx: ReadContext): Revalidator<Resolved | { passthrough: true }> {
@@ -636,6 +682,7 @@ async function revalidate(
   cachedMeta: CacheMeta,
   signal: AbortSignal,
 ): Promise<Resolved | { passthrough: true }> {
+  const gen = generation(ctx, identityHash(id));
   let up: OriginResponse;
   try {
     up = await ctx.guard.call(
@@ -663,7 +710,7 @@ async function revalidate(
   const info = up.status === 200 ? infoFrom(up.headers) : undefined;
   if (up.status === 304 || (info && info.etag === cachedMeta.etag && info.size === cachedMeta.size)) {
     const refreshed = { ...cachedMeta, cachedAt: ctx.clock.now() };
-    storeMeta(ctx, id, refreshed);
+    storeMeta(ctx, id, refreshed, gen);
     return { meta: refreshed, stale: false };
   }
   if (!info) {
@@ -677,7 +724,7 @@ async function revalidate(
     etag: info.etag,
     was: cachedMeta.etag,
   });
-  storeMeta(ctx, id, info);
+  storeMeta(ctx, id, info, gen);
   return { meta: { ...info, sliceBytes: ctx.sliceBytes, slices: [] }, stale: false };
 }
 
@@ -688,6 +735,7 @@ async function lookupOrigin(
   rawQuery: string,
   firstByte: number | undefined,
 ): Promise<Lookup> {
+  const gen = generation(ctx, identityHash(id));
   // A miss with a known first byte asks for that slice straight away: its answer carries the
   // object's ETag, size and headers, so the client's first byte costs one origin round trip.
   const sliceIndex = firstByte !== undefined ? Math.floor(firstByte / ctx.sliceBytes) : undefined;
@@ -720,7 +768,7 @@ async function lookupOrigin(
     return { passthrough: true };
   }
   const meta = { ...info, sliceBytes: ctx.sliceBytes, slices: [] };
-  storeMeta(ctx, id, info);
+  storeMeta(ctx, id, info, gen);
   if (info.size === 0) {
     // Nothing to fetch; do not wait for a body (some S3 implementations announce a byte they never send).
     up.body.on('error', () => undefined);
@@ -733,7 +781,7 @@ async function lookupOrigin(
       ? up.headers['content-range']?.startsWith(`bytes ${sliceStart}-`) === true
       : info.size <= ctx.sliceBytes);
   if (bodyIsSlice && !ctx.fills.has(fillKey(id, info.etag, sliceIndex)))
-    startFill(ctx, id, rawQuery, meta, sliceIndex, up);
+    startFill(ctx, id, rawQuery, meta, sliceIndex, up, gen);
   else {
     // Someone is already fetching this slice: stop this transfer rather than read it to the end.
     up.body.on('error', () => undefined);
@@ -748,21 +796,23 @@ function discard(body: Readable): void {
 }
 
 /** Writes the object's metadata in the background; slice writes wait for it. */
-function storeMeta(ctx: ReadContext, id: ObjectIdentity, info: ObjectInfo): void {
+function storeMeta(ctx: ReadContext, id: ObjectIdentity, info: ObjectInfo, gen: number): void {
   const cache = ctx.cache;
   if (!cache || cache.bypassed) return;
   const hash = identityHash(id);
   // Written once the answer being prepared had its turn, so its first byte does not wait behind
   // the write's work; the fill's slice write waits for it (through metaWrites) all the same.
   const write = new Promise<void>((resolve) => setImmediate(resolve)).then(() =>
-    safe(ctx, 'metadata write', () =>
-      cache.putMeta(id, {
-        etag: info.etag,
-        size: info.size,
-        ...(info.lastModified === undefined ? {} : { lastModified: info.lastModified }),
-        ...(info.contentType === undefined ? {} : { contentType: info.contentType }),
-        ...(info.headers === undefined ? {} : { headers: info.headers }),
-      }),
+    writeUnlessChanged(ctx, id, gen, () =>
+      safe(ctx, 'metadata write', () =>
+        cache.putMeta(id, {
+          etag: info.etag,
+          size: info.size,
+          ...(info.lastModified === undefined ? {} : { lastModified: info.lastModified }),
+          ...(info.contentType === undefined ? {} : { contentType: info.contentType }),
+          ...(info.headers === undefined ? {} : { headers: info.headers }),
+        }),
+      ),
     ),
   );
   ctx.metaWrites.set(hash, write);

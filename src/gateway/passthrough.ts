@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { classify, keelError } from '../errors/index.js';
-import type { RangeCache } from '../cache/index.js';
+import type { ObjectIdentity, RangeCache } from '../cache/index.js';
 import type { OriginClient } from './origin-client.js';
 import type { OriginGuard } from './origin-guard.js';
 import { readAll, relayAnswer } from './relay.js';
@@ -73,8 +73,8 @@ export function withoutPresignParams(rawQuery: string): string {
 export interface PassthroughOptions {
   /** The cache whose entries successful writes drop (none: nothing to invalidate). */
   cache?: RangeCache | undefined;
-  /** Called once per cache entry dropped. */
-  onInvalidate?: () => void;
+  /** Called for each object a successful write changed, before its cache entry is dropped. */
+  onInvalidate?: (id: ObjectIdentity) => void;
   /** The client's verified signature (`gateway` auth): chunk signatures are checked against it. */
   verified?: VerifiedRequest | undefined;
 }
@@ -194,7 +194,7 @@ export async function passthrough(
       return refuse(rejected);
     }
     const cache = options.cache;
-    if (cache && target.bucket !== undefined && up.status < 400) {
+    if (target.bucket !== undefined && up.status < 400) {
       // A form upload names its key in the form; the origin's answer says where it stored it.
       const postedKey = isPostObject(method, target, req.headers['content-type'])
         ? postObjectKey(target.bucket, up.headers.location)
@@ -202,8 +202,8 @@ export async function passthrough(
       if (postedKey !== undefined) deleted = [{ key: postedKey, versionId: undefined }];
       if (up.status < 300 || postedKey !== undefined)
         for (const id of invalidatedBy(method, target, deleted)) {
-          await cache.invalidate(id).catch(() => undefined);
-          options.onInvalidate?.();
+          options.onInvalidate?.(id);
+          await cache?.invalidate(id).catch(() => undefined);
         }
     }
     await relayAnswer(res, method, up, requestId);
