@@ -139,6 +139,10 @@ describe('gateway revalidation', () => {
       expect(sha(again.body)).toBe(sha(body.subarray(0, 100)));
     }
     expect(heads()).toBe(1);
+    const scraped = await g.metrics.registry.metrics();
+    expect(scraped).toContain('keel_gateway_revalidations_total{outcome="started"} 1');
+    expect(scraped).toContain('keel_gateway_revalidations_total{outcome="failed"} 1');
+    expect(scraped).toContain('keel_gateway_revalidations_total{outcome="skipped"} 5');
     // After the backoff the object is revalidated again; the origin confirms it (304): fresh.
     tcp.remove('stall');
     await clock.advance(1_000);

@@ -6,7 +6,13 @@ import { RangeCache, type CacheFs } from '../cache/index.js';
 import { systemClock, type Clock } from '../time/index.js';
 import type { CircuitBreakerPolicy } from '../policy/index.js';
 import { GatewayMetrics } from './metrics.js';
-import { invalidateReads, serveObject, type CacheOutcome, type ReadContext } from './object-read.js';
+import {
+  invalidateReads,
+  revalidationStats,
+  serveObject,
+  type CacheOutcome,
+  type ReadContext,
+} from './object-read.js';
 import type { RevalidatorOptions } from './revalidation.js';
 import { OriginClient, type OriginCredentials } from './origin-client.js';
 import { OriginGuard, type OriginGuardOptions } from './origin-guard.js';
@@ -171,6 +177,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     onBytes: (source, n) => metrics.bytes.inc({ source }, n),
     log,
   };
+  metrics.bindRevalidations(() => revalidationStats(ctx));
   let active = 0;
   let draining = false;
   const sockets = new Set<Socket>();

@@ -124,6 +124,27 @@ export class GatewayMetrics {
     return true;
   }
 
+  /**
+   * `keel_gateway_revalidations_total{outcome}`: revalidations of expired objects started, failed
+   * (timed out or the origin failed: served STALE), and skipped while an object backs off after a
+   * failure (served STALE without asking the origin), read from the counts at every scrape.
+   */
+  bindRevalidations(read: () => { started: number; failed: number; servedStaleWithoutAsking: number }): void {
+    new Counter({
+      name: 'keel_gateway_revalidations_total',
+      help: 'Revalidations of expired objects: started, failed (served STALE), skipped during a backoff (served STALE).',
+      labelNames: ['outcome'],
+      registers: [this.ops.registry],
+      collect() {
+        const counts = read();
+        this.reset();
+        this.inc({ outcome: 'started' }, counts.started);
+        this.inc({ outcome: 'failed' }, counts.failed);
+        this.inc({ outcome: 'skipped' }, counts.servedStaleWithoutAsking);
+      },
+    });
+  }
+
   /** A counter whose value is read at every scrape (the cache and the guard keep the counts). */
   private scrapedCounter(name: string, help: string, read: () => number): void {
     new Counter({

@@ -616,6 +616,15 @@ async function writeUnlessChanged<T>(
   return result;
 }
 
+/** Revalidation counts so far (zeros before the first). */
+export function revalidationStats(ctx: ReadContext): {
+  started: number;
+  failed: number;
+  servedStaleWithoutAsking: number;
+} {
+  return ctx.revalidator?.stats ?? { started: 0, failed: 0, servedStaleWithoutAsking: 0 };
+}
+
 function revalidatorOf(ctx: ReadContext): Revalidator<Resolved | { passthrough: true }> {
   ctx.revalidator ??= new Revalidator(ctx.clock, ctx.revalidation);
   return ctx.revalidator;
