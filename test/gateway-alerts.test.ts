@@ -22,7 +22,7 @@ if (!hasPromtool) {
 describe('gateway alert rules', () => {
   it.skipIf(!hasPromtool)('pass promtool check rules', () => {
     const out = execFileSync('promtool', ['check', 'rules', RULES], { encoding: 'utf8' });
-    expect(out).toContain('SUCCESS: 7 rules found');
+    expect(out).toContain('SUCCESS: 8 rules found');
   });
 
   it.skipIf(!hasPromtool)('fire on the series they are meant for (promtool test rules)', () => {
@@ -42,6 +42,7 @@ describe('gateway alert rules', () => {
       'keel_gateway_breakers',
       'keel_gateway_retry_budget_exhausted_total',
       'keel_gateway_cache_bypass',
+      'keel_disk_used_ratio',
     ])
       expect(names).toContain(issueAsks);
 

@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { Gauge } from 'prom-client';
 import type { Logger } from 'pino';
 import path from 'node:path';
 import { classify } from '../errors/index.js';
@@ -126,6 +127,19 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     }
   };
   registerGatewayHealth(gateway, health, disk);
+  if (disk)
+    new Gauge({
+      name: 'keel_disk_used_ratio',
+      help: 'Used share (0..1) of the file system holding the cache directory, as the disk monitor last read it.',
+      labelNames: ['path'],
+      registers: [gateway.metrics.registry],
+      async collect() {
+        const seen = disk.snapshot();
+        const usage = seen.length > 0 ? seen : await disk.check().catch(() => []);
+        this.reset();
+        for (const u of usage) this.set({ path: u.path }, u.usedRatio);
+      },
+    });
 
   const timers: TimerHandle[] = [];
   let stopped = false;
