@@ -1,4 +1,4 @@
-import { createHash, createHmac } from 'node:crypto';
+import { signingKey, sigv4Signature } from './sigv4-verify.js';
 
 /** Credentials a {@link SigV4HeaderSigner} signs with. */
 export interface SigningCredentials {
@@ -77,22 +77,22 @@ export class SigV4HeaderSigner {
       .join('&');
     const canonicalRequest = `${method}\n${path}\n${query}\n${canonicalHeaders}\n${signedHeaders}\n${headers['x-amz-content-sha256'] ?? 'UNSIGNED-PAYLOAD'}`;
     const scope = `${shortDate}/${this.region}/${this.service}/aws4_request`;
-    const stringToSign = `AWS4-HMAC-SHA256\n${longDate}\n${scope}\n${createHash('sha256').update(canonicalRequest).digest('hex')}`;
-    const signature = createHmac('sha256', this.signingKey(shortDate)).update(stringToSign).digest('hex');
+    const signature = sigv4Signature(
+      this.credentials.secretAccessKey,
+      longDate,
+      scope,
+      canonicalRequest,
+      this.keyOf(shortDate, scope),
+    );
     headers.authorization = `AWS4-HMAC-SHA256 Credential=${this.credentials.accessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;
   }
 
-  private signingKey(day: string): Buffer {
+  /** The signing key of `scope`, derived once per day. */
+  private keyOf(day: string, scope: string): Buffer {
     if (this.key && this.keyDay === day) return this.key;
-    const hmac = (key: string | Buffer, data: string): Buffer =>
-      createHmac('sha256', key).update(data).digest();
-    const k = hmac(
-      hmac(hmac(hmac(`AWS4${this.credentials.secretAccessKey}`, day), this.region), this.service),
-      'aws4_request',
-    );
-    this.key = k;
+    this.key = signingKey(this.credentials.secretAccessKey, scope);
     this.keyDay = day;
-    return k;
+    return this.key;
   }
 }
 
