@@ -133,11 +133,9 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       help: 'Used share (0..1) of the file system holding the cache directory, as the disk monitor last read it.',
       labelNames: ['path'],
       registers: [gateway.metrics.registry],
-      async collect() {
-        const seen = disk.snapshot();
-        const usage = seen.length > 0 ? seen : await disk.check().catch(() => []);
+      collect() {
         this.reset();
-        for (const u of usage) this.set({ path: u.path }, u.usedRatio);
+        for (const u of disk.snapshot()) this.set({ path: u.path }, u.usedRatio);
       },
     });
 
@@ -160,6 +158,8 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
         logger.warn(`scheduled cache cleanup failed: ${classify(err).message}`);
       });
     });
+    // Read once at start, so levels, alerts and keel_disk_used_ratio are known before the first period.
+    await checkDisk();
     every(config.diskCheckIntervalSeconds, checkDisk);
   }
 
