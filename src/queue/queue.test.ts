@@ -4,6 +4,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { keelError } from '../errors/index.js';
+import { constant } from '../policy/index.js';
 import { SQLITE_QUEUE_MIGRATIONS } from '../store/index.js';
 import { openQueue, type Queue } from './index.js';
 
@@ -80,7 +81,7 @@ describe('queue on SQLite', () => {
           ? Promise.reject(keelError('SERVICE_UNAVAILABLE', `down ${String(calls)}`))
           : Promise.resolve();
       },
-      { pollMs: 5, backoffMs: () => 0 },
+      { pollMs: 5, backoff: constant(0) },
     );
     await until(async () => (await q.stats()).dead === 1);
     expect(calls).toBe(3);

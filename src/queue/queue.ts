@@ -70,8 +70,6 @@ export interface ProcessOptions {
   pollMs?: number;
   /** Delays between attempts of a failing item (default: exponential, 100 ms doubling, at most 30 s, full jitter). */
   backoff?: Backoff;
-  /** Instead of `backoff`: the delay before retry `attempt` as a function (kept for existing callers). */
-  backoffMs?: (attempt: number) => number;
   /**
    * A retry budget shared with other retries: when it is spent, a failed item is rescheduled
    * after `maxDelayMs` instead of its backoff delay, so a failing dependency is not hammered.
@@ -366,9 +364,8 @@ export class Queue<T = unknown> {
     const pollMs = options.pollMs ?? 50;
     if (!(leaseMs > 0))
       throw keelError('INVALID_CONFIG', `process option leaseMs must be > 0, got ${String(leaseMs)}`);
-    const legacy = options.backoffMs;
     const backoff = options.backoff ?? DEFAULT_BACKOFF;
-    const retryDelay = legacy ?? ((attempt: number) => delayAfter(backoff, attempt));
+    const retryDelay = (attempt: number): number => delayAfter(backoff, attempt);
     const maxDelayMs = options.maxDelayMs ?? 30_000;
     const budget = options.budget;
     this.reconnect = options.reconnectBackoff ?? DEFAULT_RECONNECT;
