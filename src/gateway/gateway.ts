@@ -5,6 +5,7 @@ import { classify } from '../errors/index.js';
 import { RangeCache, type CacheFs } from '../cache/index.js';
 import { systemClock, type Clock } from '../time/index.js';
 import type { CircuitBreakerPolicy } from '../policy/index.js';
+import { addCorsHeaders, BucketCorsRules, fetchBucketCors } from './cors-rules.js';
 import { GatewayMetrics } from './metrics.js';
 import {
   invalidateReads,
@@ -178,6 +179,17 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     log,
   };
   metrics.bindRevalidations(() => revalidationStats(ctx));
+  // Bucket CORS rules live as long as cached objects; a read waits for them no longer than for a revalidation.
+  const { timeoutMs: waitMs, backoffMs, maxBackoffMs } = options.revalidation ?? {};
+  const corsRules = new BucketCorsRules({
+    fetch: (bucket) => fetchBucketCors(origin, guard, bucket),
+    clock,
+    ttlMs: ctx.ttlMs,
+    ...(waitMs === undefined ? {} : { waitMs }),
+    ...(backoffMs === undefined ? {} : { backoffMs }),
+    ...(maxBackoffMs === undefined ? {} : { maxBackoffMs }),
+    log,
+  });
   let active = 0;
   let draining = false;
   const sockets = new Set<Socket>();
@@ -228,6 +240,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       if (isObjectRead && ![...target.query.keys()].some((k) => k.startsWith('response-'))) {
         const versionId = target.query.get('versionId');
         const query = versionId === null ? '' : `versionId=${encodeURIComponent(versionId)}`;
+        if (req.headers.origin) await addCorsHeaders(corsRules, req, res, target.bucket as string);
         outcome = await serveObject(
           ctx,
           req,
@@ -245,6 +258,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
           invalidateReads(ctx, changed);
           if (cache) metrics.invalidations.inc();
         },
+        onCorsChange: (bucket) => corsRules.invalidate(bucket),
       });
       outcome = 'PASS';
     } catch (err) {

@@ -75,6 +75,8 @@ export interface PassthroughOptions {
   cache?: RangeCache | undefined;
   /** Called for each object a successful write changed, before its cache entry is dropped. */
   onInvalidate?: (id: ObjectIdentity) => void;
+  /** Called when a PutBucketCors or DeleteBucketCors reached the origin (whatever it answered), before the answer goes out. */
+  onCorsChange?: (bucket: string) => void;
   /** The client's verified signature (`gateway` auth): chunk signatures are checked against it. */
   verified?: VerifiedRequest | undefined;
 }
@@ -136,6 +138,11 @@ export async function passthrough(
     req.pipe(verifier);
   }
   const hasBody = method !== 'GET' && method !== 'HEAD';
+  const corsChange =
+    (method === 'PUT' || method === 'DELETE') && target.key === undefined && target.query.has('cors');
+  const corsChanged = (): void => {
+    if (corsChange && target.bucket !== undefined) options.onCorsChange?.(target.bucket);
+  };
   let upload: Readable | Buffer = body;
   let deleted: { key: string; versionId: string | undefined }[] = [];
   const deleteList = isDeleteObjects(method, target) && options.cache !== undefined;
@@ -187,6 +194,7 @@ export async function passthrough(
           throw err;
         }),
     );
+    corsChanged();
     if (rejected) {
       // The origin answered before the body was refused (an early error): nothing was stored.
       up.body.on('error', () => undefined);
@@ -209,6 +217,8 @@ export async function passthrough(
     await relayAnswer(res, method, up, requestId);
     return up.status;
   } catch (err) {
+    // The origin may have applied the change before failing to answer.
+    corsChanged();
     if (rejected) return refuse(rejected);
     const e = classify(err);
     const after = retryAfterSeconds(e);
