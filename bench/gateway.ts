@@ -2,12 +2,12 @@
  * keel gateway against nginx (proxy_cache + slice) in front of the same s3rver origin:
  * 1. cache hits with 1 MiB and 4 KiB ranges, 64 connections (wrk): requests/s and p99;
  * 2. a stampede: 100 clients at once on an uncached 64 MiB object: origin bytes / object size;
- * 3. misses: time to first byte through keel over direct to the origin.
+ * 3. misses: time to first byte through keel over direct to the origin, and through nginx.
  * Writes bench/results/gateway.json. `--only hits,stampede,missTtfb` runs some sections and keeps
  * the others' last figures in the file; KEEL_BENCH_CPU_PROF_DIR=<dir> profiles the keel process.
  * `--out <file>` writes the figures there instead (a trial run that leaves the record alone);
- * KEEL_BENCH_MISS_OBJECTS sets how many 1 MiB objects the miss section reads (default 15);
- * `--miss-via-proxy` also times direct reads through a proxy hop like keel's.
+ * KEEL_BENCH_MISS_OBJECTS sets how many 1 MiB objects the miss section reads (default 40, the first
+ * 5 not counted); `--miss-via-proxy` also times direct reads through a bare TCP relay.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, createCipheriv } from 'node:crypto';
@@ -33,10 +33,12 @@ for (const s of only)
 const run = (s: (typeof SECTIONS)[number]): boolean => only.has(s);
 const outArg = process.argv.indexOf('--out');
 if (outArg >= 0 && !process.argv[outArg + 1]) throw new Error('--out takes a file path');
-const MISS_OBJECTS = Number(process.env.KEEL_BENCH_MISS_OBJECTS ?? 15);
-if (!Number.isInteger(MISS_OBJECTS) || MISS_OBJECTS < 1)
+const MISS_OBJECTS = Number(process.env.KEEL_BENCH_MISS_OBJECTS ?? 40);
+/** Miss objects read first to warm keel, nginx and the client, not counted. */
+const MISS_WARMUP = 5;
+if (!Number.isInteger(MISS_OBJECTS) || MISS_OBJECTS <= MISS_WARMUP)
   throw new Error(
-    `KEEL_BENCH_MISS_OBJECTS must be a positive integer; got ${process.env.KEEL_BENCH_MISS_OBJECTS}`,
+    `KEEL_BENCH_MISS_OBJECTS must be an integer above ${MISS_WARMUP} (the first ${MISS_WARMUP} warm up); got ${process.env.KEEL_BENCH_MISS_OBJECTS}`,
   );
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
@@ -242,32 +244,51 @@ try {
 
   // 3. misses: TTFB through keel over direct (alternating, same objects fresh for keel). This keel
   // talks to the origin directly, as in production: the counting proxy is for the stampede only.
+  // nginx's slice cache in front of the same origin is timed on the same objects, as the peer.
   if (run('missTtfb')) {
     const missKeel = await startKeel(originUrl, path.join(root, 'keel-miss-cache'));
     children.push(missKeel.proc);
+    const missNginxDir = path.join(root, 'nginx-miss');
+    spawnSync('mkdir', ['-p', missNginxDir]);
+    const missNginx = await startNginx(originPort, missNginxDir);
+    children.push(missNginx.proc);
     const viaKeel: number[] = [];
+    const viaNginx: number[] = [];
     const direct: number[] = [];
-    // --miss-via-proxy: also direct through a chaos proxy hop, for comparison with older figures
-    // (taken with keel behind the counting proxy).
+    // --miss-via-proxy: also direct through a chaos proxy hop (a bare TCP relay), the least any
+    // proxy in its own process adds.
     const hopProxy = process.argv.includes('--miss-via-proxy')
       ? await chaos.proxy({ upstream: `127.0.0.1:${originPort}` })
       : undefined;
     const viaProxy: number[] = [];
-    for (const k of small) {
-      direct.push((await get(`${originUrl}/demo/${k}`)).ttfbMs);
-      viaKeel.push((await get(`${missKeel.url}/demo/${k}`)).ttfbMs);
-      if (hopProxy) viaProxy.push((await get(`http://127.0.0.1:${hopProxy.port}/demo/${k}`)).ttfbMs);
+    for (const [i, k] of small.entries()) {
+      // The first objects warm each process's code paths; they are not counted.
+      const counted = i >= MISS_WARMUP;
+      const d = (await get(`${originUrl}/demo/${k}`)).ttfbMs;
+      const viaK = (await get(`${missKeel.url}/demo/${k}`)).ttfbMs;
+      const viaN = (await get(`${missNginx.url}/demo/${k}`)).ttfbMs;
+      const viaP = hopProxy ? (await get(`http://127.0.0.1:${hopProxy.port}/demo/${k}`)).ttfbMs : NaN;
+      if (!counted) continue;
+      direct.push(d);
+      viaKeel.push(viaK);
+      viaNginx.push(viaN);
+      if (hopProxy) viaProxy.push(viaP);
     }
     await hopProxy?.close();
     results.missTtfb = {
+      objects: direct.length,
       keelMedianMs: median(viaKeel),
       directMedianMs: median(direct),
+      nginxMedianMs: median(viaNginx),
       ratio: median(viaKeel) / median(direct),
+      nginxRatio: median(viaNginx) / median(direct),
+      keelOverNginx: median(viaKeel) / median(viaNginx),
+      pairedRatioMedian: median(viaKeel.map((v, i) => v / (direct[i] ?? NaN))),
       ...(hopProxy
         ? {
             directViaProxyMedianMs: median(viaProxy),
             ratioOverDirectViaProxy: median(viaKeel) / median(viaProxy),
-            pairedRatioMedian: median(viaKeel.map((v, i) => v / (direct[i] ?? NaN))),
+            proxyHopRatio: median(viaProxy) / median(direct),
           }
         : {}),
       keelUpstream: 'the origin directly',
