@@ -288,4 +288,42 @@ describe('gateway misses', () => {
     await g.idle();
     expect((await get(g, 'sharing.bin')).cache).toBe('HIT');
   });
+
+  it('answers an empty object at once when the origin announces a body byte it never sends', async () => {
+    // Some S3 implementations answer a range of an empty object with `bytes 0-0/0` and a
+    // Content-Length of 1, then send nothing: the gateway must not wait for that byte.
+    const held: http.ServerResponse[] = [];
+    const liar = http.createServer((req, res) => {
+      req.resume();
+      res.writeHead(206, {
+        etag: '"d41d8cd98f00b204e9800998ecf8427e"',
+        'content-range': 'bytes 0-0/0',
+        'content-length': '1',
+        'content-type': 'text/plain',
+        'last-modified': 'Sat, 28 Nov 2026 09:00:00 GMT',
+      });
+      res.flushHeaders();
+      held.push(res);
+    });
+    await new Promise<void>((r) => liar.listen(0, '127.0.0.1', r));
+    try {
+      const port = (liar.address() as { port: number }).port;
+      const g = await gateway({ upstream: `http://127.0.0.1:${port}`, originCredentials: undefined });
+      const answer = await get(g, 'empty.txt');
+      expect(answer.status).toBe(200);
+      expect(answer.complete).toBe(true);
+      expect(answer.body.length).toBe(0);
+      expect(answer.cache).toBe('MISS');
+      // Cached as empty: the next read is a hit that does not ask the origin.
+      await g.idle();
+      const asked = held.length;
+      const again = await get(g, 'empty.txt');
+      expect([again.status, again.body.length, again.cache]).toEqual([200, 0, 'HIT']);
+      expect(held.length).toBe(asked);
+    } finally {
+      for (const r of held) r.destroy();
+      liar.closeAllConnections();
+      await new Promise((r) => liar.close(r));
+    }
+  });
 });
