@@ -43,6 +43,30 @@ describe('gateway operations settings', () => {
     );
   });
 
+  it('back off revalidation from 1 s doubling to 60 s by default, settable by flag, variable and file', async () => {
+    expect(resolveGatewayConfig(base, {})).toMatchObject({
+      revalidateBackoffSeconds: 1,
+      revalidateMaxBackoffSeconds: 60,
+    });
+    const file = path.join(dir, 'backoff.json');
+    await writeFile(file, JSON.stringify({ revalidateBackoffSeconds: 3, revalidateMaxBackoffSeconds: 90 }));
+    expect(resolveGatewayConfig({ ...base, config: file }, {})).toMatchObject({
+      revalidateBackoffSeconds: 3,
+      revalidateMaxBackoffSeconds: 90,
+    });
+    expect(
+      resolveGatewayConfig(
+        { ...base, config: file, revalidateBackoffSeconds: '0.5' },
+        { KEEL_REVALIDATE_MAX_BACKOFF_SECONDS: '10', KEEL_REVALIDATE_BACKOFF_SECONDS: '2' },
+      ),
+    ).toMatchObject({ revalidateBackoffSeconds: 0.5, revalidateMaxBackoffSeconds: 10 });
+    // A start above the default cap raises the cap with it rather than failing on a setting not given.
+    expect(resolveGatewayConfig({ ...base, revalidateBackoffSeconds: '120' }, {})).toMatchObject({
+      revalidateBackoffSeconds: 120,
+      revalidateMaxBackoffSeconds: 120,
+    });
+  });
+
   it('read flags over KEEL_* variables over the config file', async () => {
     const file = path.join(dir, 'gw.json');
     await writeFile(
@@ -92,6 +116,26 @@ describe('gateway operations settings', () => {
     [{ drainSeconds: '-1' }, '--drain-seconds (KEEL_DRAIN_SECONDS): expected a number ≥ 0'],
     [{ shutdownDelaySeconds: 'soon' }, '--shutdown-delay-seconds (KEEL_SHUTDOWN_DELAY_SECONDS)'],
     [{ adminToken: 'short' }, '--admin-token (KEEL_ADMIN_TOKEN): must be at least 16 characters'],
+    [
+      { revalidateBackoffSeconds: '0' },
+      '--revalidate-backoff-seconds (KEEL_REVALIDATE_BACKOFF_SECONDS): expected a positive number of seconds, got "0"',
+    ],
+    [
+      { revalidateBackoffSeconds: 'often' },
+      '--revalidate-backoff-seconds (KEEL_REVALIDATE_BACKOFF_SECONDS): expected a positive number of seconds',
+    ],
+    [
+      { revalidateMaxBackoffSeconds: '-5' },
+      '--revalidate-max-backoff-seconds (KEEL_REVALIDATE_MAX_BACKOFF_SECONDS): expected a positive number of seconds',
+    ],
+    [
+      { revalidateMaxBackoffSeconds: '' },
+      '--revalidate-max-backoff-seconds (KEEL_REVALIDATE_MAX_BACKOFF_SECONDS): expected a positive number of seconds',
+    ],
+    [
+      { revalidateBackoffSeconds: '10', revalidateMaxBackoffSeconds: '5' },
+      '--revalidate-max-backoff-seconds (KEEL_REVALIDATE_MAX_BACKOFF_SECONDS): must be at least --revalidate-backoff-seconds (10), got 5',
+    ],
   ])('reject %j naming the setting', (flags, message) => {
     expect(() => resolveGatewayConfig({ ...base, ...flags }, {})).toThrow(message);
   });

@@ -316,6 +316,38 @@ describe('gateway operations', () => {
     await until(() => r.alerts.firing().length === 0, 'DiskSpaceLow resolved');
   });
 
+  it('backs off revalidation of an object whose origin fails by the configured start and cap', async () => {
+    const clock = new VirtualClock(Date.now());
+    const r = await start(
+      { ttlSeconds: '10', revalidateBackoffSeconds: '5', revalidateMaxBackoffSeconds: '8' },
+      { clock, guard: { retryAttempts: 1, breakerFailures: 100 } },
+    );
+    const started = async (): Promise<number> => {
+      const text = await (await fetch(`${r.admin.url}/metrics`)).text();
+      return Number(/^keel_gateway_revalidations_total\{outcome="started"\} (\d+)$/m.exec(text)?.[1]);
+    };
+    expect(await readOk(r, 'a.bin')).toBe('MISS');
+    await r.gateway.idle();
+    await clock.advance(10_001);
+    await proxy.disable();
+    expect(await readOk(r, 'a.bin')).toBe('STALE');
+    expect(await started()).toBe(1);
+    // The first failure holds the object back 5 s (not the default 1 s)…
+    await clock.advance(4_999);
+    expect(await readOk(r, 'a.bin')).toBe('STALE');
+    expect(await started()).toBe(1);
+    await clock.advance(1);
+    expect(await readOk(r, 'a.bin')).toBe('STALE');
+    expect(await started()).toBe(2);
+    // …the second 10 s doubled, capped at 8 s.
+    await clock.advance(7_999);
+    expect(await readOk(r, 'a.bin')).toBe('STALE');
+    expect(await started()).toBe(2);
+    await clock.advance(1);
+    expect(await readOk(r, 'a.bin')).toBe('STALE');
+    expect(await started()).toBe(3);
+  });
+
   it('serves probes, metrics in both formats, status and cache endpoints, with the admin token where set', async () => {
     const r = await start({ adminToken: TOKEN });
     await readOk(r, 'a.bin');

@@ -15,6 +15,8 @@ interface GatewayFlags {
   sliceBytes?: string;
   ttlSeconds?: string;
   revalidateTimeoutSeconds?: string;
+  revalidateBackoffSeconds?: string;
+  revalidateMaxBackoffSeconds?: string;
   baseDomain?: string;
   cleanupIntervalSeconds?: string;
   drainSeconds?: string;
@@ -52,6 +54,14 @@ export function registerGatewayCommand(program: Command): void {
     .option(
       '--revalidate-timeout-seconds <n>',
       'serve an expired object STALE when the origin has not confirmed it within this long (KEEL_REVALIDATE_TIMEOUT_SECONDS, default 1)',
+    )
+    .option(
+      '--revalidate-backoff-seconds <n>',
+      'after a failed revalidation, serve the object STALE this long before asking the origin again, doubling per failure (KEEL_REVALIDATE_BACKOFF_SECONDS, default 1)',
+    )
+    .option(
+      '--revalidate-max-backoff-seconds <n>',
+      'longest wait between revalidations of an object whose origin keeps failing (KEEL_REVALIDATE_MAX_BACKOFF_SECONDS, default 60)',
     )
     .option('--base-domain <domain>', 'virtual-host-style base domain: bucket.<domain> (KEEL_BASE_DOMAIN)')
     .option(

@@ -23,6 +23,10 @@ export interface GatewayConfig {
   ttlSeconds: number;
   /** How long hits of an expired object wait for the origin to confirm it before being served STALE. */
   revalidateTimeoutSeconds: number;
+  /** After a failed revalidation, how long an object is served STALE before the origin is asked again… */
+  revalidateBackoffSeconds: number;
+  /** …doubling per failure up to this. */
+  revalidateMaxBackoffSeconds: number;
   baseDomain: string | undefined;
   cleanupIntervalSeconds: number;
   /** On SIGTERM, how long requests in flight may finish before their connections are closed. */
@@ -58,6 +62,8 @@ const SETTINGS = {
   sliceBytes: 'KEEL_SLICE_BYTES',
   ttlSeconds: 'KEEL_TTL_SECONDS',
   revalidateTimeoutSeconds: 'KEEL_REVALIDATE_TIMEOUT_SECONDS',
+  revalidateBackoffSeconds: 'KEEL_REVALIDATE_BACKOFF_SECONDS',
+  revalidateMaxBackoffSeconds: 'KEEL_REVALIDATE_MAX_BACKOFF_SECONDS',
   baseDomain: 'KEEL_BASE_DOMAIN',
   cleanupIntervalSeconds: 'KEEL_CLEANUP_INTERVAL_SECONDS',
   drainSeconds: 'KEEL_DRAIN_SECONDS',
@@ -112,6 +118,14 @@ function num(setting: Setting, v: string | number | boolean | undefined, dflt: n
   if (v === undefined) return dflt;
   const n = Number(v);
   if (!Number.isFinite(n) || n < min) fail(setting, `expected a number ≥ ${min}, got "${String(v)}"`);
+  return n;
+}
+
+function seconds(setting: Setting, v: string | number | boolean | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = typeof v === 'string' && v.trim() === '' ? NaN : Number(v);
+  if (!Number.isFinite(n) || n <= 0)
+    fail(setting, `expected a positive number of seconds, got "${String(v)}"`);
   return n;
 }
 
@@ -227,6 +241,17 @@ export function resolveGatewayConfig(
     if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:'))
       fail('alertsWebhookUrl', 'expected an http or https URL');
   }
+  const revalidateBackoffSeconds = seconds('revalidateBackoffSeconds', get('revalidateBackoffSeconds'), 1);
+  const revalidateMaxBackoffSeconds = seconds(
+    'revalidateMaxBackoffSeconds',
+    get('revalidateMaxBackoffSeconds'),
+    Math.max(60, revalidateBackoffSeconds),
+  );
+  if (revalidateMaxBackoffSeconds < revalidateBackoffSeconds)
+    fail(
+      'revalidateMaxBackoffSeconds',
+      `must be at least --revalidate-backoff-seconds (${revalidateBackoffSeconds}), got ${revalidateMaxBackoffSeconds}`,
+    );
   const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, 1);
   const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, 1);
   if (diskCriticalPercent > 100)
@@ -252,7 +277,9 @@ export function resolveGatewayConfig(
     cacheMaxBytes: bytes('cacheMaxBytes', get('cacheMaxBytes'), 10 * 1024 ** 3),
     sliceBytes,
     ttlSeconds: num('ttlSeconds', get('ttlSeconds'), 60),
-    revalidateTimeoutSeconds: num('revalidateTimeoutSeconds', get('revalidateTimeoutSeconds'), 1, 0.001),
+    revalidateTimeoutSeconds: seconds('revalidateTimeoutSeconds', get('revalidateTimeoutSeconds'), 1),
+    revalidateBackoffSeconds,
+    revalidateMaxBackoffSeconds,
     baseDomain: baseDomain === undefined ? undefined : String(baseDomain),
     cleanupIntervalSeconds: num('cleanupIntervalSeconds', get('cleanupIntervalSeconds'), 3600, 1),
     drainSeconds: num('drainSeconds', get('drainSeconds'), 30),

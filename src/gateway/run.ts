@@ -85,7 +85,11 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     cacheMaxBytes: config.cacheMaxBytes,
     sliceBytes: config.sliceBytes,
     ttlMs: config.ttlSeconds * 1000,
-    revalidation: { timeoutMs: config.revalidateTimeoutSeconds * 1000 },
+    revalidation: {
+      timeoutMs: config.revalidateTimeoutSeconds * 1000,
+      backoffMs: config.revalidateBackoffSeconds * 1000,
+      maxBackoffMs: config.revalidateMaxBackoffSeconds * 1000,
+    },
     baseDomain: config.baseDomain,
     // Warnings and errors in the same JSON lines as the rest (request lines stay off the hot path).
     log: (level, msg, fields) => {
