@@ -43,6 +43,12 @@ if (!Number.isInteger(MISS_OBJECTS) || MISS_OBJECTS <= MISS_WARMUP)
   throw new Error(
     `KEEL_BENCH_MISS_OBJECTS must be an integer above ${MISS_WARMUP} (the first ${MISS_WARMUP} warm up); got ${process.env.KEEL_BENCH_MISS_OBJECTS}`,
   );
+// keel runs as installed: the compiled build behind bin/keel.js, built here from the sources.
+const build = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], {
+  encoding: 'utf8',
+});
+if (build.status !== 0) throw new Error(`npm run build failed:\n${build.stdout}${build.stderr}`);
+const KEEL_ENTRY = ['bin/keel.js'];
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
 function bytes(seed: string, size: number): Buffer {
@@ -122,9 +128,7 @@ async function startKeel(upstream: string, cacheDir: string): Promise<{ url: str
       ...(process.env.KEEL_BENCH_CPU_PROF_DIR
         ? ['--cpu-prof', '--cpu-prof-dir', process.env.KEEL_BENCH_CPU_PROF_DIR]
         : []),
-      '--import',
-      'tsx',
-      'src/cli/main.ts',
+      ...KEEL_ENTRY,
       'gateway',
       '--upstream',
       upstream,
