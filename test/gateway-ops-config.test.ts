@@ -67,6 +67,14 @@ describe('gateway operations settings', () => {
     });
   });
 
+  it('log warnings and errors by default, and take error, warn or info', () => {
+    expect(resolveGatewayConfig(base, {}).logLevel).toBe('warn');
+    expect(resolveGatewayConfig(base, { KEEL_LOG_LEVEL: 'info' }).logLevel).toBe('info');
+    expect(resolveGatewayConfig({ ...base, logLevel: 'ERROR' }, { KEEL_LOG_LEVEL: 'info' }).logLevel).toBe(
+      'error',
+    );
+  });
+
   it('read flags over KEEL_* variables over the config file', async () => {
     const file = path.join(dir, 'gw.json');
     await writeFile(
@@ -136,6 +144,7 @@ describe('gateway operations settings', () => {
       { revalidateBackoffSeconds: '10', revalidateMaxBackoffSeconds: '5' },
       '--revalidate-max-backoff-seconds (KEEL_REVALIDATE_MAX_BACKOFF_SECONDS): must be at least --revalidate-backoff-seconds (10), got 5',
     ],
+    [{ logLevel: 'debug' }, '--log-level (KEEL_LOG_LEVEL): expected one of error, warn, info, got "debug"'],
   ])('reject %j naming the setting', (flags, message) => {
     expect(() => resolveGatewayConfig({ ...base, ...flags }, {})).toThrow(message);
   });

@@ -5,6 +5,7 @@ import { readFile, writeFile, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { chaos, faultyFs, type ChaosProxy } from '../src/chaos/index.js';
@@ -346,6 +347,82 @@ describe('gateway operations', () => {
     await clock.advance(1);
     expect(await readOk(r, 'a.bin')).toBe('STALE');
     expect(await started()).toBe(3);
+  });
+
+  it('writes one JSON line per request at log level info, with its request id and no presigned secrets, and none at the default level', async () => {
+    const startLogged = async (
+      flags: Record<string, string>,
+    ): Promise<{ r: RunningGateway; lines: string[] }> => {
+      const lines: string[] = [];
+      const sink = new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          lines.push(
+            ...chunk
+              .toString()
+              .split('\n')
+              .filter((l) => l !== ''),
+          );
+          done();
+        },
+      });
+      const config = resolveGatewayConfig(
+        {
+          upstream: `http://127.0.0.1:${proxy.port}`,
+          auth: 'anonymous',
+          listen: '0',
+          admin: '0',
+          cacheDir: path.join(root, `cache-${++n}`),
+          sliceBytes: '64KiB',
+          originAccessKeyId: TEST_CREDENTIALS.accessKeyId,
+          originSecretAccessKey: TEST_CREDENTIALS.secretAccessKey,
+          alerts: 'none',
+          ...flags,
+        },
+        {},
+      );
+      const r = await runGateway(config, { logDestination: sink, defaultMetrics: false });
+      running.push(r);
+      return { r, lines };
+    };
+    const signature = 'f'.repeat(64);
+    const keyId = 'GATEWAYCLIENTKEY7';
+    const token = 'session-token-value-123';
+    const query =
+      `X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=${keyId}%2F20261128%2Fus-east-1%2Fs3%2Faws4_request` +
+      `&X-Amz-Date=20261128T093000Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host` +
+      `&X-Amz-Security-Token=${token}&X-Amz-Signature=${signature}`;
+    const ask = async (r: RunningGateway): Promise<string[]> => {
+      const ids: string[] = [];
+      for (const url of [`/b/a.bin?${query}`, '/b/missing.bin']) {
+        const res = await fetch(`${r.gateway.url()}${url}`);
+        await res.arrayBuffer();
+        ids.push(res.headers.get('x-request-id') ?? '');
+      }
+      return ids;
+    };
+
+    const info = await startLogged({ logLevel: 'info' });
+    const ids = await ask(info.r);
+    await until(() => info.lines.filter((l) => l.includes('"msg":"request"')).length === 2, 'request lines');
+    const requests = info.lines
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.msg === 'request');
+    expect(requests.map((l) => [l.requestId, l.method, l.status])).toEqual([
+      [ids[0], 'GET', 200],
+      [ids[1], 'GET', 404],
+    ]);
+    const url = String(requests[0]?.url);
+    expect(url.startsWith('/b/a.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256&')).toBe(true);
+    expect(url).toContain('X-Amz-Date=20261128T093000Z');
+    expect(url).toContain('X-Amz-Signature=[REDACTED]');
+    expect(url).toContain('X-Amz-Credential=[REDACTED]');
+    const all = info.lines.join('\n');
+    for (const secret of [signature, keyId, token]) expect(all).not.toContain(secret);
+
+    const quiet = await startLogged({});
+    await ask(quiet.r);
+    await quiet.r.shutdown();
+    expect(quiet.lines.filter((l) => l.includes('"msg":"request"'))).toEqual([]);
   });
 
   it('serves probes, metrics in both formats, status and cache endpoints, with the admin token where set', async () => {

@@ -3,7 +3,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Sha256 } from '@aws-crypto/sha256-js';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { HttpRequest } from '@smithy/protocol-http';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
@@ -11,6 +14,7 @@ const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('he
 let origin: S3Origin;
 let dir: string;
 const big = randomBytes(24 * 1024 * 1024);
+const small = randomBytes(100_000);
 
 interface Child {
   proc: ChildProcess;
@@ -73,6 +77,7 @@ beforeAll(async () => {
     credentials: TEST_CREDENTIALS,
   });
   await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'big.bin', Body: big }));
+  await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'small.bin', Body: small }));
   s3.destroy();
 });
 
@@ -171,6 +176,72 @@ describe('keel gateway as a process', () => {
     );
     again.proc.kill('SIGTERM');
     expect(await again.exited).toBe(0);
+  });
+
+  it('with --log-level info writes one JSON line per request with its x-request-id, never the presigned URL secrets', async () => {
+    const client = { accessKeyId: 'LOGCLIENTKEY42', secretAccessKey: 'log-client-secret-0123456789' };
+    const gw = await startGateway(path.join(dir, 'log'), [
+      '--auth',
+      'gateway',
+      '--client-keys',
+      `${client.accessKeyId}:${client.secretAccessKey}`,
+      '--log-level',
+      'info',
+    ]);
+    let err = '';
+    gw.proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    const u = new URL(gw.url);
+    const signer = new SignatureV4({
+      credentials: client,
+      region: 'us-east-1',
+      service: 's3',
+      sha256: Sha256,
+      uriEscapePath: false,
+    });
+    const presigned = await signer.presign(
+      new HttpRequest({
+        method: 'GET',
+        protocol: u.protocol,
+        hostname: u.hostname,
+        port: Number(u.port),
+        path: '/b/small.bin',
+        // As @aws-sdk/s3-request-presigner does: the canonical request's payload is UNSIGNED-PAYLOAD.
+        headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+      }),
+      {
+        expiresIn: 300,
+        unhoistableHeaders: new Set(['x-amz-content-sha256']),
+        unsignableHeaders: new Set(['x-amz-content-sha256']),
+      },
+    );
+    const query = presigned.query as Record<string, string>;
+    const signature = query['X-Amz-Signature'] as string;
+    const res = await fetch(`${gw.url}/b/small.bin?${new URLSearchParams(query).toString()}`);
+    expect(res.status).toBe(200);
+    expect(sha(Buffer.from(await res.arrayBuffer()))).toBe(sha(small));
+    const id = res.headers.get('x-request-id');
+    const unsigned = await fetch(`${gw.url}/b/small.bin`);
+    await unsigned.arrayBuffer();
+    expect(unsigned.status).toBe(403);
+    const requestLines = (): Record<string, unknown>[] =>
+      err
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((l) => l.msg === 'request');
+    for (let i = 0; i < 200 && requestLines().length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    const lines = requestLines();
+    expect(lines.map((l) => [l.requestId, l.method, l.status, l.outcome])).toEqual([
+      [id, 'GET', 200, 'MISS'],
+      [unsigned.headers.get('x-request-id'), 'GET', 403, 'DENIED'],
+    ]);
+    expect(String(lines[0]?.url)).toMatch(/^\/b\/small\.bin\?X-Amz-Algorithm=AWS4-HMAC-SHA256&/);
+    expect(String(lines[0]?.url)).toContain('X-Amz-Signature=[REDACTED]');
+    expect(err).not.toContain(signature);
+    expect(err).not.toContain(client.accessKeyId);
+    expect(err).not.toContain(client.secretAccessKey);
+    gw.proc.kill('SIGTERM');
+    expect(await gw.exited).toBe(0);
   });
 
   it('refuses anonymous mode on a public address without --force-anonymous, naming the setting', async () => {

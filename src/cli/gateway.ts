@@ -28,6 +28,7 @@ interface GatewayFlags {
   diskWarningPercent?: string;
   diskCriticalPercent?: string;
   diskCheckIntervalSeconds?: string;
+  logLevel?: string;
   demo?: boolean;
 }
 
@@ -94,6 +95,10 @@ export function registerGatewayCommand(program: Command): void {
     .option(
       '--disk-check-interval-seconds <n>',
       'how often the disk is checked (KEEL_DISK_CHECK_INTERVAL_SECONDS, default 60)',
+    )
+    .option(
+      '--log-level <level>',
+      'error, warn or info: info adds one JSON line per request (KEEL_LOG_LEVEL, default warn)',
     )
     .option(
       '--demo',

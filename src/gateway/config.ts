@@ -44,7 +44,15 @@ export interface GatewayConfig {
   /** …and a critical alert, with cleanup and eviction. */
   diskCriticalPercent: number;
   diskCheckIntervalSeconds: number;
+  /** Lowest level logged: `info` adds one line per request. */
+  logLevel: LogLevel;
 }
+
+/** Log levels of the gateway, most to least severe. */
+export const LOG_LEVELS = ['error', 'warn', 'info'] as const;
+
+/** One of {@link LOG_LEVELS}. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Each setting: its flag (camelCase, as commander gives it), env var and config-file key. */
 const SETTINGS = {
@@ -75,6 +83,7 @@ const SETTINGS = {
   diskWarningPercent: 'KEEL_DISK_WARNING_PERCENT',
   diskCriticalPercent: 'KEEL_DISK_CRITICAL_PERCENT',
   diskCheckIntervalSeconds: 'KEEL_DISK_CHECK_INTERVAL_SECONDS',
+  logLevel: 'KEEL_LOG_LEVEL',
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -252,6 +261,11 @@ export function resolveGatewayConfig(
       'revalidateMaxBackoffSeconds',
       `must be at least --revalidate-backoff-seconds (${revalidateBackoffSeconds}), got ${revalidateMaxBackoffSeconds}`,
     );
+  const logLevel = String(get('logLevel') ?? 'warn')
+    .trim()
+    .toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel))
+    fail('logLevel', `expected one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
   const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, 1);
   const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, 1);
   if (diskCriticalPercent > 100)
@@ -291,5 +305,6 @@ export function resolveGatewayConfig(
     diskWarningPercent,
     diskCriticalPercent,
     diskCheckIntervalSeconds: num('diskCheckIntervalSeconds', get('diskCheckIntervalSeconds'), 60, 1),
+    logLevel: logLevel as LogLevel,
   };
 }

@@ -19,8 +19,9 @@ export { evaluateConditions, type ConditionOutcome, type ConditionHeaders } from
 export { parseS3Target, encodeKey, type S3Target, type MalformedTarget } from './s3-request.js';
 export { s3ErrorXml, S3Errors, type S3ErrorSpec } from './s3-error.js';
 export { verifySigV4, type ClientKey, type AuthResult } from './sigv4-verify.js';
-export { resolveGatewayConfig, type GatewayConfig } from './config.js';
+export { resolveGatewayConfig, LOG_LEVELS, type GatewayConfig, type LogLevel } from './config.js';
 export { runGateway, type RunningGateway, type RunOptions } from './run.js';
+export { loggableUrl } from './request-log.js';
 export {
   startAdminServer,
   registerGatewayHealth,

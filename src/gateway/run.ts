@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { Gauge } from 'prom-client';
-import type { Logger } from 'pino';
+import type { DestinationStream, Logger } from 'pino';
 import path from 'node:path';
 import { classify } from '../errors/index.js';
 import {
@@ -19,6 +19,7 @@ import { registerGatewayHealth, startAdminServer } from './admin-server.js';
 import { createGatewayAlerts, GATEWAY_ALERTS, watchGatewayAlerts } from './alerting.js';
 import type { GatewayConfig } from './config.js';
 import { createGateway, type Gateway, type GatewayOptions } from './gateway.js';
+import { loggableUrl } from './request-log.js';
 
 /** A gateway with its admin server, health, alerts, disk monitor, scheduled cleanup and graceful shutdown. */
 export interface RunningGateway {
@@ -44,8 +45,13 @@ export interface RunOptions extends Partial<GatewayOptions> {
   afterShutdown?: () => Promise<void>;
   /** Called with the exit code once shut down; default `process.exit` with signals, else nothing. */
   exit?: (code: number) => void;
-  /** Logger of the gateway's operations: alerts, disk, cleanup, shutdown (default: JSON lines on stderr). */
+  /**
+   * Logger of the gateway's requests and operations: alerts, disk, cleanup, recovery, shutdown
+   * (default: JSON lines on stderr at the config's `logLevel`, secrets redacted).
+   */
   logger?: Logger;
+  /** Where the default logger writes (default stderr); ignored with `logger`. */
+  logDestination?: DestinationStream;
   /** For tests: replaces `fs.statfs` in the disk monitor. */
   statfs?: (path: string) => Promise<StatfsResult>;
 }
@@ -56,19 +62,35 @@ export interface RunOptions extends Partial<GatewayOptions> {
  * events, open origin breakers and a spent retry budget; a disk monitor on the cache directory
  * (every `diskCheckIntervalSeconds`; at the warning level a cache cleanup, at critical also
  * eviction of half the cache); cache cleanup every `cleanupIntervalSeconds`; and graceful
- * shutdown (with `handleSignals`, on SIGTERM/SIGINT).
+ * shutdown (with `handleSignals`, on SIGTERM/SIGINT). Logs go out as JSON lines at `logLevel`
+ * (`info`: one line per request).
  * @throws when a port is taken or an alert handler cannot be set up (the message names the setting).
  */
 export async function runGateway(config: GatewayConfig, extra: RunOptions = {}): Promise<RunningGateway> {
   const cacheDir = config.cacheDir ?? path.join(os.tmpdir(), 'keel-gateway-cache');
-  const { handleSignals, afterShutdown, exit, statfs, logger: givenLogger, ...options } = extra;
+  const {
+    handleSignals,
+    afterShutdown,
+    exit,
+    statfs,
+    logger: givenLogger,
+    logDestination,
+    ...options
+  } = extra;
   const clock = options.clock ?? systemClock;
-  const logger = givenLogger ?? createLogger({ name: 'keel-gateway', destination: process.stderr });
+  const logger =
+    givenLogger ??
+    createLogger({
+      name: 'keel-gateway',
+      level: config.logLevel,
+      destination: logDestination ?? process.stderr,
+    });
   const alerts = createGatewayAlerts({
     handlers: config.alerts,
     file: config.alertsFile,
     webhookUrl: config.alertsWebhookUrl,
-    logger,
+    // `--alerts log` asks for every alert line, resolutions (info) included, whatever the log level.
+    logger: logger.isLevelEnabled('info') ? logger : logger.child({}, { level: 'info' }),
     clock,
   });
   await alerts.start();
@@ -91,9 +113,16 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       maxBackoffMs: config.revalidateMaxBackoffSeconds * 1000,
     },
     baseDomain: config.baseDomain,
-    // Warnings and errors in the same JSON lines as the rest (request lines stay off the hot path).
+    // In the same JSON lines as the rest; a request line (info) costs nothing below --log-level info.
+    // Presigned URLs carry their signature and credential in the query: those never reach the log.
     log: (level, msg, fields) => {
-      if (level !== 'info') logger[level](fields ?? {}, msg);
+      if (!logger.isLevelEnabled(level)) return;
+      logger[level](
+        fields && typeof fields.url === 'string'
+          ? { ...fields, url: loggableUrl(fields.url) }
+          : (fields ?? {}),
+        msg,
+      );
     },
     ...options,
   });
@@ -179,7 +208,11 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     hookTimeoutMs: config.drainSeconds * 1000 + 10_000,
     clock,
     exit: exit ?? (handleSignals ? (code) => process.exit(code) : () => undefined),
-    log: (message, fields) => logger.info(fields ?? {}, `shutdown: ${message}`),
+    // What went wrong is a warning; the steps of a normal shutdown are info.
+    log: (message, fields) => {
+      const failed = /failed|timed out|at once/.test(message) || (fields?.exitCode ?? 0) !== 0;
+      logger[failed ? 'warn' : 'info'](fields ?? {}, `shutdown: ${message}`);
+    },
   });
   let admin: AdminServer;
   try {
