@@ -290,7 +290,7 @@ describe('gateway operations', () => {
     expect(metrics).toMatch(/^keel_retry_give_ups_total\{policy="origin",reason="budget"\} [1-9]/m);
   });
 
-  it('raises DiskSpaceLow, fails disk:utilization and cleans the cache when the cache disk is critical', async () => {
+  it('raises DiskSpaceLow, fails disk:utilization and evicts from the cache when the cache disk is critical', async () => {
     let bavail = 500;
     const statfs = (): Promise<{
       bsize: number;

@@ -11,6 +11,7 @@ import {
   type Probe,
 } from '../ops/index.js';
 import type { Gateway } from './gateway.js';
+import type { GatewayRecovery } from './recovery.js';
 
 /** Options of {@link startAdminServer}. */
 export interface GatewayAdminOptions {
@@ -26,6 +27,8 @@ export interface GatewayAdminOptions {
   disk?: DiskMonitor | undefined;
   /** Firing alerts for `/status`. */
   alerts?: AlertManager | undefined;
+  /** Recovery states for `/status` (by check name). */
+  recovery?: GatewayRecovery | undefined;
 }
 
 /** Probe paths answered without the admin token (what an orchestrator calls). */
@@ -132,8 +135,8 @@ function ignoreBody(req: IncomingMessage): void {
  * `/health/ready` (also `/live`, `/ready`, `/livez`, `/readyz`), `/health` and `/healthz`
  * (`application/health+json`, 503 when failing); `GET /metrics` (Prometheus text, or OpenMetrics
  * when the `Accept` header asks for it); `GET /status` (JSON: health, gateway, cache stats, the six
- * repair counters by name, disk, firing alerts); `POST /cache/cleanup`; `POST /cache/verify`
- * (`?fix=1` repairs). With a token, everything but the probes needs it.
+ * repair counters by name, disk, firing alerts, recovery states by check); `POST /cache/cleanup`;
+ * `POST /cache/verify` (`?fix=1` repairs). With a token, everything but the probes needs it.
  * @throws Error when the port or the token is invalid, or the port is taken.
  */
 export async function startAdminServer(gateway: Gateway, options: GatewayAdminOptions): Promise<AdminServer> {
@@ -168,6 +171,10 @@ export async function startAdminServer(gateway: Gateway, options: GatewayAdminOp
   if (options.alerts) {
     const alerts = options.alerts;
     admin.addStatus('alerts', () => alerts.firing());
+  }
+  if (options.recovery) {
+    const recovery = options.recovery;
+    admin.addStatus('recovery', () => recovery.states());
   }
   admin.addRoute('POST', '/cache/cleanup', async (req, res) => {
     ignoreBody(req);

@@ -21,6 +21,7 @@ export { s3ErrorXml, S3Errors, type S3ErrorSpec } from './s3-error.js';
 export { verifySigV4, type ClientKey, type AuthResult } from './sigv4-verify.js';
 export { resolveGatewayConfig, LOG_LEVELS, type GatewayConfig, type LogLevel } from './config.js';
 export { runGateway, type RunningGateway, type RunOptions } from './run.js';
+export { startGatewayRecovery, type GatewayRecovery, type GatewayRecoveryOptions } from './recovery.js';
 export { loggableUrl } from './request-log.js';
 export {
   startAdminServer,

@@ -19,6 +19,7 @@ import { registerGatewayHealth, startAdminServer } from './admin-server.js';
 import { createGatewayAlerts, GATEWAY_ALERTS, watchGatewayAlerts } from './alerting.js';
 import type { GatewayConfig } from './config.js';
 import { createGateway, type Gateway, type GatewayOptions } from './gateway.js';
+import { startGatewayRecovery, type GatewayRecovery } from './recovery.js';
 import { loggableUrl } from './request-log.js';
 
 /** A gateway with its admin server, health, alerts, disk monitor, scheduled cleanup and graceful shutdown. */
@@ -29,6 +30,8 @@ export interface RunningGateway {
   alerts: AlertManager;
   /** Watches the cache's file system (absent when no cache is configured). */
   disk: DiskMonitor | undefined;
+  /** Recovery actions bound to the health checks (state in `/status` under `recovery`). */
+  recovery: GatewayRecovery;
   /**
    * Graceful shutdown: readiness fails, the S3 port stops accepting after `shutdownDelaySeconds`,
    * requests in flight finish (up to `drainSeconds`), then the gateway, alerts and admin server
@@ -60,10 +63,11 @@ export interface RunOptions extends Partial<GatewayOptions> {
  * Starts the gateway described by `config`: the S3 endpoint; keel/ops' admin server (health,
  * readiness, metrics, status, cache cleanup and verify); alerts on cache bypass, disk-full
  * events, open origin breakers and a spent retry budget; a disk monitor on the cache directory
- * (every `diskCheckIntervalSeconds`; at the warning level a cache cleanup, at critical also
- * eviction of half the cache); cache cleanup every `cleanupIntervalSeconds`; and graceful
- * shutdown (with `handleSignals`, on SIGTERM/SIGINT). Logs go out as JSON lines at `logLevel`
- * (`info`: one line per request).
+ * (every `diskCheckIntervalSeconds`; a cache cleanup when it reaches a level); recovery actions
+ * on failing checks (see {@link startGatewayRecovery}: eviction when the disk is critical, a
+ * probe of the cache directory while bypassed, `RecoveryFailed` when they do not help); cache
+ * cleanup every `cleanupIntervalSeconds`; and graceful shutdown (with `handleSignals`, on
+ * SIGTERM/SIGINT). Logs go out as JSON lines at `logLevel` (`info`: one line per request).
  * @throws when a port is taken or an alert handler cannot be set up (the message names the setting).
  */
 export async function runGateway(config: GatewayConfig, extra: RunOptions = {}): Promise<RunningGateway> {
@@ -137,29 +141,42 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
         criticalRatio: config.diskCriticalPercent / 100,
         alerts,
         ...(statfs ? { statfs } : {}),
-        onLevel: (usage) => void relieveDisk(usage),
+        onLevel: (usage) => void cleanAfterLevel(usage),
       })
     : undefined;
-  const relieveDisk = async (usage: DiskUsage): Promise<void> => {
+  // Any level: a cleanup (cheap, frees partial writes). Eviction at the critical level is the
+  // disk:utilization recovery's job, sized to what the file system needs.
+  const cleanAfterLevel = async (usage: DiskUsage): Promise<void> => {
     if (!cache) return;
     try {
       await cache.cleanup();
-      if (usage.level === 'critical') await cache.evictTo(Math.floor(cache.stats().sizeBytes / 2));
     } catch (err) {
       logger.warn(`cache cleanup after disk ${usage.level} failed: ${classify(err).message}`);
     }
   };
+  registerGatewayHealth(gateway, health, disk);
+  const recovery = startGatewayRecovery(gateway, {
+    health,
+    alerts,
+    disk,
+    diskTargetRatio: config.diskWarningPercent / 100,
+    cacheBypassProbeMs: options.cacheBypassProbeMs ?? 30_000,
+    cacheFs: options.cacheFs,
+    clock,
+    log: (level, msg, fields) => logger[level](fields ?? {}, msg),
+  });
+  // Through the health check, so a critical level starts its recovery.
   const checkDisk = async (): Promise<void> => {
     if (!disk) return;
-    try {
-      const usage = await disk.check();
-      if (usage.every((u) => u.level === 'ok') && !cache?.bypassed)
-        alerts.resolve(GATEWAY_ALERTS.diskFull, { component: 'cache' });
-    } catch (err) {
-      logger.warn(`disk check of ${cacheDir} failed: ${classify(err).message}`);
+    const result = await health.runCheck('disk:utilization');
+    // A check that could not read the disk has no observed value, only why.
+    if (result.observedValue === undefined) {
+      logger.warn(`disk check of ${cacheDir} failed: ${result.output ?? 'no reading'}`);
+      return;
     }
+    if (disk.snapshot().every((u) => u.level === 'ok') && !cache?.bypassed)
+      alerts.resolve(GATEWAY_ALERTS.diskFull, { component: 'cache' });
   };
-  registerGatewayHealth(gateway, health, disk);
   if (disk)
     new Gauge({
       name: 'keel_disk_used_ratio',
@@ -224,9 +241,11 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       health,
       disk,
       alerts,
+      recovery,
     });
   } catch (err) {
     stopWatching();
+    recovery.close();
     await gateway.close(0);
     await alerts.close();
     throw err;
@@ -242,6 +261,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     stopped = true;
     for (const t of timers) t.cancel();
     stopWatching();
+    recovery.close();
     // gateway.close() cuts what is still in flight at the deadline; that is a failed drain (exit 1).
     let cut = 0;
     const deadline = clock.setTimer(config.drainSeconds * 1000, () => {
@@ -255,5 +275,13 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       );
   });
   if (handleSignals) shutdown.install();
-  return { gateway, admin, health, alerts, disk, shutdown: () => shutdown.shutdown('requested') };
+  return {
+    gateway,
+    admin,
+    health,
+    alerts,
+    disk,
+    recovery,
+    shutdown: () => shutdown.shutdown('requested'),
+  };
 }

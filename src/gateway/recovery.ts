@@ -1,0 +1,213 @@
+import * as nodeFs from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { classify } from '../errors/index.js';
+import type { CacheFs, RangeCache } from '../cache/index.js';
+import {
+  AutoRecovery,
+  defaultRecoveryBackoff,
+  type AlertManager,
+  type DiskMonitor,
+  type HealthRegistry,
+  type RecoveryState,
+} from '../ops/index.js';
+import type { Clock } from '../time/index.js';
+import type { Gateway } from './gateway.js';
+
+/** Options of {@link startGatewayRecovery}. */
+export interface GatewayRecoveryOptions {
+  /** The registry holding the gateway's checks (see `registerGatewayHealth`). */
+  health: HealthRegistry;
+  /** Where `RecoveryFailed` goes when a recovery runs out of attempts. */
+  alerts: AlertManager;
+  /** The monitor behind `disk:utilization` (no disk recovery without it). */
+  disk?: DiskMonitor | undefined;
+  /** Used share (0..1) of the cache's file system that disk recovery evicts down to. */
+  diskTargetRatio: number;
+  /** How often the cache itself checks, while bypassed, whether it can write again. */
+  cacheBypassProbeMs: number;
+  /** The cache's file system (the probe goes through it, so injected faults apply). */
+  cacheFs?: CacheFs | undefined;
+  /** Attempts before `RecoveryFailed` is raised (default 3). */
+  maxAttempts?: number;
+  clock?: Clock;
+  log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+}
+
+/** The gateway's recoveries, by the name of the check that starts them. */
+export interface GatewayRecovery {
+  /** Each recovery's state (for `/status`). */
+  states(): Record<string, RecoveryState>;
+  /** Stops the recoveries (a running action is aborted). */
+  close(): void;
+}
+
+// Probe files carry the cache's temporary-file marker, so a leftover one is removed by cleanup.
+const PROBE_PREFIX = 'recovery-probe.tmp-';
+
+function mib(bytes: number): string {
+  return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+/**
+ * `disk:utilization` failed (the cache's file system is at the critical level): clean the cache,
+ * then evict least recently used slices until the file system would be back under `targetRatio`.
+ * When even the whole cache is not enough, something else fills the file system: say so.
+ */
+async function relieveDisk(cache: RangeCache, disk: DiskMonitor, targetRatio: number): Promise<void> {
+  await cache.cleanup();
+  for (const usage of await disk.check()) {
+    const needed = Math.ceil((usage.usedRatio - targetRatio) * usage.totalBytes);
+    if (needed <= 0) continue;
+    const held = cache.stats().sizeBytes;
+    await cache.evictTo(Math.max(0, held - needed));
+    if (needed > held)
+      throw new Error(
+        `${usage.path} needs ${mib(needed)} freed to get under ${Math.round(targetRatio * 100)} % used, ` +
+          `but the cache held only ${mib(held)} (now evicted): something else is filling this file system; ` +
+          'free space there or move the cache to another disk',
+      );
+  }
+}
+
+/** Writes, syncs and removes a slice-sized file in the cache directory, as the cache's own probe does. */
+async function probeWritable(cache: RangeCache, fs: CacheFs): Promise<void> {
+  const file = path.join(cache.dir, `${PROBE_PREFIX}${randomBytes(4).toString('hex')}`);
+  try {
+    await fs.mkdir(cache.dir, { recursive: true });
+    const handle = await fs.open(file, 'w');
+    try {
+      await handle.writeFile(Buffer.alloc(Math.min(cache.sliceBytes, 1024 * 1024)));
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  } catch (err) {
+    throw new Error(`cache directory ${cache.dir} is still not writable: ${classify(err).message}`);
+  } finally {
+    await fs.rm(file, { force: true }).catch(() => undefined);
+  }
+}
+
+/** Resolves when the cache leaves bypass; rejects when `signal` aborts first. */
+function cacheUsableAgain(cache: RangeCache, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onBypass = (e: { active: boolean }): void => {
+      if (e.active) return;
+      done();
+      resolve();
+    };
+    const onAbort = (): void => {
+      done();
+      reject(signal.reason instanceof Error ? signal.reason : new Error('recovery aborted'));
+    };
+    const done = (): void => {
+      cache.off('bypass', onBypass);
+      signal.removeEventListener('abort', onAbort);
+    };
+    cache.on('bypass', onBypass);
+    signal.addEventListener('abort', onAbort, { once: true });
+    if (!cache.bypassed) onBypass({ active: false });
+  });
+}
+
+/**
+ * `cache:writable` failed (the cache is bypassed): clean the cache, check with a slice-sized write
+ * that its directory takes writes again (failing the attempt, with the error, when it does not),
+ * then wait for the cache's own probe to leave bypass (it runs every `probeMs`).
+ */
+async function restoreCache(cache: RangeCache, fs: CacheFs, signal: AbortSignal): Promise<void> {
+  if (!cache.bypassed) return;
+  // Leftover partial writes take space on a full disk; a cleanup that cannot run is no reason to stop.
+  await cache.cleanup().catch(() => undefined);
+  await probeWritable(cache, fs);
+  await cacheUsableAgain(cache, signal);
+}
+
+/**
+ * Binds keel/ops' {@link AutoRecovery} to the gateway's health checks where an action can help:
+ * - `disk:utilization` failing (critical level): cache cleanup, then eviction of least recently
+ *   used slices until the file system is back under `diskTargetRatio`;
+ * - `cache:writable` failing (bypass): cache cleanup, a write probe of the cache directory, then
+ *   waiting for the cache to leave bypass; attempts are spaced by at least the cache's own probe
+ *   period.
+ * `origin:reachable` gets none: the breaker already probes the origin itself once half-open, and
+ * nothing the gateway can do locally makes an unreachable origin reachable.
+ * Each recovery tries `maxAttempts` times, then raises `RecoveryFailed{check}` (critical) until
+ * its check passes again. The checks run when the disk is checked and when the cache enters or
+ * leaves bypass (and whenever `/health` is asked).
+ */
+export function startGatewayRecovery(gateway: Gateway, options: GatewayRecoveryOptions): GatewayRecovery {
+  const cache = gateway.cache;
+  const recoveries = new Map<string, AutoRecovery>();
+  const disposers: (() => void)[] = [];
+  if (!cache) return { states: () => ({}), close: () => undefined };
+  const { health, alerts, log } = options;
+  const common = {
+    alerts,
+    ...(options.clock ? { clock: options.clock } : {}),
+    ...(options.maxAttempts !== undefined ? { maxAttempts: options.maxAttempts } : {}),
+  };
+  const logChanges = (check: string): ((state: RecoveryState) => void) => {
+    let reported = 0;
+    return (state) => {
+      if (state.status === 'recovering') log('warn', `recovery of ${check}: attempt ${state.attempts}`);
+      const last = state.history.at(-1);
+      if (state.history.length > reported && last) {
+        reported = state.history.length;
+        if (last.outcome === 'recovered') log('warn', `recovery of ${check}: recovered`);
+        else
+          log('warn', `recovery of ${check}: attempt ${last.attempt} ${last.outcome}`, {
+            error: last.error,
+          });
+      }
+      if (state.status === 'exhausted')
+        log('error', `recovery of ${check}: gave up after ${state.history.length} attempt(s)`);
+    };
+  };
+
+  const disk = options.disk;
+  if (disk) {
+    const check = 'disk:utilization';
+    recoveries.set(
+      check,
+      new AutoRecovery(health, {
+        ...common,
+        check,
+        action: () => relieveDisk(cache, disk, options.diskTargetRatio),
+        onChange: logChanges(check),
+      }),
+    );
+  }
+
+  const probeMs = options.cacheBypassProbeMs;
+  const check = 'cache:writable';
+  recoveries.set(
+    check,
+    new AutoRecovery(health, {
+      ...common,
+      check,
+      action: (signal) => restoreCache(cache, options.cacheFs ?? nodeFs, signal),
+      // The action waits for the cache's probe, so it may take a whole probe period.
+      actionTimeoutMs: probeMs + 10_000,
+      backoffMs: (attempt) => Math.max(probeMs, defaultRecoveryBackoff(attempt)),
+      onChange: logChanges(check),
+    }),
+  );
+  // The check is on demand: run it when the cache's state changes, so recovery starts at once
+  // and learns of a recovery the cache made by itself.
+  const onBypass = (): void => {
+    void health.runCheck(check).catch(() => undefined);
+  };
+  cache.on('bypass', onBypass);
+  disposers.push(() => cache.off('bypass', onBypass));
+  if (cache.bypassed) onBypass();
+
+  return {
+    states: () => Object.fromEntries([...recoveries].map(([name, r]) => [name, r.state()])),
+    close: () => {
+      for (const d of disposers) d();
+      for (const r of recoveries.values()) r.close();
+    },
+  };
+}

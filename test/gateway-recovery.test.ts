@@ -1,0 +1,321 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { faultyFs } from '../src/chaos/index.js';
+import {
+  resolveGatewayConfig,
+  runGateway,
+  type RunningGateway,
+  type RunOptions,
+} from '../src/gateway/index.js';
+import type { Alert, HealthReport, RecoveryState, StatfsResult } from '../src/ops/index.js';
+import { VirtualClock } from '../src/time/index.js';
+import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
+
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+let origin: S3Origin;
+let root: string;
+const data = new Map<string, Buffer>();
+const running: RunningGateway[] = [];
+
+beforeAll(async () => {
+  origin = await startS3Origin(['b']);
+  root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-recovery-'));
+  const s3 = new S3Client({
+    endpoint: origin.url,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: TEST_CREDENTIALS,
+  });
+  for (const [key, size] of [
+    ['a.bin', 300_000],
+    ['c.bin', 200_000],
+    ['d.bin', 150_000],
+  ] as const) {
+    const body = randomBytes(size);
+    data.set(key, body);
+    await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: body }));
+  }
+  s3.destroy();
+});
+
+afterAll(async () => {
+  for (const r of running) await r.shutdown();
+  await origin.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+let n = 0;
+interface Started {
+  r: RunningGateway;
+  clock: VirtualClock;
+  alertsFile: string;
+}
+
+async function start(extra: RunOptions = {}): Promise<Started> {
+  const clock = new VirtualClock(Date.now());
+  const alertsFile = path.join(root, `alerts-${++n}.jsonl`);
+  const config = resolveGatewayConfig(
+    {
+      upstream: origin.url,
+      auth: 'anonymous',
+      listen: '0',
+      admin: '0',
+      cacheDir: path.join(root, `cache-${n}`),
+      sliceBytes: '64KiB',
+      originAccessKeyId: TEST_CREDENTIALS.accessKeyId,
+      originSecretAccessKey: TEST_CREDENTIALS.secretAccessKey,
+      alerts: 'file',
+      alertsFile,
+      diskCheckIntervalSeconds: '60',
+    },
+    {},
+  );
+  const r = await runGateway(config, {
+    log: () => undefined,
+    logger: pino({ level: 'silent' }),
+    defaultMetrics: false,
+    clock,
+    guard: { retryAttempts: 1 },
+    ...extra,
+  });
+  running.push(r);
+  return { r, clock, alertsFile };
+}
+
+async function readOk(r: RunningGateway, key: string): Promise<string | null> {
+  const res = await fetch(`${r.gateway.url()}/b/${key}`);
+  const body = Buffer.from(await res.arrayBuffer());
+  expect(res.status).toBe(200);
+  expect(sha(body)).toBe(sha(data.get(key) as Buffer));
+  return res.headers.get('x-keel-cache');
+}
+
+/**
+ * Lets the gateway's timers that are due fire and its file I/O (which the virtual clock cannot
+ * advance) finish, until `cond` holds; a bounded number of turns, no timing assertion.
+ */
+async function settle(clock: VirtualClock, cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) {
+    await clock.advance(0);
+    if (!cond()) await new Promise((r) => setTimeout(r, 10));
+  }
+  if (!cond()) throw new Error(`never happened: ${what}`);
+}
+
+const recoveryOf = (r: RunningGateway, check: string): RecoveryState | undefined =>
+  r.recovery.states()[check];
+
+async function status(r: RunningGateway): Promise<{
+  recovery: Record<string, RecoveryState>;
+  alerts: Alert[];
+  health: HealthReport;
+}> {
+  return (await (await fetch(`${r.admin.url}/status`)).json()) as {
+    recovery: Record<string, RecoveryState>;
+    alerts: Alert[];
+    health: HealthReport;
+  };
+}
+
+async function readiness(r: RunningGateway, check: string): Promise<string | undefined> {
+  const report = (await (await fetch(`${r.admin.url}/health/ready`)).json()) as HealthReport;
+  return report.checks[check]?.[0]?.status;
+}
+
+async function fileAlerts(r: RunningGateway, file: string): Promise<[string, string, string][]> {
+  await r.alerts.flush();
+  const text = await readFile(file, 'utf8').catch(() => '');
+  return text
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as Alert)
+    .map((a) => [a.name, a.status, a.labels.check ?? '']);
+}
+
+/**
+ * A file system of 1000 blocks of 4 KiB whose use is what other programs hold plus what the
+ * cache holds, so evicting from the cache frees space on it as on a real disk.
+ */
+function sharedDisk(): {
+  statfs: (p: string) => Promise<StatfsResult>;
+  others: { bytes: number };
+  bind: (r: RunningGateway) => void;
+} {
+  const BSIZE = 4096;
+  const BLOCKS = 1000;
+  const others = { bytes: 0 };
+  let gateway: RunningGateway | undefined;
+  return {
+    others,
+    bind: (r) => {
+      gateway = r;
+    },
+    statfs: () => {
+      const used = others.bytes + (gateway?.gateway.cache?.stats().sizeBytes ?? 0);
+      const bavail = Math.max(0, Math.floor((BSIZE * BLOCKS - used) / BSIZE));
+      return Promise.resolve({ bsize: BSIZE, blocks: BLOCKS, bavail, files: 0, ffree: 0 });
+    },
+  };
+}
+
+describe('gateway recovery', () => {
+  it('evicts the cache down to the warning level when its disk is critical, and disk:utilization passes again', async () => {
+    const disk = sharedDisk();
+    disk.others.bytes = 2_900_000;
+    const { r, clock, alertsFile } = await start({ statfs: disk.statfs });
+    disk.bind(r);
+    const cache = r.gateway.cache;
+    for (const key of ['a.bin', 'c.bin', 'd.bin']) expect(await readOk(r, key)).toBe('MISS');
+    await r.gateway.idle();
+    expect(cache?.stats().sizeBytes).toBe(650_000);
+    expect(await readiness(r, 'disk:utilization')).toBe('warn'); // 86.7 %: warning, nothing to recover
+    expect(recoveryOf(r, 'disk:utilization')?.status).toBe('idle');
+
+    disk.others.bytes = 3_200_000; // with the cache: 94 % used, critical
+    await clock.advance(60_000); // the periodic disk check
+    await settle(clock, () => recoveryOf(r, 'disk:utilization')?.status === 'recovered', 'disk recovery');
+
+    // Under 80 % of 4,096,000 bytes again: the cache kept at most 3,276,800 - 3,200,000 bytes.
+    expect(cache?.stats().sizeBytes).toBeLessThanOrEqual(76_800);
+    expect(cache?.stats().evictions).toBeGreaterThan(0);
+    expect(await readiness(r, 'disk:utilization')).not.toBe('fail');
+    const s = await status(r);
+    expect(s.recovery['disk:utilization']).toMatchObject({
+      status: 'recovered',
+      attempts: 0,
+      history: [{ attempt: 1, outcome: 'recovered' }],
+    });
+    expect(s.recovery['cache:writable']?.status).toBe('idle');
+    expect(s.recovery['origin:reachable']).toBeUndefined(); // nothing to do locally for the origin
+    expect((await fileAlerts(r, alertsFile)).map(([name]) => name)).not.toContain('RecoveryFailed');
+    // What was evicted is fetched again.
+    expect(await readOk(r, 'a.bin')).toBe('MISS');
+  });
+
+  it('raises RecoveryFailed when the whole cache is not enough to relieve the disk, and resolves it once space returns', async () => {
+    const disk = sharedDisk();
+    const { r, clock, alertsFile } = await start({ statfs: disk.statfs });
+    disk.bind(r);
+    await readOk(r, 'a.bin');
+    await r.gateway.idle();
+    disk.others.bytes = 3_800_000; // 93 % used by others alone
+    await clock.advance(60_000);
+    // Attempts 1 s and 2 s apart (the default backoff), each evicting and re-checking.
+    for (let i = 0; i < 100 && recoveryOf(r, 'disk:utilization')?.status !== 'exhausted'; i++) {
+      await clock.advance(1_000);
+      await new Promise((resolve) => setTimeout(resolve, 10)); // evictions are real file I/O
+    }
+    const state = recoveryOf(r, 'disk:utilization');
+    expect(state?.history.map((h) => h.outcome)).toEqual(['action-failed', 'action-failed', 'action-failed']);
+    expect(state?.history[0]?.error).toContain('something else is filling this file system');
+    expect(r.gateway.cache?.stats().sizeBytes).toBe(0);
+    const firing = r.alerts.firing().find((a) => a.name === 'RecoveryFailed');
+    expect(firing).toMatchObject({ severity: 'critical', labels: { check: 'disk:utilization' } });
+    expect((await status(r)).alerts.map((a) => a.name)).toContain('RecoveryFailed');
+
+    disk.others.bytes = 1_000_000;
+    await clock.advance(60_000);
+    await settle(clock, () => recoveryOf(r, 'disk:utilization')?.status === 'recovered', 'disk recovered');
+    expect(r.alerts.firing().map((a) => a.name)).not.toContain('RecoveryFailed');
+    expect(await fileAlerts(r, alertsFile)).toEqual(
+      expect.arrayContaining([
+        ['RecoveryFailed', 'firing', 'disk:utilization'],
+        ['RecoveryFailed', 'resolved', 'disk:utilization'],
+      ]),
+    );
+  });
+
+  it('probes the cache directory while bypassed, records the failed attempt, and recovers once the disk takes writes', async () => {
+    const fs = faultyFs();
+    const { r, clock } = await start({
+      cacheFs: fs,
+      cacheBypassProbeMs: 30_000,
+      statfs: sharedDisk().statfs, // an empty disk: only the cache's directory is at fault
+    });
+    expect(await readOk(r, 'a.bin')).toBe('MISS');
+    await r.gateway.idle();
+    const stop = fs.inject({
+      code: 'ENOSPC',
+      ops: ['open', 'write', 'writeFile', 'sync', 'rename', 'mkdir'],
+    });
+    await readOk(r, 'c.bin');
+    await r.gateway.idle();
+    await readOk(r, 'c.bin');
+    expect(r.gateway.cache?.bypassed).toBe(true);
+    await settle(
+      clock,
+      () => (recoveryOf(r, 'cache:writable')?.history.length ?? 0) >= 1,
+      'first cache recovery attempt',
+    );
+    const first = recoveryOf(r, 'cache:writable')?.history[0];
+    expect(first).toMatchObject({ attempt: 1, outcome: 'action-failed' });
+    expect(first?.error).toContain(`cache directory ${r.gateway.cache?.dir ?? '?'} is still not writable`);
+    expect(recoveryOf(r, 'cache:writable')?.status).toBe('waiting');
+    expect(await readiness(r, 'cache:writable')).toBe('fail');
+
+    stop();
+    await clock.advance(30_000); // the next attempt and the cache's own probe
+    await settle(clock, () => recoveryOf(r, 'cache:writable')?.status === 'recovered', 'cache recovery');
+    expect(r.gateway.cache?.bypassed).toBe(false);
+    expect(await readiness(r, 'cache:writable')).toBe('pass');
+    expect((await status(r)).recovery['cache:writable']).toMatchObject({ status: 'recovered', attempts: 0 });
+    expect(r.alerts.firing()).toEqual([]);
+    expect(await readOk(r, 'd.bin')).toBe('MISS');
+    await r.gateway.idle();
+    expect(await readOk(r, 'd.bin')).toBe('HIT');
+  });
+
+  it('raises RecoveryFailed after three failed probes of an unwritable cache directory, and resolves it when the cache recovers', async () => {
+    const fs = faultyFs();
+    const { r, clock, alertsFile } = await start({
+      cacheFs: fs,
+      cacheBypassProbeMs: 30_000,
+      statfs: sharedDisk().statfs, // an empty disk: only the cache's directory is at fault
+    });
+    await readOk(r, 'a.bin');
+    await r.gateway.idle();
+    const stop = fs.inject({
+      code: 'ENOSPC',
+      ops: ['open', 'write', 'writeFile', 'sync', 'rename', 'mkdir'],
+    });
+    await readOk(r, 'c.bin');
+    await r.gateway.idle();
+    await readOk(r, 'c.bin');
+    expect(r.gateway.cache?.bypassed).toBe(true);
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      await settle(
+        clock,
+        () => (recoveryOf(r, 'cache:writable')?.history.length ?? 0) >= attempt,
+        `cache recovery attempt ${attempt}`,
+      );
+      // Attempts are spaced by the cache's probe period.
+      if (attempt < 3) await clock.advance(30_000);
+    }
+    await settle(clock, () => recoveryOf(r, 'cache:writable')?.status === 'exhausted', 'giving up');
+    expect(recoveryOf(r, 'cache:writable')?.history.map((h) => h.outcome)).toEqual([
+      'action-failed',
+      'action-failed',
+      'action-failed',
+    ]);
+    expect(r.alerts.firing().map((a) => [a.name, a.labels])).toEqual(
+      expect.arrayContaining([['RecoveryFailed', { check: 'cache:writable' }]]),
+    );
+    expect((await status(r)).recovery['cache:writable']?.status).toBe('exhausted');
+
+    stop();
+    await clock.advance(30_000); // the cache's own probe finds the disk usable
+    await settle(clock, () => recoveryOf(r, 'cache:writable')?.status === 'recovered', 'cache recovered');
+    expect(r.alerts.firing().map((a) => a.name)).not.toContain('RecoveryFailed');
+    expect(await fileAlerts(r, alertsFile)).toEqual(
+      expect.arrayContaining([
+        ['RecoveryFailed', 'firing', 'cache:writable'],
+        ['RecoveryFailed', 'resolved', 'cache:writable'],
+      ]),
+    );
+  });
+});
