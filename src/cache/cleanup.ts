@@ -2,12 +2,12 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { classify } from '../errors/index.js';
 import { TMP_MARKER } from './atomic-write.js';
-import type { RepairCounter } from './counters.js';
+import type { CacheReporter } from './counters.js';
+import type { SliceIndex } from './eviction.js';
 import type { CacheFs } from './fs.js';
-import type { ObjectIdentity } from './identity.js';
-import { META_FILE, SLICE_PREFIX } from './layout.js';
-import type { SliceInfo } from './metadata.js';
-import type { LoadedMeta } from './range-cache.js';
+import type { KeyedLock } from './keyed-lock.js';
+import { META_FILE, objectDir, SLICE_PREFIX, slicePath } from './layout.js';
+import type { ObjectStore } from './object-store.js';
 
 /** What {@link RangeCache.cleanup} did. */
 export interface CleanupReport {
@@ -30,26 +30,19 @@ export interface VerifyReport extends CleanupReport {
 /** Objects cleanup, verify and open walk at once. */
 const WALK_CONCURRENCY = 16;
 
-/** What a walk over the cache needs from the cache (its locks, repairs and index). */
+/** What a walk over the cache needs from the cache (its files, locks, index and reports). */
 export interface WalkContext {
   dir: string;
+  /** `<dir>/objects` ({@link objectsRootOf}). */
+  objectsRoot: string;
   fs: CacheFs;
   /** Paths a writer in this process is using: never removed. */
   inFlight: ReadonlySet<string>;
-  objectsDir(): string;
-  objectDir(hash: string): string;
-  slicePath(hash: string, index: number): string;
-  readdirSafe(dir: string): Promise<string[]>;
-  withLock<T>(hash: string, fn: () => Promise<T>): Promise<T>;
-  /** Loads meta.json; repairs corrupted metadata only when `fix`. */
-  peekMeta(hash: string, fix: boolean): Promise<LoadedMeta>;
-  /** Removes references to missing slices (caller holds the lock). */
-  fixReferences(hash: string): Promise<{ removed: number; remaining: number }>;
-  /** Drops a slice that failed verification (caller holds the lock). */
-  dropCorruptSlice(hash: string, id: ObjectIdentity, index: number, why: string): Promise<void>;
-  indexSlice(hash: string, slice: SliceInfo): void;
-  repair(counter: RepairCounter, message: string, count?: number): void;
-  fault(message: string, err: unknown): void;
+  locks: KeyedLock;
+  store: ObjectStore;
+  /** Valid slices found are indexed. */
+  index: SliceIndex;
+  report: CacheReporter;
 }
 
 /** Options of {@link walkCache}. */
@@ -81,13 +74,13 @@ export async function walkCache(ctx: WalkContext, options: WalkOptions): Promise
     missingSlices: 0,
     fixed: fix,
   };
-  const root = ctx.objectsDir();
+  const root = ctx.objectsRoot;
   const hashes: string[] = [];
-  for (const shard of await ctx.readdirSafe(root)) {
-    for (const hash of await ctx.readdirSafe(path.join(root, shard))) hashes.push(hash);
+  for (const shard of await readdirSafe(ctx, root)) {
+    for (const hash of await readdirSafe(ctx, path.join(root, shard))) hashes.push(hash);
   }
   // Leftover probe files at the top level.
-  for (const name of await ctx.readdirSafe(ctx.dir)) {
+  for (const name of await readdirSafe(ctx, ctx.dir)) {
     const full = path.join(ctx.dir, name);
     if (name.includes(TMP_MARKER) && !ctx.inFlight.has(full)) {
       if (fix) await ctx.fs.rm(full, { force: true });
@@ -100,7 +93,7 @@ export async function walkCache(ctx: WalkContext, options: WalkOptions): Promise
   const worker = async (): Promise<void> => {
     while (next < hashes.length) {
       const hash = hashes[next++] as string;
-      await ctx.withLock(hash, () => walkObject(ctx, hash, deep, fix, report, minAgeMs));
+      await ctx.locks.run(hash, () => walkObject(ctx, hash, deep, fix, report, minAgeMs));
       report.objectsScanned++;
       onProgress?.(++done, hashes.length);
     }
@@ -108,13 +101,13 @@ export async function walkCache(ctx: WalkContext, options: WalkOptions): Promise
   await Promise.all(Array.from({ length: Math.min(WALK_CONCURRENCY, hashes.length) }, worker));
   if (fix) {
     if (report.partialWrites > 0)
-      ctx.repair(
+      ctx.report.repair(
         'partial_write_cleanup_total',
         `removed ${report.partialWrites} leftover .tmp file(s)`,
         report.partialWrites,
       );
     if (report.orphanedFiles > 0)
-      ctx.repair(
+      ctx.report.repair(
         'orphaned_files_cleaned_total',
         `removed ${report.orphanedFiles} orphaned slice file(s)`,
         report.orphanedFiles,
@@ -131,8 +124,8 @@ async function walkObject(
   report: VerifyReport,
   minAgeMs: number,
 ): Promise<void> {
-  const dir = ctx.objectDir(hash);
-  const names = await ctx.readdirSafe(dir);
+  const dir = objectDir(ctx.objectsRoot, hash);
+  const names = await readdirSafe(ctx, dir);
   const young = new Set<string>();
   if (minAgeMs > 0) {
     // Files this young may belong to a writer in another process (a CLI cleanup of a live cache).
@@ -150,7 +143,9 @@ async function walkObject(
     }
   }
   const sliceFiles = names.filter((n) => n.startsWith(SLICE_PREFIX) && !n.includes(TMP_MARKER));
-  const loaded = names.includes(META_FILE) ? await ctx.peekMeta(hash, fix) : ({ state: 'missing' } as const);
+  const loaded = names.includes(META_FILE)
+    ? await ctx.store.peek(hash, fix)
+    : ({ state: 'missing' } as const);
   if (loaded.state === 'corrupt') {
     report.corruptMetadata++;
     return;
@@ -174,28 +169,40 @@ async function walkObject(
   const missing = meta.slices.filter((s) => !present.has(`${SLICE_PREFIX}${s.index}`));
   report.missingSlices += missing.length;
   if (missing.length > 0 && fix) {
-    const fixed = await ctx.fixReferences(hash);
+    const fixed = await ctx.store.fixReferences(hash);
     report.inconsistenciesFixed += fixed.removed;
   }
-  const current = missing.length > 0 && fix ? await ctx.peekMeta(hash, fix) : loaded;
+  const current = missing.length > 0 && fix ? await ctx.store.peek(hash, fix) : loaded;
   if (current.state !== 'ok') return;
   for (const s of current.meta.slices) {
     if (deep) {
       report.slicesChecked++;
       let ok = false;
       try {
-        const bytes = await ctx.fs.readFile(ctx.slicePath(hash, s.index));
+        const bytes = await ctx.fs.readFile(slicePath(ctx.objectsRoot, hash, s.index));
         report.bytesChecked += bytes.length;
         ok = bytes.length === s.length && crc32(bytes) === s.crc32;
       } catch (err) {
-        if (classify(err).code !== 'NOT_FOUND') ctx.fault(`could not read slice ${s.index} of ${hash}`, err);
+        if (classify(err).code !== 'NOT_FOUND')
+          ctx.report.fault(`could not read slice ${s.index} of ${hash}`, err);
       }
       if (!ok) {
         report.checksumFailures++;
-        if (fix) await ctx.dropCorruptSlice(hash, current.meta.identity, s.index, 'failed verification');
+        if (fix)
+          await ctx.store.dropCorruptSlice(hash, current.meta.identity, s.index, 'failed verification', true);
         continue;
       }
     }
-    ctx.indexSlice(hash, s);
+    ctx.index.add(hash, s);
+  }
+}
+
+/** The names in `dir`; none when it is missing or unreadable (the latter reported as a fault). */
+async function readdirSafe(ctx: WalkContext, dir: string): Promise<string[]> {
+  try {
+    return await ctx.fs.readdir(dir);
+  } catch (err) {
+    if (classify(err).code !== 'NOT_FOUND') ctx.report.fault(`could not list ${dir}`, err);
+    return [];
   }
 }

@@ -42,6 +42,32 @@ export interface CacheStats {
   bypassReason: string | undefined;
 }
 
+/** The counters of {@link CacheStats}, kept by the cache and bumped by its parts. */
+export type CacheCounts = Pick<
+  CacheStats,
+  'hits' | 'misses' | 'bytesServed' | 'bytesWritten' | 'slicesWritten' | 'evictions' | 'ioErrors' | 'repairs'
+>;
+
+/** Fresh zeroed counters. */
+export function zeroCounts(): CacheCounts {
+  return {
+    hits: 0,
+    misses: 0,
+    bytesServed: 0,
+    bytesWritten: 0,
+    slicesWritten: 0,
+    evictions: 0,
+    ioErrors: 0,
+    repairs: zeroRepairs(),
+  };
+}
+
+/** Where the cache's parts report what they repaired and what failed (counted, then emitted as events). */
+export interface CacheReporter {
+  repair(counter: RepairCounter, message: string, count?: number): void;
+  fault(message: string, err: unknown): void;
+}
+
 /** Fresh zeroed repair counters. */
 export function zeroRepairs(): Record<RepairCounter, number> {
   return Object.fromEntries(REPAIR_COUNTERS.map((c) => [c, 0])) as Record<RepairCounter, number>;

@@ -1,3 +1,8 @@
+import type { CacheCounts } from './counters.js';
+import type { KeyedLock } from './keyed-lock.js';
+import type { ObjectStore } from './object-store.js';
+import type { CacheSettings } from './options.js';
+
 /** One indexed slice: what eviction needs to know about it. */
 export interface IndexedSlice {
   /** The object's directory name ({@link identityHash}). */
@@ -111,4 +116,67 @@ export function evictionTarget(
 ): number | undefined {
   if (sizeBytes + incoming <= maxBytes * high) return undefined;
   return Math.max(0, maxBytes * low - incoming);
+}
+
+/** What {@link Evictor} needs from the cache. */
+export interface EvictorParts extends Pick<
+  CacheSettings,
+  'maxBytes' | 'sliceBytes' | 'highWatermark' | 'lowWatermark'
+> {
+  index: SliceIndex;
+  store: ObjectStore;
+  locks: KeyedLock;
+  counts: CacheCounts;
+}
+
+/**
+ * Keeps the cache under its size limit: before a write, evicts least recently used slices down to
+ * the low watermark once the high one would be passed, and at once when the disk is full.
+ */
+export class Evictor {
+  constructor(private readonly parts: EvictorParts) {}
+
+  /** Makes room for `incoming` bytes (see {@link evictionTarget}). */
+  async makeRoom(incoming: number): Promise<void> {
+    const { index, maxBytes, highWatermark, lowWatermark } = this.parts;
+    const target = evictionTarget(index.sizeBytes, incoming, maxBytes, highWatermark, lowWatermark);
+    if (target !== undefined) await this.evictTo(target);
+  }
+
+  /**
+   * Evicts least recently used slices until at most `targetBytes` remain, leaving the object
+   * `exceptObject` alone; returns bytes freed.
+   */
+  async evictTo(targetBytes: number, exceptObject?: string): Promise<number> {
+    const { index, locks, store, counts } = this.parts;
+    if (index.sizeBytes <= targetBytes) return 0;
+    // The object being written (whose lock the caller holds) is never evicted from under it.
+    const entries = index.lruOrder(exceptObject);
+    let freed = 0;
+    for (const e of entries) {
+      if (index.sizeBytes <= targetBytes) break;
+      if (!index.has(e.hash, e.index)) continue;
+      freed += await locks.run(e.hash, async () => {
+        const loaded = await store.load(e.hash);
+        if (loaded.state !== 'ok') {
+          index.removeObject(e.hash);
+          return 0;
+        }
+        await store.dropSlices(e.hash, [e.index], loaded.meta);
+        counts.evictions++;
+        return e.length;
+      });
+    }
+    return freed;
+  }
+
+  /**
+   * On a full disk: frees at least a slice's worth (two), down to the low watermark, leaving the
+   * object being written alone; returns bytes freed.
+   */
+  emergencyEvict(exceptObject: string): Promise<number> {
+    const { index, maxBytes, lowWatermark, sliceBytes } = this.parts;
+    const target = Math.min(maxBytes * lowWatermark, Math.max(0, index.sizeBytes - 2 * sliceBytes));
+    return this.evictTo(target, exceptObject);
+  }
 }

@@ -28,3 +28,8 @@ export function identityHash(id: ObjectIdentity): string {
 export function describeIdentity(id: ObjectIdentity): string {
   return `${id.bucket}/${id.key}${id.versionId ? `?versionId=${id.versionId}` : ''}`;
 }
+
+/** True when both name the same object (an absent version id is the same as `null`). */
+export function sameIdentity(a: ObjectIdentity, b: ObjectIdentity): boolean {
+  return a.bucket === b.bucket && a.key === b.key && (a.versionId ?? null) === (b.versionId ?? null);
+}

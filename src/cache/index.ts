@@ -10,11 +10,11 @@ export {
   type ReadOptions,
   type CleanupReport,
   type RangeCacheEvents,
-  type RangeCacheOptions,
   type ReadResult,
   type VerifyReport,
-  type WriteResult,
 } from './range-cache.js';
+export { type RangeCacheOptions } from './options.js';
+export { type WriteResult } from './writes.js';
 export { REPAIR_COUNTERS, type CacheStats, type RepairCounter } from './counters.js';
 export { identityHash, describeIdentity, type ObjectIdentity } from './identity.js';
 export {

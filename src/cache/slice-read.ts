@@ -1,7 +1,122 @@
 import type { FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
+import { classify } from '../errors/index.js';
+import type { AccessTimes } from './access-times.js';
+import type { CacheReporter } from './counters.js';
 import type { CacheFs } from './fs.js';
-import type { VerifyOutcome, VerifyRequest } from './verify-pool.js';
+import { describeIdentity, type ObjectIdentity } from './identity.js';
+import { metaPath, slicePath } from './layout.js';
+import type { MetaMemo } from './meta-memo.js';
+import { blocksOf, type SliceInfo } from './metadata.js';
+import type { ObjectStore } from './object-store.js';
+import type { VerifyOutcome, VerifyPool, VerifyRequest } from './verify-pool.js';
+
+/** Verified bytes of a slice; `release` hands their memory back for reuse. */
+export interface SliceBytes {
+  bytes: Buffer;
+  release: () => void;
+}
+
+/** What {@link SliceReader} needs from the cache. */
+export interface SliceReaderParts {
+  fs: CacheFs;
+  objectsRoot: string;
+  /** Verifying threads; none with an injected `fs` (then reads go through it on the event loop). */
+  verifier: VerifyPool | undefined;
+  memo: MetaMemo;
+  access: AccessTimes;
+  store: ObjectStore;
+  report: CacheReporter;
+}
+
+/**
+ * Reads slices for the hit path: only bytes that match their checksums come out, each read is
+ * recorded for eviction order, and a slice that is missing or fails verification is dropped.
+ */
+export class SliceReader {
+  private readonly fs: CacheFs;
+  private readonly root: string;
+  private readonly verifier: VerifyPool | undefined;
+  private readonly memo: MetaMemo;
+  private readonly access: AccessTimes;
+  private readonly store: ObjectStore;
+  private readonly report: CacheReporter;
+
+  constructor(parts: SliceReaderParts) {
+    this.fs = parts.fs;
+    this.root = parts.objectsRoot;
+    this.verifier = parts.verifier;
+    this.memo = parts.memo;
+    this.access = parts.access;
+    this.store = parts.store;
+    this.report = parts.report;
+  }
+
+  /**
+   * Reads bytes `[from, to)` of one slice, verifying every block they touch (the whole slice when
+   * it has no block checksums), on a verifying thread when there are any. On any failure repairs
+   * and returns undefined. `open` shares one file handle between reads of a slice (event loop only).
+   */
+  async read(
+    hash: string,
+    id: ObjectIdentity,
+    slice: SliceInfo,
+    from = 0,
+    to = slice.length,
+    open?: () => Promise<FileHandle>,
+  ): Promise<SliceBytes | undefined> {
+    const { blockBytes, blocks } = blocksOf(slice);
+    const firstBlock = Math.floor(from / blockBytes);
+    const lastBlock = Math.floor((to - 1) / blockBytes);
+    const readFrom = firstBlock * blockBytes;
+    const readTo = Math.min(slice.length, (lastBlock + 1) * blockBytes);
+    // At the slice's end, one byte more: a slice file longer than recorded is corrupt too.
+    const atEnd = readTo === slice.length;
+    const crcs =
+      blocks instanceof Uint32Array
+        ? blocks.subarray(firstBlock, lastBlock + 1)
+        : Uint32Array.from(Array.prototype.slice.call(blocks, firstBlock, lastBlock + 1) as number[]);
+    // The thread also checks that meta.json is still the file the metadata in memory came from.
+    const known = this.verifier ? this.memo.peek(hash) : undefined;
+    const request = {
+      path: slicePath(this.root, hash, slice.index),
+      position: readFrom,
+      length: readTo - readFrom,
+      atEnd,
+      blockBytes,
+      crcs,
+      meta: known && { path: metaPath(this.root, hash), stamp: known.stamp },
+    };
+    const outcome = this.verifier
+      ? await this.verifier.verify(request)
+      : await readAndVerify(this.fs, request, open);
+    if (outcome.ok) {
+      // The bytes match the checksums they were read against; a changed meta.json is read anew
+      // by the next lookup.
+      if (outcome.metaChanged && this.memo.peek(hash) === known) this.memo.delete(hash);
+      this.access.touch(hash, slice.index);
+      return { bytes: outcome.bytes.subarray(from - readFrom, to - readFrom), release: outcome.release };
+    }
+    if (outcome.kind === 'error') {
+      const e = classify(outcome.error);
+      if (e.code !== 'NOT_FOUND') {
+        this.report.fault(
+          `could not read slice ${slice.index} of ${describeIdentity(id)}: ${e.message}; serving from origin`,
+          outcome.error,
+        );
+        return undefined;
+      }
+    }
+    const why =
+      outcome.kind === 'error'
+        ? 'missing'
+        : outcome.kind === 'checksum'
+          ? 'failed its checksum'
+          : 'has the wrong length';
+    await this.store.dropCorruptSlice(hash, id, slice.index, why);
+    return undefined;
+  }
+}
 
 /**
  * Reads and verifies on the event loop, through the cache's file system (the path taken with an

@@ -1,0 +1,227 @@
+import { classify, type KeelError } from '../errors/index.js';
+import type { AccessTimes } from './access-times.js';
+import { writeFileAtomic } from './atomic-write.js';
+import type { CacheReporter } from './counters.js';
+import type { SliceIndex } from './eviction.js';
+import type { CacheFs } from './fs.js';
+import { describeIdentity, sameIdentity, type ObjectIdentity } from './identity.js';
+import type { KeyedLock } from './keyed-lock.js';
+import { metaPath, objectDir, slicePath } from './layout.js';
+import { sameStamp, stampOf, type FileStamp, type MetaMemo } from './meta-memo.js';
+import { decodeMeta, encodeMeta, type CacheMeta } from './metadata.js';
+
+/** metadata.json as found on disk. */
+export type LoadedMeta =
+  | { state: 'ok'; meta: CacheMeta }
+  | { state: 'missing' }
+  | { state: 'corrupt'; reason: string }
+  | { state: 'error'; error: KeelError };
+
+/** What {@link ObjectStore} works with; the memo, index and locks are the cache's own. */
+export interface ObjectStoreParts {
+  fs: CacheFs;
+  /** `<dir>/objects` ({@link objectsRootOf}). */
+  objectsRoot: string;
+  memo: MetaMemo;
+  index: SliceIndex;
+  access: AccessTimes;
+  locks: KeyedLock;
+  /** Paths being written in this process: cleanup leaves them alone. */
+  inFlight: Set<string>;
+  report: CacheReporter;
+}
+
+/**
+ * The files of cached objects: each object's meta.json (read through the memo, written
+ * atomically) and its slice files, kept in step with the slice index. Corrupted metadata and
+ * missing or corrupt slices are repaired here, each with its counter.
+ */
+export class ObjectStore {
+  private readonly fs: CacheFs;
+  private readonly root: string;
+  private readonly memo: MetaMemo;
+  private readonly index: SliceIndex;
+  private readonly access: AccessTimes;
+  private readonly locks: KeyedLock;
+  private readonly inFlight: Set<string>;
+  private readonly report: CacheReporter;
+  /** Counts starts and ends of metadata writes and removals (see load). */
+  private metaWrites = 0;
+
+  constructor(parts: ObjectStoreParts) {
+    this.fs = parts.fs;
+    this.root = parts.objectsRoot;
+    this.memo = parts.memo;
+    this.index = parts.index;
+    this.access = parts.access;
+    this.locks = parts.locks;
+    this.inFlight = parts.inFlight;
+    this.report = parts.report;
+  }
+
+  /**
+   * The object's metadata: from memory when meta.json is the file it was read from or written as
+   * (one `stat`), else read, checked and remembered. Corrupted metadata is repaired (a miss).
+   */
+  async load(hash: string, id?: ObjectIdentity): Promise<LoadedMeta> {
+    const file = metaPath(this.root, hash);
+    // A metadata write or removal while this load runs may leave its stamp and bytes from two
+    // different files: then the result is used but not remembered.
+    const writesBefore = this.metaWrites;
+    let bytes: Buffer;
+    let stamp: FileStamp;
+    const unreadable = (err: unknown): LoadedMeta => {
+      const e = classify(err);
+      if (e.code === 'NOT_FOUND') {
+        this.memo.delete(hash);
+        return { state: 'missing' };
+      }
+      this.report.fault(
+        `could not read metadata of ${id ? describeIdentity(id) : hash}: ${e.message}; serving from origin`,
+        err,
+      );
+      return { state: 'error', error: e };
+    };
+    try {
+      stamp = stampOf(await this.fs.stat(file));
+    } catch (err) {
+      return unreadable(err);
+    }
+    const known = this.memo.get(hash);
+    if (known && sameStamp(known.stamp, stamp) && (!id || sameIdentity(known.meta.identity, id)))
+      return { state: 'ok', meta: known.meta };
+    try {
+      bytes = await this.fs.readFile(file);
+    } catch (err) {
+      return unreadable(err);
+    }
+    const decoded = decodeMeta(bytes);
+    if (!decoded.ok || (id && !sameIdentity(decoded.meta.identity, id))) {
+      const reason = decoded.ok ? 'metadata belongs to another object' : decoded.reason;
+      await this.remove(hash).catch((err: unknown) => {
+        this.report.fault(`could not remove corrupted entry ${hash}`, err);
+      });
+      this.report.repair(
+        'corruption_metadata_total',
+        `metadata of ${id ? describeIdentity(id) : hash} was corrupted (${reason}); entry deleted`,
+      );
+      return { state: 'corrupt', reason };
+    }
+    // Stat came first: if the file changed in between, the stamp is older than the bytes and the
+    // next load reads the file again.
+    if (this.metaWrites === writesBefore) this.memo.set(hash, decoded.meta, stamp);
+    return { state: 'ok', meta: decoded.meta };
+  }
+
+  /** {@link load} without its repairs and memo when not fixing (a report-only verify). */
+  async peek(hash: string, fix: boolean): Promise<LoadedMeta> {
+    if (fix) return this.load(hash);
+    try {
+      const decoded = decodeMeta(await this.fs.readFile(metaPath(this.root, hash)));
+      return decoded.ok ? { state: 'ok', meta: decoded.meta } : { state: 'corrupt', reason: decoded.reason };
+    } catch (err) {
+      const e = classify(err);
+      return e.code === 'NOT_FOUND' ? { state: 'missing' } : { state: 'error', error: e };
+    }
+  }
+
+  /**
+   * Replaces meta.json atomically and remembers what was written. Slices carry their latest
+   * access times from the index, so eviction order survives a restart.
+   */
+  async write(hash: string, meta: CacheMeta): Promise<void> {
+    const written = this.access.latest(hash, meta);
+    const file = metaPath(this.root, hash);
+    this.memo.delete(hash);
+    this.metaWrites++;
+    await this.fs.mkdir(objectDir(this.root, hash), { recursive: true });
+    await writeFileAtomic(this.fs, file, encodeMeta(written), this.inFlight);
+    this.metaWrites++;
+    this.access.clean(hash);
+    // Remember it only with the stamp of the file as renamed into place.
+    const stamp = await this.fs.stat(file).then(stampOf, () => undefined);
+    if (stamp) this.memo.set(hash, written, stamp);
+  }
+
+  /** Forgets an object: its directory, its metadata in memory and its slices in the index. */
+  async remove(hash: string): Promise<void> {
+    this.memo.delete(hash);
+    this.access.clean(hash);
+    this.metaWrites++;
+    await this.fs.rm(objectDir(this.root, hash), { recursive: true, force: true });
+    this.metaWrites++;
+    this.index.removeObject(hash);
+  }
+
+  /**
+   * Removes slices from the metadata (atomically) and then their files; without `meta`, only the
+   * files. Caller holds the object's lock.
+   */
+  async dropSlices(hash: string, indexes: number[], meta?: CacheMeta): Promise<void> {
+    if (meta) {
+      const remaining = meta.slices.filter((s) => !indexes.includes(s.index));
+      if (remaining.length === 0) {
+        await this.remove(hash);
+        return;
+      }
+      await this.write(hash, { ...meta, slices: remaining });
+    }
+    for (const i of indexes) {
+      await this.fs.rm(slicePath(this.root, hash, i), { force: true });
+      this.index.remove(hash, i);
+    }
+  }
+
+  /**
+   * Drops a slice that is missing or failed verification, keeping the others, and counts
+   * `corruption_missing_range_total`. Takes the object's lock unless `locked`.
+   */
+  async dropCorruptSlice(
+    hash: string,
+    id: ObjectIdentity,
+    index: number,
+    why: string,
+    locked = false,
+  ): Promise<void> {
+    const drop = async (): Promise<void> => {
+      const loaded = await this.load(hash, id);
+      if (loaded.state === 'ok' && loaded.meta.slices.some((s) => s.index === index)) {
+        await this.dropSlices(hash, [index], loaded.meta);
+      }
+    };
+    await (locked ? drop() : this.locks.run(hash, drop)).catch((err: unknown) => {
+      this.report.fault(`could not repair slice ${index} of ${describeIdentity(id)}`, err);
+    });
+    this.report.repair(
+      'corruption_missing_range_total',
+      `slice ${index} of ${describeIdentity(id)} ${why}; dropped, other slices kept`,
+    );
+  }
+
+  /**
+   * Removes references to slice files that do not exist (or have the wrong size), counting
+   * `inconsistency_fixed_total` per reference. Caller holds the object's lock.
+   */
+  async fixReferences(hash: string, id?: ObjectIdentity): Promise<{ removed: number; remaining: number }> {
+    const loaded = await this.load(hash, id);
+    if (loaded.state !== 'ok') return { removed: 0, remaining: 0 };
+    const meta = loaded.meta;
+    const missing: number[] = [];
+    for (const s of meta.slices) {
+      try {
+        const st = await this.fs.stat(slicePath(this.root, hash, s.index));
+        if (st.size !== s.length) missing.push(s.index);
+      } catch {
+        missing.push(s.index);
+      }
+    }
+    if (missing.length === 0) return { removed: 0, remaining: meta.slices.length };
+    await this.dropSlices(hash, missing, meta);
+    this.report.repair(
+      'inconsistency_fixed_total',
+      `metadata of ${describeIdentity(meta.identity)} referred to ${missing.length} missing slice(s); references removed`,
+      missing.length,
+    );
+    return { removed: missing.length, remaining: meta.slices.length - missing.length };
+  }
+}
