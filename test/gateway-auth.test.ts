@@ -556,6 +556,12 @@ describe('SDK uploads and payload hashes', () => {
     expect(res.body.toString()).toBe('');
     expect(res.status).toBe(200);
     expect(await atOrigin('presigned.bin')).toBe(sha(data));
+    // The request line names the URL, never its signature or credential.
+    const signature = String(presigned.query?.['X-Amz-Signature']);
+    const line = h.logged.find((l) => l.includes('presigned.bin?'));
+    expect(line).toContain('X-Amz-Signature=[REDACTED]');
+    expect(h.logged.some((l) => l.includes(signature))).toBe(false);
+    expect(h.logged.some((l) => l.includes(CLIENT_KEY.accessKeyId))).toBe(false);
   });
 });
 

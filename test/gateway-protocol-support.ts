@@ -27,6 +27,8 @@ export interface Harness {
   client: S3Client;
   /** SDK client of the origin itself. */
   direct: S3Client;
+  /** What the gateway logged, as JSON text per line (request lines included). */
+  logged: string[];
   close(): Promise<void>;
 }
 
@@ -40,6 +42,7 @@ export function s3(
 export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise<Harness> {
   const origin = await startS3Origin(['b']);
   const cacheDir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-proto-'));
+  const logged: string[] = [];
   const gateway = await createGateway({
     upstream: origin.url,
     originCredentials: TEST_CREDENTIALS,
@@ -47,7 +50,9 @@ export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise
     clientKeys: [CLIENT_KEY],
     cacheDir,
     sliceBytes: SLICE,
-    log: () => undefined,
+    log: (level, msg, fields) => {
+      if (logged.length < 10_000) logged.push(JSON.stringify({ level, msg, ...fields }));
+    },
     ...extra,
   });
   await gateway.listen(0);
@@ -59,6 +64,7 @@ export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise
     cacheDir,
     client,
     direct,
+    logged,
     close: async () => {
       client.destroy();
       direct.destroy();

@@ -17,6 +17,7 @@ import {
 import type { RevalidatorOptions } from './revalidation.js';
 import { OriginClient, type OriginCredentials } from './origin-client.js';
 import { OriginGuard, type OriginGuardOptions } from './origin-guard.js';
+import { loggableUrl } from './request-log.js';
 import { passthrough } from './passthrough.js';
 import { S3Errors, sendS3Error } from './s3-error.js';
 import { malformedTargetError, parseS3Target } from './s3-request.js';
@@ -62,6 +63,11 @@ export interface GatewayOptions {
   cacheBypassProbeMs?: number;
   /** Node's process metrics on `/metrics` (default true). */
   defaultMetrics?: boolean;
+  /**
+   * Send `log` one 'info' line per request (request id, method, URL without presigned secrets,
+   * status, outcome). Default: true with a `log` of your own, false with the default sink.
+   */
+  requestLog?: boolean;
   /** Log sink (default: JSON lines on stderr for warn and error). */
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
@@ -111,6 +117,7 @@ const defaultLog: NonNullable<GatewayOptions['log']> = (level, msg, fields) => {
 export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const clock = options.clock ?? systemClock;
   const log = options.log ?? defaultLog;
+  const requestLog = options.requestLog ?? options.log !== undefined;
   const origin = new OriginClient({
     url: options.upstream,
     credentials: options.originCredentials,
@@ -268,7 +275,15 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     } finally {
       metrics.requests.inc({ method: method === 'GET' || method === 'HEAD' ? method : 'OTHER', outcome });
       metrics.duration.observe({ outcome }, (performance.now() - started) / 1000);
-      log('info', 'request', { requestId: id, method, url: req.url, status: res.statusCode, outcome });
+      // Presigned URLs carry their signature and credential in the query: never logged.
+      if (requestLog)
+        log('info', 'request', {
+          requestId: id,
+          method,
+          url: loggableUrl(req.url ?? '/'),
+          status: res.statusCode,
+          outcome,
+        });
     }
   };
 

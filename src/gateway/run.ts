@@ -20,7 +20,6 @@ import { createGatewayAlerts, GATEWAY_ALERTS, watchGatewayAlerts } from './alert
 import type { GatewayConfig } from './config.js';
 import { createGateway, type Gateway, type GatewayOptions } from './gateway.js';
 import { startGatewayRecovery, type GatewayRecovery } from './recovery.js';
-import { loggableUrl } from './request-log.js';
 
 /** A gateway with its admin server, health, alerts, disk monitor, scheduled cleanup and graceful shutdown. */
 export interface RunningGateway {
@@ -117,16 +116,10 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       maxBackoffMs: config.revalidateMaxBackoffSeconds * 1000,
     },
     baseDomain: config.baseDomain,
-    // In the same JSON lines as the rest; a request line (info) costs nothing below --log-level info.
-    // Presigned URLs carry their signature and credential in the query: those never reach the log.
+    requestLog: logger.isLevelEnabled('info'),
+    // In the same JSON lines as the rest (request URLs come with presigned secrets already removed).
     log: (level, msg, fields) => {
-      if (!logger.isLevelEnabled(level)) return;
-      logger[level](
-        fields && typeof fields.url === 'string'
-          ? { ...fields, url: loggableUrl(fields.url) }
-          : (fields ?? {}),
-        msg,
-      );
+      if (logger.isLevelEnabled(level)) logger[level](fields ?? {}, msg);
     },
     ...options,
   });
