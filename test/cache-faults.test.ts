@@ -291,6 +291,30 @@ describe('range cache: full disk and eviction', () => {
     await cache.close();
   });
 
+  it('probeBypass checks the disk at once: rejects while it refuses writes, leaves bypass when it takes them', async () => {
+    const clock = new VirtualClock();
+    const fs = faultyFs({ diskBytes: 800 });
+    const cache = await RangeCache.open({
+      dir: tmp.dir,
+      sliceBytes: SLICE,
+      fs,
+      clock,
+      bypassProbeMs: 60_000,
+    });
+    await cache.probeBypass(); // not bypassed: nothing to do
+    await cache.putMeta(id, { etag: '"e1"', size: 3000 });
+    await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"');
+    expect(cache.bypassed).toBe(true);
+    await expect(cache.probeBypass()).rejects.toMatchObject({ code: 'DISK_FULL' });
+    expect(cache.bypassed).toBe(true);
+    fs.setFreeBytes(undefined);
+    // Two at once share one probe; no clock advance: the timer (60 s) is not what ends bypass.
+    await Promise.all([cache.probeBypass(), cache.probeBypass()]);
+    expect(cache.bypassed).toBe(false);
+    expect((await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"')).stored).toBe(true);
+    await cache.close();
+  });
+
   it('a real ENOSPC (/dev/full) on a slice write is a full disk: no partial file, bypass', async () => {
     const fsP = await import('node:fs/promises');
     const isFullDevice = await fsP.stat('/dev/full').then(

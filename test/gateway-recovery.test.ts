@@ -259,7 +259,9 @@ describe('gateway recovery', () => {
     expect(await readiness(r, 'cache:writable')).toBe('fail');
 
     stop();
-    await clock.advance(30_000); // the next attempt and the cache's own probe
+    // The next attempt (1 s later) probes at once: the cache leaves bypass well before its own
+    // probe, due 30 s after it entered bypass.
+    await clock.advance(2_000);
     await settle(clock, () => recoveryOf(r, 'cache:writable')?.status === 'recovered', 'cache recovery');
     expect(r.gateway.cache?.bypassed).toBe(false);
     expect(await readiness(r, 'cache:writable')).toBe('pass');
@@ -293,8 +295,8 @@ describe('gateway recovery', () => {
         () => (recoveryOf(r, 'cache:writable')?.history.length ?? 0) >= attempt,
         `cache recovery attempt ${attempt}`,
       );
-      // Attempts are spaced by the cache's probe period.
-      if (attempt < 3) await clock.advance(30_000);
+      // Attempts are spaced by the recovery's backoff (1 s, 2 s).
+      if (attempt < 3) await clock.advance(2_000);
     }
     await settle(clock, () => recoveryOf(r, 'cache:writable')?.status === 'exhausted', 'giving up');
     expect(recoveryOf(r, 'cache:writable')?.history.map((h) => h.outcome)).toEqual([

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { classify } from '../errors/index.js';
 import type { TimerHandle } from '../time/index.js';
 import { TMP_MARKER, writeFileAtomic } from './atomic-write.js';
 import type { CacheSettings } from './options.js';
@@ -27,6 +28,7 @@ export interface BypassParts extends Pick<
 export class Bypass {
   private why: string | undefined;
   private probeTimer: TimerHandle | undefined;
+  private probing: Promise<{ error: unknown } | undefined> | undefined;
 
   constructor(private readonly parts: BypassParts) {}
 
@@ -54,16 +56,28 @@ export class Bypass {
     this.probeTimer = undefined;
   }
 
+  /**
+   * Probes now rather than at the next timer: resolves once bypass has ended (at once when not
+   * bypassed), rejects with the probe write's error when the disk still refuses (probing goes on).
+   */
+  async probeNow(): Promise<void> {
+    if (this.why === undefined) return;
+    this.cancelProbe();
+    this.probing ??= this.probe().finally(() => (this.probing = undefined));
+    const failure = await this.probing;
+    if (failure !== undefined) throw classify(failure.error);
+  }
+
   private scheduleProbe(): void {
     this.probeTimer = this.parts.clock.setTimer(this.parts.bypassProbeMs, () => {
-      void this.probe();
+      this.probing ??= this.probe().finally(() => (this.probing = undefined));
     });
   }
 
-  /** Leaves bypass once a slice-sized write succeeds again. */
-  private async probe(): Promise<void> {
+  /** Leaves bypass once a slice-sized write succeeds again; resolves with the error when it did not. */
+  private async probe(): Promise<{ error: unknown } | undefined> {
     const { dir, objectsRoot, fs, sliceBytes, inFlight } = this.parts;
-    if (this.parts.isClosed()) return;
+    if (this.parts.isClosed()) return undefined;
     const file = path.join(dir, `probe${TMP_MARKER}check`);
     try {
       await fs.mkdir(objectsRoot, { recursive: true });
@@ -73,9 +87,12 @@ export class Bypass {
       const reason = this.why ?? '';
       this.why = undefined;
       this.parts.onChange({ active: false, reason: `cache usable again (was: ${reason})` });
-    } catch {
+      return undefined;
+    } catch (error) {
       await fs.rm(file, { force: true }).catch(() => undefined);
+      this.cancelProbe();
       this.scheduleProbe();
+      return { error };
     }
   }
 }

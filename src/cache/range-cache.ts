@@ -191,6 +191,15 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     return this.bypass.active;
   }
 
+  /**
+   * While bypassed, checks at once (instead of at the next probe, every `bypassProbeMs`) whether
+   * the disk takes a slice-sized write again: resolves once bypass has ended (at once when not
+   * bypassed), rejects with the write's error when it still fails.
+   */
+  async probeBypass(): Promise<void> {
+    await this.bypass.probeNow();
+  }
+
   /** Counters and gauges. */
   stats(): CacheStats {
     return {

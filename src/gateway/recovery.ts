@@ -1,11 +1,7 @@
-import * as nodeFs from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import path from 'node:path';
 import { classify } from '../errors/index.js';
-import type { CacheFs, RangeCache } from '../cache/index.js';
+import type { RangeCache } from '../cache/index.js';
 import {
   AutoRecovery,
-  defaultRecoveryBackoff,
   type AlertManager,
   type DiskMonitor,
   type HealthRegistry,
@@ -24,10 +20,6 @@ export interface GatewayRecoveryOptions {
   disk?: DiskMonitor | undefined;
   /** Used share (0..1) of the cache's file system that disk recovery evicts down to. */
   diskTargetRatio: number;
-  /** How often the cache itself checks, while bypassed, whether it can write again. */
-  cacheBypassProbeMs: number;
-  /** The cache's file system (the probe goes through it, so injected faults apply). */
-  cacheFs?: CacheFs | undefined;
   /** Attempts before `RecoveryFailed` is raised (default 3). */
   maxAttempts?: number;
   clock?: Clock;
@@ -41,9 +33,6 @@ export interface GatewayRecovery {
   /** Stops the recoveries (a running action is aborted). */
   close(): void;
 }
-
-// Probe files carry the cache's temporary-file marker, so a leftover one is removed by cleanup.
-const PROBE_PREFIX = 'recovery-probe.tmp-';
 
 function mib(bytes: number): string {
   return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
@@ -70,67 +59,28 @@ async function relieveDisk(cache: RangeCache, disk: DiskMonitor, targetRatio: nu
   }
 }
 
-/** Writes, syncs and removes a slice-sized file in the cache directory, as the cache's own probe does. */
-async function probeWritable(cache: RangeCache, fs: CacheFs): Promise<void> {
-  const file = path.join(cache.dir, `${PROBE_PREFIX}${randomBytes(4).toString('hex')}`);
+/**
+ * `cache:writable` failed (the cache is bypassed): clean the cache (leftover partial writes take
+ * space on a full disk), then have the cache probe its disk at once; the attempt fails with the
+ * probe's error while the disk still refuses the write.
+ */
+async function restoreCache(cache: RangeCache): Promise<void> {
+  if (!cache.bypassed) return;
+  // A cleanup that cannot run is no reason not to probe.
+  await cache.cleanup().catch(() => undefined);
   try {
-    await fs.mkdir(cache.dir, { recursive: true });
-    const handle = await fs.open(file, 'w');
-    try {
-      await handle.writeFile(Buffer.alloc(Math.min(cache.sliceBytes, 1024 * 1024)));
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await cache.probeBypass();
   } catch (err) {
     throw new Error(`cache directory ${cache.dir} is still not writable: ${classify(err).message}`);
-  } finally {
-    await fs.rm(file, { force: true }).catch(() => undefined);
   }
-}
-
-/** Resolves when the cache leaves bypass; rejects when `signal` aborts first. */
-function cacheUsableAgain(cache: RangeCache, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onBypass = (e: { active: boolean }): void => {
-      if (e.active) return;
-      done();
-      resolve();
-    };
-    const onAbort = (): void => {
-      done();
-      reject(signal.reason instanceof Error ? signal.reason : new Error('recovery aborted'));
-    };
-    const done = (): void => {
-      cache.off('bypass', onBypass);
-      signal.removeEventListener('abort', onAbort);
-    };
-    cache.on('bypass', onBypass);
-    signal.addEventListener('abort', onAbort, { once: true });
-    if (!cache.bypassed) onBypass({ active: false });
-  });
-}
-
-/**
- * `cache:writable` failed (the cache is bypassed): clean the cache, check with a slice-sized write
- * that its directory takes writes again (failing the attempt, with the error, when it does not),
- * then wait for the cache's own probe to leave bypass (it runs every `probeMs`).
- */
-async function restoreCache(cache: RangeCache, fs: CacheFs, signal: AbortSignal): Promise<void> {
-  if (!cache.bypassed) return;
-  // Leftover partial writes take space on a full disk; a cleanup that cannot run is no reason to stop.
-  await cache.cleanup().catch(() => undefined);
-  await probeWritable(cache, fs);
-  await cacheUsableAgain(cache, signal);
 }
 
 /**
  * Binds keel/ops' {@link AutoRecovery} to the gateway's health checks where an action can help:
  * - `disk:utilization` failing (critical level): cache cleanup, then eviction of least recently
  *   used slices until the file system is back under `diskTargetRatio`;
- * - `cache:writable` failing (bypass): cache cleanup, a write probe of the cache directory, then
- *   waiting for the cache to leave bypass; attempts are spaced by at least the cache's own probe
- *   period.
+ * - `cache:writable` failing (bypass): cache cleanup, then the cache's own write probe at once
+ *   (which ends bypass when the disk takes writes again).
  * `origin:reachable` gets none: the breaker already probes the origin itself once half-open, and
  * nothing the gateway can do locally makes an unreachable origin reachable.
  * Each recovery tries `maxAttempts` times, then raises `RecoveryFailed{check}` (critical) until
@@ -180,17 +130,13 @@ export function startGatewayRecovery(gateway: Gateway, options: GatewayRecoveryO
     );
   }
 
-  const probeMs = options.cacheBypassProbeMs;
   const check = 'cache:writable';
   recoveries.set(
     check,
     new AutoRecovery(health, {
       ...common,
       check,
-      action: (signal) => restoreCache(cache, options.cacheFs ?? nodeFs, signal),
-      // The action waits for the cache's probe, so it may take a whole probe period.
-      actionTimeoutMs: probeMs + 10_000,
-      backoffMs: (attempt) => Math.max(probeMs, defaultRecoveryBackoff(attempt)),
+      action: () => restoreCache(cache),
       onChange: logChanges(check),
     }),
   );

@@ -153,8 +153,6 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     alerts,
     disk,
     diskTargetRatio: config.diskWarningPercent / 100,
-    cacheBypassProbeMs: options.cacheBypassProbeMs ?? 30_000,
-    cacheFs: options.cacheFs,
     clock,
     log: (level, msg, fields) => logger[level](fields ?? {}, msg),
   });
