@@ -7,16 +7,14 @@
 export {
   Queue,
   openQueue,
-  type EnqueueOptions,
-  type Enqueued,
-  type QueueJob,
-  type ProcessOptions,
   type QueueOptions,
-  type RetentionOptions,
   type QueueStats,
   type QueueItem,
   type DeadLetter,
 } from './queue.js';
+export type { EnqueueOptions, Enqueued } from './enqueue.js';
+export type { QueueJob, ProcessOptions } from './worker.js';
+export type { RetentionOptions } from './retention.js';
 export {
   payloadCipher,
   isEncryptedPayload,
