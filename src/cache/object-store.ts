@@ -71,8 +71,9 @@ export class ObjectStore {
     let bytes: Buffer;
     let stamp: FileStamp;
     const unreadable = (err: unknown): LoadedMeta => {
-      const e = classify(err);
-      if (e.code === 'NOT_FOUND') {
+      // Not cached is the common case (every first write of an object): no KeelError built for it.
+      const e = (err as { code?: unknown } | undefined)?.code === 'ENOENT' ? undefined : classify(err);
+      if (e === undefined || e.code === 'NOT_FOUND') {
         this.memo.delete(hash);
         return { state: 'missing' };
       }
