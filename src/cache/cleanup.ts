@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32.js';
 import { classify } from '../errors/index.js';
 import { TMP_MARKER } from './atomic-write.js';
 import type { CacheReporter } from './counters.js';

@@ -1,6 +1,6 @@
 import type { ObjectIdentity } from './identity.js';
 
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32.js';
 
 /**
  * Size of the blocks inside a slice that carry their own CRC32 (64 KiB): a range is verified by
@@ -42,7 +42,7 @@ export const MAX_META_BYTES = 16 * 1024 * 1024;
 export interface SliceInfo {
   index: number;
   length: number;
-  /** CRC32 (zlib.crc32) of the slice's bytes. */
+  /** CRC-32 (as zlib.crc32 computes it) of the slice's bytes. */
   crc32: number;
   /**
    * CRC32 of each `blockBytes` block of the slice, so a small range is verified without reading

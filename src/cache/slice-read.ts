@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32.js';
 import { classify } from '../errors/index.js';
 import type { AccessTimes } from './access-times.js';
 import type { CacheReporter } from './counters.js';

@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { fastCrc32Module } from './crc32.js';
 import type { FileStamp } from './meta-memo.js';
 
 /** One read for a verifying thread: `length` bytes at `position`, checked block by block. */
@@ -28,9 +29,9 @@ export type VerifyOutcome =
  * sources and from the built package): open, read, close, CRC32 of every block, answer.
  */
 const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
+const { parentPort, workerData } = require('node:worker_threads');
 const fs = require('node:fs');
-const { crc32 } = require('node:zlib');
+const { crc32 } = require(workerData.crc32Module ?? 'node:zlib');
 // [buffer, id, path, position, length, atEnd, blockBytes, metaPath, ino, size, mtimeMs, ctimeMs, ...crcs]
 parentPort.on('message', (m) => {
   const [ab, id, path, position, length, atEnd, blockBytes, metaPath] = m;
@@ -193,7 +194,8 @@ export class VerifyPool {
   }
 
   private spawn(): { worker: Worker; busy: number } {
-    const worker = new Worker(WORKER_SOURCE, { eval: true });
+    // The same CRC-32 as the main thread's: the fast build when it loaded there.
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { crc32Module: fastCrc32Module } });
     worker.unref();
     const slot = { worker, busy: 0 };
     this.workers.push(slot);
