@@ -134,7 +134,8 @@ async function revalidate(
           key: id.key,
           rawQuery,
           headers: { 'if-none-match': cachedMeta.etag },
-          signal: AbortSignal.any([s, signal]),
+          // The guard's signal follows `signal`.
+          signal: s ?? signal,
         }),
       signal,
     );

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { Agent, request } from 'undici';
+import { Pool } from 'undici';
 import { encodeKey } from './s3-request.js';
 import { SigV4HeaderSigner } from './sigv4-sign.js';
 
@@ -57,12 +57,12 @@ function rfc3986(s: string): string {
  */
 export class OriginClient {
   readonly url: URL;
-  private readonly agent: Agent;
+  private readonly pool: Pool;
   private readonly signer: SigV4HeaderSigner | undefined;
 
   constructor(options: OriginClientOptions) {
     this.url = new URL(options.url);
-    this.agent = new Agent({
+    this.pool = new Pool(this.url.origin, {
       connections: options.connections ?? 64,
       headersTimeout: options.firstByteTimeoutMs ?? 30_000,
       bodyTimeout: options.idleTimeoutMs ?? 30_000,
@@ -90,12 +90,11 @@ export class OriginClient {
       headers['x-amz-content-sha256'] ??= 'UNSIGNED-PAYLOAD';
       this.signer.sign(req.method, path, pairs, headers);
     }
-    const target = `${this.url.protocol}//${this.url.host}${path}${pairs.length ? `?${pairs.join('&')}` : ''}`;
-    const res = await request(target, {
-      method: req.method as 'GET',
+    const res = await this.pool.request({
+      path: pairs.length ? `${path}?${pairs.join('&')}` : path,
+      method: req.method,
       headers,
       body: req.body ?? null,
-      dispatcher: this.agent,
       ...(req.signal ? { signal: req.signal } : {}),
     });
     const out: Record<string, string> = {};
@@ -108,6 +107,6 @@ export class OriginClient {
 
   /** Closes the connections (requests still running are aborted). */
   async close(): Promise<void> {
-    await this.agent.destroy();
+    await this.pool.destroy();
   }
 }

@@ -78,17 +78,21 @@ export class OriginGuard {
     return Object.fromEntries([...this.breakers].map(([k, b]) => [k, b.state]));
   }
 
-  /** One origin call (no retry): bulkhead, breaker; 5xx/429 thrown as their KeelError. */
+  /**
+   * One origin call (no retry): bulkhead, breaker; 5xx/429 thrown as their KeelError. `fn` gets
+   * an abort signal only when the caller gave one: nothing else aborts an origin call (its
+   * timeouts are the connection pool's), and a signal costs every call several listeners.
+   */
   async once(
     bucket: string,
-    fn: (signal: AbortSignal) => Promise<OriginResponse>,
+    fn: (signal: AbortSignal | undefined) => Promise<OriginResponse>,
     signal?: AbortSignal,
   ): Promise<OriginResponse> {
     const breaker = this.breaker(bucket);
     return this.bulk.execute(
       () =>
         breaker.execute(async (ctx) => {
-          const res = await fn(ctx.signal);
+          const res = await fn(signal === undefined ? undefined : ctx.signal);
           if (res.status >= 500 || res.status === 429) {
             res.body.on('error', () => undefined);
             res.body.resume();
@@ -104,13 +108,14 @@ export class OriginGuard {
     );
   }
 
-  /** One origin call with retries under the budget. */
+  /** One origin call with retries under the budget (`fn`'s signal: see {@link OriginGuard.once}). */
   async call(
     bucket: string,
-    fn: (signal: AbortSignal) => Promise<OriginResponse>,
+    fn: (signal: AbortSignal | undefined) => Promise<OriginResponse>,
     signal?: AbortSignal,
   ): Promise<OriginResponse> {
-    return this.retry.execute((ctx) => this.once(bucket, fn, ctx.signal), signal ? { signal } : undefined);
+    if (signal === undefined) return this.retry.execute(() => this.once(bucket, fn));
+    return this.retry.execute((ctx) => this.once(bucket, fn, ctx.signal), { signal });
   }
 }
 

@@ -140,7 +140,8 @@ function openRange(
               range: `bytes=${range.start}-${range.end ?? ''}`,
               ...(ifMatch === undefined ? {} : { 'if-match': ifMatch }),
             },
-            signal: AbortSignal.any([s, signal]),
+            // The guard's signal follows `signal`.
+            signal: s ?? signal,
           }),
         signal,
       ),
