@@ -1,52 +1,24 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { readFile, writeFile, mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { chaos, faultyFs, type ChaosProxy } from '../src/chaos/index.js';
-import {
-  resolveGatewayConfig,
-  runGateway,
-  type RunningGateway,
-  type RunOptions,
-} from '../src/gateway/index.js';
+import { faultyFs, type ChaosProxy } from '../src/chaos/index.js';
+import type { RunningGateway, RunOptions } from '../src/gateway/index.js';
 import type { Alert, HealthReport } from '../src/ops/index.js';
 import { VirtualClock } from '../src/time/index.js';
-import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
+import { startRunHarness, type RunHarness } from './gateway-run-support.js';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 const TOKEN = 'admin-token-0123456789';
-let origin: S3Origin;
+let harness: RunHarness;
 let proxy: ChaosProxy;
-let root: string;
-const data = new Map<string, Buffer>();
-const running: RunningGateway[] = [];
 
 beforeAll(async () => {
-  origin = await startS3Origin(['b']);
-  proxy = await chaos.proxy({ upstream: `127.0.0.1:${origin.port}` });
-  root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-ops-'));
-  const s3 = new S3Client({
-    endpoint: origin.url,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: TEST_CREDENTIALS,
-  });
-  for (const [key, size] of [
-    ['a.bin', 300_000],
-    ['c.bin', 200_000],
-    ['d.bin', 150_000],
-  ] as const) {
-    const body = randomBytes(size);
-    data.set(key, body);
-    await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: body }));
-  }
-  s3.destroy();
+  harness = await startRunHarness({ name: 'ops', proxy: true });
+  proxy = harness.proxy as ChaosProxy;
 });
 
 afterEach(async () => {
@@ -54,58 +26,13 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  for (const r of running) await r.shutdown();
-  await proxy.close();
-  await origin.close();
-  await rm(root, { recursive: true, force: true });
+  await harness.close();
 });
 
-let n = 0;
-async function start(flags: Record<string, string> = {}, extra: RunOptions = {}): Promise<RunningGateway> {
-  const config = resolveGatewayConfig(
-    {
-      upstream: `http://127.0.0.1:${proxy.port}`,
-      auth: 'anonymous',
-      listen: '0',
-      admin: '0',
-      cacheDir: path.join(root, `cache-${++n}`),
-      sliceBytes: '64KiB',
-      originAccessKeyId: TEST_CREDENTIALS.accessKeyId,
-      originSecretAccessKey: TEST_CREDENTIALS.secretAccessKey,
-      alerts: 'file',
-      alertsFile: path.join(root, `alerts-${n}.jsonl`),
-      ...flags,
-    },
-    {},
-  );
-  const r = await runGateway(config, {
-    log: () => undefined,
-    logger: pino({ level: 'silent' }),
-    defaultMetrics: false,
-    ...extra,
-  });
-  running.push(r);
-  return r;
-}
-
-async function read(
-  r: RunningGateway,
-  key: string,
-): Promise<{ status: number; cache: string | null; body: Buffer }> {
-  const res = await fetch(`${r.gateway.url()}/b/${key}`);
-  return {
-    status: res.status,
-    cache: res.headers.get('x-keel-cache'),
-    body: Buffer.from(await res.arrayBuffer()),
-  };
-}
-
-async function readOk(r: RunningGateway, key: string): Promise<string | null> {
-  const got = await read(r, key);
-  expect(got.status).toBe(200);
-  expect(sha(got.body)).toBe(sha(data.get(key) as Buffer));
-  return got.cache;
-}
+const start = (flags: Record<string, string> = {}, extra: RunOptions = {}): Promise<RunningGateway> =>
+  harness.start(flags, extra);
+const read = (r: RunningGateway, key: string): ReturnType<RunHarness['read']> => harness.read(r, key);
+const readOk = (r: RunningGateway, key: string): Promise<string | null> => harness.readOk(r, key);
 
 async function ready(
   r: RunningGateway,
@@ -147,7 +74,7 @@ describe('gateway operations', () => {
       {},
       { cacheFs: fs, clock, cacheBypassProbeMs: 30_000, guard: { retryAttempts: 1 } },
     );
-    const file = path.join(root, `alerts-${n}.jsonl`);
+    const file = harness.alertsFile(r);
     expect(await readOk(r, 'a.bin')).toBe('MISS');
     await r.gateway.idle();
     expect(await readOk(r, 'a.bin')).toBe('HIT');
@@ -210,7 +137,7 @@ describe('gateway operations', () => {
       });
     });
     await new Promise<void>((resolve) => hook.listen(0, '127.0.0.1', resolve));
-    const notADir = path.join(root, 'not-a-dir');
+    const notADir = path.join(harness.dir, 'not-a-dir');
     await writeFile(notADir, 'x');
     const r = await start({
       cacheDir: path.join(notADir, 'cache'),
@@ -236,7 +163,7 @@ describe('gateway operations', () => {
       {},
       { clock, guard: { retryAttempts: 1, breakerFailures: 3, breakerHalfOpenAfterMs: 10_000 } },
     );
-    const file = path.join(root, `alerts-${n}.jsonl`);
+    const file = harness.alertsFile(r);
     expect(await readOk(r, 'a.bin')).toBe('MISS');
     await r.gateway.idle();
     await proxy.disable();
@@ -365,23 +292,7 @@ describe('gateway operations', () => {
           done();
         },
       });
-      const config = resolveGatewayConfig(
-        {
-          upstream: `http://127.0.0.1:${proxy.port}`,
-          auth: 'anonymous',
-          listen: '0',
-          admin: '0',
-          cacheDir: path.join(root, `cache-${++n}`),
-          sliceBytes: '64KiB',
-          originAccessKeyId: TEST_CREDENTIALS.accessKeyId,
-          originSecretAccessKey: TEST_CREDENTIALS.secretAccessKey,
-          alerts: 'none',
-          ...flags,
-        },
-        {},
-      );
-      const r = await runGateway(config, { logDestination: sink, defaultMetrics: false });
-      running.push(r);
+      const r = await harness.start({ alerts: 'none', ...flags }, { logDestination: sink });
       return { r, lines };
     };
     const signature = 'f'.repeat(64);
@@ -490,7 +401,7 @@ describe('gateway operations', () => {
       if (end) break;
       parts.push(value);
     }
-    expect(sha(Buffer.concat(parts))).toBe(sha(data.get('a.bin') as Buffer));
+    expect(sha(Buffer.concat(parts))).toBe(sha(harness.data.get('a.bin') as Buffer));
     expect(await done).toEqual({ exitCode: 0, drainTimedOut: false, failedHooks: [] });
   });
 });

@@ -1,55 +1,21 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { pino } from 'pino';
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { faultyFs } from '../src/chaos/index.js';
-import {
-  resolveGatewayConfig,
-  runGateway,
-  type RunningGateway,
-  type RunOptions,
-} from '../src/gateway/index.js';
+import type { RunningGateway, RunOptions } from '../src/gateway/index.js';
 import type { Alert, HealthReport, RecoveryState, StatfsResult } from '../src/ops/index.js';
 import { VirtualClock } from '../src/time/index.js';
-import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
+import { startRunHarness, type RunHarness } from './gateway-run-support.js';
 
-const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-let origin: S3Origin;
-let root: string;
-const data = new Map<string, Buffer>();
-const running: RunningGateway[] = [];
+let h: RunHarness;
 
 beforeAll(async () => {
-  origin = await startS3Origin(['b']);
-  root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-recovery-'));
-  const s3 = new S3Client({
-    endpoint: origin.url,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: TEST_CREDENTIALS,
-  });
-  for (const [key, size] of [
-    ['a.bin', 300_000],
-    ['c.bin', 200_000],
-    ['d.bin', 150_000],
-  ] as const) {
-    const body = randomBytes(size);
-    data.set(key, body);
-    await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: body }));
-  }
-  s3.destroy();
+  h = await startRunHarness({ name: 'recovery' });
 });
 
 afterAll(async () => {
-  for (const r of running) await r.shutdown();
-  await origin.close();
-  await rm(root, { recursive: true, force: true });
+  await h.close();
 });
 
-let n = 0;
 interface Started {
   r: RunningGateway;
   clock: VirtualClock;
@@ -58,42 +24,14 @@ interface Started {
 
 async function start(extra: RunOptions = {}): Promise<Started> {
   const clock = new VirtualClock(Date.now());
-  const alertsFile = path.join(root, `alerts-${++n}.jsonl`);
-  const config = resolveGatewayConfig(
-    {
-      upstream: origin.url,
-      auth: 'anonymous',
-      listen: '0',
-      admin: '0',
-      cacheDir: path.join(root, `cache-${n}`),
-      sliceBytes: '64KiB',
-      originAccessKeyId: TEST_CREDENTIALS.accessKeyId,
-      originSecretAccessKey: TEST_CREDENTIALS.secretAccessKey,
-      alerts: 'file',
-      alertsFile,
-      diskCheckIntervalSeconds: '60',
-    },
-    {},
+  const r = await h.start(
+    { diskCheckIntervalSeconds: '60' },
+    { clock, guard: { retryAttempts: 1 }, ...extra },
   );
-  const r = await runGateway(config, {
-    log: () => undefined,
-    logger: pino({ level: 'silent' }),
-    defaultMetrics: false,
-    clock,
-    guard: { retryAttempts: 1 },
-    ...extra,
-  });
-  running.push(r);
-  return { r, clock, alertsFile };
+  return { r, clock, alertsFile: h.alertsFile(r) };
 }
 
-async function readOk(r: RunningGateway, key: string): Promise<string | null> {
-  const res = await fetch(`${r.gateway.url()}/b/${key}`);
-  const body = Buffer.from(await res.arrayBuffer());
-  expect(res.status).toBe(200);
-  expect(sha(body)).toBe(sha(data.get(key) as Buffer));
-  return res.headers.get('x-keel-cache');
-}
+const readOk = (r: RunningGateway, key: string): Promise<string | null> => h.readOk(r, key);
 
 /**
  * Lets the gateway's timers that are due fire and its file I/O (which the virtual clock cannot
