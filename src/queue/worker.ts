@@ -24,7 +24,7 @@ export interface ProcessOptions {
   concurrency?: number;
   /**
    * Items claimed ahead of free handlers, so a claim and its commit serve many items (default
-   * twice `concurrency`, at least 16: a waiting item waits for about two handler runs at most).
+   * four times `concurrency`, at least 16: a waiting item waits for about four handler runs at most).
    * Each holds a lease renewed by heartbeats while it waits. Use 0 when handlers are slow and
    * several workers share the queue, so waiting items are not held by a busy worker.
    */
@@ -115,7 +115,7 @@ export class WorkerLoop<T> {
     this.completions.claimsRunning = true;
     this.handler = handler;
     this.concurrency = Math.max(1, Math.floor(options.concurrency ?? 1));
-    this.prefetch = Math.max(0, Math.floor(options.prefetch ?? Math.max(16, 2 * this.concurrency)));
+    this.prefetch = Math.max(0, Math.floor(options.prefetch ?? Math.max(16, 4 * this.concurrency)));
     const leaseMs = options.leaseMs ?? 30_000;
     this.pollMs = options.pollMs ?? 50;
     if (!(leaseMs > 0))
