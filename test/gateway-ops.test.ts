@@ -84,14 +84,7 @@ describe('gateway operations', () => {
     expect(h.report.status).toBe('pass');
     expect(checkStatus(h.report, 'cache:writable')).toBe('pass');
 
-    const stop = fs.inject({
-      code: 'ENOSPC',
-      ops: ['open', 'write', 'writeFile', 'sync', 'rename', 'mkdir'],
-    });
-    await readOk(r, 'c.bin');
-    await r.gateway.idle();
-    await readOk(r, 'c.bin');
-    expect(r.gateway.cache?.bypassed).toBe(true);
+    const stop = await harness.fillDisk(r, fs);
     expect(await readOk(r, 'd.bin')).toBe('BYPASS');
     const firing = r.alerts.firing().map((a) => a.name);
     expect(firing).toContain('KeelCacheBypass');

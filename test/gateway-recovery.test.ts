@@ -177,14 +177,7 @@ describe('gateway recovery', () => {
     });
     expect(await readOk(r, 'a.bin')).toBe('MISS');
     await r.gateway.idle();
-    const stop = fs.inject({
-      code: 'ENOSPC',
-      ops: ['open', 'write', 'writeFile', 'sync', 'rename', 'mkdir'],
-    });
-    await readOk(r, 'c.bin');
-    await r.gateway.idle();
-    await readOk(r, 'c.bin');
-    expect(r.gateway.cache?.bypassed).toBe(true);
+    const stop = await h.fillDisk(r, fs);
     await settle(
       clock,
       () => (recoveryOf(r, 'cache:writable')?.history.length ?? 0) >= 1,
@@ -219,14 +212,7 @@ describe('gateway recovery', () => {
     });
     await readOk(r, 'a.bin');
     await r.gateway.idle();
-    const stop = fs.inject({
-      code: 'ENOSPC',
-      ops: ['open', 'write', 'writeFile', 'sync', 'rename', 'mkdir'],
-    });
-    await readOk(r, 'c.bin');
-    await r.gateway.idle();
-    await readOk(r, 'c.bin');
-    expect(r.gateway.cache?.bypassed).toBe(true);
+    const stop = await h.fillDisk(r, fs);
     for (let attempt = 1; attempt <= 3; attempt++) {
       await settle(
         clock,

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { pino } from 'pino';
 import { expect } from 'vitest';
-import { chaos, type ChaosProxy } from '../src/chaos/index.js';
+import { chaos, type ChaosProxy, type FaultyFs } from '../src/chaos/index.js';
 import {
   resolveGatewayConfig,
   runGateway,
@@ -34,6 +34,11 @@ export interface RunHarness {
   read(r: RunningGateway, key: string): Promise<{ status: number; cache: string | null; body: Buffer }>;
   /** Reads `key`, expects a 200 with the origin's bytes, and answers `x-keel-cache`. */
   readOk(r: RunningGateway, key: string): Promise<string | null>;
+  /**
+   * Makes the cache's disk refuse writes (ENOSPC through `fs`, the gateway's `cacheFs`) and reads
+   * c.bin until the cache is in bypass; answers the function that gives the disk back.
+   */
+  fillDisk(r: RunningGateway, fs: FaultyFs): Promise<() => void>;
   /** Shuts every gateway down, then the proxy and the origin; removes the files. */
   close(): Promise<void>;
 }
@@ -72,6 +77,12 @@ export async function startRunHarness(options: { name: string; proxy?: boolean }
       body: Buffer.from(await res.arrayBuffer()),
     };
   };
+  const readOk: RunHarness['readOk'] = async (r, key) => {
+    const got = await read(r, key);
+    expect(got.status).toBe(200);
+    expect(sha(got.body)).toBe(sha(data.get(key) as Buffer));
+    return got.cache;
+  };
   return {
     origin,
     proxy,
@@ -106,11 +117,17 @@ export async function startRunHarness(options: { name: string; proxy?: boolean }
     },
     alertsFile: (r) => alertsFiles.get(r) ?? '',
     read,
-    readOk: async (r, key) => {
-      const got = await read(r, key);
-      expect(got.status).toBe(200);
-      expect(sha(got.body)).toBe(sha(data.get(key) as Buffer));
-      return got.cache;
+    readOk,
+    fillDisk: async (r, fs) => {
+      const stop = fs.inject({
+        code: 'ENOSPC',
+        ops: ['open', 'write', 'writeFile', 'sync', 'rename', 'mkdir'],
+      });
+      await readOk(r, 'c.bin');
+      await r.gateway.idle();
+      await readOk(r, 'c.bin');
+      expect(r.gateway.cache?.bypassed).toBe(true);
+      return stop;
     },
     close: async () => {
       for (const r of running) await r.shutdown();
