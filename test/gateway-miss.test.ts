@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CacheFs } from '../src/cache/index.js';
 import { chaos, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
+import { VirtualClock } from '../src/time/index.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 // Origin path: gateway → HTTP fault proxy → s3rver. The proxy draws its faults from `script`, so
@@ -325,5 +326,37 @@ describe('gateway misses', () => {
       liar.closeAllConnections();
       await new Promise((r) => liar.close(r));
     }
+  });
+
+  it('answers a HEAD from cached metadata as a HIT without asking the origin, and STALE while the origin is down', async () => {
+    const clock = new VirtualClock(Date.now());
+    const g = await gateway({ ttlMs: 60_000, clock, guard: { retryAttempts: 1 } });
+    const body = randomBytes(SLICE * 2 + 5);
+    await put('head.bin', body);
+    const head = (): Promise<{ status: number; cache: string | undefined; length: string | undefined }> =>
+      new Promise((resolve, reject) => {
+        http
+          .request(`${g.url()}/b/head.bin`, { method: 'HEAD', agent: false }, (res) => {
+            res.resume();
+            res.on('end', () =>
+              resolve({
+                status: res.statusCode ?? 0,
+                cache: res.headers['x-keel-cache'] as string | undefined,
+                length: res.headers['content-length'],
+              }),
+            );
+          })
+          .on('error', reject)
+          .end();
+      });
+    expect(await head()).toEqual({ status: 200, cache: 'MISS', length: String(body.length) });
+    await g.idle();
+    const before = faults.stats.requests;
+    expect(await head()).toEqual({ status: 200, cache: 'HIT', length: String(body.length) });
+    expect(faults.stats.requests).toBe(before);
+    // Expired, and the origin answers 503: the HEAD is still answered, from the metadata, STALE.
+    await clock.advance(120_000);
+    faults.add({ method: 'HEAD', path: '/b/head.bin', action: { type: 'status', status: 503 } });
+    expect(await head()).toEqual({ status: 200, cache: 'STALE', length: String(body.length) });
   });
 });

@@ -180,7 +180,7 @@ export async function serveObject(
         : missing.length === needed.length
           ? 'MISS'
           : 'PARTIAL';
-  if (stale && missing.length > 0) {
+  if (stale && missing.length > 0 && method !== 'HEAD') {
     const spec = S3Errors.serviceUnavailable(
       1,
       'the origin is unavailable and the range is not cached; please retry',
@@ -194,6 +194,8 @@ export async function serveObject(
     return 'ERROR';
   }
   if (bypass) outcome = 'BYPASS';
+  // A HEAD is answered from the object's metadata alone: a hit when that came from the cache.
+  else if (method === 'HEAD') outcome = !('version' in meta) ? 'MISS' : stale ? 'STALE' : 'HIT';
   const status = range.kind === 'partial' ? 206 : 200;
   const headers: Record<string, string> = {
     ...objectHeaders,
