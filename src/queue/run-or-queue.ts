@@ -1,39 +1,12 @@
-import { classify, keelError, type KeelError } from '../errors/index.js';
-import {
-  countsAsFailure,
-  type AnyPolicy,
-  type BreakerState,
-  type CircuitBreakerPolicy,
-  type PolicyContext,
-} from '../policy/index.js';
-import { systemClock, type Clock, type TimerHandle } from '../time/index.js';
+import { keelError, type KeelError } from '../errors/index.js';
+import type { AnyPolicy, CircuitBreakerPolicy, PolicyContext } from '../policy/index.js';
+import { systemClock, type Clock } from '../time/index.js';
+import { decideFailure, isUnavailable } from './failure-decision.js';
+import { PartitionBacklog } from './partition-backlog.js';
+import { Replayer, type ReplayQueue } from './replayer.js';
 
-/** A queued item as the replayer sees it (what {@link Queue.process} hands a handler). */
-export interface ReplayJob<P> {
-  id: number | string;
-  payload: P;
-  attempt: number;
-  partitionKey: string | null;
-  signal: AbortSignal;
-}
-
-/**
- * The part of a queue outage mode uses: a keel `Queue` (SQLite or PostgreSQL) fits. Methods may
- * answer synchronously or with a promise.
- */
-export interface ReplayQueue<P> {
-  enqueue(
-    payload: P,
-    options?: { idempotencyKey?: string; partitionKey?: string; maxAttempts?: number },
-  ): Promise<{ id: number | string; duplicate: boolean }>;
-  process(
-    handler: (job: ReplayJob<P>) => Promise<void>,
-    options?: { concurrency?: number; leaseMs?: number },
-  ): unknown;
-  pause(): unknown;
-  resume(): unknown;
-  stats(): { pending: number; active: number } | Promise<{ pending: number; active: number }>;
-}
+export { isUnavailable } from './failure-decision.js';
+export type { ReplayJob, ReplayQueue } from './replayer.js';
 
 /** What a call of {@link OutageQueue.runOrQueue} resolves with. */
 export type RunOutcome<R> =
@@ -104,27 +77,6 @@ export interface OutageQueueStats {
   startupBacklog: boolean;
 }
 
-const LOCAL_UNAVAILABLE = new Set(['CIRCUIT_OPEN', 'BULKHEAD_FULL', 'THROTTLED']);
-
-/**
- * The default of `shouldQueue`: an open or isolated breaker, a full bulkhead or a throttle, retries
- * (or the retry budget) exhausted on a transient error, or a transient error itself. A caller's
- * abort and answers such as a 404 or a constraint violation are not.
- */
-export function isUnavailable(error: KeelError): boolean {
-  return LOCAL_UNAVAILABLE.has(error.code) || countsAsFailure(error);
-}
-
-function findBreaker(policy: AnyPolicy): CircuitBreakerPolicy | undefined {
-  if (policy.kind === 'circuitBreaker') return policy as unknown as CircuitBreakerPolicy;
-  const inner = (policy as { policies?: readonly AnyPolicy[] }).policies;
-  for (const p of inner ?? []) {
-    const found = findBreaker(p);
-    if (found) return found;
-  }
-  return undefined;
-}
-
 function validate<P, R>(options: OutageQueueOptions<P, R>): void {
   for (const key of ['queue', 'policy', 'operation'] as const) {
     if (!options[key]) throw keelError('INVALID_CONFIG', `createOutageQueue: option ${key} is required`);
@@ -139,8 +91,6 @@ function validate<P, R>(options: OutageQueueOptions<P, R>): void {
   }
 }
 
-const blocked = (state: BreakerState): boolean => state === 'open' || state === 'isolated';
-
 /**
  * Outage mode: {@link OutageQueue.runOrQueue} runs an operation through a policy pipeline; when
  * the dependency is unavailable the payload is queued durably and the caller told so. A replayer
@@ -151,41 +101,41 @@ export class OutageQueue<P, R> {
   private readonly queue: ReplayQueue<P>;
   private readonly policy: AnyPolicy;
   private readonly operation: (payload: P, ctx: PolicyContext) => Promise<R>;
-  private readonly breaker: CircuitBreakerPolicy | undefined;
   private readonly shouldQueue: (error: KeelError) => boolean;
-  private readonly clock: Clock;
-  private readonly options: OutageQueueOptions<P, R>;
-  /** Per partition: ids of items this instance queued that are not yet replayed or dead. */
-  private readonly backlog = new Map<string, Set<string>>();
+  private readonly maxAttempts: number;
+  private readonly backlog = new PartitionBacklog();
+  private readonly replayer: Replayer<P, R>;
   /** Per partition: the last call's settlement, so calls of a partition run in call order. */
   private readonly tails = new Map<string, Promise<unknown>>();
-  private readonly changeWaiters = new Set<() => void>();
-  private startupBacklog = false;
-  private enqueuesInFlight = 0;
-  private enqueueGeneration = 0;
-  private paused = false;
   private starting: Promise<void> | undefined;
-  private closed = false;
-  private checkTimer: TimerHandle | undefined;
-  private disposeListener: (() => void) | undefined;
   private readonly counters = {
     done: 0,
     queuedUnavailable: 0,
     queuedBacklog: 0,
-    replayed: 0,
-    replayWaits: 0,
   };
 
   /** @throws KeelError `INVALID_CONFIG` naming the option that is missing or out of range. */
   constructor(options: OutageQueueOptions<P, R>) {
     validate(options);
-    this.options = options;
     this.queue = options.queue;
     this.policy = options.policy;
     this.operation = options.operation;
-    this.breaker = options.breaker ?? findBreaker(options.policy);
     this.shouldQueue = options.shouldQueue ?? isUnavailable;
-    this.clock = options.clock ?? systemClock;
+    this.maxAttempts = options.maxAttempts ?? 5;
+    this.replayer = new Replayer({
+      queue: options.queue,
+      policy: options.policy,
+      operation: options.operation,
+      breaker: options.breaker,
+      shouldQueue: this.shouldQueue,
+      backlog: this.backlog,
+      clock: options.clock ?? systemClock,
+      concurrency: options.concurrency ?? 4,
+      leaseMs: options.leaseMs ?? 30_000,
+      maxAttempts: this.maxAttempts,
+      retryEveryMs: options.retryEveryMs ?? 1_000,
+      checkEveryMs: options.checkEveryMs ?? 1_000,
+    });
   }
 
   /**
@@ -195,24 +145,8 @@ export class OutageQueue<P, R> {
    * before any new call.
    */
   start(): Promise<void> {
-    this.starting ??= this.begin();
+    this.starting ??= this.replayer.start();
     return this.starting;
-  }
-
-  private async begin(): Promise<void> {
-    const s = await this.queue.stats();
-    this.startupBacklog = s.pending + s.active > 0;
-    if (this.breaker) {
-      this.disposeListener = this.breaker.on('stateChange', ({ to }) => {
-        this.follow(to);
-      });
-      this.follow(this.breaker.state);
-    }
-    await this.queue.process((job) => this.replay(job), {
-      concurrency: Math.max(1, this.options.concurrency ?? 4),
-      leaseMs: this.options.leaseMs ?? 30_000,
-    });
-    this.scheduleCheck();
   }
 
   /**
@@ -238,23 +172,21 @@ export class OutageQueue<P, R> {
   stats(): OutageQueueStats {
     return {
       ...this.counters,
-      partitionsWithBacklog: this.backlog.size,
-      startupBacklog: this.startupBacklog,
+      ...this.replayer.stats(),
+      partitionsWithBacklog: this.backlog.partitions,
+      startupBacklog: this.backlog.startupBacklog,
     };
   }
 
   /** Stops following the breaker and checking; the queue itself is closed by its owner (after this). */
   close(): void {
-    this.closed = true;
-    this.checkTimer?.cancel();
-    this.disposeListener?.();
-    for (const wake of [...this.changeWaiters]) wake();
+    this.replayer.close();
   }
 
   private async runOne(payload: P, options: RunOrQueueOptions): Promise<RunOutcome<R>> {
     await this.start();
     const key = options.partitionKey;
-    if (key !== undefined && (this.startupBacklog || this.backlog.has(key))) {
+    if (key !== undefined && this.backlog.holds(key)) {
       this.counters.queuedBacklog++;
       return this.enqueue(payload, options, 'backlog', undefined);
     }
@@ -265,10 +197,10 @@ export class OutageQueue<P, R> {
       this.counters.done++;
       return { status: 'done', value: value as R };
     } catch (err) {
-      const error = classify(err);
-      if (options.signal?.aborted || !this.shouldQueue(error)) throw err;
+      const decision = decideFailure(err, options.signal, this.shouldQueue);
+      if (decision.action === 'throw') throw err;
       this.counters.queuedUnavailable++;
-      return this.enqueue(payload, options, 'unavailable', error);
+      return this.enqueue(payload, options, 'unavailable', decision.error);
     }
   }
 
@@ -278,21 +210,14 @@ export class OutageQueue<P, R> {
     reason: 'unavailable' | 'backlog',
     error: KeelError | undefined,
   ): Promise<RunOutcome<R>> {
-    this.enqueuesInFlight++;
-    this.enqueueGeneration++;
+    this.backlog.enqueueStarted();
     try {
       const item = await this.queue.enqueue(payload, {
         ...(options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey }),
         ...(options.partitionKey === undefined ? {} : { partitionKey: options.partitionKey }),
-        maxAttempts: this.options.maxAttempts ?? 5,
+        maxAttempts: this.maxAttempts,
       });
-      const key = options.partitionKey;
-      if (key !== undefined) {
-        const ids = this.backlog.get(key) ?? new Set<string>();
-        // A duplicate's first item may be done already; it holds the partition only if still queued here.
-        if (!item.duplicate) ids.add(String(item.id));
-        if (ids.size > 0) this.backlog.set(key, ids);
-      }
+      if (options.partitionKey !== undefined) this.backlog.queued(options.partitionKey, item);
       return {
         status: 'queued',
         id: item.id,
@@ -301,97 +226,7 @@ export class OutageQueue<P, R> {
         ...(error ? { error } : {}),
       };
     } finally {
-      this.enqueuesInFlight--;
-    }
-  }
-
-  /** The queue's handler: replays one item, holding it while the dependency is still unavailable. */
-  private async replay(job: ReplayJob<P>): Promise<void> {
-    for (;;) {
-      while (this.breaker && blocked(this.breaker.state) && !job.signal.aborted)
-        await this.nextChange(job.signal);
-      try {
-        await this.policy.execute((ctx) => this.operation(job.payload, ctx), { signal: job.signal });
-        this.counters.replayed++;
-        this.settled(job);
-        return;
-      } catch (err) {
-        const error = classify(err);
-        if (job.signal.aborted || !this.shouldQueue(error)) {
-          // An answer, not an outage: the queue retries it with backoff or dead-letters it, as it
-          // would any failing item. A dead item no longer holds its partition back.
-          const dead =
-            job.attempt >= (this.options.maxAttempts ?? 5) || (!error.retryable && error.code !== 'UNKNOWN');
-          if (dead && !job.signal.aborted) this.settled(job);
-          throw err;
-        }
-        // Still unavailable: keep the item claimed (its partition waits behind it, no attempt is
-        // spent) and try again on the breaker's next state change or after retryEveryMs.
-        this.counters.replayWaits++;
-        await this.nextChange(job.signal, this.options.retryEveryMs ?? 1_000);
-      }
-    }
-  }
-
-  private settled(job: ReplayJob<P>): void {
-    if (job.partitionKey === null) return;
-    const ids = this.backlog.get(job.partitionKey);
-    if (!ids) return;
-    ids.delete(String(job.id));
-    if (ids.size === 0) this.backlog.delete(job.partitionKey);
-  }
-
-  private follow(state: BreakerState): void {
-    for (const wake of [...this.changeWaiters]) wake();
-    const shouldPause = blocked(state);
-    if (shouldPause === this.paused) return;
-    this.paused = shouldPause;
-    if (shouldPause) void this.queue.pause();
-    else void this.queue.resume();
-  }
-
-  /** Resolves on the breaker's next state change, after `ms` (default: the check period), or on abort. */
-  private nextChange(signal: AbortSignal, ms = this.options.checkEveryMs ?? 1_000): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const done = (): void => {
-        timer.cancel();
-        this.changeWaiters.delete(done);
-        signal.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = this.clock.setTimer(ms, done);
-      this.changeWaiters.add(done);
-      signal.addEventListener('abort', done, { once: true });
-    });
-  }
-
-  private scheduleCheck(): void {
-    if (this.closed) return;
-    this.checkTimer = this.clock.setTimer(this.options.checkEveryMs ?? 1_000, () => {
-      void this.check().finally(() => {
-        this.scheduleCheck();
-      });
-    });
-  }
-
-  /** Moves an expired open breaker to half-open (reading `state` does) and notices an emptied queue. */
-  private async check(): Promise<void> {
-    if (this.breaker) this.follow(this.breaker.state);
-    if (!this.startupBacklog && this.backlog.size === 0) return;
-    const generation = this.enqueueGeneration;
-    try {
-      const s = await this.queue.stats();
-      // Forget the backlog only if no enqueue ran meanwhile: a count taken before a commit is stale.
-      if (
-        s.pending + s.active === 0 &&
-        this.enqueuesInFlight === 0 &&
-        generation === this.enqueueGeneration
-      ) {
-        this.startupBacklog = false;
-        this.backlog.clear();
-      }
-    } catch {
-      // The store is unreachable: keep queuing partitioned calls until it answers again.
+      this.backlog.enqueueEnded();
     }
   }
 }
