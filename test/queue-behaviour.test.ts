@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { keelError } from '../src/errors/index.js';
 import { constant, retryBudget } from '../src/policy/index.js';
 import type { Queue } from '../src/queue/index.js';
+import type { QueueRow } from '../src/store/index.js';
 import { VirtualClock } from '../src/time/index.js';
 import {
   PG_URL,
@@ -144,13 +145,25 @@ describe.each(stores)('queue on %s', (_name, makeFixture) => {
       await until(
         async () => ((await a.rawStore.list('q', 'active', 1))[0]?.leaseUntil ?? 0) > clock.now(),
         'the renewal',
-      );
+      ).catch(async (err: unknown) => {
+        // Say what the store holds, so a failure here can be understood from the log alone.
+        const rows = (await a.rawStore.list('q', 'active', 5)).map((r) => [r.id, r.attempts, r.leaseUntil]);
+        throw new Error(
+          `${String(err)} at step ${i}, clock ${clock.now()}; active [id, attempts, leaseUntil]: ${JSON.stringify(rows)}`,
+        );
+      });
     }
     expect(await b.rawStore.claim('q', 1, 900, clock.now())).toEqual([]);
     // Another worker whose clock runs far ahead takes the item over: the first one's lease is lost.
     // (The first worker stops claiming, so it cannot win the reclaimed item back first.)
     a.pause();
-    const [taken] = await b.rawStore.claim('q', 1, 60_000, clock.now() + 10_000);
+    // A claim of the first worker still under way may hold the row, and claims skip locked rows:
+    // the takeover tries until the row is free.
+    let taken: QueueRow | undefined;
+    await until(async () => {
+      [taken] = await b.rawStore.claim('q', 1, 60_000, clock.now() + 10_000);
+      return taken !== undefined;
+    }, 'the takeover');
     expect(taken?.attempts).toBe(2);
     await clock.advance(300);
     await until(() => lost !== undefined, 'the handler to be told');
