@@ -4,7 +4,8 @@ import { redactString } from './redact.js';
 import { parseRetryAfter } from './retry-after.js';
 import { postgresMapping } from './postgres.js';
 
-type Mapping = readonly [code: ErrorCode, describe: string, overrides?: KeelErrorOptions];
+/** What a recognised failure becomes: its code, a description, and options over the code's defaults. */
+export type Mapping = readonly [code: ErrorCode, describe: string, overrides?: KeelErrorOptions];
 
 /** Node system error codes (errno names) and what they mean to keel. */
 export const SYSTEM_ERRORS: Readonly<Record<string, Mapping>> = {

@@ -1,7 +1,5 @@
-import type { ErrorCode } from './codes.js';
+import type { Mapping } from './classify.js';
 import type { KeelErrorOptions } from './keel-error.js';
-
-type Mapping = readonly [code: ErrorCode, describe: string, overrides?: KeelErrorOptions];
 
 const retryable: KeelErrorOptions = { retryable: true, kind: 'transient', hints: ['retry'] };
 
