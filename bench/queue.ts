@@ -62,7 +62,7 @@ function openKeel(target: string, name: string): Promise<Queue<Payload>> {
   return openQueue<Payload>(target, { name });
 }
 
-function keelInstance(q: Queue<Payload>, cleanup: () => Promise<void>): Instance {
+function keelInstance(q: Queue<Payload>, cleanup: () => Promise<void>, prefetch?: number): Instance {
   return {
     async enqueue(i) {
       await q.enqueue({ i });
@@ -74,7 +74,7 @@ function keelInstance(q: Queue<Payload>, cleanup: () => Promise<void>): Instance
           handled++;
           return Promise.resolve();
         },
-        { concurrency, pollMs: 10 },
+        { concurrency, pollMs: 10, ...(prefetch === undefined ? {} : { prefetch }) },
       );
       while (handled < n) await sleep(2);
       // The handler ran for every item; wait for the last completions to be committed.
@@ -87,14 +87,19 @@ function keelInstance(q: Queue<Payload>, cleanup: () => Promise<void>): Instance
   };
 }
 
-async function keelSqlite(): Promise<System> {
+/** keel on SQLite; `prefetch` overrides the workers' default (for the prefetch comparison). */
+async function keelSqlite(prefetch?: number): Promise<System> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-queue-'));
   return {
     name: 'keel-sqlite',
     async open() {
       const file = path.join(dir, `${randomUUID()}.db`);
       const q = await openKeel(file, 'bench');
-      return keelInstance(q, () => rm(file, { force: true }).then(() => rm(`${file}-wal`, { force: true })));
+      return keelInstance(
+        q,
+        () => rm(file, { force: true }).then(() => rm(`${file}-wal`, { force: true })),
+        prefetch,
+      );
     },
     dispose: () => rm(dir, { recursive: true, force: true }),
   };
@@ -363,6 +368,20 @@ try {
       }
     }
   }
+  // The workers' prefetch default (four times concurrency) against the earlier fixed 16, keel on
+  // SQLite end to end at concurrency 16, paired rounds.
+  const fixed16 = await keelSqlite(16);
+  const prefetchDefault: number[] = [];
+  const prefetch16: number[] = [];
+  try {
+    for (let r = 0; r < ROUNDS; r++) {
+      prefetchDefault.push(await endToEndRate(systems[0] as System, 16, N_E2E_16));
+      prefetch16.push(await endToEndRate(fixed16, 16, N_E2E_16));
+    }
+  } finally {
+    await fixed16.dispose();
+  }
+
   const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-recover-'));
   const recoveries: Recovery[] = [];
   try {
@@ -426,6 +445,13 @@ try {
     },
     itemsPerSecond: rates,
     ratios,
+    prefetch: {
+      definition:
+        'keel-sqlite end to end at concurrency 16: default prefetch (4 x concurrency = 64) against 16',
+      defaultItemsPerSecond: round1(median(prefetchDefault)),
+      prefetch16ItemsPerSecond: round1(median(prefetch16)),
+      ratio: round2(median(prefetchDefault.map((x, i) => x / (prefetch16[i] ?? NaN)))),
+    },
     recovery: {
       items: N_RECOVER,
       openMs: round1(median(recoveries.map((r) => r.openMs))),
