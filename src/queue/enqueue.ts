@@ -54,6 +54,7 @@ export class EnqueueCommitter<T> {
   private batch: PendingEnqueue[] = [];
   private flushScheduled = false;
   private flushing: Promise<void> | undefined;
+  private spoolFile: OutageSpool | undefined;
 
   constructor(
     private readonly store: QueueStore,
@@ -63,7 +64,6 @@ export class EnqueueCommitter<T> {
     private readonly health: StoreHealth,
     /** Called after each commit, so workers claim what it added at once. */
     private readonly onCommitted: () => void,
-    private spoolFile?: OutageSpool,
   ) {}
 
   /** The outage spool, once attached. */
@@ -129,15 +129,16 @@ export class EnqueueCommitter<T> {
     const rows = batch.map((p) => p.row);
     try {
       let ids: Enqueued[];
-      if (this.spoolFile?.holding) ids = await this.toSpool(rows);
+      const spool = this.spoolFile;
+      if (spool?.holding) ids = await toSpool(spool, rows);
       else {
         try {
           ids = await this.store.enqueue(this.name, rows, this.clock.now());
           this.health.observe();
         } catch (err) {
           this.health.observe(err);
-          if (!this.spoolFile || !isUnavailable(err)) throw err;
-          ids = await this.toSpool(rows);
+          if (!spool || !isUnavailable(err)) throw err;
+          ids = await toSpool(spool, rows);
         }
       }
       batch.forEach((p, i) => {
@@ -156,10 +157,9 @@ export class EnqueueCommitter<T> {
       for (const p of batch) p.reject(error);
     }
   }
+}
 
-  private async toSpool(rows: NewQueueRow[]): Promise<Enqueued[]> {
-    const spool = this.spoolFile;
-    if (!spool) return [];
-    return (await spool.write(rows)).map((r) => ({ ...r, spooled: true }));
-  }
+/** Writes `rows` to the outage spool; their ids say they are spooled. */
+async function toSpool(spool: OutageSpool, rows: NewQueueRow[]): Promise<Enqueued[]> {
+  return (await spool.write(rows)).map((r) => ({ ...r, spooled: true }));
 }

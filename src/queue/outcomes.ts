@@ -3,6 +3,7 @@ import { exponential, type Backoff, type RetryBudgetPolicy } from '../policy/ind
 import type { Clock } from '../time/index.js';
 import type { ClaimRef, QueueRow, QueueStore } from '../store/index.js';
 import type { CompletionCommitter } from './completions.js';
+import { endsAsDeadLetter } from './failure-decision.js';
 import { DEFAULT_RECONNECT, isUnavailable, type StoreHealth } from './store-health.js';
 
 /** How failed items are retried, and how writes wait out an unavailable store. */
@@ -23,11 +24,6 @@ export const DEFAULT_RETRY: RetrySettings = {
   maxDelayMs: 30_000,
   reconnect: DEFAULT_RECONNECT,
 };
-
-const sleep = (ms: number): Promise<void> =>
-  new Promise((resolve) => {
-    setTimeout(resolve, ms).unref();
-  });
 
 /** The delay before attempt `attempt + 1` of a backoff (walks it `attempt` steps). */
 function delayAfter(backoff: Backoff, attempt: number): number {
@@ -80,7 +76,7 @@ export class OutcomeWriter {
     const { backoff, budget, maxDelayMs } = this.settings;
     this.totals.failed++;
     const e = classify(error);
-    const dead = row.attempts >= row.maxAttempts || (!e.retryable && e.code !== 'UNKNOWN');
+    const dead = endsAsDeadLetter(e, row.attempts, row.maxAttempts);
     const now = this.clock.now();
     let runAt: number | null = null;
     if (!dead)
@@ -109,7 +105,7 @@ export class OutcomeWriter {
         if (!isUnavailable(err) || Date.now() > this.closeDeadline) return undefined;
         const step = reconnect.next();
         reconnect = step.next;
-        await sleep(step.delayMs);
+        await this.clock.sleep(step.delayMs);
       }
     }
   }

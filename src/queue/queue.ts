@@ -109,13 +109,12 @@ export class Queue<T = unknown> {
     private readonly clock: Clock = systemClock,
     retention?: Required<RetentionOptions>,
     cipher?: PayloadCipher,
-    spool?: OutageSpool,
   ) {
     this.codec = new PayloadCodec<T>(name, cipher);
     this.worker = new WorkerLoop<T>(store, name, clock, this.codec, this.health);
     // Workers claim what a commit added at once.
     const onCommitted = (): void => this.worker.kick();
-    this.committer = new EnqueueCommitter<T>(store, name, clock, this.codec, this.health, onCommitted, spool);
+    this.committer = new EnqueueCommitter<T>(store, name, clock, this.codec, this.health, onCommitted);
     this.sweeper = new RetentionSweeper(store, name, clock, retention);
   }
 

@@ -6,11 +6,6 @@ import { SqliteQueueStore, type EnqueueResult, type NewQueueRow, type QueueStore
 /** Items moved from the spool to the primary store per transaction. */
 const MOVE_BATCH = 500;
 
-const sleep = (ms: number): Promise<void> =>
-  new Promise((resolve) => {
-    setTimeout(resolve, ms).unref();
-  });
-
 /**
  * A local SQLite spool in front of a PostgreSQL queue store: while PostgreSQL is unreachable,
  * enqueues are committed to the spool (durably, synchronous=FULL) instead of failing, and a mover
@@ -105,7 +100,7 @@ export class OutageSpool {
         // Unavailable (or refused): keep the items and try again later rather than lose them.
         const step = backoff.next();
         backoff = step.next;
-        await sleep(step.delayMs);
+        await this.clock.sleep(step.delayMs);
       }
     }
   }

@@ -72,9 +72,9 @@ export class WorkerLoop<T> {
   // Set by start().
   private handler: Handler<T> = () => Promise.resolve();
   private concurrency = 1;
-  private prefetch = 16;
-  private leaseMs = 30_000;
-  private pollMs = 50;
+  private prefetch = 0;
+  private leaseMs = 0;
+  private pollMs = 0;
 
   /** Claimed items waiting for a free handler (their leases are renewed with the others). */
   private readonly buffer: { row: QueueRow; entry: InFlight }[] = [];
