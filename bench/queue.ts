@@ -373,8 +373,11 @@ try {
   const fixed16 = await keelSqlite(16);
   const prefetchDefault: number[] = [];
   const prefetch16: number[] = [];
+  const comparePrefetch =
+    (!ONLY_METRICS || ONLY_METRICS.includes('e2e16')) &&
+    (!ONLY_SYSTEMS || ONLY_SYSTEMS.includes('keel-sqlite'));
   try {
-    for (let r = 0; r < ROUNDS; r++) {
+    for (let r = 0; comparePrefetch && r < ROUNDS; r++) {
       prefetchDefault.push(await endToEndRate(systems[0] as System, 16, N_E2E_16));
       prefetch16.push(await endToEndRate(fixed16, 16, N_E2E_16));
     }
