@@ -309,8 +309,10 @@ describe('range cache: full disk and eviction', () => {
     expect(cache.bypassed).toBe(true);
     fs.setFreeBytes(undefined);
     // Two at once share one probe; no clock advance: the timer (60 s) is not what ends bypass.
+    const renames = fs.counts.calls.rename ?? 0;
     await Promise.all([cache.probeBypass(), cache.probeBypass()]);
     expect(cache.bypassed).toBe(false);
+    expect((fs.counts.calls.rename ?? 0) - renames).toBe(1); // one probe write, not two
     expect((await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"')).stored).toBe(true);
     await cache.close();
   });

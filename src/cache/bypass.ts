@@ -63,15 +63,20 @@ export class Bypass {
   async probeNow(): Promise<void> {
     if (this.why === undefined) return;
     this.cancelProbe();
-    this.probing ??= this.probe().finally(() => (this.probing = undefined));
-    const failure = await this.probing;
+    const failure = await this.startProbe();
     if (failure !== undefined) throw classify(failure.error);
   }
 
   private scheduleProbe(): void {
     this.probeTimer = this.parts.clock.setTimer(this.parts.bypassProbeMs, () => {
-      this.probing ??= this.probe().finally(() => (this.probing = undefined));
+      void this.startProbe();
     });
+  }
+
+  /** The probe under way, or a new one: a probe from the timer and one asked for now are shared. */
+  private startProbe(): Promise<{ error: unknown } | undefined> {
+    this.probing ??= this.probe().finally(() => (this.probing = undefined));
+    return this.probing;
   }
 
   /** Leaves bypass once a slice-sized write succeeds again; resolves with the error when it did not. */
@@ -90,7 +95,6 @@ export class Bypass {
       return undefined;
     } catch (error) {
       await fs.rm(file, { force: true }).catch(() => undefined);
-      this.cancelProbe();
       this.scheduleProbe();
       return { error };
     }

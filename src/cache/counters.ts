@@ -69,6 +69,6 @@ export interface CacheReporter {
 }
 
 /** Fresh zeroed repair counters. */
-export function zeroRepairs(): Record<RepairCounter, number> {
+function zeroRepairs(): Record<RepairCounter, number> {
   return Object.fromEntries(REPAIR_COUNTERS.map((c) => [c, 0])) as Record<RepairCounter, number>;
 }

@@ -123,7 +123,7 @@ export class SliceReader {
  * injected `fs`, or without verifying threads). `open` shares one handle between reads of a
  * slice; whoever passes it closes it.
  */
-export async function readAndVerify(
+async function readAndVerify(
   fs: CacheFs,
   r: VerifyRequest,
   open?: () => Promise<FileHandle>,

@@ -31,7 +31,9 @@ export type VerifyOutcome =
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const fs = require('node:fs');
-const { crc32 } = require(workerData.crc32Module ?? 'node:zlib');
+// The main thread's CRC-32; node:zlib's (the same values) if it does not load here.
+let crc32 = require('node:zlib').crc32;
+try { if (workerData.crc32Module) crc32 = require(workerData.crc32Module).crc32; } catch {}
 // [buffer, id, path, position, length, atEnd, blockBytes, metaPath, ino, size, mtimeMs, ctimeMs, ...crcs]
 parentPort.on('message', (m) => {
   const [ab, id, path, position, length, atEnd, blockBytes, metaPath] = m;
