@@ -132,6 +132,21 @@ export async function serveObject(
   }
   const start = range.kind === 'partial' ? range.start : 0;
   const end = range.kind === 'partial' ? range.end : meta.size - 1;
+  const status = range.kind === 'partial' ? 206 : 200;
+  const answerHeaders = (outcome: CacheOutcome): Record<string, string> => ({
+    ...objectHeaders,
+    'content-length': String(end - start + 1),
+    ...(meta.contentType === undefined ? {} : { 'content-type': meta.contentType }),
+    ...(status === 206 ? { 'content-range': `bytes ${start}-${end}/${meta.size}` } : {}),
+    'x-keel-cache': outcome,
+  });
+  if (method === 'HEAD') {
+    // Answered from the object's metadata alone: a hit when that came from the cache.
+    const outcome: CacheOutcome = bypass ? 'BYPASS' : !('version' in meta) ? 'MISS' : stale ? 'STALE' : 'HIT';
+    res.writeHead(status, answerHeaders(outcome));
+    res.end();
+    return outcome;
+  }
   const cached = new Set(meta.slices.map((s) => s.index));
   const needed: number[] = [];
   for (
@@ -140,7 +155,7 @@ export async function serveObject(
     i++
   )
     needed.push(i);
-  if (method === 'GET' && ctx.cache && end >= start && end - start < BUFFERED_HIT_BYTES) {
+  if (ctx.cache && end >= start && end - start < BUFFERED_HIT_BYTES) {
     if (needed.every((i) => cached.has(i))) {
       const cache = ctx.cache;
       // A hit that fits in memory is read and verified whole before a byte goes out.
@@ -149,13 +164,7 @@ export async function serveObject(
       );
       if (hit?.hit && hit.meta.etag === meta.etag) {
         const outcome: CacheOutcome = bypass ? 'BYPASS' : stale ? 'STALE' : 'HIT';
-        res.writeHead(range.kind === 'partial' ? 206 : 200, {
-          ...objectHeaders,
-          'content-length': String(hit.bytes.length),
-          ...(meta.contentType === undefined ? {} : { 'content-type': meta.contentType }),
-          ...(range.kind === 'partial' ? { 'content-range': `bytes ${start}-${end}/${meta.size}` } : {}),
-          'x-keel-cache': outcome,
-        });
+        res.writeHead(status, answerHeaders(outcome));
         const n = hit.bytes.length;
         // The cache may reuse the memory once the bytes are with the OS, not before.
         res.end(hit.bytes, hit.release);
@@ -169,7 +178,7 @@ export async function serveObject(
     }
   }
   const missing = needed.filter((i) => !cached.has(i));
-  let outcome: CacheOutcome = bypass
+  const outcome: CacheOutcome = bypass
     ? 'BYPASS'
     : needed.length === 0 && !('version' in meta)
       ? 'MISS' // an empty object, just asked of the origin
@@ -180,7 +189,7 @@ export async function serveObject(
         : missing.length === needed.length
           ? 'MISS'
           : 'PARTIAL';
-  if (stale && missing.length > 0 && method !== 'HEAD') {
+  if (stale && missing.length > 0) {
     const spec = S3Errors.serviceUnavailable(
       1,
       'the origin is unavailable and the range is not cached; please retry',
@@ -193,18 +202,8 @@ export async function serveObject(
     );
     return 'ERROR';
   }
-  if (bypass) outcome = 'BYPASS';
-  // A HEAD is answered from the object's metadata alone: a hit when that came from the cache.
-  else if (method === 'HEAD') outcome = !('version' in meta) ? 'MISS' : stale ? 'STALE' : 'HIT';
-  const status = range.kind === 'partial' ? 206 : 200;
-  const headers: Record<string, string> = {
-    ...objectHeaders,
-    'content-length': String(end - start + 1),
-    ...(meta.contentType === undefined ? {} : { 'content-type': meta.contentType }),
-    ...(status === 206 ? { 'content-range': `bytes ${start}-${end}/${meta.size}` } : {}),
-    'x-keel-cache': outcome,
-  };
-  if (method === 'HEAD' || end < start) {
+  const headers = answerHeaders(outcome);
+  if (end < start) {
     res.writeHead(status, headers);
     res.end();
     return outcome;
