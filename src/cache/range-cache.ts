@@ -79,6 +79,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   private readonly access: AccessTimes;
   private readonly store: ObjectStore;
   private readonly bypass: Bypass;
+  /** The cleanup walk under way, shared by callers. */
+  private cleaning: Promise<CleanupReport> | undefined;
   private readonly evictor: Evictor;
   private readonly reader: SliceReader;
   private readonly writer: CacheWriter;
@@ -413,17 +415,22 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
 
   /**
    * Removes leftover `.tmp` files, orphaned slice files and references to missing slices over the
-   * whole cache, never touching what a writer in this process is using.
+   * whole cache, never touching what a writer in this process is using. A call while a cleanup
+   * runs shares it (and its report) rather than walking the cache a second time at once.
    */
-  async cleanup(): Promise<CleanupReport> {
-    const report = (await this.walk(false, true, undefined, this.graceMs)) as CleanupReport;
-    return {
-      partialWrites: report.partialWrites,
-      orphanedFiles: report.orphanedFiles,
-      inconsistenciesFixed: report.inconsistenciesFixed,
-      corruptMetadata: report.corruptMetadata,
-      objectsScanned: report.objectsScanned,
-    };
+  cleanup(): Promise<CleanupReport> {
+    this.cleaning ??= this.walk(false, true, undefined, this.graceMs)
+      .then((report) => ({
+        partialWrites: report.partialWrites,
+        orphanedFiles: report.orphanedFiles,
+        inconsistenciesFixed: report.inconsistenciesFixed,
+        corruptMetadata: report.corruptMetadata,
+        objectsScanned: report.objectsScanned,
+      }))
+      .finally(() => {
+        this.cleaning = undefined;
+      });
+    return this.cleaning;
   }
 
   /**
