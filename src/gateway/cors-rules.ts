@@ -1,9 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { classify, keelError } from '../errors/index.js';
 import type { Clock } from '../time/index.js';
+import { s3Error } from '../transfer/index.js';
 import { corsHeaders, parseCorsConfiguration, type CorsRule } from './cors.js';
 import type { OriginClient } from './origin-client.js';
 import type { OriginGuard } from './origin-guard.js';
+import { discard } from './read-context.js';
 import { readAll } from './relay.js';
 
 /** A GetBucketCors answer larger than this is not a CORS configuration (S3 allows 64 KiB). */
@@ -142,22 +144,15 @@ export async function fetchBucketCors(
   const up = await guard.once(bucket, (signal) =>
     origin.request({ method: 'GET', bucket, rawQuery: 'cors', signal }),
   );
+  if (up.status === 404) {
+    discard(up.body);
+    return NONE;
+  }
+  if (up.status !== 200) throw await s3Error(up, `GetBucketCors ${bucket}`);
   const body = await readAll(up.body, MAX_CORS_BODY_BYTES);
-  if (body === undefined) {
-    up.body.on('error', () => undefined);
-    up.body.destroy();
+  if (body === undefined)
     throw keelError('INVALID_INPUT', `the origin's GetBucketCors answer for ${bucket} is over 1 MiB`);
-  }
   const text = body.toString('utf8');
-  if (up.status === 404) return NONE;
-  if (up.status !== 200) {
-    const code = /<Code>([^<]*)<\/Code>/.exec(text)?.[1];
-    throw classify({
-      status: up.status,
-      headers: up.headers,
-      message: `origin answered GetBucketCors with HTTP ${up.status}${code ? ` ${code}` : ''}`,
-    });
-  }
   return parseCorsConfiguration(text);
 }
 
