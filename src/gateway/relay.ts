@@ -2,13 +2,18 @@ import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { OriginResponse } from './origin-client.js';
 
-/** Passes an origin answer through to the client as it is. */
-export function relay(res: ServerResponse, up: OriginResponse, extra: Record<string, string>): void {
+/** The origin's headers for the client: `extra` over them, without the hop-by-hop ones. */
+function forwardHeaders(up: OriginResponse, extra: Record<string, string>): Record<string, string> {
   const headers = { ...up.headers, ...extra };
   delete headers.connection;
   delete headers['keep-alive'];
   delete headers['transfer-encoding'];
-  res.writeHead(up.status, headers);
+  return headers;
+}
+
+/** Passes an origin answer through to the client as it is. */
+function relay(res: ServerResponse, up: OriginResponse, extra: Record<string, string>): void {
+  res.writeHead(up.status, forwardHeaders(up, extra));
   up.body.on('error', () => res.destroy());
   up.body.pipe(res);
 }
@@ -68,10 +73,6 @@ export async function relayAnswer(
       : text.replace(/<\/Error>(?![\s\S]*<\/Error>)/, `<RequestId>${requestId}</RequestId></Error>`);
   }
   const body = Buffer.from(text, 'utf8');
-  const headers: Record<string, string> = { ...up.headers, ...extra, 'content-length': String(body.length) };
-  delete headers.connection;
-  delete headers['keep-alive'];
-  delete headers['transfer-encoding'];
-  res.writeHead(up.status, headers);
+  res.writeHead(up.status, forwardHeaders(up, { ...extra, 'content-length': String(body.length) }));
   res.end(body);
 }

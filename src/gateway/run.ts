@@ -97,6 +97,9 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     clock,
   });
   await alerts.start();
+  const log = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void => {
+    logger[level](fields ?? {}, msg);
+  };
   const gateway = await createGateway({
     upstream: config.upstream,
     originCredentials:
@@ -118,9 +121,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     baseDomain: config.baseDomain,
     requestLog: logger.isLevelEnabled('info'),
     // In the same JSON lines as the rest (request URLs come with presigned secrets already removed).
-    log: (level, msg, fields) => {
-      if (logger.isLevelEnabled(level)) logger[level](fields ?? {}, msg);
-    },
+    log,
     ...options,
   });
   const cache = gateway.cache;
@@ -154,7 +155,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     disk,
     diskTargetRatio: config.diskWarningPercent / 100,
     clock,
-    log: (level, msg, fields) => logger[level](fields ?? {}, msg),
+    log,
   });
   // Through the health check, so a critical level starts its recovery.
   const checkDisk = async (): Promise<void> => {
