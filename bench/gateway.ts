@@ -161,8 +161,25 @@ async function startKeel(upstream: string, cacheDir: string): Promise<{ url: str
       const e = new Error(`keel exited (${code ?? signal}): ${err}`);
       reject(e);
       // Past start-up, a keel that dies must not pass for a slow one.
-      if (!stopping) console.error(e.message);
+      if (!stopping && !stopped.has(proc)) console.error(e.message);
     });
+  });
+}
+
+/** Processes stopped on purpose (their exit is not a failure). */
+const stopped = new Set<ChildProcess>();
+
+/** SIGTERM, and SIGKILL after 10 s; resolves once the process is gone. */
+function stopChild(c: ChildProcess): Promise<void> {
+  stopped.add(c);
+  return new Promise<void>((resolve) => {
+    if (c.exitCode !== null || c.signalCode !== null) return resolve();
+    c.once('exit', () => resolve());
+    c.kill('SIGTERM');
+    setTimeout(() => {
+      c.kill('SIGKILL');
+      resolve();
+    }, 10_000).unref();
   });
 }
 
@@ -304,6 +321,8 @@ try {
       farViaKeel.push(viaK);
       farViaNginx.push(viaN);
     }
+    // The miss section's keels and nginxes are done: they do not run on through the other sections.
+    await Promise.all([missKeel.proc, missNginx.proc, farKeel.proc, farNginx.proc].map(stopChild));
     await far.close();
     results.missTtfb = {
       objects: direct.length,
@@ -418,20 +437,7 @@ try {
 } finally {
   stopping = true;
   // Wait for the children to exit: keel may still be writing to the cache directory removed below.
-  await Promise.all(
-    children.map(
-      (c) =>
-        new Promise<void>((resolve) => {
-          if (c.exitCode !== null || c.signalCode !== null) return resolve();
-          c.once('exit', () => resolve());
-          c.kill('SIGTERM');
-          setTimeout(() => {
-            c.kill('SIGKILL');
-            resolve();
-          }, 10_000).unref();
-        }),
-    ),
-  );
+  await Promise.all(children.map(stopChild));
   await new Promise<void>((r) => s3rver.close(() => r()));
   await rm(root, { recursive: true, force: true });
 }
