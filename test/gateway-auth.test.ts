@@ -268,7 +268,9 @@ describe('streaming uploads in gateway auth mode', () => {
       );
     }
     expect(h.gateway.guard.breakerStates().b).toBe('closed');
-    await h.client.send(new HeadObjectCommand({ Bucket: 'b', Key: 'chunked-ok.bin' }));
+    // The bucket is still served (its own object: the test does not lean on another one's upload).
+    await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'after-refusals.bin', Body: 'ok' }));
+    await h.client.send(new HeadObjectCommand({ Bucket: 'b', Key: 'after-refusals.bin' }));
   });
 });
 

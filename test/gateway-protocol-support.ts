@@ -41,7 +41,10 @@ export function s3(
 
 export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise<Harness> {
   const origin = await startS3Origin(['b']);
-  const cacheDir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-proto-'));
+  // The cache in a directory of its own, so the caches tests derive from its name
+  // (`${cacheDir}-…`) are removed with it.
+  const root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-proto-'));
+  const cacheDir = path.join(root, 'cache');
   const logged: string[] = [];
   const gateway = await createGateway({
     upstream: origin.url,
@@ -70,7 +73,7 @@ export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise
       direct.destroy();
       await gateway.close(1000);
       await origin.close();
-      await rm(cacheDir, { recursive: true, force: true });
+      await rm(root, { recursive: true, force: true });
     },
   };
 }
