@@ -3,6 +3,7 @@ import { HttpRequest } from '@smithy/protocol-http';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { describe, expect, it } from 'vitest';
 import { SigV4HeaderSigner } from './sigv4-sign.js';
+import { verifySigV4 } from './sigv4-verify.js';
 
 const creds = { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY' };
 
@@ -10,7 +11,7 @@ async function smithy(
   credentials: typeof creds & { sessionToken?: string },
   method: string,
   path: string,
-  query: Record<string, string | string[]>,
+  query: Record<string, string | readonly string[]>,
   headers: Record<string, string>,
   date: Date,
 ): Promise<Record<string, string>> {
@@ -22,7 +23,17 @@ async function smithy(
     uriEscapePath: false,
   });
   const signed = await signer.sign(
-    new HttpRequest({ method, protocol: 'http:', hostname: '127.0.0.1', port: 9000, path, query, headers }),
+    new HttpRequest({
+      method,
+      protocol: 'http:',
+      hostname: '127.0.0.1',
+      port: 9000,
+      path,
+      query: Object.fromEntries(
+        Object.entries(query).map(([k, v]) => [k, typeof v === 'string' ? v : [...v]]),
+      ),
+      headers,
+    }),
     { signingDate: date },
   );
   return signed.headers;
@@ -47,6 +58,13 @@ describe('SigV4HeaderSigner', () => {
       },
     ],
     ['GET', '/', ['list-type=2', 'prefix=a%20b'], { 'list-type': '2', prefix: 'a b' }, {}],
+    [
+      'GET',
+      '/b/k',
+      ['b=2', 'a=1', 'a-b=0', 'a=0', 'X-Amz-Signature=ab'],
+      { b: '2', a: ['1', '0'], 'a-b': '0', 'X-Amz-Signature': 'ab' },
+      { 'x-amz-meta-folded': '\ttabs\t\tand\r\nbreaks  ', 'x-amz-meta-nbsp': 'no\u00a0break' },
+    ],
   ] as const)('signs %s %s like the AWS SDK signer', async (method, path, pairs, query, extra) => {
     const headers: Record<string, string> = {
       ...extra,
@@ -85,5 +103,31 @@ describe('SigV4HeaderSigner', () => {
       next,
     );
     expect(mine.authorization).toBe(want.authorization);
+  });
+
+  it('signs what the gateway verifies: bare query key, folded header whitespace, session token', () => {
+    const withToken = { ...creds, sessionToken: 'token/with+chars' };
+    const headers: Record<string, string> = {
+      host: 'h:9000',
+      'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
+      'x-amz-meta-a': ' two  spaces\tand a tab ',
+      'x-amz-meta-nbsp': 'no\u00a0break',
+    };
+    new SigV4HeaderSigner(withToken, 'eu-west-1').sign(
+      'GET',
+      '/b/with%20space',
+      ['acl', 'prefix=a%2Bb'],
+      headers,
+      date,
+    );
+    expect(headers.authorization).toContain('x-amz-meta-a;x-amz-meta-nbsp;x-amz-security-token');
+    const keys = new Map([[creds.accessKeyId, creds.secretAccessKey]]);
+    const url = '/b/with%20space?prefix=a%2Bb&acl';
+    expect(verifySigV4('GET', url, headers, keys, date.getTime()).ok).toBe(true);
+    // Changing what the folding keeps (the words) breaks the signature; changing only whitespace does not.
+    const respaced = { ...headers, 'x-amz-meta-a': 'two spaces and a tab' };
+    expect(verifySigV4('GET', url, respaced, keys, date.getTime()).ok).toBe(true);
+    const reworded = { ...headers, 'x-amz-meta-a': 'two spaces and one tab' };
+    expect(verifySigV4('GET', url, reworded, keys, date.getTime()).ok).toBe(false);
   });
 });

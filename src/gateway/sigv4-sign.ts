@@ -1,3 +1,4 @@
+import { buildCanonicalRequest } from './sigv4-canonical.js';
 import { signingKey, sigv4Signature } from './sigv4-verify.js';
 
 /** Credentials a {@link SigV4HeaderSigner} signs with. */
@@ -63,19 +64,19 @@ export class SigV4HeaderSigner {
       .map((n) => n.toLowerCase())
       .filter((n) => !UNSIGNABLE.has(n) && !n.startsWith('proxy-') && !n.startsWith('sec-'))
       .sort();
-    let canonicalHeaders = '';
-    for (const n of names)
-      canonicalHeaders += `${n}:${(headers[n] ?? '')
-        .replace(/[\r\n]/g, ' ')
-        .replace(/[ \t]+/g, ' ')
-        .replace(/^ | $/g, '')}\n`;
     const signedHeaders = names.join(';');
     const query = pairs
-      .filter((p) => !p.toLowerCase().startsWith('x-amz-signature='))
       .map((p) => (p.includes('=') ? p : `${p}=`))
-      .sort(compareQueryPairs)
-      .join('&');
-    const canonicalRequest = `${method}\n${path}\n${query}\n${canonicalHeaders}\n${signedHeaders}\n${headers['x-amz-content-sha256'] ?? 'UNSIGNED-PAYLOAD'}`;
+      .filter((p) => !p.toLowerCase().startsWith('x-amz-signature='));
+    const canonicalRequest = buildCanonicalRequest(
+      method,
+      path,
+      query,
+      headers,
+      names,
+      headers['x-amz-content-sha256'] ?? 'UNSIGNED-PAYLOAD',
+      signedHeaders,
+    );
     const scope = `${shortDate}/${this.region}/${this.service}/aws4_request`;
     const signature = sigv4Signature(
       this.credentials.secretAccessKey,
@@ -94,12 +95,4 @@ export class SigV4HeaderSigner {
     this.keyDay = day;
     return this.key;
   }
-}
-
-/** Orders `key=value` pairs by key, then by value (as the canonical query string wants). */
-function compareQueryPairs(a: string, b: string): number {
-  const ka = a.slice(0, a.indexOf('='));
-  const kb = b.slice(0, b.indexOf('='));
-  if (ka !== kb) return ka < kb ? -1 : 1;
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -1,6 +1,7 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { ChunkSigning } from './aws-chunked.js';
+import { buildCanonicalRequest } from './sigv4-canonical.js';
 import { S3Errors, type S3ErrorSpec } from './s3-error.js';
 
 /** An access key clients may sign with. */
@@ -68,7 +69,11 @@ export function sigv4Signature(
   return hmac(key, stringToSign).toString('hex');
 }
 
-/** The canonical request of S3's SigV4 (paths are not double-encoded). */
+/**
+ * The canonical request of S3's SigV4 for a request as received: the path and query are decoded
+ * and encoded again the RFC 3986 way (paths are not encoded twice).
+ * @param dropQuery a query parameter left out (the signature of a presigned URL)
+ */
 export function canonicalRequest(
   method: string,
   rawUrl: string,
@@ -79,33 +84,20 @@ export function canonicalRequest(
 ): string {
   const q = rawUrl.indexOf('?');
   const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
-  const rawQuery = q === -1 ? '' : rawUrl.slice(q + 1);
   // In a path '+' is a plus (only query strings are form-encoded).
   const path = rawPath
     .split('/')
     .map((seg) => rfc3986(decodeURIComponent(seg)))
     .join('/');
-  const pairs = rawQuery
-    .split('&')
-    .filter((p) => p !== '')
-    .map((p) => {
+  const pairs: string[] = [];
+  if (q !== -1)
+    for (const p of rawUrl.slice(q + 1).split('&')) {
+      if (p === '') continue;
       const eq = p.indexOf('=');
-      const k = decode(eq === -1 ? p : p.slice(0, eq));
-      const v = eq === -1 ? '' : decode(p.slice(eq + 1));
-      return [rfc3986(k), rfc3986(v)] as const;
-    })
-    .filter(([k]) => k !== dropQuery)
-    .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0))
-    .map(([k, v]) => `${k}=${v}`)
-    .join('&');
-  const canonicalHeaders = signedHeaders
-    .map((name) => {
-      const v = headers[name];
-      const value = Array.isArray(v) ? v.join(',') : (v ?? '');
-      return `${name}:${value.trim().replace(/\s+/g, ' ')}\n`;
-    })
-    .join('');
-  return [method, path, pairs, canonicalHeaders, signedHeaders.join(';'), payloadHash].join('\n');
+      const k = rfc3986(decode(eq === -1 ? p : p.slice(0, eq)));
+      if (k !== dropQuery) pairs.push(`${k}=${eq === -1 ? '' : rfc3986(decode(p.slice(eq + 1)))}`);
+    }
+  return buildCanonicalRequest(method, path, pairs, headers, signedHeaders, payloadHash);
 }
 
 function same(a: string, b: string): boolean {
