@@ -1,11 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { Readable } from 'node:stream';
-import { crc32 } from 'node:zlib';
-import { Sha256 } from '@aws-crypto/sha256-js';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { HttpRequest } from '@smithy/protocol-http';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway } from '../src/gateway/index.js';
 import {
@@ -13,7 +9,6 @@ import {
   CLIENT_KEY,
   rawRequest,
   sha,
-  signedHeaders,
   startHarness,
   startRecorder,
   s3,
@@ -21,15 +16,9 @@ import {
   type Harness,
   type RawAnswer,
 } from './gateway-protocol-support.js';
+import { checksumOf, chunkedUpload, presign, signedHeaders } from './gateway-sign-support.js';
 
 let h: Harness;
-const signer = new SignatureV4({
-  credentials: CLIENT_KEY,
-  region: 'us-east-1',
-  service: 's3',
-  sha256: Sha256,
-  uriEscapePath: false,
-});
 
 beforeAll(async () => {
   h = await startHarness();
@@ -49,57 +38,18 @@ async function atOrigin(key: string): Promise<string> {
 
 const FINAL_CHUNK_BYTES = 86; // "0;chunk-signature=<64>\r\n\r\n"
 
-function encodedLength(sizes: number[]): number {
-  return sizes.reduce((n, s) => n + s.toString(16).length + 17 + 64 + 2 + s + 2, 0) + FINAL_CHUNK_BYTES;
-}
-
 /**
- * A STREAMING-AWS4-HMAC-SHA256-PAYLOAD upload built as the SigV4 streaming spec says: the seed
- * signature by @smithy/signature-v4 over the headers, each chunk's signature by its signString.
+ * A STREAMING-AWS4-HMAC-SHA256-PAYLOAD upload of `data` to `key`, signed with the client key.
+ * `contentLength` gives the Content-Length to sign from the full encoded length (to send a cut
+ * body as a whole message).
  */
-async function signedChunkedPut(
+function signedChunkedPut(
   key: string,
   data: Buffer,
   chunkBytes: number,
-  /** The Content-Length to sign, from the full encoded length (to send a cut body as a whole message). */
   contentLength: (full: number) => number = (n) => n,
 ): Promise<{ headers: Record<string, string>; body: Buffer }> {
-  const chunks: Buffer[] = [];
-  for (let i = 0; i < data.length; i += chunkBytes) chunks.push(data.subarray(i, i + chunkBytes));
-  const signingDate = new Date();
-  const headers = await signedHeaders(
-    h.gateway.url(),
-    CLIENT_KEY,
-    'PUT',
-    `/b/${key}`,
-    {
-      'content-encoding': 'aws-chunked',
-      'x-amz-decoded-content-length': String(data.length),
-      'content-length': String(contentLength(encodedLength(chunks.map((c) => c.length)))),
-    },
-    'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
-    undefined,
-    signingDate,
-  );
-  const seed = /Signature=([0-9a-f]{64})/.exec(headers.authorization ?? '')?.[1] as string;
-  const amzDate = headers['x-amz-date'] as string;
-  const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
-  const parts: Buffer[] = [];
-  let previous = seed;
-  for (const c of [...chunks, Buffer.alloc(0)]) {
-    const stringToSign = [
-      'AWS4-HMAC-SHA256-PAYLOAD',
-      amzDate,
-      scope,
-      previous,
-      sha(Buffer.alloc(0)),
-      sha(c),
-    ].join('\n');
-    const sig = await signer.sign(stringToSign, { signingDate });
-    parts.push(Buffer.from(`${c.length.toString(16)};chunk-signature=${sig}\r\n`), c, Buffer.from('\r\n'));
-    previous = sig;
-  }
-  return { headers, body: Buffer.concat(parts) };
+  return chunkedUpload(h.gateway.url(), CLIENT_KEY, `/b/${key}`, data, { chunkBytes, contentLength });
 }
 
 function errorCode(res: RawAnswer): string | undefined {
@@ -164,42 +114,16 @@ describe('streaming uploads in gateway auth mode', () => {
 
   it('refuses a body that carries fewer bytes than x-amz-decoded-content-length declares', async () => {
     const data = randomBytes(50_000);
-    const chunks = [data];
-    const signingDate = new Date();
-    const headers = await signedHeaders(
+    const { headers, body } = await chunkedUpload(
       h.gateway.url(),
       CLIENT_KEY,
-      'PUT',
       '/b/chunked-declared.bin',
+      data,
       {
-        'content-encoding': 'aws-chunked',
-        'x-amz-decoded-content-length': String(data.length + 10),
-        'content-length': String(encodedLength(chunks.map((c) => c.length))),
+        decodedLength: data.length + 10,
       },
-      'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
-      undefined,
-      signingDate,
     );
-    const seed = /Signature=([0-9a-f]{64})/.exec(headers.authorization ?? '')?.[1] as string;
-    const amzDate = headers['x-amz-date'] as string;
-    const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
-    let previous = seed;
-    const parts: Buffer[] = [];
-    for (const c of [data, Buffer.alloc(0)]) {
-      const sig = await signer.sign(
-        ['AWS4-HMAC-SHA256-PAYLOAD', amzDate, scope, previous, sha(Buffer.alloc(0)), sha(c)].join('\n'),
-        { signingDate },
-      );
-      parts.push(Buffer.from(`${c.length.toString(16)};chunk-signature=${sig}\r\n`), c, Buffer.from('\r\n'));
-      previous = sig;
-    }
-    const res = await rawRequest(
-      h.gateway.url(),
-      'PUT',
-      '/b/chunked-declared.bin',
-      headers,
-      Buffer.concat(parts),
-    );
+    const res = await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-declared.bin', headers, body);
     expect(res.status).toBe(400);
     expect(errorCode(res)).toBe('IncompleteBody');
     expect(await atOrigin('chunked-declared.bin')).toBe('NoSuchKey');
@@ -310,55 +234,11 @@ describe('signed streaming uploads with a trailer (STREAMING-AWS4-HMAC-SHA256-PA
     data: Buffer,
     tamper: { checksum?: string; trailerSignature?: boolean } = {},
   ): Promise<RawAnswer> {
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(crc32(data));
-    const checksum = tamper.checksum ?? crc.toString('base64');
-    const trailerLine = `x-amz-checksum-crc32:${checksum}`;
-    const chunks = [data.subarray(0, 70_000), data.subarray(70_000)];
-    // chunk frames, the final "0;chunk-signature=…\r\n", the trailer, its signature, the blank line
-    const length =
-      chunks.reduce((n, c) => n + c.length.toString(16).length + 17 + 64 + 2 + c.length + 2, 0) +
-      (1 + 17 + 64 + 2) +
-      (trailerLine.length + 2) +
-      ('x-amz-trailer-signature:'.length + 64 + 2) +
-      2;
-    const signingDate = new Date();
-    const headers = await signedHeaders(
-      h.gateway.url(),
-      CLIENT_KEY,
-      'PUT',
-      `/b/${key}`,
-      {
-        'content-encoding': 'aws-chunked',
-        'x-amz-decoded-content-length': String(data.length),
-        'x-amz-trailer': 'x-amz-checksum-crc32',
-        'content-length': String(length),
-      },
-      'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER',
-      undefined,
-      signingDate,
-    );
-    const amzDate = headers['x-amz-date'] as string;
-    const scope = `${amzDate.slice(0, 8)}/us-east-1/s3/aws4_request`;
-    let previous = /Signature=([0-9a-f]{64})/.exec(headers.authorization ?? '')?.[1] as string;
-    const parts: Buffer[] = [];
-    for (const c of [...chunks, Buffer.alloc(0)]) {
-      const sig = await signer.sign(
-        ['AWS4-HMAC-SHA256-PAYLOAD', amzDate, scope, previous, sha(Buffer.alloc(0)), sha(c)].join('\n'),
-        { signingDate },
-      );
-      parts.push(Buffer.from(`${c.length.toString(16)};chunk-signature=${sig}\r\n`), c);
-      if (c.length > 0) parts.push(Buffer.from('\r\n'));
-      previous = sig;
-    }
-    let trailerSig = await signer.sign(
-      ['AWS4-HMAC-SHA256-TRAILER', amzDate, scope, previous, sha(Buffer.from(`${trailerLine}\n`))].join('\n'),
-      { signingDate },
-    );
-    if (tamper.trailerSignature) trailerSig = trailerSig.replace(/^./, (c) => (c === '0' ? '1' : '0'));
-    parts.push(Buffer.from(`${trailerLine}\r\nx-amz-trailer-signature:${trailerSig}\r\n\r\n`));
-    const body = Buffer.concat(parts);
-    expect(body.length).toBe(length);
+    const { headers, body } = await chunkedUpload(h.gateway.url(), CLIENT_KEY, `/b/${key}`, data, {
+      chunkBytes: 70_000,
+      trailer: { algorithm: 'crc32', value: tamper.checksum },
+      badTrailerSignature: tamper.trailerSignature,
+    });
     return rawRequest(h.gateway.url(), 'PUT', `/b/${key}`, headers, body);
   }
 
@@ -445,11 +325,9 @@ describe('SDK uploads and payload hashes', () => {
         expect(put?.headers['content-encoding']).toBe('gzip');
         for (const dropped of ['x-amz-trailer', 'x-amz-decoded-content-length', 'expect'])
           expect(put?.headers[dropped]).toBeUndefined();
-        const crc = Buffer.alloc(4);
-        crc.writeUInt32BE(crc32(data));
         // S3 refuses an algorithm named without its checksum: both or neither.
         expect(put?.headers['x-amz-checksum-crc32']).toBe(
-          checksumForwarded ? crc.toString('base64') : undefined,
+          checksumForwarded ? checksumOf('crc32', data) : undefined,
         );
         expect(put?.headers['x-amz-sdk-checksum-algorithm']).toBe(checksumForwarded ? 'CRC32' : undefined);
         expect(put?.headers.authorization).toContain('Credential=S3RVER/');
@@ -463,34 +341,18 @@ describe('SDK uploads and payload hashes', () => {
 
   it('refuses an unsigned streaming upload whose trailer checksum is wrong', async () => {
     const data = Buffer.from('a body with a crc32 trailer');
-    const good = Buffer.alloc(4);
-    good.writeUInt32BE(crc32(data));
-    const bodyWith = (crc: string) =>
-      Buffer.from(
-        `${data.length.toString(16)}\r\n${data.toString()}\r\n0\r\nx-amz-checksum-crc32:${crc}\r\n\r\n`,
-      );
     const send = async (crc: string) => {
-      const body = bodyWith(crc);
-      const headers = await signedHeaders(
-        h.gateway.url(),
-        CLIENT_KEY,
-        'PUT',
-        '/b/trailer.bin',
-        {
-          'content-encoding': 'aws-chunked',
-          'x-amz-decoded-content-length': String(data.length),
-          'x-amz-trailer': 'x-amz-checksum-crc32',
-          'content-length': String(body.length),
-        },
-        'STREAMING-UNSIGNED-PAYLOAD-TRAILER',
-      );
+      const { headers, body } = await chunkedUpload(h.gateway.url(), CLIENT_KEY, '/b/trailer.bin', data, {
+        signed: false,
+        trailer: { algorithm: 'crc32', value: crc },
+      });
       return rawRequest(h.gateway.url(), 'PUT', '/b/trailer.bin', headers, body);
     };
     const bad = await send('AAAAAA==');
     expect(bad.status).toBe(400);
     expect(errorCode(bad)).toBe('BadDigest');
     expect(await atOrigin('trailer.bin')).toBe('NoSuchKey');
-    expect((await send(good.toString('base64'))).status).toBe(200);
+    expect((await send(checksumOf('crc32', data))).status).toBe(200);
     expect(await atOrigin('trailer.bin')).toBe(sha(data));
   });
 
@@ -530,28 +392,11 @@ describe('SDK uploads and payload hashes', () => {
     expect(plain.body.toString()).toBe('');
     expect(plain.status).toBe(200);
     expect(await atOrigin('unsigned.bin')).toBe(sha(data));
-    const u = new URL(h.gateway.url());
-    const presigned = await signer.presign(
-      new HttpRequest({
-        method: 'PUT',
-        protocol: u.protocol,
-        hostname: u.hostname,
-        port: Number(u.port),
-        path: '/b/presigned.bin',
-        // As @aws-sdk/s3-request-presigner does: the canonical request's payload is UNSIGNED-PAYLOAD.
-        headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
-      }),
-      {
-        expiresIn: 300,
-        unhoistableHeaders: new Set(['x-amz-content-sha256']),
-        unsignableHeaders: new Set(['x-amz-content-sha256']),
-      },
-    );
-    const qs = new URLSearchParams(presigned.query as Record<string, string>).toString();
+    const presigned = await presign(h.gateway.url(), CLIENT_KEY, 'PUT', '/b/presigned.bin');
     const res = await rawRequest(
       h.gateway.url(),
       'PUT',
-      `/b/presigned.bin?${qs}`,
+      presigned.pathAndQuery,
       { 'content-length': String(data.length) },
       data,
     );
@@ -559,7 +404,7 @@ describe('SDK uploads and payload hashes', () => {
     expect(res.status).toBe(200);
     expect(await atOrigin('presigned.bin')).toBe(sha(data));
     // The request line names the URL, never its signature or credential.
-    const signature = String(presigned.query?.['X-Amz-Signature']);
+    const signature = String(presigned.query['X-Amz-Signature']);
     const line = h.logged.find((l) => l.includes('presigned.bin?'));
     expect(line).toContain('X-Amz-Signature=[REDACTED]');
     expect(h.logged.some((l) => l.includes(signature))).toBe(false);

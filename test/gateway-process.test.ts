@@ -3,11 +3,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Sha256 } from '@aws-crypto/sha256-js';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { HttpRequest } from '@smithy/protocol-http';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { presign } from './gateway-sign-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -190,33 +188,9 @@ describe('keel gateway as a process', () => {
     ]);
     let err = '';
     gw.proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-    const u = new URL(gw.url);
-    const signer = new SignatureV4({
-      credentials: client,
-      region: 'us-east-1',
-      service: 's3',
-      sha256: Sha256,
-      uriEscapePath: false,
-    });
-    const presigned = await signer.presign(
-      new HttpRequest({
-        method: 'GET',
-        protocol: u.protocol,
-        hostname: u.hostname,
-        port: Number(u.port),
-        path: '/b/small.bin',
-        // As @aws-sdk/s3-request-presigner does: the canonical request's payload is UNSIGNED-PAYLOAD.
-        headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
-      }),
-      {
-        expiresIn: 300,
-        unhoistableHeaders: new Set(['x-amz-content-sha256']),
-        unsignableHeaders: new Set(['x-amz-content-sha256']),
-      },
-    );
-    const query = presigned.query as Record<string, string>;
+    const { pathAndQuery, query } = await presign(gw.url, client, 'GET', '/b/small.bin');
     const signature = query['X-Amz-Signature'] as string;
-    const res = await fetch(`${gw.url}/b/small.bin?${new URLSearchParams(query).toString()}`);
+    const res = await fetch(`${gw.url}${pathAndQuery}`);
     expect(res.status).toBe(200);
     expect(sha(Buffer.from(await res.arrayBuffer()))).toBe(sha(small));
     const id = res.headers.get('x-request-id');

@@ -8,11 +8,9 @@ import http from 'node:http';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Sha256 } from '@aws-crypto/sha256-js';
 import { S3Client } from '@aws-sdk/client-s3';
-import { HttpRequest } from '@smithy/protocol-http';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
+import { signedHeaders } from './gateway-sign-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 export const CLIENT_KEY = { accessKeyId: 'CLIENTKEY', secretAccessKey: 'client-secret-key' };
@@ -114,55 +112,6 @@ export function rawRequest(
     req.on('error', reject);
     req.end(body);
   });
-}
-
-/**
- * Signs a request with SigV4 (header auth) for `baseUrl`. `pathAndQuery` is sent as it is; the
- * signer sees it decoded, as S3 canonicalises it. `payloadHash` defaults to the body's sha256.
- */
-export async function signedHeaders(
-  baseUrl: string,
-  credentials: { accessKeyId: string; secretAccessKey: string },
-  method: string,
-  pathAndQuery: string,
-  headers: Record<string, string> = {},
-  payloadHash?: string,
-  body: Buffer = Buffer.alloc(0),
-  signingDate?: Date,
-): Promise<Record<string, string>> {
-  const u = new URL(baseUrl);
-  const q = pathAndQuery.indexOf('?');
-  const rawPath = q === -1 ? pathAndQuery : pathAndQuery.slice(0, q);
-  const query: Record<string, string> = {};
-  if (q !== -1) for (const [k, v] of new URLSearchParams(pathAndQuery.slice(q + 1))) query[k] = v;
-  const signer = new SignatureV4({
-    credentials,
-    region: 'us-east-1',
-    service: 's3',
-    sha256: Sha256,
-    uriEscapePath: false,
-  });
-  const signed = await signer.sign(
-    new HttpRequest({
-      method,
-      protocol: u.protocol,
-      hostname: u.hostname,
-      port: Number(u.port),
-      path: rawPath.split('/').map(decodeURIComponent).map(encodeSegment).join('/'),
-      query,
-      headers: {
-        host: u.host,
-        'x-amz-content-sha256': payloadHash ?? sha(body),
-        ...headers,
-      },
-    }),
-    signingDate ? { signingDate } : {},
-  );
-  return signed.headers;
-}
-
-function encodeSegment(s: string): string {
-  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 
 /** Signs with `credentials` and sends. */

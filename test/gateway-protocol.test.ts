@@ -5,15 +5,12 @@
  * gateway to S3's documented behaviour and says so (see KNOWN_ORIGIN_DEPARTURES).
  */
 import { randomBytes } from 'node:crypto';
-import { Sha256 } from '@aws-crypto/sha256-js';
 import {
   GetObjectCommand,
   ListObjectsV2Command,
   PutBucketCorsCommand,
   PutObjectCommand,
 } from '@aws-sdk/client-s3';
-import { HttpRequest } from '@smithy/protocol-http';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway, type Gateway } from '../src/gateway/index.js';
 import {
@@ -21,7 +18,6 @@ import {
   CLIENT_KEY,
   rawRequest,
   sha,
-  signedHeaders,
   signedRequest,
   SLICE,
   snapshot,
@@ -30,6 +26,7 @@ import {
   type Harness,
   type RawAnswer,
 } from './gateway-protocol-support.js';
+import { presign as presignUrl, signedHeaders } from './gateway-sign-support.js';
 
 let h: Harness;
 const SIZE = SLICE * 3 + 1234;
@@ -327,39 +324,14 @@ describe('keys and addressing', () => {
 });
 
 describe('authentication', () => {
-  const presigner = new SignatureV4({
-    credentials: CLIENT_KEY,
-    region: 'us-east-1',
-    service: 's3',
-    sha256: Sha256,
-    uriEscapePath: false,
-  });
-
   async function presign(
     p: string,
     signingDate: Date,
     expiresIn: number,
     query: Record<string, string> = {},
   ): Promise<string> {
-    const u = new URL(h.gateway.url());
-    const signed = await presigner.presign(
-      new HttpRequest({
-        method: 'GET',
-        protocol: u.protocol,
-        hostname: u.hostname,
-        port: Number(u.port),
-        path: p,
-        query,
-        headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
-      }),
-      {
-        signingDate,
-        expiresIn,
-        unhoistableHeaders: new Set(['x-amz-content-sha256']),
-        unsignableHeaders: new Set(['x-amz-content-sha256']),
-      },
-    );
-    return `${p}?${new URLSearchParams(signed.query as Record<string, string>).toString()}`;
+    return (await presignUrl(h.gateway.url(), CLIENT_KEY, 'GET', p, { signingDate, expiresIn, query }))
+      .pathAndQuery;
   }
 
   /** Runs `fn` and checks the cache neither gained, lost nor read anything meanwhile. */
