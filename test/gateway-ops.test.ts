@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -9,7 +9,14 @@ import { faultyFs, type ChaosProxy } from '../src/chaos/index.js';
 import type { RunningGateway, RunOptions } from '../src/gateway/index.js';
 import type { Alert, HealthReport } from '../src/ops/index.js';
 import { VirtualClock } from '../src/time/index.js';
-import { startRunHarness, type RunHarness } from './gateway-run-support.js';
+import {
+  checkStatus,
+  fileAlerts,
+  ready,
+  startRunHarness,
+  until,
+  type RunHarness,
+} from './gateway-run-support.js';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 const TOKEN = 'admin-token-0123456789';
@@ -34,36 +41,9 @@ const start = (flags: Record<string, string> = {}, extra: RunOptions = {}): Prom
 const read = (r: RunningGateway, key: string): ReturnType<RunHarness['read']> => harness.read(r, key);
 const readOk = (r: RunningGateway, key: string): Promise<string | null> => harness.readOk(r, key);
 
-async function ready(
-  r: RunningGateway,
-): Promise<{ status: number; type: string | null; report: HealthReport }> {
-  const res = await fetch(`${r.admin.url}/health/ready`);
-  return {
-    status: res.status,
-    type: res.headers.get('content-type'),
-    report: (await res.json()) as HealthReport,
-  };
-}
-
-const checkStatus = (report: HealthReport, name: string): string | undefined =>
-  report.checks[name]?.[0]?.status;
-
-async function fileAlerts(r: RunningGateway, file: string): Promise<Pick<Alert, 'name' | 'status'>[]> {
-  await r.alerts.flush();
-  const text = await readFile(file, 'utf8').catch(() => '');
-  return text
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => {
-      const a = JSON.parse(l) as Alert;
-      return { name: a.name, status: a.status };
-    });
-}
-
-/** Waits for I/O the test cannot advance (a probe's file writes), a bounded number of turns. */
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  if (!cond()) throw new Error(`never happened: ${what}`);
+/** The alerts in `file`, by name and status. */
+async function alertStates(r: RunningGateway, file: string): Promise<Pick<Alert, 'name' | 'status'>[]> {
+  return (await fileAlerts(r, file)).map(({ name, status }) => ({ name, status }));
 }
 
 describe('gateway operations', () => {
@@ -89,7 +69,7 @@ describe('gateway operations', () => {
     const firing = r.alerts.firing().map((a) => a.name);
     expect(firing).toContain('KeelCacheBypass');
     expect(firing).toContain('KeelCacheDiskFull');
-    expect(await fileAlerts(r, file)).toEqual(
+    expect(await alertStates(r, file)).toEqual(
       expect.arrayContaining([
         { name: 'KeelCacheBypass', status: 'firing' },
         { name: 'KeelCacheDiskFull', status: 'firing' },
@@ -107,7 +87,7 @@ describe('gateway operations', () => {
     await clock.advance(30_000); // the cache's probe runs and finds the disk usable
     await until(() => r.gateway.cache?.bypassed === false, 'cache leaves bypass');
     expect(r.alerts.firing().map((a) => a.name)).not.toContain('KeelCacheBypass');
-    expect(await fileAlerts(r, file)).toEqual(
+    expect(await alertStates(r, file)).toEqual(
       expect.arrayContaining([
         { name: 'KeelCacheBypass', status: 'resolved' },
         { name: 'KeelCacheDiskFull', status: 'resolved' },
@@ -188,7 +168,7 @@ describe('gateway operations', () => {
     await readOk(r, 'c.bin');
     expect(r.gateway.guard.breakerStates()).toEqual({ b: 'closed' });
     expect(r.alerts.firing()).toEqual([]);
-    expect(await fileAlerts(r, file)).toEqual([
+    expect(await alertStates(r, file)).toEqual([
       { name: 'KeelOriginBreakerOpen', status: 'firing' },
       { name: 'KeelOriginBreakerOpen', status: 'resolved' },
     ]);

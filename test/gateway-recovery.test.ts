@@ -1,10 +1,16 @@
-import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { faultyFs } from '../src/chaos/index.js';
 import type { RunningGateway, RunOptions } from '../src/gateway/index.js';
 import type { Alert, HealthReport, RecoveryState, StatfsResult } from '../src/ops/index.js';
 import { VirtualClock } from '../src/time/index.js';
-import { startRunHarness, type RunHarness } from './gateway-run-support.js';
+import {
+  checkStatus,
+  fileAlerts,
+  ready,
+  startRunHarness,
+  until,
+  type RunHarness,
+} from './gateway-run-support.js';
 
 let h: RunHarness;
 
@@ -33,18 +39,6 @@ async function start(extra: RunOptions = {}): Promise<Started> {
 
 const readOk = (r: RunningGateway, key: string): Promise<string | null> => h.readOk(r, key);
 
-/**
- * Lets the gateway's timers that are due fire and its file I/O (which the virtual clock cannot
- * advance) finish, until `cond` holds; a bounded number of turns, no timing assertion.
- */
-async function settle(clock: VirtualClock, cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) {
-    await clock.advance(0);
-    if (!cond()) await new Promise((r) => setTimeout(r, 10));
-  }
-  if (!cond()) throw new Error(`never happened: ${what}`);
-}
-
 const recoveryOf = (r: RunningGateway, check: string): RecoveryState | undefined =>
   r.recovery.states()[check];
 
@@ -61,18 +55,12 @@ async function status(r: RunningGateway): Promise<{
 }
 
 async function readiness(r: RunningGateway, check: string): Promise<string | undefined> {
-  const report = (await (await fetch(`${r.admin.url}/health/ready`)).json()) as HealthReport;
-  return report.checks[check]?.[0]?.status;
+  return checkStatus((await ready(r)).report, check);
 }
 
-async function fileAlerts(r: RunningGateway, file: string): Promise<[string, string, string][]> {
-  await r.alerts.flush();
-  const text = await readFile(file, 'utf8').catch(() => '');
-  return text
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as Alert)
-    .map((a) => [a.name, a.status, a.labels.check ?? '']);
+/** The alerts in `file`, as name, status and the check they are about. */
+async function alertStates(r: RunningGateway, file: string): Promise<[string, string, string][]> {
+  return (await fileAlerts(r, file)).map((a) => [a.name, a.status, a.labels.check ?? '']);
 }
 
 /**
@@ -116,7 +104,7 @@ describe('gateway recovery', () => {
 
     disk.others.bytes = 3_200_000; // with the cache: 94 % used, critical
     await clock.advance(60_000); // the periodic disk check
-    await settle(clock, () => recoveryOf(r, 'disk:utilization')?.status === 'recovered', 'disk recovery');
+    await until(() => recoveryOf(r, 'disk:utilization')?.status === 'recovered', 'disk recovery', clock);
 
     // Under 80 % of 4,096,000 bytes again: the cache kept at most 3,276,800 - 3,200,000 bytes.
     expect(cache?.stats().sizeBytes).toBeLessThanOrEqual(76_800);
@@ -130,7 +118,7 @@ describe('gateway recovery', () => {
     });
     expect(s.recovery['cache:writable']?.status).toBe('idle');
     expect(s.recovery['origin:reachable']).toBeUndefined(); // nothing to do locally for the origin
-    expect((await fileAlerts(r, alertsFile)).map(([name]) => name)).not.toContain('RecoveryFailed');
+    expect((await alertStates(r, alertsFile)).map(([name]) => name)).not.toContain('RecoveryFailed');
     // What was evicted is fetched again.
     expect(await readOk(r, 'a.bin')).toBe('MISS');
   });
@@ -158,9 +146,9 @@ describe('gateway recovery', () => {
 
     disk.others.bytes = 1_000_000;
     await clock.advance(60_000);
-    await settle(clock, () => recoveryOf(r, 'disk:utilization')?.status === 'recovered', 'disk recovered');
+    await until(() => recoveryOf(r, 'disk:utilization')?.status === 'recovered', 'disk recovered', clock);
     expect(r.alerts.firing().map((a) => a.name)).not.toContain('RecoveryFailed');
-    expect(await fileAlerts(r, alertsFile)).toEqual(
+    expect(await alertStates(r, alertsFile)).toEqual(
       expect.arrayContaining([
         ['RecoveryFailed', 'firing', 'disk:utilization'],
         ['RecoveryFailed', 'resolved', 'disk:utilization'],
@@ -178,10 +166,10 @@ describe('gateway recovery', () => {
     expect(await readOk(r, 'a.bin')).toBe('MISS');
     await r.gateway.idle();
     const stop = await h.fillDisk(r, fs);
-    await settle(
-      clock,
+    await until(
       () => (recoveryOf(r, 'cache:writable')?.history.length ?? 0) >= 1,
       'first cache recovery attempt',
+      clock,
     );
     const first = recoveryOf(r, 'cache:writable')?.history[0];
     expect(first).toMatchObject({ attempt: 1, outcome: 'action-failed' });
@@ -193,7 +181,7 @@ describe('gateway recovery', () => {
     // The next attempt (1 s later) probes at once: the cache leaves bypass well before its own
     // probe, due 30 s after it entered bypass.
     await clock.advance(2_000);
-    await settle(clock, () => recoveryOf(r, 'cache:writable')?.status === 'recovered', 'cache recovery');
+    await until(() => recoveryOf(r, 'cache:writable')?.status === 'recovered', 'cache recovery', clock);
     expect(r.gateway.cache?.bypassed).toBe(false);
     expect(await readiness(r, 'cache:writable')).toBe('pass');
     expect((await status(r)).recovery['cache:writable']).toMatchObject({ status: 'recovered', attempts: 0 });
@@ -214,15 +202,15 @@ describe('gateway recovery', () => {
     await r.gateway.idle();
     const stop = await h.fillDisk(r, fs);
     for (let attempt = 1; attempt <= 3; attempt++) {
-      await settle(
-        clock,
+      await until(
         () => (recoveryOf(r, 'cache:writable')?.history.length ?? 0) >= attempt,
         `cache recovery attempt ${attempt}`,
+        clock,
       );
       // Attempts are spaced by the recovery's backoff (1 s, 2 s).
       if (attempt < 3) await clock.advance(2_000);
     }
-    await settle(clock, () => recoveryOf(r, 'cache:writable')?.status === 'exhausted', 'giving up');
+    await until(() => recoveryOf(r, 'cache:writable')?.status === 'exhausted', 'giving up', clock);
     expect(recoveryOf(r, 'cache:writable')?.history.map((h) => h.outcome)).toEqual([
       'action-failed',
       'action-failed',
@@ -235,9 +223,9 @@ describe('gateway recovery', () => {
 
     stop();
     await clock.advance(30_000); // the cache's own probe finds the disk usable
-    await settle(clock, () => recoveryOf(r, 'cache:writable')?.status === 'recovered', 'cache recovered');
+    await until(() => recoveryOf(r, 'cache:writable')?.status === 'recovered', 'cache recovered', clock);
     expect(r.alerts.firing().map((a) => a.name)).not.toContain('RecoveryFailed');
-    expect(await fileAlerts(r, alertsFile)).toEqual(
+    expect(await alertStates(r, alertsFile)).toEqual(
       expect.arrayContaining([
         ['RecoveryFailed', 'firing', 'cache:writable'],
         ['RecoveryFailed', 'resolved', 'cache:writable'],

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
@@ -12,6 +12,8 @@ import {
   type RunningGateway,
   type RunOptions,
 } from '../src/gateway/index.js';
+import type { Alert, HealthReport } from '../src/ops/index.js';
+import type { VirtualClock } from '../src/time/index.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 /**
@@ -136,4 +138,43 @@ export async function startRunHarness(options: { name: string; proxy?: boolean }
       await rm(root, { recursive: true, force: true });
     },
   };
+}
+
+/** A gateway's readiness answer (`/health/ready` on its admin port). */
+export async function ready(
+  r: RunningGateway,
+): Promise<{ status: number; type: string | null; report: HealthReport }> {
+  const res = await fetch(`${r.admin.url}/health/ready`);
+  return {
+    status: res.status,
+    type: res.headers.get('content-type'),
+    report: (await res.json()) as HealthReport,
+  };
+}
+
+/** The status of check `name` in a health report. */
+export const checkStatus = (report: HealthReport, name: string): string | undefined =>
+  report.checks[name]?.[0]?.status;
+
+/** The alerts a gateway's `file` handler wrote, once its handlers are flushed. */
+export async function fileAlerts(r: RunningGateway, file: string): Promise<Alert[]> {
+  await r.alerts.flush();
+  const text = await readFile(file, 'utf8').catch(() => '');
+  return text
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as Alert);
+}
+
+/**
+ * Waits until `cond` holds for what the test cannot advance (file I/O, sockets, a probe's
+ * writes), a bounded number of turns, no timing assertion. With `clock`, each turn first lets the
+ * gateway's timers that are due fire.
+ */
+export async function until(cond: () => boolean, what: string, clock?: VirtualClock): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) {
+    if (clock) await clock.advance(0);
+    if (!cond()) await new Promise((r) => setTimeout(r, 10));
+  }
+  if (!cond()) throw new Error(`never happened: ${what}`);
 }
