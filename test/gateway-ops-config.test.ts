@@ -121,7 +121,7 @@ describe('gateway operations settings', () => {
     ],
     [{ diskWarningPercent: 'lots' }, '--disk-warning-percent (KEEL_DISK_WARNING_PERCENT): expected a number'],
     [{ diskCheckIntervalSeconds: '0' }, '--disk-check-interval-seconds (KEEL_DISK_CHECK_INTERVAL_SECONDS)'],
-    [{ drainSeconds: '-1' }, '--drain-seconds (KEEL_DRAIN_SECONDS): expected a number ≥ 0'],
+    [{ drainSeconds: '-1' }, '--drain-seconds (KEEL_DRAIN_SECONDS): expected a number of seconds ≥ 0'],
     [{ shutdownDelaySeconds: 'soon' }, '--shutdown-delay-seconds (KEEL_SHUTDOWN_DELAY_SECONDS)'],
     [{ adminToken: 'short' }, '--admin-token (KEEL_ADMIN_TOKEN): must be at least 16 characters'],
     [
@@ -147,6 +147,50 @@ describe('gateway operations settings', () => {
     [{ logLevel: 'debug' }, '--log-level (KEEL_LOG_LEVEL): expected one of error, warn, info, got "debug"'],
   ])('reject %j naming the setting', (flags, message) => {
     expect(() => resolveGatewayConfig({ ...base, ...flags }, {})).toThrow(message);
+  });
+
+  it.each([
+    [
+      'a blank flag',
+      { drainSeconds: '' },
+      {},
+      '--drain-seconds (KEEL_DRAIN_SECONDS): expected a number of seconds ≥ 0, got a blank value',
+    ],
+    [
+      'a blank variable',
+      {},
+      { KEEL_TTL_SECONDS: '' },
+      '--ttl-seconds (KEEL_TTL_SECONDS): expected a number of seconds ≥ 0, got a blank value',
+    ],
+    [
+      'a variable of spaces',
+      {},
+      { KEEL_DISK_WARNING_PERCENT: '  ' },
+      '--disk-warning-percent (KEEL_DISK_WARNING_PERCENT): expected a number ≥ 1, got a blank value',
+    ],
+    [
+      'a blank variable where only positive numbers go',
+      {},
+      { KEEL_REVALIDATE_TIMEOUT_SECONDS: '' },
+      '--revalidate-timeout-seconds (KEEL_REVALIDATE_TIMEOUT_SECONDS): expected a positive number of seconds, got a blank value',
+    ],
+    [
+      'a boolean',
+      { shutdownDelaySeconds: true },
+      {},
+      '--shutdown-delay-seconds (KEEL_SHUTDOWN_DELAY_SECONDS): expected a number of seconds ≥ 0, got "true"',
+    ],
+  ])('reject %s for a numeric setting instead of reading it as 0 or 1', (_what, flags, env, message) => {
+    expect(() => resolveGatewayConfig({ ...base, ...flags }, env)).toThrow(message);
+  });
+
+  it('refuse a blank variable rather than fall back to the config file under it', async () => {
+    const file = path.join(dir, 'drain.json');
+    await writeFile(file, JSON.stringify({ drainSeconds: 5 }));
+    expect(resolveGatewayConfig({ ...base, config: file }, {}).drainSeconds).toBe(5);
+    expect(() => resolveGatewayConfig({ ...base, config: file }, { KEEL_DRAIN_SECONDS: '' })).toThrow(
+      '--drain-seconds (KEEL_DRAIN_SECONDS): expected a number of seconds ≥ 0, got a blank value',
+    );
   });
 
   it('never repeat the admin token or the webhook URL in an error', () => {

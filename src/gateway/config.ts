@@ -123,18 +123,33 @@ function bytes(setting: Setting, v: string | number | boolean | undefined, dflt:
   return n;
 }
 
-function num(setting: Setting, v: string | number | boolean | undefined, dflt: number, min = 0): number {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < min) fail(setting, `expected a number ≥ ${min}, got "${String(v)}"`);
-  return n;
+/** The smallest value a numeric setting takes, and whether that value itself is refused. */
+interface NumberRule {
+  min: number;
+  /** Refuse `min` itself: `{ min: 0, exclusive: true }` is a positive number. */
+  exclusive?: boolean;
 }
 
-function seconds(setting: Setting, v: string | number | boolean | undefined, dflt: number): number {
+const POSITIVE: NumberRule = { min: 0, exclusive: true };
+
+/**
+ * A numeric setting (a number, or a string holding one), or `dflt` when it is not given. A blank
+ * string is refused rather than read as 0 (`Number('')` is 0), as are booleans and non-finite values.
+ */
+function num(
+  setting: Setting,
+  v: string | number | boolean | undefined,
+  dflt: number,
+  { min, exclusive = false }: NumberRule = { min: 0 },
+): number {
   if (v === undefined) return dflt;
-  const n = typeof v === 'string' && v.trim() === '' ? NaN : Number(v);
-  if (!Number.isFinite(n) || n <= 0)
-    fail(setting, `expected a positive number of seconds, got "${String(v)}"`);
+  const unit = setting.endsWith('Seconds') ? ' of seconds' : '';
+  const expected =
+    exclusive && min === 0 ? `a positive number${unit}` : `a number${unit} ${exclusive ? '>' : '≥'} ${min}`;
+  if (typeof v === 'string' && v.trim() === '') fail(setting, `expected ${expected}, got a blank value`);
+  const n = typeof v === 'boolean' ? NaN : Number(v);
+  if (!Number.isFinite(n) || n < min || (exclusive && n === min))
+    fail(setting, `expected ${expected}, got "${String(v)}"`);
   return n;
 }
 
@@ -250,11 +265,17 @@ export function resolveGatewayConfig(
     if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:'))
       fail('alertsWebhookUrl', 'expected an http or https URL');
   }
-  const revalidateBackoffSeconds = seconds('revalidateBackoffSeconds', get('revalidateBackoffSeconds'), 1);
-  const revalidateMaxBackoffSeconds = seconds(
+  const revalidateBackoffSeconds = num(
+    'revalidateBackoffSeconds',
+    get('revalidateBackoffSeconds'),
+    1,
+    POSITIVE,
+  );
+  const revalidateMaxBackoffSeconds = num(
     'revalidateMaxBackoffSeconds',
     get('revalidateMaxBackoffSeconds'),
     Math.max(60, revalidateBackoffSeconds),
+    POSITIVE,
   );
   if (revalidateMaxBackoffSeconds < revalidateBackoffSeconds)
     fail(
@@ -266,8 +287,8 @@ export function resolveGatewayConfig(
     .toLowerCase();
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel))
     fail('logLevel', `expected one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
-  const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, 1);
-  const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, 1);
+  const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, { min: 1 });
+  const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, { min: 1 });
   if (diskCriticalPercent > 100)
     fail('diskCriticalPercent', `must be at most 100, got ${diskCriticalPercent}`);
   if (diskWarningPercent >= diskCriticalPercent)
@@ -291,11 +312,11 @@ export function resolveGatewayConfig(
     cacheMaxBytes: bytes('cacheMaxBytes', get('cacheMaxBytes'), 10 * 1024 ** 3),
     sliceBytes,
     ttlSeconds: num('ttlSeconds', get('ttlSeconds'), 60),
-    revalidateTimeoutSeconds: seconds('revalidateTimeoutSeconds', get('revalidateTimeoutSeconds'), 1),
+    revalidateTimeoutSeconds: num('revalidateTimeoutSeconds', get('revalidateTimeoutSeconds'), 1, POSITIVE),
     revalidateBackoffSeconds,
     revalidateMaxBackoffSeconds,
     baseDomain: baseDomain === undefined ? undefined : String(baseDomain),
-    cleanupIntervalSeconds: num('cleanupIntervalSeconds', get('cleanupIntervalSeconds'), 3600, 1),
+    cleanupIntervalSeconds: num('cleanupIntervalSeconds', get('cleanupIntervalSeconds'), 3600, { min: 1 }),
     drainSeconds: num('drainSeconds', get('drainSeconds'), 30),
     shutdownDelaySeconds: num('shutdownDelaySeconds', get('shutdownDelaySeconds'), 0),
     adminToken: adminToken === undefined ? undefined : String(adminToken),
@@ -304,7 +325,9 @@ export function resolveGatewayConfig(
     alertsWebhookUrl: alertsWebhookUrl === undefined ? undefined : String(alertsWebhookUrl),
     diskWarningPercent,
     diskCriticalPercent,
-    diskCheckIntervalSeconds: num('diskCheckIntervalSeconds', get('diskCheckIntervalSeconds'), 60, 1),
+    diskCheckIntervalSeconds: num('diskCheckIntervalSeconds', get('diskCheckIntervalSeconds'), 60, {
+      min: 1,
+    }),
     logLevel: logLevel as LogLevel,
   };
 }
