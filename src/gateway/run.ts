@@ -217,10 +217,8 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     hookTimeoutMs: config.drainSeconds * 1000 + 10_000,
     clock,
     exit: exit ?? (handleSignals ? (code) => process.exit(code) : () => undefined),
-    // What went wrong is a warning; the steps of a normal shutdown are info.
-    log: (message, fields) => {
-      const failed = /failed|timed out|at once/.test(message) || (fields?.exitCode ?? 0) !== 0;
-      logger[failed ? 'warn' : 'info'](fields ?? {}, `shutdown: ${message}`);
+    log: (message, fields, level) => {
+      logger[level](fields, `shutdown: ${message}`);
     },
   });
   let admin: AdminServer;

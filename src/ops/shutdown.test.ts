@@ -85,6 +85,40 @@ describe('GracefulShutdown', () => {
     expect(exits).toEqual([1]);
   });
 
+  it('reports the steps of a normal shutdown at info and what went wrong at warn', async () => {
+    const clock = new VirtualClock(0);
+    const lines: string[] = [];
+    const log = (message: string, _fields: Record<string, unknown>, level: 'info' | 'warn'): void => {
+      lines.push(`${level} ${message}`);
+    };
+    await new GracefulShutdown({ clock, delayMs: 0, exit: () => undefined, log }).shutdown();
+    expect(lines).toEqual(['info shutdown started', 'info shutdown finished']);
+
+    lines.length = 0;
+    const { source, send } = signals();
+    const sd = new GracefulShutdown({
+      clock,
+      delayMs: 1000,
+      exit: () => undefined,
+      log,
+      signalSource: source,
+    });
+    sd.addHook('throws', () => {
+      throw new Error('boom');
+    });
+    sd.install();
+    send('SIGTERM');
+    send('SIGTERM');
+    await clock.advance(1000);
+    await sd.shutdown();
+    expect(lines).toEqual([
+      'info shutdown started',
+      'warn second signal: exiting at once',
+      'warn shutdown hook failed',
+      'warn shutdown finished',
+    ]);
+  });
+
   it('closes idle keep-alive connections at once and lets an in-flight request finish', async () => {
     const clock = new VirtualClock(0);
     let finish!: () => void;
@@ -183,7 +217,16 @@ describe('GracefulShutdown', () => {
     const clock = new VirtualClock(0);
     const server = createServer(() => undefined); // never answers
     const exits: number[] = [];
-    const sd = new GracefulShutdown({ clock, delayMs: 0, drainTimeoutMs: 1000, exit: (c) => exits.push(c) });
+    const warnings: string[] = [];
+    const sd = new GracefulShutdown({
+      clock,
+      delayMs: 0,
+      drainTimeoutMs: 1000,
+      exit: (c) => exits.push(c),
+      log: (message, _fields, level) => {
+        if (level === 'warn') warnings.push(message);
+      },
+    });
     sd.addServer(server);
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as AddressInfo).port;
@@ -203,6 +246,7 @@ describe('GracefulShutdown', () => {
     expect((await done).drainTimedOut).toBe(true);
     expect(await failed).toMatch(/socket hang up|ECONNRESET/);
     expect(exits).toEqual([1]);
+    expect(warnings).toEqual(['drain timed out: closing remaining connections', 'shutdown finished']);
   });
 
   it('rejects invalid options naming the setting', () => {

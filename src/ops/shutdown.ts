@@ -26,8 +26,12 @@ export interface GracefulShutdownOptions {
   /** Default `process.exit`. */
   exit?: (code: number) => void;
   clock?: Clock;
-  /** Told about each step (default: nothing). */
-  log?: (message: string, fields?: Record<string, unknown>) => void;
+  /**
+   * Told about each step (default: nothing), with its level: `warn` for what went wrong (a second
+   * signal, a drain that timed out, a failed hook, a shutdown that exits 1), `info` for the steps
+   * of a normal shutdown.
+   */
+  log?: (message: string, fields: Record<string, unknown>, level: 'info' | 'warn') => void;
 }
 
 /** How a shutdown ended. */
@@ -128,7 +132,7 @@ export class GracefulShutdown {
     const signals = this.options.signals ?? ['SIGTERM', 'SIGINT'];
     const onSignal = (): void => {
       if (this.running) {
-        this.log('second signal: exiting at once');
+        this.log('warn', 'second signal: exiting at once');
         this.exit(1);
         return;
       }
@@ -147,12 +151,12 @@ export class GracefulShutdown {
     return this.running;
   }
 
-  private log(message: string, fields?: Record<string, unknown>): void {
-    this.options.log?.(message, fields);
+  private log(level: 'info' | 'warn', message: string, fields: Record<string, unknown> = {}): void {
+    this.options.log?.(message, fields, level);
   }
 
   private async sequence(reason: string): Promise<ShutdownResult> {
-    this.log('shutdown started', { reason });
+    this.log('info', 'shutdown started', { reason });
     this.options.health?.markShuttingDown();
     if (this.delayMs > 0) await this.clock.sleep(this.delayMs);
     const drainTimedOut = !(await this.drain());
@@ -162,7 +166,7 @@ export class GracefulShutdown {
       if (!ok) failedHooks.push(hook.name);
     }
     const exitCode = drainTimedOut || failedHooks.length > 0 ? 1 : 0;
-    this.log('shutdown finished', { exitCode, drainTimedOut, failedHooks });
+    this.log(exitCode === 0 ? 'info' : 'warn', 'shutdown finished', { exitCode, drainTimedOut, failedHooks });
     this.uninstall?.();
     this.exit(exitCode);
     return { exitCode, drainTimedOut, failedHooks };
@@ -196,7 +200,7 @@ export class GracefulShutdown {
     const ok = await Promise.race([closed, timedOut]);
     timer?.cancel();
     if (!ok) {
-      this.log('drain timed out: closing remaining connections', {
+      this.log('warn', 'drain timed out: closing remaining connections', {
         connections: this.tracked.reduce((n, t) => n + t.sockets.size, 0),
       });
       for (const t of this.tracked) for (const socket of t.sockets.keys()) socket.destroy();
@@ -219,12 +223,12 @@ export class GracefulShutdown {
         timedOut,
       ]);
       if (outcome) {
-        this.log('shutdown hook failed', { hook: hook.name, error: outcome.message });
+        this.log('warn', 'shutdown hook failed', { hook: hook.name, error: outcome.message });
         return false;
       }
       return true;
     } catch (err) {
-      this.log('shutdown hook failed', {
+      this.log('warn', 'shutdown hook failed', {
         hook: hook.name,
         error: err instanceof Error ? err.message : String(err),
       });
