@@ -35,7 +35,8 @@ export interface ForwardedTrailer {
 export const MAX_FORWARDED_TRAILER_BODY_BYTES = 1024 * 1024;
 
 /**
- * How the client's body goes to the origin: a streaming body decoded with its chunk signatures
+ * How the client's body goes to the origin: a PUT without Content-Length or chunked encoding
+ * refused (411 `MissingContentLength`); a streaming body decoded with its chunk signatures
  * (gateway auth), length and trailer checksum checked; a hashed body checked against its
  * `x-amz-content-sha256`; an `UNSIGNED-PAYLOAD` body as it is.
  */
@@ -46,6 +47,20 @@ export function planBody(
 ): BodyPlan {
   const sha = req.headers['x-amz-content-sha256'];
   const method = req.method ?? 'GET';
+  // A message with neither Content-Length nor chunked encoding has an empty body: passed on, it
+  // would replace the object with nothing. S3 refuses such a PUT; so does keel.
+  if (
+    method === 'PUT' &&
+    req.headers['content-length'] === undefined &&
+    req.headers['transfer-encoding'] === undefined
+  )
+    return {
+      refuse: new BodyRejectedError({
+        status: 411,
+        code: 'MissingContentLength',
+        message: 'You must provide the Content-Length HTTP header.',
+      }),
+    };
   if (typeof sha === 'string' && sha.startsWith('STREAMING-')) {
     if (!STREAMING.has(sha))
       return {
