@@ -1,6 +1,6 @@
 /**
  * What the gateway checks in an upload before the origin may store it: a PUT must say how long
- * its body is.
+ * its body is; an aws-chunked body's checksum trailer must match it.
  */
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
@@ -10,15 +10,17 @@ import { createGateway, type Gateway } from '../src/gateway/index.js';
 import {
   bodyOf,
   CLIENT_KEY,
+  rawRequest,
   sha,
   startHarness,
   startRecorder,
   TEST_CREDENTIALS,
   type Harness,
   type RawAnswer,
+  type Recorded,
   type Recorder,
 } from './gateway-protocol-support.js';
-import { signedHeaders } from './gateway-sign-support.js';
+import { checksumOf, chunkedUpload, signedHeaders, type ChecksumAlgorithm } from './gateway-sign-support.js';
 
 let h: Harness;
 /** A gateway in front of a recorder, to see what reached the origin. */
@@ -140,4 +142,72 @@ describe('a PUT that does not say how long its body is', () => {
     expect(res.status).toBe(200);
     expect(await atOrigin(key)).toBe(sha(Buffer.from(stored)));
   });
+});
+
+describe('aws-chunked uploads with a checksum trailer', () => {
+  // Up to 1 MiB the body is read whole and its checksum forwarded as a header; above, it streams
+  // to the origin and the checksum is checked on the way.
+  const SMALL = 100_000;
+  const LARGE = 1024 * 1024 + 1;
+  const cases: [ChecksumAlgorithm, 'signed' | 'unsigned', number][] = (
+    ['crc32', 'sha1', 'sha256'] as const
+  ).flatMap((algorithm) => [
+    [algorithm, 'unsigned', SMALL],
+    [algorithm, 'unsigned', LARGE],
+    [algorithm, 'signed', SMALL],
+  ]);
+
+  const upload = async (
+    key: string,
+    data: Buffer,
+    algorithm: ChecksumAlgorithm,
+    mode: 'signed' | 'unsigned',
+    value?: string,
+  ): Promise<RawAnswer> => {
+    const { headers, body } = await chunkedUpload(recorded.url(), CLIENT_KEY, `/b/${key}`, data, {
+      signed: mode === 'signed',
+      trailer: { algorithm, value },
+      headers: { 'x-amz-sdk-checksum-algorithm': algorithm.toUpperCase() },
+    });
+    return rawRequest(recorded.url(), 'PUT', `/b/${key}`, headers, body);
+  };
+  const putsOf = (key: string): Recorded[] =>
+    recorder.seen.filter((r) => r.method === 'PUT' && r.url.startsWith(`/b/${key}`));
+
+  it.each(cases)(
+    'stores a %s trailer that matches (%s, %i bytes) byte for byte',
+    async (algorithm, mode, size) => {
+      const key = `trailer-ok-${algorithm}-${mode}-${size}.bin`;
+      const data = randomBytes(size);
+      const res = await upload(key, data, algorithm, mode);
+      expect(res.status).toBe(200);
+      expect(await atOrigin(key)).toBe(sha(data));
+      const [put] = putsOf(key);
+      expect(sha(put?.body ?? Buffer.alloc(0))).toBe(sha(data));
+      // Both or neither: S3 refuses an algorithm named without its checksum.
+      const forwarded = size <= 1024 * 1024;
+      expect(put?.headers[`x-amz-checksum-${algorithm}`]).toBe(
+        forwarded ? checksumOf(algorithm, data) : undefined,
+      );
+      expect(put?.headers['x-amz-sdk-checksum-algorithm']).toBe(
+        forwarded ? algorithm.toUpperCase() : undefined,
+      );
+    },
+  );
+
+  it.each(cases)(
+    'refuses a %s trailer that does not match (%s, %i bytes) with 400 BadDigest, keeping the old object',
+    async (algorithm, mode, size) => {
+      const key = `trailer-bad-${algorithm}-${mode}-${size}.bin`;
+      const old = randomBytes(1000);
+      await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: old }));
+      const data = randomBytes(size);
+      // A well-formed checksum, of other bytes.
+      const res = await upload(key, data, algorithm, mode, checksumOf(algorithm, randomBytes(size)));
+      expectS3Error(res, 400, 'BadDigest');
+      expect(xmlField(res, 'Message')).toContain(`x-amz-checksum-${algorithm}`);
+      expect(putsOf(key)).toEqual([]);
+      expect(await atOrigin(key)).toBe(sha(old));
+    },
+  );
 });
