@@ -25,6 +25,8 @@ import {
   startRecorder,
   TEST_CREDENTIALS,
   type Harness,
+  type Recorded,
+  type Recorder,
 } from './gateway-protocol-support.js';
 
 let h: Harness;
@@ -339,6 +341,100 @@ describe('DeleteObjects body', () => {
       client.destroy();
       await g.close(500);
       await recorder.close();
+    }
+  });
+});
+
+describe('DeleteObjects body limit (8 MiB)', () => {
+  const LIMIT = 8 * 1024 * 1024;
+  let recorder: Recorder;
+  let g: Gateway;
+  beforeAll(async () => {
+    recorder = await startRecorder(h.origin.url);
+    g = await createGateway({
+      upstream: recorder.url,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'gateway',
+      clientKeys: [CLIENT_KEY],
+      cacheDir: `${h.cacheDir}-delete-limit`,
+      sliceBytes: SLICE,
+      log: () => undefined,
+    });
+    await g.listen(0);
+  });
+  afterAll(async () => {
+    await g.close(500);
+    await recorder.close();
+  });
+
+  /** Puts `keys` at the origin and reads them through `g`, so they are cached. */
+  async function cached(keys: string[]): Promise<void> {
+    for (const k of keys) {
+      await put(k, randomBytes(100));
+      const res = await signedRequest(g.url(), CLIENT_KEY, 'GET', `/b/${k}`);
+      expect(res.status).toBe(200);
+    }
+    await g.idle();
+    for (const k of keys) expect(await g.cache?.getMeta({ bucket: 'b', key: k })).toBeDefined();
+  }
+
+  /** A DeleteObjects body of `keys`, padded with whitespace to `size` bytes. */
+  function deleteBody(keys: string[], size: number): Buffer {
+    const objects = keys.map((k) => `<Object><Key>${k}</Key></Object>`).join('');
+    const head = `<?xml version="1.0" encoding="UTF-8"?>\n<Delete>${objects}`;
+    const tail = '</Delete>';
+    return Buffer.concat([
+      Buffer.from(head),
+      Buffer.alloc(size - head.length - tail.length, ' '),
+      Buffer.from(tail),
+    ]);
+  }
+
+  const deletesSeen = (): Recorded[] =>
+    recorder.seen.filter((r) => r.method === 'POST' && r.url.includes('delete'));
+  const invalidations = async (): Promise<number> =>
+    (await g.metrics.invalidations.get()).values[0]?.value ?? 0;
+
+  it('deletes and drops the keys of a body of exactly 8 MiB, passed on byte for byte', async () => {
+    const keys = ['limit-at-a.bin', 'limit-at-b.bin'];
+    await cached(keys);
+    const before = { deletes: deletesSeen().length, invalidations: await invalidations() };
+    const body = deleteBody(keys, LIMIT);
+    const res = await signedRequest(g.url(), CLIENT_KEY, 'POST', '/b?delete', {}, body);
+    expect(res.status).toBe(200);
+    for (const k of keys) expect(res.body.toString()).toContain(`<Key>${k}</Key>`);
+    const seen = deletesSeen().slice(before.deletes);
+    expect(seen).toHaveLength(1);
+    expect(sha(seen[0]?.body ?? Buffer.alloc(0))).toBe(sha(body));
+    for (const k of keys) {
+      expect(await g.cache?.getMeta({ bucket: 'b', key: k })).toBeUndefined();
+      expect((await signedRequest(g.url(), CLIENT_KEY, 'GET', `/b/${k}`)).status).toBe(404);
+    }
+    expect(await invalidations()).toBe(before.invalidations + keys.length);
+  });
+
+  it('refuses a body one byte over 8 MiB with 400 InvalidRequest: nothing reaches the origin, nothing is dropped', async () => {
+    const keys = ['limit-over-a.bin', 'limit-over-b.bin'];
+    await cached(keys);
+    const before = { deletes: deletesSeen().length, invalidations: await invalidations() };
+    const res = await signedRequest(
+      g.url(),
+      CLIENT_KEY,
+      'POST',
+      '/b?delete',
+      {},
+      deleteBody(keys, LIMIT + 1),
+    );
+    expect(res.status).toBe(400);
+    const xml = res.body.toString();
+    expect(xml).toContain('<Code>InvalidRequest</Code>');
+    expect(xml).toContain(`at most ${LIMIT} bytes`);
+    expect(xml).toContain(`<RequestId>${String(res.headers['x-request-id'])}</RequestId>`);
+    expect(deletesSeen().slice(before.deletes)).toEqual([]);
+    expect(await invalidations()).toBe(before.invalidations);
+    for (const k of keys) {
+      expect(await g.cache?.getMeta({ bucket: 'b', key: k })).toBeDefined();
+      expect(await readThrough(k)).toBeInstanceOf(Buffer);
     }
   });
 });
