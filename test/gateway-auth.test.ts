@@ -1,11 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { Readable } from 'node:stream';
-import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway } from '../src/gateway/index.js';
 import {
-  bodyOf,
   CLIENT_KEY,
   rawRequest,
   sha,
@@ -15,6 +14,7 @@ import {
   TEST_CREDENTIALS,
   type Harness,
   type RawAnswer,
+  xmlField,
 } from './gateway-protocol-support.js';
 import { checksumOf, chunkedUpload, presign, signedHeaders } from './gateway-sign-support.js';
 
@@ -26,15 +26,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await h.close();
 });
-
-/** The object at the origin (sha256), or its error name. */
-async function atOrigin(key: string): Promise<string> {
-  try {
-    return sha(await bodyOf(await h.direct.send(new GetObjectCommand({ Bucket: 'b', Key: key }))));
-  } catch (err) {
-    return (err as Error).name;
-  }
-}
 
 const FINAL_CHUNK_BYTES = 86; // "0;chunk-signature=<64>\r\n\r\n"
 
@@ -52,17 +43,13 @@ function signedChunkedPut(
   return chunkedUpload(h.gateway.url(), CLIENT_KEY, `/b/${key}`, data, { chunkBytes, contentLength });
 }
 
-function errorCode(res: RawAnswer): string | undefined {
-  return /<Code>([^<]+)<\/Code>/.exec(res.body.toString())?.[1];
-}
-
 describe('streaming uploads in gateway auth mode', () => {
   it('stores a valid signed aws-chunked upload byte for byte', async () => {
     const data = randomBytes(200_000);
     const { headers, body } = await signedChunkedPut('chunked-ok.bin', data, 64 * 1024);
     const res = await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-ok.bin', headers, body);
     expect(res.status).toBe(200);
-    expect(await atOrigin('chunked-ok.bin')).toBe(sha(data));
+    expect(await h.atOrigin('chunked-ok.bin')).toBe(sha(data));
   });
 
   it.each([
@@ -92,9 +79,9 @@ describe('streaming uploads in gateway auth mode', () => {
     tamper(body);
     const res = await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-bad.bin', headers, body);
     expect(res.status).toBe(status);
-    expect(errorCode(res)).toBe(code);
+    expect(xmlField(res, 'Code')).toBe(code);
     expect(res.body.toString()).toContain(`<RequestId>${String(res.headers['x-request-id'])}</RequestId>`);
-    expect(await atOrigin('chunked-bad.bin')).toBe(sha(old));
+    expect(await h.atOrigin('chunked-bad.bin')).toBe(sha(old));
   });
 
   it.each([
@@ -108,8 +95,8 @@ describe('streaming uploads in gateway auth mode', () => {
     const body = built.body.subarray(0, built.body.length - cutBytes);
     const res = await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-short.bin', built.headers, body);
     expect(res.status).toBe(400);
-    expect(errorCode(res)).toBe('IncompleteBody');
-    expect(await atOrigin('chunked-short.bin')).toBe('NoSuchKey');
+    expect(xmlField(res, 'Code')).toBe('IncompleteBody');
+    expect(await h.atOrigin('chunked-short.bin')).toBe('NoSuchKey');
   });
 
   it('refuses a body that carries fewer bytes than x-amz-decoded-content-length declares', async () => {
@@ -125,8 +112,8 @@ describe('streaming uploads in gateway auth mode', () => {
     );
     const res = await rawRequest(h.gateway.url(), 'PUT', '/b/chunked-declared.bin', headers, body);
     expect(res.status).toBe(400);
-    expect(errorCode(res)).toBe('IncompleteBody');
-    expect(await atOrigin('chunked-declared.bin')).toBe('NoSuchKey');
+    expect(xmlField(res, 'Code')).toBe('IncompleteBody');
+    expect(await h.atOrigin('chunked-declared.bin')).toBe('NoSuchKey');
   });
 
   it('stores nothing when the client hangs up in the middle of the body', async () => {
@@ -149,7 +136,7 @@ describe('streaming uploads in gateway auth mode', () => {
     await closed;
     for (let i = 0; i < 200 && h.gateway.inFlight() > 0; i++) await new Promise((r) => setTimeout(r, 10));
     expect(h.gateway.inFlight()).toBe(0);
-    expect(await atOrigin('chunked-hangup.bin')).toBe('NoSuchKey');
+    expect(await h.atOrigin('chunked-hangup.bin')).toBe('NoSuchKey');
   });
 
   it('stores nothing and opens no breaker when clients hang up in the middle of plain uploads', async () => {
@@ -179,7 +166,7 @@ describe('streaming uploads in gateway auth mode', () => {
       });
       for (let j = 0; j < 200 && h.gateway.inFlight() > 0; j++) await new Promise((r) => setTimeout(r, 10));
     }
-    expect(await atOrigin('plain-hangup.bin')).toBe('NoSuchKey');
+    expect(await h.atOrigin('plain-hangup.bin')).toBe('NoSuchKey');
     expect(h.gateway.guard.breakerStates().b).toBe('closed');
   });
 
@@ -211,7 +198,7 @@ describe('streaming uploads in anonymous mode', () => {
       const data = randomBytes(150_000);
       const ok = await signedChunkedPut('anon-chunked.bin', data, 64 * 1024);
       expect((await rawRequest(g.url(), 'PUT', '/b/anon-chunked.bin', ok.headers, ok.body)).status).toBe(200);
-      expect(await atOrigin('anon-chunked.bin')).toBe(sha(data));
+      expect(await h.atOrigin('anon-chunked.bin')).toBe(sha(data));
       const short = await signedChunkedPut('anon-short.bin', data, 64 * 1024, (n) => n - FINAL_CHUNK_BYTES);
       const res = await rawRequest(
         g.url(),
@@ -220,8 +207,8 @@ describe('streaming uploads in anonymous mode', () => {
         short.headers,
         short.body.subarray(0, short.body.length - FINAL_CHUNK_BYTES),
       );
-      expect(errorCode(res)).toBe('IncompleteBody');
-      expect(await atOrigin('anon-short.bin')).toBe('NoSuchKey');
+      expect(xmlField(res, 'Code')).toBe('IncompleteBody');
+      expect(await h.atOrigin('anon-short.bin')).toBe('NoSuchKey');
     } finally {
       await g.close(500);
     }
@@ -246,21 +233,21 @@ describe('signed streaming uploads with a trailer (STREAMING-AWS4-HMAC-SHA256-PA
     const data = randomBytes(100_000);
     const res = await put('trailer-signed.bin', data);
     expect(res.status).toBe(200);
-    expect(await atOrigin('trailer-signed.bin')).toBe(sha(data));
+    expect(await h.atOrigin('trailer-signed.bin')).toBe(sha(data));
   });
 
   it('refuses a wrong trailer signature with SignatureDoesNotMatch, storing nothing', async () => {
     const res = await put('trailer-badsig.bin', randomBytes(100_000), { trailerSignature: true });
     expect(res.status).toBe(403);
-    expect(errorCode(res)).toBe('SignatureDoesNotMatch');
-    expect(await atOrigin('trailer-badsig.bin')).toBe('NoSuchKey');
+    expect(xmlField(res, 'Code')).toBe('SignatureDoesNotMatch');
+    expect(await h.atOrigin('trailer-badsig.bin')).toBe('NoSuchKey');
   });
 
   it('refuses a signed trailer whose checksum does not match the body with BadDigest, storing nothing', async () => {
     const res = await put('trailer-baddigest.bin', randomBytes(100_000), { checksum: 'AAAAAA==' });
     expect(res.status).toBe(400);
-    expect(errorCode(res)).toBe('BadDigest');
-    expect(await atOrigin('trailer-baddigest.bin')).toBe('NoSuchKey');
+    expect(xmlField(res, 'Code')).toBe('BadDigest');
+    expect(await h.atOrigin('trailer-baddigest.bin')).toBe('NoSuchKey');
   });
 });
 
@@ -289,7 +276,7 @@ describe('SDK uploads and payload hashes', () => {
       h.client.middlewareStack.remove('recordPayloadMode');
     }
     expect(seen).toContain('STREAMING-UNSIGNED-PAYLOAD-TRAILER');
-    expect(await atOrigin('sdk-stream.bin')).toBe(sha(data));
+    expect(await h.atOrigin('sdk-stream.bin')).toBe(sha(data));
   });
 
   it.each([
@@ -350,10 +337,10 @@ describe('SDK uploads and payload hashes', () => {
     };
     const bad = await send('AAAAAA==');
     expect(bad.status).toBe(400);
-    expect(errorCode(bad)).toBe('BadDigest');
-    expect(await atOrigin('trailer.bin')).toBe('NoSuchKey');
+    expect(xmlField(bad, 'Code')).toBe('BadDigest');
+    expect(await h.atOrigin('trailer.bin')).toBe('NoSuchKey');
     expect((await send(checksumOf('crc32', data))).status).toBe(200);
-    expect(await atOrigin('trailer.bin')).toBe(sha(data));
+    expect(await h.atOrigin('trailer.bin')).toBe(sha(data));
   });
 
   it('refuses a signed body whose sha256 is not its x-amz-content-sha256, and stores a matching one', async () => {
@@ -372,10 +359,10 @@ describe('SDK uploads and payload hashes', () => {
     );
     const res = await rawRequest(h.gateway.url(), 'PUT', '/b/hashed.bin', headers, sent);
     expect(res.status).toBe(400);
-    expect(errorCode(res)).toBe('XAmzContentSHA256Mismatch');
-    expect(await atOrigin('hashed.bin')).toBe(sha(old));
+    expect(xmlField(res, 'Code')).toBe('XAmzContentSHA256Mismatch');
+    expect(await h.atOrigin('hashed.bin')).toBe(sha(old));
     await h.client.send(new PutObjectCommand({ Bucket: 'b', Key: 'hashed.bin', Body: claimed }));
-    expect(await atOrigin('hashed.bin')).toBe(sha(claimed));
+    expect(await h.atOrigin('hashed.bin')).toBe(sha(claimed));
   });
 
   it('accepts UNSIGNED-PAYLOAD, in headers and in a presigned PUT URL', async () => {
@@ -391,7 +378,7 @@ describe('SDK uploads and payload hashes', () => {
     const plain = await rawRequest(h.gateway.url(), 'PUT', '/b/unsigned.bin', headers, data);
     expect(plain.body.toString()).toBe('');
     expect(plain.status).toBe(200);
-    expect(await atOrigin('unsigned.bin')).toBe(sha(data));
+    expect(await h.atOrigin('unsigned.bin')).toBe(sha(data));
     const presigned = await presign(h.gateway.url(), CLIENT_KEY, 'PUT', '/b/presigned.bin');
     const res = await rawRequest(
       h.gateway.url(),
@@ -402,7 +389,7 @@ describe('SDK uploads and payload hashes', () => {
     );
     expect(res.body.toString()).toBe('');
     expect(res.status).toBe(200);
-    expect(await atOrigin('presigned.bin')).toBe(sha(data));
+    expect(await h.atOrigin('presigned.bin')).toBe(sha(data));
     // The request line names the URL, never its signature or credential.
     const signature = String(presigned.query['X-Amz-Signature']);
     const line = h.logged.find((l) => l.includes('presigned.bin?'));

@@ -8,7 +8,8 @@ import http from 'node:http';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { expect } from 'vitest';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
 import { signedHeaders } from './gateway-sign-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
@@ -27,6 +28,8 @@ export interface Harness {
   direct: S3Client;
   /** What the gateway logged, as JSON text per line (request lines included). */
   logged: string[];
+  /** The object `key` of bucket `b` at the origin (the sha256 of its bytes), or its error's name. */
+  atOrigin(key: string): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -66,6 +69,13 @@ export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise
     client,
     direct,
     logged,
+    atOrigin: async (key) => {
+      try {
+        return sha(await bodyOf(await direct.send(new GetObjectCommand({ Bucket: 'b', Key: key }))));
+      } catch (err) {
+        return (err as Error).name;
+      }
+    },
     close: async () => {
       client.destroy();
       direct.destroy();
@@ -86,6 +96,20 @@ export interface RawAnswer {
   status: number;
   headers: http.IncomingHttpHeaders;
   body: Buffer;
+}
+
+/** The text of element `name` in an answer's XML body. */
+export function xmlField(a: RawAnswer, name: string): string | undefined {
+  return new RegExp(`<${name}>([^<]*)</${name}>`).exec(a.body.toString())?.[1];
+}
+
+/** Expects an S3 error document with `code`, whose RequestId is the answer's `x-request-id`. */
+export function expectS3Error(a: RawAnswer, status: number, code: string): void {
+  expect(a.status).toBe(status);
+  expect(String(a.headers['content-type'])).toContain('xml');
+  expect(xmlField(a, 'Code')).toBe(code);
+  expect(xmlField(a, 'RequestId')).toBe(a.headers['x-request-id']);
+  expect(a.headers['x-request-id']).toMatch(/^[0-9A-F]{16}$/);
 }
 
 /** A request exactly as given (path not re-encoded), answered whole. */

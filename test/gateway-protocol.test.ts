@@ -16,6 +16,7 @@ import { createGateway, type Gateway } from '../src/gateway/index.js';
 import {
   bodyOf,
   CLIENT_KEY,
+  expectS3Error,
   rawRequest,
   sha,
   signedRequest,
@@ -25,6 +26,7 @@ import {
   TEST_CREDENTIALS,
   type Harness,
   type RawAnswer,
+  xmlField,
 } from './gateway-protocol-support.js';
 import { presign as presignUrl, signedHeaders } from './gateway-sign-support.js';
 
@@ -98,18 +100,6 @@ async function compare(method: string, p: string, headers: Record<string, string
   expect(view(first, method)).toEqual(view(direct, method));
   expect(view(second, method)).toEqual(view(direct, method));
   return second;
-}
-
-function xmlField(a: RawAnswer, name: string): string | undefined {
-  return new RegExp(`<${name}>([^<]*)</${name}>`).exec(a.body.toString())?.[1];
-}
-
-function expectS3Error(a: RawAnswer, status: number, code: string): void {
-  expect(a.status).toBe(status);
-  expect(String(a.headers['content-type'])).toContain('xml');
-  expect(xmlField(a, 'Code')).toBe(code);
-  expect(xmlField(a, 'RequestId')).toBe(a.headers['x-request-id']);
-  expect(a.headers['x-request-id']).toMatch(/^[0-9A-F]{16}$/);
 }
 
 describe('ranges, as the origin answers them', () => {

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -12,11 +12,8 @@ import {
 } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway, type Gateway } from '../src/gateway/index.js';
+import { bodyOf, CLIENT_KEY, s3, sha, SLICE } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
-
-const SLICE = 64 * 1024;
-const CLIENT_KEY = { accessKeyId: 'CLIENTKEY', secretAccessKey: 'client-secret-key' };
-const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
 let origin: S3Origin;
 let gateway: Gateway;
@@ -24,16 +21,6 @@ let dir: string;
 let direct: S3Client;
 let client: S3Client;
 const objects = new Map<string, Buffer>();
-
-function s3(endpoint: string, credentials: { accessKeyId: string; secretAccessKey: string }): S3Client {
-  return new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials, maxAttempts: 1 });
-}
-
-async function body(out: { Body?: unknown }): Promise<Buffer> {
-  return Buffer.from(
-    await (out.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray(),
-  );
-}
 
 beforeAll(async () => {
   origin = await startS3Origin(['b']);
@@ -81,13 +68,13 @@ describe('gateway read path', () => {
   it('serves a full object byte-identical to the origin: MISS, then HIT from the cache', async () => {
     const want = objects.get('big.bin') as Buffer;
     const first = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'big.bin' }));
-    expect(sha(await body(first))).toBe(sha(want));
+    expect(sha(await bodyOf(first))).toBe(sha(want));
     await gateway.idle(); // cache writes finish after the response
     expect(gateway.cache?.stats().slices).toBe(6);
     const hits = gateway.cache?.stats().hits ?? 0;
     const served = gateway.cache?.stats().bytesServed ?? 0;
     const second = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'big.bin' }));
-    expect(sha(await body(second))).toBe(sha(want));
+    expect(sha(await bodyOf(second))).toBe(sha(want));
     // Every byte from the cache (in one verified read or several, as the range allows).
     expect(gateway.cache?.stats().hits).toBeGreaterThan(hits);
     expect(gateway.cache?.stats().bytesServed).toBe(served + want.length);
@@ -122,7 +109,7 @@ describe('gateway read path', () => {
     // s3rver answers suffix ranges wrongly (bytes=-n as 0-n); S3 serves the last n bytes.
     expect(got.ContentRange).toBe(`bytes ${start}-${end}/${SLICE * 5 + 123}`);
     expect(got.ContentLength).toBe(end - start + 1);
-    expect(sha(await body(got))).toBe(sha(want));
+    expect(sha(await bodyOf(got))).toBe(sha(want));
   });
 
   it('fetches only the missing slices of a partly cached object (PARTIAL)', async () => {
@@ -142,7 +129,7 @@ describe('gateway read path', () => {
     await direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'empty.txt', Body: Buffer.alloc(0) }));
     const expected = await direct.send(new HeadObjectCommand({ Bucket: 'b', Key: 'empty.txt' }));
     const out = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'empty.txt' }));
-    expect((await body(out)).length).toBe(0);
+    expect((await bodyOf(out)).length).toBe(0);
     expect(out.ETag).toBe(expected.ETag);
     for (const want of ['MISS', 'HIT']) {
       await anonymous?.idle();
@@ -206,7 +193,7 @@ describe('gateway read path', () => {
     const fresh = randomBytes(SLICE + 7);
     await client.send(new PutObjectCommand({ Bucket: 'b', Key: 'small.txt', Body: fresh }));
     const got = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'small.txt' }));
-    expect(sha(await body(got))).toBe(sha(fresh));
+    expect(sha(await bodyOf(got))).toBe(sha(fresh));
     objects.set('small.txt', fresh);
   });
 });

@@ -4,12 +4,12 @@
  */
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
-import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway, type Gateway } from '../src/gateway/index.js';
 import {
-  bodyOf,
   CLIENT_KEY,
+  expectS3Error,
   rawRequest,
   sha,
   startHarness,
@@ -19,6 +19,7 @@ import {
   type RawAnswer,
   type Recorded,
   type Recorder,
+  xmlField,
 } from './gateway-protocol-support.js';
 import { checksumOf, chunkedUpload, signedHeaders, type ChecksumAlgorithm } from './gateway-sign-support.js';
 
@@ -45,25 +46,6 @@ afterAll(async () => {
   await recorder.close();
   await h.close();
 });
-
-/** The object at the origin (sha256), or its error name. */
-async function atOrigin(key: string): Promise<string> {
-  try {
-    return sha(await bodyOf(await h.direct.send(new GetObjectCommand({ Bucket: 'b', Key: key }))));
-  } catch (err) {
-    return (err as Error).name;
-  }
-}
-
-function xmlField(a: RawAnswer, name: string): string | undefined {
-  return new RegExp(`<${name}>([^<]*)</${name}>`).exec(a.body.toString())?.[1];
-}
-
-function expectS3Error(a: RawAnswer, status: number, code: string): void {
-  expect(a.status).toBe(status);
-  expect(xmlField(a, 'Code')).toBe(code);
-  expect(xmlField(a, 'RequestId')).toBe(a.headers['x-request-id']);
-}
 
 /**
  * Sends a request head exactly as given, over a socket of its own (node:http and fetch add a
@@ -123,7 +105,7 @@ describe('a PUT that does not say how long its body is', () => {
     const res = await rawHttp(recorded.url(), await putHead(recorded.url(), '/b/no-length.bin', {}));
     expectS3Error(res, 411, 'MissingContentLength');
     expect(recorder.seen.slice(before)).toEqual([]);
-    expect(await atOrigin('no-length.bin')).toBe(sha(old));
+    expect(await h.atOrigin('no-length.bin')).toBe(sha(old));
   });
 
   it.each<[string, string, Record<string, string>, string, string]>([
@@ -140,7 +122,7 @@ describe('a PUT that does not say how long its body is', () => {
     await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: randomBytes(1000) }));
     const res = await rawHttp(h.gateway.url(), await putHead(h.gateway.url(), `/b/${key}`, framing), body);
     expect(res.status).toBe(200);
-    expect(await atOrigin(key)).toBe(sha(Buffer.from(stored)));
+    expect(await h.atOrigin(key)).toBe(sha(Buffer.from(stored)));
   });
 });
 
@@ -181,7 +163,7 @@ describe('aws-chunked uploads with a checksum trailer', () => {
       const data = randomBytes(size);
       const res = await upload(key, data, algorithm, mode);
       expect(res.status).toBe(200);
-      expect(await atOrigin(key)).toBe(sha(data));
+      expect(await h.atOrigin(key)).toBe(sha(data));
       const [put] = putsOf(key);
       expect(sha(put?.body ?? Buffer.alloc(0))).toBe(sha(data));
       // Both or neither: S3 refuses an algorithm named without its checksum.
@@ -207,7 +189,7 @@ describe('aws-chunked uploads with a checksum trailer', () => {
       expectS3Error(res, 400, 'BadDigest');
       expect(xmlField(res, 'Message')).toContain(`x-amz-checksum-${algorithm}`);
       expect(putsOf(key)).toEqual([]);
-      expect(await atOrigin(key)).toBe(sha(old));
+      expect(await h.atOrigin(key)).toBe(sha(old));
     },
   );
 });
