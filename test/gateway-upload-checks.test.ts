@@ -24,8 +24,8 @@ import {
 import { checksumOf, chunkedUpload, signedHeaders, type ChecksumAlgorithm } from './gateway-sign-support.js';
 
 let h: Harness;
-/** A gateway in front of a recorder, to see what reached the origin. */
 let recorder: Recorder;
+/** A gateway in front of `recorder`, to see what reached the origin. */
 let recorded: Gateway;
 
 beforeAll(async () => {
