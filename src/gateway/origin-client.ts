@@ -59,9 +59,12 @@ export class OriginClient {
   readonly url: URL;
   private readonly pool: Pool;
   private readonly signer: SigV4HeaderSigner | undefined;
+  /** The origin URL's path, without a trailing slash: every request path starts with it. */
+  private readonly basePath: string;
 
   constructor(options: OriginClientOptions) {
     this.url = new URL(options.url);
+    this.basePath = this.url.pathname.replace(/\/$/, '');
     this.pool = new Pool(this.url.origin, {
       connections: options.connections ?? 64,
       headersTimeout: options.firstByteTimeoutMs ?? 30_000,
@@ -75,16 +78,15 @@ export class OriginClient {
 
   /** Sends one request; never throws for an HTTP status (only for network failures and timeouts). */
   async request(req: OriginRequest): Promise<OriginResponse> {
-    const base = this.url.pathname.replace(/\/$/, '');
-    let path = base;
+    let path = this.basePath;
     if (req.bucket !== undefined) path += `/${rfc3986(req.bucket)}`;
     if (req.key !== undefined) path += `/${encodeKey(req.key)}`;
     if (path === '') path = '/';
     const pairs: string[] = [];
-    for (const [k, v] of new URLSearchParams(req.rawQuery ?? ''))
-      pairs.push(
-        v === '' && !(req.rawQuery ?? '').includes(`${k}=`) ? rfc3986(k) : `${rfc3986(k)}=${rfc3986(v)}`,
-      );
+    const rawQuery = req.rawQuery ?? '';
+    if (rawQuery !== '')
+      for (const [k, v] of new URLSearchParams(rawQuery))
+        pairs.push(v === '' && !rawQuery.includes(`${k}=`) ? rfc3986(k) : `${rfc3986(k)}=${rfc3986(v)}`);
     const headers: Record<string, string> = { ...req.headers, host: this.url.host };
     if (this.signer) {
       headers['x-amz-content-sha256'] ??= 'UNSIGNED-PAYLOAD';
