@@ -2,13 +2,15 @@
  * keel gateway against nginx (proxy_cache + slice) in front of the same s3rver origin:
  * 1. cache hits with 1 MiB and 4 KiB ranges, 64 connections (wrk): requests/s and p99;
  * 2. a stampede: 100 clients at once on an uncached 64 MiB object: origin bytes / object size;
- * 3. misses: time to first byte through keel over direct to the origin, and through nginx; then
- *    the same with the origin 20 ms away (a latency toxic), as S3 is from a gateway in its region.
+ * 3. misses: time to first byte through keel over direct to the origin, and through nginx, a bare
+ *    TCP relay and a minimal Node HTTP proxy (bench/_node-proxy.ts) as references; then the same
+ *    with the origin 20 ms away (a latency toxic), as S3 is from a gateway in its region.
+ * The origin (s3rver) runs in a process of its own (bench/_s3-origin.ts), as it would elsewhere.
  * Writes bench/results/gateway.json. `--only hits,stampede,missTtfb` runs some sections and keeps
  * the others' last figures in the file; KEEL_BENCH_CPU_PROF_DIR=<dir> profiles the keel process.
  * `--out <file>` writes the figures there instead (a trial run that leaves the record alone);
  * KEEL_BENCH_MISS_OBJECTS sets how many 1 MiB objects the miss section reads (default 40, the first
- * 5 not counted); `--miss-via-proxy` also times direct reads through a bare TCP relay.
+ * 5 not counted).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, createCipheriv } from 'node:crypto';
@@ -16,7 +18,6 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import S3rver from 's3rver';
 import { chaos } from '../src/chaos/index.js';
 
 const OBJECT = 64 * 1024 * 1024;
@@ -166,6 +167,24 @@ async function startKeel(upstream: string, cacheDir: string): Promise<{ url: str
   });
 }
 
+/** The minimal Node HTTP proxy of bench/_node-proxy.ts in front of `upstream`. */
+function startNodeProxy(upstream: string): Promise<{ url: string; proc: ChildProcess }> {
+  const proc = spawn(
+    process.execPath,
+    ['--import', 'tsx', path.join(import.meta.dirname, '_node-proxy.ts'), upstream],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  return new Promise((resolve, reject) => {
+    let err = '';
+    proc.stderr?.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /S3 endpoint (http:\/\/\S+)/.exec(err);
+      if (m) resolve({ url: m[1] as string, proc });
+    });
+    proc.on('exit', (code, signal) => reject(new Error(`the Node proxy exited (${code ?? signal}): ${err}`)));
+  });
+}
+
 /** Processes stopped on purpose (their exit is not a failure). */
 const stopped = new Set<ChildProcess>();
 
@@ -230,14 +249,20 @@ http {
 
 const root = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-gateway-'));
 const s3dir = path.join(root, 's3');
-const s3rver = new S3rver({
-  port: 0,
-  address: '127.0.0.1',
-  silent: true,
-  directory: s3dir,
-  configureBuckets: [{ name: 'demo' }],
+const s3rver = spawn(
+  process.execPath,
+  ['--import', 'tsx', path.join(import.meta.dirname, '_s3-origin.ts'), s3dir, 'demo'],
+  { stdio: ['ignore', 'pipe', 'inherit'] },
+);
+const originPort = await new Promise<number>((resolve, reject) => {
+  let out = '';
+  s3rver.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    const m = /ORIGIN (\d+)/.exec(out);
+    if (m) resolve(Number(m[1]));
+  });
+  s3rver.on('exit', (code) => reject(new Error(`the s3rver origin exited (${code}) before listening`)));
 });
-const { port: originPort } = (await s3rver.run()) as { port: number };
 const originUrl = `http://127.0.0.1:${originPort}`;
 const results: Record<string, unknown> = {
   date: new Date().toISOString(),
@@ -279,26 +304,29 @@ try {
     const viaKeel: number[] = [];
     const viaNginx: number[] = [];
     const direct: number[] = [];
-    // --miss-via-proxy: also direct through a chaos proxy hop (a bare TCP relay), the least any
-    // proxy in its own process adds.
-    const hopProxy = process.argv.includes('--miss-via-proxy')
-      ? await chaos.proxy({ upstream: `127.0.0.1:${originPort}` })
-      : undefined;
-    const viaProxy: number[] = [];
+    // References for what any proxy adds: a bare TCP relay (a chaos proxy with no toxics, in this
+    // process) and a minimal HTTP proxy in Node (its own process: undici pool, answer piped on).
+    const relay = await chaos.proxy({ upstream: `127.0.0.1:${originPort}` });
+    const nodeProxy = await startNodeProxy(originUrl);
+    children.push(nodeProxy.proc);
+    const viaRelay: number[] = [];
+    const viaNodeProxy: number[] = [];
     for (const [i, k] of small.entries()) {
       // The first objects warm each process's code paths; they are not counted.
       const counted = i >= MISS_WARMUP;
       const d = (await get(`${originUrl}/demo/${k}`)).ttfbMs;
       const viaK = (await get(`${missKeel.url}/demo/${k}`)).ttfbMs;
       const viaN = (await get(`${missNginx.url}/demo/${k}`)).ttfbMs;
-      const viaP = hopProxy ? (await get(`http://127.0.0.1:${hopProxy.port}/demo/${k}`)).ttfbMs : NaN;
+      const viaR = (await get(`http://127.0.0.1:${relay.port}/demo/${k}`)).ttfbMs;
+      const viaP = (await get(`${nodeProxy.url}/demo/${k}`)).ttfbMs;
       if (!counted) continue;
       direct.push(d);
       viaKeel.push(viaK);
       viaNginx.push(viaN);
-      if (hopProxy) viaProxy.push(viaP);
+      viaRelay.push(viaR);
+      viaNodeProxy.push(viaP);
     }
-    await hopProxy?.close();
+    await relay.close();
     // The same objects through a keel and an nginx with empty caches in front of the origin made
     // 20 ms away (a latency toxic on its answers), as S3 is from a gateway in its region.
     const far = await chaos.proxy({ upstream: `127.0.0.1:${originPort}` });
@@ -322,7 +350,9 @@ try {
       farViaNginx.push(viaN);
     }
     // The miss section's keels and nginxes are done: they do not run on through the other sections.
-    await Promise.all([missKeel.proc, missNginx.proc, farKeel.proc, farNginx.proc].map(stopChild));
+    await Promise.all(
+      [missKeel.proc, missNginx.proc, nodeProxy.proc, farKeel.proc, farNginx.proc].map(stopChild),
+    );
     await far.close();
     results.missTtfb = {
       objects: direct.length,
@@ -333,13 +363,11 @@ try {
       nginxRatio: median(viaNginx) / median(direct),
       keelOverNginx: median(viaKeel) / median(viaNginx),
       pairedRatioMedian: median(viaKeel.map((v, i) => v / (direct[i] ?? NaN))),
-      ...(hopProxy
-        ? {
-            directViaProxyMedianMs: median(viaProxy),
-            ratioOverDirectViaProxy: median(viaKeel) / median(viaProxy),
-            proxyHopRatio: median(viaProxy) / median(direct),
-          }
-        : {}),
+      relayMedianMs: median(viaRelay),
+      relayRatio: median(viaRelay) / median(direct),
+      nodeProxyMedianMs: median(viaNodeProxy),
+      nodeProxyRatio: median(viaNodeProxy) / median(direct),
+      keelOverNodeProxy: median(viaKeel) / median(viaNodeProxy),
       keelUpstream: 'the origin directly',
       originFarAway: {
         latencyMs: FAR_ORIGIN_MS,
@@ -438,7 +466,7 @@ try {
   stopping = true;
   // Wait for the children to exit: keel may still be writing to the cache directory removed below.
   await Promise.all(children.map(stopChild));
-  await new Promise<void>((r) => s3rver.close(() => r()));
+  await stopChild(s3rver);
   await rm(root, { recursive: true, force: true });
 }
 // Sections not run keep their last recorded figures.
