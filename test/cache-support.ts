@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import * as nodeFs from 'node:fs/promises';
+import { mkdtemp, rm, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { text } from 'node:stream/consumers';
 import type { Readable } from 'node:stream';
-import { RangeCache, type ObjectIdentity, type RangeCacheOptions } from '../src/cache/index.js';
+import { RangeCache, type CacheFs, type ObjectIdentity, type RangeCacheOptions } from '../src/cache/index.js';
 
 export const SLICE = 1024;
 
@@ -43,3 +44,49 @@ export async function bytesOf(stream: Readable): Promise<Buffer> {
 }
 
 export { text };
+
+/** A file-system call seen by {@link watchedFs}: `close` is a FileHandle's, with the path it was opened at. */
+export interface FsCall {
+  op: keyof CacheFs | 'close';
+  path: string;
+}
+
+/**
+ * The real file system, recording every call of the cache's that succeeds (and every close of a
+ * handle it opened); `after` runs once a call has succeeded, before the cache sees its result.
+ */
+export function watchedFs(after?: (call: FsCall) => Promise<void> | void): { fs: CacheFs; calls: FsCall[] } {
+  const calls: FsCall[] = [];
+  const seen = async (call: FsCall): Promise<void> => {
+    calls.push(call);
+    await after?.(call);
+  };
+  const wrap =
+    (op: keyof CacheFs): unknown =>
+    async (...args: unknown[]): Promise<unknown> => {
+      const file = String(args[0]);
+      const result: unknown = await (nodeFs[op] as (...a: unknown[]) => Promise<unknown>)(...args);
+      if (op === 'open') {
+        const handle = result as FileHandle;
+        const close = handle.close.bind(handle);
+        handle.close = async (): Promise<void> => {
+          await close();
+          await seen({ op: 'close', path: file });
+        };
+      }
+      await seen({ op, path: file });
+      return result;
+    };
+  const ops: (keyof CacheFs)[] = [
+    'open',
+    'readFile',
+    'rename',
+    'unlink',
+    'rm',
+    'mkdir',
+    'readdir',
+    'stat',
+    'statfs',
+  ];
+  return { fs: Object.fromEntries(ops.map((op) => [op, wrap(op)])) as unknown as CacheFs, calls };
+}

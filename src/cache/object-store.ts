@@ -127,15 +127,34 @@ export class ObjectStore {
   }
 
   /**
-   * Replaces meta.json atomically and remembers what was written. Slices carry their latest
-   * access times from the index, so eviction order survives a restart.
+   * Replaces meta.json atomically (creating the object's directory if it is missing) and remembers
+   * what was written. Slices carry their latest access times from the index, so eviction order
+   * survives a restart.
    */
   async write(hash: string, meta: CacheMeta): Promise<void> {
+    await this.ensureDir(hash);
+    await this.writeInDir(hash, meta);
+  }
+
+  /**
+   * Creates the object's directory if it is missing (cleanup and eviction remove it with the
+   * object's last file). A writer that puts a slice file in it first calls this once and then
+   * {@link writeInDir}, so one write of a slice creates the directory once.
+   */
+  async ensureDir(hash: string): Promise<void> {
+    await this.fs.mkdir(objectDir(this.root, hash), { recursive: true });
+  }
+
+  /**
+   * {@link write} into a directory the caller has just made sure of with {@link ensureDir}.
+   * Should it be gone after all, this fails (ENOENT) rather than writing metadata into a new,
+   * empty directory without the files it refers to.
+   */
+  async writeInDir(hash: string, meta: CacheMeta): Promise<void> {
     const written = this.access.latest(hash, meta);
     const file = metaPath(this.root, hash);
     this.memo.delete(hash);
     this.metaWrites++;
-    await this.fs.mkdir(objectDir(this.root, hash), { recursive: true });
     await writeFileAtomic(this.fs, file, encodeMeta(written), this.inFlight);
     this.metaWrites++;
     this.access.clean(hash);

@@ -5,7 +5,7 @@ import type { CacheCounts, CacheReporter } from './counters.js';
 import type { Evictor, SliceIndex } from './eviction.js';
 import { describeIdentity, identityHash, type ObjectIdentity } from './identity.js';
 import type { KeyedLock } from './keyed-lock.js';
-import { objectDir, slicePath } from './layout.js';
+import { slicePath } from './layout.js';
 import {
   META_VERSION,
   sliceChecksums,
@@ -125,10 +125,11 @@ export class CacheWriter {
       try {
         const result = await this.storeWithRetry(
           async () => {
-            await fs.mkdir(objectDir(objectsRoot, hash), { recursive: true });
+            // Once per attempt: the slice file and then meta.json go into this directory.
+            await store.ensureDir(hash);
             await writeFileAtomic(fs, file, data, inFlight);
             try {
-              await store.write(hash, { ...meta, slices: [...meta.slices, slice] });
+              await store.writeInDir(hash, { ...meta, slices: [...meta.slices, slice] });
             } catch (err) {
               await fs.rm(file, { force: true }).catch(() => undefined);
               throw err;

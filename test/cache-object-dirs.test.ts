@@ -1,0 +1,113 @@
+import { randomBytes } from 'node:crypto';
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { identityHash, RangeCache, type ObjectIdentity } from '../src/cache/index.js';
+import { bytesOf, SLICE, tempDir, watchedFs, type FsCall } from './cache-support.js';
+
+const id: ObjectIdentity = { bucket: 'b', key: 'dirs.bin' };
+let tmp: Awaited<ReturnType<typeof tempDir>>;
+beforeEach(async () => {
+  tmp = await tempDir();
+});
+afterEach(async () => {
+  await tmp.remove();
+});
+const objectDir = (): string => {
+  const h = identityHash(id);
+  return path.join(tmp.dir, 'objects', h.slice(0, 2), h);
+};
+const open = (fs?: Parameters<typeof RangeCache.open>[0]['fs']): Promise<RangeCache> =>
+  RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, cleanupGraceMs: 0, ...(fs ? { fs } : {}) });
+const expectBytes = async (cache: RangeCache, data: Buffer): Promise<void> => {
+  const r = await cache.read(id, 0, data.length - 1);
+  expect(r.hit).toBe(true);
+  if (r.hit) expect((await bytesOf(r.stream)).equals(data)).toBe(true);
+};
+
+describe("range cache: an object's directory", () => {
+  it('one write of a slice creates the directory once', async () => {
+    const { fs, calls } = watchedFs();
+    const cache = await open(fs);
+    const data = randomBytes(2 * SLICE);
+    await cache.putMeta(id, { etag: '"e"', size: data.length });
+    calls.length = 0;
+    expect(await cache.writeSlice(id, 0, data.subarray(0, SLICE), '"e"')).toEqual({ stored: true });
+    expect(calls.filter((c) => c.op === 'mkdir').map((c) => c.path)).toEqual([objectDir()]);
+    calls.length = 0;
+    expect(await cache.writeSlice(id, 1, data.subarray(SLICE), '"e"')).toEqual({ stored: true });
+    expect(calls.filter((c) => c.op === 'mkdir').map((c) => c.path)).toEqual([objectDir()]);
+    await expectBytes(cache, data);
+    await cache.close();
+  });
+
+  it('a slice still lands when the directory is removed after its metadata was read', async () => {
+    // As a cleanup in another process may do between the write's look at meta.json and its files.
+    let removeAfter: ((c: FsCall) => boolean) | undefined;
+    const { fs } = watchedFs(async (c) => {
+      if (removeAfter?.(c)) {
+        removeAfter = undefined;
+        await rm(objectDir(), { recursive: true, force: true });
+      }
+    });
+    const cache = await open(fs);
+    const data = randomBytes(SLICE + 10);
+    await cache.putMeta(id, { etag: '"e"', size: data.length });
+    removeAfter = (c) => c.op === 'stat' && c.path.endsWith('meta.json');
+    expect(await cache.writeSlice(id, 0, data.subarray(0, SLICE), '"e"')).toEqual({ stored: true });
+    expect(removeAfter).toBeUndefined(); // the directory was removed
+    expect((await readdir(objectDir())).sort()).toEqual(['meta.json', 'slice-0']);
+    expect(await cache.writeSlice(id, 1, data.subarray(SLICE), '"e"')).toEqual({ stored: true });
+    await expectBytes(cache, data);
+    await cache.close();
+  });
+
+  it('a directory removed between the slice file and its metadata fails the write and leaves no metadata behind', async () => {
+    let armed = false;
+    const { fs } = watchedFs(async (c) => {
+      if (armed && c.op === 'rename' && c.path.includes('slice-0')) {
+        armed = false;
+        await rm(objectDir(), { recursive: true, force: true });
+      }
+    });
+    const cache = await open(fs);
+    const faults: string[] = [];
+    cache.on('fault', (f) => faults.push(f.message));
+    await cache.putMeta(id, { etag: '"e"', size: SLICE });
+    armed = true;
+    expect(await cache.writeSlice(id, 0, randomBytes(SLICE), '"e"')).toMatchObject({
+      stored: false,
+      reason: 'io-error',
+    });
+    expect(faults).toHaveLength(1);
+    // Not recreated with metadata that names a slice file that is gone.
+    await expect(stat(objectDir())).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await cache.getMeta(id)).toBeUndefined();
+    await cache.close();
+  });
+
+  it('after eviction and invalidate removed the directory, the next metadata and slices land in a new one', async () => {
+    const cache = await open();
+    const data = randomBytes(2 * SLICE);
+    const fill = async (): Promise<void> => {
+      expect(await cache.putMeta(id, { etag: '"e"', size: data.length })).toEqual({ stored: true });
+      for (const i of [0, 1])
+        expect(await cache.writeSlice(id, i, data.subarray(i * SLICE, (i + 1) * SLICE), '"e"')).toEqual({
+          stored: true,
+        });
+      await expectBytes(cache, data);
+    };
+    await fill();
+    expect(await cache.evictTo(0)).toBe(2 * SLICE);
+    await expect(stat(objectDir())).rejects.toMatchObject({ code: 'ENOENT' });
+    await fill();
+    await cache.invalidate(id);
+    await expect(stat(objectDir())).rejects.toMatchObject({ code: 'ENOENT' });
+    await fill();
+    const meta = JSON.parse(await readFile(path.join(objectDir(), 'meta.json'), 'utf8')) as {
+      slices: { index: number }[];
+    };
+    expect(meta.slices.map((s) => s.index).sort()).toEqual([0, 1]);
+    await cache.close();
+  });
+});
