@@ -3,6 +3,7 @@
  * its body is; an aws-chunked body's checksum trailer must match it.
  */
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import net from 'node:net';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -192,4 +193,115 @@ describe('aws-chunked uploads with a checksum trailer', () => {
       expect(await h.atOrigin(key)).toBe(sha(old));
     },
   );
+});
+
+describe('a body far over a limit, sent whole by node:http', () => {
+  // The gateway refuses these as soon as it knows, and the client is still writing megabytes:
+  // the answer must reach it all the same, not a connection reset.
+  const BIG = 64 * 1024 * 1024;
+
+  interface Sent {
+    answer: RawAnswer | undefined;
+    /** An error node:http raised for the request (EPIPE, ECONNRESET …), if any. */
+    error: Error | undefined;
+    /** The answer was read whole before the body was all written: the gateway did not wait for it. */
+    answeredEarly: boolean;
+  }
+
+  /** Sends `body` whole with node:http and waits until the connection is closed. */
+  function sendWhole(
+    baseUrl: string,
+    method: string,
+    pathAndQuery: string,
+    headers: Record<string, string>,
+    body: Buffer,
+    framing: 'content-length' | 'chunked',
+  ): Promise<Sent> {
+    const u = new URL(baseUrl);
+    const sent: Sent = { answer: undefined, error: undefined, answeredEarly: false };
+    return new Promise((resolve) => {
+      const req = http.request({
+        host: u.hostname,
+        port: u.port,
+        method,
+        path: pathAndQuery,
+        headers,
+        agent: false,
+      });
+      req.on('response', (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('end', () => {
+          sent.answer = { status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts) };
+          sent.answeredEarly = !req.writableFinished;
+        });
+        res.on('error', (err) => (sent.error ??= err));
+      });
+      req.on('error', (err) => (sent.error ??= err));
+      req.on('close', () => resolve(sent));
+      if (framing === 'content-length') req.end(body);
+      else {
+        // Without Content-Length, node:http sends the writes as chunks.
+        for (let i = 0; i < body.length; i += 1024 * 1024) req.write(body.subarray(i, i + 1024 * 1024));
+        req.end();
+      }
+    });
+  }
+
+  it.each(['content-length', 'chunked'] as const)(
+    'answers a 64 MiB DeleteObjects body (%s) with 400 InvalidRequest the client reads whole; the origin gets nothing',
+    async (framing) => {
+      const keys = [`far-over-${framing}-a.bin`, `far-over-${framing}-b.bin`];
+      const head = Buffer.from(
+        `<?xml version="1.0" encoding="UTF-8"?>\n<Delete>${keys.map((k) => `<Object><Key>${k}</Key></Object>`).join('')}`,
+      );
+      const tail = Buffer.from('</Delete>');
+      const body = Buffer.concat([head, Buffer.alloc(BIG - head.length - tail.length, ' '), tail]);
+      for (const k of keys) await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: k, Body: k }));
+      const before = recorder.seen.length;
+      const signed = await signedHeaders(
+        recorded.url(),
+        CLIENT_KEY,
+        'POST',
+        '/b?delete',
+        framing === 'content-length' ? { 'content-length': String(BIG) } : { 'transfer-encoding': 'chunked' },
+        undefined,
+        body,
+      );
+      const sent = await sendWhole(recorded.url(), 'POST', '/b?delete', signed, body, framing);
+      expect(sent.error).toBeUndefined();
+      expect(sent.answeredEarly).toBe(true);
+      const answer = sent.answer as RawAnswer;
+      expectS3Error(answer, 400, 'InvalidRequest');
+      expect(xmlField(answer, 'Message')).toContain(`at most ${8 * 1024 * 1024} bytes`);
+      expect(answer.headers.connection).toBe('close');
+      expect(recorder.seen.slice(before)).toEqual([]);
+      for (const k of keys) expect(await h.atOrigin(k)).toBe(sha(Buffer.from(k)));
+    },
+  );
+
+  it('answers a 64 MiB aws-chunked upload with a chunk over 16 MiB with 400 InvalidRequest the client reads whole; the origin gets nothing', async () => {
+    const key = 'far-over-chunk.bin';
+    const old = randomBytes(1000);
+    await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: old }));
+    const before = recorder.seen.length;
+    const { headers, body } = await chunkedUpload(
+      recorded.url(),
+      CLIENT_KEY,
+      `/b/${key}`,
+      Buffer.alloc(BIG, 7),
+      {
+        chunkBytes: 32 * 1024 * 1024,
+      },
+    );
+    const sent = await sendWhole(recorded.url(), 'PUT', `/b/${key}`, headers, body, 'content-length');
+    expect(sent.error).toBeUndefined();
+    expect(sent.answeredEarly).toBe(true);
+    const answer = sent.answer as RawAnswer;
+    expectS3Error(answer, 400, 'InvalidRequest');
+    expect(xmlField(answer, 'Message')).toContain(`larger than ${16 * 1024 * 1024}`);
+    expect(answer.headers.connection).toBe('close');
+    expect(recorder.seen.slice(before)).toEqual([]);
+    expect(await h.atOrigin(key)).toBe(sha(old));
+  });
 });

@@ -7,7 +7,7 @@ import type { OriginGuard } from './origin-guard.js';
 import { readAll, relayAnswer } from './relay.js';
 import { isThrottle, retryAfterSeconds } from './origin-guard.js';
 import type { S3Target } from './s3-request.js';
-import { S3Errors, sendS3Error } from './s3-error.js';
+import { S3Errors, s3ErrorXml, sendS3Error, type S3ErrorSpec } from './s3-error.js';
 import { BodyRejectedError } from './aws-chunked.js';
 import { MAX_FORWARDED_TRAILER_BODY_BYTES, planBody } from './upload-body.js';
 import type { VerifiedRequest } from './sigv4-verify.js';
@@ -69,6 +69,65 @@ export function withoutPresignParams(rawQuery: string): string {
     .join('&');
 }
 
+/** A refused body is still read and dropped, up to this many bytes after the refusal… */
+const MAX_DISCARDED_BODY_BYTES = 256 * 1024 * 1024;
+/** …and for at most this long (nginx's `lingering_time`); then the connection is closed regardless. */
+const MAX_DISCARD_MS = 30_000;
+
+/**
+ * Answers `spec` (with `Connection: close`) to a request whose body is refused while the client
+ * may still be sending it. The answer goes out whole at once, but the response, and with it the
+ * connection, ends only once the rest of the body has been read and dropped: closing a socket with
+ * unread bytes resets it, and a client still writing would see ECONNRESET or EPIPE instead of the
+ * answer. A body that goes on past {@link MAX_DISCARDED_BODY_BYTES} or {@link MAX_DISCARD_MS} is
+ * cut off, as nginx's lingering close does.
+ */
+function refuseBody(
+  req: IncomingMessage,
+  res: ServerResponse,
+  method: string,
+  spec: S3ErrorSpec,
+  requestId: string,
+): void {
+  const closing: S3ErrorSpec = { ...spec, headers: { ...spec.headers, connection: 'close' } };
+  // Whatever read the body until now (a checker, the origin request) gets no more of it.
+  req.unpipe();
+  if (req.complete || req.destroyed || res.headersSent || method === 'HEAD') {
+    req.resume();
+    sendS3Error(res, method, closing, requestId);
+    return;
+  }
+  const xml = Buffer.from(s3ErrorXml(closing, requestId), 'utf8');
+  res.writeHead(closing.status, {
+    'content-type': 'application/xml',
+    'content-length': String(xml.length),
+    ...closing.headers,
+  });
+  // Node closes the socket as soon as a `Connection: close` response ends: written, not ended.
+  res.write(xml);
+  let discarded = 0;
+  let ended = false;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    clearTimeout(timer);
+    req.off('data', drop);
+    res.end();
+  };
+  const drop = (chunk: Buffer): void => {
+    discarded += chunk.length;
+    if (discarded > MAX_DISCARDED_BODY_BYTES) end();
+  };
+  const timer = setTimeout(end, MAX_DISCARD_MS);
+  timer.unref();
+  req.on('data', drop);
+  // A stream paused when it was unpiped does not flow again for a new 'data' listener alone.
+  req.resume();
+  req.once('end', end);
+  req.once('error', end);
+  req.once('close', end);
+}
+
 /** What {@link passthrough} needs besides the origin. */
 export interface PassthroughOptions {
   /** The cache whose entries successful writes drop (none: nothing to invalidate). */
@@ -104,14 +163,18 @@ export async function passthrough(
   }
   const method = req.method ?? 'GET';
   const plan = planBody(req, headers, options.verified);
-  const refuse = (e: BodyRejectedError): number => {
-    // The rest of the body is not wanted; the connection closes after the answer.
-    req.resume();
-    sendS3Error(res, method, { ...e.s3, headers: { ...e.s3.headers, connection: 'close' } }, requestId);
-    return e.s3.status;
+  const refuse = (spec: S3ErrorSpec): number => {
+    refuseBody(req, res, method, spec, requestId);
+    return spec.status;
   };
-  if ('refuse' in plan) return refuse(plan.refuse);
+  if ('refuse' in plan) return refuse(plan.refuse.s3);
   const body = plan.body;
+  const deleteList = isDeleteObjects(method, target) && options.cache !== undefined;
+  const deleteListTooLarge = (): S3ErrorSpec =>
+    S3Errors.badRequest(`a DeleteObjects body is at most ${MAX_DELETE_BODY_BYTES} bytes`);
+  // A body whose length says it is too large is refused before any of it is read.
+  if (deleteList && Number(headers['content-length']) > MAX_DELETE_BODY_BYTES)
+    return refuse(deleteListTooLarge());
   let rejected: BodyRejectedError | undefined;
   if (plan.verifier) {
     const verifier = plan.verifier;
@@ -145,26 +208,13 @@ export async function passthrough(
   };
   let upload: Readable | Buffer = body;
   let deleted: { key: string; versionId: string | undefined }[] = [];
-  const deleteList = isDeleteObjects(method, target) && options.cache !== undefined;
   if (deleteList || plan.trailer) {
     // DeleteObjects names the keys to drop in its body; a small streaming upload's checksum
     // trailer becomes a header. Either way the body is read whole (it is small) and passed on.
     const limit = deleteList ? MAX_DELETE_BODY_BYTES : MAX_FORWARDED_TRAILER_BODY_BYTES;
     const whole = await readAll(body, limit).catch(() => null);
-    if (whole === null)
-      return refuse(rejected ?? new BodyRejectedError(S3Errors.badRequest('the body could not be read')));
-    if (whole === undefined) {
-      sendS3Error(
-        res,
-        method,
-        {
-          ...S3Errors.badRequest(`a DeleteObjects body is at most ${MAX_DELETE_BODY_BYTES} bytes`),
-          headers: { connection: 'close' },
-        },
-        requestId,
-      );
-      return 400;
-    }
+    if (whole === null) return refuse(rejected?.s3 ?? S3Errors.badRequest('the body could not be read'));
+    if (whole === undefined) return refuse(deleteListTooLarge());
     if (deleteList) deleted = deleteObjectsKeys(whole);
     const checksum = plan.trailer?.value();
     if (plan.trailer && checksum !== undefined) {
@@ -199,7 +249,7 @@ export async function passthrough(
       // The origin answered before the body was refused (an early error): nothing was stored.
       up.body.on('error', () => undefined);
       up.body.destroy();
-      return refuse(rejected);
+      return refuse(rejected.s3);
     }
     const cache = options.cache;
     if (target.bucket !== undefined && up.status < 400) {
@@ -219,7 +269,7 @@ export async function passthrough(
   } catch (err) {
     // The origin may have applied the change before failing to answer.
     corsChanged();
-    if (rejected) return refuse(rejected);
+    if (rejected) return refuse(rejected.s3);
     const e = classify(err);
     const after = retryAfterSeconds(e);
     // The origin's own 5xx keeps its meaning; a failure to reach it (or an open breaker) is a 503.
