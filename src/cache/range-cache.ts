@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { classify, keelError, type KeelError } from '../errors/index.js';
 import { AccessTimes } from './access-times.js';
@@ -10,7 +9,7 @@ import { Evictor, SliceIndex } from './eviction.js';
 import type { CacheFs } from './fs.js';
 import { identityHash, sameIdentity, type ObjectIdentity } from './identity.js';
 import { KeyedLock } from './keyed-lock.js';
-import { objectsRootOf, slicePath } from './layout.js';
+import { objectsRootOf } from './layout.js';
 import { MetaMemo } from './meta-memo.js';
 import type { CacheMeta, ObjectInfo } from './metadata.js';
 import { ObjectStore, type LoadedMeta } from './object-store.js';
@@ -307,34 +306,15 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     const plan = planRead(meta, start, end);
     if (!plan.ok) return miss(plan.reason);
     const units = plan.units;
-    const first = Math.floor(start / meta.sliceBytes);
-    const handles = new Map<number, Promise<FileHandle>>();
-    const closeHandles = (keepFrom: number): void => {
-      for (const [index, h] of handles) {
-        if (index >= keepFrom) continue;
-        handles.delete(index);
-        void h.then((fh) => fh.close()).catch(() => undefined);
-      }
-    };
-    const fetchUnit = (u: ReadUnit): Promise<Buffer | undefined> => {
-      const open = (): Promise<FileHandle> => {
-        let h = handles.get(u.slice.index);
-        if (!h) {
-          h = this.fs.open(slicePath(this.objectsRoot, hash, u.slice.index), 'r');
-          h.catch(() => undefined);
-          handles.set(u.slice.index, h);
-        }
-        return h;
-      };
-      return this.reader.read(hash, id, u.slice, u.from, u.to, open).then((p) => p?.bytes);
-    };
-    const firstBytes = await fetchUnit(units[0] as ReadUnit);
+    const first = units[0] as ReadUnit;
+    const reader = this.reader.unitReader(hash, id);
+    const firstBytes = await reader.read(first);
     if (!firstBytes) {
-      closeHandles(Infinity);
-      return miss(`slice ${first} unusable`);
+      reader.doneBefore(Infinity);
+      return miss(`slice ${first.slice.index} unusable`);
     }
     this.counts.hits++;
-    const bytes = streamUnits(id, units, firstBytes, fetchUnit, closeHandles, this.counts);
+    const bytes = streamUnits(id, units, firstBytes, reader, this.counts);
     return { hit: true, meta, stream: Readable.from(bytes, { objectMode: false }) };
   }
 

@@ -6,27 +6,33 @@ import type { ReadUnit } from './read-plan.js';
 /** Units read ahead of the consumer while streaming. */
 const READ_AHEAD = 2;
 
+/** How a streamed read gets its units, in order (from `SliceReader.unitReader`). */
+export interface UnitReader {
+  /** The unit's bytes, verified; undefined when they failed (and were repaired). */
+  read(unit: ReadUnit): Promise<Buffer | undefined>;
+  /** The slices before `keepFrom` are read (Infinity: the stream is over): what they hold goes. */
+  doneBefore(keepFrom: number): void;
+}
+
 /**
- * The bytes of a streamed read, unit by unit: each unit is verified (by `fetchUnit`) before its
+ * The bytes of a streamed read, unit by unit: each unit is verified (by `reader`) before its
  * bytes go out, and READ_AHEAD units are read while the consumer takes the current one. The first
  * unit is already read (`firstBytes`: the read is a hit only once it verified). A later unit that
  * fails ends the stream with a `CHECKSUM_MISMATCH` KeelError whose `details.offset` says where to
- * continue from the origin. `closeHandles(keepFrom)` closes the shared file handles of slices
- * before `keepFrom`; all are closed when the stream ends.
+ * continue from the origin. The reader is told as slices are done with, and when the stream ends.
  */
 export async function* streamUnits(
   id: ObjectIdentity,
   units: ReadUnit[],
   firstBytes: Buffer,
-  fetchUnit: (u: ReadUnit) => Promise<Buffer | undefined>,
-  closeHandles: (keepFrom: number) => void,
+  reader: UnitReader,
   counts: CacheCounts,
 ): AsyncGenerator<Buffer> {
   const ahead: Promise<Buffer | undefined>[] = [];
   let scheduled = 1;
   const fill = (): void => {
     while (ahead.length < READ_AHEAD && scheduled < units.length) {
-      const p = fetchUnit(units[scheduled++] as ReadUnit);
+      const p = reader.read(units[scheduled++] as ReadUnit);
       p.catch(() => undefined);
       ahead.push(p);
     }
@@ -47,13 +53,12 @@ export async function* streamUnits(
       }
       // Units are in order: slices before the next unit's are done with.
       const following = units[u + 1];
-      if (following) closeHandles(following.slice.index);
+      if (following) reader.doneBefore(following.slice.index);
       fill();
       counts.bytesServed += bytes.length;
       yield bytes;
     }
   } finally {
-    // close() waits for reads still in flight on a handle.
-    closeHandles(Infinity);
+    reader.doneBefore(Infinity);
   }
 }

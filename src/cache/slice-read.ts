@@ -9,6 +9,8 @@ import { metaPath, slicePath } from './layout.js';
 import type { MetaMemo } from './meta-memo.js';
 import { blocksOf, type SliceInfo } from './metadata.js';
 import type { ObjectStore } from './object-store.js';
+import type { ReadUnit } from './read-plan.js';
+import type { UnitReader } from './read-stream.js';
 import type { VerifyOutcome, VerifyPool, VerifyRequest } from './verify-pool.js';
 
 /** Verified bytes of a slice; `release` hands their memory back for reuse. */
@@ -53,9 +55,21 @@ export class SliceReader {
   }
 
   /**
+   * Reads the units of one streamed read of the object: on verifying threads each read opens its
+   * file there, so there is nothing to share; on the event loop the reads of one slice share one
+   * file handle.
+   */
+  unitReader(hash: string, id: ObjectIdentity): UnitReader {
+    return this.verifier
+      ? new ThreadUnitReader(this, hash, id)
+      : new SharedHandleUnitReader(this, this.fs, this.root, hash, id);
+  }
+
+  /**
    * Reads bytes `[from, to)` of one slice, verifying every block they touch (the whole slice when
    * it has no block checksums), on a verifying thread when there are any. On any failure repairs
-   * and returns undefined. `open` shares one file handle between reads of a slice (event loop only).
+   * and returns undefined. `handle` is the slice's file opened by a caller that shares it between
+   * reads on the event loop (and closes it); without verifying threads only.
    */
   async read(
     hash: string,
@@ -63,7 +77,7 @@ export class SliceReader {
     slice: SliceInfo,
     from = 0,
     to = slice.length,
-    open?: () => Promise<FileHandle>,
+    handle?: Promise<FileHandle>,
   ): Promise<SliceBytes | undefined> {
     const { blockBytes, blocks } = blocksOf(slice);
     const firstBlock = Math.floor(from / blockBytes);
@@ -89,7 +103,7 @@ export class SliceReader {
     };
     const outcome = this.verifier
       ? await this.verifier.verify(request)
-      : await readAndVerify(this.fs, request, open);
+      : await readAndVerify(this.fs, request, handle);
     if (outcome.ok) {
       // The bytes match the checksums they were read against; a changed meta.json is read anew
       // by the next lookup.
@@ -118,20 +132,76 @@ export class SliceReader {
   }
 }
 
+/** Units of a stream read on verifying threads, each read opening its file there. */
+class ThreadUnitReader implements UnitReader {
+  constructor(
+    private readonly slices: SliceReader,
+    private readonly hash: string,
+    private readonly id: ObjectIdentity,
+  ) {}
+
+  read(u: ReadUnit): Promise<Buffer | undefined> {
+    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to).then(bytesOnly);
+  }
+
+  doneBefore(): void {
+    // Nothing is held between reads.
+  }
+}
+
+/** Units of a stream read on the event loop: the reads of one slice share one file handle. */
+class SharedHandleUnitReader implements UnitReader {
+  private readonly handles = new Map<number, Promise<FileHandle>>();
+
+  constructor(
+    private readonly slices: SliceReader,
+    private readonly fs: CacheFs,
+    private readonly root: string,
+    private readonly hash: string,
+    private readonly id: ObjectIdentity,
+  ) {}
+
+  read(u: ReadUnit): Promise<Buffer | undefined> {
+    const index = u.slice.index;
+    let handle = this.handles.get(index);
+    if (!handle) {
+      handle = this.fs.open(slicePath(this.root, this.hash, index), 'r');
+      // A failed open is the read's outcome (a miss), reported there.
+      handle.catch(() => undefined);
+      this.handles.set(index, handle);
+    }
+    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to, handle).then(bytesOnly);
+  }
+
+  doneBefore(keepFrom: number): void {
+    for (const [index, handle] of this.handles) {
+      if (index >= keepFrom) continue;
+      this.handles.delete(index);
+      // close() waits for reads still in flight on the handle.
+      void handle.then((h) => h.close()).catch(() => undefined);
+    }
+  }
+}
+
+/** A stream passes the bytes on and lets their memory be garbage-collected. */
+function bytesOnly(read: SliceBytes | undefined): Buffer | undefined {
+  return read?.bytes;
+}
+
 /**
  * Reads and verifies on the event loop, through the cache's file system (the path taken with an
- * injected `fs`, or without verifying threads). `open` shares one handle between reads of a
- * slice; whoever passes it closes it.
+ * injected `fs`, or without verifying threads). With `shared`, reads through that handle and
+ * leaves it open (whoever passed it closes it); else opens and closes the file.
  */
 async function readAndVerify(
   fs: CacheFs,
   r: VerifyRequest,
-  open?: () => Promise<FileHandle>,
+  shared?: Promise<FileHandle>,
 ): Promise<VerifyOutcome> {
   const buffer = Buffer.allocUnsafe(r.length + (r.atEnd ? 1 : 0));
   let got = 0;
   try {
-    const handle = open ? await open() : await fs.open(r.path, 'r');
+    const handle = shared ? await shared : await fs.open(r.path, 'r');
     try {
       while (got < buffer.length) {
         const { bytesRead } = await handle.read(buffer, got, buffer.length - got, r.position + got);
@@ -139,7 +209,7 @@ async function readAndVerify(
         got += bytesRead;
       }
     } finally {
-      if (!open) await handle.close();
+      if (!shared) await handle.close();
     }
   } catch (err) {
     return { ok: false, kind: 'error', error: err as NodeJS.ErrnoException };
