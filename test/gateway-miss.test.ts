@@ -10,6 +10,7 @@ import type { CacheFs } from '../src/cache/index.js';
 import { chaos, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
 import { VirtualClock } from '../src/time/index.js';
+import { until } from './gateway-run-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 // Origin path: gateway → HTTP fault proxy → s3rver. The proxy draws its faults from `script`, so
@@ -66,11 +67,6 @@ function get(
       })
       .on('error', reject);
   });
-}
-
-async function until(what: string, ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 1000 && !ok(); i++) await new Promise((r) => setTimeout(r, 5));
-  if (!ok()) throw new Error(`timed out waiting for ${what}`);
 }
 
 beforeAll(async () => {
@@ -135,7 +131,7 @@ describe('gateway misses', () => {
     script.push(0, 0, 1, 1, 1, 0);
     const N = 8;
     const reads = Array.from({ length: N }, () => get(g, 'waiter.bin'));
-    await until('every client to wait on the shared fetch', () => g.inFlight() === N);
+    await until(() => g.inFlight() === N, 'every client to wait on the shared fetch');
     const answers = await Promise.all(reads);
     for (const a of answers) {
       expect(a.status).toBe(200);
@@ -178,7 +174,7 @@ describe('gateway misses', () => {
     const reads = Array.from({ length: N }, () =>
       get(g, 'preopen.bin', `bytes=${SLICE + 5}-${SLICE + 5000}`),
     );
-    await until('every client to wait on the shared fetch', () => g.inFlight() === N);
+    await until(() => g.inFlight() === N, 'every client to wait on the shared fetch');
     const answers = await Promise.all(reads);
     // The request that started the shared fetch answers its failure (retries are off here); every
     // request that was waiting on it fetched for itself.

@@ -7,6 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { chaos, type ChaosProxy, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
 import { VirtualClock } from '../src/time/index.js';
+import { until } from './gateway-run-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 // Origin path: gateway → TCP chaos proxy (toxics) → HTTP fault proxy (counts requests) → s3rver.
@@ -65,12 +66,6 @@ function countHeads(key: string): () => number {
   return () => httpFaults.stats.faults[name] ?? 0;
 }
 
-/** Waits for something that happens outside the gateway's clock (sockets, the origin). */
-async function until(what: string, ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 1000 && !ok(); i++) await new Promise((r) => setTimeout(r, 5));
-  if (!ok()) throw new Error(`timed out waiting for ${what}`);
-}
-
 async function warm(g: Gateway, key: string, body: Buffer): Promise<void> {
   const first = await get(g, key);
   expect(first.cache).toBe('MISS');
@@ -121,8 +116,8 @@ describe('gateway revalidation', () => {
       get(g, 'stall.bin', i % 2 === 0 ? undefined : 'bytes=1000-140000'),
     );
     await until(
-      'every request to arrive and the revalidation to reach the origin',
       () => g.inFlight() === N && heads() === 1,
+      'every request to arrive and the revalidation to reach the origin',
     );
     await clock.advance(REVALIDATION_TIMEOUT);
     const answers = await Promise.all(hits);
@@ -168,7 +163,7 @@ describe('gateway revalidation', () => {
     tcp.add({ type: 'timeout', name: 'stall-5s', stream: 'downstream', attributes: { timeout: 0 } });
     let answered = false;
     const hit = get(g, 'slow-timeout.bin').finally(() => (answered = true));
-    await until('the revalidation to reach the origin', () => heads() === 1);
+    await until(() => heads() === 1, 'the revalidation to reach the origin');
     await clock.advance(REVALIDATION_TIMEOUT); // the default would give up here
     await new Promise((r) => setTimeout(r, 50));
     expect(answered).toBe(false);
