@@ -1,6 +1,7 @@
 /**
  * What the gateway checks in an upload before the origin may store it: a PUT must say how long
- * its body is; an aws-chunked body's checksum trailer must match it.
+ * its body is; an aws-chunked body's checksum trailer must match it; a body refused long before
+ * its end still gets its answer to a client that goes on sending it.
  */
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
