@@ -40,6 +40,21 @@ export interface ReadOptions {
   meta?: CacheMeta;
 }
 
+/** Where a read starts: the object's metadata as loaded, or why the read is refused before that. */
+type Lookup = LoadedMeta | { state: 'refused'; reason: string };
+
+const CLOSED: Lookup = { state: 'refused', reason: 'cache closed' };
+const INVALID_RANGE: Lookup = { state: 'refused', reason: 'invalid range' };
+
+/** Why a read whose lookup found no usable metadata is a miss. */
+function missReason(found: Exclude<Lookup, { state: 'ok' }>): string {
+  return found.state === 'refused'
+    ? found.reason
+    : found.state === 'missing'
+      ? 'not cached'
+      : 'metadata unusable';
+}
+
 /** Largest range {@link RangeCache.readBuffer} reads (16 MiB). */
 export const MAX_BUFFER_READ_BYTES = 16 * 1024 * 1024;
 
@@ -292,26 +307,19 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    * where to continue from the origin.
    */
   async read(id: ObjectIdentity, start: number, end: number, options: ReadOptions = {}): Promise<ReadResult> {
-    const miss = (reason: string): ReadResult => {
-      this.counts.misses++;
-      return { hit: false, reason };
-    };
-    if (this.closed) return miss('cache closed');
-    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start)
-      return miss('invalid range');
     const hash = identityHash(id);
-    const loaded = await this.metaFor(hash, id, options.meta);
-    if (loaded.state !== 'ok') return miss(loaded.state === 'missing' ? 'not cached' : 'metadata unusable');
-    const meta = loaded.meta;
+    const found = await this.lookup(hash, id, start, end, options.meta, Infinity);
+    if (found.state !== 'ok') return this.miss(missReason(found));
+    const meta = found.meta;
     const plan = planRead(meta, start, end);
-    if (!plan.ok) return miss(plan.reason);
+    if (!plan.ok) return this.miss(plan.reason);
     const units = plan.units;
     const first = units[0] as ReadUnit;
     const reader = this.reader.unitReader(hash, id);
     const firstBytes = await reader.read(first);
     if (!firstBytes) {
       reader.doneBefore(Infinity);
-      return miss(`slice ${first.slice.index} unusable`);
+      return this.miss(`slice ${first.slice.index} unusable`);
     }
     this.counts.hits++;
     const bytes = streamUnits(id, units, firstBytes, reader, this.counts);
@@ -331,29 +339,17 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     end: number,
     options: ReadOptions = {},
   ): Promise<BufferReadResult> {
-    const miss = (reason: string): BufferReadResult => {
-      this.counts.misses++;
-      return { hit: false, reason };
-    };
-    if (this.closed) return miss('cache closed');
-    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start)
-      return miss('invalid range');
-    if (end - start + 1 > MAX_BUFFER_READ_BYTES)
-      throw keelError(
-        'INVALID_INPUT',
-        `readBuffer reads at most ${MAX_BUFFER_READ_BYTES} bytes; use read() for ${end - start + 1}`,
-      );
     const hash = identityHash(id);
-    const loaded = await this.metaFor(hash, id, options.meta);
-    if (loaded.state !== 'ok') return miss(loaded.state === 'missing' ? 'not cached' : 'metadata unusable');
-    const meta = loaded.meta;
-    if (end >= meta.size) return miss('range beyond the object');
+    const found = await this.lookup(hash, id, start, end, options.meta, MAX_BUFFER_READ_BYTES);
+    if (found.state !== 'ok') return this.miss(missReason(found));
+    const meta = found.meta;
+    if (end >= meta.size) return this.miss('range beyond the object');
     const first = Math.floor(start / meta.sliceBytes);
     const last = Math.floor(end / meta.sliceBytes);
     const pieces: Promise<{ bytes: Buffer; release: () => void } | undefined>[] = [];
     for (let i = first; i <= last; i++) {
       const slice = meta.slices.find((s) => s.index === i);
-      if (!slice) return miss(`slice ${i} not cached`);
+      if (!slice) return this.miss(`slice ${i} not cached`);
       const base = i * meta.sliceBytes;
       pieces.push(
         this.reader.read(hash, id, slice, Math.max(0, start - base), Math.min(slice.length, end - base + 1)),
@@ -363,7 +359,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     const bad = read.findIndex((p) => p === undefined);
     if (bad >= 0) {
       for (const p of read) p?.release();
-      return miss(`slice ${first + bad} unusable`);
+      return this.miss(`slice ${first + bad} unusable`);
     }
     const parts = read as { bytes: Buffer; release: () => void }[];
     this.counts.hits++;
@@ -438,15 +434,37 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
 
   // ---- internals ----
 
-  /** `known` when it is still the remembered metadata of the object, else loaded. */
-  private metaFor(
+  /**
+   * The start of every read of `start..end`: the object's metadata (`known` while it is still the
+   * remembered one, else loaded), or why the read misses before any slice is looked at (see
+   * {@link missReason}). Answers without a promise of its own, so a read awaits once for it.
+   * @throws KeelError `INVALID_INPUT` for a range longer than `maxBytes` (readBuffer's limit).
+   */
+  private lookup(
     hash: string,
     id: ObjectIdentity,
+    start: number,
+    end: number,
     known: CacheMeta | undefined,
-  ): Promise<LoadedMeta> | LoadedMeta {
+    maxBytes: number,
+  ): Lookup | Promise<LoadedMeta> {
+    if (this.closed) return CLOSED;
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start)
+      return INVALID_RANGE;
+    if (end - start + 1 > maxBytes)
+      throw keelError(
+        'INVALID_INPUT',
+        `readBuffer reads at most ${maxBytes} bytes; use read() for ${end - start + 1}`,
+      );
     return known !== undefined && this.memo.isCurrent(hash, known)
       ? { state: 'ok', meta: known }
       : this.store.load(hash, id);
+  }
+
+  /** Counts a miss and answers it. */
+  private miss(reason: string): { hit: false; reason: string } {
+    this.counts.misses++;
+    return { hit: false, reason };
   }
 
   private async rebuildIndex(): Promise<void> {
