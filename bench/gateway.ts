@@ -428,6 +428,9 @@ try {
       }
     }
     const hits: Record<string, unknown> = {};
+    // Both must answer every range from their caches: bytes fetched from the origin while ranges run.
+    const keelOriginBefore = keelProxy.stats().bytesDownstream;
+    const nginxOriginBefore = nginxProxy.stats().bytesDownstream;
     for (const [name, len] of [
       ['1MiB', 1024 * 1024],
       ['4KiB', 4096],
@@ -455,6 +458,10 @@ try {
     }
     results.hits = {
       ...hits,
+      originBytesDuringHits: {
+        keel: keelProxy.stats().bytesDownstream - keelOriginBefore,
+        nginx: nginxProxy.stats().bytesDownstream - nginxOriginBefore,
+      },
       rounds: ROUNDS,
       loadAverage: os.loadavg(),
       target: '1MiB rpsRatio ≥ 0.5 (keel verifies CRC32 of every byte served; nginx verifies nothing)',
