@@ -281,6 +281,31 @@ describe('a body far over a limit, sent whole by node:http', () => {
     },
   );
 
+  it('answers a 64 MiB PUT with a bad signature with 403 SignatureDoesNotMatch the client reads whole, then closes; the origin gets nothing', async () => {
+    const key = 'far-over-bad-signature.bin';
+    const old = randomBytes(1000);
+    await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: old }));
+    const before = recorder.seen.length;
+    const body = Buffer.alloc(BIG, 3);
+    const headers = await signedHeaders(
+      recorded.url(),
+      { ...CLIENT_KEY, secretAccessKey: 'not-the-secret' },
+      'PUT',
+      `/b/${key}`,
+      { 'content-length': String(BIG) },
+      'UNSIGNED-PAYLOAD',
+    );
+    const sent = await sendWhole(recorded.url(), 'PUT', `/b/${key}`, headers, body, 'content-length');
+    expect(sent.error).toBeUndefined();
+    expect(sent.answeredEarly).toBe(true);
+    const answer = sent.answer as RawAnswer;
+    expectS3Error(answer, 403, 'SignatureDoesNotMatch');
+    // An unauthenticated body is not read on and on over a kept-alive connection.
+    expect(answer.headers.connection).toBe('close');
+    expect(recorder.seen.slice(before)).toEqual([]);
+    expect(await h.atOrigin(key)).toBe(sha(old));
+  });
+
   it('answers a 64 MiB aws-chunked upload with a chunk over 16 MiB with 400 InvalidRequest the client reads whole; the origin gets nothing', async () => {
     const key = 'far-over-chunk.bin';
     const old = randomBytes(1000);
@@ -304,5 +329,46 @@ describe('a body far over a limit, sent whole by node:http', () => {
     expect(answer.headers.connection).toBe('close');
     expect(recorder.seen.slice(before)).toEqual([]);
     expect(await h.atOrigin(key)).toBe(sha(old));
+  });
+});
+
+describe('a refused request without a body', () => {
+  it('keeps its kept-alive connection: two GETs with a bad signature share one socket', async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const u = new URL(recorded.url());
+    const get = async (): Promise<{ status: number; code: string | undefined; reused: boolean }> => {
+      const headers = await signedHeaders(
+        recorded.url(),
+        { ...CLIENT_KEY, secretAccessKey: 'not-the-secret' },
+        'GET',
+        '/b/anything.bin',
+      );
+      return new Promise((resolve, reject) => {
+        const req = http.request(
+          { host: u.hostname, port: u.port, path: '/b/anything.bin', headers, agent },
+          (res) => {
+            const parts: Buffer[] = [];
+            res.on('data', (d: Buffer) => parts.push(d));
+            res.on('end', () =>
+              resolve({
+                status: res.statusCode ?? 0,
+                code: /<Code>([^<]*)<\/Code>/.exec(Buffer.concat(parts).toString())?.[1],
+                reused: req.reusedSocket,
+              }),
+            );
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+    };
+    try {
+      const first = await get();
+      const second = await get();
+      expect(first).toEqual({ status: 403, code: 'SignatureDoesNotMatch', reused: false });
+      expect(second).toEqual({ status: 403, code: 'SignatureDoesNotMatch', reused: true });
+    } finally {
+      agent.destroy();
+    }
   });
 });

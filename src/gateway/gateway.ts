@@ -19,7 +19,8 @@ import { OriginClient, type OriginCredentials } from './origin-client.js';
 import { OriginGuard, type OriginGuardOptions } from './origin-guard.js';
 import { loggableUrl } from './request-log.js';
 import { passthrough } from './passthrough.js';
-import { S3Errors, sendS3Error } from './s3-error.js';
+import { announcesBody, refuseBody } from './refuse-body.js';
+import { S3Errors, sendS3Error, type S3ErrorSpec } from './s3-error.js';
 import { malformedTargetError, parseS3Target } from './s3-request.js';
 import type { SliceFill } from './slice-fill.js';
 import { verifySigV4, type ClientKey, type VerifiedRequest } from './sigv4-verify.js';
@@ -103,6 +104,24 @@ let requestCount = 0;
 function requestId(): string {
   requestCount = (requestCount + 1) % 0x1_0000_0000;
   return `${requestIdPrefix}${requestCount.toString(16).toUpperCase().padStart(8, '0')}`;
+}
+
+/**
+ * Answers a request refused before its body is wanted (a bad signature, a malformed path). One
+ * that sends a body gets the answer at once and its connection closed once the rest is dropped,
+ * within refuseBody's bounds: an unauthenticated client cannot make the gateway read without end.
+ * One without a body keeps its connection.
+ */
+function refuse(
+  req: IncomingMessage,
+  res: ServerResponse,
+  method: string,
+  spec: S3ErrorSpec,
+  id: string,
+): void {
+  if (announcesBody(req)) return refuseBody(req, res, method, spec, id);
+  req.resume();
+  sendS3Error(res, method, spec, id);
 }
 
 const defaultLog: NonNullable<GatewayOptions['log']> = (level, msg, fields) => {
@@ -215,7 +234,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       const rawUrl = req.url ?? '/';
       const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
       if ('malformed' in target) {
-        sendS3Error(res, method, malformedTargetError(target), id);
+        refuse(req, res, method, malformedTargetError(target), id);
         return;
       }
       let verified: VerifiedRequest | undefined;
@@ -224,8 +243,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         const auth = verifySigV4(method, rawUrl, req.headers, keys, Date.now());
         if (!auth.ok) {
           outcome = 'DENIED';
-          req.resume();
-          sendS3Error(
+          refuse(
+            req,
             res,
             method,
             { ...auth.error, ...(target.key ? { resource: `/${target.bucket ?? ''}/${target.key}` } : {}) },
