@@ -13,8 +13,6 @@ interface PendingCompletion {
  * ride along with the workers' next claim instead of a commit of their own.
  */
 export class CompletionCommitter {
-  /** True while workers claim: completions then wait one more turn for the next claim. */
-  claimsRunning = false;
   private waiting: PendingCompletion[] = [];
   private scheduled = false;
 
@@ -22,6 +20,8 @@ export class CompletionCommitter {
     private readonly store: QueueStore,
     private readonly name: string,
     private readonly clock: Clock,
+    /** True while the worker loop claims: completions then wait one more turn for its next claim. */
+    private readonly claimsRunning: () => boolean,
   ) {}
 
   /**
@@ -68,7 +68,7 @@ export class CompletionCommitter {
     // While workers run on a store that can complete and claim at once, wait one more turn: the
     // worker loop's next claim usually takes these completions into its own commit.
     const later = (fn: () => void): void => {
-      if (this.claimsRunning && this.store.completeAndClaim) setImmediate(() => setImmediate(fn));
+      if (this.claimsRunning() && this.store.completeAndClaim) setImmediate(() => setImmediate(fn));
       else setImmediate(fn);
     };
     later(() => {

@@ -92,7 +92,7 @@ export class WorkerLoop<T> {
     private readonly health: StoreHealth,
   ) {
     this.leases = new Leases(store, name, clock);
-    this.completions = new CompletionCommitter(store, name, clock);
+    this.completions = new CompletionCommitter(store, name, clock, () => this.running);
     this.outcomes = new OutcomeWriter(store, clock, health, this.completions);
   }
 
@@ -112,7 +112,6 @@ export class WorkerLoop<T> {
    */
   start(handler: Handler<T>, options: ProcessOptions): void {
     this.running = true;
-    this.completions.claimsRunning = true;
     this.handler = handler;
     this.concurrency = Math.max(1, Math.floor(options.concurrency ?? 1));
     this.prefetch = Math.max(0, Math.floor(options.prefetch ?? Math.max(16, 4 * this.concurrency)));
@@ -156,7 +155,6 @@ export class WorkerLoop<T> {
   stop(deadline: number): void {
     this.outcomes.closeDeadline = deadline;
     this.running = false;
-    this.completions.claimsRunning = false;
     this.leases.stopHeartbeat();
     this.wake?.();
   }
