@@ -83,6 +83,34 @@ describe('BucketCorsRules', () => {
     expect(cors.stats).toEqual({ fetched: 3, failed: 1 });
   });
 
+  it('doubles the backoff per failure up to maxBackoffMs, and starts again from backoffMs after a success', async () => {
+    const clock = new VirtualClock();
+    const o = origin();
+    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 1, backoffMs: 100, maxBackoffMs: 300 });
+    /** Fails the fetch under way (or a new one), then the wait (ms) before the bucket is asked again. */
+    const failAndWait = async (): Promise<number> => {
+      const r = cors.rules('b');
+      o.fail();
+      await r;
+      let waited = 0;
+      while (o.asked.length === 0) {
+        await clock.advance(10);
+        waited += 10;
+        void cors.rules('b');
+      }
+      return waited;
+    };
+    expect(await failAndWait()).toBe(100);
+    expect(await failAndWait()).toBe(200);
+    expect(await failAndWait()).toBe(300);
+    expect(await failAndWait()).toBe(300);
+    const ok = cors.rules('b');
+    o.answer([]);
+    await ok;
+    await clock.advance(1);
+    expect(await failAndWait()).toBe(100);
+  });
+
   it('answers no rules when the origin fails before any were known', async () => {
     const clock = new VirtualClock();
     const o = origin();

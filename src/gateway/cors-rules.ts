@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { classify, keelError } from '../errors/index.js';
+import { exponential, type Backoff } from '../policy/index.js';
 import type { Clock } from '../time/index.js';
 import { s3Error } from '../transfer/index.js';
 import { corsHeaders, parseCorsConfiguration, type CorsRule } from './cors.js';
@@ -38,7 +39,8 @@ interface Entry {
   learntAt: number;
   /** What reads arriving while a fetch runs get: its rules, or the last known once the wait ran out. */
   waiting: Promise<readonly CorsRule[]> | undefined;
-  failures: number;
+  /** The backoff after the next failure (undefined: the first step). */
+  backoff: Backoff | undefined;
   /** No new fetch before this time (clock ms), after a failure. */
   retryAt: number;
 }
@@ -52,16 +54,20 @@ interface Entry {
 export class BucketCorsRules {
   private readonly entries = new Map<string, Entry>();
   private readonly waitMs: number;
-  private readonly backoffMs: number;
-  private readonly maxBackoffMs: number;
+  /** Waits after failed fetches of a bucket: backoffMs, doubling up to maxBackoffMs. */
+  private readonly backoff: Backoff;
   private readonly maxBuckets: number;
   /** Fetches sent to the origin, and how many of them failed. */
   readonly stats = { fetched: 0, failed: 0 };
 
   constructor(private readonly options: BucketCorsRulesOptions) {
     this.waitMs = options.waitMs ?? 1_000;
-    this.backoffMs = options.backoffMs ?? 1_000;
-    this.maxBackoffMs = Math.max(this.backoffMs, options.maxBackoffMs ?? 60_000);
+    const backoffMs = options.backoffMs ?? 1_000;
+    this.backoff = exponential({
+      initialMs: backoffMs,
+      maxMs: Math.max(backoffMs, options.maxBackoffMs ?? 60_000),
+      jitter: 'none',
+    });
     this.maxBuckets = options.maxBuckets ?? 10_000;
   }
 
@@ -73,7 +79,7 @@ export class BucketCorsRules {
     if (entry?.waiting) return entry.waiting;
     if (entry && now < entry.retryAt) return entry.rules ?? NONE;
     if (!entry) {
-      entry = { rules: undefined, learntAt: 0, waiting: undefined, failures: 0, retryAt: 0 };
+      entry = { rules: undefined, learntAt: 0, waiting: undefined, backoff: undefined, retryAt: 0 };
       this.entries.set(bucket, entry);
       if (this.entries.size > this.maxBuckets)
         this.entries.delete(this.entries.keys().next().value as string);
@@ -99,15 +105,16 @@ export class BucketCorsRules {
         entry.waiting = undefined;
         entry.rules = rules;
         entry.learntAt = clock.now();
-        entry.failures = 0;
+        entry.backoff = undefined;
         entry.retryAt = 0;
         return rules;
       },
       (err: unknown) => {
         entry.waiting = undefined;
         this.stats.failed++;
-        entry.failures++;
-        const backoff = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** Math.min(30, entry.failures - 1));
+        const step = (entry.backoff ?? this.backoff).next();
+        entry.backoff = step.next;
+        const backoff = step.delayMs;
         entry.retryAt = clock.now() + backoff;
         const e = classify(err);
         this.options.log?.(

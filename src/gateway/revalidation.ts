@@ -1,5 +1,6 @@
 import { classify, keelError, type KeelError } from '../errors/index.js';
 import type { CacheMeta } from '../cache/index.js';
+import { exponential, type Backoff } from '../policy/index.js';
 import type { Clock } from '../time/index.js';
 
 /** Options of {@link Revalidator}. */
@@ -29,7 +30,8 @@ interface Entry<T> {
   flight: Promise<RevalidationOutcome<T>> | undefined;
   /** What the last revalidation answered, kept while its metadata is being written. */
   settled: RevalidationOutcome<T> | undefined;
-  failures: number;
+  /** The backoff after the next failure (undefined: the first step). */
+  backoff: Backoff | undefined;
   /** No new revalidation of this version before this time (epoch ms). */
   retryAt: number;
 }
@@ -43,8 +45,8 @@ interface Entry<T> {
 export class Revalidator<T> {
   private readonly entries = new Map<string, Entry<T>>();
   readonly timeoutMs: number;
-  private readonly backoffMs: number;
-  private readonly maxBackoffMs: number;
+  /** Waits after failed revalidations of an object: backoffMs, doubling up to maxBackoffMs. */
+  private readonly backoff: Backoff;
   private readonly maxEntries: number;
   /** Revalidations sent to the origin, and how many of them failed or timed out. */
   readonly stats = { started: 0, failed: 0, servedStaleWithoutAsking: 0 };
@@ -54,8 +56,12 @@ export class Revalidator<T> {
     options: RevalidatorOptions = {},
   ) {
     this.timeoutMs = positive('timeoutMs', options.timeoutMs ?? 1_000);
-    this.backoffMs = positive('backoffMs', options.backoffMs ?? 1_000);
-    this.maxBackoffMs = Math.max(this.backoffMs, positive('maxBackoffMs', options.maxBackoffMs ?? 60_000));
+    const backoffMs = positive('backoffMs', options.backoffMs ?? 1_000);
+    this.backoff = exponential({
+      initialMs: backoffMs,
+      maxMs: Math.max(backoffMs, positive('maxBackoffMs', options.maxBackoffMs ?? 60_000)),
+      jitter: 'none',
+    });
     this.maxEntries = positive('maxEntries', options.maxEntries ?? 10_000);
   }
 
@@ -90,7 +96,7 @@ export class Revalidator<T> {
       });
     }
     if (!entry) {
-      entry = { etag: cached.etag, flight: undefined, settled: undefined, failures: 0, retryAt: 0 };
+      entry = { etag: cached.etag, flight: undefined, settled: undefined, backoff: undefined, retryAt: 0 };
       this.entries.set(hash, entry);
       if (this.entries.size > this.maxEntries) {
         const oldest = this.entries.keys().next().value as string;
@@ -103,10 +109,9 @@ export class Revalidator<T> {
       current.flight = undefined;
       if (outcome.state === 'stale') {
         this.stats.failed++;
-        current.failures++;
-        current.retryAt =
-          this.clock.now() +
-          Math.min(this.maxBackoffMs, this.backoffMs * 2 ** Math.min(30, current.failures - 1));
+        const step = (current.backoff ?? this.backoff).next();
+        current.backoff = step.next;
+        current.retryAt = this.clock.now() + step.delayMs;
         return outcome;
       }
       const pending = settledUntil?.();
