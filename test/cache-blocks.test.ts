@@ -1,21 +1,19 @@
 import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
-import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { identityHash, RangeCache, VERIFY_BLOCK_BYTES, type ObjectIdentity } from '../src/cache/index.js';
-import { bytesOf, tempDir } from './cache-support.js';
+import { RangeCache, VERIFY_BLOCK_BYTES, type ObjectIdentity } from '../src/cache/index.js';
+import { bytesOf, sliceFileOf, useTempDir } from './cache-support.js';
 
 // Slices of several verification blocks, as in production (8 MiB slices of 1 MiB blocks).
 const MiB = VERIFY_BLOCK_BYTES;
 const SLICE = 5 * MiB;
 const SIZE = 2 * SLICE + 3 * MiB + 123;
 const id: ObjectIdentity = { bucket: 'b', key: 'blocks.bin' };
-let tmp: Awaited<ReturnType<typeof tempDir>>;
+const tmp = useTempDir();
 let cache: RangeCache;
 let data: Buffer;
 beforeEach(async () => {
-  tmp = await tempDir();
-  cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, maxBytes: 1024 * MiB });
+  cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE, maxBytes: 1024 * MiB });
   data = randomBytes(SIZE);
   await cache.putMeta(id, { etag: '"e"', size: SIZE });
   for (let i = 0; i * SLICE < SIZE; i++) {
@@ -25,13 +23,11 @@ beforeEach(async () => {
 });
 afterEach(async () => {
   await cache.close();
-  await tmp.remove();
 });
 
 const flipByteAt = async (offset: number): Promise<void> => {
-  const h = identityHash(id);
   const index = Math.floor(offset / SLICE);
-  const file = await open(path.join(tmp.dir, 'objects', h.slice(0, 2), h, `slice-${index}`), 'r+');
+  const file = await open(sliceFileOf(tmp().dir, id, index), 'r+');
   const b = Buffer.alloc(1);
   await file.read(b, 0, 1, offset - index * SLICE);
   b[0] = (b[0] ?? 0) ^ 0xff;

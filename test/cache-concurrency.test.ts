@@ -1,21 +1,15 @@
 import { randomBytes } from 'node:crypto';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { RangeCache, type ObjectIdentity } from '../src/cache/index.js';
-import { bytesOf, SLICE, tempDir } from './cache-support.js';
+import { bytesOf, SLICE, useTempDir } from './cache-support.js';
 
-let tmp: Awaited<ReturnType<typeof tempDir>>;
-beforeEach(async () => {
-  tmp = await tempDir();
-});
-afterEach(async () => {
-  await tmp.remove();
-});
+const tmp = useTempDir();
 
 describe('range cache: cleanup and verify running alongside writers', () => {
   it('never remove what a writer in this process is writing: every write lands and reads back', async () => {
     // No grace period: only the in-flight bookkeeping protects the writers' files.
     const cache = await RangeCache.open({
-      dir: tmp.dir,
+      dir: tmp().dir,
       sliceBytes: SLICE,
       maxBytes: 64 * 1024 * 1024,
       cleanupGraceMs: 0,

@@ -1,28 +1,19 @@
 import { readdir, readFile, rm, truncate, writeFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { identityHash, RangeCache, type ObjectIdentity } from '../src/cache/index.js';
+import { describe, expect, it } from 'vitest';
+import { RangeCache, type ObjectIdentity } from '../src/cache/index.js';
 import { faultyFs } from '../src/chaos/index.js';
 import { VirtualClock } from '../src/time/index.js';
-import { bytesOf, filledCache, SLICE, tempDir } from './cache-support.js';
+import { bytesOf, filledCache, objectDirOf, SLICE, useTempDir } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'dir/object.bin' };
-let tmp: Awaited<ReturnType<typeof tempDir>>;
-beforeEach(async () => {
-  tmp = await tempDir();
-});
-afterEach(async () => {
-  await tmp.remove();
-});
+const tmp = useTempDir();
 
-const objectDir = (dir: string, ident: ObjectIdentity = id): string => {
-  const h = identityHash(ident);
-  return path.join(dir, 'objects', h.slice(0, 2), h);
-};
+const objectDir = (ident: ObjectIdentity = id): string => objectDirOf(tmp().dir, ident);
 
 describe('range cache: reads and writes', () => {
   it('serves exactly the requested bytes across slices after a write', async () => {
-    const { cache, data } = await filledCache(tmp.dir, id, 5000);
+    const { cache, data } = await filledCache(tmp().dir, id, 5000);
     for (const [start, end] of [
       [0, 4999],
       [0, 0],
@@ -39,7 +30,7 @@ describe('range cache: reads and writes', () => {
   });
 
   it('is a miss for uncached objects, missing slices and out-of-range reads', async () => {
-    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE });
+    const cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE });
     expect(await cache.read(id, 0, 10)).toEqual({ hit: false, reason: 'not cached' });
     await cache.putMeta(id, { etag: '"e1"', size: 3000 });
     await cache.writeSlice(id, 0, Buffer.alloc(SLICE, 1), '"e1"');
@@ -51,19 +42,19 @@ describe('range cache: reads and writes', () => {
   });
 
   it('never mixes versions: a slice with another ETag is refused, a new ETag drops the old slices', async () => {
-    const { cache } = await filledCache(tmp.dir, id, 3000);
+    const { cache } = await filledCache(tmp().dir, id, 3000);
     expect(await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"other"')).toMatchObject({
       stored: false,
       reason: 'etag-mismatch',
     });
     await cache.putMeta(id, { etag: '"e2"', size: 3000 });
     expect((await cache.read(id, 0, 10)).hit).toBe(false);
-    expect((await readdir(objectDir(tmp.dir))).filter((n) => n.startsWith('slice-'))).toEqual([]);
+    expect((await readdir(objectDir())).filter((n) => n.startsWith('slice-'))).toEqual([]);
     expect(cache.stats().slices).toBe(0);
   });
 
   it('refuses slices of the wrong length', async () => {
-    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE });
+    const cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE });
     await cache.putMeta(id, { etag: '"e1"', size: 1500 });
     await expect(cache.writeSlice(id, 1, Buffer.alloc(SLICE), '"e1"')).rejects.toMatchObject({
       code: 'INVALID_INPUT',
@@ -72,7 +63,7 @@ describe('range cache: reads and writes', () => {
   });
 
   it('keys objects by bucket, key and version id', async () => {
-    const { cache } = await filledCache(tmp.dir, id, 100);
+    const { cache } = await filledCache(tmp().dir, id, 100);
     expect((await cache.read({ ...id, versionId: 'v2' }, 0, 10)).hit).toBe(false);
     expect((await cache.read({ bucket: 'other', key: id.key }, 0, 10)).hit).toBe(false);
   });
@@ -86,20 +77,20 @@ describe('range cache: faults are misses plus repairs', () => {
     ['unknown version', Buffer.from(JSON.stringify({ version: 99 }))],
     ['oversize', Buffer.alloc(2 * 1024 * 1024, 0x20)],
   ])('corrupted metadata (%s): miss, entry and slices deleted, counter', async (_name, bytes) => {
-    const { cache } = await filledCache(tmp.dir, id, 3000);
-    await writeFile(path.join(objectDir(tmp.dir), 'meta.json'), bytes);
+    const { cache } = await filledCache(tmp().dir, id, 3000);
+    await writeFile(path.join(objectDir(), 'meta.json'), bytes);
     expect((await cache.read(id, 0, 10)).hit).toBe(false);
-    await expect(stat(objectDir(tmp.dir))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(stat(objectDir())).rejects.toMatchObject({ code: 'ENOENT' });
     expect(cache.stats().repairs.corruption_metadata_total).toBe(1);
     expect(cache.stats().slices).toBe(0);
   });
 
   it('a missing slice: miss for it, reference removed, other slices kept', async () => {
-    const { cache, data } = await filledCache(tmp.dir, id, 3000);
-    await rm(path.join(objectDir(tmp.dir), 'slice-1'));
+    const { cache, data } = await filledCache(tmp().dir, id, 3000);
+    await rm(path.join(objectDir(), 'slice-1'));
     expect((await cache.read(id, 1024, 2047)).hit).toBe(false);
     expect(cache.stats().repairs.corruption_missing_range_total).toBe(1);
-    const meta = JSON.parse(await readFile(path.join(objectDir(tmp.dir), 'meta.json'), 'utf8')) as {
+    const meta = JSON.parse(await readFile(path.join(objectDir(), 'meta.json'), 'utf8')) as {
       slices: { index: number }[];
     };
     expect(meta.slices.map((s) => s.index).sort()).toEqual([0, 2]);
@@ -108,8 +99,8 @@ describe('range cache: faults are misses plus repairs', () => {
   });
 
   it('a flipped byte: miss, never the wrong byte, slice dropped', async () => {
-    const { cache } = await filledCache(tmp.dir, id, 3000);
-    const file = path.join(objectDir(tmp.dir), 'slice-0');
+    const { cache } = await filledCache(tmp().dir, id, 3000);
+    const file = path.join(objectDir(), 'slice-0');
     const bytes = await readFile(file);
     bytes[500] = (bytes[500] ?? 0) ^ 0x01;
     await writeFile(file, bytes);
@@ -119,10 +110,10 @@ describe('range cache: faults are misses plus repairs', () => {
   });
 
   it('a later slice failing mid-stream errors with the offset to resume from, never a wrong byte', async () => {
-    const { cache, data } = await filledCache(tmp.dir, id, 3000);
+    const { cache, data } = await filledCache(tmp().dir, id, 3000);
     const r = await cache.read(id, 0, 2999);
     expect(r.hit).toBe(true);
-    await truncate(path.join(objectDir(tmp.dir), 'slice-2'), 10);
+    await truncate(path.join(objectDir(), 'slice-2'), 10);
     if (!r.hit) return;
     const got: Buffer[] = [];
     const err = await (async () => {
@@ -133,28 +124,28 @@ describe('range cache: faults are misses plus repairs', () => {
   });
 
   it('verifyAndFix removes references to missing slices, some or all', async () => {
-    const { cache } = await filledCache(tmp.dir, id, 3000);
-    await rm(path.join(objectDir(tmp.dir), 'slice-0'));
+    const { cache } = await filledCache(tmp().dir, id, 3000);
+    await rm(path.join(objectDir(), 'slice-0'));
     expect(await cache.verifyAndFix(id)).toEqual({ removed: 1, remaining: 2 });
     expect(cache.stats().repairs.inconsistency_fixed_total).toBe(1);
-    await rm(path.join(objectDir(tmp.dir), 'slice-1'));
-    await rm(path.join(objectDir(tmp.dir), 'slice-2'));
+    await rm(path.join(objectDir(), 'slice-1'));
+    await rm(path.join(objectDir(), 'slice-2'));
     expect(await cache.verifyAndFix(id)).toEqual({ removed: 2, remaining: 0 });
-    await expect(stat(objectDir(tmp.dir))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(stat(objectDir())).rejects.toMatchObject({ code: 'ENOENT' });
     expect(cache.stats().repairs.inconsistency_fixed_total).toBe(3);
   });
 
   it('cleanup removes .tmp files and orphans, fixes references and leaves valid entries alone', async () => {
-    const { cache, data } = await filledCache(tmp.dir, id, 3000);
+    const { cache, data } = await filledCache(tmp().dir, id, 3000);
     const other: ObjectIdentity = { bucket: 'b', key: 'other' };
     await cache.putMeta(other, { etag: '"o"', size: 10 });
     await cache.writeSlice(other, 0, Buffer.alloc(10, 7), '"o"');
-    const dir = objectDir(tmp.dir);
+    const dir = objectDir();
     await writeFile(path.join(dir, 'slice-1.tmp-abc'), 'partial');
     await writeFile(path.join(dir, 'meta.json.tmp-def'), '{');
     await writeFile(path.join(dir, 'slice-9'), 'orphan');
     await rm(path.join(dir, 'slice-2'));
-    const orphanDir = path.join(tmp.dir, 'objects', 'ab', 'ab'.repeat(32));
+    const orphanDir = path.join(tmp().dir, 'objects', 'ab', 'ab'.repeat(32));
     await import('node:fs/promises').then((f) => f.mkdir(orphanDir, { recursive: true }));
     await writeFile(path.join(orphanDir, 'slice-0'), 'no meta');
     // Two at once share one walk: the files are counted once.
@@ -185,29 +176,29 @@ describe('range cache: faults are misses plus repairs', () => {
   });
 
   it('cleanup leaves young .tmp and unreferenced files alone: another process may be writing them', async () => {
-    const { cache } = await filledCache(tmp.dir, id, 3000, { cleanupGraceMs: 60_000 });
-    await writeFile(path.join(objectDir(tmp.dir), 'slice-1.tmp-fresh'), 'writing');
-    await writeFile(path.join(objectDir(tmp.dir), 'slice-7'), 'renamed, metadata not yet');
+    const { cache } = await filledCache(tmp().dir, id, 3000, { cleanupGraceMs: 60_000 });
+    await writeFile(path.join(objectDir(), 'slice-1.tmp-fresh'), 'writing');
+    await writeFile(path.join(objectDir(), 'slice-7'), 'renamed, metadata not yet');
     expect(await cache.cleanup()).toMatchObject({ partialWrites: 0, orphanedFiles: 0 });
-    expect(await readdir(objectDir(tmp.dir))).toContain('slice-1.tmp-fresh');
+    expect(await readdir(objectDir())).toContain('slice-1.tmp-fresh');
   });
 
   it('removes leftover .tmp files at start-up and rebuilds the index from disk', async () => {
-    const { cache } = await filledCache(tmp.dir, id, 3000);
+    const { cache } = await filledCache(tmp().dir, id, 3000);
     await cache.close();
-    await writeFile(path.join(objectDir(tmp.dir), 'slice-0.tmp-zzz'), 'x');
-    const reopened = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE });
+    await writeFile(path.join(objectDir(), 'slice-0.tmp-zzz'), 'x');
+    const reopened = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE });
     expect(reopened.stats()).toMatchObject({
       slices: 3,
       sizeBytes: 3000,
       repairs: { partial_write_cleanup_total: 1 },
     });
-    expect(await readdir(objectDir(tmp.dir))).not.toContain('slice-0.tmp-zzz');
+    expect(await readdir(objectDir())).not.toContain('slice-0.tmp-zzz');
   });
 
   it('permission errors and EIO are misses with a counter, never crashes', async () => {
     const fs = faultyFs();
-    const { cache } = await filledCache(tmp.dir, id, 3000, { fs });
+    const { cache } = await filledCache(tmp().dir, id, 3000, { fs });
     const faults: string[] = [];
     cache.on('fault', (f) => faults.push(f.error.code));
     const stop = fs.inject({ code: 'EIO', ops: ['read'], path: /slice-0$/ });
@@ -227,7 +218,7 @@ describe('range cache: full disk and eviction', () => {
   it('evicts least recently used slices between the watermarks', async () => {
     const clock = new VirtualClock(1_000);
     const cache = await RangeCache.open({
-      dir: tmp.dir,
+      dir: tmp().dir,
       sliceBytes: SLICE,
       maxBytes: 10 * SLICE,
       highWatermark: 0.9,
@@ -254,7 +245,7 @@ describe('range cache: full disk and eviction', () => {
 
   it('disk full with room to evict: no partial file, emergency eviction, one retry succeeds', async () => {
     const fs = faultyFs();
-    const { cache } = await filledCache(tmp.dir, id, 4096, { fs });
+    const { cache } = await filledCache(tmp().dir, id, 4096, { fs });
     const other: ObjectIdentity = { bucket: 'b', key: 'new' };
     await cache.putMeta(other, { etag: '"n"', size: SLICE });
     fs.inject({ code: 'ENOSPC', ops: ['write'], times: 1 });
@@ -263,14 +254,20 @@ describe('range cache: full disk and eviction', () => {
     expect(cache.stats().repairs.disk_full_events_total).toBe(1);
     expect(cache.stats().evictions).toBeGreaterThan(0);
     expect(cache.bypassed).toBe(false);
-    const names = await readdir(objectDir(tmp.dir, other));
+    const names = await readdir(objectDir(other));
     expect(names.some((n) => n.includes('.tmp-'))).toBe(false);
   });
 
   it('disk full with nothing to evict: bypass until space returns, then caching again', async () => {
     const clock = new VirtualClock();
     const fs = faultyFs({ diskBytes: 800 }); // room for metadata, not for a slice
-    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, fs, clock, bypassProbeMs: 5_000 });
+    const cache = await RangeCache.open({
+      dir: tmp().dir,
+      sliceBytes: SLICE,
+      fs,
+      clock,
+      bypassProbeMs: 5_000,
+    });
     const changes: boolean[] = [];
     cache.on('bypass', (b) => changes.push(b.active));
     await cache.putMeta(id, { etag: '"e1"', size: 3000 });
@@ -279,7 +276,7 @@ describe('range cache: full disk and eviction', () => {
     expect(cache.bypassed).toBe(true);
     expect(cache.stats().repairs.disk_full_events_total).toBe(2);
     expect(await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"')).toMatchObject({ reason: 'bypass' });
-    expect((await readdir(objectDir(tmp.dir))).filter((n) => n !== 'meta.json')).toEqual([]);
+    expect((await readdir(objectDir())).filter((n) => n !== 'meta.json')).toEqual([]);
     await clock.advance(5_000);
     await new Promise((r) => setTimeout(r, 50)); // let the failing probe's disk I/O finish
     expect(cache.bypassed).toBe(true);
@@ -297,7 +294,7 @@ describe('range cache: full disk and eviction', () => {
     const clock = new VirtualClock();
     const fs = faultyFs({ diskBytes: 800 });
     const cache = await RangeCache.open({
-      dir: tmp.dir,
+      dir: tmp().dir,
       sliceBytes: SLICE,
       fs,
       clock,
@@ -335,13 +332,13 @@ describe('range cache: full disk and eviction', () => {
       open: ((p: string, flags: string) =>
         fsP.open(p.includes('.tmp-') && p.includes('slice-') ? '/dev/full' : p, flags)) as typeof fsP.open,
     };
-    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, fs });
+    const cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE, fs });
     await cache.putMeta(id, { etag: '"e1"', size: 3000 });
     const r = await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"');
     expect(r).toMatchObject({ stored: false, reason: 'disk-full' });
     expect(cache.stats().repairs.disk_full_events_total).toBe(2);
     expect(cache.bypassed).toBe(true);
-    expect(await readdir(objectDir(tmp.dir))).toEqual(['meta.json']);
+    expect(await readdir(objectDir())).toEqual(['meta.json']);
     await cache.close();
   });
 });

@@ -2,9 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir, open, readFile, rename, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
-  identityHash,
   MAX_BUFFER_READ_BYTES,
   RangeCache,
   VERIFY_BLOCK_BYTES,
@@ -12,24 +11,15 @@ import {
   type ObjectIdentity,
 } from '../src/cache/index.js';
 import { VirtualClock } from '../src/time/index.js';
-import { bytesOf, tempDir } from './cache-support.js';
+import { bytesOf, objectDirOf, useTempDir } from './cache-support.js';
 
 const BLOCK = VERIFY_BLOCK_BYTES;
 const SLICE = 16 * BLOCK; // 1 MiB
 const SIZE = 2 * SLICE + 5000;
 const id: ObjectIdentity = { bucket: 'b', key: 'hits.bin' };
-let tmp: Awaited<ReturnType<typeof tempDir>>;
-beforeEach(async () => {
-  tmp = await tempDir();
-});
-afterEach(async () => {
-  await tmp.remove();
-});
+const tmp = useTempDir();
 
-const objectDir = (): string => {
-  const h = identityHash(id);
-  return path.join(tmp.dir, 'objects', h.slice(0, 2), h);
-};
+const objectDir = (): string => objectDirOf(tmp().dir, id);
 
 const flipByteAt = async (offset: number): Promise<void> => {
   const index = Math.floor(offset / SLICE);
@@ -45,7 +35,7 @@ async function filled(
   verifyThreads: number,
   extra: Partial<Parameters<typeof RangeCache.open>[0]> = {},
 ): Promise<{ cache: RangeCache; data: Buffer }> {
-  const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, verifyThreads, ...extra });
+  const cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE, verifyThreads, ...extra });
   const data = randomBytes(SIZE);
   await cache.putMeta(id, { etag: '"e1"', size: SIZE });
   for (let i = 0; i * SLICE < SIZE; i++) {
@@ -201,7 +191,7 @@ describe('range cache: access times', () => {
       1: 1_000,
       2: 1_000,
     });
-    const reopened = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, clock, verifyThreads: 0 });
+    const reopened = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE, clock, verifyThreads: 0 });
     await reopened.evictTo(SIZE - SLICE - 1); // two slices must go: the least recently used
     expect((await reopened.getMeta(id))?.slices.map((s) => s.index)).toEqual([0]);
     const kept = await reopened.readBuffer(id, 0, SLICE - 1);
@@ -254,7 +244,7 @@ describe('range cache: metadata format 1', () => {
       ],
     };
     await writeFile(path.join(dir, 'meta.json'), JSON.stringify(v1));
-    const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes, verifyThreads: 0, cleanupGraceMs: 0 });
+    const cache = await RangeCache.open({ dir: tmp().dir, sliceBytes, verifyThreads: 0, cleanupGraceMs: 0 });
     const r = await cache.readBuffer(id, 10, 5000);
     expect(r.hit && r.bytes.equals(data.subarray(10, 5001))).toBe(true);
     expect((await cache.getMeta(id))?.slices[0]?.blockBytes).toBe(V1_BLOCK_BYTES);

@@ -1,24 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { identityHash, RangeCache, type ObjectIdentity } from '../src/cache/index.js';
-import { bytesOf, SLICE, tempDir, watchedFs, type FsCall } from './cache-support.js';
+import { describe, expect, it } from 'vitest';
+import { RangeCache, type ObjectIdentity } from '../src/cache/index.js';
+import { bytesOf, objectDirOf, SLICE, useTempDir, watchedFs, type FsCall } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'dirs.bin' };
-let tmp: Awaited<ReturnType<typeof tempDir>>;
-beforeEach(async () => {
-  tmp = await tempDir();
-});
-afterEach(async () => {
-  await tmp.remove();
-});
-const objectDir = (): string => {
-  const h = identityHash(id);
-  return path.join(tmp.dir, 'objects', h.slice(0, 2), h);
-};
+const tmp = useTempDir();
+const objectDir = (): string => objectDirOf(tmp().dir, id);
 const open = (fs?: Parameters<typeof RangeCache.open>[0]['fs']): Promise<RangeCache> =>
-  RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, cleanupGraceMs: 0, ...(fs ? { fs } : {}) });
+  RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE, cleanupGraceMs: 0, ...(fs ? { fs } : {}) });
 const expectBytes = async (cache: RangeCache, data: Buffer): Promise<void> => {
   const r = await cache.read(id, 0, data.length - 1);
   expect(r.hit).toBe(true);

@@ -5,20 +5,19 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   encodeMeta,
-  identityHash,
   META_VERSION,
   RangeCache,
   sliceLength,
   type CacheMeta,
   type ObjectIdentity,
 } from '../src/cache/index.js';
-import { bytesOf, tempDir } from './cache-support.js';
+import { bytesOf, objectDirOf, tempDir, type TempDir } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'prop' };
 const SIZE = 3000;
 const SLICE = 1024;
 const content = Buffer.alloc(SIZE, 7);
-let tmp: Awaited<ReturnType<typeof tempDir>>;
+let tmp: TempDir;
 beforeAll(async () => {
   tmp = await tempDir();
 });
@@ -43,8 +42,7 @@ const validMeta = (): CacheMeta => ({
 
 describe('range cache: any meta.json on disk', () => {
   it('property: any bytes as meta.json give a miss or a valid entry with the right bytes, never an exception', async () => {
-    const h = identityHash(id);
-    const dir = path.join(tmp.dir, 'objects', h.slice(0, 2), h);
+    const dir = objectDirOf(tmp.dir, id);
     const bytes = fc.oneof(
       fc.uint8Array({ maxLength: 300 }),
       fc.jsonValue().map((v) => Buffer.from(JSON.stringify(v))),

@@ -2,23 +2,22 @@ import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { identityHash, RangeCache, VERIFY_BLOCK_BYTES, type ObjectIdentity } from '../src/cache/index.js';
-import { bytesOf, tempDir, watchedFs, type FsCall } from './cache-support.js';
+import { RangeCache, VERIFY_BLOCK_BYTES, type ObjectIdentity } from '../src/cache/index.js';
+import { bytesOf, sliceFileOf, useTempDir, watchedFs, type FsCall } from './cache-support.js';
 
 // Slices of three 2 MiB read units each (the last one short), so a stream reads each slice thrice.
 const SLICE = 5 * 1024 * 1024;
 const SIZE = 2 * SLICE + 3 * VERIFY_BLOCK_BYTES;
 const id: ObjectIdentity = { bucket: 'b', key: 'handles.bin' };
-let tmp: Awaited<ReturnType<typeof tempDir>>;
+const tmp = useTempDir();
 let cache: RangeCache;
 let calls: FsCall[];
 let data: Buffer;
 beforeEach(async () => {
-  tmp = await tempDir();
   const watched = watchedFs();
   calls = watched.calls;
   // An injected file system: reads and checks run on the event loop.
-  cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, maxBytes: 100 * SLICE, fs: watched.fs });
+  cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE, maxBytes: 100 * SLICE, fs: watched.fs });
   data = randomBytes(SIZE);
   await cache.putMeta(id, { etag: '"e"', size: SIZE });
   for (let i = 0; i * SLICE < SIZE; i++) {
@@ -29,13 +28,9 @@ beforeEach(async () => {
 });
 afterEach(async () => {
   await cache.close();
-  await tmp.remove();
 });
 
-const sliceFile = (index: number): string => {
-  const h = identityHash(id);
-  return path.join(tmp.dir, 'objects', h.slice(0, 2), h, `slice-${index}`);
-};
+const sliceFile = (index: number): string => sliceFileOf(tmp().dir, id, index);
 /** Opens and closes of each slice file (not of files being written) since the last reset. */
 const handleCounts = (): Record<string, [opened: number, closed: number]> => {
   const counts: Record<string, [number, number]> = {};

@@ -1,26 +1,16 @@
 import { writeFile } from 'node:fs/promises';
-import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { identityHash, MAX_BUFFER_READ_BYTES, RangeCache, type ObjectIdentity } from '../src/cache/index.js';
-import { SLICE, tempDir } from './cache-support.js';
+import { describe, expect, it } from 'vitest';
+import { MAX_BUFFER_READ_BYTES, RangeCache, type ObjectIdentity } from '../src/cache/index.js';
+import { metaFileOf, SLICE, useTempDir } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'misses.bin' };
 const SIZE = 3 * SLICE;
-let tmp: Awaited<ReturnType<typeof tempDir>>;
-beforeEach(async () => {
-  tmp = await tempDir();
-});
-afterEach(async () => {
-  await tmp.remove();
-});
-const metaFile = (): string => {
-  const h = identityHash(id);
-  return path.join(tmp.dir, 'objects', h.slice(0, 2), h, 'meta.json');
-};
+const tmp = useTempDir();
+const metaFile = (): string => metaFileOf(tmp().dir, id);
 
 /** A cache holding slices 0 and 2 of the object. */
 async function partlyCached(): Promise<RangeCache> {
-  const cache = await RangeCache.open({ dir: tmp.dir, sliceBytes: SLICE, cleanupGraceMs: 0 });
+  const cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE, cleanupGraceMs: 0 });
   await cache.putMeta(id, { etag: '"e"', size: SIZE });
   for (const i of [0, 2])
     expect(await cache.writeSlice(id, i, Buffer.alloc(SLICE, i), '"e"')).toEqual({ stored: true });

@@ -5,13 +5,62 @@ import os from 'node:os';
 import path from 'node:path';
 import { text } from 'node:stream/consumers';
 import type { Readable } from 'node:stream';
-import { RangeCache, type CacheFs, type ObjectIdentity, type RangeCacheOptions } from '../src/cache/index.js';
+import { afterEach, beforeEach } from 'vitest';
+import {
+  identityHash,
+  RangeCache,
+  type CacheFs,
+  type ObjectIdentity,
+  type RangeCacheOptions,
+} from '../src/cache/index.js';
 
 export const SLICE = 1024;
 
-export async function tempDir(): Promise<{ dir: string; remove(): Promise<void> }> {
+/** A temporary directory and the function that removes it with all it holds. */
+export interface TempDir {
+  dir: string;
+  remove(): Promise<void>;
+}
+
+export async function tempDir(): Promise<TempDir> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-cache-'));
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * Gives every test of the file a fresh temporary directory, made before it and removed after it;
+ * returns the current test's directory. Call at the top of the file, before hooks that use it:
+ * hooks registered later run after it is made and before it is removed.
+ */
+export function useTempDir(): () => TempDir {
+  let current: TempDir | undefined;
+  beforeEach(async () => {
+    current = await tempDir();
+  });
+  afterEach(async () => {
+    await current?.remove();
+    current = undefined;
+  });
+  return () => {
+    if (!current) throw new Error('useTempDir: no temporary directory outside a test or its hooks');
+    return current;
+  };
+}
+
+/** Directory of `id` in the cache at `cacheDir`: `objects/<first two hex digits of its hash>/<hash>`. */
+export function objectDirOf(cacheDir: string, id: ObjectIdentity): string {
+  const h = identityHash(id);
+  return path.join(cacheDir, 'objects', h.slice(0, 2), h);
+}
+
+/** File of slice `index` of `id` in the cache at `cacheDir`. */
+export function sliceFileOf(cacheDir: string, id: ObjectIdentity, index: number): string {
+  return path.join(objectDirOf(cacheDir, id), `slice-${index}`);
+}
+
+/** The meta.json of `id` in the cache at `cacheDir`. */
+export function metaFileOf(cacheDir: string, id: ObjectIdentity): string {
+  return path.join(objectDirOf(cacheDir, id), 'meta.json');
 }
 
 /** Opens a cache with 1 KiB slices and stores `size` random bytes of `id`, all slices. */

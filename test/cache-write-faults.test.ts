@@ -1,22 +1,12 @@
 import { readdir } from 'node:fs/promises';
-import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { identityHash, type ObjectIdentity } from '../src/cache/index.js';
+import { describe, expect, it } from 'vitest';
+import { type ObjectIdentity } from '../src/cache/index.js';
 import { faultyFs, type FsFaultCode, type FsOperation } from '../src/chaos/index.js';
-import { bytesOf, filledCache, SLICE, tempDir } from './cache-support.js';
+import { bytesOf, filledCache, objectDirOf, SLICE, useTempDir } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'w' };
-let tmp: Awaited<ReturnType<typeof tempDir>>;
-beforeEach(async () => {
-  tmp = await tempDir();
-});
-afterEach(async () => {
-  await tmp.remove();
-});
-const objectDir = (ident: ObjectIdentity): string => {
-  const h = identityHash(ident);
-  return path.join(tmp.dir, 'objects', h.slice(0, 2), h);
-};
+const tmp = useTempDir();
+const objectDir = (ident: ObjectIdentity): string => objectDirOf(tmp().dir, ident);
 
 describe('range cache: write faults other than a full disk', () => {
   const cases: [FsFaultCode, FsOperation][] = [
@@ -28,7 +18,7 @@ describe('range cache: write faults other than a full disk', () => {
   for (const [code, op] of cases) {
     it(`${code} on ${op}: not stored, a fault event, no partial file, no bypass, earlier slices intact`, async () => {
       const fs = faultyFs();
-      const { cache, data } = await filledCache(tmp.dir, id, 2 * SLICE + 10, { fs });
+      const { cache, data } = await filledCache(tmp().dir, id, 2 * SLICE + 10, { fs });
       const other: ObjectIdentity = { bucket: 'b', key: 'other' };
       await cache.putMeta(other, { etag: '"o"', size: SLICE });
       const faults: string[] = [];
@@ -56,7 +46,7 @@ describe('range cache: write faults other than a full disk', () => {
 describe('range cache: EDQUOT is a full disk too', () => {
   it('a quota error on fsync counts a disk-full event, leaves no partial file and succeeds on the one retry', async () => {
     const fs = faultyFs();
-    const { cache } = await filledCache(tmp.dir, id, 2 * SLICE, { fs });
+    const { cache } = await filledCache(tmp().dir, id, 2 * SLICE, { fs });
     const other: ObjectIdentity = { bucket: 'b', key: 'quota' };
     await cache.putMeta(other, { etag: '"q"', size: SLICE });
     fs.inject({ code: 'EDQUOT', ops: ['sync'], path: /slice-0\.tmp-/, times: 1 });
