@@ -216,3 +216,34 @@ export async function startRecorder(upstream: string): Promise<Recorder> {
     },
   };
 }
+
+/** A gateway whose origin is a {@link Recorder} in front of the harness's origin. */
+export interface RecordedGateway {
+  /** What reached the origin through `gateway`. */
+  recorder: Recorder;
+  gateway: Gateway;
+}
+
+/**
+ * Starts a recorder of `h`'s origin and a gateway in front of it (gateway auth with
+ * {@link CLIENT_KEY}, its cache at `${h.cacheDir}-${cacheSuffix}`, nothing logged, `extra` on top),
+ * listening on a free port. The caller closes both, the gateway first.
+ */
+export async function startRecordedGateway(
+  h: Harness,
+  cacheSuffix: string,
+  extra: Partial<GatewayOptions> = {},
+): Promise<RecordedGateway> {
+  const recorder = await startRecorder(h.origin.url);
+  const gateway = await createGateway({
+    upstream: recorder.url,
+    originCredentials: TEST_CREDENTIALS,
+    auth: 'gateway',
+    clientKeys: [CLIENT_KEY],
+    cacheDir: `${h.cacheDir}-${cacheSuffix}`,
+    log: () => undefined,
+    ...extra,
+  });
+  await gateway.listen(0);
+  return { recorder, gateway };
+}

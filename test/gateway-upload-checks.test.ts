@@ -8,15 +8,14 @@ import http from 'node:http';
 import net from 'node:net';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createGateway, type Gateway } from '../src/gateway/index.js';
+import type { Gateway } from '../src/gateway/index.js';
 import {
   CLIENT_KEY,
   expectS3Error,
   rawRequest,
   sha,
   startHarness,
-  startRecorder,
-  TEST_CREDENTIALS,
+  startRecordedGateway,
   type Harness,
   type RawAnswer,
   type Recorded,
@@ -32,16 +31,7 @@ let recorded: Gateway;
 
 beforeAll(async () => {
   h = await startHarness();
-  recorder = await startRecorder(h.origin.url);
-  recorded = await createGateway({
-    upstream: recorder.url,
-    originCredentials: TEST_CREDENTIALS,
-    auth: 'gateway',
-    clientKeys: [CLIENT_KEY],
-    cacheDir: `${h.cacheDir}-recorded`,
-    log: () => undefined,
-  });
-  await recorded.listen(0);
+  ({ recorder, gateway: recorded } = await startRecordedGateway(h, 'recorded'));
 });
 afterAll(async () => {
   await recorded.close(1000);

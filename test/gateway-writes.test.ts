@@ -22,7 +22,7 @@ import {
   signedRequest,
   SLICE,
   startHarness,
-  startRecorder,
+  startRecordedGateway,
   TEST_CREDENTIALS,
   type Harness,
   type Recorded,
@@ -298,17 +298,7 @@ describe('a write racing a miss of the same object', () => {
 
 describe('DeleteObjects body', () => {
   it('reaches the origin byte for byte while its keys are dropped', async () => {
-    const recorder = await startRecorder(h.origin.url);
-    const g: Gateway = await createGateway({
-      upstream: recorder.url,
-      originCredentials: TEST_CREDENTIALS,
-      auth: 'gateway',
-      clientKeys: [CLIENT_KEY],
-      cacheDir: `${h.cacheDir}-recorded`,
-      sliceBytes: SLICE,
-      log: () => undefined,
-    });
-    await g.listen(0);
+    const { recorder, gateway: g } = await startRecordedGateway(h, 'recorded', { sliceBytes: SLICE });
     const client = s3(g.url(), CLIENT_KEY);
     try {
       const keys = ['rec-x&y.bin', 'rec-z.bin'];
@@ -350,17 +340,7 @@ describe('DeleteObjects body limit (8 MiB)', () => {
   let recorder: Recorder;
   let g: Gateway;
   beforeAll(async () => {
-    recorder = await startRecorder(h.origin.url);
-    g = await createGateway({
-      upstream: recorder.url,
-      originCredentials: TEST_CREDENTIALS,
-      auth: 'gateway',
-      clientKeys: [CLIENT_KEY],
-      cacheDir: `${h.cacheDir}-delete-limit`,
-      sliceBytes: SLICE,
-      log: () => undefined,
-    });
-    await g.listen(0);
+    ({ recorder, gateway: g } = await startRecordedGateway(h, 'delete-limit', { sliceBytes: SLICE }));
   });
   afterAll(async () => {
     await g.close(500);
