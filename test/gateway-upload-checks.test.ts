@@ -1,14 +1,15 @@
 /**
  * What the gateway checks in an upload before the origin may store it: a PUT must say how long
  * its body is; an aws-chunked body's checksum trailer must match it; a body refused long before
- * its end still gets its answer to a client that goes on sending it.
+ * its end still gets its answer to a client that goes on sending it, for a bounded time.
  */
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Gateway } from '../src/gateway/index.js';
+import { createGateway, type Gateway } from '../src/gateway/index.js';
+import { VirtualClock } from '../src/time/index.js';
 import {
   CLIENT_KEY,
   expectS3Error,
@@ -16,6 +17,7 @@ import {
   sha,
   startHarness,
   startRecordedGateway,
+  TEST_CREDENTIALS,
   type Harness,
   type RawAnswer,
   type Recorded,
@@ -23,6 +25,7 @@ import {
   xmlField,
 } from './gateway-protocol-support.js';
 import { checksumOf, chunkedUpload, signedHeaders, type ChecksumAlgorithm } from './gateway-sign-support.js';
+import { until } from './gateway-run-support.js';
 
 let h: Harness;
 let recorder: Recorder;
@@ -359,6 +362,54 @@ describe('a refused request without a body', () => {
       expect(second).toEqual({ status: 403, code: 'SignatureDoesNotMatch', reused: true });
     } finally {
       agent.destroy();
+    }
+  });
+});
+
+describe('a refused body that keeps coming', () => {
+  it('is read and dropped for at most 30 s after the answer, then the connection is closed', async () => {
+    const clock = new VirtualClock(Date.now());
+    const g = await createGateway({
+      upstream: h.origin.url,
+      originCredentials: TEST_CREDENTIALS,
+      auth: 'gateway',
+      clientKeys: [CLIENT_KEY],
+      log: () => undefined,
+      clock,
+    });
+    await g.listen(0);
+    const u = new URL(g.url());
+    const headers = await signedHeaders(
+      g.url(),
+      { ...CLIENT_KEY, secretAccessKey: 'not-the-secret' },
+      'PUT',
+      '/b/slow-refused.bin',
+      { 'content-length': String(1024 ** 3) },
+      'UNSIGNED-PAYLOAD',
+    );
+    const socket = net.connect(Number(u.port), u.hostname);
+    let received = '';
+    let closed = false;
+    socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+    socket.on('error', () => undefined);
+    socket.on('close', () => (closed = true));
+    try {
+      const head = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`);
+      socket.write(`PUT /b/slow-refused.bin HTTP/1.1\r\n${head.join('')}\r\n`);
+      socket.write(Buffer.alloc(64 * 1024, 1));
+      await until(() => received.includes('</Error>'), 'the 403 answer');
+      expect(received).toMatch(/^HTTP\/1\.1 403 /);
+      expect(received).toContain('<Code>SignatureDoesNotMatch</Code>');
+      // The client goes on sending (slowly): the gateway keeps reading until the lingering time ends.
+      await clock.advance(29_000);
+      socket.write(Buffer.alloc(64 * 1024, 2));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(closed).toBe(false);
+      await clock.advance(1_000);
+      await until(() => closed, 'the connection to be closed after 30 s');
+    } finally {
+      socket.destroy();
+      await g.close(1000);
     }
   });
 });

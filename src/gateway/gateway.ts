@@ -118,8 +118,9 @@ function refuse(
   method: string,
   spec: S3ErrorSpec,
   id: string,
+  clock: Clock,
 ): void {
-  if (announcesBody(req)) return refuseBody(req, res, method, spec, id);
+  if (announcesBody(req)) return refuseBody(req, res, method, spec, id, clock);
   req.resume();
   sendS3Error(res, method, spec, id);
 }
@@ -234,7 +235,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       const rawUrl = req.url ?? '/';
       const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
       if ('malformed' in target) {
-        refuse(req, res, method, malformedTargetError(target), id);
+        refuse(req, res, method, malformedTargetError(target), id, clock);
         return;
       }
       let verified: VerifiedRequest | undefined;
@@ -249,6 +250,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
             method,
             { ...auth.error, ...(target.key ? { resource: `/${target.bucket ?? ''}/${target.key}` } : {}) },
             id,
+            clock,
           );
           return;
         }
@@ -280,6 +282,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       await passthrough(origin, guard, req, res, target, id, {
         cache,
         verified,
+        clock,
         onInvalidate: (changed) => {
           invalidateReads(ctx, changed);
           if (cache) metrics.invalidations.inc();

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { classify, keelError } from '../errors/index.js';
 import type { ObjectIdentity, RangeCache } from '../cache/index.js';
+import type { Clock } from '../time/index.js';
 import type { OriginClient } from './origin-client.js';
 import type { OriginGuard } from './origin-guard.js';
 import { readAll, relayAnswer } from './relay.js';
@@ -80,6 +81,8 @@ export interface PassthroughOptions {
   onCorsChange?: (bucket: string) => void;
   /** The client's verified signature (`gateway` auth): chunk signatures are checked against it. */
   verified?: VerifiedRequest | undefined;
+  /** Times how long a refused body is still read (default: the system clock). */
+  clock?: Clock;
 }
 
 /**
@@ -106,7 +109,7 @@ export async function passthrough(
   const method = req.method ?? 'GET';
   const plan = planBody(req, headers, options.verified);
   const refuse = (spec: S3ErrorSpec): number => {
-    refuseBody(req, res, method, spec, requestId);
+    refuseBody(req, res, method, spec, requestId, options.clock);
     return spec.status;
   };
   if ('refuse' in plan) return refuse(plan.refuse.s3);

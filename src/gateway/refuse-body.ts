@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { systemClock, type Clock } from '../time/index.js';
 import { s3ErrorXml, sendS3Error, type S3ErrorSpec } from './s3-error.js';
 
 /** A refused body is still read and dropped, up to this many bytes after the refusal… */
@@ -12,7 +13,7 @@ const MAX_DISCARD_MS = 30_000;
  * connection, ends only once the rest of the body has been read and dropped: closing a socket with
  * unread bytes resets it, and a client still writing would see ECONNRESET or EPIPE instead of the
  * answer. A body that goes on past {@link MAX_DISCARDED_BODY_BYTES} or {@link MAX_DISCARD_MS} is
- * cut off, as nginx's lingering close does.
+ * cut off, as nginx's lingering close does (`clock` times the latter).
  */
 export function refuseBody(
   req: IncomingMessage,
@@ -20,6 +21,7 @@ export function refuseBody(
   method: string,
   spec: S3ErrorSpec,
   requestId: string,
+  clock: Clock = systemClock,
 ): void {
   const closing: S3ErrorSpec = { ...spec, headers: { ...spec.headers, connection: 'close' } };
   // Whatever read the body until now (a checker, the origin request) gets no more of it.
@@ -42,7 +44,7 @@ export function refuseBody(
   const end = (): void => {
     if (ended) return;
     ended = true;
-    clearTimeout(timer);
+    timer.cancel();
     req.off('data', drop);
     res.end();
   };
@@ -50,8 +52,7 @@ export function refuseBody(
     discarded += chunk.length;
     if (discarded > MAX_DISCARDED_BODY_BYTES) end();
   };
-  const timer = setTimeout(end, MAX_DISCARD_MS);
-  timer.unref();
+  const timer = clock.setTimer(MAX_DISCARD_MS, end);
   req.on('data', drop);
   // A stream paused when it was unpiped does not flow again for a new 'data' listener alone.
   req.resume();
