@@ -9,7 +9,7 @@ import {
   rawRequest,
   sha,
   startHarness,
-  startRecorder,
+  startRecordedGateway,
   s3,
   TEST_CREDENTIALS,
   type Harness,
@@ -285,15 +285,7 @@ describe('SDK uploads and payload hashes', () => {
   ])(
     'sends the origin %s streamed body decoded, with its decoded length (and its checksum as a header: %s)',
     async (_what, size, checksumForwarded) => {
-      const recorder = await startRecorder(h.origin.url);
-      const g = await createGateway({
-        upstream: recorder.url,
-        originCredentials: TEST_CREDENTIALS,
-        auth: 'gateway',
-        clientKeys: [CLIENT_KEY],
-        log: () => undefined,
-      });
-      await g.listen(0);
+      const { recorder, gateway: g } = await startRecordedGateway(h, undefined);
       const client = s3(g.url(), CLIENT_KEY);
       try {
         const data = randomBytes(size);

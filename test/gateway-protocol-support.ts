@@ -226,12 +226,12 @@ export interface RecordedGateway {
 
 /**
  * Starts a recorder of `h`'s origin and a gateway in front of it (gateway auth with
- * {@link CLIENT_KEY}, its cache at `${h.cacheDir}-${cacheSuffix}`, nothing logged, `extra` on top),
- * listening on a free port. The caller closes both, the gateway first.
+ * {@link CLIENT_KEY}, its cache at `${h.cacheDir}-${cacheSuffix}` (none without a suffix), nothing
+ * logged, `extra` on top), listening on a free port. The caller closes both, the gateway first.
  */
 export async function startRecordedGateway(
   h: Harness,
-  cacheSuffix: string,
+  cacheSuffix: string | undefined,
   extra: Partial<GatewayOptions> = {},
 ): Promise<RecordedGateway> {
   const recorder = await startRecorder(h.origin.url);
@@ -240,7 +240,7 @@ export async function startRecordedGateway(
     originCredentials: TEST_CREDENTIALS,
     auth: 'gateway',
     clientKeys: [CLIENT_KEY],
-    cacheDir: `${h.cacheDir}-${cacheSuffix}`,
+    ...(cacheSuffix === undefined ? {} : { cacheDir: `${h.cacheDir}-${cacheSuffix}` }),
     log: () => undefined,
     ...extra,
   });
