@@ -141,6 +141,8 @@ describe('AlertManager', () => {
     expect(second.firing().map((a) => a.summary)).toEqual(['3']);
     // A reloaded firing alert is deduplicated, not re-sent as new.
     expect(second.resolve('H', { i: '3' })?.status).toBe('resolved');
+    // Its history save must end before the directory is removed.
+    await second.close();
   });
 
   it('fails at start with the setting name when the history file cannot be written', async () => {
