@@ -150,20 +150,12 @@ async function startKeel(upstream: string, cacheDir: string): Promise<{ url: str
       env: { ...process.env, KEEL_ORIGIN_ACCESS_KEY_ID: 'S3RVER', KEEL_ORIGIN_SECRET_ACCESS_KEY: 'S3RVER' },
     },
   );
-  return new Promise((resolve, reject) => {
-    let err = '';
-    proc.stderr?.on('data', (d: Buffer) => {
-      err += d.toString();
-      if (process.env.KEEL_BENCH_KEEL_LOG) process.stderr.write(d);
-      const m = /S3 endpoint (http:\/\/\S+)/.exec(err);
-      if (m) resolve({ url: m[1] as string, proc });
-    });
-    proc.on('exit', (code, signal) => {
-      const e = new Error(`keel exited (${code ?? signal}): ${err}`);
-      reject(e);
-      // Past start-up, a keel that dies must not pass for a slow one.
+  return listening(proc, 'keel', {
+    echo: Boolean(process.env.KEEL_BENCH_KEEL_LOG),
+    // Past start-up, a keel that dies must not pass for a slow one.
+    onExit: (e) => {
       if (!stopping && !stopped.has(proc)) console.error(e.message);
-    });
+    },
   });
 }
 
@@ -174,14 +166,32 @@ function startNodeProxy(upstream: string): Promise<{ url: string; proc: ChildPro
     ['--import', 'tsx', path.join(import.meta.dirname, '_node-proxy.ts'), upstream],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
+  return listening(proc, 'the Node proxy');
+}
+
+/**
+ * Resolves with the URL `proc` prints on stderr as `S3 endpoint <url>` once it listens; rejects
+ * when it exits first. `echo` copies its stderr to ours; `onExit` is told of any exit, with the
+ * stderr so far.
+ */
+function listening(
+  proc: ChildProcess,
+  name: string,
+  options: { echo?: boolean; onExit?: (e: Error) => void } = {},
+): Promise<{ url: string; proc: ChildProcess }> {
   return new Promise((resolve, reject) => {
     let err = '';
     proc.stderr?.on('data', (d: Buffer) => {
       err += d.toString();
+      if (options.echo) process.stderr.write(d);
       const m = /S3 endpoint (http:\/\/\S+)/.exec(err);
       if (m) resolve({ url: m[1] as string, proc });
     });
-    proc.on('exit', (code, signal) => reject(new Error(`the Node proxy exited (${code ?? signal}): ${err}`)));
+    proc.on('exit', (code, signal) => {
+      const e = new Error(`${name} exited (${code ?? signal}): ${err}`);
+      reject(e);
+      options.onExit?.(e);
+    });
   });
 }
 
