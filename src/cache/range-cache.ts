@@ -14,7 +14,7 @@ import { MetaMemo } from './meta-memo.js';
 import type { CacheMeta, ObjectInfo } from './metadata.js';
 import { ObjectStore, type LoadedMeta } from './object-store.js';
 import { resolveOptions, type RangeCacheOptions } from './options.js';
-import { planRead, type ReadUnit } from './read-plan.js';
+import { planRead, slicesOf, type ReadUnit, type SlicePart } from './read-plan.js';
 import { streamUnits } from './read-stream.js';
 import { SliceReader } from './slice-read.js';
 import { VerifyPool } from './verify-pool.js';
@@ -343,23 +343,13 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     const found = await this.lookup(hash, id, start, end, options.meta, MAX_BUFFER_READ_BYTES);
     if (found.state !== 'ok') return this.miss(missReason(found));
     const meta = found.meta;
-    if (end >= meta.size) return this.miss('range beyond the object');
-    const first = Math.floor(start / meta.sliceBytes);
-    const last = Math.floor(end / meta.sliceBytes);
-    const pieces: Promise<{ bytes: Buffer; release: () => void } | undefined>[] = [];
-    for (let i = first; i <= last; i++) {
-      const slice = meta.slices.find((s) => s.index === i);
-      if (!slice) return this.miss(`slice ${i} not cached`);
-      const base = i * meta.sliceBytes;
-      pieces.push(
-        this.reader.read(hash, id, slice, Math.max(0, start - base), Math.min(slice.length, end - base + 1)),
-      );
-    }
-    const read = await Promise.all(pieces);
+    const span = slicesOf(meta, start, end);
+    if (!span.ok) return this.miss(span.reason);
+    const read = await Promise.all(span.parts.map((p) => this.reader.read(hash, id, p.slice, p.from, p.to)));
     const bad = read.findIndex((p) => p === undefined);
     if (bad >= 0) {
       for (const p of read) p?.release();
-      return this.miss(`slice ${first + bad} unusable`);
+      return this.miss(`slice ${(span.parts[bad] as SlicePart).slice.index} unusable`);
     }
     const parts = read as { bytes: Buffer; release: () => void }[];
     this.counts.hits++;
