@@ -46,6 +46,15 @@ const APP_RULES: CORSRule[] = [
   APP_RULE,
   { AllowedOrigins: ['http://*.example.org'], AllowedMethods: ['GET'] },
 ];
+/** The CORS headers APP_RULE gives a read from https://app.example. */
+const APP_CORS = {
+  'access-control-allow-origin': 'https://app.example',
+  'access-control-allow-methods': 'GET, HEAD',
+  'access-control-allow-credentials': 'true',
+  'access-control-expose-headers': 'ETag, x-amz-meta-owner',
+  'access-control-max-age': '600',
+  vary: 'Origin, Access-Control-Request-Headers, Access-Control-Request-Method',
+};
 const PUBLIC_RULES: CORSRule[] = [
   { AllowedOrigins: ['*'], AllowedMethods: ['GET', 'HEAD'], MaxAgeSeconds: 3000 },
 ];
@@ -132,14 +141,7 @@ describe('CORS headers of reads, as the origin answers them', () => {
 
   it('a GET from an allowed origin gets that origin, the rule’s methods, exposed headers, max age, credentials and Vary', async () => {
     const { hit } = await compare('b', 'GET, HEAD', 'GET', { origin: 'https://app.example' });
-    expect(corsOf(hit)).toEqual({
-      'access-control-allow-origin': 'https://app.example',
-      'access-control-allow-methods': 'GET, HEAD',
-      'access-control-allow-credentials': 'true',
-      'access-control-expose-headers': 'ETag, x-amz-meta-owner',
-      'access-control-max-age': '600',
-      vary: 'Origin, Access-Control-Request-Headers, Access-Control-Request-Method',
-    });
+    expect(corsOf(hit)).toEqual(APP_CORS);
   });
 
   it('a HEAD from an allowed origin gets the same headers', async () => {
@@ -192,14 +194,6 @@ describe('CORS headers of reads, as the origin answers them', () => {
 
 describe('CORS headers on every kind of read answer', () => {
   const origin = { origin: 'https://app.example' };
-  const expected = {
-    'access-control-allow-origin': 'https://app.example',
-    'access-control-allow-methods': 'GET, HEAD',
-    'access-control-allow-credentials': 'true',
-    'access-control-expose-headers': 'ETag, x-amz-meta-owner',
-    'access-control-max-age': '600',
-    vary: 'Origin, Access-Control-Request-Headers, Access-Control-Request-Method',
-  };
 
   it('a PARTIAL answer (part of the range cached) carries them', async () => {
     await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'partial.bin', Body: data }));
@@ -208,26 +202,26 @@ describe('CORS headers on every kind of read answer', () => {
     const a = await gw('GET', '/b/partial.bin', origin);
     expect(a.headers['x-keel-cache']).toBe('PARTIAL');
     expect(sha(a.body)).toBe(sha(data));
-    expect(corsOf(a)).toEqual(expected);
+    expect(corsOf(a)).toEqual(APP_CORS);
   });
 
   it('a 304 carries them', async () => {
     const first = await gw('GET', '/b/obj.bin', origin);
     const a = await gw('GET', '/b/obj.bin', { ...origin, 'if-none-match': String(first.headers.etag) });
     expect(a.status).toBe(304);
-    expect(corsOf(a)).toEqual(expected);
+    expect(corsOf(a)).toEqual(APP_CORS);
   });
 
   it('error answers carry them: 404 NoSuchKey, 412 and 416', async () => {
     const missing = await gw('GET', '/b/no-such-key', origin);
     expect(missing.status).toBe(404);
-    expect(corsOf(missing)).toEqual(expected);
+    expect(corsOf(missing)).toEqual(APP_CORS);
     const failed = await gw('GET', '/b/obj.bin', { ...origin, 'if-match': '"not-the-etag"' });
     expect(failed.status).toBe(412);
-    expect(corsOf(failed)).toEqual(expected);
+    expect(corsOf(failed)).toEqual(APP_CORS);
     const range = await gw('GET', '/b/obj.bin', { ...origin, range: `bytes=${data.length + 10}-` });
     expect(range.status).toBe(416);
-    expect(corsOf(range)).toEqual(expected);
+    expect(corsOf(range)).toEqual(APP_CORS);
   });
 });
 
