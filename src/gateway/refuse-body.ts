@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { systemClock, type Clock } from '../time/index.js';
-import { s3ErrorXml, sendS3Error, type S3ErrorSpec } from './s3-error.js';
+import { sendS3Error, writeS3ErrorHead, type S3ErrorSpec } from './s3-error.js';
 
 /** A refused body is still read and dropped, up to this many bytes after the refusal… */
 const MAX_DISCARDED_BODY_BYTES = 256 * 1024 * 1024;
@@ -31,14 +31,8 @@ export function refuseBody(
     sendS3Error(res, method, closing, requestId);
     return;
   }
-  const xml = Buffer.from(s3ErrorXml(closing, requestId), 'utf8');
-  res.writeHead(closing.status, {
-    'content-type': 'application/xml',
-    'content-length': String(xml.length),
-    ...closing.headers,
-  });
   // Node closes the socket as soon as a `Connection: close` response ends: written, not ended.
-  res.write(xml);
+  res.write(writeS3ErrorHead(res, method, closing, requestId) ?? '');
   let discarded = 0;
   let ended = false;
   const end = (): void => {

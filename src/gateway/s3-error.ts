@@ -31,19 +31,32 @@ export function s3ErrorXml(spec: S3ErrorSpec, requestId: string): string {
   return `<?xml version="1.0" encoding="UTF-8"?>\n<Error>${inner}</Error>`;
 }
 
-/** Sends an S3 error (no body for HEAD, as S3). */
+/**
+ * Writes the status line and headers of an S3 error and returns the body that goes with them
+ * (`undefined` for HEAD, answered without one as S3 does), for a caller that sends it itself.
+ */
+export function writeS3ErrorHead(
+  res: ServerResponse,
+  method: string,
+  spec: S3ErrorSpec,
+  requestId: string,
+): string | undefined {
+  const body = method === 'HEAD' ? undefined : s3ErrorXml(spec, requestId);
+  res.writeHead(spec.status, {
+    'content-type': 'application/xml',
+    ...(body === undefined ? {} : { 'content-length': String(Buffer.byteLength(body)) }),
+    ...spec.headers,
+  });
+  return body;
+}
+
+/** Sends an S3 error (no body for HEAD, as S3); a response already under way is cut off instead. */
 export function sendS3Error(res: ServerResponse, method: string, spec: S3ErrorSpec, requestId: string): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  const body = s3ErrorXml(spec, requestId);
-  res.writeHead(spec.status, {
-    'content-type': 'application/xml',
-    ...(method === 'HEAD' ? {} : { 'content-length': String(Buffer.byteLength(body)) }),
-    ...spec.headers,
-  });
-  res.end(method === 'HEAD' ? undefined : body);
+  res.end(writeS3ErrorHead(res, method, spec, requestId));
 }
 
 /** The common S3 errors, by name. */
