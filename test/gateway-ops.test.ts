@@ -227,26 +227,23 @@ describe('gateway operations', () => {
       const text = await (await fetch(`${r.admin.url}/metrics`)).text();
       return Number(/^keel_gateway_revalidations_total\{outcome="started"\} (\d+)$/m.exec(text)?.[1]);
     };
+    /** After `ms` more, a read is served STALE and `count` revalidations have started so far. */
+    const staleAfter = async (ms: number, count: number): Promise<void> => {
+      if (ms > 0) await clock.advance(ms);
+      expect(await readOk(r, 'a.bin')).toBe('STALE');
+      expect(await started()).toBe(count);
+    };
     expect(await readOk(r, 'a.bin')).toBe('MISS');
     await r.gateway.idle();
     await clock.advance(10_001);
     await proxy.disable();
-    expect(await readOk(r, 'a.bin')).toBe('STALE');
-    expect(await started()).toBe(1);
+    await staleAfter(0, 1);
     // The first failure holds the object back 5 s (not the default 1 s)…
-    await clock.advance(4_999);
-    expect(await readOk(r, 'a.bin')).toBe('STALE');
-    expect(await started()).toBe(1);
-    await clock.advance(1);
-    expect(await readOk(r, 'a.bin')).toBe('STALE');
-    expect(await started()).toBe(2);
+    await staleAfter(4_999, 1);
+    await staleAfter(1, 2);
     // …the second 10 s doubled, capped at 8 s.
-    await clock.advance(7_999);
-    expect(await readOk(r, 'a.bin')).toBe('STALE');
-    expect(await started()).toBe(2);
-    await clock.advance(1);
-    expect(await readOk(r, 'a.bin')).toBe('STALE');
-    expect(await started()).toBe(3);
+    await staleAfter(7_999, 2);
+    await staleAfter(1, 3);
   });
 
   it('writes one JSON line per request at log level info, with its request id and no presigned secrets, and none at the default level', async () => {
