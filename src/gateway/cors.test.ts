@@ -154,33 +154,41 @@ describe('originMatches', () => {
 describe('CORS evaluation of a GET or HEAD', () => {
   const rules = parseCorsConfiguration(CONFIG);
 
-  it('answers a matching origin with its own origin, the rule’s methods, exposed headers, max age, credentials and Vary', () => {
-    expect(corsHeaders(rules, 'https://app.example', 'GET')).toEqual({
-      'access-control-allow-origin': 'https://app.example',
-      'access-control-allow-methods': 'GET, HEAD',
-      'access-control-expose-headers': 'ETag, x-amz-meta-owner',
-      'access-control-max-age': '600',
-      'access-control-allow-credentials': 'true',
-      vary: VARY,
-    });
-  });
-
-  it('answers an origin matched by a wildcard pattern with the request’s origin, without the absent max age', () => {
-    expect(corsHeaders(rules, 'http://cdn.example.org', 'GET')).toEqual({
-      'access-control-allow-origin': 'http://cdn.example.org',
-      'access-control-allow-methods': 'GET',
-      'access-control-allow-credentials': 'true',
-      vary: VARY,
-    });
-  });
-
-  it('answers an origin matched by * with *, and without Access-Control-Allow-Credentials', () => {
-    expect(corsHeaders(rules, 'http://cdn.example.org', 'HEAD')).toEqual({
-      'access-control-allow-origin': '*',
-      'access-control-allow-methods': 'HEAD',
-      'access-control-max-age': '3000',
-      vary: VARY,
-    });
+  it.each<[string, string, string, Record<string, string>]>([
+    [
+      'a matching origin with its own origin, the rule’s methods, exposed headers, max age, credentials and Vary',
+      'https://app.example',
+      'GET',
+      {
+        'access-control-allow-origin': 'https://app.example',
+        'access-control-allow-methods': 'GET, HEAD',
+        'access-control-expose-headers': 'ETag, x-amz-meta-owner',
+        'access-control-max-age': '600',
+        'access-control-allow-credentials': 'true',
+      },
+    ],
+    [
+      'an origin matched by a wildcard pattern with the request’s origin, without the absent max age',
+      'http://cdn.example.org',
+      'GET',
+      {
+        'access-control-allow-origin': 'http://cdn.example.org',
+        'access-control-allow-methods': 'GET',
+        'access-control-allow-credentials': 'true',
+      },
+    ],
+    [
+      'an origin matched by * with *, and without Access-Control-Allow-Credentials',
+      'http://cdn.example.org',
+      'HEAD',
+      {
+        'access-control-allow-origin': '*',
+        'access-control-allow-methods': 'HEAD',
+        'access-control-max-age': '3000',
+      },
+    ],
+  ])('answers %s', (_, origin, method, headers) => {
+    expect(corsHeaders(rules, origin, method)).toEqual({ ...headers, vary: VARY });
   });
 
   it('uses the first rule that allows both the origin and the method', () => {
