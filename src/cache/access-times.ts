@@ -1,4 +1,4 @@
-import type { Clock, TimerHandle } from '../time/index.js';
+import type { TimerHandle } from '../time/index.js';
 import type { CacheReporter } from './counters.js';
 import type { SliceIndex } from './eviction.js';
 import type { CacheMeta } from './metadata.js';
@@ -20,28 +20,20 @@ export interface AccessTimesParts extends Pick<CacheSettings, 'clock' | 'accessF
  * {@link AccessTimes.flush}), so reads never write, and the eviction order survives a restart.
  */
 export class AccessTimes {
-  private readonly index: SliceIndex;
-  private readonly clock: Clock;
-  private readonly flushMs: number;
-  private readonly parts: AccessTimesParts;
   /** Objects whose slices were read since their access times were last written. */
   private readonly dirty = new Set<string>();
   private timer: TimerHandle | undefined;
   private flushing: Promise<void> | undefined;
 
-  constructor(parts: AccessTimesParts) {
-    this.index = parts.index;
-    this.clock = parts.clock;
-    this.flushMs = parts.accessFlushMs;
-    this.parts = parts;
-  }
+  constructor(private readonly parts: AccessTimesParts) {}
 
   /** Records a read of a slice (on every hit: no allocation, no I/O). */
   touch(hash: string, index: number): void {
-    this.index.touch(hash, index, this.clock.now());
+    const { index: slices, clock, accessFlushMs } = this.parts;
+    slices.touch(hash, index, clock.now());
     this.dirty.add(hash);
     if (this.timer === undefined && !this.parts.isClosed())
-      this.timer = this.clock.setTimer(this.flushMs, () => {
+      this.timer = clock.setTimer(accessFlushMs, () => {
         this.timer = undefined;
         void this.flush();
       });
@@ -52,7 +44,7 @@ export class AccessTimes {
     return {
       ...meta,
       slices: meta.slices.map((s) => {
-        const at = this.index.lastAccessOf(hash, s.index);
+        const at = this.parts.index.lastAccessOf(hash, s.index);
         return at !== undefined && at > s.lastAccess ? { ...s, lastAccess: at } : s;
       }),
     };

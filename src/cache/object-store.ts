@@ -37,34 +37,17 @@ export interface ObjectStoreParts {
  * missing or corrupt slices are repaired here, each with its counter.
  */
 export class ObjectStore {
-  private readonly fs: CacheFs;
-  private readonly root: string;
-  private readonly memo: MetaMemo;
-  private readonly index: SliceIndex;
-  private readonly access: AccessTimes;
-  private readonly locks: KeyedLock;
-  private readonly inFlight: Set<string>;
-  private readonly report: CacheReporter;
   /** Counts starts and ends of metadata writes and removals (see load). */
   private metaWrites = 0;
 
-  constructor(parts: ObjectStoreParts) {
-    this.fs = parts.fs;
-    this.root = parts.objectsRoot;
-    this.memo = parts.memo;
-    this.index = parts.index;
-    this.access = parts.access;
-    this.locks = parts.locks;
-    this.inFlight = parts.inFlight;
-    this.report = parts.report;
-  }
+  constructor(private readonly parts: ObjectStoreParts) {}
 
   /**
    * The object's metadata: from memory when meta.json is the file it was read from or written as
    * (one `stat`), else read, checked and remembered. Corrupted metadata is repaired (a miss).
    */
   async load(hash: string, id?: ObjectIdentity): Promise<LoadedMeta> {
-    const file = metaPath(this.root, hash);
+    const file = metaPath(this.parts.objectsRoot, hash);
     // A metadata write or removal while this load runs may leave its stamp and bytes from two
     // different files: then the result is used but not remembered.
     const writesBefore = this.metaWrites;
@@ -74,25 +57,25 @@ export class ObjectStore {
       // Not cached is the common case (every first write of an object): no KeelError built for it.
       const e = (err as { code?: unknown } | undefined)?.code === 'ENOENT' ? undefined : classify(err);
       if (e === undefined || e.code === 'NOT_FOUND') {
-        this.memo.delete(hash);
+        this.parts.memo.delete(hash);
         return { state: 'missing' };
       }
-      this.report.fault(
+      this.parts.report.fault(
         `could not read metadata of ${id ? describeIdentity(id) : hash}: ${e.message}; serving from origin`,
         err,
       );
       return { state: 'error', error: e };
     };
     try {
-      stamp = stampOf(await this.fs.stat(file));
+      stamp = stampOf(await this.parts.fs.stat(file));
     } catch (err) {
       return unreadable(err);
     }
-    const known = this.memo.get(hash);
+    const known = this.parts.memo.get(hash);
     if (known && sameStamp(known.stamp, stamp) && (!id || sameIdentity(known.meta.identity, id)))
       return { state: 'ok', meta: known.meta };
     try {
-      bytes = await this.fs.readFile(file);
+      bytes = await this.parts.fs.readFile(file);
     } catch (err) {
       return unreadable(err);
     }
@@ -100,9 +83,9 @@ export class ObjectStore {
     if (!decoded.ok || (id && !sameIdentity(decoded.meta.identity, id))) {
       const reason = decoded.ok ? 'metadata belongs to another object' : decoded.reason;
       await this.remove(hash).catch((err: unknown) => {
-        this.report.fault(`could not remove corrupted entry ${hash}`, err);
+        this.parts.report.fault(`could not remove corrupted entry ${hash}`, err);
       });
-      this.report.repair(
+      this.parts.report.repair(
         'corruption_metadata_total',
         `metadata of ${id ? describeIdentity(id) : hash} was corrupted (${reason}); entry deleted`,
       );
@@ -110,7 +93,7 @@ export class ObjectStore {
     }
     // Stat came first: if the file changed in between, the stamp is older than the bytes and the
     // next load reads the file again.
-    if (this.metaWrites === writesBefore) this.memo.set(hash, decoded.meta, stamp);
+    if (this.metaWrites === writesBefore) this.parts.memo.set(hash, decoded.meta, stamp);
     return { state: 'ok', meta: decoded.meta };
   }
 
@@ -118,7 +101,7 @@ export class ObjectStore {
   async peek(hash: string, fix: boolean): Promise<LoadedMeta> {
     if (fix) return this.load(hash);
     try {
-      const decoded = decodeMeta(await this.fs.readFile(metaPath(this.root, hash)));
+      const decoded = decodeMeta(await this.parts.fs.readFile(metaPath(this.parts.objectsRoot, hash)));
       return decoded.ok ? { state: 'ok', meta: decoded.meta } : { state: 'corrupt', reason: decoded.reason };
     } catch (err) {
       const e = classify(err);
@@ -142,7 +125,7 @@ export class ObjectStore {
    * {@link writeInDir}, so one write of a slice creates the directory once.
    */
   async ensureDir(hash: string): Promise<void> {
-    await this.fs.mkdir(objectDir(this.root, hash), { recursive: true });
+    await this.parts.fs.mkdir(objectDir(this.parts.objectsRoot, hash), { recursive: true });
   }
 
   /**
@@ -151,26 +134,26 @@ export class ObjectStore {
    * empty directory without the files it refers to.
    */
   async writeInDir(hash: string, meta: CacheMeta): Promise<void> {
-    const written = this.access.latest(hash, meta);
-    const file = metaPath(this.root, hash);
-    this.memo.delete(hash);
+    const written = this.parts.access.latest(hash, meta);
+    const file = metaPath(this.parts.objectsRoot, hash);
+    this.parts.memo.delete(hash);
     this.metaWrites++;
-    await writeFileAtomic(this.fs, file, encodeMeta(written), this.inFlight);
+    await writeFileAtomic(this.parts.fs, file, encodeMeta(written), this.parts.inFlight);
     this.metaWrites++;
-    this.access.clean(hash);
+    this.parts.access.clean(hash);
     // Remember it only with the stamp of the file as renamed into place.
-    const stamp = await this.fs.stat(file).then(stampOf, () => undefined);
-    if (stamp) this.memo.set(hash, written, stamp);
+    const stamp = await this.parts.fs.stat(file).then(stampOf, () => undefined);
+    if (stamp) this.parts.memo.set(hash, written, stamp);
   }
 
   /** Forgets an object: its directory, its metadata in memory and its slices in the index. */
   async remove(hash: string): Promise<void> {
-    this.memo.delete(hash);
-    this.access.clean(hash);
+    this.parts.memo.delete(hash);
+    this.parts.access.clean(hash);
     this.metaWrites++;
-    await this.fs.rm(objectDir(this.root, hash), { recursive: true, force: true });
+    await this.parts.fs.rm(objectDir(this.parts.objectsRoot, hash), { recursive: true, force: true });
     this.metaWrites++;
-    this.index.removeObject(hash);
+    this.parts.index.removeObject(hash);
   }
 
   /**
@@ -187,8 +170,8 @@ export class ObjectStore {
       await this.write(hash, { ...meta, slices: remaining });
     }
     for (const i of indexes) {
-      await this.fs.rm(slicePath(this.root, hash, i), { force: true });
-      this.index.remove(hash, i);
+      await this.parts.fs.rm(slicePath(this.parts.objectsRoot, hash, i), { force: true });
+      this.parts.index.remove(hash, i);
     }
   }
 
@@ -209,10 +192,10 @@ export class ObjectStore {
         await this.dropSlices(hash, [index], loaded.meta);
       }
     };
-    await (locked ? drop() : this.locks.run(hash, drop)).catch((err: unknown) => {
-      this.report.fault(`could not repair slice ${index} of ${describeIdentity(id)}`, err);
+    await (locked ? drop() : this.parts.locks.run(hash, drop)).catch((err: unknown) => {
+      this.parts.report.fault(`could not repair slice ${index} of ${describeIdentity(id)}`, err);
     });
-    this.report.repair(
+    this.parts.report.repair(
       'corruption_missing_range_total',
       `slice ${index} of ${describeIdentity(id)} ${why}; dropped, other slices kept`,
     );
@@ -229,7 +212,7 @@ export class ObjectStore {
     const missing: number[] = [];
     for (const s of meta.slices) {
       try {
-        const st = await this.fs.stat(slicePath(this.root, hash, s.index));
+        const st = await this.parts.fs.stat(slicePath(this.parts.objectsRoot, hash, s.index));
         if (st.size !== s.length) missing.push(s.index);
       } catch {
         missing.push(s.index);
@@ -237,7 +220,7 @@ export class ObjectStore {
     }
     if (missing.length === 0) return { removed: 0, remaining: meta.slices.length };
     await this.dropSlices(hash, missing, meta);
-    this.report.repair(
+    this.parts.report.repair(
       'inconsistency_fixed_total',
       `metadata of ${describeIdentity(meta.identity)} referred to ${missing.length} missing slice(s); references removed`,
       missing.length,

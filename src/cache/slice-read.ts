@@ -36,23 +36,7 @@ export interface SliceReaderParts {
  * recorded for eviction order, and a slice that is missing or fails verification is dropped.
  */
 export class SliceReader {
-  private readonly fs: CacheFs;
-  private readonly root: string;
-  private readonly verifier: VerifyPool | undefined;
-  private readonly memo: MetaMemo;
-  private readonly access: AccessTimes;
-  private readonly store: ObjectStore;
-  private readonly report: CacheReporter;
-
-  constructor(parts: SliceReaderParts) {
-    this.fs = parts.fs;
-    this.root = parts.objectsRoot;
-    this.verifier = parts.verifier;
-    this.memo = parts.memo;
-    this.access = parts.access;
-    this.store = parts.store;
-    this.report = parts.report;
-  }
+  constructor(private readonly parts: SliceReaderParts) {}
 
   /**
    * Reads the units of one streamed read of the object: on verifying threads each read opens its
@@ -60,9 +44,9 @@ export class SliceReader {
    * file handle.
    */
   unitReader(hash: string, id: ObjectIdentity): UnitReader {
-    return this.verifier
+    return this.parts.verifier
       ? new ThreadUnitReader(this, hash, id)
-      : new SharedHandleUnitReader(this, this.fs, this.root, hash, id);
+      : new SharedHandleUnitReader(this, this.parts.fs, this.parts.objectsRoot, hash, id);
   }
 
   /**
@@ -90,31 +74,32 @@ export class SliceReader {
       blocks instanceof Uint32Array
         ? blocks.subarray(firstBlock, lastBlock + 1)
         : Uint32Array.from(Array.prototype.slice.call(blocks, firstBlock, lastBlock + 1) as number[]);
+    const { verifier, memo, objectsRoot } = this.parts;
     // The thread also checks that meta.json is still the file the metadata in memory came from.
-    const known = this.verifier ? this.memo.peek(hash) : undefined;
+    const known = verifier ? memo.peek(hash) : undefined;
     const request = {
-      path: slicePath(this.root, hash, slice.index),
+      path: slicePath(objectsRoot, hash, slice.index),
       position: readFrom,
       length: readTo - readFrom,
       atEnd,
       blockBytes,
       crcs,
-      meta: known && { path: metaPath(this.root, hash), stamp: known.stamp },
+      meta: known && { path: metaPath(objectsRoot, hash), stamp: known.stamp },
     };
-    const outcome = this.verifier
-      ? await this.verifier.verify(request)
-      : await readAndVerify(this.fs, request, handle);
+    const outcome = verifier
+      ? await verifier.verify(request)
+      : await readAndVerify(this.parts.fs, request, handle);
     if (outcome.ok) {
       // The bytes match the checksums they were read against; a changed meta.json is read anew
       // by the next lookup.
-      if (outcome.metaChanged && this.memo.peek(hash) === known) this.memo.delete(hash);
-      this.access.touch(hash, slice.index);
+      if (outcome.metaChanged && memo.peek(hash) === known) memo.delete(hash);
+      this.parts.access.touch(hash, slice.index);
       return { bytes: outcome.bytes.subarray(from - readFrom, to - readFrom), release: outcome.release };
     }
     if (outcome.kind === 'error') {
       const e = classify(outcome.error);
       if (e.code !== 'NOT_FOUND') {
-        this.report.fault(
+        this.parts.report.fault(
           `could not read slice ${slice.index} of ${describeIdentity(id)}: ${e.message}; serving from origin`,
           outcome.error,
         );
@@ -127,7 +112,7 @@ export class SliceReader {
         : outcome.kind === 'checksum'
           ? 'failed its checksum'
           : 'has the wrong length';
-    await this.store.dropCorruptSlice(hash, id, slice.index, why);
+    await this.parts.store.dropCorruptSlice(hash, id, slice.index, why);
     return undefined;
   }
 }
