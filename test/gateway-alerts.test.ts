@@ -4,10 +4,11 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { resolveGatewayConfig, runGateway } from '../src/gateway/index.js';
+import { originClient } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS } from './s3-origin.js';
 
 const RULES = path.join(import.meta.dirname, '../src/gateway/alerts.rules.yml');
@@ -48,12 +49,7 @@ describe('gateway alert rules', () => {
 
     const origin = await startS3Origin(['b']);
     const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-alerts-'));
-    const s3 = new S3Client({
-      endpoint: origin.url,
-      region: 'us-east-1',
-      forcePathStyle: true,
-      credentials: TEST_CREDENTIALS,
-    });
+    const s3 = originClient(origin);
     await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'k', Body: randomBytes(100_000) }));
     s3.destroy();
     const running = await runGateway(

@@ -2,10 +2,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readdir, readFile, rm, writeFile, mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { chaos, faultyFs, type ChaosProxy, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
+import { originClient } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 const SLICE = 256 * 1024;
@@ -71,12 +72,7 @@ beforeAll(async () => {
   root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-chaos-'));
   httpFaults = await chaos.httpProxy({ upstream: origin.url });
   tcp = await chaos.proxy({ upstream: `127.0.0.1:${httpFaults.port}` });
-  const s3 = new S3Client({
-    endpoint: origin.url,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: TEST_CREDENTIALS,
-  });
+  const s3 = originClient(origin);
   for (const [key, size] of [
     ['two.bin', 2 * 1024 * 1024 + 17],
     ['one.bin', SLICE * 3],
@@ -161,12 +157,7 @@ describe('gateway single flight', () => {
     const key = 'stampede.bin';
     const body = randomBytes(2 * 1024 * 1024);
     data.set(key, body);
-    const s3 = new S3Client({
-      endpoint: origin.url,
-      region: 'us-east-1',
-      forcePathStyle: true,
-      credentials: TEST_CREDENTIALS,
-    });
+    const s3 = originClient(origin);
     await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: body }));
     s3.destroy();
     const before = tcp.stats().bytesDownstream;

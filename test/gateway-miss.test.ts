@@ -10,6 +10,7 @@ import type { CacheFs } from '../src/cache/index.js';
 import { chaos, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
 import { VirtualClock } from '../src/time/index.js';
+import { originClient } from './gateway-protocol-support.js';
 import { until } from './gateway-run-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
@@ -73,12 +74,7 @@ beforeAll(async () => {
   origin = await startS3Origin(['b']);
   root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-miss-'));
   faults = await chaos.httpProxy({ upstream: origin.url, random: () => script.shift() ?? 1 });
-  s3 = new S3Client({
-    endpoint: origin.url,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: TEST_CREDENTIALS,
-  });
+  s3 = originClient(origin);
 });
 
 afterEach(() => {

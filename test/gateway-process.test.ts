@@ -3,9 +3,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { presign } from './gateway-sign-support.js';
+import { originClient } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -68,12 +69,7 @@ function startGateway(cacheDir: string, extra: string[] = []): Promise<Child> {
 beforeAll(async () => {
   origin = await startS3Origin(['b']);
   dir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-proc-'));
-  const s3 = new S3Client({
-    endpoint: origin.url,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: TEST_CREDENTIALS,
-  });
+  const s3 = originClient(origin);
   await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'big.bin', Body: big }));
   await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'small.bin', Body: small }));
   s3.destroy();

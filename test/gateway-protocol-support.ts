@@ -40,6 +40,19 @@ export function s3(
   return new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials, maxAttempts: 1 });
 }
 
+/**
+ * An SDK client of `origin` itself with the origin's credentials and the SDK's default retries,
+ * for putting the objects a test reads.
+ */
+export function originClient(origin: { url: string }): S3Client {
+  return new S3Client({
+    endpoint: origin.url,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: TEST_CREDENTIALS,
+  });
+}
+
 export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise<Harness> {
   const origin = await startS3Origin(['b']);
   // The cache in a directory of its own, so the caches tests derive from its name

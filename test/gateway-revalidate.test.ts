@@ -7,6 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { chaos, type ChaosProxy, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
 import { VirtualClock } from '../src/time/index.js';
+import { originClient } from './gateway-protocol-support.js';
 import { until } from './gateway-run-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
@@ -79,12 +80,7 @@ beforeAll(async () => {
   root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-reval-'));
   httpFaults = await chaos.httpProxy({ upstream: origin.url });
   tcp = await chaos.proxy({ upstream: `127.0.0.1:${httpFaults.port}` });
-  s3 = new S3Client({
-    endpoint: origin.url,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: TEST_CREDENTIALS,
-  });
+  s3 = originClient(origin);
 });
 
 afterEach(() => {

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { pino } from 'pino';
 import { expect } from 'vitest';
 import { chaos, type ChaosProxy, type FaultyFs } from '../src/chaos/index.js';
@@ -14,6 +14,7 @@ import {
 } from '../src/gateway/index.js';
 import type { Alert, HealthReport } from '../src/ops/index.js';
 import type { VirtualClock } from '../src/time/index.js';
+import { originClient } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 /**
@@ -52,12 +53,7 @@ export async function startRunHarness(options: { name: string; proxy?: boolean }
   const proxy = options.proxy ? await chaos.proxy({ upstream: `127.0.0.1:${origin.port}` }) : undefined;
   const root = await mkdtemp(path.join(os.tmpdir(), `keel-gw-${options.name}-`));
   const data = new Map<string, Buffer>();
-  const s3 = new S3Client({
-    endpoint: origin.url,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: TEST_CREDENTIALS,
-  });
+  const s3 = originClient(origin);
   for (const [key, size] of [
     ['a.bin', 300_000],
     ['c.bin', 200_000],
