@@ -27,9 +27,15 @@ export function sliceChecksums(data: Uint8Array): { crc32: number; blockBytes: n
  * How a slice is verified: its block size and the CRC32 of each block. A slice stored without
  * block checksums is one block, the whole slice.
  */
-export function blocksOf(slice: SliceInfo): { blockBytes: number; blocks: ArrayLike<number> } {
-  if (slice.blocks === undefined) return { blockBytes: Math.max(1, slice.length), blocks: [slice.crc32] };
-  return { blockBytes: slice.blockBytes ?? VERIFY_BLOCK_BYTES, blocks: slice.blocks };
+export function blocksOf(slice: SliceInfo): { blockBytes: number; blocks: Uint32Array } {
+  const { blocks } = slice;
+  if (blocks === undefined)
+    return { blockBytes: Math.max(1, slice.length), blocks: Uint32Array.of(slice.crc32) };
+  // Decoded and computed checksums are already a Uint32Array; only metadata built by hand is not.
+  return {
+    blockBytes: slice.blockBytes ?? VERIFY_BLOCK_BYTES,
+    blocks: blocks instanceof Uint32Array ? blocks : Uint32Array.from(blocks),
+  };
 }
 
 /** Current metadata format version (2: 64 KiB block checksums, base64-packed). */

@@ -70,10 +70,7 @@ export class SliceReader {
     const readTo = Math.min(slice.length, (lastBlock + 1) * blockBytes);
     // At the slice's end, one byte more: a slice file longer than recorded is corrupt too.
     const atEnd = readTo === slice.length;
-    const crcs =
-      blocks instanceof Uint32Array
-        ? blocks.subarray(firstBlock, lastBlock + 1)
-        : Uint32Array.from(Array.prototype.slice.call(blocks, firstBlock, lastBlock + 1) as number[]);
+    const crcs = blocks.subarray(firstBlock, lastBlock + 1);
     const { verifier, memo, objectsRoot } = this.parts;
     // The thread also checks that meta.json is still the file the metadata in memory came from.
     const known = verifier ? memo.peek(hash) : undefined;
