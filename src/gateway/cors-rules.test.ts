@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { keelError } from '../errors/index.js';
 import { VirtualClock } from '../time/index.js';
 import type { CorsRule } from './cors.js';
-import { BucketCorsRules } from './cors-rules.js';
+import { BucketCorsRules, type BucketCorsRulesOptions } from './cors-rules.js';
 
 const rule = (origin: string): CorsRule => ({
   allowedOrigins: [origin],
@@ -33,11 +33,25 @@ function origin() {
 
 const settle = () => new Promise((r) => setImmediate(r));
 
+/** Rules on a virtual clock in front of {@link origin}, kept 60 s unless `options` say otherwise. */
+function setup(options: Partial<Omit<BucketCorsRulesOptions, 'fetch' | 'clock'>> = {}) {
+  const clock = new VirtualClock();
+  const o = origin();
+  const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 60_000, ...options });
+  return { clock, o, cors };
+}
+
+/** The next read of bucket `b` asks the origin again, and answers with what it says now. */
+async function expectAsksAgain(o: ReturnType<typeof origin>, cors: BucketCorsRules): Promise<void> {
+  const next = cors.rules('b');
+  expect(o.asked).toHaveLength(1);
+  o.answer([rule('https://new.example')]);
+  expect(await next).toEqual([rule('https://new.example')]);
+}
+
 describe('BucketCorsRules', () => {
   it('asks the origin once for concurrent reads of a bucket, and not again while the rules are fresh', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 60_000 });
+    const { clock, o, cors } = setup();
     const waiting = [cors.rules('b'), cors.rules('b'), cors.rules('b')].map((r) => Promise.resolve(r));
     expect(o.asked).toHaveLength(1);
     o.answer([rule('https://a.example')]);
@@ -50,9 +64,7 @@ describe('BucketCorsRules', () => {
   });
 
   it('asks again once the TTL has passed, and answers with what the origin says now', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 60_000 });
+    const { clock, o, cors } = setup();
     const first = cors.rules('b');
     o.answer([rule('https://a.example')]);
     await first;
@@ -64,9 +76,7 @@ describe('BucketCorsRules', () => {
   });
 
   it('uses the last rules known when the origin fails, and does not ask again before the backoff', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 1_000, backoffMs: 5_000 });
+    const { clock, o, cors } = setup({ ttlMs: 1_000, backoffMs: 5_000 });
     const first = cors.rules('b');
     o.answer([rule('https://a.example')]);
     await first;
@@ -84,9 +94,7 @@ describe('BucketCorsRules', () => {
   });
 
   it('doubles the backoff per failure up to maxBackoffMs, and starts again from backoffMs after a success', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 1, backoffMs: 100, maxBackoffMs: 300 });
+    const { clock, o, cors } = setup({ ttlMs: 1, backoffMs: 100, maxBackoffMs: 300 });
     /** Fails the fetch under way (or a new one), then the wait (ms) before the bucket is asked again. */
     const failAndWait = async (): Promise<number> => {
       const r = cors.rules('b');
@@ -112,18 +120,14 @@ describe('BucketCorsRules', () => {
   });
 
   it('answers no rules when the origin fails before any were known', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 60_000 });
+    const { o, cors } = setup();
     const failed = cors.rules('b');
     o.fail();
     expect(await failed).toEqual([]);
   });
 
   it('a read waits for the origin at most waitMs, then goes on with the last rules known; the answer is kept when it comes', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 60_000, waitMs: 1_000 });
+    const { clock, o, cors } = setup({ waitMs: 1_000 });
     let got: readonly CorsRule[] | undefined;
     void Promise.resolve(cors.rules('b')).then((r) => (got = r));
     await clock.advance(999);
@@ -141,39 +145,27 @@ describe('BucketCorsRules', () => {
   });
 
   it('after invalidate, the next read asks again', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 60_000 });
+    const { o, cors } = setup();
     const first = cors.rules('b');
     o.answer([rule('https://old.example')]);
     await first;
     cors.invalidate('b');
-    const next = cors.rules('b');
-    expect(o.asked).toHaveLength(1);
-    o.answer([rule('https://new.example')]);
-    expect(await next).toEqual([rule('https://new.example')]);
+    await expectAsksAgain(o, cors);
   });
 
   it('a fetch begun before invalidate and answered after it does not bring the old rules back', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 60_000 });
+    const { o, cors } = setup();
     const running = cors.rules('b');
     cors.invalidate('b');
     o.answer([rule('https://old.example')]);
     // The reads that were waiting for it get what it brought…
     expect(await running).toEqual([rule('https://old.example')]);
     // …but the next read asks the origin again.
-    const next = cors.rules('b');
-    expect(o.asked).toHaveLength(1);
-    o.answer([rule('https://new.example')]);
-    expect(await next).toEqual([rule('https://new.example')]);
+    await expectAsksAgain(o, cors);
   });
 
   it('forgets the oldest bucket beyond maxBuckets', async () => {
-    const clock = new VirtualClock();
-    const o = origin();
-    const cors = new BucketCorsRules({ fetch: o.fetch, clock, ttlMs: 60_000, maxBuckets: 2 });
+    const { o, cors } = setup({ maxBuckets: 2 });
     for (const b of ['a', 'b', 'c']) {
       const w = cors.rules(b);
       o.answer([rule(`https://${b}.example`)]);
