@@ -3,7 +3,7 @@ import type { Clock } from '../time/index.js';
 import type { NewQueueRow, QueueStore } from '../store/index.js';
 import type { PayloadCodec } from './payload.js';
 import { OutageSpool } from './spool.js';
-import { isUnavailable, type StoreHealth } from './store-health.js';
+import { isStoreUnavailable, type StoreHealth } from './store-health.js';
 
 /** Options of {@link Queue.enqueue}. */
 export interface EnqueueOptions {
@@ -137,7 +137,7 @@ export class EnqueueCommitter<T> {
           this.health.observe();
         } catch (err) {
           this.health.observe(err);
-          if (!spool || !isUnavailable(err)) throw err;
+          if (!spool || !isStoreUnavailable(err)) throw err;
           ids = await toSpool(spool, rows);
         }
       }
@@ -146,7 +146,7 @@ export class EnqueueCommitter<T> {
       });
       this.onCommitted();
     } catch (err) {
-      const error = isUnavailable(err)
+      const error = isStoreUnavailable(err)
         ? err
         : keelError(
             'QUEUE_ENQUEUE_FAILED',

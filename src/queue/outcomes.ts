@@ -4,7 +4,7 @@ import type { Clock } from '../time/index.js';
 import type { ClaimRef, QueueRow, QueueStore } from '../store/index.js';
 import type { CompletionCommitter } from './completions.js';
 import { endsAsDeadLetter } from './failure-decision.js';
-import { DEFAULT_RECONNECT, isUnavailable, type StoreHealth } from './store-health.js';
+import { DEFAULT_RECONNECT, isStoreUnavailable, type StoreHealth } from './store-health.js';
 
 /** How failed items are retried, and how writes wait out an unavailable store. */
 export interface RetrySettings {
@@ -102,7 +102,7 @@ export class OutcomeWriter {
         return answer;
       } catch (err) {
         this.health.observe(err);
-        if (!isUnavailable(err) || Date.now() > this.closeDeadline) return undefined;
+        if (!isStoreUnavailable(err) || Date.now() > this.closeDeadline) return undefined;
         const step = reconnect.next();
         reconnect = step.next;
         await this.clock.sleep(step.delayMs);

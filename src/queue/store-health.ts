@@ -5,7 +5,7 @@ import { exponential } from '../policy/index.js';
 export const DEFAULT_RECONNECT = exponential({ initialMs: 50, maxMs: 5000, jitter: 'equal' });
 
 /** True for the store's "unreachable, try again" error, the only one that is waited out. */
-export const isUnavailable = (err: unknown): boolean =>
+export const isStoreUnavailable = (err: unknown): boolean =>
   isKeelError(err) && err.code === 'QUEUE_STORE_UNAVAILABLE';
 
 /**
@@ -17,7 +17,7 @@ export class StoreHealth {
 
   /** Notes the outcome of a store call: no argument when it reached the store, else its error. */
   observe(err?: unknown): void {
-    this.lastError = err !== undefined && isUnavailable(err) ? err : undefined;
+    this.lastError = err !== undefined && isStoreUnavailable(err) ? err : undefined;
   }
 
   /** False while the last call found the store unreachable. */
