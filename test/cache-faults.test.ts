@@ -11,6 +11,16 @@ const tmp = useTempDir();
 
 const objectDir = (ident: ObjectIdentity = id): string => objectDirOf(tmp().dir, ident);
 
+/** A cache on a disk with room for metadata but not for a slice, probing every `bypassProbeMs`. */
+async function fullDiskCache(
+  bypassProbeMs: number,
+): Promise<{ cache: RangeCache; fs: ReturnType<typeof faultyFs>; clock: VirtualClock }> {
+  const clock = new VirtualClock();
+  const fs = faultyFs({ diskBytes: 800 });
+  const cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: SLICE, fs, clock, bypassProbeMs });
+  return { cache, fs, clock };
+}
+
 describe('range cache: reads and writes', () => {
   it('serves exactly the requested bytes across slices after a write', async () => {
     const { cache, data } = await filledCache(tmp().dir, id, 5000);
@@ -259,15 +269,7 @@ describe('range cache: full disk and eviction', () => {
   });
 
   it('disk full with nothing to evict: bypass until space returns, then caching again', async () => {
-    const clock = new VirtualClock();
-    const fs = faultyFs({ diskBytes: 800 }); // room for metadata, not for a slice
-    const cache = await RangeCache.open({
-      dir: tmp().dir,
-      sliceBytes: SLICE,
-      fs,
-      clock,
-      bypassProbeMs: 5_000,
-    });
+    const { cache, fs, clock } = await fullDiskCache(5_000);
     const changes: boolean[] = [];
     cache.on('bypass', (b) => changes.push(b.active));
     await cache.putMeta(id, { etag: '"e1"', size: 3000 });
@@ -291,15 +293,7 @@ describe('range cache: full disk and eviction', () => {
   });
 
   it('probeBypass checks the disk at once: rejects while it refuses writes, leaves bypass when it takes them', async () => {
-    const clock = new VirtualClock();
-    const fs = faultyFs({ diskBytes: 800 });
-    const cache = await RangeCache.open({
-      dir: tmp().dir,
-      sliceBytes: SLICE,
-      fs,
-      clock,
-      bypassProbeMs: 60_000,
-    });
+    const { cache, fs } = await fullDiskCache(60_000);
     await cache.probeBypass(); // not bypassed: nothing to do
     await cache.putMeta(id, { etag: '"e1"', size: 3000 });
     await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"');
