@@ -13,15 +13,15 @@ export const isStoreUnavailable = (err: unknown): boolean =>
  * completions and failures all report here), for `Queue.storeAvailable`.
  */
 export class StoreHealth {
-  private lastError: unknown;
+  private unreachable = false;
 
   /** Notes the outcome of a store call: no argument when it reached the store, else its error. */
   observe(err?: unknown): void {
-    this.lastError = err !== undefined && isStoreUnavailable(err) ? err : undefined;
+    this.unreachable = err !== undefined && isStoreUnavailable(err);
   }
 
   /** False while the last call found the store unreachable. */
   get available(): boolean {
-    return this.lastError === undefined;
+    return !this.unreachable;
   }
 }
