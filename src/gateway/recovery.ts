@@ -89,9 +89,8 @@ async function restoreCache(cache: RangeCache): Promise<void> {
  */
 export function startGatewayRecovery(gateway: Gateway, options: GatewayRecoveryOptions): GatewayRecovery {
   const cache = gateway.cache;
-  const recoveries = new Map<string, AutoRecovery>();
-  const disposers: (() => void)[] = [];
   if (!cache) return { states: () => ({}), close: () => undefined };
+  const recoveries = new Map<string, AutoRecovery>();
   const { health, alerts, log } = options;
   const common = {
     alerts,
@@ -146,13 +145,12 @@ export function startGatewayRecovery(gateway: Gateway, options: GatewayRecoveryO
     void health.runCheck(check).catch(() => undefined);
   };
   cache.on('bypass', onBypass);
-  disposers.push(() => cache.off('bypass', onBypass));
   if (cache.bypassed) onBypass();
 
   return {
     states: () => Object.fromEntries([...recoveries].map(([name, r]) => [name, r.state()])),
     close: () => {
-      for (const d of disposers) d();
+      cache.off('bypass', onBypass);
       for (const r of recoveries.values()) r.close();
     },
   };
