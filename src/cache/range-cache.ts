@@ -315,7 +315,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     if (!plan.ok) return this.miss(plan.reason);
     const units = plan.units;
     const first = units[0] as ReadUnit;
-    const reader = this.reader.unitReader(hash, id);
+    const reader = this.reader.unitReader(hash, id, found.meta === options.meta);
     const firstBytes = await reader.read(first);
     if (!firstBytes) {
       reader.doneBefore(Infinity);
@@ -345,7 +345,13 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     const meta = found.meta;
     const span = slicesOf(meta, start, end);
     if (!span.ok) return this.miss(span.reason);
-    const read = await Promise.all(span.parts.map((p) => this.reader.read(hash, id, p.slice, p.from, p.to)));
+    // One check of meta.json per read, and none when the lookup has just made it.
+    const checkMeta = meta === options.meta;
+    const read = await Promise.all(
+      span.parts.map((p, i) =>
+        this.reader.read(hash, id, p.slice, p.from, p.to, { checkMeta: checkMeta && i === 0 }),
+      ),
+    );
     const bad = read.findIndex((p) => p === undefined);
     if (bad >= 0) {
       for (const p of read) p?.release();
@@ -428,6 +434,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    * The start of every read of `start..end`: the object's metadata (`known` while it is still the
    * remembered one, else loaded), or why the read misses before any slice is looked at (see
    * {@link missReason}). Answers without a promise of its own, so a read awaits once for it.
+   * Only an answer of `known` itself skipped the `stat` of meta.json: the read's first slice read
+   * then makes it on a verifying thread.
    * @throws KeelError `INVALID_INPUT` for a range longer than `maxBytes` (readBuffer's limit).
    */
   private lookup(

@@ -41,11 +41,11 @@ export class SliceReader {
   /**
    * Reads the units of one streamed read of the object: on verifying threads each read opens its
    * file there, so there is nothing to share; on the event loop the reads of one slice share one
-   * file handle.
+   * file handle. `checkMeta`: the first read checks meta.json (see {@link read}).
    */
-  unitReader(hash: string, id: ObjectIdentity): UnitReader {
+  unitReader(hash: string, id: ObjectIdentity, checkMeta: boolean): UnitReader {
     return this.parts.verifier
-      ? new ThreadUnitReader(this, hash, id)
+      ? new ThreadUnitReader(this, hash, id, checkMeta)
       : new SharedHandleUnitReader(this, this.parts.fs, this.parts.objectsRoot, hash, id);
   }
 
@@ -53,7 +53,9 @@ export class SliceReader {
    * Reads bytes `[from, to)` of one slice, verifying every block they touch (the whole slice when
    * it has no block checksums), on a verifying thread when there are any. On any failure repairs
    * and returns undefined. `handle` is the slice's file opened by a caller that shares it between
-   * reads on the event loop (and closes it); without verifying threads only.
+   * reads on the event loop (and closes it); without verifying threads only. `checkMeta`: the
+   * verifying thread also checks that meta.json is still the file the metadata in memory came
+   * from (one per read of an object whose metadata was not just checked on the event loop).
    */
   async read(
     hash: string,
@@ -61,7 +63,7 @@ export class SliceReader {
     slice: SliceInfo,
     from = 0,
     to = slice.length,
-    handle?: Promise<FileHandle>,
+    { handle, checkMeta = false }: { handle?: Promise<FileHandle>; checkMeta?: boolean } = {},
   ): Promise<SliceBytes | undefined> {
     const { blockBytes, blocks } = blocksOf(slice);
     const firstBlock = Math.floor(from / blockBytes);
@@ -72,8 +74,7 @@ export class SliceReader {
     const atEnd = readTo === slice.length;
     const crcs = blocks.subarray(firstBlock, lastBlock + 1);
     const { verifier, memo, objectsRoot } = this.parts;
-    // The thread also checks that meta.json is still the file the metadata in memory came from.
-    const known = verifier ? memo.peek(hash) : undefined;
+    const known = verifier && checkMeta ? memo.peek(hash) : undefined;
     const request = {
       path: slicePath(objectsRoot, hash, slice.index),
       position: readFrom,
@@ -120,10 +121,14 @@ class ThreadUnitReader implements UnitReader {
     private readonly slices: SliceReader,
     private readonly hash: string,
     private readonly id: ObjectIdentity,
+    /** Until the first unit is read: meta.json is checked once per stream. */
+    private checkMeta: boolean,
   ) {}
 
   read(u: ReadUnit): Promise<Buffer | undefined> {
-    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to).then(bytesOnly);
+    const checkMeta = this.checkMeta;
+    this.checkMeta = false;
+    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to, { checkMeta }).then(bytesOnly);
   }
 
   doneBefore(): void {
@@ -152,7 +157,7 @@ class SharedHandleUnitReader implements UnitReader {
       handle.catch(() => undefined);
       this.handles.set(index, handle);
     }
-    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to, handle).then(bytesOnly);
+    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to, { handle }).then(bytesOnly);
   }
 
   doneBefore(keepFrom: number): void {
