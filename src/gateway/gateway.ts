@@ -199,6 +199,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
     fills,
     heads: new Map(),
+    lookedUp: new Set(),
+    generations: new Map(),
     metaWrites: new Map(),
     firstByteTimeoutMs: options.firstByteTimeoutMs ?? 30_000,
     idleTimeoutMs: options.idleTimeoutMs ?? 30_000,

@@ -41,12 +41,6 @@ function infoFrom(headers: Record<string, string>): ObjectInfo | undefined {
   };
 }
 
-/** Objects (by hash) this process asked the origin about. */
-function lookedUp(ctx: ReadContext): Set<string> {
-  ctx.lookedUp ??= new Set();
-  return ctx.lookedUp;
-}
-
 /** Revalidation counts so far (zeros before the first). */
 export function revalidationStats(ctx: ReadContext): {
   started: number;
@@ -74,7 +68,7 @@ export async function resolveObject(
   // A plain GET of an object with no cached slice is a miss whatever its metadata says: straight
   // to the origin, without reading the metadata first. Not for an object this process already
   // asked about: its fill may be under way, and its metadata is in memory (no system call).
-  const certainMiss = cache !== undefined && plainGet && !cache.mayHaveSlices(id) && !lookedUp(ctx).has(hash);
+  const certainMiss = cache !== undefined && plainGet && !cache.mayHaveSlices(id) && !ctx.lookedUp.has(hash);
   // From memory when remembered: the read that follows checks meta.json on the cache's own thread.
   const cachedMeta =
     cache && !certainMiss
@@ -94,9 +88,8 @@ export async function resolveObject(
   }
   let flight = ctx.heads.get(hash);
   if (!flight) {
-    const asked = lookedUp(ctx);
-    if (asked.size >= MAX_LOOKED_UP) asked.clear();
-    asked.add(hash);
+    if (ctx.lookedUp.size >= MAX_LOOKED_UP) ctx.lookedUp.clear();
+    ctx.lookedUp.add(hash);
     flight = lookupOrigin(ctx, id, rawQuery, firstByte);
     ctx.heads.set(hash, flight);
     // Shared until the metadata is on disk, so later requests do not ask the origin again meanwhile.

@@ -30,13 +30,18 @@ export interface ReadContext {
   heads: Map<string, Promise<Lookup>>;
   /** Revalidation timeout and backoff (defaults: see {@link RevalidatorOptions}). */
   revalidation?: RevalidatorOptions;
-  /** Objects (by hash) this process looked up at the origin (created on first use). */
-  lookedUp?: Set<string>;
   /**
-   * Per object (by hash), how many writes through the gateway changed it (created on first use).
-   * What an origin answer obtained before a write brings back is not cached after it.
+   * Objects (by hash) this process looked up at the origin. Not derivable from `heads` (emptied
+   * once the metadata is written) nor `fills` (keyed by ETag): until a slice of the object is in
+   * the cache, this is what sends a plain GET to the metadata in memory and the fill under way
+   * rather than to the origin again.
    */
-  generations?: Map<string, number>;
+  lookedUp: Set<string>;
+  /**
+   * Per object (by hash), how many writes through the gateway changed it. What an origin answer
+   * obtained before a write brings back is not cached after it.
+   */
+  generations: Map<string, number>;
   /** Revalidations in flight and backing off, per object (created on first use). */
   revalidator?: Revalidator<Resolved | { passthrough: true }>;
   /** Metadata writes in flight by object hash; slice writes of the object wait for them. */
@@ -77,7 +82,7 @@ export const MAX_LOOKED_UP = 100_000;
 
 /** How many writes through the gateway changed the object with this hash. */
 export function generation(ctx: ReadContext, hash: string): number {
-  return ctx.generations?.get(hash) ?? 0;
+  return ctx.generations.get(hash) ?? 0;
 }
 
 /**
@@ -87,7 +92,6 @@ export function generation(ctx: ReadContext, hash: string): number {
  */
 export function invalidateReads(ctx: ReadContext, id: ObjectIdentity): void {
   const hash = identityHash(id);
-  ctx.generations ??= new Map();
   // Bounded: a hash whose count is dropped only loses protection against a write long past.
   if (ctx.generations.size >= MAX_LOOKED_UP && !ctx.generations.has(hash)) ctx.generations.clear();
   ctx.generations.set(hash, generation(ctx, hash) + 1);
