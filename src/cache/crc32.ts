@@ -8,8 +8,8 @@ export type Crc32 = (data: Uint8Array, initial?: number) => number;
 const CHECK_VALUE = 0xcbf43926;
 
 /**
- * @node-rs/crc32 (SIMD; the same CRC-32 as zlib's at several times its speed) when its native
- * build loads and computes the check value on this machine.
+ * @node-rs/crc32 (SIMD; the same CRC-32 as zlib's, faster: see the CRC-32 row of docs/cache.md)
+ * when its native build loads and computes the check value on this machine.
  */
 function loadFast(): { path: string; crc32: Crc32 } | undefined {
   try {

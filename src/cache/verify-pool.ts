@@ -86,9 +86,8 @@ const MAX_POOLED_BUFFER = 4 * 1024 * 1024 + BUFFER_STEP;
 const MAX_POOLED_BYTES = 64 * 1024 * 1024;
 
 /**
- * Threads the range cache uses by default: one per core, at most 4. CRC32 runs at about 3 GB/s
- * per core, so on a small machine the threads share cores with the event loop, and still win:
- * the event loop only moves verified buffers.
+ * Threads the range cache uses by default: one per core, at most 4. On a small machine the threads
+ * share cores with the event loop, and still win: the event loop only moves verified buffers.
  */
 export function defaultVerifyThreads(): number {
   return Math.max(1, Math.min(4, availableParallelism()));
