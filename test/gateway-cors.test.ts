@@ -19,6 +19,7 @@ import { chaos, type HttpFaultProxy } from '../src/chaos/index.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
 import {
   CLIENT_KEY,
+  gatewayOptions,
   s3,
   sha,
   signedRequest,
@@ -236,16 +237,13 @@ async function throughFaults(extra: Partial<GatewayOptions> = {}): Promise<{
   const recorder = await startRecorder(h.origin.url);
   const faults = await chaos.httpProxy({ upstream: recorder.url });
   const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-cors-'));
-  const gateway = await createGateway({
-    upstream: faults.url,
-    originCredentials: TEST_CREDENTIALS,
-    auth: 'gateway',
-    clientKeys: [CLIENT_KEY],
-    cacheDir: dir,
-    sliceBytes: SLICE,
-    log: () => undefined,
-    ...extra,
-  });
+  const gateway = await createGateway(
+    gatewayOptions(faults.url, {
+      cacheDir: dir,
+      sliceBytes: SLICE,
+      ...extra,
+    }),
+  );
   await gateway.listen(0);
   return {
     gateway,

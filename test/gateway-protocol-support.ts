@@ -41,6 +41,21 @@ export function s3(
 }
 
 /**
+ * The options of a test gateway in front of `upstream`: the origin's credentials, `gateway` auth
+ * with {@link CLIENT_KEY}, nothing logged, `extra` on top.
+ */
+export function gatewayOptions(upstream: string, extra: Partial<GatewayOptions> = {}): GatewayOptions {
+  return {
+    upstream,
+    originCredentials: TEST_CREDENTIALS,
+    auth: 'gateway',
+    clientKeys: [CLIENT_KEY],
+    log: () => undefined,
+    ...extra,
+  };
+}
+
+/**
  * An SDK client of `origin` itself with the origin's credentials and the SDK's default retries,
  * for putting the objects a test reads.
  */
@@ -60,18 +75,16 @@ export async function startHarness(extra: Partial<GatewayOptions> = {}): Promise
   const root = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-proto-'));
   const cacheDir = path.join(root, 'cache');
   const logged: string[] = [];
-  const gateway = await createGateway({
-    upstream: origin.url,
-    originCredentials: TEST_CREDENTIALS,
-    auth: 'gateway',
-    clientKeys: [CLIENT_KEY],
-    cacheDir,
-    sliceBytes: SLICE,
-    log: (level, msg, fields) => {
-      if (logged.length < 10_000) logged.push(JSON.stringify({ level, msg, ...fields }));
-    },
-    ...extra,
-  });
+  const gateway = await createGateway(
+    gatewayOptions(origin.url, {
+      cacheDir,
+      sliceBytes: SLICE,
+      log: (level, msg, fields) => {
+        if (logged.length < 10_000) logged.push(JSON.stringify({ level, msg, ...fields }));
+      },
+      ...extra,
+    }),
+  );
   await gateway.listen(0);
   const client = s3(gateway.url(), CLIENT_KEY);
   const direct = s3(origin.url, TEST_CREDENTIALS);
@@ -248,15 +261,12 @@ export async function startRecordedGateway(
   extra: Partial<GatewayOptions> = {},
 ): Promise<RecordedGateway> {
   const recorder = await startRecorder(h.origin.url);
-  const gateway = await createGateway({
-    upstream: recorder.url,
-    originCredentials: TEST_CREDENTIALS,
-    auth: 'gateway',
-    clientKeys: [CLIENT_KEY],
-    ...(cacheSuffix === undefined ? {} : { cacheDir: `${h.cacheDir}-${cacheSuffix}` }),
-    log: () => undefined,
-    ...extra,
-  });
+  const gateway = await createGateway(
+    gatewayOptions(recorder.url, {
+      ...(cacheSuffix === undefined ? {} : { cacheDir: `${h.cacheDir}-${cacheSuffix}` }),
+      ...extra,
+    }),
+  );
   await gateway.listen(0);
   return { recorder, gateway };
 }

@@ -17,6 +17,7 @@ import {
   bodyOf,
   CLIENT_KEY,
   expectS3Error,
+  gatewayOptions,
   rawRequest,
   sha,
   signedRequest,
@@ -24,9 +25,9 @@ import {
   snapshot,
   startHarness,
   TEST_CREDENTIALS,
+  xmlField,
   type Harness,
   type RawAnswer,
-  xmlField,
 } from './gateway-protocol-support.js';
 import { presign as presignUrl, signedHeaders } from './gateway-sign-support.js';
 
@@ -273,16 +274,13 @@ describe('keys and addressing', () => {
   });
 
   it('virtual-host-style requests answer as path-style ones', async () => {
-    const g: Gateway = await createGateway({
-      upstream: h.origin.url,
-      originCredentials: TEST_CREDENTIALS,
-      auth: 'gateway',
-      clientKeys: [CLIENT_KEY],
-      cacheDir: `${h.cacheDir}-vhost`,
-      sliceBytes: SLICE,
-      baseDomain: 's3.keel.test',
-      log: () => undefined,
-    });
+    const g: Gateway = await createGateway(
+      gatewayOptions(h.origin.url, {
+        cacheDir: `${h.cacheDir}-vhost`,
+        sliceBytes: SLICE,
+        baseDomain: 's3.keel.test',
+      }),
+    );
     const { port } = await g.listen(0);
     try {
       const vhost = `http://b.s3.keel.test:${port}`;

@@ -12,7 +12,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway, type Gateway } from '../src/gateway/index.js';
-import { bodyOf, CLIENT_KEY, s3, sha, SLICE } from './gateway-protocol-support.js';
+import { bodyOf, CLIENT_KEY, gatewayOptions, s3, sha, SLICE } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 let origin: S3Origin;
@@ -25,15 +25,12 @@ const objects = new Map<string, Buffer>();
 beforeAll(async () => {
   origin = await startS3Origin(['b']);
   dir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-'));
-  gateway = await createGateway({
-    upstream: origin.url,
-    originCredentials: TEST_CREDENTIALS,
-    auth: 'gateway',
-    clientKeys: [CLIENT_KEY],
-    cacheDir: dir,
-    sliceBytes: SLICE,
-    log: () => undefined,
-  });
+  gateway = await createGateway(
+    gatewayOptions(origin.url, {
+      cacheDir: dir,
+      sliceBytes: SLICE,
+    }),
+  );
   await gateway.listen(0);
   direct = s3(origin.url, TEST_CREDENTIALS);
   client = s3(gateway.url(), CLIENT_KEY);

@@ -13,16 +13,16 @@ import { VirtualClock } from '../src/time/index.js';
 import {
   CLIENT_KEY,
   expectS3Error,
+  gatewayOptions,
   rawRequest,
   sha,
   startHarness,
   startRecordedGateway,
-  TEST_CREDENTIALS,
+  xmlField,
   type Harness,
   type RawAnswer,
   type Recorded,
   type Recorder,
-  xmlField,
 } from './gateway-protocol-support.js';
 import { checksumOf, chunkedUpload, signedHeaders, type ChecksumAlgorithm } from './gateway-sign-support.js';
 import { until } from './gateway-run-support.js';
@@ -369,14 +369,11 @@ describe('a refused request without a body', () => {
 describe('a refused body that keeps coming', () => {
   it('is read and dropped for at most 30 s after the answer, then the connection is closed', async () => {
     const clock = new VirtualClock(Date.now());
-    const g = await createGateway({
-      upstream: h.origin.url,
-      originCredentials: TEST_CREDENTIALS,
-      auth: 'gateway',
-      clientKeys: [CLIENT_KEY],
-      log: () => undefined,
-      clock,
-    });
+    const g = await createGateway(
+      gatewayOptions(h.origin.url, {
+        clock,
+      }),
+    );
     await g.listen(0);
     const u = new URL(g.url());
     const headers = await signedHeaders(

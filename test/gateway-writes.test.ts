@@ -17,6 +17,7 @@ import { createGateway, type Gateway } from '../src/gateway/index.js';
 import {
   bodyOf,
   CLIENT_KEY,
+  gatewayOptions,
   s3,
   sha,
   signedRequest,
@@ -191,15 +192,12 @@ describe('origin failures on writes', () => {
         },
       ],
     });
-    const g: Gateway = await createGateway({
-      upstream: `http://127.0.0.1:${String(faults.port)}`,
-      originCredentials: TEST_CREDENTIALS,
-      auth: 'gateway',
-      clientKeys: [CLIENT_KEY],
-      cacheDir: `${h.cacheDir}-origin-500`,
-      sliceBytes: SLICE,
-      log: () => undefined,
-    });
+    const g: Gateway = await createGateway(
+      gatewayOptions(`http://127.0.0.1:${String(faults.port)}`, {
+        cacheDir: `${h.cacheDir}-origin-500`,
+        sliceBytes: SLICE,
+      }),
+    );
     await g.listen(0);
     try {
       const body = Buffer.from(
@@ -260,15 +258,12 @@ describe('a write racing a miss of the same object', () => {
       });
     });
     await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
-    const g: Gateway = await createGateway({
-      upstream: `http://127.0.0.1:${String((origin.address() as { port: number }).port)}`,
-      originCredentials: TEST_CREDENTIALS,
-      auth: 'gateway',
-      clientKeys: [CLIENT_KEY],
-      cacheDir: `${h.cacheDir}-race`,
-      sliceBytes: SLICE,
-      log: () => undefined,
-    });
+    const g: Gateway = await createGateway(
+      gatewayOptions(`http://127.0.0.1:${String((origin.address() as { port: number }).port)}`, {
+        cacheDir: `${h.cacheDir}-race`,
+        sliceBytes: SLICE,
+      }),
+    );
     await g.listen(0);
     const client = s3(g.url(), CLIENT_KEY);
     try {
