@@ -16,7 +16,7 @@ import { ObjectStore, type LoadedMeta } from './object-store.js';
 import { resolveOptions, type RangeCacheOptions } from './options.js';
 import { planRead, slicesOf, type ReadUnit, type SlicePart } from './read-plan.js';
 import { streamUnits } from './read-stream.js';
-import { SliceReader } from './slice-read.js';
+import { SliceReader, type SliceBytes } from './slice-read.js';
 import { VerifyPool } from './verify-pool.js';
 import { CacheWriter, type WriteResult } from './writes.js';
 
@@ -357,7 +357,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
       for (const p of read) p?.release();
       return this.miss(`slice ${(span.parts[bad] as SlicePart).slice.index} unusable`);
     }
-    const parts = read as { bytes: Buffer; release: () => void }[];
+    const parts = read as SliceBytes[];
     this.counts.hits++;
     if (parts.length === 1) {
       const only = parts[0] as (typeof parts)[number];
