@@ -18,6 +18,13 @@ const pool = new Pool(origin, { connections: 64 });
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 const target = new URL(origin);
 
+/** The origin's answer headers without the hop-by-hop ones, to pass on to the client. */
+function endToEnd(headers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(headers)) if (v !== undefined && !HOP.has(k)) out[k] = v;
+  return out;
+}
+
 const server = http.createServer((req, res) => {
   const headers = req.headers.range ? { range: req.headers.range } : {};
   const fail = (): void => {
@@ -28,9 +35,7 @@ const server = http.createServer((req, res) => {
     const up = http.request(
       { host: target.hostname, port: target.port, path: req.url, method: req.method, headers, agent },
       (answer) => {
-        const out: Record<string, string | string[]> = {};
-        for (const [k, v] of Object.entries(answer.headers)) if (v !== undefined && !HOP.has(k)) out[k] = v;
-        res.writeHead(answer.statusCode ?? 502, out);
+        res.writeHead(answer.statusCode ?? 502, endToEnd(answer.headers));
         pipeline(answer, res, () => undefined);
       },
     );
@@ -39,9 +44,7 @@ const server = http.createServer((req, res) => {
     return;
   }
   pool.request({ path: req.url ?? '/', method: 'GET', headers }).then((answer) => {
-    const out: Record<string, string | string[]> = {};
-    for (const [k, v] of Object.entries(answer.headers)) if (v !== undefined && !HOP.has(k)) out[k] = v;
-    res.writeHead(answer.statusCode, out);
+    res.writeHead(answer.statusCode, endToEnd(answer.headers));
     pipeline(answer.body, res, () => undefined);
   }, fail);
 });
