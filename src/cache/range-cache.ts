@@ -436,7 +436,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    * {@link missReason}). Answers without a promise of its own, so a read awaits once for it.
    * Only an answer of `known` itself skipped the `stat` of meta.json: the read's first slice read
    * then makes it on a verifying thread.
-   * @throws KeelError `INVALID_INPUT` for a range longer than `maxBytes` (readBuffer's limit).
+   * @throws KeelError `INVALID_INPUT` for a range longer than `maxRangeBytes` (readBuffer's limit).
    */
   private lookup(
     hash: string,
@@ -444,15 +444,15 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     start: number,
     end: number,
     known: CacheMeta | undefined,
-    maxBytes: number,
+    maxRangeBytes: number,
   ): Lookup | Promise<LoadedMeta> {
     if (this.closed) return CLOSED;
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start)
       return INVALID_RANGE;
-    if (end - start + 1 > maxBytes)
+    if (end - start + 1 > maxRangeBytes)
       throw keelError(
         'INVALID_INPUT',
-        `readBuffer reads at most ${maxBytes} bytes; use read() for ${end - start + 1}`,
+        `readBuffer reads at most ${maxRangeBytes} bytes; use read() for ${end - start + 1}`,
       );
     return known !== undefined && this.memo.isCurrent(hash, known)
       ? { state: 'ok', meta: known }
