@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { classify } from '../errors/index.js';
+import { classify, type KeelError } from '../errors/index.js';
 import type { ObjectIdentity, RangeCache } from '../cache/index.js';
 import { evaluateConditions } from './conditional.js';
 import { resolveObject } from './object-lookup.js';
@@ -7,7 +7,7 @@ import { isThrottle, retryAfterSeconds } from './origin-guard.js';
 import { evaluateRange } from './range.js';
 import { safe, type ReadContext } from './read-context.js';
 import { relayAnswer } from './relay.js';
-import { S3Errors, sendS3Error } from './s3-error.js';
+import { S3Errors, sendS3Error, type S3ErrorSpec } from './s3-error.js';
 import { SliceReadError } from './slice-fill.js';
 import { fillKey, openFill, streamSlice } from './slice-stream.js';
 
@@ -35,6 +35,11 @@ export async function serveObject(
 ): Promise<CacheOutcome | 'ERROR' | 'PASS'> {
   const method = req.method ?? 'GET';
   const base = { 'x-request-id': requestId, 'x-amz-request-id': requestId };
+  /** Answers the S3 error `spec` with the request's ids (and `headers`) added to its headers. */
+  const fail = (spec: S3ErrorSpec, headers: Record<string, string> = {}): 'ERROR' => {
+    sendS3Error(res, method, { ...spec, headers: { ...spec.headers, ...base, ...headers } }, requestId);
+    return 'ERROR';
+  };
   const bypass = ctx.cache === undefined || ctx.cache.bypassed;
   const rangeHeader = req.headers.range;
   const firstMatch = rangeHeader === undefined ? undefined : /^bytes=(\d+)-(\d*)$/.exec(rangeHeader.trim());
@@ -49,19 +54,9 @@ export async function serveObject(
   const resolved = await resolveObject(ctx, id, rawQuery, method === 'GET' ? firstByte : undefined, plainGet);
   if ('error' in resolved) {
     const err = resolved.error;
-    const spec = isThrottle(err)
-      ? S3Errors.slowDown(retryAfterSeconds(err))
-      : S3Errors.serviceUnavailable(
-          retryAfterSeconds(err),
-          `the origin is unavailable (${err.code}); please retry`,
-        );
-    sendS3Error(
-      res,
-      method,
-      { ...spec, headers: { ...spec.headers, ...base, 'x-keel-cache': 'MISS' } },
-      requestId,
-    );
-    return 'ERROR';
+    return fail(originUnavailable(err, `the origin is unavailable (${err.code}); please retry`), {
+      'x-keel-cache': 'MISS',
+    });
   }
   if ('passthrough' in resolved) {
     // Not an object we can serve (404, 403 …): ask the origin the client's own question.
@@ -85,17 +80,7 @@ export async function serveObject(
       await relayAnswer(res, method, up, requestId);
       return 'PASS';
     } catch (err) {
-      const e = classify(err);
-      sendS3Error(
-        res,
-        method,
-        {
-          ...S3Errors.serviceUnavailable(retryAfterSeconds(e)),
-          headers: { 'retry-after': String(retryAfterSeconds(e)), ...base },
-        },
-        requestId,
-      );
-      return 'ERROR';
+      return fail(S3Errors.serviceUnavailable(retryAfterSeconds(classify(err))));
     }
   }
   const { meta, stale } = resolved;
@@ -120,16 +105,9 @@ export async function serveObject(
     res.end();
     return stale ? 'STALE' : 'HIT';
   }
-  if (condition === 'precondition-failed') {
-    sendS3Error(res, method, { ...S3Errors.preconditionFailed(), headers: { ...base } }, requestId);
-    return 'ERROR';
-  }
+  if (condition === 'precondition-failed') return fail(S3Errors.preconditionFailed());
   const range = evaluateRange(req.headers.range, meta.size);
-  if (range.kind === 'unsatisfiable') {
-    const spec = S3Errors.invalidRange(meta.size);
-    sendS3Error(res, method, { ...spec, headers: { ...spec.headers, ...base } }, requestId);
-    return 'ERROR';
-  }
+  if (range.kind === 'unsatisfiable') return fail(S3Errors.invalidRange(meta.size));
   const start = range.kind === 'partial' ? range.start : 0;
   const end = range.kind === 'partial' ? range.end : meta.size - 1;
   const status = range.kind === 'partial' ? 206 : 200;
@@ -189,19 +167,11 @@ export async function serveObject(
         : missing.length === needed.length
           ? 'MISS'
           : 'PARTIAL';
-  if (stale && missing.length > 0) {
-    const spec = S3Errors.serviceUnavailable(
-      1,
-      'the origin is unavailable and the range is not cached; please retry',
+  if (stale && missing.length > 0)
+    return fail(
+      S3Errors.serviceUnavailable(1, 'the origin is unavailable and the range is not cached; please retry'),
+      { 'x-keel-cache': 'STALE' },
     );
-    sendS3Error(
-      res,
-      method,
-      { ...spec, headers: { ...spec.headers, ...base, 'x-keel-cache': 'STALE' } },
-      requestId,
-    );
-    return 'ERROR';
-  }
   const headers = answerHeaders(outcome);
   if (end < start) {
     res.writeHead(status, headers);
@@ -223,16 +193,7 @@ export async function serveObject(
         if (ctx.cache) await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(id));
         return serveObject(ctx, req, res, id, rawQuery, requestId, 1);
       }
-      const spec = isThrottle(e)
-        ? S3Errors.slowDown(retryAfterSeconds(e))
-        : S3Errors.serviceUnavailable(retryAfterSeconds(e));
-      sendS3Error(
-        res,
-        method,
-        { ...spec, headers: { ...spec.headers, ...base, 'x-keel-cache': outcome } },
-        requestId,
-      );
-      return 'ERROR';
+      return fail(originUnavailable(e), { 'x-keel-cache': outcome });
     }
   }
   res.writeHead(status, headers);
@@ -254,6 +215,13 @@ export async function serveObject(
     res.destroy();
   }
   return outcome;
+}
+
+/** The answer to a read the origin failed: 503 SlowDown when it throttled, else ServiceUnavailable. */
+function originUnavailable(err: KeelError, message?: string): S3ErrorSpec {
+  return isThrottle(err)
+    ? S3Errors.slowDown(retryAfterSeconds(err))
+    : S3Errors.serviceUnavailable(retryAfterSeconds(err), message);
 }
 
 function pick(headers: IncomingMessage['headers'], names: string[]): Record<string, string> {
