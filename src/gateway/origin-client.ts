@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { Pool } from 'undici';
-import { encodeKey } from './s3-request.js';
+import { encodeKey, rfc3986 } from './s3-request.js';
 import { SigV4HeaderSigner } from './sigv4-sign.js';
 
 /** Credentials the gateway signs its origin requests with. */
@@ -44,10 +44,6 @@ export interface OriginResponse {
   status: number;
   headers: Record<string, string>;
   body: Readable;
-}
-
-function rfc3986(s: string): string {
-  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 
 /**

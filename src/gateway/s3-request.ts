@@ -103,9 +103,12 @@ export function parseS3Target(
   return { bucket, key, style, query, rawQuery };
 }
 
+/** Encodes `s` as SigV4 and S3 paths want: every byte except the RFC 3986 unreserved ones. */
+export function rfc3986(s: string): string {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
 /** Encodes an object key for a path-style URL (every byte except unreserved and `/`). */
 export function encodeKey(key: string): string {
-  return encodeURIComponent(key)
-    .replace(/%2F/g, '/')
-    .replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return rfc3986(key).replace(/%2F/g, '/');
 }

@@ -2,6 +2,7 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { ChunkSigning } from './aws-chunked.js';
 import { buildCanonicalRequest } from './sigv4-canonical.js';
+import { rfc3986 } from './s3-request.js';
 import { S3Errors, type S3ErrorSpec } from './s3-error.js';
 
 /** An access key clients may sign with. */
@@ -24,10 +25,6 @@ export type AuthResult = VerifiedRequest | { ok: false; error: S3ErrorSpec };
 
 /** Allowed clock difference for header-signed requests (S3: 15 minutes). */
 const MAX_SKEW_MS = 15 * 60 * 1000;
-
-function rfc3986(s: string): string {
-  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-}
 
 function decode(s: string): string {
   return decodeURIComponent(s.replace(/\+/g, '%20'));
