@@ -19,7 +19,6 @@ export interface InFlight {
 export class Leases {
   private readonly held = new Map<number, InFlight>();
   private timer: TimerHandle | undefined;
-  private beating = false;
 
   constructor(
     private readonly store: QueueStore,
@@ -42,7 +41,6 @@ export class Leases {
   /** Renews every lease held, every third of `leaseMs` (at least 10 ms) of the queue's clock. */
   startHeartbeat(leaseMs: number): void {
     const every = Math.max(10, Math.floor(leaseMs / 3));
-    this.beating = true;
     const beat = (): void => {
       const entries = [...this.held.values()].filter((f) => !f.released);
       if (entries.length > 0) {
@@ -67,13 +65,13 @@ export class Leases {
             () => undefined,
           );
       }
-      if (this.beating) this.timer = this.clock.setTimer(every, beat);
+      // A beat runs to its end before stopHeartbeat can run, so cancelling this timer stops it.
+      this.timer = this.clock.setTimer(every, beat);
     };
     this.timer = this.clock.setTimer(every, beat);
   }
 
   stopHeartbeat(): void {
-    this.beating = false;
     this.timer?.cancel();
   }
 
