@@ -68,6 +68,24 @@ describe('GracefulShutdown', () => {
     expect(exits).toEqual([1]);
   });
 
+  it('reports a hook that timed out at warn, naming the hook and its timeout', async () => {
+    const clock = new VirtualClock(0);
+    const lines: [string, string, Record<string, unknown>][] = [];
+    const sd = new GracefulShutdown({
+      clock,
+      delayMs: 0,
+      exit: () => undefined,
+      log: (message, fields, level) => lines.push([level, message, fields]),
+    });
+    sd.addHook('hangs', () => new Promise(() => undefined), { timeoutMs: 500 });
+    const done = sd.shutdown();
+    await clock.advance(500);
+    await done;
+    expect(lines.filter(([, message]) => message === 'shutdown hook failed')).toEqual([
+      ['warn', 'shutdown hook failed', { hook: 'hangs', error: 'timed out after 500 ms' }],
+    ]);
+  });
+
   it('exits at once on a second signal', async () => {
     const clock = new VirtualClock(0);
     const exits: number[] = [];
