@@ -14,7 +14,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, createCipheriv } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -212,7 +212,9 @@ function stopChild(c: ChildProcess): Promise<void> {
   });
 }
 
+/** nginx with proxy_cache and slice in front of the origin at `upstreamPort`; `dir` (created) holds its files. */
 async function startNginx(upstreamPort: number, dir: string): Promise<{ url: string; proc: ChildProcess }> {
+  await mkdir(dir, { recursive: true });
   const port = 20000 + Math.floor(Math.random() * 20000);
   const conf = `
 worker_processes 1;
@@ -297,7 +299,6 @@ try {
   children.push(keel.proc);
   await (async () => undefined)();
   const nginxDir = path.join(root, 'nginx');
-  spawnSync('mkdir', ['-p', nginxDir]);
   const nginx = await startNginx(nginxProxy.port, nginxDir);
   children.push(nginx.proc);
 
@@ -308,7 +309,6 @@ try {
     const missKeel = await startKeel(originUrl, path.join(root, 'keel-miss-cache'));
     children.push(missKeel.proc);
     const missNginxDir = path.join(root, 'nginx-miss');
-    spawnSync('mkdir', ['-p', missNginxDir]);
     const missNginx = await startNginx(originPort, missNginxDir);
     children.push(missNginx.proc);
     const viaKeel: number[] = [];
@@ -344,7 +344,6 @@ try {
     const farKeel = await startKeel(`http://127.0.0.1:${far.port}`, path.join(root, 'keel-far-cache'));
     children.push(farKeel.proc);
     const farNginxDir = path.join(root, 'nginx-far');
-    spawnSync('mkdir', ['-p', farNginxDir]);
     const farNginx = await startNginx(far.port, farNginxDir);
     children.push(farNginx.proc);
     const farDirect: number[] = [];
