@@ -297,7 +297,6 @@ try {
   const nginxProxy = await chaos.proxy({ upstream: `127.0.0.1:${originPort}` });
   const keel = await startKeel(`http://127.0.0.1:${keelProxy.port}`, path.join(root, 'keel-cache'));
   children.push(keel.proc);
-  await (async () => undefined)();
   const nginxDir = path.join(root, 'nginx');
   const nginx = await startNginx(nginxProxy.port, nginxDir);
   children.push(nginx.proc);
