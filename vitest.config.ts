@@ -1,8 +1,22 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { defineConfig } from 'vitest/config';
 
+// Tests run the packages from source: each package name resolves to its src entry, as the root
+// tsconfig's `paths` say (one list for tsc, tsx and vitest). Exact matches only, so `keel` does
+// not capture `keel/cache`.
+const tsconfig = JSON.parse(readFileSync(new URL('./tsconfig.json', import.meta.url), 'utf8')) as {
+  compilerOptions: { paths: Record<string, [string]> };
+};
+const alias = Object.entries(tsconfig.compilerOptions.paths).map(([name, [target]]) => ({
+  find: new RegExp(`^${name.replace(/[/]/g, '\\/')}$`),
+  replacement: path.resolve(import.meta.dirname, target),
+}));
+
 export default defineConfig({
+  resolve: { alias },
   test: {
-    include: ['src/**/*.test.ts', 'test/**/*.test.ts', 'examples/**/*.test.ts'],
+    include: ['packages/*/src/**/*.test.ts', 'test/**/*.test.ts', 'examples/**/*.test.ts'],
     testTimeout: 30_000,
     hookTimeout: 30_000,
     pool: 'forks',

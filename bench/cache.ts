@@ -8,8 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { randomBytes } from 'node:crypto';
-import { encodeMeta, identityHash, META_VERSION, RangeCache, type CacheMeta } from '../src/cache/index.js';
-import { crc32 as cacheCrc32, fastCrc32Module } from '../src/cache/crc32.js';
+import { encodeMeta, identityHash, META_VERSION, RangeCache, type CacheMeta } from 'keel/cache';
+import { crc32 as cacheCrc32, fastCrc32Module } from '../packages/keel/src/cache/crc32.js';
 
 const SLICE = 8 * 1024 * 1024;
 const SLICES = Number(process.env.KEEL_BENCH_CACHE_SLICES ?? 24);

@@ -6,7 +6,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
-import { chaos } from '../src/chaos/index.js';
+import { chaos } from 'keel/chaos';
 
 const BULK_BYTES = 64 * 1024 * 1024;
 const ROUND_TRIPS = 2000;

@@ -18,7 +18,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { chaos } from '../src/chaos/index.js';
+import { chaos } from 'keel/chaos';
 
 const OBJECT = 64 * 1024 * 1024;
 const SECONDS = Number(process.env.KEEL_BENCH_GATEWAY_SECONDS ?? 6);

@@ -18,8 +18,8 @@ import {
   timeWindow,
   type CircuitBreakerPolicy,
   type WindowSpec,
-} from '../src/policy/index.js';
-import { VirtualClock } from '../src/time/index.js';
+  VirtualClock,
+} from 'keel';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 9);
 const HOT_ITERATIONS = Number(process.env.HOT_ITERATIONS ?? 200_000);

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { Queue as BullQueue, Worker as BullWorker } from 'bullmq';
 import pg from 'pg';
 import PgBoss from 'pg-boss';
-import { openQueue, type Queue } from '../src/queue/index.js';
+import { openQueue, type Queue } from '@keel/queue';
 
 const PG_URL = process.env.KEEL_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const REDIS = { host: '127.0.0.1', port: 6379, maxRetriesPerRequest: null };

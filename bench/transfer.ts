@@ -9,9 +9,9 @@ import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { chaos } from '../src/chaos/index.js';
-import { constant, retry } from '../src/policy/index.js';
-import { downloadFile, S3Client, uploadFile } from '../src/transfer/index.js';
+import { chaos } from 'keel/chaos';
+import { constant, retry } from 'keel';
+import { downloadFile, S3Client, uploadFile } from '@keel/transfer';
 import { startS3Origin, TEST_CREDENTIALS } from '../test/s3-origin.js';
 
 const MiB = 1024 * 1024;

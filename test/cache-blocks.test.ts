@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { RangeCache, VERIFY_BLOCK_BYTES, type ObjectIdentity } from '../src/cache/index.js';
+import { RangeCache, VERIFY_BLOCK_BYTES, type ObjectIdentity } from 'keel/cache';
 import { bytesOf, sliceFileOf, useTempDir } from './cache-support.js';
 
 // Slices of several verification blocks, as in production (8 MiB slices of 1 MiB blocks).

@@ -7,7 +7,7 @@ import { filledCache, sliceFileOf, useTempDir } from './cache-support.js';
 const tmp = useTempDir();
 
 function keel(...args: string[]): { status: number | null; json: Record<string, unknown>; stderr: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'packages/gateway/src/cli/main.ts', ...args], {
     encoding: 'utf8',
   });
   let json: Record<string, unknown> = {};

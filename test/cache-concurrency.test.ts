@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { RangeCache, type ObjectIdentity } from '../src/cache/index.js';
+import { RangeCache, type ObjectIdentity } from 'keel/cache';
 import { bytesOf, SLICE, useTempDir } from './cache-support.js';
 
 const tmp = useTempDir();

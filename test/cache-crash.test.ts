@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { RangeCache, sliceLength } from '../src/cache/index.js';
+import { RangeCache, sliceLength } from 'keel/cache';
 import { bytesOf, tempDir } from './cache-support.js';
 import { CRASH_SIZE, CRASH_SLICE, expectedSlice } from './fixtures/cache-content.js';
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { evictionTarget, SliceIndex } from '../src/cache/eviction.js';
+import { evictionTarget, SliceIndex } from '../packages/keel/src/cache/eviction.js';
 
 describe('slice index', () => {
   it('keeps size, slice and object counts through adds and removes, and orders by last access', () => {

@@ -1,9 +1,9 @@
 import { readdir, readFile, rm, truncate, writeFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { RangeCache, type ObjectIdentity } from '../src/cache/index.js';
-import { faultyFs } from '../src/chaos/index.js';
-import { VirtualClock } from '../src/time/index.js';
+import { RangeCache, type ObjectIdentity } from 'keel/cache';
+import { faultyFs } from 'keel/chaos';
+import { VirtualClock } from 'keel';
 import { bytesOf, filledCache, objectDirOf, SLICE, useTempDir } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'dir/object.bin' };

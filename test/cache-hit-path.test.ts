@@ -9,8 +9,8 @@ import {
   VERIFY_BLOCK_BYTES,
   V1_BLOCK_BYTES,
   type ObjectIdentity,
-} from '../src/cache/index.js';
-import { VirtualClock } from '../src/time/index.js';
+} from 'keel/cache';
+import { VirtualClock } from 'keel';
 import { bytesOf, objectDirOf, useTempDir } from './cache-support.js';
 
 const BLOCK = VERIFY_BLOCK_BYTES;

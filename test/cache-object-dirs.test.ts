@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { RangeCache, type ObjectIdentity } from '../src/cache/index.js';
+import { RangeCache, type ObjectIdentity } from 'keel/cache';
 import { bytesOf, objectDirOf, SLICE, useTempDir, watchedFs, type FsCall } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'dirs.bin' };

@@ -10,7 +10,7 @@ import {
   sliceLength,
   type CacheMeta,
   type ObjectIdentity,
-} from '../src/cache/index.js';
+} from 'keel/cache';
 import { bytesOf, objectDirOf, tempDir, type TempDir } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'prop' };

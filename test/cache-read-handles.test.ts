@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { RangeCache, VERIFY_BLOCK_BYTES, type ObjectIdentity } from '../src/cache/index.js';
+import { RangeCache, VERIFY_BLOCK_BYTES, type ObjectIdentity } from 'keel/cache';
 import { bytesOf, sliceFileOf, useTempDir, watchedFs, type FsCall } from './cache-support.js';
 
 // Slices of three 2 MiB read units each (the last one short), so a stream reads each slice thrice.

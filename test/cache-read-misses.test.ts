@@ -1,6 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { MAX_BUFFER_READ_BYTES, RangeCache, type ObjectIdentity } from '../src/cache/index.js';
+import { MAX_BUFFER_READ_BYTES, RangeCache, type ObjectIdentity } from 'keel/cache';
 import { metaFileOf, SLICE, useTempDir } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'misses.bin' };

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { META_VERSION, sliceChecksums, sliceLength, type CacheMeta } from '../src/cache/index.js';
-import { planRead, READ_UNIT_BYTES } from '../src/cache/read-plan.js';
+import { META_VERSION, sliceChecksums, sliceLength, type CacheMeta } from 'keel/cache';
+import { planRead, READ_UNIT_BYTES } from '../packages/keel/src/cache/read-plan.js';
 
 const MiB = 1024 * 1024;
 const metaOf = (

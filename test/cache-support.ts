@@ -12,7 +12,7 @@ import {
   type CacheFs,
   type ObjectIdentity,
   type RangeCacheOptions,
-} from '../src/cache/index.js';
+} from 'keel/cache';
 
 export const SLICE = 1024;
 

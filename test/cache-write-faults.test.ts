@@ -1,7 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { type ObjectIdentity } from '../src/cache/index.js';
-import { faultyFs, type FsFaultCode, type FsOperation } from '../src/chaos/index.js';
+import { type ObjectIdentity } from 'keel/cache';
+import { faultyFs, type FsFaultCode, type FsOperation } from 'keel/chaos';
 import { bytesOf, filledCache, objectDirOf, SLICE, useTempDir } from './cache-support.js';
 
 const id: ObjectIdentity = { bucket: 'b', key: 'w' };

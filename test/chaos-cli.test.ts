@@ -6,7 +6,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 function keel(args: string[]): { status: number | null; stderr: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'packages/gateway/src/cli/main.ts', ...args], {
     encoding: 'utf8',
   });
   return { status: r.status, stderr: r.stderr };
@@ -23,7 +23,7 @@ describe('keel chaos', () => {
     const child = spawn(process.execPath, [
       '--import',
       'tsx',
-      'src/cli/main.ts',
+      'packages/gateway/src/cli/main.ts',
       'chaos',
       '--listen',
       '127.0.0.1:0',
@@ -52,7 +52,16 @@ describe('keel chaos', () => {
     await writeFile(config, JSON.stringify([{ name: 'x', upstream: 'nowhere' }]));
     const r = spawnSync(
       process.execPath,
-      ['--import', 'tsx', 'src/cli/main.ts', 'chaos', '--listen', '127.0.0.1:0', '--config', config],
+      [
+        '--import',
+        'tsx',
+        'packages/gateway/src/cli/main.ts',
+        'chaos',
+        '--listen',
+        '127.0.0.1:0',
+        '--config',
+        config,
+      ],
       { encoding: 'utf8' },
     );
     expect(r.status).toBe(1);
@@ -82,7 +91,7 @@ describe('keel chaos', () => {
     const child = spawn(process.execPath, [
       '--import',
       'tsx',
-      'src/cli/main.ts',
+      'packages/gateway/src/cli/main.ts',
       'chaos',
       'http',
       '--upstream',

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Toxiproxy } from 'toxiproxy-node-client';
-import { ChaosControlServer, TOXIPROXY_API_VERSION } from '../src/chaos/index.js';
+import { ChaosControlServer, TOXIPROXY_API_VERSION } from 'keel/chaos';
 import { receive, startUpstream } from './chaos-support.js';
 
 let api: ChaosControlServer;

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chaos, parseHttpFaultSpec, type HttpFaultProxy, type HttpFaultRule } from '../src/chaos/index.js';
+import { chaos, parseHttpFaultSpec, type HttpFaultProxy, type HttpFaultRule } from 'keel/chaos';
 
 const body = randomBytes(64 * 1024);
 let origin: http.Server;

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { chaos, type ChaosProxy } from '../src/chaos/index.js';
-import { isKeelError } from '../src/errors/index.js';
+import { chaos, type ChaosProxy } from 'keel/chaos';
+import { isKeelError } from 'keel';
 import { receive, startUpstream } from './chaos-support.js';
 
 const cleanups: (() => Promise<void>)[] = [];

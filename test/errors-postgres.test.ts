@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { classify } from '../src/index.js';
+import { classify } from 'keel';
 import { PG_URL, postgresAvailable } from './pg-support.js';
 
 // Real errors from the local PostgreSQL and the pg client, classified by keel.

@@ -7,12 +7,12 @@ import path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { resolveGatewayConfig, runGateway } from '../src/gateway/index.js';
+import { resolveGatewayConfig, runGateway } from '@keel/gateway';
 import { originClient } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS } from './s3-origin.js';
 
-const RULES = path.join(import.meta.dirname, '../src/gateway/alerts.rules.yml');
-const RULE_TESTS = path.join(import.meta.dirname, '../src/gateway/alerts.rules.test.yml');
+const RULES = path.join(import.meta.dirname, '../packages/gateway/rules/alerts.rules.yml');
+const RULE_TESTS = path.join(import.meta.dirname, '../packages/gateway/rules/alerts.rules.test.yml');
 const hasPromtool = spawnSync('promtool', ['--version']).status === 0;
 if (!hasPromtool) {
   const msg = 'promtool not found (Debian package `prometheus`): the alert rules are not checked';

@@ -4,8 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { chaos, faultyFs, type ChaosProxy, type HttpFaultProxy } from '../src/chaos/index.js';
-import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
+import { chaos, faultyFs, type ChaosProxy, type HttpFaultProxy } from 'keel/chaos';
+import { createGateway, type Gateway, type GatewayOptions } from '@keel/gateway';
 import { originClient } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 

@@ -15,8 +15,8 @@ import {
   type CORSRule,
 } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chaos, type HttpFaultProxy } from '../src/chaos/index.js';
-import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
+import { chaos, type HttpFaultProxy } from 'keel/chaos';
+import { createGateway, type Gateway, type GatewayOptions } from '@keel/gateway';
 import {
   CLIENT_KEY,
   gatewayOptions,

@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { resolveGatewayConfig } from '../src/gateway/index.js';
+import { resolveGatewayConfig } from '@keel/gateway';
 
 const base = { upstream: 'http://127.0.0.1:9000', auth: 'anonymous' };
 let dir: string;

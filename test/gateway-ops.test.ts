@@ -5,10 +5,10 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { faultyFs, type ChaosProxy } from '../src/chaos/index.js';
-import type { RunningGateway, RunOptions } from '../src/gateway/index.js';
-import type { Alert, HealthReport } from '../src/ops/index.js';
-import { VirtualClock } from '../src/time/index.js';
+import { faultyFs, type ChaosProxy } from 'keel/chaos';
+import type { RunningGateway, RunOptions } from '@keel/gateway';
+import type { Alert, HealthReport } from '@keel/ops';
+import { VirtualClock } from 'keel';
 import {
   checkStatus,
   fileAlerts,

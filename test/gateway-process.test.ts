@@ -28,7 +28,7 @@ function startGateway(cacheDir: string, extra: string[] = []): Promise<Child> {
     [
       '--import',
       'tsx',
-      'src/cli/main.ts',
+      'packages/gateway/src/cli/main.ts',
       'gateway',
       '--upstream',
       origin.url,
@@ -220,7 +220,7 @@ describe('keel gateway as a process', () => {
       [
         '--import',
         'tsx',
-        'src/cli/main.ts',
+        'packages/gateway/src/cli/main.ts',
         'gateway',
         '--upstream',
         origin.url,

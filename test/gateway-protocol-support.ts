@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'vitest';
-import { createGateway, type Gateway, type GatewayOptions } from '../src/gateway/index.js';
+import { createGateway, type Gateway, type GatewayOptions } from '@keel/gateway';
 import { signedHeaders } from './gateway-sign-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 

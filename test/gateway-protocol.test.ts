@@ -12,7 +12,7 @@ import {
   PutObjectCommand,
 } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createGateway, type Gateway } from '../src/gateway/index.js';
+import { createGateway, type Gateway } from '@keel/gateway';
 import {
   bodyOf,
   CLIENT_KEY,

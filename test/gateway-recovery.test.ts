@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { faultyFs } from '../src/chaos/index.js';
-import type { RunningGateway, RunOptions } from '../src/gateway/index.js';
-import type { Alert, HealthReport, RecoveryState, StatfsResult } from '../src/ops/index.js';
-import { VirtualClock } from '../src/time/index.js';
+import { faultyFs } from 'keel/chaos';
+import type { RunningGateway, RunOptions } from '@keel/gateway';
+import type { Alert, HealthReport, RecoveryState, StatfsResult } from '@keel/ops';
+import { VirtualClock } from 'keel';
 import {
   checkStatus,
   fileAlerts,

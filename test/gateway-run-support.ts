@@ -5,15 +5,10 @@ import path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { pino } from 'pino';
 import { expect } from 'vitest';
-import { chaos, type ChaosProxy, type FaultyFs } from '../src/chaos/index.js';
-import {
-  resolveGatewayConfig,
-  runGateway,
-  type RunningGateway,
-  type RunOptions,
-} from '../src/gateway/index.js';
-import type { Alert, HealthReport } from '../src/ops/index.js';
-import type { VirtualClock } from '../src/time/index.js';
+import { chaos, type ChaosProxy, type FaultyFs } from 'keel/chaos';
+import { resolveGatewayConfig, runGateway, type RunningGateway, type RunOptions } from '@keel/gateway';
+import type { Alert, HealthReport } from '@keel/ops';
+import type { VirtualClock } from 'keel';
 import { originClient } from './gateway-protocol-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 

@@ -8,8 +8,8 @@ import http from 'node:http';
 import net from 'node:net';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createGateway, type Gateway } from '../src/gateway/index.js';
-import { VirtualClock } from '../src/time/index.js';
+import { createGateway, type Gateway } from '@keel/gateway';
+import { VirtualClock } from 'keel';
 import {
   CLIENT_KEY,
   expectS3Error,

@@ -12,8 +12,8 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chaos } from '../src/chaos/index.js';
-import { createGateway, type Gateway } from '../src/gateway/index.js';
+import { chaos } from 'keel/chaos';
+import { createGateway, type Gateway } from '@keel/gateway';
 import {
   bodyOf,
   CLIENT_KEY,

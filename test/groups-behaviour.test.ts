@@ -1,14 +1,12 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { keelError } from '../src/errors/index.js';
+import { keelError, constant, VirtualClock } from 'keel';
 import {
   ExecutorRegistry,
   GroupFailedError,
   GroupManager,
   reconcile,
   type GroupRepository,
-} from '../src/groups/index.js';
-import { constant } from '../src/policy/index.js';
-import { VirtualClock } from '../src/time/index.js';
+} from '@keel/groups';
 import {
   deferred,
   postgresAvailable,

@@ -4,13 +4,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { registerGroupsCommand } from '../src/cli/groups.js';
-import {
-  ExecutorRegistry,
-  GroupManager,
-  openGroupRepository,
-  type GroupRepository,
-} from '../src/groups/index.js';
+import { registerGroupsCommand } from '../packages/gateway/src/cli/groups.js';
+import { ExecutorRegistry, GroupManager, openGroupRepository, type GroupRepository } from '@keel/groups';
 import { registerExecutors } from './fixtures/groups-executors.js';
 
 const EXECUTORS = path.join(import.meta.dirname, 'fixtures', 'groups-executors.ts');

@@ -2,14 +2,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
-import {
-  ExecutorRegistry,
-  GroupManager,
-  openGroupRepository,
-  type GroupRepository,
-} from '../src/groups/index.js';
-import { AutoRecovery, HealthRegistry } from '../src/ops/index.js';
-import { VirtualClock } from '../src/time/index.js';
+import { ExecutorRegistry, GroupManager, openGroupRepository, type GroupRepository } from '@keel/groups';
+import { AutoRecovery, HealthRegistry } from '@keel/ops';
+import { VirtualClock } from 'keel';
 import { until } from './groups-support.js';
 
 let dir: string;

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { PG_URL, postgresAvailable as pgAvailable } from './pg-support.js';
-import { openGroupRepository, type GroupRepository } from '../src/groups/index.js';
+import { openGroupRepository, type GroupRepository } from '@keel/groups';
 
 export { PG_URL } from './pg-support.js';
 

@@ -1,10 +1,8 @@
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { keelError } from '../src/errors/index.js';
-import { constant, retryBudget } from '../src/policy/index.js';
-import type { Queue } from '../src/queue/index.js';
-import type { QueueRow } from '../src/store/index.js';
-import { VirtualClock } from '../src/time/index.js';
+import { keelError, constant, retryBudget, VirtualClock } from 'keel';
+import type { Queue } from '@keel/queue';
+import type { QueueRow } from '@keel/store';
 import {
   PG_URL,
   postgresAvailable,

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { VirtualClock } from '../src/time/index.js';
+import { VirtualClock } from 'keel';
 import {
   postgresAvailable,
   postgresQueueFixture,
@@ -9,7 +9,7 @@ import {
   type QueueFixture,
 } from './queue-support.js';
 
-const MAIN = path.join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
+const MAIN = path.join(import.meta.dirname, '..', 'packages', 'gateway', 'src', 'cli', 'main.ts');
 
 /** Runs `keel queue ...` as a real process. */
 function keel(...args: string[]): Promise<{ code: number; out: string; err: string }> {

@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openQueue } from '../src/queue/index.js';
+import { openQueue } from '@keel/queue';
 import { PG_URL, postgresAvailable } from './queue-support.js';
 
 const child = path.join(import.meta.dirname, 'fixtures', 'queue-crash-child.ts');

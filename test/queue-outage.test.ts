@@ -4,17 +4,10 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chaos, type ChaosProxy } from '../src/chaos/index.js';
+import { chaos, type ChaosProxy } from 'keel/chaos';
 import { PG_URL, postgresAvailable } from './pg-support.js';
-import { keelError } from '../src/errors/index.js';
-import { circuitBreaker, consecutive, constant, pipeline, retry, timeout } from '../src/policy/index.js';
-import {
-  createOutageQueue,
-  openQueue,
-  type OutageQueue,
-  type Queue,
-  type RunOutcome,
-} from '../src/queue/index.js';
+import { keelError, circuitBreaker, consecutive, constant, pipeline, retry, timeout } from 'keel';
+import { createOutageQueue, openQueue, type OutageQueue, type Queue, type RunOutcome } from '@keel/queue';
 
 const available = await postgresAvailable('the queue outage test');
 

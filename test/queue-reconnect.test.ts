@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { chaos, type ChaosProxy } from '../src/chaos/index.js';
-import { openQueue, type Queue } from '../src/queue/index.js';
+import { chaos, type ChaosProxy } from 'keel/chaos';
+import { openQueue, type Queue } from '@keel/queue';
 import { PG_URL, postgresAvailable, until } from './queue-support.js';
 
 const withPg = await postgresAvailable();

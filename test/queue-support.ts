@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { PG_URL, postgresAvailable as pgAvailable } from './pg-support.js';
-import { openQueue, type Queue, type QueueOptions } from '../src/queue/index.js';
+import { openQueue, type Queue, type QueueOptions } from '@keel/queue';
 
 export { PG_URL } from './pg-support.js';
 

@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import S3rver from 's3rver';
-import { fixS3rver } from '../src/gateway/s3rver-fixes.js';
+import { fixS3rver } from '../packages/gateway/src/demo/s3rver-fixes.js';
 
 export interface S3Origin {
   /** Base URL clients use (the shim). */

@@ -7,9 +7,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chaos, type ChaosProxy } from '../src/chaos/index.js';
-import { retry, constant } from '../src/policy/index.js';
-import { VirtualClock } from '../src/time/index.js';
+import { chaos, type ChaosProxy } from 'keel/chaos';
+import { retry, constant, VirtualClock } from 'keel';
 import {
   downloadFile,
   ProgressTracker,
@@ -17,7 +16,7 @@ import {
   S3Client,
   uploadFile,
   type RangeRequest,
-} from '../src/transfer/index.js';
+} from '@keel/transfer';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
 let origin: S3Origin;
@@ -585,10 +584,14 @@ describe('keel get / keel put', () => {
     // Asynchronous: the origin runs in this process and must keep answering.
     const keel = (...args: string[]): Promise<{ status: number | null; stderr: string }> =>
       new Promise((resolve) => {
-        const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
-          env,
-          stdio: ['ignore', 'ignore', 'pipe'],
-        });
+        const child = spawn(
+          process.execPath,
+          ['--import', 'tsx', 'packages/gateway/src/cli/main.ts', ...args],
+          {
+            env,
+            stdio: ['ignore', 'ignore', 'pipe'],
+          },
+        );
         let stderr = '';
         child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
         child.on('close', (status) => resolve({ status, stderr }));

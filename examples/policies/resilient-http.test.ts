@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VirtualClock } from '../../src/time/index.js';
+import { VirtualClock } from 'keel';
 import { resilientHttp } from './resilient-http.js';
 
 let server: Server;

@@ -10,8 +10,9 @@ import {
   pipeline,
   retry,
   timeout,
-} from '../../src/policy/index.js';
-import { systemClock, type Clock } from '../../src/time/index.js';
+  systemClock,
+  type Clock,
+} from 'keel';
 
 /** What a failed response turns into: classify() reads `status` and `headers['retry-after']`. */
 export class HttpStatusError extends Error {

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ExecutorRegistry, GroupManager, openGroupRepository } from '../../src/groups/index.js';
+import { ExecutorRegistry, GroupManager, openGroupRepository } from '@keel/groups';
 import { databaseUrl, seed, snapshot, withClient, type Nodes } from './cluster.js';
 import { registerShardExecutors } from './executors.js';
 import { planRebalance } from './plan.js';

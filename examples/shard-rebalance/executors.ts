@@ -4,7 +4,7 @@
  * are copied with ON CONFLICT DO NOTHING, and the routing update sets a value rather than
  * changing it relative to what it was.
  */
-import type { ExecutorContext, ExecutorRegistry } from '../../src/groups/index.js';
+import type { ExecutorContext, ExecutorRegistry } from '@keel/groups';
 import { catalogNode, table, withClient, type Nodes } from './cluster.js';
 
 export interface ShardOnNode {

@@ -1,5 +1,5 @@
 /** Plans a rebalance onto a new node as a group of operations. */
-import type { GroupDefinition, OperationSpec } from '../../src/groups/index.js';
+import type { GroupDefinition, OperationSpec } from '@keel/groups';
 import type { CopyPayload, RoutePayload, ShardOnNode } from './executors.js';
 
 /** The four operations that move one shard, each with its rollback. */

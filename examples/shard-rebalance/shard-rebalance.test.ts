@@ -4,16 +4,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { chaos, type ChaosProxy } from '../../src/chaos/index.js';
+import { chaos, type ChaosProxy } from 'keel/chaos';
 import {
   ExecutorRegistry,
   GroupFailedError,
   GroupManager,
   openGroupRepository,
   type GroupRepository,
-} from '../../src/groups/index.js';
-import { constant } from '../../src/policy/index.js';
-import { VirtualClock } from '../../src/time/index.js';
+} from '@keel/groups';
+import { constant, VirtualClock } from 'keel';
 import { postgresAvailable, PG_URL } from '../../test/groups-support.js';
 import { databaseUrl, seed, snapshot, withClient, type Nodes, type Snapshot } from './cluster.js';
 import { registerShardExecutors, type BeforeOperation } from './executors.js';

@@ -3,7 +3,7 @@
  * `node --import tsx examples/shard-rebalance/worker.ts <store> <groupId> <nodes-json> [hang-at-seq]`.
  * With `hang-at-seq` it prints `AT <seq>` and hangs before that operation (for crash tests).
  */
-import { ExecutorRegistry, GroupManager, openGroupRepository } from '../../src/groups/index.js';
+import { ExecutorRegistry, GroupManager, openGroupRepository } from '@keel/groups';
 import type { Nodes } from './cluster.js';
 import { registerShardExecutors } from './executors.js';
 

@@ -1,0 +1,160 @@
+import { Counter, type Histogram, type Registry } from 'prom-client';
+import { REPAIR_COUNTERS, type RangeCache } from 'keel/cache';
+import { bindPolicyMetrics, createMetrics, type Metrics } from '@keel/ops';
+import type { CircuitBreakerPolicy } from 'keel';
+import type { OriginGuard } from '../origin/origin-guard.js';
+
+const BREAKER_STATES = ['closed', 'open', 'halfOpen', 'isolated'] as const;
+
+/** Most buckets whose breaker gets its own `keel_breaker_state{breaker}` series. */
+export const MAX_BREAKER_SERIES = 100;
+
+/** The breaker label of a bucket; service-level calls (no bucket) are `_service`, a name no bucket can have. */
+export function breakerLabel(bucket: string): string {
+  return bucket === '' ? '_service' : bucket;
+}
+
+/**
+ * The gateway's Prometheus metrics on one @keel/ops {@link Metrics} (a private prom-client
+ * registry with Node's default metrics): requests by outcome, bytes by source, origin requests
+ * and their time to first byte, breaker states, the retry budget, cache bypass and size, and the
+ * six cache repair counters `keel_cache_<name>`.
+ */
+export class GatewayMetrics {
+  /** The @keel/ops metrics (render text or OpenMetrics with `ops.render(format)`). */
+  readonly ops: Metrics;
+  readonly requests: Counter<'method' | 'outcome'>;
+  readonly bytes: Counter<'source'>;
+  readonly duration: Histogram<'outcome'>;
+  readonly invalidations: Counter;
+  readonly originRequests: Counter<'outcome'>;
+  readonly originFirstByte: Histogram;
+  private readonly bound = new Set<string>();
+
+  /** @param options.defaultMetrics Node's process metrics (default true). */
+  constructor(cache: RangeCache | undefined, guard: OriginGuard, options: { defaultMetrics?: boolean } = {}) {
+    const m = createMetrics({ defaultMetrics: options.defaultMetrics ?? true });
+    this.ops = m;
+    this.requests = m.counter(
+      'keel_gateway_requests_total',
+      'Client requests by method and outcome (HIT, MISS, PARTIAL, STALE, BYPASS, PASS, ERROR, DENIED).',
+      ['method', 'outcome'],
+    );
+    this.bytes = m.counter(
+      'keel_gateway_bytes_served_total',
+      'Object bytes sent to clients, by where they came from (cache or origin).',
+      ['source'],
+    );
+    this.duration = m.histogram(
+      'keel_gateway_request_duration_seconds',
+      'Time to serve a client request, by outcome.',
+      ['outcome'],
+      [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    );
+    this.invalidations = m.counter(
+      'keel_gateway_invalidations_total',
+      'Cached objects dropped because a write passed through.',
+    );
+    this.originRequests = m.counter(
+      'keel_gateway_origin_requests_total',
+      'Requests to the origin by outcome: success (an answer below 500), failure, rejected (breaker open or bulkhead full).',
+      ['outcome'],
+    );
+    this.originFirstByte = m.histogram(
+      'keel_gateway_origin_first_byte_seconds',
+      'Time from sending a request to the origin to its response headers.',
+      [],
+      [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    );
+    // Series that exist from the start, so rate() and absent() work before the first request.
+    for (const o of ['success', 'failure', 'rejected']) this.originRequests.inc({ outcome: o }, 0);
+    for (const source of ['cache', 'origin']) this.bytes.inc({ source }, 0);
+    m.gauge('keel_gateway_breakers', 'Origin circuit breakers (one per bucket) by state.', ['state'], (g) => {
+      const states = Object.values(guard.breakerStates());
+      for (const s of BREAKER_STATES) g.set({ state: s }, states.filter((x) => x === s).length);
+    });
+    this.scrapedCounter(
+      'keel_gateway_retry_budget_exhausted_total',
+      'Origin calls that could not be retried because the retry budget was spent.',
+      () => guard.budgetExhausted,
+    );
+    m.gauge(
+      'keel_gateway_cache_bypass',
+      '1 while the cache is bypassed (unusable directory or full disk), else 0.',
+      [],
+      (g) => g.set(cache === undefined || cache.bypassed ? 1 : 0),
+    );
+    m.gauge('keel_cache_size_bytes', 'Bytes of cached slices on disk.', [], (g) =>
+      g.set(cache?.stats().sizeBytes ?? 0),
+    );
+    for (const name of REPAIR_COUNTERS)
+      this.scrapedCounter(
+        `keel_cache_${name}`,
+        `Range cache repairs: ${name.replace(/_total$/, '').replace(/_/g, ' ')}.`,
+        () => cache?.stats().repairs[name] ?? 0,
+      );
+    // Retries, give-ups (reason="budget" when the budget is spent) of origin calls.
+    bindPolicyMetrics(m, guard.retry, { name: 'origin' });
+  }
+
+  /** The prom-client registry (also reachable as `ops.registry`). */
+  get registry(): Registry {
+    return this.ops.registry;
+  }
+
+  /**
+   * Binds a bucket's breaker: `keel_breaker_state{breaker}`, transitions and per-call metrics
+   * (ops' policy metrics, up to {@link MAX_BREAKER_SERIES} buckets), and the gateway-wide origin
+   * request counter and first-byte histogram. Returns false when already bound.
+   */
+  bindBreaker(bucket: string, breaker: CircuitBreakerPolicy): boolean {
+    const label = breakerLabel(bucket);
+    if (this.bound.has(label)) return false;
+    this.bound.add(label);
+    if (this.bound.size <= MAX_BREAKER_SERIES) bindPolicyMetrics(this.ops, breaker, { name: label });
+    breaker.on('success', (e) => {
+      this.originRequests.inc({ outcome: 'success' });
+      if (e.durationMs !== undefined) this.originFirstByte.observe(e.durationMs / 1000);
+    });
+    breaker.on('failure', (e) => {
+      this.originRequests.inc({ outcome: 'failure' });
+      if (e.durationMs !== undefined) this.originFirstByte.observe(e.durationMs / 1000);
+    });
+    breaker.on('rejected', () => this.originRequests.inc({ outcome: 'rejected' }));
+    return true;
+  }
+
+  /**
+   * `keel_gateway_revalidations_total{outcome}`: revalidations of expired objects started, failed
+   * (timed out or the origin failed: served STALE), and skipped while an object backs off after a
+   * failure (served STALE without asking the origin), read from the counts at every scrape.
+   */
+  bindRevalidations(read: () => { started: number; failed: number; servedStaleWithoutAsking: number }): void {
+    new Counter({
+      name: 'keel_gateway_revalidations_total',
+      help: 'Revalidations of expired objects: started, failed (served STALE), skipped during a backoff (served STALE).',
+      labelNames: ['outcome'],
+      registers: [this.ops.registry],
+      collect() {
+        const counts = read();
+        this.reset();
+        this.inc({ outcome: 'started' }, counts.started);
+        this.inc({ outcome: 'failed' }, counts.failed);
+        this.inc({ outcome: 'skipped' }, counts.servedStaleWithoutAsking);
+      },
+    });
+  }
+
+  /** A counter whose value is read at every scrape (the cache and the guard keep the counts). */
+  private scrapedCounter(name: string, help: string, read: () => number): void {
+    new Counter({
+      name,
+      help,
+      registers: [this.ops.registry],
+      collect() {
+        this.reset();
+        this.inc(read());
+      },
+    });
+  }
+}

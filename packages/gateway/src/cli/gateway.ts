@@ -1,0 +1,170 @@
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import {
+  ALERT_RULE_TESTS_FILE,
+  ALERT_RULES_FILE,
+  resolveGatewayConfig,
+  runGateway,
+  startDemoOrigin,
+  DEMO_OBJECTS,
+} from '../index.js';
+
+interface GatewayFlags {
+  config?: string;
+  upstream?: string;
+  listen?: string;
+  admin?: string;
+  auth?: string;
+  forceAnonymous?: boolean;
+  clientKeys?: string;
+  region?: string;
+  cacheDir?: string;
+  cacheMaxBytes?: string;
+  sliceBytes?: string;
+  ttlSeconds?: string;
+  revalidateTimeoutSeconds?: string;
+  revalidateBackoffSeconds?: string;
+  revalidateMaxBackoffSeconds?: string;
+  baseDomain?: string;
+  cleanupIntervalSeconds?: string;
+  drainSeconds?: string;
+  shutdownDelaySeconds?: string;
+  adminToken?: string;
+  alerts?: string;
+  alertsFile?: string;
+  alertsWebhookUrl?: string;
+  diskWarningPercent?: string;
+  diskCriticalPercent?: string;
+  diskCheckIntervalSeconds?: string;
+  logLevel?: string;
+  demo?: boolean;
+}
+
+/** Registers `keel gateway`: the S3 caching gateway (and `--demo`, a self-contained tour). */
+export function registerGatewayCommand(program: Command): void {
+  const gateway = program.command('gateway');
+  gateway
+    .command('rules')
+    .description('print the recommended Prometheus alert rules (keel gateway rules > keel.rules.yml)')
+    .option('--tests', 'print their promtool unit tests instead')
+    .action(async (options: { tests?: boolean }) => {
+      process.stdout.write(await readFile(options.tests ? ALERT_RULE_TESTS_FILE : ALERT_RULES_FILE, 'utf8'));
+    });
+  gateway
+    .description('run the self-healing S3 caching gateway in front of an S3 origin')
+    .option('--config <file>', 'JSON config file (KEEL_CONFIG)')
+    .option('--upstream <url>', 'S3 origin URL (KEEL_UPSTREAM)')
+    .option('--listen <[host:]port>', 'S3 endpoint address (KEEL_LISTEN, default 127.0.0.1:8080)')
+    .option('--admin <[host:]port>', 'admin endpoints address (KEEL_ADMIN_LISTEN, default 127.0.0.1:9090)')
+    .option(
+      '--auth <mode>',
+      'gateway (clients sign with --client-keys) or anonymous (KEEL_AUTH, default gateway)',
+    )
+    .option('--force-anonymous', 'allow anonymous mode on a non-loopback address (KEEL_FORCE_ANONYMOUS)')
+    .option('--client-keys <pairs>', 'ACCESS_KEY_ID:SECRET,… clients may sign with (KEEL_CLIENT_KEYS)')
+    .option('--region <region>', 'region for signing origin requests (KEEL_REGION, default us-east-1)')
+    .option('--cache-dir <dir>', 'cache directory (KEEL_CACHE_DIR)')
+    .option('--cache-max-bytes <size>', 'cache size limit, e.g. 50GiB (KEEL_CACHE_MAX_BYTES, default 10GiB)')
+    .option('--slice-bytes <size>', 'slice size (KEEL_SLICE_BYTES, default 8MiB)')
+    .option('--ttl-seconds <n>', 'revalidate cached objects after this long (KEEL_TTL_SECONDS, default 60)')
+    .option(
+      '--revalidate-timeout-seconds <n>',
+      'serve an expired object STALE when the origin has not confirmed it within this long (KEEL_REVALIDATE_TIMEOUT_SECONDS, default 1)',
+    )
+    .option(
+      '--revalidate-backoff-seconds <n>',
+      'after a failed revalidation, serve the object STALE this long before asking the origin again, doubling per failure (KEEL_REVALIDATE_BACKOFF_SECONDS, default 1)',
+    )
+    .option(
+      '--revalidate-max-backoff-seconds <n>',
+      'longest wait between revalidations of an object whose origin keeps failing (KEEL_REVALIDATE_MAX_BACKOFF_SECONDS, default 60)',
+    )
+    .option('--base-domain <domain>', 'virtual-host-style base domain: bucket.<domain> (KEEL_BASE_DOMAIN)')
+    .option(
+      '--cleanup-interval-seconds <n>',
+      'cache cleanup period (KEEL_CLEANUP_INTERVAL_SECONDS, default 3600)',
+    )
+    .option(
+      '--drain-seconds <n>',
+      'on SIGTERM, wait this long for requests in flight (KEEL_DRAIN_SECONDS, default 30)',
+    )
+    .option(
+      '--shutdown-delay-seconds <n>',
+      'on SIGTERM, fail readiness this long before refusing connections (KEEL_SHUTDOWN_DELAY_SECONDS, default 0; 5 behind a load balancer)',
+    )
+    .option(
+      '--admin-token <token>',
+      'bearer token for the admin endpoints other than the probes, ≥ 16 characters (KEEL_ADMIN_TOKEN)',
+    )
+    .option('--alerts <handlers>', 'where alerts go: none or log,file,webhook (KEEL_ALERTS, default log)')
+    .option('--alerts-file <file>', 'JSON-lines file of the file alert handler (KEEL_ALERTS_FILE)')
+    .option('--alerts-webhook-url <url>', 'URL the webhook alert handler POSTs to (KEEL_ALERTS_WEBHOOK_URL)')
+    .option(
+      '--disk-warning-percent <n>',
+      'cache file system use that warns and starts a cleanup (KEEL_DISK_WARNING_PERCENT, default 80)',
+    )
+    .option(
+      '--disk-critical-percent <n>',
+      'cache file system use that is critical and evicts (KEEL_DISK_CRITICAL_PERCENT, default 90)',
+    )
+    .option(
+      '--disk-check-interval-seconds <n>',
+      'how often the disk is checked (KEEL_DISK_CHECK_INTERVAL_SECONDS, default 60)',
+    )
+    .option(
+      '--log-level <level>',
+      'error, warn or info: info adds one JSON line per request (KEEL_LOG_LEVEL, default warn)',
+    )
+    .option(
+      '--demo',
+      'start a local s3rver origin with a demo bucket and the gateway on :8080 (anonymous), admin on :9090',
+    )
+    .action(async (flags: GatewayFlags) => {
+      let demoOrigin: Awaited<ReturnType<typeof startDemoOrigin>> | undefined;
+      if (flags.demo) {
+        process.stderr.write('keel gateway --demo: generating the demo bucket (1 KiB, 10 MiB, 200 MiB)…\n');
+        demoOrigin = await startDemoOrigin();
+      }
+      const { demo: _demo, ...rest } = flags;
+      const config = resolveGatewayConfig({
+        ...rest,
+        ...(demoOrigin
+          ? {
+              upstream: demoOrigin.url,
+              auth: flags.auth ?? 'anonymous',
+              originAccessKeyId: 'S3RVER',
+              originSecretAccessKey: 'S3RVER',
+            }
+          : {}),
+      });
+      const running = await runGateway(config, {
+        handleSignals: true,
+        ...(demoOrigin ? { afterShutdown: () => demoOrigin.close() } : {}),
+      });
+      const base = running.gateway.url();
+      const admin = running.admin.url;
+      process.stderr.write(
+        `keel gateway: S3 endpoint ${base} (auth ${config.auth}) → ${config.upstream}; admin ${admin}\n`,
+      );
+      if (demoOrigin) {
+        const big = DEMO_OBJECTS[2].key;
+        process.stdout.write(
+          [
+            '',
+            `Demo bucket "demo": ${DEMO_OBJECTS.map((o) => o.key).join(', ')}`,
+            'Try:',
+            `  curl -sI ${base}/demo/${DEMO_OBJECTS[1].key}                        # x-keel-cache: MISS, then HIT`,
+            `  curl -s -r 0-1048575 ${base}/demo/${big} | wc -c      # a 1 MiB range`,
+            `  curl -s ${base}/demo/${big} | sha256sum               # run twice: the second is from the cache`,
+            `  aws s3 ls s3://demo --endpoint-url ${base} --no-sign-request`,
+            `  aws s3 cp s3://demo/${DEMO_OBJECTS[1].key} /tmp/x --endpoint-url ${base} --no-sign-request`,
+            `  curl -s ${admin}/metrics | grep keel_     # Prometheus metrics`,
+            `  curl -s ${admin}/status                   # JSON status with the repair counters`,
+            `  curl -s ${admin}/health/ready; curl -s -XPOST ${admin}/cache/verify`,
+            'Ctrl-C drains and stops.',
+            '',
+          ].join('\n'),
+        );
+      }
+    });
+}

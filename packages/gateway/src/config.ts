@@ -1,0 +1,333 @@
+import { readFileSync } from 'node:fs';
+import { keelError } from 'keel';
+import { ALERT_HANDLER_NAMES, type AlertHandlerName } from './admin/alerting.js';
+import type { ClientKey } from './auth/sigv4-verify.js';
+
+/** The gateway's settings after flags, `KEEL_*` variables and the config file are merged. */
+export interface GatewayConfig {
+  upstream: string;
+  listenHost: string;
+  listenPort: number;
+  adminHost: string;
+  adminPort: number;
+  auth: 'gateway' | 'anonymous';
+  /** Allow anonymous mode on a non-loopback address. */
+  forceAnonymous: boolean;
+  clientKeys: ClientKey[];
+  originAccessKeyId: string | undefined;
+  originSecretAccessKey: string | undefined;
+  region: string;
+  cacheDir: string | undefined;
+  cacheMaxBytes: number;
+  sliceBytes: number;
+  ttlSeconds: number;
+  /** How long hits of an expired object wait for the origin to confirm it before being served STALE. */
+  revalidateTimeoutSeconds: number;
+  /** After a failed revalidation, how long an object is served STALE before the origin is asked again… */
+  revalidateBackoffSeconds: number;
+  /** …doubling per failure up to this. */
+  revalidateMaxBackoffSeconds: number;
+  baseDomain: string | undefined;
+  cleanupIntervalSeconds: number;
+  /** On SIGTERM, how long requests in flight may finish before their connections are closed. */
+  drainSeconds: number;
+  /** On SIGTERM, how long readiness fails before the S3 port stops accepting (load balancers notice). */
+  shutdownDelaySeconds: number;
+  /** Bearer token for the admin endpoints other than the probes (never logged). */
+  adminToken: string | undefined;
+  /** Where alerts go. */
+  alerts: AlertHandlerName[];
+  alertsFile: string | undefined;
+  alertsWebhookUrl: string | undefined;
+  /** Used share of the cache's file system (percent) that raises a warning… */
+  diskWarningPercent: number;
+  /** …and a critical alert, with cleanup and eviction. */
+  diskCriticalPercent: number;
+  diskCheckIntervalSeconds: number;
+  /** Lowest level logged: `info` adds one line per request. */
+  logLevel: LogLevel;
+}
+
+/** Log levels of the gateway, most to least severe. */
+export const LOG_LEVELS = ['error', 'warn', 'info'] as const;
+
+/** One of {@link LOG_LEVELS}. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Each setting: its flag (camelCase, as commander gives it), env var and config-file key. */
+const SETTINGS = {
+  upstream: 'KEEL_UPSTREAM',
+  listen: 'KEEL_LISTEN',
+  admin: 'KEEL_ADMIN_LISTEN',
+  auth: 'KEEL_AUTH',
+  forceAnonymous: 'KEEL_FORCE_ANONYMOUS',
+  clientKeys: 'KEEL_CLIENT_KEYS',
+  originAccessKeyId: 'KEEL_ORIGIN_ACCESS_KEY_ID',
+  originSecretAccessKey: 'KEEL_ORIGIN_SECRET_ACCESS_KEY',
+  region: 'KEEL_REGION',
+  cacheDir: 'KEEL_CACHE_DIR',
+  cacheMaxBytes: 'KEEL_CACHE_MAX_BYTES',
+  sliceBytes: 'KEEL_SLICE_BYTES',
+  ttlSeconds: 'KEEL_TTL_SECONDS',
+  revalidateTimeoutSeconds: 'KEEL_REVALIDATE_TIMEOUT_SECONDS',
+  revalidateBackoffSeconds: 'KEEL_REVALIDATE_BACKOFF_SECONDS',
+  revalidateMaxBackoffSeconds: 'KEEL_REVALIDATE_MAX_BACKOFF_SECONDS',
+  baseDomain: 'KEEL_BASE_DOMAIN',
+  cleanupIntervalSeconds: 'KEEL_CLEANUP_INTERVAL_SECONDS',
+  drainSeconds: 'KEEL_DRAIN_SECONDS',
+  shutdownDelaySeconds: 'KEEL_SHUTDOWN_DELAY_SECONDS',
+  adminToken: 'KEEL_ADMIN_TOKEN',
+  alerts: 'KEEL_ALERTS',
+  alertsFile: 'KEEL_ALERTS_FILE',
+  alertsWebhookUrl: 'KEEL_ALERTS_WEBHOOK_URL',
+  diskWarningPercent: 'KEEL_DISK_WARNING_PERCENT',
+  diskCriticalPercent: 'KEEL_DISK_CRITICAL_PERCENT',
+  diskCheckIntervalSeconds: 'KEEL_DISK_CHECK_INTERVAL_SECONDS',
+  logLevel: 'KEEL_LOG_LEVEL',
+} as const;
+
+type Setting = keyof typeof SETTINGS;
+type Raw = Partial<Record<Setting, string | number | boolean | undefined>>;
+
+const UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tib: 1024 ** 4,
+};
+
+function fail(setting: Setting, message: string): never {
+  throw keelError(
+    'INVALID_CONFIG',
+    `--${setting.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} (${SETTINGS[setting]}): ${message}`,
+    { setting },
+  );
+}
+
+function bytes(setting: Setting, v: string | number | boolean | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(String(v));
+  const unit = UNITS[(m?.[2] ?? 'x').toLowerCase()];
+  if (!m || unit === undefined) fail(setting, `expected a size such as 10GiB or 8MiB, got "${String(v)}"`);
+  const n = Math.floor(Number(m[1]) * unit);
+  if (n <= 0) fail(setting, 'must be positive');
+  return n;
+}
+
+/** The smallest value a numeric setting takes, and whether that value itself is refused. */
+interface NumberRule {
+  min: number;
+  /** Refuse `min` itself: `{ min: 0, exclusive: true }` is a positive number. */
+  exclusive?: boolean;
+}
+
+const POSITIVE: NumberRule = { min: 0, exclusive: true };
+
+/**
+ * A numeric setting (a number, or a string holding one), or `dflt` when it is not given. A blank
+ * string is refused rather than read as 0 (`Number('')` is 0), as are booleans and non-finite values.
+ */
+function num(
+  setting: Setting,
+  v: string | number | boolean | undefined,
+  dflt: number,
+  { min, exclusive = false }: NumberRule = { min: 0 },
+): number {
+  if (v === undefined) return dflt;
+  const unit = setting.endsWith('Seconds') ? ' of seconds' : '';
+  const expected =
+    exclusive && min === 0 ? `a positive number${unit}` : `a number${unit} ${exclusive ? '>' : '≥'} ${min}`;
+  if (typeof v === 'string' && v.trim() === '') fail(setting, `expected ${expected}, got a blank value`);
+  const n = typeof v === 'boolean' ? NaN : Number(v);
+  if (!Number.isFinite(n) || n < min || (exclusive && n === min))
+    fail(setting, `expected ${expected}, got "${String(v)}"`);
+  return n;
+}
+
+function hostPort(
+  setting: Setting,
+  v: string | number | boolean | undefined,
+  dflt: string,
+): { host: string; port: number } {
+  const s = String(v ?? dflt);
+  const m = /^(?:\[?([^\]]*?)\]?:)?(\d+)$/.exec(s);
+  if (!m) fail(setting, `expected [host:]port, got "${s}"`);
+  const port = Number(m[2]);
+  if (port > 65535) fail(setting, `port ${port} is out of range`);
+  return { host: m[1] || '127.0.0.1', port };
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+/**
+ * Merges flags over `KEEL_*` environment variables over the JSON config file (`--config` or
+ * `KEEL_CONFIG`) over defaults, and validates the result.
+ * @throws KeelError `INVALID_CONFIG` whose message names the flag and variable of the bad setting.
+ */
+export function resolveGatewayConfig(
+  flags: Raw & { config?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): GatewayConfig {
+  let file: Raw = {};
+  const configPath = flags.config ?? env.KEEL_CONFIG;
+  if (configPath !== undefined) {
+    try {
+      file = JSON.parse(readFileSync(configPath, 'utf8')) as Raw;
+    } catch (err) {
+      throw keelError('INVALID_CONFIG', `--config ${configPath}: ${(err as Error).message}`);
+    }
+    const unknown = Object.keys(file).filter((k) => !(k in SETTINGS));
+    if (unknown.length)
+      throw keelError(
+        'INVALID_CONFIG',
+        `--config ${configPath}: unknown settings ${unknown.join(', ')}; known: ${Object.keys(SETTINGS).join(', ')}`,
+      );
+  }
+  const get = (s: Setting): string | number | boolean | undefined => flags[s] ?? env[SETTINGS[s]] ?? file[s];
+  const upstream = get('upstream');
+  if (upstream === undefined) fail('upstream', 'required: the S3 origin URL, e.g. https://s3.amazonaws.com');
+  try {
+    const u = new URL(String(upstream));
+    if (u.protocol !== 'http:' && u.protocol !== 'https:')
+      fail('upstream', `must be http or https, got ${u.protocol}`);
+  } catch (err) {
+    if ((err as { code?: string }).code === 'INVALID_CONFIG') throw err;
+    fail('upstream', `not a URL: "${String(upstream)}"`);
+  }
+  const auth = String(get('auth') ?? 'gateway');
+  if (auth !== 'gateway' && auth !== 'anonymous')
+    fail('auth', `expected gateway or anonymous, got "${auth}"`);
+  const listen = hostPort('listen', get('listen'), '127.0.0.1:8080');
+  const admin = hostPort('admin', get('admin'), '127.0.0.1:9090');
+  const forceAnonymous = ['true', '1', 'yes'].includes(String(get('forceAnonymous') ?? false));
+  if (auth === 'anonymous' && !isLoopback(listen.host) && !forceAnonymous)
+    fail(
+      'auth',
+      `anonymous mode on ${listen.host} would serve anyone who can reach it; listen on loopback or pass --force-anonymous`,
+    );
+  const clientKeys: ClientKey[] = String(get('clientKeys') ?? '')
+    .split(',')
+    .filter((s) => s.trim() !== '')
+    .map((pair) => {
+      const i = pair.indexOf(':');
+      if (i < 1 || i === pair.length - 1)
+        fail('clientKeys', 'expected ACCESS_KEY_ID:SECRET pairs separated by commas');
+      return { accessKeyId: pair.slice(0, i).trim(), secretAccessKey: pair.slice(i + 1).trim() };
+    });
+  if (auth === 'gateway' && clientKeys.length === 0)
+    fail('clientKeys', 'gateway auth needs at least one client key (or use --auth anonymous on loopback)');
+  const originAccessKeyId = get('originAccessKeyId') ?? env.AWS_ACCESS_KEY_ID;
+  const originSecretAccessKey = get('originSecretAccessKey') ?? env.AWS_SECRET_ACCESS_KEY;
+  if ((originAccessKeyId === undefined) !== (originSecretAccessKey === undefined))
+    fail(
+      originAccessKeyId === undefined ? 'originAccessKeyId' : 'originSecretAccessKey',
+      'origin credentials need both the key id and the secret',
+    );
+  const sliceBytes = bytes('sliceBytes', get('sliceBytes'), 8 * 1024 ** 2);
+  if (sliceBytes < 64 * 1024 || sliceBytes > 1024 ** 3) fail('sliceBytes', 'must be between 64KiB and 1GiB');
+  const cacheDir = get('cacheDir');
+  const baseDomain = get('baseDomain');
+  const adminToken = get('adminToken');
+  if (adminToken !== undefined && String(adminToken).length < 16)
+    fail('adminToken', 'must be at least 16 characters');
+  const alertsRaw = String(get('alerts') ?? 'log').trim();
+  const alerts = alertsRaw === 'none' || alertsRaw === '' ? [] : alertsRaw.split(',').map((a) => a.trim());
+  for (const a of alerts)
+    if (!(ALERT_HANDLER_NAMES as readonly string[]).includes(a))
+      fail(
+        'alerts',
+        `unknown alert handler "${a}": expected none or a list of ${ALERT_HANDLER_NAMES.join(', ')}`,
+      );
+  const alertsFile = get('alertsFile');
+  if (alerts.includes('file') && alertsFile === undefined)
+    fail('alertsFile', 'required when --alerts includes file: the JSON-lines file alerts are appended to');
+  const alertsWebhookUrl = get('alertsWebhookUrl');
+  if (alerts.includes('webhook')) {
+    if (alertsWebhookUrl === undefined) fail('alertsWebhookUrl', 'required when --alerts includes webhook');
+    let u: URL | undefined;
+    try {
+      u = new URL(String(alertsWebhookUrl));
+    } catch {
+      u = undefined;
+    }
+    // The URL may carry a token: it is never repeated in the message.
+    if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:'))
+      fail('alertsWebhookUrl', 'expected an http or https URL');
+  }
+  const revalidateBackoffSeconds = num(
+    'revalidateBackoffSeconds',
+    get('revalidateBackoffSeconds'),
+    1,
+    POSITIVE,
+  );
+  const revalidateMaxBackoffSeconds = num(
+    'revalidateMaxBackoffSeconds',
+    get('revalidateMaxBackoffSeconds'),
+    Math.max(60, revalidateBackoffSeconds),
+    POSITIVE,
+  );
+  if (revalidateMaxBackoffSeconds < revalidateBackoffSeconds)
+    fail(
+      'revalidateMaxBackoffSeconds',
+      `must be at least --revalidate-backoff-seconds (${revalidateBackoffSeconds}), got ${revalidateMaxBackoffSeconds}`,
+    );
+  const logLevel = String(get('logLevel') ?? 'warn')
+    .trim()
+    .toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel))
+    fail('logLevel', `expected one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
+  const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, { min: 1 });
+  const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, { min: 1 });
+  if (diskCriticalPercent > 100)
+    fail('diskCriticalPercent', `must be at most 100, got ${diskCriticalPercent}`);
+  if (diskWarningPercent >= diskCriticalPercent)
+    fail(
+      'diskWarningPercent',
+      `must be below --disk-critical-percent (${diskCriticalPercent}), got ${diskWarningPercent}`,
+    );
+  return {
+    upstream: String(upstream),
+    listenHost: listen.host,
+    listenPort: listen.port,
+    adminHost: admin.host,
+    adminPort: admin.port,
+    auth,
+    forceAnonymous,
+    clientKeys,
+    originAccessKeyId: originAccessKeyId === undefined ? undefined : String(originAccessKeyId),
+    originSecretAccessKey: originSecretAccessKey === undefined ? undefined : String(originSecretAccessKey),
+    region: String(get('region') ?? env.AWS_REGION ?? 'us-east-1'),
+    cacheDir: cacheDir === undefined ? undefined : String(cacheDir),
+    cacheMaxBytes: bytes('cacheMaxBytes', get('cacheMaxBytes'), 10 * 1024 ** 3),
+    sliceBytes,
+    ttlSeconds: num('ttlSeconds', get('ttlSeconds'), 60),
+    revalidateTimeoutSeconds: num('revalidateTimeoutSeconds', get('revalidateTimeoutSeconds'), 1, POSITIVE),
+    revalidateBackoffSeconds,
+    revalidateMaxBackoffSeconds,
+    baseDomain: baseDomain === undefined ? undefined : String(baseDomain),
+    cleanupIntervalSeconds: num('cleanupIntervalSeconds', get('cleanupIntervalSeconds'), 3600, { min: 1 }),
+    drainSeconds: num('drainSeconds', get('drainSeconds'), 30),
+    shutdownDelaySeconds: num('shutdownDelaySeconds', get('shutdownDelaySeconds'), 0),
+    adminToken: adminToken === undefined ? undefined : String(adminToken),
+    alerts: alerts as AlertHandlerName[],
+    alertsFile: alertsFile === undefined ? undefined : String(alertsFile),
+    alertsWebhookUrl: alertsWebhookUrl === undefined ? undefined : String(alertsWebhookUrl),
+    diskWarningPercent,
+    diskCriticalPercent,
+    diskCheckIntervalSeconds: num('diskCheckIntervalSeconds', get('diskCheckIntervalSeconds'), 60, {
+      min: 1,
+    }),
+    logLevel: logLevel as LogLevel,
+  };
+}

@@ -1,0 +1,369 @@
+import { randomBytes } from 'node:crypto';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { classify, systemClock, type Clock } from 'keel';
+import { RangeCache, type CacheFs } from 'keel/cache';
+import type { CircuitBreakerPolicy } from 'keel';
+import { addCorsHeaders, BucketCorsRules, fetchBucketCors } from './read/cors-rules.js';
+import { GatewayMetrics } from './admin/metrics.js';
+import {
+  invalidateReads,
+  revalidationStats,
+  serveObject,
+  type CacheOutcome,
+  type ReadContext,
+} from './read/object-read.js';
+import type { RevalidatorOptions } from './read/revalidation.js';
+import { OriginClient, type OriginCredentials } from './origin/origin-client.js';
+import { OriginGuard, type OriginGuardOptions } from './origin/origin-guard.js';
+import { loggableUrl } from './admin/request-log.js';
+import { passthrough } from './write/passthrough.js';
+import { announcesBody, refuseBody } from './s3/refuse-body.js';
+import { S3Errors, sendS3Error, type S3ErrorSpec } from './s3/s3-error.js';
+import { malformedTargetError, parseS3Target } from './s3/s3-request.js';
+import type { SliceFill } from './read/slice-fill.js';
+import { verifySigV4, type ClientKey, type VerifiedRequest } from './auth/sigv4-verify.js';
+
+/** Options of {@link createGateway}. */
+export interface GatewayOptions {
+  /** Base URL of the S3 origin. */
+  upstream: string;
+  /** Credentials for signing origin requests; unsigned when absent. */
+  originCredentials?: OriginCredentials | undefined;
+  /** Region used to sign origin requests (default us-east-1). */
+  region?: string;
+  /** `gateway`: clients sign with {@link GatewayOptions.clientKeys}; `anonymous`: no client auth (default gateway). */
+  auth?: 'gateway' | 'anonymous';
+  clientKeys?: ClientKey[];
+  /** Cache directory; no cache (every read BYPASS) when absent. */
+  cacheDir?: string | undefined;
+  /** Cache size limit in bytes (default 10 GiB). */
+  cacheMaxBytes?: number;
+  /** Slice size (default 8 MiB). */
+  sliceBytes?: number;
+  /** Serve cached objects this long before revalidating with If-None-Match (default 60 s). */
+  ttlMs?: number;
+  /**
+   * Revalidation of expired objects: one request per object, shared by its hits, bounded by
+   * `timeoutMs` (default 1 s), after which the cached copy is served STALE; a failed revalidation
+   * is not tried again for that object before `backoffMs` (default 1 s, doubling to `maxBackoffMs`, 60 s).
+   */
+  revalidation?: RevalidatorOptions;
+  /** Virtual-host-style base domain: `bucket.<baseDomain>` (default none: path-style only). */
+  baseDomain?: string | undefined;
+  firstByteTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  /** Origin connections (default 64). */
+  originConnections?: number;
+  guard?: OriginGuardOptions;
+  clock?: Clock;
+  /** File system for the cache (fault injection in tests). */
+  cacheFs?: CacheFs;
+  /** While the cache is bypassed, how often it checks whether the disk is usable again (default 30 s). */
+  cacheBypassProbeMs?: number;
+  /** Node's process metrics on `/metrics` (default true). */
+  defaultMetrics?: boolean;
+  /**
+   * Send `log` one 'info' line per request (request id, method, URL without presigned secrets,
+   * status, outcome). Default: true with a `log` of your own, false with the default sink.
+   */
+  requestLog?: boolean;
+  /** Log sink (default: JSON lines on stderr for warn and error). */
+  log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+}
+
+/** A running gateway. */
+export interface Gateway {
+  readonly server: http.Server;
+  readonly cache: RangeCache | undefined;
+  readonly guard: OriginGuard;
+  readonly metrics: GatewayMetrics;
+  /** Starts listening; resolves with the bound address. */
+  listen(port: number, host?: string): Promise<AddressInfo>;
+  /** Base URL once listening. */
+  url(): string;
+  /** Requests being served. */
+  inFlight(): number;
+  /**
+   * Calls `listener` with each bucket's origin breaker: at once for those already in use, then
+   * as each new bucket is first requested (before its first origin call). Returns a remover.
+   */
+  onBreaker(listener: (bucket: string, breaker: CircuitBreakerPolicy) => void): () => void;
+  /** Resolves once no slice fill and no cache write is in flight (or after `timeoutMs`, default 10 s). */
+  idle(timeoutMs?: number): Promise<void>;
+  /** Stops accepting, waits for in-flight requests (up to `graceMs`, default 30 s), closes. */
+  close(graceMs?: number): Promise<void>;
+}
+
+// A random prefix per process and a counter: unique like 8 random bytes, without asking the
+// system for randomness on every request (a measurable share of a small cache hit).
+const requestIdPrefix = randomBytes(4).toString('hex').toUpperCase();
+let requestCount = 0;
+
+function requestId(): string {
+  requestCount = (requestCount + 1) % 0x1_0000_0000;
+  return `${requestIdPrefix}${requestCount.toString(16).toUpperCase().padStart(8, '0')}`;
+}
+
+/**
+ * Answers a request refused before its body is wanted (a bad signature, a malformed path). One
+ * that sends a body gets the answer at once and its connection closed once the rest is dropped,
+ * within refuseBody's bounds: an unauthenticated client cannot make the gateway read without end.
+ * One without a body keeps its connection.
+ */
+function refuse(
+  req: IncomingMessage,
+  res: ServerResponse,
+  method: string,
+  spec: S3ErrorSpec,
+  id: string,
+  clock: Clock,
+): void {
+  if (announcesBody(req)) return refuseBody(req, res, method, spec, id, clock);
+  req.resume();
+  sendS3Error(res, method, spec, id);
+}
+
+const defaultLog: NonNullable<GatewayOptions['log']> = (level, msg, fields) => {
+  if (level === 'info') return;
+  process.stderr.write(`${JSON.stringify({ level, time: new Date().toISOString(), msg, ...fields })}\n`);
+};
+
+/**
+ * Creates the S3 caching gateway: opens the cache (an unusable cache directory means bypass mode,
+ * not a failure) and returns a server to listen with.
+ */
+export async function createGateway(options: GatewayOptions): Promise<Gateway> {
+  const clock = options.clock ?? systemClock;
+  const log = options.log ?? defaultLog;
+  const requestLog = options.requestLog ?? options.log !== undefined;
+  const origin = new OriginClient({
+    url: options.upstream,
+    credentials: options.originCredentials,
+    ...(options.region ? { region: options.region } : {}),
+    ...(options.originConnections ? { connections: options.originConnections } : {}),
+    ...(options.firstByteTimeoutMs ? { firstByteTimeoutMs: options.firstByteTimeoutMs } : {}),
+    ...(options.idleTimeoutMs ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
+  });
+  const guard = new OriginGuard({ ...options.guard, ...(options.clock ? { clock: options.clock } : {}) });
+  let cache: RangeCache | undefined;
+  if (options.cacheDir !== undefined) {
+    try {
+      cache = await RangeCache.open({
+        dir: options.cacheDir,
+        ...(options.cacheMaxBytes ? { maxBytes: options.cacheMaxBytes } : {}),
+        ...(options.sliceBytes ? { sliceBytes: options.sliceBytes } : {}),
+        ...(options.clock ? { clock: options.clock } : {}),
+        ...(options.cacheFs ? { fs: options.cacheFs } : {}),
+        ...(options.cacheBypassProbeMs !== undefined ? { bypassProbeMs: options.cacheBypassProbeMs } : {}),
+      });
+      cache.on('repair', (e) => log('warn', `cache repair: ${e.message}`, { counter: e.counter }));
+      cache.on('bypass', (e) =>
+        log(e.active ? 'error' : 'info', `cache bypass ${e.active ? 'on' : 'off'}: ${e.reason}`),
+      );
+      cache.on('fault', (e) => log('warn', `cache fault: ${e.message}`));
+    } catch (err) {
+      log(
+        'error',
+        `cache directory ${options.cacheDir} is unusable; serving every read from the origin (bypass)`,
+        {
+          error: classify(err).message,
+        },
+      );
+    }
+  }
+  const metrics = new GatewayMetrics(cache, guard, {
+    ...(options.defaultMetrics !== undefined ? { defaultMetrics: options.defaultMetrics } : {}),
+  });
+  const breakerListeners = new Set<(bucket: string, breaker: CircuitBreakerPolicy) => void>();
+  const watched = new Map<string, CircuitBreakerPolicy>();
+  // Metrics and alerts see a bucket's breaker before its first origin call.
+  const watchBucket = (bucket: string): void => {
+    if (watched.has(bucket)) return;
+    const breaker = guard.breaker(bucket);
+    watched.set(bucket, breaker);
+    metrics.bindBreaker(bucket, breaker);
+    for (const l of breakerListeners) l(bucket, breaker);
+  };
+  const keys = new Map((options.clientKeys ?? []).map((k) => [k.accessKeyId, k.secretAccessKey]));
+  const authMode = options.auth ?? 'gateway';
+  const fills = new Map<string, SliceFill>();
+  const ctx: ReadContext = {
+    origin,
+    guard,
+    cache,
+    clock,
+    ttlMs: options.ttlMs ?? 60_000,
+    ...(options.revalidation === undefined ? {} : { revalidation: options.revalidation }),
+    sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
+    fills,
+    heads: new Map(),
+    lookedUp: new Set(),
+    generations: new Map(),
+    metaWrites: new Map(),
+    firstByteTimeoutMs: options.firstByteTimeoutMs ?? 30_000,
+    idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
+    onBytes: (source, n) => metrics.bytes.inc({ source }, n),
+    log,
+  };
+  metrics.bindRevalidations(() => revalidationStats(ctx));
+  // Bucket CORS rules live as long as cached objects; a read waits for them no longer than for a revalidation.
+  const { timeoutMs: waitMs, backoffMs, maxBackoffMs } = options.revalidation ?? {};
+  const corsRules = new BucketCorsRules({
+    fetch: (bucket) => fetchBucketCors(origin, guard, bucket),
+    clock,
+    ttlMs: ctx.ttlMs,
+    ...(waitMs === undefined ? {} : { waitMs }),
+    ...(backoffMs === undefined ? {} : { backoffMs }),
+    ...(maxBackoffMs === undefined ? {} : { maxBackoffMs }),
+    log,
+  });
+  let active = 0;
+  let draining = false;
+  const sockets = new Set<Socket>();
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const id = requestId();
+    const method = req.method ?? 'GET';
+    const started = performance.now();
+    let outcome: CacheOutcome | 'ERROR' | 'PASS' | 'DENIED' = 'ERROR';
+    active++;
+    // In flight until the response is flushed (or aborted), not merely handed to the socket.
+    res.once('close', () => active--);
+    res.setHeader('x-request-id', id);
+    if (draining) res.setHeader('connection', 'close');
+    try {
+      const rawUrl = req.url ?? '/';
+      const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
+      if ('malformed' in target) {
+        refuse(req, res, method, malformedTargetError(target), id, clock);
+        return;
+      }
+      let verified: VerifiedRequest | undefined;
+      // A CORS preflight is never signed (browsers cannot); S3 answers it from the bucket's CORS rules.
+      if (authMode === 'gateway' && method !== 'OPTIONS') {
+        const auth = verifySigV4(method, rawUrl, req.headers, keys, Date.now());
+        if (!auth.ok) {
+          outcome = 'DENIED';
+          refuse(
+            req,
+            res,
+            method,
+            { ...auth.error, ...(target.key ? { resource: `/${target.bucket ?? ''}/${target.key}` } : {}) },
+            id,
+            clock,
+          );
+          return;
+        }
+        verified = auth;
+      }
+      watchBucket(target.bucket ?? '');
+      const isObjectRead =
+        (method === 'GET' || method === 'HEAD') &&
+        target.bucket !== undefined &&
+        target.key !== undefined &&
+        !target.query.has('partNumber') &&
+        ![...target.query.keys()].some(
+          (k) => k !== 'versionId' && !k.startsWith('X-Amz-') && !k.startsWith('response-') && k !== 'x-id',
+        );
+      if (isObjectRead && ![...target.query.keys()].some((k) => k.startsWith('response-'))) {
+        const versionId = target.query.get('versionId');
+        const query = versionId === null ? '' : `versionId=${encodeURIComponent(versionId)}`;
+        if (req.headers.origin) await addCorsHeaders(corsRules, req, res, target.bucket as string);
+        outcome = await serveObject(
+          ctx,
+          req,
+          res,
+          { bucket: target.bucket as string, key: target.key as string, versionId },
+          query,
+          id,
+        );
+        return;
+      }
+      await passthrough(origin, guard, req, res, target, id, {
+        cache,
+        verified,
+        clock,
+        onInvalidate: (changed) => {
+          invalidateReads(ctx, changed);
+          if (cache) metrics.invalidations.inc();
+        },
+        onCorsChange: (bucket) => corsRules.invalidate(bucket),
+      });
+      outcome = 'PASS';
+    } catch (err) {
+      const e = classify(err);
+      log('error', `request failed: ${e.message}`, { requestId: id, code: e.code });
+      sendS3Error(res, method, S3Errors.internal(), id);
+    } finally {
+      metrics.requests.inc({ method: method === 'GET' || method === 'HEAD' ? method : 'OTHER', outcome });
+      metrics.duration.observe({ outcome }, (performance.now() - started) / 1000);
+      // Presigned URLs carry their signature and credential in the query: never logged.
+      if (requestLog)
+        log('info', 'request', {
+          requestId: id,
+          method,
+          url: loggableUrl(req.url ?? '/'),
+          status: res.statusCode,
+          outcome,
+        });
+    }
+  };
+
+  const server = http.createServer((req, res) => {
+    void handle(req, res);
+  });
+  server.keepAliveTimeout = 5_000;
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+
+  return {
+    server,
+    cache,
+    guard,
+    metrics,
+    listen: (port, host = '127.0.0.1') =>
+      new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, host, () => {
+          server.off('error', reject);
+          resolve(server.address() as AddressInfo);
+        });
+      }),
+    url: () => {
+      const a = server.address() as AddressInfo;
+      return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+    },
+    inFlight: () => active,
+    onBreaker: (listener) => {
+      for (const [bucket, breaker] of watched) listener(bucket, breaker);
+      breakerListeners.add(listener);
+      return () => breakerListeners.delete(listener);
+    },
+    idle: async (timeoutMs = 10_000) => {
+      const deadline = Date.now() + timeoutMs;
+      while ((fills.size > 0 || ctx.metaWrites.size > 0) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 5));
+    },
+    close: async (graceMs = 30_000) => {
+      draining = true;
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      const deadline = Date.now() + graceMs;
+      while (active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      // Connections whose response is done close by keep-alive timeout, not by force: closing them
+      // while a slow client still has unread bytes makes some clients (undici) drop the response.
+      const settle = Math.max(0, Math.min(server.keepAliveTimeout + 1_000, deadline - Date.now()));
+      await Promise.race([closed, new Promise((r) => setTimeout(r, settle))]);
+      for (const s of sockets) s.destroy();
+      await closed;
+      // Let slices already fetched reach the cache.
+      while ((fills.size > 0 || ctx.metaWrites.size > 0) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 5));
+      await origin.close();
+      await cache?.close();
+    },
+  };
+}

@@ -1,0 +1,257 @@
+import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+import { classify } from 'keel';
+import { identityHash, type ObjectIdentity, type RangeCache } from 'keel/cache';
+import { resumingGet } from '@keel/transfer';
+import type { OriginResponse } from '../origin/origin-client.js';
+import {
+  discard,
+  generation,
+  safe,
+  writeUnlessChanged,
+  type ReadContext,
+  type Resolved,
+} from './read-context.js';
+import { SliceFill, SliceReadError } from './slice-fill.js';
+
+/*
+ * Slices on their way to a client: read from the cache, from a fill shared by every request for
+ * the slice (the origin's answer, written to the cache once whole), or fetched for one request.
+ */
+
+/** Writes `chunk`; when the socket is full, resolves once it drained (or closed). */
+function write(res: ServerResponse, chunk: Buffer): Promise<void> | undefined {
+  if (res.write(chunk) || res.destroyed) return undefined;
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
+/**
+ * Streams bytes `a`–`b` of slice `index` to `res`: from the cache when there, else from the
+ * slice's shared fill, else (the shared fill failed) from the origin for this request alone.
+ */
+export async function streamSlice(
+  ctx: ReadContext,
+  res: ServerResponse,
+  id: ObjectIdentity,
+  rawQuery: string,
+  meta: Resolved['meta'],
+  index: number,
+  a: number,
+  b: number,
+  isCached: boolean,
+): Promise<void> {
+  let pos = a;
+  // A slice missing when the request began may have been filled since (by another request).
+  const mayBeCached = isCached || (ctx.cache !== undefined && !ctx.fills.has(fillKey(id, meta.etag, index)));
+  if (mayBeCached && ctx.cache) {
+    const hit = await safe(ctx, 'read', () =>
+      (ctx.cache as RangeCache).read(id, a, b, 'version' in meta ? { meta } : {}),
+    );
+    if (hit?.hit && hit.meta.etag !== meta.etag) {
+      // The cache holds another version (its new metadata is still being written): never mix.
+      hit.stream.destroy();
+    } else if (hit?.hit) {
+      try {
+        for await (const chunk of hit.stream as AsyncIterable<Buffer>) {
+          if (res.destroyed) {
+            hit.stream.destroy();
+            return;
+          }
+          await write(res, chunk);
+          pos += chunk.length;
+          ctx.onBytes('cache', chunk.length);
+        }
+        return;
+      } catch (err) {
+        // A slice failed verification mid-read (already repaired by the cache): the origin continues.
+        ctx.log(
+          'warn',
+          `cached slice of ${id.bucket}/${id.key} failed mid-read at ${pos}; continuing from the origin`,
+          {
+            error: classify(err).message,
+          },
+        );
+      }
+    }
+  }
+  const fill = startFill(ctx, id, rawQuery, meta, index);
+  try {
+    for await (const chunk of fill.read(pos, b)) {
+      if (res.destroyed) return;
+      await write(res, chunk);
+      pos += chunk.length;
+      ctx.onBytes('origin', chunk.length);
+    }
+    return;
+  } catch (err) {
+    if (!(err instanceof SliceReadError) || err.error.code === 'OBJECT_CHANGED') throw err;
+    pos = err.offset;
+    ctx.log(
+      'info',
+      `shared fetch of slice ${index} of ${id.bucket}/${id.key} failed at byte ${pos}; fetching the rest for this request`,
+      { error: err.error.message },
+    );
+  }
+  // The shared fetch failed: fetch the rest of this slice for ourselves.
+  const own = await openRange(ctx, id, rawQuery, meta.etag, pos, b);
+  for await (const chunk of own.body as AsyncIterable<Buffer>) {
+    if (res.destroyed) {
+      own.body.destroy();
+      return;
+    }
+    await write(res, chunk);
+    ctx.onBytes('origin', chunk.length);
+  }
+}
+
+function openRange(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  etag: string,
+  start: number,
+  end: number,
+) {
+  return resumingGet({
+    start,
+    end,
+    ifMatch: etag,
+    retry: ctx.guard.retry,
+    firstByteTimeoutMs: ctx.firstByteTimeoutMs,
+    idleTimeoutMs: ctx.idleTimeoutMs,
+    request: (range, ifMatch, signal) =>
+      ctx.guard.once(
+        id.bucket,
+        (s) =>
+          ctx.origin.request({
+            method: 'GET',
+            bucket: id.bucket,
+            key: id.key,
+            rawQuery,
+            headers: {
+              range: `bytes=${range.start}-${range.end ?? ''}`,
+              ...(ifMatch === undefined ? {} : { 'if-match': ifMatch }),
+            },
+            // The guard's signal follows `signal`.
+            signal: s ?? signal,
+          }),
+        signal,
+      ),
+  });
+}
+
+/**
+ * Waits until the origin answered for slice `index` (the shared fill's, started if none runs).
+ * A request that joined a fill someone else started and that failed tries once more for itself
+ * (joining a newer fill if another waiter got there first), unless the object changed or the
+ * breaker is open.
+ * @throws the fill's KeelError when the origin did not answer.
+ */
+export async function openFill(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  meta: Resolved['meta'],
+  index: number,
+): Promise<void> {
+  const joined = ctx.fills.has(fillKey(id, meta.etag, index));
+  try {
+    await startFill(ctx, id, rawQuery, meta, index).opened;
+  } catch (err) {
+    const e = classify(err);
+    if (!joined || e.code === 'OBJECT_CHANGED' || e.code === 'CIRCUIT_OPEN') throw e;
+    ctx.log(
+      'info',
+      `shared fetch of slice ${index} of ${id.bucket}/${id.key} failed; fetching it for this request`,
+      { error: e.message },
+    );
+    await startFill(ctx, id, rawQuery, meta, index).opened;
+  }
+}
+
+/** The key of the shared fill of slice `index` of this version of the object. */
+export function fillKey(id: ObjectIdentity, etag: string, index: number): string {
+  return `${identityHash(id)}:${etag}:${index}`;
+}
+
+/** The shared fill of slice `index` (started if none is running), from `initial` when the origin already answered. */
+export function startFill(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  meta: Resolved['meta'],
+  index: number,
+  initial?: OriginResponse,
+  gen = generation(ctx, identityHash(id)),
+): SliceFill {
+  const key = fillKey(id, meta.etag, index);
+  const existing = ctx.fills.get(key);
+  if (existing) return existing;
+  const start = index * meta.sliceBytes;
+  const end = Math.min(meta.size, start + meta.sliceBytes) - 1;
+  const fill = new SliceFill(start, end - start + 1);
+  ctx.fills.set(key, fill);
+  // An answer already in hand was checked by the caller (206 of this slice, or 200 of all of it):
+  // readers need not wait for the resuming stream around it to say so.
+  if (initial) fill.markOpened();
+  void (async () => {
+    let body: Readable | undefined;
+    try {
+      // The answer in hand is read as it is (its idle timeout is the connection pool's); only
+      // when it breaks does a resuming request take over from the byte reached.
+      const received = initial ? await drain(initial.body, fill) : 0;
+      if (received < fill.length) {
+        const got = await openRange(ctx, id, rawQuery, meta.etag, start + received, end);
+        body = got.body;
+        fill.markOpened();
+        for await (const chunk of got.body as AsyncIterable<Buffer>) fill.push(chunk);
+      }
+      fill.finish();
+    } catch (err) {
+      body?.destroy();
+      fill.fail(err);
+      ctx.fills.delete(key);
+      return;
+    }
+    // The fill stays findable until the slice is in the cache, so no request refetches it meanwhile.
+    const cache = ctx.cache;
+    if (cache && !cache.bypassed && meta.sliceBytes === cache.sliceBytes) {
+      await ctx.metaWrites.get(identityHash(id));
+      const result = await writeUnlessChanged(ctx, id, gen, () =>
+        safe(ctx, 'write', () => cache.writeSlice(id, index, fill.bytes(), meta.etag)),
+      );
+      if (result && !result.stored && result.reason !== 'bypass')
+        ctx.log('warn', `slice ${index} of ${id.bucket}/${id.key} not cached: ${result.message}`);
+    }
+    ctx.fills.delete(key);
+  })();
+  return fill;
+}
+
+/**
+ * Pushes `body` into `fill` up to the slice's length; resolves with the bytes pushed, fewer than
+ * the length when the body broke or ended early (the caller resumes from there).
+ */
+async function drain(body: Readable, fill: SliceFill): Promise<number> {
+  let received = 0;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      const piece = received + chunk.length > fill.length ? chunk.subarray(0, fill.length - received) : chunk;
+      fill.push(piece);
+      received += piece.length;
+      if (received >= fill.length) break;
+    }
+  } catch {
+    // Broken mid-way: the resuming request continues from `received`.
+  }
+  if (received < fill.length) discard(body);
+  return received;
+}

@@ -1,0 +1,229 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+import { classify, keelError } from 'keel';
+import type { ObjectIdentity, RangeCache } from 'keel/cache';
+import type { Clock } from 'keel';
+import type { OriginClient } from '../origin/origin-client.js';
+import type { OriginGuard } from '../origin/origin-guard.js';
+import { readAll, relayAnswer } from '../origin/relay.js';
+import { isThrottle, retryAfterSeconds } from '../origin/origin-guard.js';
+import type { S3Target } from '../s3/s3-request.js';
+import { refuseBody } from '../s3/refuse-body.js';
+import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
+import { BodyRejectedError } from '../auth/aws-chunked.js';
+import { MAX_FORWARDED_TRAILER_BODY_BYTES, planBody } from './upload-body.js';
+import type { VerifiedRequest } from '../auth/sigv4-verify.js';
+import {
+  deleteObjectsKeys,
+  invalidatedBy,
+  isDeleteObjects,
+  isPostObject,
+  MAX_DELETE_BODY_BYTES,
+  postObjectKey,
+} from './write-invalidation.js';
+
+/** Client headers that are about this hop or the client's signature, never forwarded. */
+const DROPPED = new Set([
+  'host',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'upgrade',
+  'te',
+  'trailer',
+  'authorization',
+  'x-amz-date',
+  'x-amz-security-token',
+  'x-amz-content-sha256',
+  'x-amz-decoded-content-length',
+  'x-amz-trailer',
+  // Node answered `100 Continue` itself; the origin request is sent whole.
+  'expect',
+]);
+
+/** Query parameters of a presigned URL: the client's signature, never forwarded (the origin request is signed anew). */
+const PRESIGN_PARAMS = new Set([
+  'x-amz-algorithm',
+  'x-amz-credential',
+  'x-amz-date',
+  'x-amz-expires',
+  'x-amz-signedheaders',
+  'x-amz-signature',
+  'x-amz-security-token',
+]);
+
+/** The raw query without the client's presigned-URL parameters, other parameters as sent. */
+export function withoutPresignParams(rawQuery: string): string {
+  if (!/x-amz-/i.test(rawQuery)) return rawQuery;
+  return rawQuery
+    .split('&')
+    .filter((p) => {
+      const name = p.split('=')[0] ?? '';
+      let decoded = name;
+      try {
+        decoded = decodeURIComponent(name);
+      } catch {
+        // an undecodable name is not one of ours
+      }
+      return p !== '' && !PRESIGN_PARAMS.has(decoded.toLowerCase());
+    })
+    .join('&');
+}
+
+/** What {@link passthrough} needs besides the origin. */
+export interface PassthroughOptions {
+  /** The cache whose entries successful writes drop (none: nothing to invalidate). */
+  cache?: RangeCache | undefined;
+  /** Called for each object a successful write changed, before its cache entry is dropped. */
+  onInvalidate?: (id: ObjectIdentity) => void;
+  /** Called when a PutBucketCors or DeleteBucketCors reached the origin (whatever it answered), before the answer goes out. */
+  onCorsChange?: (bucket: string) => void;
+  /** The client's verified signature (`gateway` auth): chunk signatures are checked against it. */
+  verified?: VerifiedRequest | undefined;
+  /** Times how long a refused body is still read (default: the system clock). */
+  clock?: Clock;
+}
+
+/**
+ * Forwards any other S3 request (PUT, DELETE, multipart, List, bucket operations) to the origin,
+ * re-signed, with its body streamed and its answer relayed as it is. A streaming (aws-chunked)
+ * body is decoded, since its chunk signatures are the client's. When the origin accepts a write,
+ * the cached copies it changed are dropped before the answer goes out, so the client's next read
+ * cannot see the old bytes. Returns the status answered.
+ */
+export async function passthrough(
+  origin: OriginClient,
+  guard: OriginGuard,
+  req: IncomingMessage,
+  res: ServerResponse,
+  target: S3Target,
+  requestId: string,
+  options: PassthroughOptions = {},
+): Promise<number> {
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (v === undefined || DROPPED.has(k)) continue;
+    headers[k] = Array.isArray(v) ? v.join(', ') : v;
+  }
+  const method = req.method ?? 'GET';
+  const plan = planBody(req, headers, options.verified);
+  const refuse = (spec: S3ErrorSpec): number => {
+    refuseBody(req, res, method, spec, requestId, options.clock);
+    return spec.status;
+  };
+  if ('refuse' in plan) return refuse(plan.refuse.s3);
+  const body = plan.body;
+  const deleteList = isDeleteObjects(method, target) && options.cache !== undefined;
+  const deleteListTooLarge = (): S3ErrorSpec =>
+    S3Errors.badRequest(`a DeleteObjects body is at most ${MAX_DELETE_BODY_BYTES} bytes`);
+  // A body whose length says it is too large is refused before any of it is read.
+  if (deleteList && Number(headers['content-length']) > MAX_DELETE_BODY_BYTES)
+    return refuse(deleteListTooLarge());
+  let rejected: BodyRejectedError | undefined;
+  if (plan.verifier) {
+    const verifier = plan.verifier;
+    verifier.on('error', (err) => {
+      rejected =
+        err instanceof BodyRejectedError
+          ? err
+          : new BodyRejectedError(S3Errors.badRequest(`the request body could not be read: ${err.message}`));
+      req.unpipe(verifier);
+    });
+    const cut = (): void => {
+      if (!req.complete)
+        verifier.destroy(
+          new BodyRejectedError({
+            status: 400,
+            code: 'IncompleteBody',
+            message: 'The client closed the connection before the whole body was sent.',
+          }),
+        );
+    };
+    req.once('aborted', cut);
+    req.once('error', cut);
+    req.once('close', cut);
+    req.pipe(verifier);
+  }
+  const hasBody = method !== 'GET' && method !== 'HEAD';
+  const corsChange =
+    (method === 'PUT' || method === 'DELETE') && target.key === undefined && target.query.has('cors');
+  const corsChanged = (): void => {
+    if (corsChange && target.bucket !== undefined) options.onCorsChange?.(target.bucket);
+  };
+  let upload: Readable | Buffer = body;
+  let deleted: { key: string; versionId: string | undefined }[] = [];
+  if (deleteList || plan.trailer) {
+    // DeleteObjects names the keys to drop in its body; a small streaming upload's checksum
+    // trailer becomes a header. Either way the body is read whole (it is small) and passed on.
+    const limit = deleteList ? MAX_DELETE_BODY_BYTES : MAX_FORWARDED_TRAILER_BODY_BYTES;
+    const whole = await readAll(body, limit).catch(() => null);
+    if (whole === null) return refuse(rejected?.s3 ?? S3Errors.badRequest('the body could not be read'));
+    if (whole === undefined) return refuse(deleteListTooLarge());
+    if (deleteList) deleted = deleteObjectsKeys(whole);
+    const checksum = plan.trailer?.value();
+    if (plan.trailer && checksum !== undefined) {
+      headers[plan.trailer.name] = checksum;
+      if (plan.trailer.algorithm !== undefined)
+        headers['x-amz-sdk-checksum-algorithm'] = plan.trailer.algorithm;
+    }
+    upload = whole;
+    headers['content-length'] = String(whole.length);
+  }
+  try {
+    // Bodies cannot be replayed: one attempt through the breaker, no retry.
+    const up = await guard.once(target.bucket ?? '', (signal) =>
+      origin
+        .request({
+          method,
+          bucket: target.bucket,
+          key: target.key,
+          rawQuery: withoutPresignParams(target.rawQuery),
+          headers,
+          body: hasBody ? upload : undefined,
+          signal,
+        })
+        .catch((err: unknown) => {
+          // The client's body was refused: not the origin's failure, so no breaker counts it.
+          if (rejected) throw keelError('BAD_REQUEST', rejected.message, { s3Code: rejected.s3.code });
+          throw err;
+        }),
+    );
+    corsChanged();
+    if (rejected) {
+      // The origin answered before the body was refused (an early error): nothing was stored.
+      up.body.on('error', () => undefined);
+      up.body.destroy();
+      return refuse(rejected.s3);
+    }
+    const cache = options.cache;
+    if (target.bucket !== undefined && up.status < 400) {
+      // A form upload names its key in the form; the origin's answer says where it stored it.
+      const postedKey = isPostObject(method, target, req.headers['content-type'])
+        ? postObjectKey(target.bucket, up.headers.location)
+        : undefined;
+      if (postedKey !== undefined) deleted = [{ key: postedKey, versionId: undefined }];
+      if (up.status < 300 || postedKey !== undefined)
+        for (const id of invalidatedBy(method, target, deleted)) {
+          options.onInvalidate?.(id);
+          await cache?.invalidate(id).catch(() => undefined);
+        }
+    }
+    await relayAnswer(res, method, up, requestId);
+    return up.status;
+  } catch (err) {
+    // The origin may have applied the change before failing to answer.
+    corsChanged();
+    if (rejected) return refuse(rejected.s3);
+    const e = classify(err);
+    const after = retryAfterSeconds(e);
+    // The origin's own 5xx keeps its meaning; a failure to reach it (or an open breaker) is a 503.
+    const spec = isThrottle(e)
+      ? S3Errors.slowDown(after)
+      : e.details.status === 500
+        ? S3Errors.internal()
+        : S3Errors.serviceUnavailable(after, `the origin is unavailable (${e.code}); please retry`);
+    sendS3Error(res, method, { ...spec, headers: { ...spec.headers, 'x-request-id': requestId } }, requestId);
+    return spec.status;
+  }
+}
