@@ -47,4 +47,28 @@ describe('keyed', () => {
     reg.delete('recent');
     expect(reg.size).toBe(0);
   });
+
+  it('tells onEvict of each key dropped for size or idleness, with its policy', async () => {
+    const clock = new VirtualClock();
+    const dropped: [string, string | undefined][] = [];
+    const reg = keyed((k: string) => circuitBreaker({ name: k }), {
+      maxKeys: 2,
+      idleMs: 1000,
+      clock,
+      onEvict: (key, policy) => dropped.push([key, policy.name]),
+    });
+    reg.get('a');
+    reg.get('b');
+    reg.get('c'); // over maxKeys: a goes
+    expect(dropped).toEqual([['a', 'a']]);
+    await clock.advance(1000);
+    reg.get('d'); // b and c idle for 1 s: both go
+    expect(dropped).toEqual([
+      ['a', 'a'],
+      ['b', 'b'],
+      ['c', 'c'],
+    ]);
+    reg.delete('d'); // an explicit delete is the caller's own doing: not reported
+    expect(dropped).toHaveLength(3);
+  });
 });

@@ -1,14 +1,16 @@
 import { keelError } from '../errors/index.js';
 import { systemClock, type Clock } from '../time/index.js';
-import type { ExecuteOptions, PolicyFn, SUBSTITUTE } from './policy.js';
+import type { ExecuteOptions, PolicyFn, SubstituteValue } from './policy.js';
 
 /** Options of {@link keyed}. */
-export interface KeyedOptions {
+export interface KeyedOptions<K = unknown, P = unknown> {
   /** Keys kept at most; the least recently used is dropped beyond it (default 10,000). */
   maxKeys?: number;
   /** A key unused for this long is dropped (default: never for idleness). */
   idleMs?: number;
   clock?: Clock;
+  /** Called with each key dropped for size or idleness, and its policy (to release what was bound to it). */
+  onEvict?: (key: K, policy: P) => void;
 }
 
 interface Entry<P> {
@@ -32,11 +34,12 @@ export class KeyedRegistry<K, P extends Executes> {
   private readonly maxKeys: number;
   private readonly idleMs: number | undefined;
   private readonly clock: Clock;
+  private readonly onEvict: ((key: K, policy: P) => void) | undefined;
   private sweptAt = 0;
   private evicted = 0;
   private last: Entry<P> | undefined;
 
-  constructor(factory: (key: K) => P, options: KeyedOptions = {}) {
+  constructor(factory: (key: K) => P, options: KeyedOptions<K, P> = {}) {
     this.factory = factory;
     this.maxKeys = options.maxKeys ?? 10_000;
     if (!Number.isInteger(this.maxKeys) || this.maxKeys < 1) {
@@ -47,6 +50,7 @@ export class KeyedRegistry<K, P extends Executes> {
     }
     this.idleMs = options.idleMs;
     this.clock = options.clock ?? systemClock;
+    this.onEvict = options.onEvict;
   }
 
   /** The policy of `key`, made now if it has none. */
@@ -69,25 +73,21 @@ export class KeyedRegistry<K, P extends Executes> {
     map.set(key, entry);
     this.last = entry;
     if (map.size > this.maxKeys) {
-      const oldest = map.keys().next();
+      const oldest = map.entries().next();
       if (oldest.done !== true) {
-        if (map.get(oldest.value) === this.last) this.last = undefined;
-        map.delete(oldest.value);
+        const [oldKey, old] = oldest.value;
+        if (old === this.last) this.last = undefined;
+        map.delete(oldKey);
         this.evicted++;
+        this.onEvict?.(oldKey, old.policy);
       }
     }
     return entry.policy;
   }
 
   /** Runs `fn` under the policy of `key`. */
-  execute<T>(
-    key: K,
-    fn: PolicyFn<T>,
-    opts?: ExecuteOptions,
-  ): Promise<T | (P extends { readonly [SUBSTITUTE]?: infer R } ? R : never)> {
-    return this.get(key).execute(fn, opts) as Promise<
-      T | (P extends { readonly [SUBSTITUTE]?: infer R } ? R : never)
-    >;
+  execute<T>(key: K, fn: PolicyFn<T>, opts?: ExecuteOptions): Promise<T | SubstituteValue<P>> {
+    return this.get(key).execute(fn, opts) as Promise<T | SubstituteValue<P>>;
   }
 
   /** Whether `key` currently has a policy (does not count as a use). */
@@ -131,6 +131,7 @@ export class KeyedRegistry<K, P extends Executes> {
       if (entry === this.last) this.last = undefined;
       this.map.delete(key);
       this.evicted++;
+      this.onEvict?.(key, entry.policy);
     }
   }
 }
@@ -138,7 +139,7 @@ export class KeyedRegistry<K, P extends Executes> {
 /** Creates a {@link KeyedRegistry}: `keyed((host) => circuitBreaker(), { maxKeys: 1000 })`. */
 export function keyed<K, P extends Executes>(
   factory: (key: K) => P,
-  options?: KeyedOptions,
+  options?: KeyedOptions<K, P>,
 ): KeyedRegistry<K, P> {
   return new KeyedRegistry(factory, options);
 }
