@@ -27,9 +27,11 @@ export interface MetricsOptions {
 export class Metrics {
   /** The prom-client registry; register your own metrics with `registers: [metrics.registry]`. */
   readonly registry: Registry;
+  private readonly defaultLabels: Record<string, string> | undefined;
 
   constructor(options: MetricsOptions = {}) {
     this.registry = new Registry();
+    this.defaultLabels = options.defaultLabels;
     if (options.defaultLabels) this.registry.setDefaultLabels(options.defaultLabels);
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
   }
@@ -88,15 +90,47 @@ export class Metrics {
 
   /** Renders every metric in `format` (Prometheus text by default). */
   async render(format: MetricsFormat = 'text'): Promise<string> {
-    if (format === 'openmetrics') {
-      // A throwaway merged view with its own content type: toggling the shared registry's type
-      // would race with a concurrent text scrape.
-      const view = Registry.merge([this.registry]) as unknown as Registry<typeof openMetricsContentType>;
-      view.setContentType(openMetricsContentType);
-      return view.metrics();
-    }
-    return this.registry.metrics();
+    return format === 'openmetrics' ? this.openMetricsView().metrics() : this.registry.metrics();
   }
+
+  /**
+   * A throwaway OpenMetrics registry over stand-ins of this registry's metrics. prom-client renames
+   * every counter it renders as OpenMetrics (`metric.name` loses its `_total`), so rendering the
+   * shared metric objects, or a `Registry.merge` of them, would rename them in the text exposition
+   * for the rest of the process. Each stand-in has its own name and reads its metric's values.
+   */
+  private openMetricsView(): Registry<typeof openMetricsContentType> {
+    const view = new Registry() as unknown as Registry<typeof openMetricsContentType>;
+    view.setContentType(openMetricsContentType);
+    if (this.defaultLabels) view.setDefaultLabels(this.defaultLabels);
+    for (const metric of this.registry.getMetricsAsArray() as unknown as Renderable[])
+      view.registerMetric(standIn(metric) as unknown as Parameters<typeof view.registerMetric>[0]);
+    return view;
+  }
+}
+
+/** What the registry renders a metric from: its type, and its values under its name. */
+interface Renderable {
+  name: string;
+  type: string;
+  get(): Promise<{ name: string }>;
+  /** Histograms render through this rather than `get`. */
+  getForPromString?: () => Promise<{ name: string }>;
+}
+
+/**
+ * An object the registry renders like `metric` but under a name of its own: the registry may
+ * rename the stand-in (it does, for OpenMetrics counters), never the metric.
+ */
+function standIn(metric: Renderable): Renderable {
+  const read = metric.getForPromString?.bind(metric);
+  const stand: Renderable = {
+    name: metric.name,
+    type: metric.type,
+    get: async () => ({ ...(await metric.get()), name: stand.name }),
+    ...(read ? { getForPromString: async () => ({ ...(await read()), name: stand.name }) } : {}),
+  };
+  return stand;
 }
 
 /** Creates one app's {@link Metrics} (a private registry with Node's default metrics). */
