@@ -1,3 +1,4 @@
+import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { classify, httpStatusOf, isRetryable, keelError, wrap, isKeelError, KeelError } from './index.js';
 
@@ -50,6 +51,13 @@ const systemCases: Case[] = [
   { name: 'EMFILE', input: () => sysErr('EMFILE'), code: 'TOO_MANY_OPEN_FILES', retryable: true },
   { name: 'ENFILE', input: () => sysErr('ENFILE'), code: 'TOO_MANY_OPEN_FILES', retryable: true },
   { name: 'EBUSY', input: () => sysErr('EBUSY'), code: 'RESOURCE_BUSY', retryable: true },
+  {
+    name: 'EADDRINUSE',
+    input: () => sysErr('EADDRINUSE'),
+    code: 'ADDRESS_IN_USE',
+    retryable: false,
+    kind: 'permanent',
+  },
 ];
 
 const undiciCases: Case[] = [
@@ -281,6 +289,22 @@ describe('classify', () => {
     if (c.httpStatus) expect(err.httpStatus).toBe(c.httpStatus);
     expect(typeof err.message).toBe('string');
     expect(err.fingerprint).toMatch(/^[0-9a-f]{16}$/);
+  });
+
+  it('maps a real listen on a taken port to ADDRESS_IN_USE with the address', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    const { port } = taken.address() as net.AddressInfo;
+    const second = net.createServer();
+    const failure = await new Promise<unknown>((resolve) => {
+      second.once('error', resolve);
+      second.listen(port, '127.0.0.1');
+    });
+    await new Promise((r) => taken.close(r));
+    const err = classify(failure);
+    expect(err.code).toBe('ADDRESS_IN_USE');
+    expect(err.details).toMatchObject({ address: '127.0.0.1', port });
+    expect(err.message).toContain(`127.0.0.1:${port}`);
   });
 
   it('returns a KeelError unchanged (idempotent)', () => {

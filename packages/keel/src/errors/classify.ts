@@ -34,6 +34,10 @@ export const SYSTEM_ERRORS: Readonly<Record<string, Mapping>> = {
   ENFILE: ['TOO_MANY_OPEN_FILES', 'the system has too many open files'],
   EBUSY: ['RESOURCE_BUSY', 'the resource is busy'],
   EAGAIN: ['RESOURCE_BUSY', 'the resource is temporarily unavailable'],
+  EADDRINUSE: [
+    'ADDRESS_IN_USE',
+    'another process is listening on this address; stop it or choose another address',
+  ],
 };
 
 /** undici and fetch error codes. */

@@ -48,6 +48,7 @@ export const ERROR_CODES = {
   NOT_FOUND: info('client', 'low', false, 404, [], 'Not found'),
   TOO_MANY_OPEN_FILES: info('transient', 'high', true, 503, ['retry', 'reduce-scope'], 'Too many open files'),
   RESOURCE_BUSY: info('transient', 'medium', true, 503, ['retry'], 'Resource busy'),
+  ADDRESS_IN_USE: info('permanent', 'high', false, 500, ['manual'], 'Address already in use'),
   METADATA_CORRUPTED: info('server', 'high', false, 500, ['invalidate-cache'], 'Metadata corrupted'),
   CHECKSUM_MISMATCH: info('server', 'high', true, 500, ['invalidate-cache', 'retry'], 'Checksum mismatch'),
   CIRCUIT_OPEN: info('transient', 'medium', false, 503, ['fallback'], 'Circuit open'),
