@@ -2,7 +2,15 @@ import type { KeelError } from '../errors/index.js';
 import type { CallContext } from './context.js';
 import { Engine, LAYERS, type HasLayers, type Layer, type Next } from './engine.js';
 import { Emitter, type CommonEvents, type Listener, type RejectionReason } from './events.js';
-import type { CommonStats, ExecuteOptions, Policy, PolicyFn, PolicyKind, SUBSTITUTE } from './policy.js';
+import type {
+  CommonStats,
+  ExecuteOptions,
+  Policy,
+  PolicyFn,
+  PolicyKind,
+  SUBSTITUTE,
+  Substitutes,
+} from './policy.js';
 
 /** Options every policy accepts. */
 export interface BaseOptions {
@@ -19,7 +27,7 @@ export abstract class PolicyBase<E extends CommonEvents, S extends CommonStats, 
   implements Policy<E, S, R>, Layer, HasLayers
 {
   abstract readonly kind: PolicyKind;
-  declare readonly [SUBSTITUTE]?: R;
+  declare readonly [SUBSTITUTE]?: Substitutes<R>;
   readonly name: string | undefined;
   protected readonly events = new Emitter<E>();
   protected calls = 0;

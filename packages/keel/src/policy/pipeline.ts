@@ -1,15 +1,25 @@
 import { Engine, LAYERS, layersOf, PASS, type HasLayers, type Layer } from './engine.js';
 import { Emitter, type CommonEvents, type Listener, type PipelineEvents } from './events.js';
 import type { BaseOptions } from './base.js';
-import type { CommonStats, ExecuteOptions, PipelineStats, Policy, PolicyFn, SUBSTITUTE } from './policy.js';
+import type {
+  CommonStats,
+  ExecuteOptions,
+  PipelineStats,
+  Policy,
+  PolicyFn,
+  SUBSTITUTE,
+  Substitutes,
+  SubstituteValue,
+} from './policy.js';
 
 /** Any policy, whatever its events, stats and substitute value. */
 export type AnyPolicy = Policy<CommonEvents, CommonStats, unknown>;
 
-/** The union of the substitute-value types of some policies (what a fallback among them may return). */
-export type SubstituteOf<P extends readonly AnyPolicy[]> = {
-  [I in keyof P]: P[I] extends { readonly [SUBSTITUTE]?: infer R } ? R : never;
-}[number];
+/**
+ * The union of the substitute-value types of some policies (what a fallback among them may
+ * return): `never` when none of them is a fallback, so a pipeline's result is exactly `T`.
+ */
+export type SubstituteOf<P extends readonly AnyPolicy[]> = SubstituteValue<P[number]>;
 
 /**
  * Policies nested into one, the first outermost: `pipeline(timeout(…), retry(…), breaker)` runs
@@ -19,7 +29,7 @@ export type SubstituteOf<P extends readonly AnyPolicy[]> = {
  */
 export class PipelinePolicy<R = never> implements Policy<PipelineEvents, PipelineStats, R>, HasLayers {
   readonly kind = 'pipeline' as const;
-  declare readonly [SUBSTITUTE]?: R;
+  declare readonly [SUBSTITUTE]?: Substitutes<R>;
   readonly name: string | undefined;
   readonly [LAYERS]: readonly Layer[];
   readonly policies: readonly AnyPolicy[];

@@ -120,11 +120,30 @@ export interface PipelineStats extends CommonStats {
 export const SUBSTITUTE: unique symbol = Symbol('keel.substitute');
 
 /**
+ * The type of what a policy may substitute, boxed: the marker is an optional property that no
+ * object really has, and reading an optional property's type adds `undefined` (unless the
+ * consumer's tsconfig sets exactOptionalPropertyTypes). Inferring `R` from inside the box keeps
+ * that `undefined` out, while a fallback whose value really is `undefined` keeps it. @internal
+ */
+export interface Substitutes<R> {
+  readonly value: R;
+}
+
+/**
+ * The type of the value policy `P` may substitute for a failure: `never` for a policy without a
+ * fallback, `R` for a fallback (or a pipeline holding fallbacks) of `R`, `unknown` for a policy
+ * that does not say.
+ */
+export type SubstituteValue<P> = P extends { readonly [SUBSTITUTE]?: Substitutes<infer R> } ? R : never;
+
+/**
  * What every keel policy offers: `execute`, a `stats()` snapshot and typed events.
  * `E` is the policy's event map; `R` the type of any value it substitutes (fallback).
  */
 export interface Policy<E extends object = CommonEvents, S extends CommonStats = CommonStats, R = never> {
   readonly kind: PolicyKind;
+  /** Carries `R` in the type only: no policy object has this property. @internal */
+  readonly [SUBSTITUTE]?: Substitutes<R>;
   /** A label for logs and metrics. */
   readonly name?: string | undefined;
   /** Runs `fn` under the policy. Rejects with what `fn` threw or a KeelError the policy made. */
