@@ -140,9 +140,13 @@ describe('GracefulShutdown', () => {
   it('closes idle keep-alive connections at once and lets an in-flight request finish', async () => {
     const clock = new VirtualClock(0);
     let finish!: () => void;
+    let slowArrived!: () => void;
+    const slowInFlight = new Promise<void>((r) => (slowArrived = r));
     const server = createServer((req, res) => {
-      if (req.url === '/slow') finish = () => res.end('slow done');
-      else res.end('fast');
+      if (req.url === '/slow') {
+        finish = () => res.end('slow done');
+        slowArrived();
+      } else res.end('fast');
     });
     const exits: number[] = [];
     const sd = new GracefulShutdown({
@@ -171,9 +175,9 @@ describe('GracefulShutdown', () => {
       });
     expect((await get('/fast')).body).toBe('fast'); // leaves an idle keep-alive socket
     const slow = get('/slow');
-    await new Promise((r) => setTimeout(r, 50));
+    await slowInFlight;
     const done = sd.shutdown();
-    await new Promise((r) => setTimeout(r, 50));
+    await clock.advance(59_999); // up to the last moment of the drain timeout
     expect(exits).toEqual([]);
     finish();
     const res = await slow;
@@ -233,7 +237,11 @@ describe('GracefulShutdown', () => {
 
   it('closes connections after the drain timeout and exits 1', async () => {
     const clock = new VirtualClock(0);
-    const server = createServer(() => undefined); // never answers
+    let arrived!: () => void;
+    const inFlight = new Promise<void>((r) => (arrived = r));
+    const server = createServer(() => {
+      arrived(); // and never answers
+    });
     const exits: number[] = [];
     const warnings: string[] = [];
     const sd = new GracefulShutdown({
@@ -257,9 +265,8 @@ describe('GracefulShutdown', () => {
         })
         .end();
     });
-    await new Promise((r) => setTimeout(r, 50));
+    await inFlight; // shut down only once the server holds the request, or nothing is left to drain
     const done = sd.shutdown();
-    await new Promise((r) => setTimeout(r, 20));
     await clock.advance(1000);
     expect((await done).drainTimedOut).toBe(true);
     expect(await failed).toMatch(/socket hang up|ECONNRESET/);
