@@ -195,10 +195,11 @@ describe('gateway operations', () => {
     const statfs = (): Promise<{
       bsize: number;
       blocks: number;
+      bfree: number;
       bavail: number;
       files: number;
       ffree: number;
-    }> => Promise.resolve({ bsize: 4096, blocks: 1000, bavail, files: 0, ffree: 0 });
+    }> => Promise.resolve({ bsize: 4096, blocks: 1000, bfree: bavail, bavail, files: 0, ffree: 0 });
     const clock = new VirtualClock(Date.now());
     const r = await start({ diskCheckIntervalSeconds: '60' }, { clock, statfs });
     await readOk(r, 'a.bin');

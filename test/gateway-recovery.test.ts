@@ -97,7 +97,7 @@ function sharedDisk(): {
     statfs: () => {
       const used = others.bytes + (gateway?.gateway.cache?.stats().sizeBytes ?? 0);
       const bavail = Math.max(0, Math.floor((BSIZE * BLOCKS - used) / BSIZE));
-      return Promise.resolve({ bsize: BSIZE, blocks: BLOCKS, bavail, files: 0, ffree: 0 });
+      return Promise.resolve({ bsize: BSIZE, blocks: BLOCKS, bfree: bavail, bavail, files: 0, ffree: 0 });
     },
   };
 }

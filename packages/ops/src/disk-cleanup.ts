@@ -1,6 +1,6 @@
 import { lstat, readdir, realpath, rm, statfs as fsStatfs } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
-import type { StatfsResult } from './disk-monitor.js';
+import { spaceOf, type StatfsResult } from './disk-monitor.js';
 
 const DAY_MS = 86_400_000;
 
@@ -24,7 +24,10 @@ export const CLEANUP_PRESETS = {
 /** Options of {@link cleanupDisk}. */
 export interface CleanupOptions {
   rules: readonly CleanupRule[];
-  /** Stop once this share of the file system is free. Default 0.2. Use 1 to remove every match. */
+  /**
+   * Stop once this share of the file system is free, counted as `df` does: free to unprivileged
+   * users over used plus that (root's reserve is neither). Default 0.2. Use 1 to remove every match.
+   */
   targetFreeRatio?: number;
   /**
    * Asked first to free `bytesNeeded` its own way (a cache evicting entries instead of files being
@@ -106,10 +109,11 @@ export async function cleanupDisk(options: CleanupOptions): Promise<CleanupRepor
   const statfs = options.statfs ?? ((p: string) => fsStatfs(p));
   const now = (options.now ?? Date.now)();
   const first = options.rules[0] as CleanupRule;
-  const s = await statfs(first.dir);
-  const total = s.blocks * s.bsize;
-  let free = s.bavail * s.bsize;
-  const needed = (): number => Math.max(0, Math.ceil(target * total - free));
+  const s = spaceOf(await statfs(first.dir));
+  // Freeing a byte moves it from used to free: their sum, what users can have, stays the same.
+  const usable = s.usedBytes + s.freeBytes;
+  let free = s.freeBytes;
+  const needed = (): number => Math.max(0, Math.ceil(target * usable - free));
   const report: CleanupReport = {
     removed: [],
     freedBytes: 0,
@@ -121,7 +125,7 @@ export async function cleanupDisk(options: CleanupOptions): Promise<CleanupRepor
   if (options.evict && needed() > 0 && !options.dryRun) {
     report.evictedBytes = await options.evict(needed());
     const again = await statfs(first.dir);
-    free = Math.max(free + report.evictedBytes, again.bavail * again.bsize);
+    free = Math.max(free + report.evictedBytes, spaceOf(again).freeBytes);
   }
 
   const candidates: (RemovedFile & { root: string })[] = [];
@@ -167,7 +171,7 @@ export async function cleanupDisk(options: CleanupOptions): Promise<CleanupRepor
   }
   if (!options.dryRun && options.statfs === undefined) {
     const after = await statfs(first.dir);
-    free = after.bavail * after.bsize;
+    free = spaceOf(after).freeBytes;
   }
   report.reachedTarget = needed() === 0;
   return report;

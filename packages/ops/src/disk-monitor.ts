@@ -5,10 +5,36 @@ import type { HealthRegistry } from './health.js';
 /** The part of `fs.StatFs` the monitor reads. */
 export interface StatfsResult {
   bsize: number;
+  /** Blocks of the file system. */
   blocks: number;
+  /** Free blocks, the ones reserved for root included. */
+  bfree: number;
+  /** Free blocks an unprivileged user can have. */
   bavail: number;
   files: number;
   ffree: number;
+}
+
+/** Space of a file system as `df` counts it. */
+export interface SpaceReading {
+  /** Bytes in use: blocks − free blocks (root's reserve, which is free, not counted). */
+  usedBytes: number;
+  /** Bytes an unprivileged user can still write. */
+  freeBytes: number;
+  /** usedBytes / (usedBytes + freeBytes): `df`'s Use%, 0..1; 0 for an empty reading. */
+  usedRatio: number;
+}
+
+/**
+ * Used and free space as `df` computes them: used / (used + available to unprivileged users).
+ * Blocks reserved for root are neither: counting them as used (1 − available / total) reads a
+ * file system with a large reserve as far fuller than it is.
+ */
+export function spaceOf(s: StatfsResult): SpaceReading {
+  const usedBytes = Math.max(0, s.blocks - s.bfree) * s.bsize;
+  const freeBytes = s.bavail * s.bsize;
+  const usable = usedBytes + freeBytes;
+  return { usedBytes, freeBytes, usedRatio: usable > 0 ? usedBytes / usable : 0 };
 }
 
 /** Level of a path's usage. */
@@ -17,11 +43,15 @@ export type DiskLevel = 'ok' | 'warning' | 'critical';
 /** One path's usage. */
 export interface DiskUsage {
   path: string;
+  /** Size of the file system (root's reserve included). */
   totalBytes: number;
+  /** Bytes in use (see {@link spaceOf}). */
+  usedBytes: number;
+  /** Bytes an unprivileged user can still write. */
   freeBytes: number;
-  /** Used share of blocks available to users, 0..1. */
+  /** Used share as `df` shows it, 0..1: usedBytes / (usedBytes + freeBytes). */
   usedRatio: number;
-  /** Used share of inodes, 0..1 (0 when the file system reports none). */
+  /** Used share of inodes, (files − ffree) / files as `df -i` shows it, 0..1 (0 when the file system reports none). */
   inodesUsedRatio: number;
   level: DiskLevel;
 }
@@ -51,7 +81,8 @@ function ratio(name: string, v: number | undefined, def: number): number {
 }
 
 /**
- * Watches the space and inodes of configured paths with `fs.statfs` (no child processes).
+ * Watches the space and inodes of configured paths with `fs.statfs` (no child processes), used
+ * shares computed as `df` does (see {@link spaceOf}).
  * Crossing a threshold raises a `DiskSpaceLow` alert (warning or critical); going back under
  * resolves it. {@link DiskMonitor.healthCheck} plugs it into a {@link HealthRegistry}.
  */
@@ -78,9 +109,7 @@ export class DiskMonitor {
     const out: DiskUsage[] = [];
     for (const path of this.options.paths) {
       const s = await statfs(path);
-      // Like df: used = total - free, and the share is of what non-root users can reach.
-      const used = s.blocks - s.bavail;
-      const usedRatio = s.blocks > 0 ? used / s.blocks : 0;
+      const { usedBytes, freeBytes, usedRatio } = spaceOf(s);
       const inodesUsedRatio = s.files > 0 ? (s.files - s.ffree) / s.files : 0;
       const level: DiskLevel =
         usedRatio >= this.critical || inodesUsedRatio >= this.inodeCritical
@@ -91,7 +120,8 @@ export class DiskMonitor {
       const usage = {
         path,
         totalBytes: s.blocks * s.bsize,
-        freeBytes: s.bavail * s.bsize,
+        usedBytes,
+        freeBytes,
         usedRatio,
         inodesUsedRatio,
         level,

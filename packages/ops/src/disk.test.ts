@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,9 +19,17 @@ async function tempDir(): Promise<string> {
   return d;
 }
 
-/** A file system of 1000 blocks of 1 KiB whose free space is `free()` blocks. */
+/** A file system of 1000 blocks of 1 KiB, none reserved, whose free space is `free()` blocks. */
 function fakeFs(free: () => number, inodesFree = 1000): (p: string) => Promise<StatfsResult> {
-  return () => Promise.resolve({ bsize: 1024, blocks: 1000, bavail: free(), files: 1000, ffree: inodesFree });
+  return () =>
+    Promise.resolve({
+      bsize: 1024,
+      blocks: 1000,
+      bfree: free(),
+      bavail: free(),
+      files: 1000,
+      ffree: inodesFree,
+    });
 }
 
 describe('DiskMonitor', () => {
@@ -91,10 +100,43 @@ describe('DiskMonitor', () => {
     });
   });
 
-  it('reads a real file system with fs.statfs', async () => {
-    const [u] = await new DiskMonitor({ paths: [await tempDir()] }).check();
+  it.each([
+    // blocks, bfree, bavail: used = blocks − bfree; root's reserve = bfree − bavail.
+    ['a 5 % reserve', 1000, 300, 250],
+    ['a reserve larger than what is used (the 27 % that read as 70 %)', 1000, 889, 300],
+    ['a reserve that made 25 % used read as critical', 1000, 850, 50],
+  ] as const)(
+    'counts used space as df does with %s: used / (used + available), the reserve neither',
+    async (_case, blocks, bfree, bavail) => {
+      const statfs = (): Promise<StatfsResult> =>
+        Promise.resolve({ bsize: 4096, blocks, bfree, bavail, files: 100, ffree: 100 });
+      const [u] = await new DiskMonitor({ paths: ['/data'], statfs }).check();
+      const used = blocks - bfree;
+      expect(u?.usedRatio).toBeCloseTo(used / (used + bavail), 12);
+      expect(u).toMatchObject({
+        usedBytes: used * 4096,
+        freeBytes: bavail * 4096,
+        totalBytes: blocks * 4096,
+      });
+      const ratio = used / (used + bavail);
+      expect(u?.level).toBe(ratio >= 0.9 ? 'critical' : ratio >= 0.8 ? 'warning' : 'ok');
+    },
+  );
+
+  it("reads a real file system with fs.statfs and agrees with df's Use%", async () => {
+    const dir = await tempDir();
+    const [u] = await new DiskMonitor({ paths: [dir] }).check();
     expect(u?.totalBytes).toBeGreaterThan(0);
-    expect(u?.usedRatio).toBeGreaterThanOrEqual(0);
+    // df -P: "Filesystem 1024-blocks Used Available Capacity Mounted on"; Capacity rounds up.
+    const df = spawnSync('df', ['-P', dir], { encoding: 'utf8' });
+    if (df.status !== 0) {
+      console.warn(`SKIPPED the df comparison: df -P failed (${df.stderr})`);
+      return;
+    }
+    const [, , used, available] = (df.stdout.trim().split('\n')[1] ?? '').split(/\s+/).map(Number);
+    const dfRatio = (used ?? 0) / ((used ?? 0) + (available ?? 0));
+    // Other processes write meanwhile: the two readings may differ by a little.
+    expect(Math.abs((u?.usedRatio ?? -1) - dfRatio)).toBeLessThan(0.01);
   });
 
   it('rejects thresholds out of range, naming the setting', () => {
@@ -128,7 +170,14 @@ describe('cleanupDisk', () => {
     await populate(dir, now);
     let freeBlocks = 150; // 15% free of 1000 KiB: 50 KiB to free for 20%
     const statfs = (): Promise<StatfsResult> =>
-      Promise.resolve({ bsize: 1024, blocks: 1000, bavail: freeBlocks, files: 1, ffree: 1 });
+      Promise.resolve({
+        bsize: 1024,
+        blocks: 1000,
+        bfree: freeBlocks,
+        bavail: freeBlocks,
+        files: 1,
+        ffree: 1,
+      });
     const report = await cleanupDisk({
       rules: [{ dir, pattern: /\.log$/, olderThanMs: 2 * 86_400_000 }],
       statfs,
@@ -172,13 +221,46 @@ describe('cleanupDisk', () => {
     ]);
   });
 
+  it('counts the free share as df does: a reserve for root is not free space to reach', async () => {
+    const dir = await tempDir();
+    const now = Date.now();
+    await populate(dir, now);
+    // 1000 blocks of 1 KiB, 300 used, 100 reserved for root, 600 free to users: 67 % free as df
+    // counts it (600 / 900), so a 20 % target needs nothing removed; 60 % of all blocks would.
+    const statfs = (): Promise<StatfsResult> =>
+      Promise.resolve({ bsize: 1024, blocks: 1000, bfree: 700, bavail: 600, files: 1, ffree: 1 });
+    const asked: number[] = [];
+    const report = await cleanupDisk({
+      rules: [{ dir, pattern: '**/*.log' }],
+      statfs,
+      targetFreeRatio: 0.7,
+      evict: (bytes) => {
+        asked.push(bytes);
+        return Promise.resolve(0);
+      },
+      dryRun: false,
+      now: () => now,
+    });
+    // 70 % of the 900 KiB users can have is 630 KiB: 30 KiB to free.
+    expect(asked).toEqual([30 * 1024]);
+    expect(report.freedBytes).toBe(30 * 1024);
+    expect(report.reachedTarget).toBe(true);
+  });
+
   it('asks the eviction hook first and deletes nothing when it frees enough', async () => {
     const dir = await tempDir();
     const now = Date.now();
     await populate(dir, now);
     let freeBlocks = 150;
     const statfs = (): Promise<StatfsResult> =>
-      Promise.resolve({ bsize: 1024, blocks: 1000, bavail: freeBlocks, files: 1, ffree: 1 });
+      Promise.resolve({
+        bsize: 1024,
+        blocks: 1000,
+        bfree: freeBlocks,
+        bavail: freeBlocks,
+        files: 1,
+        ffree: 1,
+      });
     const asked: number[] = [];
     const report = await cleanupDisk({
       rules: [{ dir, pattern: '**/*.log' }],

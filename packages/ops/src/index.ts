@@ -52,6 +52,8 @@ export {
 } from './alerts/types.js';
 export {
   DiskMonitor,
+  spaceOf,
+  type SpaceReading,
   type DiskMonitorOptions,
   type DiskUsage,
   type DiskLevel,

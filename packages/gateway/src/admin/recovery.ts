@@ -46,7 +46,8 @@ function mib(bytes: number): string {
 async function relieveDisk(cache: RangeCache, disk: DiskMonitor, targetRatio: number): Promise<void> {
   await cache.cleanup();
   for (const usage of await disk.check()) {
-    const needed = Math.ceil((usage.usedRatio - targetRatio) * usage.totalBytes);
+    // Used share as df counts it, used / (used + free): a byte freed moves from one to the other.
+    const needed = Math.ceil(usage.usedBytes - targetRatio * (usage.usedBytes + usage.freeBytes));
     if (needed <= 0) continue;
     const held = cache.stats().sizeBytes;
     await cache.evictTo(Math.max(0, held - needed));
