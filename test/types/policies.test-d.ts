@@ -161,3 +161,17 @@ describe('events', () => {
     timeout(10).on('timeout', (e: { attempt: number }) => e.attempt);
   });
 });
+
+describe('timeout', () => {
+  test('takes the time in milliseconds, alone or with options, or one options object with ms', () => {
+    expectTypeOf(timeout(1000)).toEqualTypeOf(timeout(1000, { strategy: 'aggressive' }));
+    expectTypeOf(timeout({ ms: 1000 })).toEqualTypeOf(timeout(1000));
+    expectTypeOf(
+      timeout({ ms: 1000, strategy: 'aggressive', name: 'report' }).execute(answer),
+    ).resolves.toEqualTypeOf<number>();
+    // @ts-expect-error an options object needs ms
+    timeout({ strategy: 'aggressive' });
+    // @ts-expect-error ms goes in one place only
+    timeout(1000, { ms: 1000 });
+  });
+});

@@ -69,7 +69,13 @@ export { consecutive } from './breaker/consecutive.js';
 export { countWindow, type CountWindowOptions } from './breaker/count-window.js';
 export { timeWindow, type TimeWindowOptions } from './breaker/time-window.js';
 export type { WindowSpec, WindowState } from './breaker/window.js';
-export { timeout, TimeoutPolicy, type TimeoutOptions, type TimeoutStrategy } from './timeout.js';
+export {
+  timeout,
+  TimeoutPolicy,
+  type TimeoutConfig,
+  type TimeoutOptions,
+  type TimeoutStrategy,
+} from './timeout.js';
 export { bulkhead, BulkheadPolicy, type BulkheadOptions } from './bulkhead.js';
 export { fallback, FallbackPolicy, type FallbackOptions, type FallbackSource } from './fallback.js';
 export { keyed, KeyedRegistry, type KeyedOptions } from './keyed.js';

@@ -143,4 +143,27 @@ describe('timeout', () => {
     expect(() => timeout(0)).toThrow(/timeoutMs/);
     expect(() => timeout(10, { strategy: 'eager' as 'aggressive' })).toThrow(/strategy/);
   });
+
+  it('takes the time as ms in one options object, with the other options beside it', async () => {
+    const clock = new VirtualClock();
+    const policy = timeout({ ms: 100, clock, strategy: 'aggressive', name: 'report' });
+    expect(policy).toMatchObject({ timeoutMs: 100, strategy: 'aggressive', name: 'report' });
+    const result = policy.execute(() => new Promise(() => undefined)).catch((e: unknown) => e);
+    await clock.advance(99);
+    expect(policy.stats().timeouts).toBe(0);
+    await clock.advance(11);
+    expect(await result).toMatchObject({
+      code: 'TIMEOUT',
+      message: expect.stringContaining('"report" timed out after 100 ms') as unknown,
+    });
+  });
+
+  it('names ms when an options object has no valid time', () => {
+    const bad = [{}, { ms: 0 }, { ms: -5 }, { ms: Number.NaN }, { ms: '1000' }] as unknown as {
+      ms: number;
+    }[];
+    for (const config of bad) {
+      expect(() => timeout(config)).toThrow(/^timeout: ms must be a finite number > 0, got /);
+    }
+  });
 });

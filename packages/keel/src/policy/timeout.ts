@@ -205,10 +205,28 @@ export class TimeoutPolicy extends PolicyBase<TimeoutEvents, TimeoutStats> {
   }
 }
 
+/** {@link timeout}'s single-argument form: the time allowed as `ms`, with the other options. */
+export interface TimeoutConfig extends TimeoutOptions {
+  /** Milliseconds a call may take (> 0). */
+  ms: number;
+}
+
 /**
  * Creates a {@link TimeoutPolicy}: calls longer than `timeoutMs` fail with TIMEOUT (retryable).
- * Default strategy `'cooperative'`; no per-call timers either way.
+ * Default strategy `'cooperative'`; no per-call timers either way. The time comes first
+ * (`timeout(1000, { strategy: 'aggressive' })`) or as `ms` in one options object, the way every
+ * other policy is configured (`timeout({ ms: 1000, strategy: 'aggressive' })`).
+ * @throws KeelError `INVALID_CONFIG` when the time is not a finite number > 0.
  */
-export function timeout(timeoutMs: number, options?: TimeoutOptions): TimeoutPolicy {
-  return new TimeoutPolicy(timeoutMs, options);
+export function timeout(timeoutMs: number, options?: TimeoutOptions): TimeoutPolicy;
+export function timeout(config: TimeoutConfig): TimeoutPolicy;
+export function timeout(timeoutMsOrConfig: number | TimeoutConfig, options?: TimeoutOptions): TimeoutPolicy {
+  if (typeof timeoutMsOrConfig !== 'object' || timeoutMsOrConfig === null) {
+    return new TimeoutPolicy(timeoutMsOrConfig, options);
+  }
+  const { ms, ...rest } = timeoutMsOrConfig;
+  if (!Number.isFinite(ms) || ms <= 0) {
+    throw keelError('INVALID_CONFIG', `timeout: ms must be a finite number > 0, got ${String(ms)}`);
+  }
+  return new TimeoutPolicy(ms, rest);
 }
