@@ -4,6 +4,9 @@ import type { Command } from 'commander';
 import { RangeCache, type VerifyReport } from 'keel/cache';
 import { keelError } from 'keel';
 
+/** Files younger than this are left to whoever may be writing them (a running gateway). */
+const GRACE_SECONDS = 60;
+
 interface CacheCommandOptions {
   dir: string;
   json?: boolean;
@@ -11,7 +14,12 @@ interface CacheCommandOptions {
   sliceBytes?: string;
 }
 
-async function openExisting(options: CacheCommandOptions, cleanupOnOpen = true): Promise<RangeCache> {
+/**
+ * Opens the cache at `--dir` without cleaning it up: the command's own walk (cleanup, verify --fix)
+ * then does the repairs and counts them in its report, and leaves files younger than the cache's
+ * grace period alone, as a gateway may be writing them right now.
+ */
+async function openExisting(options: CacheCommandOptions): Promise<RangeCache> {
   try {
     await access(options.dir);
   } catch {
@@ -26,7 +34,8 @@ async function openExisting(options: CacheCommandOptions, cleanupOnOpen = true):
   }
   return RangeCache.open({
     dir: options.dir,
-    cleanupOnOpen,
+    cleanupOnOpen: false,
+    cleanupGraceMs: GRACE_SECONDS * 1000,
     ...(sliceBytes === undefined ? {} : { sliceBytes }),
   });
 }
@@ -46,7 +55,7 @@ export function registerCacheCommand(program: Command): void {
 
   common(cache.command('stats').description('size, objects, slices and repair counters')).action(
     async (options: CacheCommandOptions) => {
-      const c = await openExisting(options, false);
+      const c = await openExisting(options);
       const s = c.stats();
       await c.close();
       print(options, s, [
@@ -61,7 +70,7 @@ export function registerCacheCommand(program: Command): void {
   common(cache.command('verify').description('check every metadata file and every slice checksum'))
     .option('--fix', 'repair what is found (delete corrupt entries and slices, clean up)')
     .action(async (options: CacheCommandOptions) => {
-      const c = await openExisting(options, options.fix ?? false);
+      const c = await openExisting(options);
       const bar =
         process.stderr.isTTY && !options.json
           ? new cliProgress.SingleBar(
@@ -116,6 +125,7 @@ export function registerCacheCommand(program: Command): void {
       `orphaned files removed: ${report.orphanedFiles}`,
       `inconsistencies fixed: ${report.inconsistenciesFixed}`,
       `corrupt metadata removed: ${report.corruptMetadata}`,
+      `(.tmp and unreferenced files younger than ${GRACE_SECONDS} s were left alone: a gateway may be writing them)`,
     ]);
   });
 }
