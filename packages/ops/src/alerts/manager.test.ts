@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { VirtualClock, retry, constant } from 'keel';
+import { VirtualClock, retry, constant, type RetryPolicy } from 'keel';
 import { AlertManager } from './manager.js';
 import { jsonlFileAlertHandler } from './jsonl-file-handler.js';
 import { webhookAlertHandler, alertmanagerHandler } from './webhook-handler.js';
@@ -21,6 +21,23 @@ function memory(name = 'mem'): AlertHandler & { batches: Alert[][] } {
       batches.push([...a]);
     },
   };
+}
+
+/**
+ * `retried(n)` resolves once `policy` has scheduled its n-th retry: the attempt before it has
+ * failed over real sockets and its backoff timer is pending on the virtual clock, ready to advance.
+ */
+function retriesOf(policy: RetryPolicy): (n: number) => Promise<void> {
+  let count = 0;
+  const waiting: { n: number; resolve: () => void }[] = [];
+  policy.on('retry', () => {
+    count++;
+    for (const w of waiting.filter((x) => x.n <= count)) {
+      waiting.splice(waiting.indexOf(w), 1);
+      w.resolve();
+    }
+  });
+  return (n) => (n <= count ? Promise.resolve() : new Promise((resolve) => waiting.push({ n, resolve })));
 }
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -243,25 +260,19 @@ describe('alert handlers', () => {
     );
     const url = `http://127.0.0.1:${String((server.address() as AddressInfo).port)}`;
     const clock = new VirtualClock(0);
-    const h = webhookAlertHandler({
-      url,
-      maxQueue: 2,
-      clock,
-      retryPolicy: retry({ maxAttempts: 50, backoff: constant(1000), clock }),
-    });
+    const policy = retry({ maxAttempts: 50, backoff: constant(1000), clock });
+    const retried = retriesOf(policy);
+    const h = webhookAlertHandler({ url, maxQueue: 2, clock, retryPolicy: policy });
     const m = new AlertManager({ handlers: [h], clock });
     const started = performance.now();
     for (let i = 0; i < 4; i++)
       m.raise({ name: 'W', severity: 'error', summary: `s${String(i)}`, labels: { i: String(i) } });
     expect(performance.now() - started).toBeLessThan(1000);
-    await new Promise((r) => setTimeout(r, 50));
+    await retried(1); // the first batch was refused (503) and waits for its next attempt
     expect(received).toEqual([]);
     expect(h.dropped).toBe(1); // one batch in flight, two queued: the oldest queued one was dropped
     up = true;
-    for (let i = 0; i < 40 && h.delivered < 3; i++) {
-      await clock.advance(1000);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await clock.advance(1000);
     await m.close();
     expect(received.map((b) => (b as { alerts: Alert[] }).alerts[0]?.summary)).toEqual(['s0', 's2', 's3']);
     expect(h.delivered).toBe(3);
@@ -278,6 +289,7 @@ describe('alert handlers', () => {
     });
     const clock = new VirtualClock(0);
     const policy = retry({ maxAttempts: 3, backoff: constant(1000), clock });
+    const retried = retriesOf(policy);
     let retries = 0;
     policy.on('retry', () => {
       retries++;
@@ -300,9 +312,9 @@ describe('alert handlers', () => {
         count: 1,
       }),
     ]);
-    for (let i = 0; i < 20 && h.dropped === 0; i++) {
+    for (let n = 1; n <= 2; n++) {
+      await retried(n); // attempt n was refused: its backoff timer is pending
       await clock.advance(1000);
-      await new Promise((r) => setTimeout(r, 10));
     }
     await h.close?.();
     expect(retries).toBe(2);
