@@ -1,8 +1,15 @@
 import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
+import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { VirtualClock } from 'keel';
 import {
+  PG_URL,
   postgresAvailable,
   postgresQueueFixture,
   sqliteQueueFixture,
@@ -112,4 +119,74 @@ describe('keel queue input errors', () => {
       await fx.dispose();
     }
   }, 60_000);
+});
+
+describe('keel queue on something that is not a queue store', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'keel-queue-cli-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('says so and exits 1 for a missing path, a text file and another application’s SQLite file, changing none', async () => {
+    const missing = path.join(dir, 'missing.db');
+    const text = path.join(dir, 'notes.txt');
+    writeFileSync(text, 'shopping: milk, eggs\n');
+    const foreign = path.join(dir, 'app.db');
+    const db = new Database(foreign);
+    db.exec(`CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)`);
+    db.close();
+    const [stats, list, redrive, onText, onForeign, purgeForeign] = await Promise.all([
+      keel('stats', '--store', missing),
+      keel('list', '--store', missing),
+      keel('redrive', '--store', missing),
+      keel('stats', '--store', text),
+      keel('list', '--store', foreign),
+      keel('purge', '--store', foreign),
+    ]);
+    for (const r of [stats, list, redrive]) {
+      expect(r.code).toBe(1);
+      expect(r.err).toContain(`no keel queue store at ${missing}: the file does not exist`);
+      expect(r.err).toContain('[QUEUE_STORE_NOT_FOUND]');
+    }
+    expect(existsSync(missing)).toBe(false);
+    expect(onText.code).toBe(1);
+    expect(onText.err).toContain(`${text}: it is not a SQLite database`);
+    expect(readFileSync(text, 'utf8')).toBe('shopping: milk, eggs\n');
+    for (const r of [onForeign, purgeForeign]) {
+      expect(r.code).toBe(1);
+      expect(r.err).toContain(`${foreign}: it holds no keel queue tables`);
+    }
+    const check = new Database(foreign, { readonly: true });
+    const tables = check.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).all();
+    check.close();
+    expect(tables).toEqual([{ name: 'users' }]);
+  }, 60_000);
+
+  it.skipIf(!withPg)(
+    'refuses a PostgreSQL schema without keel tables and creates nothing there',
+    async () => {
+      const schema = `keel_queue_none_${randomUUID().replaceAll('-', '').slice(0, 10)}`;
+      const [stats, purge] = await Promise.all([
+        keel('stats', '--store', PG_URL, '--schema', schema),
+        keel('purge', '--store', PG_URL, '--schema', schema),
+      ]);
+      for (const r of [stats, purge]) {
+        expect(r.code).toBe(1);
+        expect(r.err).toMatch(
+          /no keel queue store at .* \(schema keel_queue_none_\w+\): it holds no keel queue tables/,
+        );
+      }
+      const client = new pg.Client({ connectionString: PG_URL });
+      await client.connect();
+      const found = await client.query(`SELECT 1 FROM information_schema.schemata WHERE schema_name = $1`, [
+        schema,
+      ]);
+      await client.end();
+      expect(found.rowCount).toBe(0);
+    },
+    60_000,
+  );
 });

@@ -51,4 +51,5 @@ export {
   type FailureMode,
   type StoredError,
   type GroupLogEntry,
+  type StoreAccess,
 } from '@keel/store';

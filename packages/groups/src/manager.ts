@@ -560,7 +560,12 @@ export class GroupManager {
   private async require(id: string): Promise<GroupRecord> {
     const group = await this.repository.getGroup(id);
     if (group === undefined) {
-      throw keelError('NOT_FOUND', `no group with id ${id} in this store`, { groupId: id });
+      throw keelError(
+        'NOT_FOUND',
+        `no group with id ${id} in the groups store at ${this.repository.location}`,
+        { groupId: id, store: this.repository.location },
+        { stack: false },
+      );
     }
     return group;
   }

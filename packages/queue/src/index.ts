@@ -21,7 +21,7 @@ export {
   type EncryptionOptions,
   type PayloadCipher,
 } from './encryption.js';
-export type { QueueItemState } from '@keel/store';
+export type { QueueItemState, StoreAccess } from '@keel/store';
 export {
   createOutageQueue,
   isUnavailable,

@@ -115,6 +115,8 @@ export type NewOperation = Pick<OperationRecord, 'step' | 'executor' | 'target' 
 export interface GroupRepository {
   /** `sqlite` or `postgres`. */
   readonly kind: 'sqlite' | 'postgres';
+  /** Where the store is, safe to print: a file path, or a PostgreSQL URL without credentials. */
+  readonly location: string;
   /** Creates the tables if needed (versioned; safe to call at every start). */
   migrate(): Promise<void>;
   insertGroup(group: GroupRecord, operations: readonly NewOperation[]): Promise<void>;

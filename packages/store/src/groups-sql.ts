@@ -128,8 +128,27 @@ function setClause(
 /** A {@link GroupRepository} over any {@link GroupSqlDriver}. */
 export class SqlGroupRepository implements GroupRepository {
   readonly kind: 'sqlite' | 'postgres';
-  constructor(private readonly db: GroupSqlDriver) {
+  /**
+   * @param location where the store is, safe to print (a file path, or a PostgreSQL URL without
+   *   credentials): named in errors.
+   */
+  constructor(
+    private readonly db: GroupSqlDriver,
+    readonly location: string,
+  ) {
     this.kind = db.kind;
+  }
+
+  /** The schema version applied to this store; 0 when it holds no keel groups tables. */
+  async schemaVersion(): Promise<number> {
+    const exists =
+      this.db.kind === 'sqlite'
+        ? `SELECT name AS t FROM sqlite_master WHERE type = 'table' AND name = 'keel_groups_schema'`
+        : `SELECT to_regclass('keel_groups_schema')::text AS t`;
+    const found = await this.db.all(exists);
+    if (found[0]?.t === undefined || found[0].t === null) return 0;
+    const rows = await this.db.all(`SELECT MAX(version) AS v FROM keel_groups_schema`);
+    return Number(rows[0]?.v ?? 0);
   }
 
   async migrate(): Promise<void> {

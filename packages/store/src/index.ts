@@ -1,3 +1,5 @@
+export { STORE_ACCESSES, type StoreAccess, type NotAStoreReason } from './access.js';
+
 // Operation groups' persistence (src/groups).
 export type {
   GroupStatus,

@@ -10,7 +10,8 @@ export type QueueStoreOptions = SqliteQueueStoreOptions & PostgresQueueStoreOpti
  * Opens the queue store named by `target`: `postgres://…` / `postgresql://…` for PostgreSQL,
  * `sqlite:<path>` or a plain file path for SQLite. Applies the schema migrations.
  * @throws KeelError `INVALID_CONFIG` for an empty target or a bad URL (the message never shows a
- *   password), `QUEUE_STORE_OPEN_FAILED` / `QUEUE_STORE_UNAVAILABLE` when the store cannot be opened.
+ *   password), `QUEUE_STORE_OPEN_FAILED` / `QUEUE_STORE_UNAVAILABLE` when the store cannot be opened,
+ *   `QUEUE_STORE_NOT_FOUND` when `access` is `existing` or `read-only` and it is not a keel queue store.
  */
 export async function openQueueStore(target: string, options: QueueStoreOptions = {}): Promise<QueueStore> {
   if (typeof target !== 'string' || target.trim() === '') {
@@ -25,6 +26,7 @@ export async function openQueueStore(target: string, options: QueueStoreOptions 
       ...(options.maxConnections === undefined ? {} : { maxConnections: options.maxConnections }),
       ...(options.connectTimeoutMs === undefined ? {} : { connectTimeoutMs: options.connectTimeoutMs }),
       ...(options.queryTimeoutMs === undefined ? {} : { queryTimeoutMs: options.queryTimeoutMs }),
+      ...(options.access === undefined ? {} : { access: options.access }),
     });
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(target)) {
@@ -44,6 +46,7 @@ export async function openQueueStore(target: string, options: QueueStoreOptions 
     new SqliteQueueStore(file, {
       ...(options.synchronous === undefined ? {} : { synchronous: options.synchronous }),
       ...(options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs }),
+      ...(options.access === undefined ? {} : { access: options.access }),
     }),
   );
 }

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { isKeelError, keelError, type KeelError } from 'keel';
+import { checkAccess, notAStore, type StoreAccess } from './access.js';
 import { POSTGRES_QUEUE_MIGRATIONS } from './queue-schema.js';
 import {
   firstOfKey,
@@ -23,6 +24,11 @@ export interface PostgresQueueStoreOptions {
   connectTimeoutMs?: number;
   /** Give up on one query after this long, in ms (default 30 000). */
   queryTimeoutMs?: number;
+  /**
+   * `create` (default), `existing` (the keel queue tables must already exist) or `read-only` (no
+   * schema, table or migration is written); see {@link StoreAccess}.
+   */
+  access?: StoreAccess;
 }
 
 /** Expired leases are looked for at most this often (caller-clock ms); claims between skip that statement. */
@@ -82,7 +88,8 @@ export class PostgresQueueStore implements QueueStore {
    * Connects, creates the schema if asked, and applies the migrations (serialised across
    * processes by an advisory lock).
    * @throws KeelError `INVALID_CONFIG` for a bad URL or schema name, `QUEUE_STORE_UNAVAILABLE`
-   *   when the server cannot be reached, `QUEUE_STORE_OPEN_FAILED` when migrating fails.
+   *   when the server cannot be reached, `QUEUE_STORE_OPEN_FAILED` when migrating fails,
+   *   `QUEUE_STORE_NOT_FOUND` (access `existing` or `read-only`) when the tables are not there.
    */
   static async open(url: string, options: PostgresQueueStoreOptions = {}): Promise<PostgresQueueStore> {
     const location = redactPostgresUrl(url);
@@ -101,6 +108,7 @@ export class PostgresQueueStore implements QueueStore {
         `queue store: ${location} is not a usable PostgreSQL URL; expected postgres://user@host:port/database`,
       );
     }
+    const access = checkAccess('queue store', options.access);
     const schema = options.schema;
     if (schema !== undefined && !/^[a-z_][a-z0-9_]{0,62}$/i.test(schema)) {
       throw keelError(
@@ -120,11 +128,11 @@ export class PostgresQueueStore implements QueueStore {
     const where = schema === undefined ? location : `${location} (schema ${schema})`;
     const store = new PostgresQueueStore(pool, where, `keel_queue:${schema ?? ''}`);
     try {
-      await store.migrate(schema);
+      await store.migrate(schema, access);
     } catch (err) {
       await pool.end().catch(() => undefined);
       const e = store.wrap(err);
-      if (e.code === 'QUEUE_STORE_UNAVAILABLE') throw e;
+      if (e.code === 'QUEUE_STORE_UNAVAILABLE' || e.code === 'QUEUE_STORE_NOT_FOUND') throw e;
       throw keelError(
         'QUEUE_STORE_OPEN_FAILED',
         `could not open the queue store at ${where}: ${e.message}`,
@@ -135,12 +143,29 @@ export class PostgresQueueStore implements QueueStore {
     return store;
   }
 
-  private async migrate(schema: string | undefined): Promise<void> {
+  private async migrate(schema: string | undefined, access: StoreAccess): Promise<void> {
     const client = await this.pool.connect();
     try {
       await client.query('BEGIN');
+      if (access !== 'create') {
+        const found = await client.query<{ t: string | null }>(
+          `SELECT to_regclass('keel_queue_schema')::text AS t`,
+        );
+        if ((found.rows[0]?.t ?? null) === null)
+          throw notAStore('QUEUE_STORE_NOT_FOUND', 'queue', this.location, 'no-keel-tables');
+      }
+      if (access === 'read-only') {
+        const res = await client.query<{ v: number | null }>(
+          `SELECT MAX(version) AS v FROM keel_queue_schema`,
+        );
+        if ((res.rows[0]?.v ?? 0) < POSTGRES_QUEUE_MIGRATIONS.length)
+          throw notAStore('QUEUE_STORE_NOT_FOUND', 'queue', this.location, 'old-schema');
+        await client.query('COMMIT');
+        return;
+      }
       await client.query(`SELECT pg_advisory_xact_lock(hashtext($1))`, [`${this.lockKey}:migrate`]);
-      if (schema !== undefined) await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+      if (schema !== undefined && access === 'create')
+        await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
       await client.query(
         `CREATE TABLE IF NOT EXISTS keel_queue_schema (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`,
       );

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
-import { keelError } from 'keel';
+import { isKeelError, keelError } from 'keel';
+import { assertStoreFile, checkAccess, isNotSqlite, notAStore, type StoreAccess } from './access.js';
 import { SQLITE_QUEUE_MIGRATIONS } from './queue-schema.js';
 import {
   firstOfKey,
@@ -20,6 +21,11 @@ export interface SqliteQueueStoreOptions {
   synchronous?: 'FULL' | 'NORMAL';
   /** Wait for another process's write lock, in ms (default 5000). */
   busyTimeoutMs?: number;
+  /**
+   * `create` (default), `existing` (the file must already be a keel queue store) or `read-only`
+   * (an existing, current store, opened without writing anything); see {@link StoreAccess}.
+   */
+  access?: StoreAccess;
 }
 
 /**
@@ -33,7 +39,11 @@ export class SqliteQueueStore implements QueueStore {
   private readonly db: Database.Database;
   private readonly stmts: ReturnType<SqliteQueueStore['prepare']>;
 
-  /** @throws KeelError `QUEUE_STORE_OPEN_FAILED` when the file cannot be opened or migrated. */
+  /**
+   * @throws KeelError `QUEUE_STORE_OPEN_FAILED` when the file cannot be opened or migrated;
+   *   `QUEUE_STORE_NOT_FOUND` (with `existing` or `read-only` access) when it is missing or not a
+   *   keel queue store.
+   */
   constructor(file: string, options: SqliteQueueStoreOptions = {}) {
     this.location = file;
     const synchronous = options.synchronous ?? 'FULL';
@@ -43,14 +53,22 @@ export class SqliteQueueStore implements QueueStore {
         `queue store: synchronous must be 'FULL' or 'NORMAL', got ${String(synchronous)}`,
       );
     }
+    const access = checkAccess('queue store', options.access);
+    if (access !== 'create') assertStoreFile('QUEUE_STORE_NOT_FOUND', 'queue', file);
+    let db: Database.Database | undefined;
     try {
-      this.db = new Database(file);
-      this.db.pragma('journal_mode = WAL');
+      db = new Database(file, { readonly: access === 'read-only', fileMustExist: access !== 'create' });
+      this.db = db;
+      if (access !== 'read-only') this.db.pragma('journal_mode = WAL');
       this.db.pragma(`synchronous = ${synchronous}`);
       this.db.pragma(`busy_timeout = ${String(options.busyTimeoutMs ?? 5000)}`);
-      this.migrate();
+      if (access !== 'create') this.assertKeelStore(access);
+      if (access !== 'read-only') this.migrate();
       this.stmts = this.prepare();
     } catch (err) {
+      if (db?.open) db.close();
+      if (isKeelError(err)) throw err;
+      if (isNotSqlite(err)) throw notAStore('QUEUE_STORE_NOT_FOUND', 'queue', file, 'not-sqlite', err);
       throw keelError(
         'QUEUE_STORE_OPEN_FAILED',
         `could not open the queue store at ${file}: ${err instanceof Error ? err.message : String(err)}`,
@@ -58,6 +76,21 @@ export class SqliteQueueStore implements QueueStore {
         { cause: err },
       );
     }
+  }
+
+  /** Refuses a file without keel's queue tables (and, read-only, one whose schema needs migrating). */
+  private assertKeelStore(access: StoreAccess): void {
+    const tables = this.db
+      .prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'keel_migrations'`)
+      .all();
+    const row =
+      tables.length === 0
+        ? undefined
+        : (this.db.prepare(`SELECT version FROM keel_migrations WHERE module = 'queue'`).get() as
+            { version: number } | undefined);
+    if (row === undefined) throw notAStore('QUEUE_STORE_NOT_FOUND', 'queue', this.location, 'no-keel-tables');
+    if (access === 'read-only' && row.version < SQLITE_QUEUE_MIGRATIONS.length)
+      throw notAStore('QUEUE_STORE_NOT_FOUND', 'queue', this.location, 'old-schema');
   }
 
   private migrate(): void {

@@ -11,6 +11,7 @@ import {
   type GroupRepository,
   type GroupStatus,
   type StopMode,
+  type StoreAccess,
 } from '@keel/groups';
 
 interface GroupsOptions {
@@ -40,8 +41,13 @@ async function loadExecutors(modulePath: string | undefined): Promise<ExecutorRe
   return registry;
 }
 
+/**
+ * Opens the store a command works on. Commands never create a store or add tables to a file that
+ * is not one (`access`): list and show only read, the others change an existing store.
+ */
 async function withManager<T>(
   options: GroupsOptions,
+  access: Exclude<StoreAccess, 'create'>,
   fn: (manager: GroupManager, repo: GroupRepository) => Promise<T>,
 ): Promise<T> {
   const url = options.store ?? process.env.KEEL_GROUPS_STORE;
@@ -52,7 +58,7 @@ async function withManager<T>(
     );
   }
   const executors = await loadExecutors(options.executors);
-  const repository = await openGroupRepository(url);
+  const repository = await openGroupRepository(url, { access });
   try {
     return await fn(new GroupManager({ repository, executors }), repository);
   } finally {
@@ -95,7 +101,7 @@ export function registerGroupsCommand(program: Command): void {
         if (!STATUSES.includes(s))
           throw keelError('INVALID_INPUT', `--status: unknown status "${s}"; one of ${STATUSES.join(', ')}`);
       }
-      await withManager(options, async (manager) => {
+      await withManager(options, 'read-only', async (manager) => {
         const list = await manager.list(statuses);
         const rows = await Promise.all(list.map((g) => manager.progress(g.id)));
         out(
@@ -114,7 +120,7 @@ export function registerGroupsCommand(program: Command): void {
   common(
     groups.command('show <id>').description('a group: progress, diagnosis, operations and recent log'),
   ).action(async (id: string, options: GroupsOptions) => {
-    await withManager(options, async (manager) => {
+    await withManager(options, 'read-only', async (manager) => {
       const progress = await manager.progress(id);
       const diagnosis = await manager.diagnose(id);
       const operations = await manager.operations(id);
@@ -138,7 +144,7 @@ export function registerGroupsCommand(program: Command): void {
 
   common(groups.command('pause <id>').description('pause after the current operation')).action(
     async (id: string, options: GroupsOptions) => {
-      await withManager(options, async (manager) => {
+      await withManager(options, 'existing', async (manager) => {
         await manager.pause(id);
         out(options, { id, status: 'paused' }, [`${id}: paused`]);
       });
@@ -150,7 +156,7 @@ export function registerGroupsCommand(program: Command): void {
       .command('resume <id>')
       .description('resume a paused group (runs it here with --executors, else marks it pending)'),
   ).action(async (id: string, options: GroupsOptions) => {
-    await withManager(options, async (manager) => {
+    await withManager(options, 'existing', async (manager) => {
       const outcome = await manager.resume(id, { run: options.executors !== undefined });
       out(options, outcome, [`${id}: ${outcome.status}`]);
     });
@@ -167,7 +173,7 @@ export function registerGroupsCommand(program: Command): void {
         throw keelError('INVALID_INPUT', `--mode must be graceful or rollback, got "${options.mode}"`);
       }
       const mode: StopMode = options.mode;
-      await withManager(options, async (manager) => {
+      await withManager(options, 'existing', async (manager) => {
         const outcome = await manager.stop(id, { mode, drive: options.executors !== undefined });
         out(options, outcome, [`${id}: ${outcome.status}`]);
       });
@@ -179,12 +185,11 @@ export function registerGroupsCommand(program: Command): void {
       .description('roll back a completed, stopped, failed or partly rolled-back group here'),
   ).action(async (id: string, options: GroupsOptions) => {
     needExecutors(options, 'rollback');
-    await withManager(options, async (manager) => {
-      const group = await manager.get(id);
-      if (group === undefined) throw keelError('NOT_FOUND', `no group with id ${id} in this store`);
+    await withManager(options, 'existing', async (manager) => {
+      const { status } = await manager.progress(id);
       // A rollback already under way (or a rollback stop nobody carried out) is continued here.
       const outcome =
-        group.status === 'rolling_back' || group.status === 'stopping'
+        status === 'rolling_back' || status === 'stopping'
           ? await manager.tryDrive(id)
           : await manager.rollback(id).catch((err: unknown) => {
               if (err instanceof GroupFailedError) return { id, status: err.status };
@@ -209,7 +214,7 @@ export function registerGroupsCommand(program: Command): void {
           `--max-attempts must be a positive integer, got "${options.maxAttempts}"`,
         );
       }
-      await withManager(options, async (manager) => {
+      await withManager(options, 'existing', async (manager) => {
         if (options.executors === undefined) {
           const candidates = [
             ...(await manager.stuck()),
@@ -243,7 +248,7 @@ export function registerGroupsCommand(program: Command): void {
         'delete finished groups and old logs by age (failed 24 h, completed 7 days, logs 30 days)',
       ),
   ).action(async (options: GroupsOptions) => {
-    await withManager(options, async (manager) => {
+    await withManager(options, 'existing', async (manager) => {
       const report = await manager.cleanup();
       out(options, report, [
         `groups deleted: ${JSON.stringify(report.groupsDeleted)}`,

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { keelError } from 'keel';
-import { openQueue, type Queue, type QueueItemState } from '@keel/queue';
+import { openQueue, type Queue, type QueueItemState, type StoreAccess } from '@keel/queue';
 
 interface StoreOptions {
   store: string;
@@ -26,11 +26,19 @@ function duration(name: string, raw: string | undefined, fallbackMs: number): nu
   return Number(m[1]) * unit;
 }
 
-async function withQueue(options: StoreOptions, fn: (q: Queue) => Promise<unknown>): Promise<void> {
-  // The CLI only inspects and repairs: no automatic retention sweep while it runs.
+/**
+ * Opens the queue a command works on. The CLI only inspects and repairs: it never creates a store
+ * or adds tables to a file that is not one (`access`), and runs no automatic retention sweep.
+ */
+async function withQueue(
+  options: StoreOptions,
+  access: Exclude<StoreAccess, 'create'>,
+  fn: (q: Queue) => Promise<unknown>,
+): Promise<void> {
   const q = await openQueue(options.store, {
     name: options.queue,
     retention: false,
+    access,
     ...(options.schema === undefined ? {} : { schema: options.schema }),
   });
   try {
@@ -56,7 +64,7 @@ export function registerQueueCommand(program: Command): void {
       .option('--queue <name>', 'queue name', 'default')
       .option('--schema <name>', 'PostgreSQL schema of the queue tables (default: search_path)');
   common(queue.command('stats').description('depth, oldest age, dead letters')).action((o: StoreOptions) =>
-    withQueue(o, (q) => q.stats()),
+    withQueue(o, 'read-only', (q) => q.stats()),
   );
   common(queue.command('list').description('list items in one state, oldest first'))
     .option('--state <state>', `one of ${STATES.join(', ')}`, 'pending')
@@ -65,19 +73,19 @@ export function registerQueueCommand(program: Command): void {
       if (!STATES.includes(o.state as QueueItemState))
         throw keelError('INVALID_INPUT', `--state must be one of ${STATES.join(', ')}, got "${o.state}"`);
       const limit = positiveInt('--limit', o.limit, 100);
-      return withQueue(o, (q) => q.list(o.state as QueueItemState, limit));
+      return withQueue(o, 'read-only', (q) => q.list(o.state as QueueItemState, limit));
     });
   common(queue.command('dead').description('list dead letters with their error history'))
     .option('--limit <n>', 'at most this many items', '1000')
     .action((o: StoreOptions & { limit: string }) => {
       const limit = positiveInt('--limit', o.limit, 1000);
-      return withQueue(o, (q) => q.deadLetters(limit));
+      return withQueue(o, 'read-only', (q) => q.deadLetters(limit));
     });
   common(queue.command('redrive').description('send dead letters (all, or --id) back to the queue'))
     .option('--id <ids...>', 'only these dead letters')
     .action((o: StoreOptions & { id?: string[] }) => {
       const ids = o.id?.map((raw) => positiveInt('--id', raw, 0));
-      return withQueue(o, async (q) => ({ redriven: await q.redrive(ids) }));
+      return withQueue(o, 'existing', async (q) => ({ redriven: await q.redrive(ids) }));
     });
   common(queue.command('purge').description('delete completed items and dead letters older than an age'))
     .option('--completed-older-than <duration>', 'completed items older than this (default 1d)')
@@ -85,6 +93,6 @@ export function registerQueueCommand(program: Command): void {
     .action((o: StoreOptions & { completedOlderThan?: string; deadOlderThan?: string }) => {
       const completed = duration('--completed-older-than', o.completedOlderThan, 86_400_000);
       const dead = duration('--dead-older-than', o.deadOlderThan, 14 * 86_400_000);
-      return withQueue(o, async (q) => ({ purged: await q.purge(completed, dead) }));
+      return withQueue(o, 'existing', async (q) => ({ purged: await q.purge(completed, dead) }));
     });
 }
