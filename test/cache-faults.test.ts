@@ -1,7 +1,8 @@
+import * as fsP from 'node:fs/promises';
 import { readdir, readFile, rm, truncate, writeFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { RangeCache, type ObjectIdentity } from 'keel/cache';
+import { RangeCache, type CacheFs, type CacheOperation, type ObjectIdentity } from 'keel/cache';
 import { faultyFs } from 'keel/chaos';
 import { VirtualClock } from 'keel';
 import { bytesOf, filledCache, objectDirOf, SLICE, useTempDir } from './cache-support.js';
@@ -224,6 +225,129 @@ describe('range cache: faults are misses plus repairs', () => {
   });
 });
 
+/** An errno error such as Node raises, for codes faultyFs does not offer. */
+function errnoError(code: string, syscall: string, file: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${code}: ${syscall} '${file}'`), { code, syscall, path: file });
+}
+
+/** The real file system, except that `open` of a path `fails` picks fails with `code`. */
+function openFails(code: string, fails: (file: string) => boolean): CacheFs {
+  return {
+    ...fsP,
+    open: ((file: string, flags: string) =>
+      fails(file)
+        ? Promise.reject(errnoError(code, 'open', file))
+        : fsP.open(file, flags)) as typeof fsP.open,
+  };
+}
+
+describe('range cache: I/O errors', () => {
+  it.each([
+    ['EIO', 'a slice read', 'read'],
+    ['EPERM', 'a slice read', 'read'],
+    ['EROFS', 'a slice write', 'write'],
+    ['ENOTDIR', 'a slice write', 'write'],
+  ] as const)(
+    '%s on %s is a miss or a refused write, counted as an I/O error of the %s operation',
+    async (code, _what, operation: CacheOperation) => {
+      const other: ObjectIdentity = { bucket: 'b', key: 'other' };
+      // Reads of slice 0 of `id` fail, or writes of slice 0 of `other` do.
+      const fails =
+        operation === 'read'
+          ? (file: string): boolean => file === path.join(objectDir(), 'slice-0')
+          : (file: string): boolean => file.startsWith(path.join(objectDir(other), 'slice-0.tmp-'));
+      const { cache } = await filledCache(tmp().dir, id, 3000, { fs: openFails(code, fails) });
+      const faults: CacheOperation[] = [];
+      cache.on('fault', (f) => faults.push(f.operation));
+      if (operation === 'read') expect((await cache.read(id, 0, 10)).hit).toBe(false);
+      else {
+        await cache.putMeta(other, { etag: '"o"', size: 10 });
+        expect(await cache.writeSlice(other, 0, Buffer.alloc(10), '"o"')).toMatchObject({
+          stored: false,
+          reason: 'io-error',
+        });
+      }
+      expect(faults).toEqual([operation]);
+      const stats = cache.stats();
+      expect(stats.ioErrors).toBe(1);
+      expect(stats.ioErrorsByOperation).toEqual({ read: 0, write: 0, cleanup: 0, [operation]: 1 });
+      expect(stats.recentIoErrors).toBe(1);
+      expect(cache.bypassed).toBe(false);
+      await cache.close();
+    },
+  );
+
+  it('enters bypass at ioErrorBypassThreshold errors within the window, and leaves only after a window without one', async () => {
+    const clock = new VirtualClock(1_000);
+    const fs = faultyFs();
+    const { cache } = await filledCache(tmp().dir, id, 3000, {
+      fs,
+      clock,
+      ioErrorBypassThreshold: 3,
+      ioErrorWindowMs: 10_000,
+      bypassProbeMs: 60_000,
+    });
+    const changes: { active: boolean; reason: string }[] = [];
+    cache.on('bypass', (b) => changes.push(b));
+    const stop = fs.inject({ code: 'EIO', ops: ['read'], path: /slice-0$/ });
+    const failRead = async (): Promise<void> => {
+      expect((await cache.read(id, 0, 10)).hit).toBe(false);
+    };
+    await failRead();
+    await failRead();
+    expect(cache.stats().recentIoErrors).toBe(2);
+    // Errors older than the window no longer count: two more make two, not four.
+    await clock.advance(10_000);
+    expect(cache.stats().recentIoErrors).toBe(0);
+    await failRead();
+    await failRead();
+    expect(cache.bypassed).toBe(false);
+    await failRead();
+    expect(cache.bypassed).toBe(true);
+    expect(changes).toHaveLength(1);
+    expect(changes[0]?.reason).toMatch(
+      /^3 I\/O errors in the cache directory in the last 10 s, the last: could not read slice 0/,
+    );
+    expect(cache.stats()).toMatchObject({ ioErrors: 5, recentIoErrors: 3, bypass: true });
+    expect(await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"')).toMatchObject({ reason: 'bypass' });
+
+    // The disk goes on failing: bypass holds, however often it is probed.
+    await clock.advance(5_000);
+    await failRead();
+    await expect(cache.probeBypass()).rejects.toMatchObject({ code: 'IO_ERROR' });
+    stop();
+    await clock.advance(9_999);
+    await expect(cache.probeBypass()).rejects.toThrow(
+      /the last 10 s ago; caching resumes once 10 s pass without one/,
+    );
+    expect(cache.bypassed).toBe(true);
+    await clock.advance(1);
+    await cache.probeBypass();
+    expect(cache.bypassed).toBe(false);
+    expect(changes.map((c) => c.active)).toEqual([true, false]);
+    expect((await cache.read(id, 0, 10)).hit).toBe(true);
+    await cache.close();
+  });
+
+  it('rejects I/O error settings out of range, naming the option', async () => {
+    for (const [option, value] of [
+      ['ioErrorBypassThreshold', 0],
+      ['ioErrorBypassThreshold', 1.5],
+      ['ioErrorBypassThreshold', 10_001],
+      ['ioErrorWindowMs', 0],
+      ['bypassResumeFreeSlices', 0],
+      ['bypassProbeMs', -1],
+    ] as const)
+      await expect(
+        RangeCache.open({ dir: tmp().dir, [option]: value }),
+        `${option} ${value}`,
+      ).rejects.toMatchObject({
+        code: 'INVALID_CONFIG',
+        message: expect.stringContaining(option) as unknown,
+      });
+  });
+});
+
 describe('range cache: full disk and eviction', () => {
   it('evicts least recently used slices between the watermarks', async () => {
     const clock = new VirtualClock(1_000);
@@ -280,7 +404,8 @@ describe('range cache: full disk and eviction', () => {
     expect(await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"')).toMatchObject({ reason: 'bypass' });
     expect((await readdir(objectDir())).filter((n) => n !== 'meta.json')).toEqual([]);
     await clock.advance(5_000);
-    await new Promise((r) => setTimeout(r, 50)); // let the failing probe's disk I/O finish
+    // The timer's probe does real disk I/O: a probe asked for now joins it and answers its outcome.
+    await expect(cache.probeBypass()).rejects.toMatchObject({ code: 'DISK_FULL' });
     expect(cache.bypassed).toBe(true);
     fs.setFreeBytes(undefined);
     const recovered = new Promise((resolve) => cache.once('bypass', resolve));
@@ -307,6 +432,57 @@ describe('range cache: full disk and eviction', () => {
     expect(cache.bypassed).toBe(false);
     expect((fs.counts.calls.rename ?? 0) - renames).toBe(1); // one probe write, not two
     expect((await cache.writeSlice(id, 0, Buffer.alloc(SLICE), '"e1"')).stored).toBe(true);
+    await cache.close();
+  });
+
+  it('a nearly full disk stays bypassed until it has room for bypassResumeFreeSlices slices: no flapping', async () => {
+    const { cache, fs } = await fullDiskCache(1_000);
+    const changes: boolean[] = [];
+    cache.on('bypass', (b) => changes.push(b.active));
+    const objects = Array.from({ length: 10 }, (_, i): ObjectIdentity => ({ bucket: 'b', key: `fill-${i}` }));
+    await cache.putMeta(objects[0] as ObjectIdentity, { etag: '"e"', size: 2 * SLICE });
+    await cache.writeSlice(objects[0] as ObjectIdentity, 0, Buffer.alloc(SLICE), '"e"');
+    expect(cache.bypassed).toBe(true);
+    // Room for two slices: one probe write fits, the fills that follow it would not.
+    fs.setFreeBytes(2 * SLICE);
+    for (const o of objects) {
+      // What the gateway's recovery does on every failed check, and fills between probes.
+      await expect(cache.probeBypass()).rejects.toMatchObject({
+        code: 'DISK_FULL',
+        message: expect.stringMatching(/caching resumes with room for 4 slices/) as unknown,
+      });
+      await cache.putMeta(o, { etag: '"e"', size: 2 * SLICE });
+      for (const i of [0, 1]) await cache.writeSlice(o, i, Buffer.alloc(SLICE), '"e"');
+    }
+    expect(changes).toEqual([true]);
+    fs.setFreeBytes(4 * SLICE);
+    await cache.probeBypass();
+    expect(changes).toEqual([true, false]);
+    expect(await cache.putMeta(objects[1] as ObjectIdentity, { etag: '"e"', size: 2 * SLICE })).toEqual({
+      stored: true,
+    });
+    await cache.close();
+  });
+
+  it('the bypass probe writes a full slice, not a part of one', async () => {
+    const big = 3 * 1024 * 1024; // more than the 1 MiB the probe used to stop at
+    const base = faultyFs();
+    const probeSizes: number[] = [];
+    const fs: CacheFs = {
+      ...base,
+      rename: async (from, to) => {
+        if (String(to).includes('probe')) probeSizes.push((await stat(from)).size);
+        await base.rename(from, to);
+      },
+    };
+    const cache = await RangeCache.open({ dir: tmp().dir, sliceBytes: big, fs });
+    await cache.putMeta(id, { etag: '"e1"', size: big });
+    const stop = base.inject({ code: 'ENOSPC', ops: ['write'] });
+    expect(await cache.writeSlice(id, 0, Buffer.alloc(big), '"e1"')).toMatchObject({ reason: 'disk-full' });
+    stop();
+    await cache.probeBypass();
+    expect(cache.bypassed).toBe(false);
+    expect(probeSizes).toEqual([big]);
     await cache.close();
   });
 

@@ -1,16 +1,19 @@
 import path from 'node:path';
-import { classify } from '../errors/index.js';
+import { classify, keelError } from '../errors/index.js';
 import type { TimerHandle } from '../time/index.js';
 import { TMP_MARKER, writeFileAtomic } from './atomic-write.js';
+import type { RecentIoErrors } from './io-errors.js';
 import type { CacheSettings } from './options.js';
 
 /** What {@link Bypass} needs from the cache. */
 export interface BypassParts extends Pick<
   CacheSettings,
-  'dir' | 'fs' | 'clock' | 'bypassProbeMs' | 'sliceBytes'
+  'dir' | 'fs' | 'clock' | 'bypassProbeMs' | 'sliceBytes' | 'bypassResumeFreeSlices'
 > {
   objectsRoot: string;
   inFlight: Set<string>;
+  /** The cache's recent I/O errors: bypass lasts until a whole window has passed without one. */
+  ioErrors: RecentIoErrors;
   /** Neither enters bypass nor probes once the cache is closed. */
   isClosed(): boolean;
   /** Runs once the probe write succeeded, before bypass ends; a throw keeps the cache bypassed. */
@@ -20,10 +23,12 @@ export interface BypassParts extends Pick<
 }
 
 /**
- * Bypass mode: while the cache's disk is unusable (full after an emergency eviction, or the
- * directory cannot be used at all), writes are refused and the caller serves the origin's bytes.
- * Every `bypassProbeMs` a probe writes a slice's worth (at most 1 MiB); once that succeeds,
- * bypass ends.
+ * Bypass mode: while the cache's disk is unusable (full after an emergency eviction, failing with
+ * I/O errors, or the directory cannot be used at all), writes are refused and the caller serves
+ * the origin's bytes. Every `bypassProbeMs` a probe checks that the disk is usable again, and
+ * bypass ends when it is: no I/O error for `ioErrorWindowMs`, room for `bypassResumeFreeSlices`
+ * slices, and a full slice written (atomically, fsynced) and removed. Asking for more room than
+ * one write keeps a nearly full disk from leaving bypass only to re-enter it at the next fill.
  */
 export class Bypass {
   private why: string | undefined;
@@ -79,14 +84,16 @@ export class Bypass {
     return this.probing;
   }
 
-  /** Leaves bypass once a slice-sized write succeeds again; resolves with the error when it did not. */
+  /** Leaves bypass once the disk is usable again (see the class); resolves with the error when not. */
   private async probe(): Promise<{ error: unknown } | undefined> {
     const { dir, objectsRoot, fs, sliceBytes, inFlight } = this.parts;
     if (this.parts.isClosed()) return undefined;
     const file = path.join(dir, `probe${TMP_MARKER}check`);
     try {
+      this.checkQuiet();
       await fs.mkdir(objectsRoot, { recursive: true });
-      await writeFileAtomic(fs, file, Buffer.alloc(Math.min(sliceBytes, 1024 * 1024)), inFlight);
+      await this.checkRoom();
+      await writeFileAtomic(fs, file, Buffer.alloc(sliceBytes), inFlight);
       await fs.rm(file, { force: true });
       await this.parts.beforeLeave();
       const reason = this.why ?? '';
@@ -99,4 +106,39 @@ export class Bypass {
       return { error };
     }
   }
+
+  /** @throws KeelError `IO_ERROR` while the last I/O error is more recent than the window. */
+  private checkQuiet(): void {
+    const { ioErrors } = this.parts;
+    const since = ioErrors.sinceLastMs();
+    if (since === undefined || since >= ioErrors.windowMs) return;
+    throw keelError(
+      'IO_ERROR',
+      `${ioErrors.count()} I/O error(s) in the cache directory ${this.parts.dir} in the last ` +
+        `${seconds(ioErrors.windowMs)}, the last ${seconds(since)} ago; caching resumes once ` +
+        `${seconds(ioErrors.windowMs)} pass without one`,
+    );
+  }
+
+  /** @throws KeelError `DISK_FULL` while the file system has less room than `bypassResumeFreeSlices` slices. */
+  private async checkRoom(): Promise<void> {
+    const { fs, dir, sliceBytes, bypassResumeFreeSlices } = this.parts;
+    const s = await fs.statfs(dir);
+    const freeBytes = s.bavail * s.bsize;
+    const neededBytes = bypassResumeFreeSlices * sliceBytes;
+    if (freeBytes >= neededBytes) return;
+    throw keelError(
+      'DISK_FULL',
+      `${mib(freeBytes)} free for the cache in ${dir}; caching resumes with room for ` +
+        `${bypassResumeFreeSlices} slices (${mib(neededBytes)})`,
+    );
+  }
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+function seconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10} s`;
 }

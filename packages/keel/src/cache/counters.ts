@@ -16,6 +16,16 @@ export const REPAIR_COUNTERS = [
 /** One of {@link REPAIR_COUNTERS}. */
 export type RepairCounter = (typeof REPAIR_COUNTERS)[number];
 
+/**
+ * What the cache was doing when an I/O error struck (the `operation` of a `fault` event and of
+ * `keel_cache_io_errors_total`): reading metadata or slices, writing them (access times
+ * included), or walking the cache in cleanup and verify.
+ */
+export const CACHE_OPERATIONS = ['read', 'write', 'cleanup'] as const;
+
+/** One of {@link CACHE_OPERATIONS}. */
+export type CacheOperation = (typeof CACHE_OPERATIONS)[number];
+
 /** A snapshot of the cache's counters and gauges. */
 export interface CacheStats {
   /** Reads answered from the cache (at least the first slice verified). */
@@ -31,6 +41,13 @@ export interface CacheStats {
   evictions: number;
   /** Permission errors, EIO and other unexpected file-system errors (each a miss). */
   ioErrors: number;
+  /** {@link ioErrors} by what the cache was doing. */
+  ioErrorsByOperation: Record<CacheOperation, number>;
+  /**
+   * I/O errors within the last `ioErrorWindowMs`, counted up to `ioErrorBypassThreshold` (where
+   * the cache enters bypass).
+   */
+  recentIoErrors: number;
   repairs: Record<RepairCounter, number>;
   /** Bytes of slices on disk, as indexed. */
   sizeBytes: number;
@@ -45,7 +62,15 @@ export interface CacheStats {
 /** The counters of {@link CacheStats}, kept by the cache and bumped by its parts. */
 export type CacheCounts = Pick<
   CacheStats,
-  'hits' | 'misses' | 'bytesServed' | 'bytesWritten' | 'slicesWritten' | 'evictions' | 'ioErrors' | 'repairs'
+  | 'hits'
+  | 'misses'
+  | 'bytesServed'
+  | 'bytesWritten'
+  | 'slicesWritten'
+  | 'evictions'
+  | 'ioErrors'
+  | 'ioErrorsByOperation'
+  | 'repairs'
 >;
 
 /** Fresh zeroed counters. */
@@ -58,13 +83,18 @@ export function zeroCounts(): CacheCounts {
     slicesWritten: 0,
     evictions: 0,
     ioErrors: 0,
+    ioErrorsByOperation: { read: 0, write: 0, cleanup: 0 },
     repairs: zeroRepairs(),
   };
 }
 
-/** Where the cache's parts report what they repaired and what failed (counted, then emitted as events). */
+/**
+ * Where the cache's parts report what they repaired and what failed (counted, then emitted as
+ * events). Each part gets one for the operation it does, so its faults are counted under it.
+ */
 export interface CacheReporter {
   repair(counter: RepairCounter, message: string, count?: number): void;
+  /** An I/O error: counted, and past `ioErrorBypassThreshold` within the window, bypass. */
   fault(message: string, err: unknown): void;
 }
 

@@ -15,7 +15,13 @@ export {
 } from './range-cache.js';
 export { type RangeCacheOptions } from './options.js';
 export { type WriteResult } from './writes.js';
-export { REPAIR_COUNTERS, type CacheStats, type RepairCounter } from './counters.js';
+export {
+  REPAIR_COUNTERS,
+  CACHE_OPERATIONS,
+  type CacheOperation,
+  type CacheStats,
+  type RepairCounter,
+} from './counters.js';
 export { identityHash, describeIdentity, type ObjectIdentity } from './identity.js';
 export {
   sliceChecksums,

@@ -28,7 +28,10 @@ export interface ObjectStoreParts {
   locks: KeyedLock;
   /** Paths being written in this process: cleanup leaves them alone. */
   inFlight: Set<string>;
+  /** Repairs, and faults of writes and removals. */
   report: CacheReporter;
+  /** Faults of metadata reads. */
+  readReport: CacheReporter;
 }
 
 /**
@@ -60,7 +63,7 @@ export class ObjectStore {
         this.parts.memo.delete(hash);
         return { state: 'missing' };
       }
-      this.parts.report.fault(
+      this.parts.readReport.fault(
         `could not read metadata of ${id ? describeIdentity(id) : hash}: ${e.message}; serving from origin`,
         err,
       );

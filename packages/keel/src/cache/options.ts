@@ -19,6 +19,22 @@ export interface RangeCacheOptions {
   /** While bypassed, how often to check whether the disk is usable again (default 30 s). */
   bypassProbeMs?: number;
   /**
+   * Bypass ends only while the file system has room for this many slices free to unprivileged
+   * users, besides the probe's own full-slice write succeeding (default 4): a nearly full disk
+   * stays bypassed instead of leaving and re-entering at the next slice write.
+   */
+  bypassResumeFreeSlices?: number;
+  /**
+   * I/O errors (EIO, EROFS, EPERM, EACCES, ENOTDIR …: every `fault` event) this many within
+   * `ioErrorWindowMs` put the cache in bypass (default 10, at most 10,000).
+   */
+  ioErrorBypassThreshold?: number;
+  /**
+   * The window the I/O errors are counted in (default 60 s). Bypass entered for any reason ends
+   * only once this long has passed without an I/O error.
+   */
+  ioErrorWindowMs?: number;
+  /**
    * Remove leftover `.tmp` files, orphans and corrupted entries at open (default true: the process
    * that opens the cache owns it). `keel cache verify` without `--fix` opens with false.
    */
@@ -55,6 +71,9 @@ export interface CacheSettings {
   highWatermark: number;
   lowWatermark: number;
   bypassProbeMs: number;
+  bypassResumeFreeSlices: number;
+  ioErrorBypassThreshold: number;
+  ioErrorWindowMs: number;
   cleanupOnOpen: boolean;
   cleanupGraceMs: number;
   accessFlushMs: number;
@@ -78,6 +97,9 @@ export function resolveOptions(options: RangeCacheOptions): CacheSettings {
     highWatermark: options.highWatermark ?? 0.95,
     lowWatermark: options.lowWatermark ?? 0.8,
     bypassProbeMs: options.bypassProbeMs ?? 30_000,
+    bypassResumeFreeSlices: options.bypassResumeFreeSlices ?? 4,
+    ioErrorBypassThreshold: options.ioErrorBypassThreshold ?? 10,
+    ioErrorWindowMs: options.ioErrorWindowMs ?? 60_000,
     cleanupOnOpen: options.cleanupOnOpen ?? true,
     cleanupGraceMs: options.cleanupGraceMs ?? 60_000,
     accessFlushMs: options.accessFlushMs ?? 300_000,
@@ -93,6 +115,14 @@ export function resolveOptions(options: RangeCacheOptions): CacheSettings {
     bad(`sliceBytes must be a positive integer, got ${s.sliceBytes}`);
   if (!(s.accessFlushMs > 0)) bad(`accessFlushMs must be > 0, got ${s.accessFlushMs}`);
   if (!(s.maxBytes > 0)) bad(`maxBytes must be > 0, got ${s.maxBytes}`);
+  if (!(s.bypassProbeMs > 0)) bad(`bypassProbeMs must be > 0, got ${s.bypassProbeMs}`);
+  if (!(Number.isFinite(s.bypassResumeFreeSlices) && s.bypassResumeFreeSlices >= 1))
+    bad(`bypassResumeFreeSlices must be a number >= 1, got ${s.bypassResumeFreeSlices}`);
+  const threshold = s.ioErrorBypassThreshold;
+  if (!Number.isSafeInteger(threshold) || threshold < 1 || threshold > 10_000)
+    bad(`ioErrorBypassThreshold must be an integer from 1 to 10000, got ${threshold}`);
+  if (!(Number.isFinite(s.ioErrorWindowMs) && s.ioErrorWindowMs > 0))
+    bad(`ioErrorWindowMs must be > 0, got ${s.ioErrorWindowMs}`);
   const { lowWatermark: low, highWatermark: high } = s;
   if (!(low > 0 && low < high && high <= 1)) {
     bad(`watermarks must satisfy 0 < lowWatermark < highWatermark <= 1, got ${low} and ${high}`);

@@ -4,10 +4,17 @@ import { classify, keelError, type KeelError } from '../errors/index.js';
 import { AccessTimes } from './access-times.js';
 import { Bypass } from './bypass.js';
 import { walkCache, type CleanupReport, type VerifyReport, type WalkContext } from './cleanup.js';
-import { zeroCounts, type CacheReporter, type CacheStats, type RepairCounter } from './counters.js';
+import {
+  zeroCounts,
+  type CacheOperation,
+  type CacheReporter,
+  type CacheStats,
+  type RepairCounter,
+} from './counters.js';
 import { Evictor, SliceIndex } from './eviction.js';
 import type { CacheFs } from './fs.js';
 import { identityHash, sameIdentity, type ObjectIdentity } from './identity.js';
+import { RecentIoErrors } from './io-errors.js';
 import { KeyedLock } from './keyed-lock.js';
 import { objectsRootOf } from './layout.js';
 import { MetaMemo } from './meta-memo.js';
@@ -61,7 +68,8 @@ export const MAX_BUFFER_READ_BYTES = 16 * 1024 * 1024;
 /** Events of the cache: repairs, faults and bypass changes, for logs, metrics and alerts. */
 export interface RangeCacheEvents {
   repair: [{ counter: RepairCounter; message: string; count: number }];
-  fault: [{ message: string; error: KeelError }];
+  /** An I/O error, and what the cache was doing (see {@link CACHE_OPERATIONS}). */
+  fault: [{ message: string; error: KeelError; operation: CacheOperation }];
   bypass: [{ active: boolean; reason: string }];
 }
 
@@ -79,6 +87,10 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   readonly dir: string;
   readonly sliceBytes: number;
   readonly maxBytes: number;
+  /** I/O errors within this window are counted towards `ioErrorBypassThreshold`. */
+  readonly ioErrorWindowMs: number;
+  /** This many I/O errors within `ioErrorWindowMs` put the cache in bypass. */
+  readonly ioErrorBypassThreshold: number;
   private readonly objectsRoot: string;
   private readonly cleanupOnOpen: boolean;
   private readonly graceMs: number;
@@ -90,6 +102,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   private readonly verifier: VerifyPool | undefined;
   private readonly locks = new KeyedLock();
   private readonly counts = zeroCounts();
+  private readonly ioErrors: RecentIoErrors;
   private readonly access: AccessTimes;
   private readonly store: ObjectStore;
   private readonly bypass: Bypass;
@@ -108,6 +121,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     this.dir = dir;
     this.sliceBytes = s.sliceBytes;
     this.maxBytes = s.maxBytes;
+    this.ioErrorWindowMs = s.ioErrorWindowMs;
+    this.ioErrorBypassThreshold = s.ioErrorBypassThreshold;
     this.cleanupOnOpen = s.cleanupOnOpen;
     this.graceMs = s.cleanupGraceMs;
     this.fs = fs;
@@ -118,16 +133,28 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     // Paths being written in this process: cleanup leaves them alone.
     const inFlight = new Set<string>();
     const isClosed = (): boolean => this.closed;
-    const report: CacheReporter = {
-      repair: (counter, message, count = 1) => {
-        counts.repairs[counter] += count;
-        this.emit('repair', { counter, message, count });
-      },
+    const ioErrors = new RecentIoErrors(s.clock, s.ioErrorWindowMs, s.ioErrorBypassThreshold);
+    this.ioErrors = ioErrors;
+    const repair: CacheReporter['repair'] = (counter, message, count = 1) => {
+      counts.repairs[counter] += count;
+      this.emit('repair', { counter, message, count });
+    };
+    // Each part reports its faults under the operation it does.
+    const reporter = (operation: CacheOperation): CacheReporter => ({
+      repair,
       fault: (message, err) => {
         counts.ioErrors++;
-        this.emit('fault', { message, error: classify(err) });
+        counts.ioErrorsByOperation[operation]++;
+        const recent = ioErrors.record();
+        this.emit('fault', { message, error: classify(err), operation });
+        if (recent >= ioErrors.limit)
+          bypass.enter(
+            `${recent} I/O errors in the cache directory in the last ${ioErrors.windowMs / 1000} s, ` +
+              `the last: ${message}`,
+          );
       },
-    };
+    });
+    const report = reporter('write');
 
     // Writing an object's metadata again stamps in its latest access times.
     const persist = (hash: string): Promise<void> =>
@@ -136,11 +163,22 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
         if (loaded.state === 'ok') await store.write(hash, loaded.meta);
       });
     const access = new AccessTimes({ ...s, index, persist, isClosed, report });
-    const store = new ObjectStore({ fs, objectsRoot, memo, index, access, locks, inFlight, report });
+    const store = new ObjectStore({
+      fs,
+      objectsRoot,
+      memo,
+      index,
+      access,
+      locks,
+      inFlight,
+      report,
+      readReport: reporter('read'),
+    });
     const bypass = new Bypass({
       ...s,
       objectsRoot,
       inFlight,
+      ioErrors,
       isClosed,
       beforeLeave: async () => {
         if (index.slices === 0) await this.rebuildIndex();
@@ -154,7 +192,15 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     this.store = store;
     this.bypass = bypass;
     this.evictor = evictor;
-    this.reader = new SliceReader({ fs, objectsRoot, verifier, memo, access, store, report });
+    this.reader = new SliceReader({
+      fs,
+      objectsRoot,
+      verifier,
+      memo,
+      access,
+      store,
+      report: reporter('read'),
+    });
     this.writer = new CacheWriter({
       ...s,
       objectsRoot,
@@ -168,7 +214,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
       report,
       isClosed,
     });
-    this.walkContext = { dir, objectsRoot, fs, inFlight, locks, store, index, report };
+    this.walkContext = { dir, objectsRoot, fs, inFlight, locks, store, index, report: reporter('cleanup') };
   }
 
   /**
@@ -209,8 +255,10 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
 
   /**
    * While bypassed, checks at once (instead of at the next probe, every `bypassProbeMs`) whether
-   * the disk takes a slice-sized write again: resolves once bypass has ended (at once when not
-   * bypassed), rejects with the write's error when it still fails.
+   * the disk is usable again (no I/O error for `ioErrorWindowMs`, room for
+   * `bypassResumeFreeSlices` slices, a full slice written): resolves once bypass has ended (at
+   * once when not bypassed), rejects with the reason it has not (`IO_ERROR`, `DISK_FULL`, or the
+   * write's error).
    */
   async probeBypass(): Promise<void> {
     await this.bypass.probeNow();
@@ -220,6 +268,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   stats(): CacheStats {
     return {
       ...this.counts,
+      ioErrorsByOperation: { ...this.counts.ioErrorsByOperation },
+      recentIoErrors: this.ioErrors.count(),
       repairs: { ...this.counts.repairs },
       sizeBytes: this.index.sizeBytes,
       maxBytes: this.maxBytes,
