@@ -30,7 +30,7 @@ export interface S3Origin {
 export const TEST_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
 
 export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin> {
-  fixS3rver(); // ranges of empty objects answered with 416, as S3 does
+  fixS3rver(); // S3's answers where s3rver 3 differs (empty ranges, multipart errors, ListObjectVersions)
   const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-s3rver-'));
   const s3rver = new S3rver({
     port: 0,

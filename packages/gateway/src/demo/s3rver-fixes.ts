@@ -1,4 +1,6 @@
 import { createRequire } from 'node:module';
+import { addListObjectVersions } from './s3rver-list-versions.js';
+import { fixMultipartUploads } from './s3rver-multipart.js';
 
 interface S3rverObject {
   content: { destroy(): void } | null;
@@ -17,13 +19,26 @@ interface FilesystemStore {
 let applied = false;
 
 /**
- * Makes s3rver (the demo's and the tests' origin) answer a range of an empty object as S3 does,
- * with 416 InvalidRange: s3rver 3 announces one byte and never sends it, so the request hangs.
- * Applied once per process; affects only s3rver's file-system store.
+ * Makes s3rver (the demo's and the tests' origin) answer as S3 does where s3rver 3 does not, and
+ * never say what S3 would not:
+ * - a range of an empty object: 416 InvalidRange (s3rver announces one byte and never sends it,
+ *   so the request hangs);
+ * - multipart uploads: a missing part, a part out of order, an unknown upload (see
+ *   {@link fixMultipartUploads}; a missing part made s3rver crash);
+ * - ListObjectVersions, which s3rver refuses with 405: answered as for a bucket without versioning
+ *   (see {@link addListObjectVersions}).
+ * Applied once per process; affects only s3rver.
  */
 export function fixS3rver(): void {
   if (applied) return;
   applied = true;
+  answerEmptyRanges();
+  fixMultipartUploads();
+  addListObjectVersions();
+}
+
+/** A range of an empty object: 416 InvalidRange, as S3 answers. */
+function answerEmptyRanges(): void {
   const require = createRequire(import.meta.url);
   const Store = require('s3rver/lib/stores/filesystem') as { prototype: FilesystemStore };
   const getObject = Store.prototype.getObject;
