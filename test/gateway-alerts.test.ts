@@ -13,6 +13,15 @@ import { startS3Origin, TEST_CREDENTIALS } from './s3-origin.js';
 
 const RULES = path.join(import.meta.dirname, '../packages/gateway/rules/alerts.rules.yml');
 const RULE_TESTS = path.join(import.meta.dirname, '../packages/gateway/rules/alerts.rules.test.yml');
+const DOCS = path.join(import.meta.dirname, '../docs');
+
+/** The metric names (`keel_…`, not a prefix such as `keel_cache_`) a guide mentions, starting with `prefix`. */
+function documentedMetrics(guide: string, prefix = 'keel_'): string[] {
+  const text = readFileSync(path.join(DOCS, guide), 'utf8');
+  const names = text.match(/\bkeel_[a-z0-9_]*[a-z0-9]\b/g) ?? [];
+  return [...new Set(names)].filter((n) => n.startsWith(prefix));
+}
+
 const hasPromtool = spawnSync('promtool', ['--version']).status === 0;
 if (!hasPromtool) {
   const msg = 'promtool not found (Debian package `prometheus`): the alert rules are not checked';
@@ -23,7 +32,7 @@ if (!hasPromtool) {
 describe('gateway alert rules', () => {
   it.skipIf(!hasPromtool)('pass promtool check rules', () => {
     const out = execFileSync('promtool', ['check', 'rules', RULES], { encoding: 'utf8' });
-    expect(out).toContain('SUCCESS: 8 rules found');
+    expect(out).toContain('SUCCESS: 9 rules found');
   });
 
   it.skipIf(!hasPromtool)('fire on the series they are meant for (promtool test rules)', () => {
@@ -44,6 +53,7 @@ describe('gateway alert rules', () => {
       'keel_gateway_retry_budget_exhausted_total',
       'keel_gateway_cache_bypass',
       'keel_disk_used_ratio',
+      'keel_cache_io_errors_total',
     ])
       expect(names).toContain(issueAsks);
 
@@ -72,9 +82,27 @@ describe('gateway alert rules', () => {
         await (await fetch(`${running.gateway.url()}/b/k`)).arrayBuffer();
         await running.gateway.idle();
       }
+      // An OpenMetrics scrape first: it must not rename what the text exposition shows after it.
+      const om = await fetch(`${running.admin.url}/metrics`, {
+        headers: { accept: 'application/openmetrics-text; version=1.0.0' },
+      });
+      expect(om.headers.get('content-type')).toContain('application/openmetrics-text');
+      expect(await om.text()).toMatch(/^keel_gateway_requests_total\{method="GET",outcome="HIT"\} 1$/m);
       const exported = await (await fetch(`${running.admin.url}/metrics`)).text();
       expect(exported).toMatch(/^keel_gateway_requests_total\{method="GET",outcome="HIT"\} 1$/m);
       for (const name of names) expect(exported, name).toMatch(new RegExp(`^${name}(\\{[^}]*\\})? \\d`, 'm'));
+      // The guides claim only what /metrics shows: every keel_ metric docs/gateway.md names, and
+      // every keel_cache_ one docs/cache.md and docs/ops.md name (ops.md's others are a library's).
+      const documented = [
+        ...documentedMetrics('gateway.md'),
+        ...documentedMetrics('cache.md', 'keel_cache_'),
+        ...documentedMetrics('ops.md', 'keel_cache_'),
+      ];
+      expect(documented).toEqual(
+        expect.arrayContaining(['keel_cache_hits_total', 'keel_cache_io_errors_total']),
+      );
+      const shown = new Set([...exported.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]));
+      expect(documented.filter((name) => !shown.has(name))).toEqual([]);
     } finally {
       await running.shutdown();
       await origin.close();

@@ -99,6 +99,64 @@ describe('gateway operations', () => {
     await readOk(r, 'd.bin');
   });
 
+  it('counts cache I/O errors on /metrics, warns on cache:writable, bypasses past the threshold with KeelCacheBypass, and resumes after a quiet window', async () => {
+    const fs = faultyFs();
+    const clock = new VirtualClock(Date.now());
+    const r = await start({}, { cacheFs: fs, clock, cacheBypassProbeMs: 30_000 });
+    const cache = r.gateway.cache;
+    if (!cache) throw new Error('no cache');
+    const file = harness.alertsFile(r);
+    const ioErrors = async (): Promise<number> => {
+      const text = await (await fetch(`${r.admin.url}/metrics`)).text();
+      return Number(/^keel_cache_io_errors_total\{operation="read"\} (\d+)$/m.exec(text)?.[1]);
+    };
+    expect(await readOk(r, 'a.bin')).toBe('MISS');
+    await r.gateway.idle();
+    expect(await readOk(r, 'a.bin')).toBe('HIT');
+    expect(await ioErrors()).toBe(0);
+
+    // The disk starts failing reads of a slice file after start: every byte still comes out right.
+    const stop = fs.inject({ code: 'EIO', ops: ['open', 'read'], path: /slice-0$/ });
+    await readOk(r, 'a.bin');
+    const first = await ioErrors();
+    expect(first).toBeGreaterThan(0);
+    expect(first).toBeLessThan(cache.ioErrorBypassThreshold);
+    let h = await ready(r);
+    expect(h.status).toBe(200);
+    expect(checkStatus(h.report, 'cache:writable')).toBe('warn');
+    expect(h.report.checks['cache:writable']?.[0]?.observedValue).toBe(first);
+    expect(cache.bypassed).toBe(false);
+
+    for (let i = 0; i < cache.ioErrorBypassThreshold && !cache.bypassed; i++) await readOk(r, 'a.bin');
+    expect(cache.bypassed).toBe(true);
+    expect(await ioErrors()).toBeGreaterThanOrEqual(cache.ioErrorBypassThreshold);
+    expect(r.alerts.firing().map((a) => a.name)).toContain('KeelCacheBypass');
+    h = await ready(r);
+    expect(h.status).toBe(200);
+    expect(checkStatus(h.report, 'cache:writable')).toBe('fail');
+    expect(h.report.checks['cache:writable']?.[0]?.output).toMatch(/I\/O errors in the cache directory/);
+    const metrics = await (await fetch(`${r.admin.url}/metrics`)).text();
+    expect(metrics).toMatch(/^keel_gateway_cache_bypass 1$/m);
+    expect(metrics).toMatch(/^keel_cache_io_errors_total\{operation="write"\} 0$/m);
+
+    // The disk is well again: bypass holds until a whole window passes without an error.
+    stop();
+    await clock.advance(cache.ioErrorWindowMs - 1_000);
+    expect(cache.bypassed).toBe(true);
+    await clock.advance(30_000);
+    await until(() => !cache.bypassed, 'cache leaves bypass', clock);
+    expect(r.alerts.firing().map((a) => a.name)).not.toContain('KeelCacheBypass');
+    expect(await alertStates(r, file)).toEqual(
+      expect.arrayContaining([
+        { name: 'KeelCacheBypass', status: 'firing' },
+        { name: 'KeelCacheBypass', status: 'resolved' },
+      ]),
+    );
+    h = await ready(r);
+    expect(checkStatus(h.report, 'cache:writable')).toBe('pass');
+    expect(await readOk(r, 'a.bin')).toBe('HIT');
+  });
+
   it('starts in bypass when the cache directory is unusable, and sends the alert to the webhook', async () => {
     const received: { alerts: Alert[] }[] = [];
     const hook = http.createServer((req, res) => {

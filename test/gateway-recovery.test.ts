@@ -180,7 +180,7 @@ describe('gateway recovery', () => {
     );
     const first = recoveryOf(r, 'cache:writable')?.history[0];
     expect(first).toMatchObject({ attempt: 1, outcome: 'action-failed' });
-    expect(first?.error).toContain(`cache directory ${r.gateway.cache?.dir ?? '?'} is still not writable`);
+    expect(first?.error).toContain(`cache directory ${r.gateway.cache?.dir ?? '?'} is still not usable`);
     expect(recoveryOf(r, 'cache:writable')?.status).toBe('waiting');
     expect(await readiness(r, 'cache:writable')).toBe('fail');
 

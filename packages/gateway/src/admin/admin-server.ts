@@ -53,7 +53,8 @@ const OPEN_PATHS = [
  * readiness (a gateway whose origin is down still serves stale copies, and one whose cache is
  * unusable still serves from the origin):
  * - `origin:reachable`: fails while an origin breaker is open, warns while one is half-open;
- * - `cache:writable`: fails while the cache is bypassed (unusable directory or full disk);
+ * - `cache:writable`: fails while the cache is bypassed (unusable directory, full disk, or I/O
+ *   errors past the cache's threshold), warns while it has had I/O errors within its window;
  * - `disk:utilization` (with a `disk` monitor): warns at the warning level, fails at critical.
  */
 export function registerGatewayHealth(gateway: Gateway, health: HealthRegistry, disk?: DiskMonitor): void {
@@ -87,11 +88,21 @@ export function registerGatewayHealth(gateway: Gateway, health: HealthRegistry, 
     run: () => {
       const cache = gateway.cache;
       if (!cache) return { status: 'warn', output: 'no cache configured: every read goes to the origin' };
-      if (cache.bypassed)
+      const stats = cache.stats();
+      if (stats.bypass)
         return {
           status: 'fail',
           observedValue: 'bypass',
-          output: `cache bypassed, every read served from the origin: ${cache.stats().bypassReason ?? 'unusable'}`,
+          output: `cache bypassed, nothing new is cached: ${stats.bypassReason ?? 'unusable'}`,
+        };
+      if (stats.recentIoErrors > 0)
+        return {
+          status: 'warn',
+          observedValue: stats.recentIoErrors,
+          observedUnit: `I/O errors in the last ${cache.ioErrorWindowMs / 1000} s`,
+          output:
+            `${stats.recentIoErrors} cache I/O error(s) in the last ${cache.ioErrorWindowMs / 1000} s ` +
+            `(bypass at ${cache.ioErrorBypassThreshold}): each read or write that failed was served from the origin`,
         };
       return { status: 'pass', observedValue: 'caching' };
     },

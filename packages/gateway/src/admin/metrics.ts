@@ -1,5 +1,5 @@
 import { Counter, type Histogram, type Registry } from 'prom-client';
-import { REPAIR_COUNTERS, type RangeCache } from 'keel/cache';
+import { CACHE_OPERATIONS, REPAIR_COUNTERS, type CacheStats, type RangeCache } from 'keel/cache';
 import { bindPolicyMetrics, createMetrics, type Metrics } from '@keel/ops';
 import type { CircuitBreakerPolicy } from 'keel';
 import type { OriginGuard } from '../origin/origin-guard.js';
@@ -14,11 +14,41 @@ export function breakerLabel(bucket: string): string {
   return bucket === '' ? '_service' : bucket;
 }
 
+/** The cache's own counters exported as `keel_cache_<name>`, read from `stats()` at every scrape. */
+const CACHE_COUNTERS: readonly { name: string; help: string; read: (s: CacheStats) => number }[] = [
+  {
+    name: 'keel_cache_hits_total',
+    help: 'Reads the range cache answered (every byte verified).',
+    read: (s) => s.hits,
+  },
+  {
+    name: 'keel_cache_misses_total',
+    help: 'Reads the range cache could not answer (not cached, or a fault: served from the origin).',
+    read: (s) => s.misses,
+  },
+  {
+    name: 'keel_cache_evictions_total',
+    help: 'Slices the range cache evicted to stay under its size limit or to make room on a full disk.',
+    read: (s) => s.evictions,
+  },
+  {
+    name: 'keel_cache_bytes_served_total',
+    help: 'Bytes read out of the range cache, verified.',
+    read: (s) => s.bytesServed,
+  },
+  {
+    name: 'keel_cache_bytes_written_total',
+    help: 'Slice bytes written to the range cache.',
+    read: (s) => s.bytesWritten,
+  },
+];
+
 /**
  * The gateway's Prometheus metrics on one @keel/ops {@link Metrics} (a private prom-client
  * registry with Node's default metrics): requests by outcome, bytes by source, origin requests
- * and their time to first byte, breaker states, the retry budget, cache bypass and size, and the
- * six cache repair counters `keel_cache_<name>`.
+ * and their time to first byte, breaker states, the retry budget, cache bypass, size and limit,
+ * the cache's hits, misses, evictions, bytes and I/O errors by operation, and the six cache
+ * repair counters `keel_cache_<name>`.
  */
 export class GatewayMetrics {
   /** The @keel/ops metrics (render text or OpenMetrics with `ops.render(format)`). */
@@ -80,13 +110,29 @@ export class GatewayMetrics {
     );
     m.gauge(
       'keel_gateway_cache_bypass',
-      '1 while the cache is bypassed (unusable directory or full disk), else 0.',
+      '1 while the cache is bypassed (unusable directory, full disk, or I/O errors past the threshold), else 0.',
       [],
       (g) => g.set(cache === undefined || cache.bypassed ? 1 : 0),
     );
     m.gauge('keel_cache_size_bytes', 'Bytes of cached slices on disk.', [], (g) =>
       g.set(cache?.stats().sizeBytes ?? 0),
     );
+    m.gauge('keel_cache_max_bytes', 'Size limit of the cached slices (--cache-max-bytes).', [], (g) =>
+      g.set(cache?.maxBytes ?? 0),
+    );
+    for (const c of CACHE_COUNTERS)
+      this.scrapedCounter(c.name, c.help, () => (cache ? c.read(cache.stats()) : 0));
+    new Counter({
+      name: 'keel_cache_io_errors_total',
+      help: 'I/O errors of the range cache (EIO, EROFS, EPERM, ENOTDIR …; each a miss or a write not stored), by what it was doing: read, write, cleanup.',
+      labelNames: ['operation'],
+      registers: [m.registry],
+      collect() {
+        const counts = cache?.stats().ioErrorsByOperation;
+        this.reset();
+        for (const operation of CACHE_OPERATIONS) this.inc({ operation }, counts?.[operation] ?? 0);
+      },
+    });
     for (const name of REPAIR_COUNTERS)
       this.scrapedCounter(
         `keel_cache_${name}`,

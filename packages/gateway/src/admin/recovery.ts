@@ -63,7 +63,8 @@ async function relieveDisk(cache: RangeCache, disk: DiskMonitor, targetRatio: nu
 /**
  * `cache:writable` failed (the cache is bypassed): clean the cache (leftover partial writes take
  * space on a full disk), then have the cache probe its disk at once; the attempt fails with the
- * probe's error while the disk still refuses the write.
+ * probe's answer while the disk is not usable yet (I/O errors too recent, too little room, or
+ * the write refused).
  */
 async function restoreCache(cache: RangeCache): Promise<void> {
   if (!cache.bypassed) return;
@@ -72,7 +73,7 @@ async function restoreCache(cache: RangeCache): Promise<void> {
   try {
     await cache.probeBypass();
   } catch (err) {
-    throw new Error(`cache directory ${cache.dir} is still not writable: ${classify(err).message}`);
+    throw new Error(`cache directory ${cache.dir} is still not usable: ${classify(err).message}`);
   }
 }
 
