@@ -436,25 +436,30 @@ describe('range cache: full disk and eviction', () => {
   });
 
   it('a nearly full disk stays bypassed until it has room for bypassResumeFreeSlices slices: no flapping', async () => {
-    const { cache, fs } = await fullDiskCache(1_000);
+    const { cache, fs, clock } = await fullDiskCache(1_000);
     const changes: boolean[] = [];
     cache.on('bypass', (b) => changes.push(b.active));
     const objects = Array.from({ length: 10 }, (_, i): ObjectIdentity => ({ bucket: 'b', key: `fill-${i}` }));
     await cache.putMeta(objects[0] as ObjectIdentity, { etag: '"e"', size: 2 * SLICE });
     await cache.writeSlice(objects[0] as ObjectIdentity, 0, Buffer.alloc(SLICE), '"e"');
     expect(cache.bypassed).toBe(true);
-    // Room for two slices: one probe write fits, the fills that follow it would not.
-    fs.setFreeBytes(2 * SLICE);
     for (const o of objects) {
-      // What the gateway's recovery does on every failed check, and fills between probes.
-      await expect(cache.probeBypass()).rejects.toMatchObject({
-        code: 'DISK_FULL',
-        message: expect.stringMatching(/caching resumes with room for 4 slices/) as unknown,
-      });
+      // A disk that hovers at room for two slices: one probe write fits, a fill of two does not.
+      fs.setFreeBytes(2 * SLICE);
+      // A probe period passes, and the probe it started is awaited (probeBypass joins a probe in
+      // flight; it is also what the gateway's recovery calls on every failed check); then fills.
+      await clock.advance(1_000);
+      await cache.probeBypass().catch(() => undefined);
       await cache.putMeta(o, { etag: '"e"', size: 2 * SLICE });
       for (const i of [0, 1]) await cache.writeSlice(o, i, Buffer.alloc(SLICE), '"e"');
     }
+    // Before, a probe left bypass as soon as one slice fit, and the next fill that did not fit
+    // entered it again.
     expect(changes).toEqual([true]);
+    await expect(cache.probeBypass()).rejects.toMatchObject({
+      code: 'DISK_FULL',
+      message: expect.stringMatching(/caching resumes with room for 4 slices/) as unknown,
+    });
     fs.setFreeBytes(4 * SLICE);
     await cache.probeBypass();
     expect(changes).toEqual([true, false]);
