@@ -14,7 +14,7 @@ export interface AdminServerOptions {
   /** Default 0 (any free port). */
   port?: number;
   /** When set, requests need `Authorization: Bearer <token>` (compared in constant time). */
-  token?: string;
+  token?: string | undefined;
   /** Paths answered without the token (probes of an orchestrator). Default `['/livez', '/readyz', '/startupz']`. */
   openPaths?: readonly string[];
 }
