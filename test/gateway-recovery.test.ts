@@ -144,11 +144,17 @@ describe('gateway recovery', () => {
     await r.gateway.idle();
     disk.others.bytes = 3_800_000; // 93 % used by others alone
     await clock.advance(60_000);
-    // Attempts 1 s and 2 s apart (the default backoff), each evicting and re-checking.
-    for (let i = 0; i < 100 && recoveryOf(r, 'disk:utilization')?.status !== 'exhausted'; i++) {
-      await clock.advance(1_000);
-      await new Promise((resolve) => setTimeout(resolve, 10)); // evictions are real file I/O
+    // Attempts 1 s and 2 s apart (the default backoff), each evicting (real file I/O) and
+    // re-checking; an attempt's record comes with the timer of the next one.
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      await until(
+        () => (recoveryOf(r, 'disk:utilization')?.history.length ?? 0) >= attempt,
+        `disk recovery attempt ${attempt}`,
+        clock,
+      );
+      if (attempt < 3) await clock.advance(2_000);
     }
+    await until(() => recoveryOf(r, 'disk:utilization')?.status === 'exhausted', 'giving up', clock);
     const state = recoveryOf(r, 'disk:utilization');
     expect(state?.history.map((h) => h.outcome)).toEqual(['action-failed', 'action-failed', 'action-failed']);
     expect(state?.history[0]?.error).toContain('something else is filling this file system');
