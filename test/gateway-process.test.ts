@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
@@ -212,6 +213,42 @@ describe('keel gateway as a process', () => {
     expect(err).not.toContain(client.secretAccessKey);
     gw.proc.kill('SIGTERM');
     expect(await gw.exited).toBe(0);
+  });
+
+  it('exits 1 when its S3 port is taken, naming --listen and the address, with the code ADDRESS_IN_USE', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    const { port } = taken.address() as net.AddressInfo;
+    try {
+      const proc = spawn(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          'packages/gateway/src/cli/main.ts',
+          'gateway',
+          '--upstream',
+          origin.url,
+          '--auth',
+          'anonymous',
+          '--listen',
+          `127.0.0.1:${port}`,
+          '--admin',
+          '0',
+          '--cache-dir',
+          path.join(dir, 'taken'),
+        ],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      let err = '';
+      proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      const code = await new Promise((r) => proc.on('close', r));
+      expect(code).toBe(1);
+      expect(err).toContain(`--listen (KEEL_LISTEN) 127.0.0.1:${port}: `);
+      expect(err).toContain('[ADDRESS_IN_USE]');
+    } finally {
+      await new Promise((r) => taken.close(r));
+    }
   });
 
   it('refuses anonymous mode on a public address without --force-anonymous, naming the setting', async () => {

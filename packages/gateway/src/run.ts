@@ -2,7 +2,7 @@ import os from 'node:os';
 import { Gauge } from 'prom-client';
 import type { DestinationStream, Logger } from 'pino';
 import path from 'node:path';
-import { classify, systemClock, type TimerHandle } from 'keel';
+import { classify, systemClock, wrap, type TimerHandle } from 'keel';
 import {
   createLogger,
   DiskMonitor,
@@ -222,16 +222,20 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
   });
   let admin: AdminServer;
   try {
-    await gateway.listen(config.listenPort, config.listenHost);
-    admin = await startAdminServer(gateway, {
-      port: config.adminPort,
-      host: config.adminHost,
-      token: config.adminToken,
-      health,
-      disk,
-      alerts,
-      recovery,
-    });
+    await naming('--listen (KEEL_LISTEN)', config.listenHost, config.listenPort, () =>
+      gateway.listen(config.listenPort, config.listenHost),
+    );
+    admin = await naming('--admin (KEEL_ADMIN_LISTEN)', config.adminHost, config.adminPort, () =>
+      startAdminServer(gateway, {
+        port: config.adminPort,
+        host: config.adminHost,
+        token: config.adminToken,
+        health,
+        disk,
+        alerts,
+        recovery,
+      }),
+    );
   } catch (err) {
     stopWatching();
     recovery.close();
@@ -273,4 +277,14 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     recovery,
     shutdown: () => shutdown.shutdown('requested'),
   };
+}
+
+/** Runs `start`; its failure (a taken port: `ADDRESS_IN_USE`) keeps its code and names the setting and address. */
+async function naming<T>(setting: string, host: string, port: number, start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (err) {
+    const error = classify(err);
+    throw wrap(err, error.code, `${setting} ${host}:${port}: ${error.message}`);
+  }
 }
