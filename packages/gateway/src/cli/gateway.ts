@@ -7,6 +7,8 @@ import {
   runGateway,
   startDemoOrigin,
   DEMO_OBJECTS,
+  type GatewayConfig,
+  type RunningGateway,
 } from '../index.js';
 
 interface GatewayFlags {
@@ -119,52 +121,78 @@ export function registerGatewayCommand(program: Command): void {
       '--demo',
       'start a local s3rver origin with a demo bucket and the gateway on :8080 (anonymous), admin on :9090',
     )
-    .action(async (flags: GatewayFlags) => {
-      let demoOrigin: Awaited<ReturnType<typeof startDemoOrigin>> | undefined;
-      if (flags.demo) {
-        process.stderr.write('keel gateway --demo: generating the demo bucket (1 KiB, 10 MiB, 200 MiB)…\n');
-        demoOrigin = await startDemoOrigin();
-      }
-      const { demo: _demo, ...rest } = flags;
-      const config = resolveGatewayConfig({
-        ...rest,
-        ...(demoOrigin
-          ? {
-              upstream: demoOrigin.url,
-              auth: flags.auth ?? 'anonymous',
-              originAccessKeyId: 'S3RVER',
-              originSecretAccessKey: 'S3RVER',
-            }
-          : {}),
-      });
-      const running = await runGateway(config, {
-        handleSignals: true,
-        ...(demoOrigin ? { afterShutdown: () => demoOrigin.close() } : {}),
-      });
-      const base = running.gateway.url();
-      const admin = running.admin.url;
-      process.stderr.write(
-        `keel gateway: S3 endpoint ${base} (auth ${config.auth}) → ${config.upstream}; admin ${admin}\n`,
-      );
-      if (demoOrigin) {
-        const big = DEMO_OBJECTS[2].key;
-        process.stdout.write(
-          [
-            '',
-            `Demo bucket "demo": ${DEMO_OBJECTS.map((o) => o.key).join(', ')}`,
-            'Try:',
-            `  curl -sI ${base}/demo/${DEMO_OBJECTS[1].key}                        # x-keel-cache: MISS, then HIT`,
-            `  curl -s -r 0-1048575 ${base}/demo/${big} | wc -c      # a 1 MiB range`,
-            `  curl -s ${base}/demo/${big} | sha256sum               # run twice: the second is from the cache`,
-            `  aws s3 ls s3://demo --endpoint-url ${base} --no-sign-request`,
-            `  aws s3 cp s3://demo/${DEMO_OBJECTS[1].key} /tmp/x --endpoint-url ${base} --no-sign-request`,
-            `  curl -s ${admin}/metrics | grep keel_     # Prometheus metrics`,
-            `  curl -s ${admin}/status                   # JSON status with the repair counters`,
-            `  curl -s ${admin}/health/ready; curl -s -XPOST ${admin}/cache/verify`,
-            'Ctrl-C drains and stops.',
-            '',
-          ].join('\n'),
-        );
-      }
+    .action(async ({ demo, ...flags }: GatewayFlags) => {
+      await (demo ? startDemo(flags) : startGateway(flags));
     });
+}
+
+type Flags = Omit<GatewayFlags, 'demo'>;
+
+/** `keel gateway`: the gateway in front of `--upstream`. */
+async function startGateway(flags: Flags): Promise<void> {
+  const config = resolveGatewayConfig(flags);
+  const running = await runGateway(config, { handleSignals: true });
+  announce(running, config);
+}
+
+/**
+ * `keel gateway --demo`: the demo origin in a process of its own, the gateway in front of it,
+ * then the demo objects. Every step that can fail runs before the costly one after it: the
+ * settings are checked before anything starts, the ports are taken before 211 MiB are generated.
+ * A start that fails stops the origin and removes its directory before the error is reported.
+ */
+async function startDemo(flags: Flags): Promise<void> {
+  const say = (message: string): void => {
+    process.stderr.write(`keel gateway --demo: ${message}\n`);
+  };
+  // The origin's address is known once it listens: any valid URL stands in for it meanwhile.
+  const demoSettings = {
+    auth: flags.auth ?? 'anonymous',
+    originAccessKeyId: 'S3RVER',
+    originSecretAccessKey: 'S3RVER',
+  };
+  const config = resolveGatewayConfig({ ...flags, ...demoSettings, upstream: 'http://127.0.0.1' });
+  const origin = await startDemoOrigin({ log: say });
+  let running: RunningGateway;
+  try {
+    running = await runGateway(
+      { ...config, upstream: origin.url },
+      { handleSignals: true, afterShutdown: () => origin.close() },
+    );
+    say(`generating the demo bucket (${DEMO_OBJECTS.map((o) => o.key.replace('.bin', '')).join(', ')})…`);
+    await origin.seed();
+  } catch (err) {
+    await origin.close();
+    throw err;
+  }
+  const { base, admin } = announce(running, { ...config, upstream: origin.url });
+  const big = DEMO_OBJECTS[2].key;
+  process.stdout.write(
+    [
+      '',
+      `Demo bucket "demo": ${DEMO_OBJECTS.map((o) => o.key).join(', ')}`,
+      `Cache: ${running.gateway.cache?.dir ?? 'none'} (kept on exit; the demo origin's files are removed)`,
+      'Try:',
+      `  curl -sI ${base}/demo/${DEMO_OBJECTS[1].key}                        # x-keel-cache: MISS, then HIT`,
+      `  curl -s -r 0-1048575 ${base}/demo/${big} | wc -c      # a 1 MiB range`,
+      `  curl -s ${base}/demo/${big} | sha256sum               # run twice: the second is from the cache`,
+      `  aws s3 ls s3://demo --endpoint-url ${base} --no-sign-request`,
+      `  aws s3 cp s3://demo/${DEMO_OBJECTS[1].key} /tmp/x --endpoint-url ${base} --no-sign-request`,
+      `  curl -s ${admin}/metrics | grep keel_     # Prometheus metrics`,
+      `  curl -s ${admin}/status                   # JSON status with the repair counters`,
+      `  curl -s ${admin}/health/ready; curl -s -XPOST ${admin}/cache/verify`,
+      'Ctrl-C drains and stops.',
+      '',
+    ].join('\n'),
+  );
+}
+
+/** Prints where the gateway listens, what it is in front of and where its cache is (stderr). */
+function announce(running: RunningGateway, config: GatewayConfig): { base: string; admin: string } {
+  const base = running.gateway.url();
+  const admin = running.admin.url;
+  process.stderr.write(
+    `keel gateway: S3 endpoint ${base} (auth ${config.auth}) → ${config.upstream}; cache ${running.gateway.cache?.dir ?? 'none'}; admin ${admin}\n`,
+  );
+  return { base, admin };
 }

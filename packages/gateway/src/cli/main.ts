@@ -11,7 +11,8 @@ runCli(process.argv).then(
   },
   (err: unknown) => {
     const error = classify(err);
-    process.stderr.write(`keel: ${error.message} [${error.code}]\n`);
-    process.exitCode = 1;
+    // A command that failed is over: nothing it started and could not stop (a server, a pool, a
+    // child process) may keep the process alive once the message is out.
+    process.stderr.write(`keel: ${error.message} [${error.code}]\n`, () => process.exit(1));
   },
 );

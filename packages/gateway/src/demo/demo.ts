@@ -1,8 +1,11 @@
-import { mkdir, mkdtemp, open } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { createCipheriv, createHash } from 'node:crypto';
-import { fixS3rver } from './s3rver-fixes.js';
+import { request } from 'undici';
+import { keelError } from 'keel';
+import { superviseOrigin } from './origin-supervisor.js';
 
 /** The demo's objects: name and size. */
 export const DEMO_OBJECTS = [
@@ -11,61 +14,72 @@ export const DEMO_OBJECTS = [
   { key: '200MiB.bin', size: 200 * 1024 * 1024 },
 ] as const;
 
+const BLOCK_BYTES = 1024 * 1024;
+
 /** Deterministic pseudo-random bytes (AES-CTR over zeros) for block `n` of a demo object, so reruns serve the same data. */
 function block(seed: string, n: number): Buffer {
   const key = createHash('sha256').update(seed).digest().subarray(0, 16);
   const iv = Buffer.alloc(16);
   iv.writeUInt32BE(n, 12);
-  return createCipheriv('aes-128-ctr', key, iv).update(Buffer.alloc(1024 * 1024));
+  return createCipheriv('aes-128-ctr', key, iv).update(Buffer.alloc(BLOCK_BYTES));
+}
+
+/** The bytes of a demo object, block by block (never the whole object in memory). */
+function* content(obj: (typeof DEMO_OBJECTS)[number]): Generator<Buffer> {
+  for (let n = 0; n * BLOCK_BYTES < obj.size; n++)
+    yield block(obj.key, n).subarray(0, Math.min(BLOCK_BYTES, obj.size - n * BLOCK_BYTES));
 }
 
 /**
- * Starts an s3rver origin on a loopback port with a `demo` bucket holding the demo objects,
- * written to s3rver's directory block by block (never the whole object in memory).
+ * Starts the demo's S3 origin: s3rver (with keel's patches) in a child process on a loopback port,
+ * with an empty `demo` bucket, storing into a new directory under the system's temporary
+ * directory. The process is started again on the same port whenever it dies (`log` is told), so
+ * nothing a client sends to the origin can take down the process that called this.
+ *
+ * - `seed()` uploads {@link DEMO_OBJECTS} through s3rver's API, so their metadata (ETag …) is
+ *   s3rver's own.
+ * - `close()` stops the origin and removes its directory (also when the caller dies: the origin's
+ *   process removes it when its parent goes away).
+ * @throws when the origin's process does not start listening.
  */
-export async function startDemoOrigin(): Promise<{ url: string; close(): Promise<void> }> {
-  const { default: S3rver } = (await import('s3rver')) as unknown as {
-    default: new (o: Record<string, unknown>) => {
-      run(): Promise<{ port: number }>;
-      close(cb?: () => void): void;
-    };
-  };
-  fixS3rver();
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-demo-origin-'));
-  const server = new S3rver({
-    port: 0,
-    address: '127.0.0.1',
-    silent: true,
-    directory: dir,
-    configureBuckets: [{ name: 'demo' }],
-  });
-  const { port } = await server.run();
-  const url = `http://127.0.0.1:${port}`;
-  for (const obj of DEMO_OBJECTS) {
-    // Upload through s3rver's API with a streamed body so its metadata (ETag …) is right.
-    const file = path.join(dir, `${obj.key}.src`);
-    await mkdir(dir, { recursive: true });
-    const fh = await open(file, 'w');
-    for (let n = 0; n * 1024 * 1024 < obj.size; n++) {
-      const b = block(obj.key, n);
-      await fh.write(b, 0, Math.min(b.length, obj.size - n * 1024 * 1024));
-    }
-    await fh.close();
-    const { createReadStream } = await import('node:fs');
-    const { request } = await import('undici');
-    const res = await request(`${url}/demo/${obj.key}`, {
-      method: 'PUT',
-      body: createReadStream(file),
-      headers: { 'content-length': String(obj.size), 'content-type': 'application/octet-stream' },
-    });
-    await res.body.dump();
-    if (res.statusCode !== 200)
-      throw new Error(`demo origin: upload of ${obj.key} answered ${res.statusCode}`);
-    const { rm } = await import('node:fs/promises');
-    await rm(file);
+export async function startDemoOrigin(options: { log?: (message: string) => void } = {}): Promise<{
+  url: string;
+  /** Where the origin stores its objects (removed by `close()`). */
+  directory: string;
+  /** The origin's process now; undefined while it is being started again. */
+  pid(): number | undefined;
+  seed(): Promise<void>;
+  close(): Promise<void>;
+}> {
+  const log = options.log ?? ((message: string) => process.stderr.write(`demo origin: ${message}\n`));
+  const directory = await mkdtemp(path.join(os.tmpdir(), 'keel-demo-origin-'));
+  let origin: Awaited<ReturnType<typeof superviseOrigin>>;
+  try {
+    origin = await superviseOrigin(directory, log);
+  } catch (err) {
+    await rm(directory, { recursive: true, force: true });
+    throw err;
   }
+  let closing: Promise<void> | undefined;
   return {
-    url,
-    close: () => new Promise<void>((r) => server.close(() => r())),
+    url: origin.url,
+    directory,
+    pid: () => origin.pid(),
+    seed: async () => {
+      for (const obj of DEMO_OBJECTS) {
+        const res = await request(`${origin.url}/demo/${obj.key}`, {
+          method: 'PUT',
+          body: Readable.from(content(obj)),
+          headers: { 'content-length': String(obj.size), 'content-type': 'application/octet-stream' },
+        });
+        await res.body.dump();
+        if (res.statusCode !== 200)
+          throw keelError(
+            'BAD_GATEWAY',
+            `demo origin: the upload of ${obj.key} was answered ${res.statusCode}`,
+          );
+      }
+    },
+    close: () => (closing ??= origin.close().finally(() => rm(directory, { recursive: true, force: true }))),
   };
 }
