@@ -314,7 +314,7 @@ describe.each(stores)('operation groups on %s', (_name, makeFixture) => {
     expect((await manager.stuck()).map((g) => g.id)).toEqual([id]);
     expect(await manager.diagnose(id)).toMatchObject({
       status: 'running',
-      stuck: true,
+      stuck: 'lease-expired',
       errorKind: 'none',
       strategy: 'reset-and-retry',
       sinceLastActivityMs: 10_001,
@@ -374,14 +374,23 @@ describe.each(stores)('operation groups on %s', (_name, makeFixture) => {
     await manager.run(failed).catch(() => undefined);
     const pending = await manager.create({ name: 'pending', steps: [note('x')] });
     await clock.advance(25 * 3_600_000);
-    expect(await manager.cleanup()).toEqual({ groupsDeleted: { rolled_back: 1 }, logsDeleted: 0 });
+    expect(await manager.cleanup()).toEqual({
+      groupsDeleted: { rolled_back: 1 },
+      logsDeleted: 0,
+      resourcesRemoved: [],
+      resourcesFailed: [],
+    });
     expect(await manager.get(failed)).toBeUndefined();
     expect(await manager.operations(failed)).toEqual([]);
-    await clock.advance(7 * 24 * 3_600_000);
-    expect((await manager.cleanup()).groupsDeleted).toEqual({ completed: 1 });
+    await clock.advance(28 * 24 * 3_600_000);
+    expect((await manager.cleanup()).groupsDeleted).toEqual({});
+    expect(await manager.get(done)).toBeDefined();
+    // completed groups and every group's log lines go after 30 days
+    await clock.advance(2 * 24 * 3_600_000);
+    const last = await manager.cleanup();
+    expect(last.groupsDeleted).toEqual({ completed: 1 });
+    expect(last.logsDeleted).toBe(1);
     expect(await manager.get(done)).toBeUndefined();
-    await clock.advance(30 * 24 * 3_600_000);
-    expect((await manager.cleanup()).logsDeleted).toBe(1);
     expect((await manager.get(pending))?.status).toBe('pending');
   });
 

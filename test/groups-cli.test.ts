@@ -104,6 +104,32 @@ describe('keel groups', () => {
     expect((await keel('recover')).out).toBe('nothing to recover\n');
   });
 
+  it('shows a group whose live worker made no progress as stuck, with the progress it last reported', async () => {
+    const id = await manager.create({ name: 'hung', steps: [touch('a'), touch('b')] });
+    const now = Date.now();
+    // a live worker holds the lease, but operation a last reported progress 11 minutes ago
+    await repo.updateGroup(id, { status: 'running', startedAt: now - 660_000, progressAt: now - 660_000 });
+    await repo.acquireLease(id, 'worker-elsewhere', now, now + 3_600_000);
+    await repo.updateOperation(id, 0, {
+      status: 'running',
+      progress: { at: now - 660_000, message: 'copying', done: 3, total: 10 },
+    });
+    expect((await keel('list')).out).toMatch(/hung {2}last progress .* {2}STUCK \(no-progress\)/);
+    expect(JSON.parse((await keel('list', '--json')).out)).toEqual([
+      expect.objectContaining({ id, stuck: 'no-progress' }),
+    ]);
+    expect((await keel('list', '--stuck-after', '20m')).out).not.toContain('STUCK');
+    const shown = await keel('show', id);
+    expect(shown.out).toContain('holds the lease, but it made no progress for');
+    expect(shown.out).toMatch(/0 step 0 running +touch a {2}progress 3\/10 copying at /);
+    const dry = await keel('recover');
+    expect(dry.code).toBe(1);
+    expect(dry.out).toContain(
+      `group ${id} is running and its worker holds the lease, but it made no progress`,
+    );
+    await expect(keel('list', '--stuck-after', 'soon')).rejects.toThrow(/--stuck-after must be a duration/);
+  });
+
   it('leaves a rollback stop of a paused group to recovery when it has no executors', async () => {
     const id = await manager.create({ name: 'half', steps: [touch('a'), touch('b')] });
     await manager.run(id);

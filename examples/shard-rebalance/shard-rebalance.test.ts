@@ -145,8 +145,8 @@ describe.skipIf(!withPg)('shard rebalance onto a fourth node', () => {
     expect(await snapshot(nodes)).toEqual(original);
   });
 
-  it('recovers a group whose worker process was killed with SIGKILL', async () => {
-    const id = await manager().create(planRebalance(original.routing, ['n1', 'n2', 'n3'], 'n4'));
+  /** Starts a worker process that hangs in operation `seq`; resolves once it got there. */
+  async function hungWorker(id: string, seq: number) {
     const child = spawn(
       process.execPath,
       [
@@ -156,20 +156,59 @@ describe.skipIf(!withPg)('shard rebalance onto a fourth node', () => {
         path.join(dir, 'groups.db'),
         id,
         JSON.stringify(nodes),
-        '2',
+        String(seq),
       ],
       { stdio: ['ignore', 'pipe', 'inherit'] },
     );
+    const output = { text: '' };
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
     await new Promise<void>((resolve, reject) => {
-      let out = '';
       child.stdout.on('data', (chunk: Buffer) => {
-        out += chunk.toString();
-        if (out.includes('AT 2')) resolve();
+        output.text += chunk.toString();
+        if (output.text.includes(`AT ${String(seq)}`)) resolve();
       });
-      child.on('exit', (code) => {
-        reject(new Error(`worker exited early (${String(code)}): ${out}`));
+      void exited.then((code) => {
+        reject(new Error(`worker exited early (${String(code)}): ${output.text}`));
       });
     });
+    return { child, output, exited };
+  }
+
+  it('finds a live worker whose operation hangs stuck by its progress, takes the group over and finishes it', async () => {
+    const id = await manager().create(planRebalance(original.routing, ['n1', 'n2', 'n3'], 'n4'));
+    const worker = await hungWorker(id, 1);
+    // The worker lives and renews its lease; only the lack of progress shows the hang.
+    const rescuer = new GroupManager({
+      repository: repo,
+      executors: registerShardExecutors(new ExecutorRegistry(), nodes),
+      owner: 'rescuer',
+      stuckAfterMs: 1500,
+    });
+    expect(await rescuer.stuck()).toEqual([]);
+    let diagnosis = await rescuer.diagnose(id);
+    while (diagnosis.stuck === false) {
+      expect((await repo.getGroup(id))?.leaseOwner).toBe(`worker-${String(worker.child.pid)}`);
+      await new Promise((r) => setTimeout(r, 100));
+      diagnosis = await rescuer.diagnose(id);
+    }
+    expect(diagnosis).toMatchObject({ stuck: 'no-progress', strategy: 'retry-with-backoff' });
+    expect((await rescuer.healthCheck().check()).status).toBe('fail');
+    const report = await rescuer.recover({ backoffMs: 0 });
+    expect(report.actions).toEqual([
+      { id, action: 'recovered', strategy: 'retry-with-backoff', status: 'completed' },
+    ]);
+    // The hung worker finds at its next heartbeat that the group was taken, cancels the operation and ends.
+    expect(await worker.exited).toBe(0);
+    expect(worker.output.text).toContain('LOST GROUP_LEASE_LOST');
+    balanced(await snapshot(nodes));
+    expect((await rescuer.logs(id)).map((l) => l.message)).toEqual(
+      expect.arrayContaining([expect.stringMatching(/^rescuer took the group over from worker-\d+/)]),
+    );
+  });
+
+  it('recovers a group whose worker process was killed with SIGKILL', async () => {
+    const id = await manager().create(planRebalance(original.routing, ['n1', 'n2', 'n3'], 'n4'));
+    const { child } = await hungWorker(id, 2);
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
 
@@ -182,8 +221,8 @@ describe.skipIf(!withPg)('shard rebalance onto a fourth node', () => {
       owner: 'rescuer',
     });
     expect((await rescuer.stuck()).map((g) => g.id)).toEqual([id]);
-    expect(await rescuer.diagnose(id)).toMatchObject({ stuck: true, strategy: 'reset-and-retry' });
-    expect((await rescuer.progress(id)).current).toEqual([
+    expect(await rescuer.diagnose(id)).toMatchObject({ stuck: 'lease-expired', strategy: 'reset-and-retry' });
+    expect((await rescuer.progress(id)).current).toMatchObject([
       { seq: 2, executor: 'routing.set', target: 'routing/2' },
     ]);
     const report = await rescuer.recover();

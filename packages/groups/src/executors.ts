@@ -1,5 +1,19 @@
 import { keelError } from 'keel';
 
+/** What an executor reports with {@link ExecutorContext.progress}. */
+export interface ProgressReport {
+  message?: string;
+  /** Units done and expected (rows, bytes, files …). */
+  done?: number;
+  total?: number;
+}
+
+/** How a temporary resource is removed: an executor of the registry, run with `payload` as its forward. */
+export interface CleanupCommand<P = unknown> {
+  executor: string;
+  payload: P;
+}
+
 /** What an executor is given for one call. */
 export interface ExecutorContext {
   groupId: string;
@@ -7,7 +21,27 @@ export interface ExecutorContext {
   target: string;
   /** 1 for the first attempt. */
   attempt: number;
+  /**
+   * Aborts when the operation's timeout passes, when a stop with rollback cancels it, or when this
+   * process lost the group (to recovery, or another process after its lease expired). Honour it:
+   * pass it to fetch, pg's query cancellation, streams.
+   */
   signal: AbortSignal;
+  /** The correlation id the operation runs under (also `correlationId()` inside the call). */
+  correlationId: string | undefined;
+  /**
+   * Reports progress: the group counts as making progress, so a long operation that reports is
+   * not found stuck. Writes at most once a second per operation; cheap to call per batch.
+   */
+  progress(report?: ProgressReport): Promise<void>;
+  /**
+   * Records a temporary resource this operation made (a scratch table, a snapshot) with the
+   * command that removes it, so it is removed by `cleanup()` if the group ends (or its process
+   * dies) without {@link releaseTemporary}. `name` is unique within the group.
+   */
+  registerTemporary(name: string, cleanup: CleanupCommand): Promise<void>;
+  /** Forgets a temporary resource the operation removed itself; resolves with whether it was recorded. */
+  releaseTemporary(name: string): Promise<boolean>;
 }
 
 /**

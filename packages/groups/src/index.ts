@@ -3,8 +3,14 @@
  * roll back in reverse on failure, pause, resume, stop, and recover after a crash.
  * @packageDocumentation
  */
-export { GroupManager, type GroupManagerOptions } from './manager.js';
-export { ExecutorRegistry, type Executor, type ExecutorContext } from './executors.js';
+export { GroupManager, DEFAULT_OPERATION_TIMEOUT_MS, type GroupManagerOptions } from './manager.js';
+export {
+  ExecutorRegistry,
+  type Executor,
+  type ExecutorContext,
+  type ProgressReport,
+  type CleanupCommand,
+} from './executors.js';
 export { GroupFailedError } from './group-failed-error.js';
 export {
   TRANSITIONS,
@@ -13,18 +19,29 @@ export {
   canTransition,
   assertTransition,
 } from './status.js';
-export { diagnoseRecord, failureClass, strategyFor } from './diagnose.js';
 export {
-  recoverGroups,
+  diagnoseRecord,
+  failureClass,
+  strategyFor,
+  stuckReason,
+  DEFAULT_STUCK_AFTER_MS,
+} from './diagnose.js';
+export { recoverGroups, type RecoverOptions } from './recovery.js';
+export {
   cleanupGroups,
-  groupsHealthCheck,
-  type RecoverOptions,
+  orphanedResources,
   type RetentionOptions,
   type RetentionReport,
+  type RetentionStatus,
+} from './retention.js';
+export {
+  groupsHealthCheck,
   type GroupsHealthCheck,
   type GroupsHealthOutcome,
-} from './recovery.js';
-export { reconcile, type Difference, type ReconcileOptions } from './reconcile.js';
+  type GroupsHealthOptions,
+  type GroupsHealthCounts,
+} from './health-check.js';
+export { reconcile, diff, type Difference, type ReconcileOptions, type DiffOptions } from './reconcile.js';
 export type {
   OperationSpec,
   StepSpec,
@@ -37,6 +54,9 @@ export type {
   Diagnosis,
   RecoveryAction,
   RecoveryReport,
+  StuckReason,
+  OperationProgress,
+  StuckMode,
 } from './types.js';
 export {
   openGroupRepository,
@@ -52,4 +72,6 @@ export {
   type StoredError,
   type GroupLogEntry,
   type StoreAccess,
+  type TemporaryResource,
+  type ResourceWithOwner,
 } from '@keel/store';

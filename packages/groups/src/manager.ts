@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import {
-  classify,
+  correlationId,
   keelError,
   type KeelError,
   exponential,
@@ -8,7 +8,7 @@ import {
   type RetryOptions,
   systemClock,
   type Clock,
-  type TimerHandle,
+  withCorrelation,
 } from 'keel';
 import type {
   GroupRecord,
@@ -16,20 +16,21 @@ import type {
   GroupStatus,
   NewOperation,
   OperationRecord,
-  StoredError,
   StopMode,
 } from '@keel/store';
-import { diagnoseRecord } from './diagnose.js';
+import { DEFAULT_STUCK_AFTER_MS, diagnoseRecord, lastProgressAt, stuckReason } from './diagnose.js';
+import { GroupFailedError } from './group-failed-error.js';
+import { GroupRun, type RunHost } from './group-run.js';
+import { groupsHealthCheck, type GroupsHealthCheck, type GroupsHealthOptions } from './health-check.js';
+import { LeaseKeeper } from './lease-keeper.js';
+import { recoverGroups, takeOver, type RecoverOptions } from './recovery.js';
 import {
   cleanupGroups,
-  groupsHealthCheck,
-  recoverGroups,
-  type GroupsHealthCheck,
-  type RecoverOptions,
+  RetentionSchedule,
   type RetentionOptions,
   type RetentionReport,
-} from './recovery.js';
-import { GroupFailedError } from './group-failed-error.js';
+  type RetentionStatus,
+} from './retention.js';
 import type { ExecutorRegistry } from './executors.js';
 import { assertTransition } from './status.js';
 import type {
@@ -42,6 +43,9 @@ import type {
   RunOutcome,
   StepSpec,
 } from './types.js';
+
+/** Default timeout of one operation: 30 minutes. */
+export const DEFAULT_OPERATION_TIMEOUT_MS = 30 * 60_000;
 
 /** Options of {@link GroupManager}. */
 export interface GroupManagerOptions {
@@ -56,25 +60,27 @@ export interface GroupManagerOptions {
   retryRunner?: RetryRunner;
   /** This process's name in leases (default a random id). */
   owner?: string;
+  /** Timeout of operations whose group and spec set none (default 30 min). */
+  operationTimeoutMs?: number;
+  /** An active group that made no progress for this long is stuck, even while its worker lives (default 10 min). */
+  stuckAfterMs?: number;
+  /**
+   * Retention settings, the defaults of {@link GroupManager.cleanup}. With `everyMs`, cleanup runs by
+   * itself every `everyMs` on the manager's clock until {@link GroupManager.close}.
+   */
+  retention?: RetentionOptions & { everyMs?: number };
 }
 
-const toStored = (err: KeelError, phase: 'forward' | 'rollback', seq: number): StoredError => ({
-  code: err.code,
-  kind: err.kind,
-  message: err.message,
-  retryable: err.retryable,
-  phase,
-  seq,
-});
-
-/** The error that counts: the cause of RETRIES_EXHAUSTED, so diagnosis sees the real failure. */
-function rootError(err: unknown): KeelError {
-  const e = classify(err);
-  return e.code === 'RETRIES_EXHAUSTED' && e.cause !== undefined ? classify(e.cause) : e;
+function positiveMs(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!(Number.isFinite(value) && value > 0))
+    throw keelError('INVALID_CONFIG', `${name} must be a number of ms > 0, got ${String(value)}`);
+  return value;
 }
 
-function toNewOperations(steps: readonly StepSpec[], firstStep: number): NewOperation[] {
+function toNewOperations(steps: readonly StepSpec[], firstStep: number, timeoutMs: number): NewOperation[] {
   const out: NewOperation[] = [];
+  const correlation = correlationId() ?? null;
   steps.forEach((step, i) => {
     const ops: readonly OperationSpec[] = Array.isArray(step) ? step : [step as OperationSpec];
     for (const op of ops) {
@@ -90,6 +96,8 @@ function toNewOperations(steps: readonly StepSpec[], firstStep: number): NewOper
         target: op.target,
         forward: op.forward ?? null,
         rollback: op.rollback ?? null,
+        timeoutMs: positiveMs(`operation ${op.executor} ${op.target}: timeoutMs`, op.timeoutMs, timeoutMs),
+        correlationId: correlation,
       });
     }
   });
@@ -99,7 +107,8 @@ function toNewOperations(steps: readonly StepSpec[], firstStep: number): NewOper
 /**
  * Creates, runs, controls and recovers operation groups stored in a {@link GroupRepository}.
  * Any number of managers in any number of processes may share one store: leases decide who
- * runs a group, and control requests (pause, stop) are read from the store between operations.
+ * runs a group, and control requests (pause, stop) are read from the store between operations
+ * and, for a stop with rollback, at every lease heartbeat.
  */
 export class GroupManager {
   readonly repository: GroupRepository;
@@ -107,14 +116,28 @@ export class GroupManager {
   readonly clock: Clock;
   readonly leaseMs: number;
   readonly owner: string;
-  private readonly runWithRetry: RetryRunner;
+  readonly operationTimeoutMs: number;
+  readonly stuckAfterMs: number;
+  /** @internal Runs one attempt sequence of an operation. */
+  readonly runWithRetry: RetryRunner;
+  /** Groups this manager is running now, so stop and recovery act on them in this process. */
+  private readonly active = new Map<string, { run: GroupRun; done: Promise<void> }>();
+  private readonly retention: RetentionOptions;
+  private readonly schedule: RetentionSchedule | undefined;
+  private readonly host: RunHost;
 
   constructor(options: GroupManagerOptions) {
     this.repository = options.repository;
     this.executors = options.executors;
     this.clock = options.clock ?? systemClock;
-    this.leaseMs = options.leaseMs ?? 30_000;
+    this.leaseMs = positiveMs('leaseMs', options.leaseMs, 30_000);
     this.owner = options.owner ?? `keel-${randomUUID().slice(0, 8)}`;
+    this.operationTimeoutMs = positiveMs(
+      'operationTimeoutMs',
+      options.operationTimeoutMs,
+      DEFAULT_OPERATION_TIMEOUT_MS,
+    );
+    this.stuckAfterMs = positiveMs('stuckAfterMs', options.stuckAfterMs, DEFAULT_STUCK_AFTER_MS);
     if (options.retryRunner !== undefined) {
       this.runWithRetry = options.retryRunner;
     } else {
@@ -126,13 +149,41 @@ export class GroupManager {
       });
       this.runWithRetry = (fn, signal) => policy.execute(fn, signal === undefined ? {} : { signal });
     }
+    const { everyMs, ...retention } = options.retention ?? {};
+    this.retention = retention;
+    this.host = {
+      repository: this.repository,
+      executors: this.executors,
+      clock: this.clock,
+      runWithRetry: this.runWithRetry,
+      transition: (id, to, extra) => this.transition(id, to, extra),
+      log: (id, level, message) => this.log(id, level, message),
+      require: (id) => this.require(id),
+    };
+    this.schedule =
+      everyMs === undefined
+        ? undefined
+        : new RetentionSchedule(this.clock, positiveMs('retention.everyMs', everyMs, 1), () =>
+            this.cleanup(),
+          );
   }
 
-  /** Stores a new group in `pending`; returns its id. */
+  /** Stores a new group in `pending`; returns its id. The current correlation id is stored with it. */
   async create(definition: GroupDefinition): Promise<string> {
     const id = definition.id ?? randomUUID();
     const now = this.clock.now();
-    const operations = toNewOperations(definition.steps, 0);
+    const onStuck = definition.onStuck ?? 'retry';
+    if (!['retry', 'rollback', 'manual'].includes(onStuck))
+      throw keelError(
+        'INVALID_INPUT',
+        `onStuck must be retry, rollback or manual, got ${JSON.stringify(onStuck)}`,
+      );
+    const groupTimeoutMs = positiveMs(
+      'operationTimeoutMs',
+      definition.operationTimeoutMs,
+      this.operationTimeoutMs,
+    );
+    const operations = toNewOperations(definition.steps, 0, groupTimeoutMs);
     if (await this.repository.getGroup(id)) {
       throw keelError('CONFLICT', `a group with id ${id} already exists`, { groupId: id });
     }
@@ -151,6 +202,10 @@ export class GroupManager {
         leaseExpiresAt: null,
         lastError: null,
         recoverAttempts: 0,
+        progressAt: now,
+        onStuck,
+        operationTimeoutMs: definition.operationTimeoutMs ?? null,
+        correlationId: correlationId() ?? null,
       },
       operations,
     );
@@ -173,7 +228,10 @@ export class GroupManager {
     }
     const ops = await this.repository.getOperations(id);
     const nextStep = ops.reduce((max, op) => Math.max(max, op.step + 1), 0);
-    const seqs = await this.repository.appendOperations(id, toNewOperations(steps, nextStep));
+    const seqs = await this.repository.appendOperations(
+      id,
+      toNewOperations(steps, nextStep, group.operationTimeoutMs ?? this.operationTimeoutMs),
+    );
     await this.log(id, 'info', `appended operations ${seqs.join(', ')}`);
     return seqs;
   }
@@ -194,7 +252,7 @@ export class GroupManager {
     return this.repository.getLogs(id);
   }
 
-  /** Done / total, current operations, status and times. */
+  /** Done / total, current operations with their last progress report, status and times. */
   async progress(id: string): Promise<GroupProgress> {
     const group = await this.require(id);
     const ops = await this.repository.getOperations(id);
@@ -206,23 +264,34 @@ export class GroupManager {
       total: ops.length,
       current: ops
         .filter((o) => o.status === 'running')
-        .map((o) => ({ seq: o.seq, executor: o.executor, target: o.target })),
+        .map((o) => ({
+          seq: o.seq,
+          executor: o.executor,
+          target: o.target,
+          startedAt: o.startedAt,
+          timeoutMs: o.timeoutMs,
+          progress: o.progress,
+        })),
       startedAt: group.startedAt,
       lastActivityAt: group.updatedAt,
+      lastProgressAt: lastProgressAt(group),
       finishedAt: group.finishedAt,
     };
   }
 
-  /** Status, last error and its kind, time since the last activity, whether stuck, and the strategy. */
+  /** Status, last error and its kind, time since the last activity and progress, whether stuck, and the strategy. */
   async diagnose(id: string): Promise<Diagnosis> {
-    return diagnoseRecord(await this.require(id), this.clock.now());
+    return diagnoseRecord(await this.require(id), this.clock.now(), this.stuckAfterMs);
   }
 
-  /** Groups whose worker's lease expired while they were running, stopping or rolling back. */
+  /**
+   * Groups in `running`, `stopping` or `rolling_back` that are stuck: their worker's lease expired,
+   * or they made no progress for `stuckAfterMs` although the worker renews its lease.
+   */
   async stuck(): Promise<GroupRecord[]> {
     const now = this.clock.now();
     const active = await this.repository.listGroups({ statuses: ['running', 'stopping', 'rolling_back'] });
-    return active.filter((g) => g.leaseExpiresAt === null || g.leaseExpiresAt <= now);
+    return active.filter((g) => stuckReason(g, now, this.stuckAfterMs) !== false);
   }
 
   /**
@@ -257,8 +326,9 @@ export class GroupManager {
   }
 
   /**
-   * Stops a group: `graceful` lets the current operation finish, then stops; `rollback` stops and
-   * rolls back what was done. Honoured by whichever process runs the group, between operations.
+   * Stops a group: `graceful` lets the current operation finish, then stops; `rollback` cancels
+   * the operations in flight (their signal aborts) and rolls back what was done. Honoured by
+   * whichever process runs the group: at once in this process, within a lease heartbeat in another.
    * If nobody runs it, a graceful stop takes effect now; a rollback stop of a paused group runs
    * here unless `drive: false`, which leaves it `stopping` for {@link GroupManager.recover}.
    */
@@ -279,6 +349,7 @@ export class GroupManager {
     }
     await this.transition(id, 'stopping', { stopMode: mode });
     await this.log(id, 'info', `stop (${mode}) requested`);
+    if (mode === 'rollback') this.active.get(id)?.run.cancelStep(stoppedError(id));
     if (options.drive ?? group.status === 'paused') return this.tryDrive(id);
     return { id, status: 'stopping' };
   }
@@ -308,17 +379,30 @@ export class GroupManager {
     return recoverGroups(this, options);
   }
 
-  /** Deletes finished groups and old logs by age; see {@link cleanupGroups}. */
+  /**
+   * Deletes finished groups and old logs by age, and removes orphaned temporary resources; see
+   * {@link cleanupGroups}. Options default to the manager's `retention` settings.
+   */
   cleanup(options?: RetentionOptions): Promise<RetentionReport> {
-    return cleanupGroups(this, options);
+    return cleanupGroups(this, { ...this.retention, ...options });
+  }
+
+  /** The last scheduled cleanup (with the `retention.everyMs` option), or undefined. */
+  retentionStatus(): RetentionStatus | undefined {
+    return this.schedule?.status();
   }
 
   /** A health check with auto-recovery, in the shape @keel/ops registers; see {@link groupsHealthCheck}. */
-  healthCheck(options?: RecoverOptions & { name?: string }): GroupsHealthCheck {
+  healthCheck(options?: GroupsHealthOptions): GroupsHealthCheck {
     return groupsHealthCheck(this, options);
   }
 
-  /** Moves the group to `to` if that is allowed from its current status (compare-and-set). */
+  /** Stops the retention schedule (groups in flight are not touched); resolves when a scheduled run has ended. */
+  async close(): Promise<void> {
+    await this.schedule?.stop();
+  }
+
+  /** Moves the group to `to` if that is allowed from its current status (compare-and-set); a change is progress. */
   async transition(
     id: string,
     to: GroupStatus,
@@ -329,7 +413,8 @@ export class GroupManager {
     for (let i = 0; i < 5; i++) {
       const group = await this.require(id);
       assertTransition(id, group.status, to);
-      const patch = { ...extra, status: to, updatedAt: this.clock.now() };
+      const now = this.clock.now();
+      const patch = { ...extra, status: to, updatedAt: now, progressAt: now };
       if (group.startedAt !== null) delete patch.startedAt;
       if (await this.repository.updateGroup(id, patch, [group.status])) {
         if (group.status !== to) await this.log(id, 'info', `${group.status} → ${to}`);
@@ -351,213 +436,65 @@ export class GroupManager {
 
   /**
    * Works on a group in an active status until it settles: runs operations, honours pause and
-   * stop requests, rolls back. Holds the group's lease meanwhile, renewed by a heartbeat.
+   * stop requests, rolls back. Holds the group's lease meanwhile, renewed by a heartbeat, and runs
+   * under the correlation id the group was created with.
    */
   async drive(id: string): Promise<RunOutcome> {
-    const now = this.clock.now();
-    if (!(await this.repository.acquireLease(id, this.owner, now, now + this.leaseMs))) {
-      throw keelError(
-        'GROUP_LEASED',
-        `group ${id} is being run by another process; wait for it, or for its lease to expire`,
-        { groupId: id },
-        { kind: 'client', httpStatus: 409, stack: false },
-      );
-    }
-    const abort = new AbortController();
-    let heartbeat: TimerHandle | undefined;
-    const beat = (): void => {
-      heartbeat = this.clock.setTimer(Math.max(1, Math.floor(this.leaseMs / 3)), () => {
-        const at = this.clock.now();
-        this.repository.renewLease(id, this.owner, at, at + this.leaseMs).then(
-          (held) => {
-            if (held) beat();
-            else {
-              abort.abort(
-                keelError(
-                  'GROUP_LEASE_LOST',
-                  `${this.owner} lost the lease on group ${id} to another process; stopping without recording`,
-                  { groupId: id },
-                ),
-              );
-              void this.log(id, 'warn', `${this.owner} lost the lease`).catch(() => undefined);
-            }
-          },
-          () => {
-            beat();
-          },
-        );
-      });
-    };
-    beat();
-    const errors: KeelError[] = [];
+    if (this.active.has(id)) throw leasedError(id, 'this process');
+    const run = new GroupRun(this.host, id);
+    let ended!: () => void;
+    // Registered before the first await, so a second drive of the group in this process is refused.
+    this.active.set(id, { run, done: new Promise<void>((resolve) => (ended = resolve)) });
+    let keeper: LeaseKeeper | undefined;
+    // On the system clock (whose timers are unref'd), a run in flight keeps the process alive as
+    // an open socket would: a process whose only work is a hung operation must keep its
+    // heartbeat, so the hang is found by progress and the operation cancelled, not silently dropped.
+    const alive = this.clock === systemClock ? setInterval(() => undefined, 2 ** 30) : undefined;
     try {
-      return await this.loop(id, abort.signal, errors);
+      const now = this.clock.now();
+      if (!(await this.repository.acquireLease(id, this.owner, now, now + this.leaseMs)))
+        throw leasedError(id, 'another process');
+      keeper = new LeaseKeeper(this.repository, this.clock, this.owner, this.leaseMs, id, {
+        lost: (reason) => {
+          run.lose(reason);
+          void this.log(id, 'warn', `${this.owner} lost the lease`).catch(() => undefined);
+        },
+        renewed: (latest) => {
+          if (latest.status === 'stopping' && latest.stopMode === 'rollback')
+            run.cancelStep(stoppedError(id));
+        },
+      });
+      keeper.start();
+      const cid = (await this.require(id)).correlationId ?? undefined;
+      return await (cid === undefined ? run.loop() : withCorrelation(cid, () => run.loop()));
     } finally {
-      heartbeat?.cancel();
-      await this.repository.releaseLease(id, this.owner).catch(() => undefined);
-    }
-  }
-
-  private async loop(id: string, signal: AbortSignal, errors: KeelError[]): Promise<RunOutcome> {
-    for (;;) {
-      if (signal.aborted) throw classify(signal.reason);
-      const group = await this.require(id);
-      switch (group.status) {
-        case 'running': {
-          const ops = await this.repository.getOperations(id);
-          const open = ops.filter(
-            (o) => o.status === 'pending' || o.status === 'running' || o.status === 'failed',
-          );
-          if (open.length === 0) {
-            await this.transition(id, 'completed', { finishedAt: this.clock.now() });
-            return { id, status: 'completed' };
-          }
-          const step = Math.min(...open.map((o) => o.step));
-          const failures = await this.runStep(
-            id,
-            open.filter((o) => o.step === step),
-            signal,
-          );
-          if (signal.aborted) throw classify(signal.reason);
-          if (failures.length > 0) {
-            errors.push(...failures.map((f) => f.error));
-            const first = failures[0];
-            const lastError = first === undefined ? null : toStored(first.error, 'forward', first.seq);
-            // A pause or stop may have raced the failure: a failure still wins over them.
-            const target = group.onFailure === 'stop' ? 'failed' : 'rolling_back';
-            const current = await this.require(id);
-            if (current.status === 'paused') await this.transition(id, 'running');
-            else if (current.status === 'stopping' && target === 'failed') {
-              await this.transition(id, 'rolling_back', { lastError });
-              break;
-            }
-            await this.transition(id, target, {
-              lastError,
-              ...(target === 'failed' ? { finishedAt: this.clock.now() } : {}),
-            });
-            if (target === 'failed') throw new GroupFailedError(id, 'failed', errors);
-          }
-          break;
-        }
-        case 'stopping':
-          if (group.stopMode === 'rollback') {
-            await this.transition(id, 'rolling_back');
-            break;
-          }
-          await this.transition(id, 'stopped', { finishedAt: this.clock.now() });
-          return { id, status: 'stopped' };
-        case 'rolling_back': {
-          const rollbackErrors = await this.rollbackAll(id, signal);
-          errors.push(...rollbackErrors);
-          const status = rollbackErrors.length > 0 ? 'rollback_failed' : 'rolled_back';
-          const lastRollback = rollbackErrors[0];
-          await this.transition(id, status, {
-            finishedAt: this.clock.now(),
-            ...(lastRollback === undefined
-              ? {}
-              : { lastError: { ...toStored(lastRollback, 'rollback', -1) } }),
-          });
-          if (errors.length > 0) throw new GroupFailedError(id, status, errors);
-          return { id, status };
-        }
-        default:
-          return { id, status: group.status };
+      if (keeper !== undefined) {
+        keeper.stop();
+        await this.repository.releaseLease(id, this.owner).catch(() => undefined);
       }
-    }
-  }
-
-  private async runStep(
-    id: string,
-    ops: readonly OperationRecord[],
-    signal: AbortSignal,
-  ): Promise<{ seq: number; error: KeelError }[]> {
-    const results = await Promise.all(ops.map((op) => this.runOne(id, op, 'forward', signal)));
-    return results.filter((r): r is { seq: number; error: KeelError } => r !== undefined);
-  }
-
-  private async runOne(
-    id: string,
-    op: OperationRecord,
-    direction: 'forward' | 'rollback',
-    signal: AbortSignal,
-  ): Promise<{ seq: number; error: KeelError } | undefined> {
-    const label = `${direction} ${String(op.seq)} ${op.executor} ${op.target}`;
-    let attempts = op.attempts;
-    if (direction === 'forward') {
-      await this.repository.updateOperation(id, op.seq, {
-        status: 'running',
-        startedAt: this.clock.now(),
-        error: null,
-      });
-      await this.touch(id);
-    }
-    try {
-      const executor = this.executors.get(op.executor);
-      const rollbackFn = executor.rollback?.bind(executor);
-      await this.runWithRetry(async (ctx) => {
-        attempts++;
-        const execCtx = { groupId: id, seq: op.seq, target: op.target, attempt: ctx.attempt, signal };
-        if (direction === 'forward') await executor.forward(op.forward, execCtx);
-        else if (rollbackFn !== undefined) await rollbackFn(op.rollback, execCtx);
-      }, signal);
-      // A worker that lost its lease must not record anything: the group belongs to another now.
-      if (signal.aborted) return { seq: op.seq, error: classify(signal.reason) };
-      await this.repository.updateOperation(id, op.seq, {
-        status: direction === 'forward' ? 'done' : 'rolled_back',
-        attempts,
-        finishedAt: this.clock.now(),
-        error: null,
-      });
-      await this.log(id, 'info', `${label}: ok`);
-      return undefined;
-    } catch (err) {
-      if (signal.aborted) return { seq: op.seq, error: classify(signal.reason) };
-      const error = rootError(err);
-      await this.repository.updateOperation(id, op.seq, {
-        status: direction === 'forward' ? 'failed' : 'rollback_failed',
-        attempts,
-        finishedAt: this.clock.now(),
-        error: toStored(error, direction, op.seq),
-      });
-      await this.log(id, 'error', `${label}: ${error.code}: ${error.message}`);
-      return { seq: op.seq, error };
-    } finally {
-      if (!signal.aborted) await this.touch(id);
+      clearInterval(alive);
+      this.active.delete(id);
+      ended();
     }
   }
 
   /**
-   * Undoes, in reverse order, every operation that did or may have done something (done,
-   * interrupted, failed, or whose rollback failed before). Each rollback is retried; a rollback
-   * that still fails is recorded and the rest still run.
+   * @internal Takes a stuck group away from whoever runs it, so recovery can drive it: a run in this
+   * process is stopped (and awaited); another process's lease is taken over, and that process
+   * stops at its next heartbeat without recording anything.
+   * @throws KeelError `GROUP_LEASED` when the holder changed meanwhile.
    */
-  private async rollbackAll(id: string, signal: AbortSignal): Promise<KeelError[]> {
-    const ops = await this.repository.getOperations(id);
-    const todo = ops
-      .filter((o) => ['done', 'running', 'failed', 'rollback_failed'].includes(o.status))
-      .sort((a, b) => b.seq - a.seq);
-    const errors: KeelError[] = [];
-    for (const op of todo) {
-      if (op.rollback === null) {
-        await this.repository.updateOperation(id, op.seq, { status: 'rolled_back' });
-        continue;
-      }
-      const failure = await this.runOne(id, op, 'rollback', signal);
-      if (signal.aborted) throw classify(signal.reason);
-      if (failure !== undefined) errors.push(failure.error);
-    }
-    return errors;
+  async takeOverFrom(group: GroupRecord, reason: string): Promise<void> {
+    await takeOver(this, this.active.get(group.id), group, reason);
   }
 
-  private async touch(id: string): Promise<void> {
-    await this.repository.updateGroup(id, { updatedAt: this.clock.now() });
-  }
-
-  private async log(id: string, level: 'info' | 'warn' | 'error', message: string): Promise<void> {
+  /** @internal */
+  async log(id: string, level: 'info' | 'warn' | 'error', message: string): Promise<void> {
     await this.repository.addLog({ groupId: id, at: this.clock.now(), level, message });
   }
 
-  private async require(id: string): Promise<GroupRecord> {
+  /** @internal The group, or NOT_FOUND naming the store. */
+  async require(id: string): Promise<GroupRecord> {
     const group = await this.repository.getGroup(id);
     if (group === undefined) {
       throw keelError(
@@ -569,4 +506,22 @@ export class GroupManager {
     }
     return group;
   }
+}
+
+function leasedError(id: string, holder: string): KeelError {
+  return keelError(
+    'GROUP_LEASED',
+    `group ${id} is being run by ${holder}; wait for it, or for its lease to expire`,
+    { groupId: id },
+    { kind: 'client', httpStatus: 409, stack: false },
+  );
+}
+
+function stoppedError(id: string): KeelError {
+  return keelError(
+    'GROUP_STOPPED',
+    `group ${id} was stopped with rollback; the operation in flight was cancelled`,
+    { groupId: id },
+    { kind: 'client', httpStatus: 409, stack: false },
+  );
 }

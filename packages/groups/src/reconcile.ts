@@ -21,6 +21,27 @@ export interface ReconcileOptions<T> {
   remove?: (key: string, actual: T) => OperationSpec | OperationSpec[];
 }
 
+/** What {@link diff} compares. */
+export type DiffOptions<T> = Pick<ReconcileOptions<T>, 'actual' | 'desired' | 'equals'>;
+
+/** The differences between desired and actual state, sorted by key (what the health check counts as drift). */
+export async function diff<T>(options: DiffOptions<T>): Promise<Difference<T>[]> {
+  const equals = options.equals ?? ((a: T, b: T) => JSON.stringify(a) === JSON.stringify(b));
+  const [actual, desired] = await Promise.all([options.actual(), options.desired()]);
+  const keys = [...new Set([...actual.keys(), ...desired.keys()])].sort();
+  const differences: Difference<T>[] = [];
+  for (const key of keys) {
+    const has = actual.has(key);
+    const wants = desired.has(key);
+    const a = actual.get(key) as T;
+    const d = desired.get(key) as T;
+    if (wants && !has) differences.push({ key, kind: 'missing', desired: d });
+    else if (has && !wants) differences.push({ key, kind: 'extra', actual: a });
+    else if (has && wants && !equals(a, d)) differences.push({ key, kind: 'changed', actual: a, desired: d });
+  }
+  return differences;
+}
+
 /**
  * Compares desired and actual state, lists the differences (sorted by key) and builds the steps
  * of a group that closes them: each difference's operations form one sequential run, appended in order.
@@ -29,29 +50,16 @@ export interface ReconcileOptions<T> {
 export async function reconcile<T>(
   options: ReconcileOptions<T>,
 ): Promise<{ differences: Difference<T>[]; steps: OperationSpec[] }> {
-  const equals = options.equals ?? ((a: T, b: T) => JSON.stringify(a) === JSON.stringify(b));
-  const [actual, desired] = await Promise.all([options.actual(), options.desired()]);
-  const keys = [...new Set([...actual.keys(), ...desired.keys()])].sort();
-  const differences: Difference<T>[] = [];
+  const differences = await diff(options);
   const steps: OperationSpec[] = [];
   const add = (ops: OperationSpec | OperationSpec[]): void => {
     steps.push(...(Array.isArray(ops) ? ops : [ops]));
   };
-  for (const key of keys) {
-    const has = actual.has(key);
-    const wants = desired.has(key);
-    const a = actual.get(key) as T;
-    const d = desired.get(key) as T;
-    if (wants && !has) {
-      differences.push({ key, kind: 'missing', desired: d });
-      add(options.create(key, d));
-    } else if (has && !wants) {
-      differences.push({ key, kind: 'extra', actual: a });
-      if (options.remove) add(options.remove(key, a));
-    } else if (has && wants && !equals(a, d)) {
-      differences.push({ key, kind: 'changed', actual: a, desired: d });
-      if (options.update) add(options.update(key, a, d));
-    }
+  for (const d of differences) {
+    if (d.kind === 'missing') add(options.create(d.key, d.desired));
+    else if (d.kind === 'extra') {
+      if (options.remove) add(options.remove(d.key, d.actual));
+    } else if (options.update) add(options.update(d.key, d.actual, d.desired));
   }
   return { differences, steps };
 }

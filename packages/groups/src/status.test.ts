@@ -88,6 +88,10 @@ describe('diagnosis', () => {
     leaseExpiresAt: 5000,
     lastError: null,
     recoverAttempts: 0,
+    progressAt: 1000,
+    onStuck: 'retry' as const,
+    operationTimeoutMs: null,
+    correlationId: null,
   };
 
   it('a running group is stuck only once its lease has expired', () => {
@@ -96,7 +100,7 @@ describe('diagnosis', () => {
       strategy: 'none',
     });
     expect(diagnoseRecord({ ...base, status: 'running' }, 5000)).toMatchObject({
-      stuck: true,
+      stuck: 'lease-expired',
       strategy: 'reset-and-retry',
       sinceLastActivityMs: 4000,
     });
@@ -111,5 +115,48 @@ describe('diagnosis', () => {
     expect(diagnoseRecord({ ...base, status: 'stopping', stopMode: 'rollback' }, 9999).strategy).toBe(
       'continue-rollback',
     );
+  });
+
+  it('a group whose live worker renews its lease is stuck after stuckAfterMs without progress', () => {
+    const live = { ...base, status: 'running' as const, leaseExpiresAt: 10_000_000 };
+    expect(diagnoseRecord(live, 1000 + 600_000).stuck).toBe(false);
+    expect(diagnoseRecord(live, 1000 + 600_001)).toMatchObject({
+      stuck: 'no-progress',
+      errorKind: 'timeout',
+      strategy: 'retry-with-backoff',
+      sinceLastProgressMs: 600_001,
+    });
+    // heartbeats move updatedAt, not progressAt: still stuck
+    expect(diagnoseRecord({ ...live, updatedAt: 600_000 }, 1000 + 600_001).stuck).toBe('no-progress');
+    expect(diagnoseRecord(live, 1000 + 5_001, 5_000).stuck).toBe('no-progress');
+    expect(diagnoseRecord(live, 1000 + 600_001).summary).toMatch(
+      /holds the lease, but it made no progress for 600001 ms/,
+    );
+  });
+
+  it.each([
+    ['retry', 'no-progress', 'retry-with-backoff'],
+    ['rollback', 'no-progress', 'roll-back'],
+    ['manual', 'no-progress', 'manual'],
+    ['retry', 'lease-expired', 'reset-and-retry'],
+    ['rollback', 'lease-expired', 'roll-back'],
+    ['manual', 'lease-expired', 'manual'],
+  ] as const)(
+    'a stuck running group with onStuck %s (%s) is recovered by %s',
+    (onStuck, reason, strategy) => {
+      const group = {
+        ...base,
+        status: 'running' as const,
+        onStuck,
+        leaseExpiresAt: reason === 'lease-expired' ? 5000 : 10_000_000,
+      };
+      expect(diagnoseRecord(group, 1_000_000)).toMatchObject({ stuck: reason, strategy });
+    },
+  );
+
+  it('cluster failures are checked before they are retried', () => {
+    for (const code of ['NO_QUORUM', 'NOT_LEADER', 'CLUSTER_UNHEALTHY', 'NODE_UNAVAILABLE'])
+      expect(failureClass(err(code, 'transient'))).toBe('cluster');
+    expect(strategyFor('cluster')).toBe('check-cluster-and-retry');
   });
 });

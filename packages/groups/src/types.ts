@@ -1,5 +1,12 @@
 import type { KeelError, PolicyFn } from 'keel';
-import type { FailureMode, GroupRecord, GroupStatus, OperationRecord } from '@keel/store';
+import type {
+  FailureMode,
+  GroupRecord,
+  GroupStatus,
+  OperationProgress,
+  OperationRecord,
+  StuckMode,
+} from '@keel/store';
 
 /** One operation as declared: which executor, on what, with which payloads. */
 export interface OperationSpec<F = unknown, R = unknown> {
@@ -9,6 +16,11 @@ export interface OperationSpec<F = unknown, R = unknown> {
   forward: F;
   /** What undoing it takes; omit when there is nothing to undo. */
   rollback?: R;
+  /**
+   * How long one run of the operation (all its attempts) may take, in ms, forward or rollback;
+   * then its signal aborts and it fails with TIMEOUT. Default: the group's `operationTimeoutMs`.
+   */
+  timeoutMs?: number;
 }
 
 /** A step: one operation, or several that run in parallel. */
@@ -22,6 +34,10 @@ export interface GroupDefinition {
   onFailure?: FailureMode;
   /** Id to use (default: a random UUID). Creating an existing id is refused with CONFLICT. */
   id?: string;
+  /** Timeout of each operation that sets none (default: the manager's `operationTimeoutMs`, 30 min). */
+  operationTimeoutMs?: number;
+  /** What recovery does when the group is stuck: `retry` (default), `rollback` or `manual`. */
+  onStuck?: StuckMode;
 }
 
 /** Runs one attempt sequence of an operation; the default is keel's retry policy. */
@@ -40,10 +56,20 @@ export interface GroupProgress {
   status: GroupStatus;
   done: number;
   total: number;
-  /** Operations running now (or interrupted by a crash), as `seq executor target`. */
-  current: { seq: number; executor: string; target: string }[];
+  /** Operations running now (or interrupted by a crash), with their last progress report. */
+  current: {
+    seq: number;
+    executor: string;
+    target: string;
+    startedAt: number | null;
+    timeoutMs: number | null;
+    progress: OperationProgress | null;
+  }[];
   startedAt: number | null;
+  /** Last time anything happened, lease heartbeats included. */
   lastActivityAt: number;
+  /** Last time the group made progress (what stuck detection reads). */
+  lastProgressAt: number;
   finishedAt: number | null;
 }
 
@@ -51,23 +77,35 @@ export interface GroupProgress {
 export type RecoveryStrategy =
   | 'retry-with-backoff'
   | 'check-and-retry'
+  | 'check-cluster-and-retry'
   | 'reset-and-retry'
+  | 'roll-back'
   | 'continue-rollback'
   | 'finish-stop'
   | 'manual'
   | 'none';
 
 /** The error families that decide a strategy. */
-export type FailureClass = 'network' | 'timeout' | 'resource' | 'state' | 'logic' | 'none';
+export type FailureClass = 'network' | 'timeout' | 'resource' | 'cluster' | 'state' | 'logic' | 'none';
+
+/**
+ * Why an active group is stuck: its worker's lease expired (the worker died or froze), or it made
+ * no progress for `stuckAfterMs` although its worker is alive (an operation hangs).
+ */
+export type StuckReason = 'lease-expired' | 'no-progress';
 
 /** What {@link GroupManager.diagnose} finds. */
 export interface Diagnosis {
   id: string;
   status: GroupStatus;
-  stuck: boolean;
+  /** `false`, or why the group is stuck. */
+  stuck: false | StuckReason;
   lastError: GroupRecord['lastError'];
+  /** The family of the last error; `timeout` for a group stuck without progress and without an error. */
   errorKind: FailureClass;
   sinceLastActivityMs: number;
+  sinceLastProgressMs: number;
+  onStuck: StuckMode;
   strategy: RecoveryStrategy;
   /** One sentence for a person: what happened and what recovery will do. */
   summary: string;
@@ -86,4 +124,4 @@ export interface RecoveryReport {
   actions: RecoveryAction[];
 }
 
-export type { GroupRecord, OperationRecord };
+export type { GroupRecord, OperationRecord, OperationProgress, StuckMode };

@@ -27,6 +27,35 @@ export type StopMode = 'graceful' | 'rollback';
 /** What to do when an operation fails for good: roll back the group (default) or leave it `failed`. */
 export type FailureMode = 'rollback' | 'stop';
 
+/**
+ * What recovery does with a stuck group (its worker died, or it made no progress for too long):
+ * `retry` (default) runs the interrupted operation again, `rollback` rolls the group back,
+ * `manual` leaves it for a person.
+ */
+export type StuckMode = 'retry' | 'rollback' | 'manual';
+
+/** The last progress an executor reported for its operation. */
+export interface OperationProgress {
+  /** Epoch ms of the report. */
+  at: number;
+  message?: string;
+  /** Units done and expected (rows, bytes, files …), when the executor counts them. */
+  done?: number;
+  total?: number;
+}
+
+/** A temporary resource an operation made (a scratch table, a snapshot, a temp file) and how to remove it. */
+export interface TemporaryResource {
+  groupId: string;
+  /** The operation that registered it. */
+  seq: number;
+  /** Unique within the group, e.g. `tmp_shard_7_copy`. */
+  name: string;
+  /** An executor of the registry whose `forward(payload)` removes the resource (idempotently). */
+  cleanup: { executor: string; payload: unknown };
+  registeredAt: number;
+}
+
 /** An error as persisted: enough to diagnose and choose a recovery strategy. */
 export interface StoredError {
   code: string;
@@ -36,6 +65,8 @@ export interface StoredError {
   /** `forward` or `rollback`, and which operation, when the error came from one. */
   phase?: 'forward' | 'rollback';
   seq?: number;
+  /** The correlation id the operation ran under. */
+  correlationId?: string;
 }
 
 /** One persisted group. Times are epoch ms. */
@@ -54,6 +85,17 @@ export interface GroupRecord {
   leaseExpiresAt: number | null;
   lastError: StoredError | null;
   recoverAttempts: number;
+  /**
+   * Last time the group made progress: a status change, an operation that started or ended, or a
+   * progress report of an executor. Lease heartbeats do not count, so a live worker whose operation
+   * hangs is found stuck.
+   */
+  progressAt: number | null;
+  onStuck: StuckMode;
+  /** Timeout of its operations that set none of their own, in ms (null: the manager's default). */
+  operationTimeoutMs: number | null;
+  /** The correlation id of the request that created the group (restored when it runs). */
+  correlationId: string | null;
 }
 
 /** One persisted operation of a group. */
@@ -73,6 +115,12 @@ export interface OperationRecord {
   error: StoredError | null;
   startedAt: number | null;
   finishedAt: number | null;
+  /** How long one run of the operation (all its attempts) may take, in ms; null: no limit. */
+  timeoutMs: number | null;
+  /** The executor's last progress report. */
+  progress: OperationProgress | null;
+  /** The correlation id of the request that added the operation (restored when it runs). */
+  correlationId: string | null;
 }
 
 /** One line of a group's log. */
@@ -96,16 +144,25 @@ export type GroupPatch = Partial<
     | 'leaseExpiresAt'
     | 'lastError'
     | 'recoverAttempts'
+    | 'progressAt'
   >
 >;
 
 /** Columns of an operation that may be changed by {@link GroupRepository.updateOperation}. */
 export type OperationPatch = Partial<
-  Pick<OperationRecord, 'status' | 'attempts' | 'error' | 'startedAt' | 'finishedAt'>
+  Pick<OperationRecord, 'status' | 'attempts' | 'error' | 'startedAt' | 'finishedAt' | 'progress'>
 >;
 
 /** An operation to insert: its group and seq are given by the repository call. */
-export type NewOperation = Pick<OperationRecord, 'step' | 'executor' | 'target' | 'forward' | 'rollback'>;
+export type NewOperation = Pick<
+  OperationRecord,
+  'step' | 'executor' | 'target' | 'forward' | 'rollback' | 'timeoutMs' | 'correlationId'
+>;
+
+/** A temporary resource with the status of the group that owns it (null: the group was deleted). */
+export interface ResourceWithOwner extends TemporaryResource {
+  groupStatus: GroupStatus | null;
+}
 
 /**
  * Durable storage of groups, their operations and logs. Both implementations make every call
@@ -130,6 +187,11 @@ export interface GroupRepository {
   updateOperation(groupId: string, seq: number, patch: OperationPatch): Promise<void>;
   /** Takes the lease if it is free, expired or already `owner`'s. */
   acquireLease(id: string, owner: string, nowMs: number, untilMs: number): Promise<boolean>;
+  /**
+   * Takes the lease from `from` (compare-and-set on the holder, expired or not): how recovery takes
+   * a group whose live worker made no progress. The old holder's next heartbeat finds it lost.
+   */
+  takeOverLease(id: string, owner: string, from: string | null, untilMs: number): Promise<boolean>;
   /** Extends the lease if `owner` still holds it. */
   renewLease(id: string, owner: string, nowMs: number, untilMs: number): Promise<boolean>;
   releaseLease(id: string, owner: string): Promise<void>;
@@ -139,5 +201,11 @@ export interface GroupRepository {
   deleteGroups(status: GroupStatus, beforeMs: number): Promise<number>;
   /** Deletes log lines older than `beforeMs`. */
   deleteLogs(beforeMs: number): Promise<number>;
+  /** Records a temporary resource (replacing one of the same group and name). */
+  addResource(resource: TemporaryResource): Promise<void>;
+  /** Forgets a temporary resource (it was removed); resolves with whether it was recorded. */
+  removeResource(groupId: string, name: string): Promise<boolean>;
+  /** Temporary resources registered before `beforeMs` (all when omitted), oldest first, at most `limit` (default 1000). */
+  listResources(filter?: { beforeMs?: number; limit?: number }): Promise<ResourceWithOwner[]>;
   close(): Promise<void>;
 }

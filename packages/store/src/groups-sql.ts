@@ -7,6 +7,8 @@ import type {
   NewOperation,
   OperationPatch,
   OperationRecord,
+  ResourceWithOwner,
+  TemporaryResource,
 } from './groups-schema.js';
 
 /**
@@ -23,7 +25,10 @@ export interface GroupSqlDriver {
   close(): Promise<void>;
 }
 
-/** Schema version 1 of the groups tables; the same SQL runs on SQLite and PostgreSQL. */
+/**
+ * The versions of the groups tables; the same SQL runs on SQLite and PostgreSQL. Never edit a
+ * released version: add the next one.
+ */
 export const GROUPS_MIGRATIONS: readonly { version: number; statements: readonly string[] }[] = [
   {
     version: 1,
@@ -45,6 +50,23 @@ export const GROUPS_MIGRATIONS: readonly { version: number; statements: readonly
       `CREATE INDEX IF NOT EXISTS keel_group_logs_at ON keel_group_logs (at)`,
     ],
   },
+  {
+    // Stuck by progress, operation timeouts, correlation ids, temporary resources.
+    version: 2,
+    statements: [
+      `ALTER TABLE keel_groups ADD COLUMN progress_at BIGINT`,
+      `ALTER TABLE keel_groups ADD COLUMN on_stuck TEXT`,
+      `ALTER TABLE keel_groups ADD COLUMN correlation_id TEXT`,
+      `ALTER TABLE keel_groups ADD COLUMN operation_timeout_ms BIGINT`,
+      `ALTER TABLE keel_group_operations ADD COLUMN timeout_ms BIGINT`,
+      `ALTER TABLE keel_group_operations ADD COLUMN progress TEXT`,
+      `ALTER TABLE keel_group_operations ADD COLUMN correlation_id TEXT`,
+      `CREATE TABLE IF NOT EXISTS keel_group_resources (
+        group_id TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, cleanup_executor TEXT NOT NULL,
+        cleanup_payload TEXT, registered_at BIGINT NOT NULL, PRIMARY KEY (group_id, name))`,
+      `CREATE INDEX IF NOT EXISTS keel_group_resources_at ON keel_group_resources (registered_at)`,
+    ],
+  },
 ];
 
 const GROUP_COLUMNS: Record<keyof GroupPatch, string> = {
@@ -57,6 +79,7 @@ const GROUP_COLUMNS: Record<keyof GroupPatch, string> = {
   leaseExpiresAt: 'lease_expires_at',
   lastError: 'last_error',
   recoverAttempts: 'recover_attempts',
+  progressAt: 'progress_at',
 };
 
 const OPERATION_COLUMNS: Record<keyof OperationPatch, string> = {
@@ -65,9 +88,12 @@ const OPERATION_COLUMNS: Record<keyof OperationPatch, string> = {
   error: 'error',
   startedAt: 'started_at',
   finishedAt: 'finished_at',
+  progress: 'progress',
 };
 
-const JSON_FIELDS = new Set(['lastError', 'error']);
+const JSON_FIELDS = new Set(['lastError', 'error', 'progress']);
+const STUCK_MODES = new Set(['retry', 'rollback', 'manual']);
+const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 
 const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 const text = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
@@ -90,6 +116,10 @@ function toGroup(r: Record<string, unknown>): GroupRecord {
     leaseExpiresAt: num(r.lease_expires_at),
     lastError: json(r.last_error) as GroupRecord['lastError'],
     recoverAttempts: Number(r.recover_attempts),
+    progressAt: num(r.progress_at),
+    onStuck: STUCK_MODES.has(String(r.on_stuck)) ? (r.on_stuck as GroupRecord['onStuck']) : 'retry',
+    operationTimeoutMs: num(r.operation_timeout_ms),
+    correlationId: str(r.correlation_id),
   };
 }
 
@@ -107,6 +137,20 @@ function toOperation(r: Record<string, unknown>): OperationRecord {
     error: json(r.error) as OperationRecord['error'],
     startedAt: num(r.started_at),
     finishedAt: num(r.finished_at),
+    timeoutMs: num(r.timeout_ms),
+    progress: json(r.progress) as OperationRecord['progress'],
+    correlationId: str(r.correlation_id),
+  };
+}
+
+function toResource(r: Record<string, unknown>): ResourceWithOwner {
+  return {
+    groupId: String(r.group_id),
+    seq: Number(r.seq),
+    name: String(r.name),
+    cleanup: { executor: String(r.cleanup_executor), payload: json(r.cleanup_payload) },
+    registeredAt: Number(r.registered_at),
+    groupStatus: typeof r.group_status === 'string' ? (r.group_status as GroupStatus) : null,
   };
 }
 
@@ -173,8 +217,9 @@ export class SqlGroupRepository implements GroupRepository {
     await this.db.transaction(async (tx) => {
       await tx.run(
         `INSERT INTO keel_groups (id, name, status, on_failure, stop_mode, created_at, started_at, updated_at,
-          finished_at, lease_owner, lease_expires_at, last_error, recover_attempts)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          finished_at, lease_owner, lease_expires_at, last_error, recover_attempts, progress_at, on_stuck,
+          operation_timeout_ms, correlation_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         [
           group.id,
           group.name,
@@ -189,6 +234,10 @@ export class SqlGroupRepository implements GroupRepository {
           group.leaseExpiresAt,
           encode(group.lastError),
           group.recoverAttempts,
+          group.progressAt,
+          group.onStuck,
+          group.operationTimeoutMs,
+          group.correlationId,
         ],
       );
       await insertOperations(tx, group.id, 0, operations);
@@ -269,6 +318,20 @@ export class SqlGroupRepository implements GroupRepository {
     return changed > 0;
   }
 
+  async takeOverLease(id: string, owner: string, from: string | null, untilMs: number): Promise<boolean> {
+    const changed =
+      from === null
+        ? await this.db.run(
+            `UPDATE keel_groups SET lease_owner = ?, lease_expires_at = ? WHERE id = ? AND lease_owner IS NULL`,
+            [owner, untilMs, id],
+          )
+        : await this.db.run(
+            `UPDATE keel_groups SET lease_owner = ?, lease_expires_at = ? WHERE id = ? AND lease_owner = ?`,
+            [owner, untilMs, id, from],
+          );
+    return changed > 0;
+  }
+
   async renewLease(id: string, owner: string, nowMs: number, untilMs: number): Promise<boolean> {
     const changed = await this.db.run(
       `UPDATE keel_groups SET lease_expires_at = ?, updated_at = ? WHERE id = ? AND lease_owner = ?`,
@@ -326,6 +389,46 @@ export class SqlGroupRepository implements GroupRepository {
     return this.db.run(`DELETE FROM keel_group_logs WHERE at < ?`, [beforeMs]);
   }
 
+  async addResource(resource: TemporaryResource): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await tx.run(`DELETE FROM keel_group_resources WHERE group_id = ? AND name = ?`, [
+        resource.groupId,
+        resource.name,
+      ]);
+      await tx.run(
+        `INSERT INTO keel_group_resources (group_id, name, seq, cleanup_executor, cleanup_payload, registered_at)
+         VALUES (?, ?, ?, ?, ?, ?)`,
+        [
+          resource.groupId,
+          resource.name,
+          resource.seq,
+          resource.cleanup.executor,
+          encode(resource.cleanup.payload),
+          resource.registeredAt,
+        ],
+      );
+    });
+  }
+
+  async removeResource(groupId: string, name: string): Promise<boolean> {
+    return (
+      (await this.db.run(`DELETE FROM keel_group_resources WHERE group_id = ? AND name = ?`, [
+        groupId,
+        name,
+      ])) > 0
+    );
+  }
+
+  async listResources(filter: { beforeMs?: number; limit?: number } = {}): Promise<ResourceWithOwner[]> {
+    const rows = await this.db.all(
+      `SELECT r.*, g.status AS group_status FROM keel_group_resources r
+       LEFT JOIN keel_groups g ON g.id = r.group_id
+       WHERE r.registered_at < ? ORDER BY r.registered_at, r.group_id, r.name LIMIT ?`,
+      [filter.beforeMs ?? Number.MAX_SAFE_INTEGER, filter.limit ?? 1000],
+    );
+    return rows.map(toResource);
+  }
+
   async close(): Promise<void> {
     await this.db.close();
   }
@@ -340,9 +443,20 @@ async function insertOperations(
   let seq = firstSeq;
   for (const op of operations) {
     await tx.run(
-      `INSERT INTO keel_group_operations (group_id, seq, step, executor, target, forward, rollback, status, attempts)
-       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0)`,
-      [groupId, seq, op.step, op.executor, op.target, encode(op.forward), encode(op.rollback)],
+      `INSERT INTO keel_group_operations (group_id, seq, step, executor, target, forward, rollback, status, attempts,
+        timeout_ms, correlation_id)
+       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)`,
+      [
+        groupId,
+        seq,
+        op.step,
+        op.executor,
+        op.target,
+        encode(op.forward),
+        encode(op.rollback),
+        op.timeoutMs,
+        op.correlationId,
+      ],
     );
     seq++;
   }

@@ -3,21 +3,26 @@ import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import { keelError } from 'keel';
 import {
+  DEFAULT_STUCK_AFTER_MS,
   ExecutorRegistry,
   GroupFailedError,
   GroupManager,
   openGroupRepository,
+  stuckReason,
   TRANSITIONS,
   type GroupRepository,
   type GroupStatus,
+  type OperationProgress,
   type StopMode,
   type StoreAccess,
 } from '@keel/groups';
+import { duration } from './queue.js';
 
 interface GroupsOptions {
   store?: string;
   json?: boolean;
   executors?: string;
+  stuckAfter?: string;
 }
 
 const STATUSES = Object.keys(TRANSITIONS) as GroupStatus[];
@@ -57,10 +62,11 @@ async function withManager<T>(
       'no store given: pass --store <sqlite file | postgres://…> or set KEEL_GROUPS_STORE',
     );
   }
+  const stuckAfterMs = duration('--stuck-after', options.stuckAfter, DEFAULT_STUCK_AFTER_MS);
   const executors = await loadExecutors(options.executors);
   const repository = await openGroupRepository(url, { access });
   try {
-    return await fn(new GroupManager({ repository, executors }), repository);
+    return await fn(new GroupManager({ repository, executors, stuckAfterMs }), repository);
   } finally {
     await repository.close();
   }
@@ -73,6 +79,17 @@ function out(options: GroupsOptions, value: unknown, lines: readonly string[]): 
 }
 
 const iso = (ms: number | null): string => (ms === null ? '-' : new Date(ms).toISOString());
+
+const progressText = (p: OperationProgress): string =>
+  [
+    p.done === undefined
+      ? undefined
+      : `${String(p.done)}${p.total === undefined ? '' : `/${String(p.total)}`}`,
+    p.message,
+    `at ${iso(p.at)}`,
+  ]
+    .filter((x) => x !== undefined)
+    .join(' ');
 
 function needExecutors(options: GroupsOptions, what: string): void {
   if (options.executors === undefined) {
@@ -89,7 +106,12 @@ export function registerGroupsCommand(program: Command): void {
   const common = (c: Command): Command =>
     c
       .option('--store <url>', 'SQLite file or postgres:// URL (default $KEEL_GROUPS_STORE)')
-      .option('--json', 'print machine-readable JSON');
+      .option('--json', 'print machine-readable JSON')
+      .option(
+        '--stuck-after <duration>',
+        'an active group without progress for this long is stuck (e.g. 10m, 1h)',
+        '10m',
+      );
   const withExecutors = (c: Command): Command =>
     common(c).option('--executors <module>', 'module exporting registerExecutors(registry)');
 
@@ -103,7 +125,12 @@ export function registerGroupsCommand(program: Command): void {
       }
       await withManager(options, 'read-only', async (manager) => {
         const list = await manager.list(statuses);
-        const rows = await Promise.all(list.map((g) => manager.progress(g.id)));
+        const rows = await Promise.all(
+          list.map(async (g) => ({
+            ...(await manager.progress(g.id)),
+            stuck: stuckReason(g, manager.clock.now(), manager.stuckAfterMs),
+          })),
+        );
         out(
           options,
           rows,
@@ -111,7 +138,8 @@ export function registerGroupsCommand(program: Command): void {
             ? ['no groups']
             : rows.map(
                 (p) =>
-                  `${p.id}  ${p.status.padEnd(15)} ${String(p.done)}/${String(p.total)}  ${p.name}  last activity ${iso(p.lastActivityAt)}`,
+                  `${p.id}  ${p.status.padEnd(15)} ${String(p.done)}/${String(p.total)}  ${p.name}  last progress ${iso(p.lastProgressAt)}` +
+                  (p.stuck === false ? '' : `  STUCK (${p.stuck})`),
               ),
         );
       });
@@ -128,13 +156,14 @@ export function registerGroupsCommand(program: Command): void {
       out(options, { progress, diagnosis, operations, logs }, [
         `${progress.id}  ${progress.name}`,
         `status: ${progress.status}  ${String(progress.done)}/${String(progress.total)} done`,
-        `started: ${iso(progress.startedAt)}  last activity: ${iso(progress.lastActivityAt)}  finished: ${iso(progress.finishedAt)}`,
+        `started: ${iso(progress.startedAt)}  last activity: ${iso(progress.lastActivityAt)}  last progress: ${iso(progress.lastProgressAt)}  finished: ${iso(progress.finishedAt)}`,
         `diagnosis: ${diagnosis.summary}`,
         'operations:',
         ...operations.map(
           (o) =>
             `  ${String(o.seq).padStart(3)} step ${String(o.step)} ${o.status.padEnd(15)} ${o.executor} ${o.target}` +
-            (o.error === null ? '' : `  ${o.error.code}: ${o.error.message}`),
+            (o.error === null ? '' : `  ${o.error.code}: ${o.error.message}`) +
+            (o.status === 'running' && o.progress !== null ? `  progress ${progressText(o.progress)}` : ''),
         ),
         'log:',
         ...logs.map((l) => `  ${iso(l.at)} ${l.level} ${l.message}`),

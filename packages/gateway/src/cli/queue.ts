@@ -18,7 +18,8 @@ function positiveInt(name: string, raw: string | undefined, fallback: number): n
   return n;
 }
 
-function duration(name: string, raw: string | undefined, fallbackMs: number): number {
+/** Parses a CLI duration (`30m`, `12h`, `7d`, `500ms`, plain ms); INVALID_INPUT naming the flag otherwise. */
+export function duration(name: string, raw: string | undefined, fallbackMs: number): number {
   if (raw === undefined) return fallbackMs;
   const m = /^(\d+)(ms|s|m|h|d)?$/.exec(raw.trim());
   if (!m) throw keelError('INVALID_INPUT', `${name} must be a duration such as 30m, 12h or 7d, got "${raw}"`);
