@@ -1,16 +1,23 @@
 import net from 'node:net';
 
-/** A TCP server for chaos tests: echoes, or sends `payload` on connect and closes. */
+/**
+ * A TCP server for chaos tests: echoes (calling `onEcho` with each chunk once its echo is written),
+ * or sends `payload` on connect and closes.
+ */
 export async function startUpstream(
-  mode: { echo: true } | { payload: Buffer },
+  mode: { echo: true; onEcho?: (chunk: Buffer) => void } | { payload: Buffer },
 ): Promise<{ port: number; close(): Promise<void> }> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
-    if ('echo' in mode) socket.pipe(socket);
-    else socket.end(mode.payload);
+    if ('echo' in mode) {
+      socket.pipe(socket);
+      // Listens after the pipe, so the chunk has been written back when this runs.
+      const { onEcho } = mode;
+      if (onEcho) socket.on('data', onEcho);
+    } else socket.end(mode.payload);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as net.AddressInfo).port;

@@ -11,7 +11,7 @@ afterEach(async () => {
 });
 
 async function setup(
-  mode: { echo: true } | { payload: Buffer },
+  mode: Parameters<typeof startUpstream>[0],
 ): Promise<{ proxy: ChaosProxy; upstreamPort: number }> {
   const upstream = await startUpstream(mode);
   const proxy = await chaos.proxy({ upstream: `127.0.0.1:${upstream.port}` });
@@ -93,19 +93,33 @@ describe('chaos TCP proxy', () => {
   });
 
   it('timeout 0 holds the connection until the toxic is removed', async () => {
-    const { proxy } = await setup({ echo: true });
+    let echoed!: () => void;
+    const echoedBack = new Promise<void>((r) => (echoed = r));
+    const { proxy } = await setup({ echo: true, onEcho: () => echoed() });
     proxy.add({ type: 'timeout', name: 'hold', attributes: { timeout: 0 } });
     const socket = net.connect(proxy.port, '127.0.0.1');
     const received: Buffer[] = [];
-    socket.on('data', (d: Buffer) => received.push(d));
+    let arrived = (): void => undefined;
+    socket.on('data', (d: Buffer) => {
+      received.push(d);
+      arrived();
+    });
     await new Promise((r) => socket.once('connect', r));
     socket.write('dropped');
+    await echoedBack; // the echo is on its way back through the held downstream
     await new Promise((r) => setTimeout(r, 100));
+    // An I/O poll runs before the next immediate: the proxy has read (and dropped) the echo.
+    await new Promise((r) => setImmediate(r));
     expect(received.length).toBe(0);
     expect(socket.destroyed).toBe(false);
     proxy.remove('hold');
+    const through = new Promise<void>((r) => {
+      arrived = () => {
+        if (Buffer.concat(received).length >= 'through'.length) r();
+      };
+    });
     socket.write('through');
-    await new Promise((r) => setTimeout(r, 100));
+    await through;
     expect(Buffer.concat(received).toString()).toBe('through');
     socket.destroy();
   });
