@@ -1,10 +1,13 @@
-import { mkdir, readFile, rename, rm, writeFile, open } from 'node:fs/promises';
+import { readFile, rename, rm, open } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { fixFileMode, privateDir, PRIVATE_FILE_MODE } from './private-files.js';
 
 /**
  * A small JSON document on disk that survives restarts (alert history, recovery attempts).
  * Writes go to a `.tmp` file that is fsynced and renamed, so a crash leaves the old or the new
  * document, never half of one; saves coalesce (one write in flight, the latest state wins).
+ * The file is private: written 0600 in directories created 0700, and one found readable by other
+ * users when it is loaded is made 0600, with a process warning (`KEEL_FILE_MODE_FIXED`).
  */
 export class JsonStateFile<T> {
   private writing: Promise<void> | undefined;
@@ -15,6 +18,7 @@ export class JsonStateFile<T> {
 
   /** Reads the document; `undefined` when the file is missing or not valid JSON (a fresh start). */
   async load(): Promise<T | undefined> {
+    await fixFileMode(this.path);
     let text: string;
     try {
       text = await readFile(this.path, 'utf8');
@@ -32,8 +36,8 @@ export class JsonStateFile<T> {
   /** Checks at start-up that the directory can be created and written; throws naming `setting`. */
   async assertWritable(setting: string): Promise<void> {
     try {
-      await mkdir(dirname(this.path), { recursive: true });
-      const handle = await open(`${this.path}.probe`, 'w');
+      await privateDir(dirname(this.path));
+      const handle = await open(`${this.path}.probe`, 'w', PRIVATE_FILE_MODE);
       await handle.close();
       await rm(`${this.path}.probe`, { force: true });
     } catch (err) {
@@ -59,11 +63,13 @@ export class JsonStateFile<T> {
       while (this.hasPending) {
         const value = this.pending;
         this.hasPending = false;
-        await mkdir(dirname(this.path), { recursive: true });
+        await privateDir(dirname(this.path));
         const tmp = `${this.path}.tmp`;
-        await writeFile(tmp, JSON.stringify(value));
-        const handle = await open(tmp, 'r+');
+        // A .tmp left by a crash keeps its old mode when reopened: remove it first.
+        await rm(tmp, { force: true });
+        const handle = await open(tmp, 'wx', PRIVATE_FILE_MODE);
         try {
+          await handle.writeFile(JSON.stringify(value));
           await handle.sync();
         } finally {
           await handle.close();

@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { isKeelError, keelError } from 'keel';
 import { assertStoreFile, checkAccess, isNotSqlite, notAStore, type StoreAccess } from './access.js';
 import type { GroupRepository } from './groups-schema.js';
+import { preparePrivateSqliteFile } from './private-files.js';
 import { GROUPS_MIGRATIONS, SqlGroupRepository, type GroupSqlDriver } from './groups-sql.js';
 
 /** Options of {@link sqliteGroupRepository}. */
@@ -19,7 +20,8 @@ export interface SqliteGroupOptions {
 
 /**
  * Groups stored in a SQLite file (WAL, `synchronous=FULL` by default). Several processes may
- * open the same file; every call is one transaction.
+ * open the same file; every call is one transaction. The file is created 0600 (its directory
+ * 0700), and one found open to other users is made private, with a process warning.
  * @throws KeelError `GROUP_STORE_NOT_FOUND` (access `existing` or `read-only`) when the file is
  *   missing or not a keel groups store, `GROUP_STORE_OPEN_FAILED` when it cannot be opened or migrated;
  *   both name the file.
@@ -32,6 +34,7 @@ export async function sqliteGroupRepository(
   if (access !== 'create') assertStoreFile('GROUP_STORE_NOT_FOUND', 'groups', file);
   let db: Database.Database | undefined;
   try {
+    if (access !== 'read-only') preparePrivateSqliteFile(file);
     db = new Database(file, { readonly: access === 'read-only', fileMustExist: access !== 'create' });
     if (access !== 'read-only') db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${options.synchronous ?? 'FULL'}`);

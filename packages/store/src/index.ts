@@ -1,3 +1,4 @@
+export { PRIVATE_FILE_MODE, PRIVATE_DIR_MODE, warnFileModeFixed } from './private-files.js';
 export { STORE_ACCESSES, type StoreAccess, type NotAStoreReason } from './access.js';
 
 // Operation groups' persistence (src/groups).

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { isKeelError, keelError } from 'keel';
 import { assertStoreFile, checkAccess, isNotSqlite, notAStore, type StoreAccess } from './access.js';
+import { preparePrivateSqliteFile } from './private-files.js';
 import { SQLITE_QUEUE_MIGRATIONS } from './queue-schema.js';
 import {
   firstOfKey,
@@ -29,7 +30,9 @@ export interface SqliteQueueStoreOptions {
 }
 
 /**
- * The queue's SQLite store (WAL, `synchronous=FULL` by default). Every method is one
+ * The queue's SQLite store (WAL, `synchronous=FULL` by default). The file is created 0600 (its
+ * directory 0700), and one found open to other users is made private, with a process warning.
+ * Every method is one
  * transaction; {@link enqueue} and {@link complete} commit a whole batch with one fsync (group commit).
  * better-sqlite3 is synchronous: the promises it returns are already settled.
  */
@@ -57,6 +60,7 @@ export class SqliteQueueStore implements QueueStore {
     if (access !== 'create') assertStoreFile('QUEUE_STORE_NOT_FOUND', 'queue', file);
     let db: Database.Database | undefined;
     try {
+      if (access !== 'read-only') preparePrivateSqliteFile(file);
       db = new Database(file, { readonly: access === 'read-only', fileMustExist: access !== 'create' });
       this.db = db;
       if (access !== 'read-only') this.db.pragma('journal_mode = WAL');

@@ -1,5 +1,6 @@
-import { appendFile, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { appendFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { fixFileMode, privateDir, PRIVATE_FILE_MODE } from '../private-files.js';
 import type { Alert, AlertHandler } from './types.js';
 
 /** Options of {@link jsonlFileAlertHandler}. */
@@ -14,7 +15,8 @@ export interface JsonlFileOptions {
 
 /**
  * Appends alerts as JSON lines, rotating `path` → `path.1` → … when it passes `maxBytes`.
- * Writes are serialised so lines never interleave.
+ * Writes are serialised so lines never interleave. The file is created 0600 (its directory 0700);
+ * an existing one readable by other users is made 0600 at the first write, with a process warning.
  */
 export function jsonlFileAlertHandler(options: JsonlFileOptions): AlertHandler {
   const maxBytes = options.maxBytes ?? 10 * 1024 * 1024;
@@ -22,6 +24,7 @@ export function jsonlFileAlertHandler(options: JsonlFileOptions): AlertHandler {
   if (!(maxBytes > 0)) throw new Error('alerts.jsonlFile.maxBytes: must be > 0');
   if (!Number.isInteger(keep) || keep < 1) throw new Error('alerts.jsonlFile.keep: must be an integer >= 1');
   let chain: Promise<void> = Promise.resolve();
+  let checked = false;
 
   async function rotateIfNeeded(): Promise<void> {
     let size: number;
@@ -39,9 +42,15 @@ export function jsonlFileAlertHandler(options: JsonlFileOptions): AlertHandler {
   }
 
   async function write(alerts: readonly Alert[]): Promise<void> {
-    await mkdir(dirname(options.path), { recursive: true });
+    await privateDir(dirname(options.path));
+    if (!checked) {
+      checked = true;
+      await fixFileMode(options.path);
+    }
     await rotateIfNeeded();
-    await appendFile(options.path, alerts.map((a) => JSON.stringify(a) + '\n').join(''));
+    await appendFile(options.path, alerts.map((a) => JSON.stringify(a) + '\n').join(''), {
+      mode: PRIVATE_FILE_MODE,
+    });
   }
 
   return {
