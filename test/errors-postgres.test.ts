@@ -63,7 +63,14 @@ describe.skipIf(!available)('classify() of PostgreSQL errors', () => {
     victim.on('error', (err) => errors.push(err));
     const pid = (await victim.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]?.pid;
     const running = failure(() => victim.query('SELECT pg_sleep(30)'));
-    await new Promise((r) => setTimeout(r, 100));
+    // Terminate the backend once it is running the statement, so it is cut off mid-query.
+    const isRunning = async (): Promise<boolean> =>
+      (
+        await client.query<{ state: string | null }>('SELECT state FROM pg_stat_activity WHERE pid = $1', [
+          pid,
+        ])
+      ).rows[0]?.state === 'active';
+    while (!(await isRunning())); // each look is a round trip to the server
     await client.query('SELECT pg_terminate_backend($1)', [pid]);
     const terminated = classify(await running);
     expect(terminated.retryable).toBe(true);
