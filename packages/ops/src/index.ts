@@ -82,3 +82,5 @@ export {
 export { createLogger, type LoggerFactoryOptions } from './logger.js';
 export { DegradationRegistry, type DegradationMode, type ComponentMode } from './degradation.js';
 export { JsonStateFile } from './state-store.js';
+export { ProcessRestarts, type ProcessRestartsOptions, type PreviousRun } from './restarts.js';
+export { PRIVATE_FILE_MODE, PRIVATE_DIR_MODE, fixFileMode, privateDir } from './private-files.js';
