@@ -208,12 +208,15 @@ export interface Recorded {
 export interface Recorder {
   url: string;
   seen: Recorded[];
+  /** Response body bytes the origin sent back through the recorder so far. */
+  bodyBytes(): number;
   close(): Promise<void>;
 }
 
 export async function startRecorder(upstream: string): Promise<Recorder> {
   const up = new URL(upstream);
   const seen: Recorded[] = [];
+  let bodyBytes = 0;
   const server = http.createServer((req, res) => {
     const parts: Buffer[] = [];
     req.on('data', (d: Buffer) => parts.push(d));
@@ -224,6 +227,7 @@ export async function startRecorder(upstream: string): Promise<Recorder> {
         { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
         (r) => {
           res.writeHead(r.statusCode ?? 502, r.headers);
+          r.on('data', (d: Buffer) => (bodyBytes += d.length));
           r.pipe(res);
         },
       );
@@ -236,6 +240,7 @@ export async function startRecorder(upstream: string): Promise<Recorder> {
   return {
     url: `http://127.0.0.1:${port}`,
     seen,
+    bodyBytes: () => bodyBytes,
     close: async () => {
       server.closeAllConnections();
       await new Promise((r) => server.close(r));

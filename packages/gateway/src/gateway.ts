@@ -1,17 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { classify, systemClock, type Clock } from 'keel';
+import { classify, systemClock, withCorrelation, type CircuitBreakerPolicy, type Clock } from 'keel';
 import { RangeCache, type CacheFs } from 'keel/cache';
-import type { CircuitBreakerPolicy } from 'keel';
 import { addCorsHeaders, BucketCorsRules, fetchBucketCors } from './read/cors-rules.js';
 import { GatewayMetrics } from './admin/metrics.js';
 import {
   invalidateReads,
   revalidationStats,
   serveObject,
-  type CacheOutcome,
   type ReadContext,
+  type RequestOutcome,
 } from './read/object-read.js';
 import type { RevalidatorOptions } from './read/revalidation.js';
 import { OriginClient, type OriginCredentials } from './origin/origin-client.js';
@@ -20,7 +19,7 @@ import { loggableUrl } from './admin/request-log.js';
 import { passthrough } from './write/passthrough.js';
 import { announcesBody, refuseBody } from './s3/refuse-body.js';
 import { S3Errors, sendS3Error, type S3ErrorSpec } from './s3/s3-error.js';
-import { malformedTargetError, parseS3Target } from './s3/s3-request.js';
+import { malformedTargetError, parseS3Target, type S3Target } from './s3/s3-request.js';
 import type { SliceFill } from './read/slice-fill.js';
 import { verifySigV4, type ClientKey, type VerifiedRequest } from './auth/sigv4-verify.js';
 
@@ -34,6 +33,15 @@ export interface GatewayOptions {
   region?: string;
   /** `gateway`: clients sign with {@link GatewayOptions.clientKeys}; `anonymous`: no client auth (default gateway). */
   auth?: 'gateway' | 'anonymous';
+  /**
+   * In `gateway` auth, what becomes of a request that carries no signature at all: `refuse`d with
+   * 403 AccessDenied (default), or `forward`ed to the origin unsigned (never with the gateway's
+   * credentials), so the origin's own anonymous access rules decide as S3 would for a public
+   * bucket. Forwarded requests are never answered from the cache. Only forward to an origin that
+   * enforces its access rules on unsigned requests: one that does not (s3rver, for one) would
+   * answer them all.
+   */
+  unsignedRequests?: 'refuse' | 'forward';
   clientKeys?: ClientKey[];
   /** Cache directory; no cache (every read BYPASS) when absent. */
   cacheDir?: string | undefined;
@@ -51,7 +59,14 @@ export interface GatewayOptions {
   revalidation?: RevalidatorOptions;
   /** Virtual-host-style base domain: `bucket.<baseDomain>` (default none: path-style only). */
   baseDomain?: string | undefined;
+  /** Wait this long for the origin's response headers, per attempt (default 5 s; an upload's from its end). */
   firstByteTimeoutMs?: number;
+  /**
+   * Longest a client request waits for the origin to start answering, retries and their waits
+   * included (default 10 s); then it gets 503 with Retry-After (a cached copy is served STALE).
+   */
+  deadlineMs?: number;
+  /** Fail an origin body that stalls longer between chunks (default 30 s). */
   idleTimeoutMs?: number;
   /** Origin connections (default 64). */
   originConnections?: number;
@@ -85,10 +100,14 @@ export interface Gateway {
   /** Requests being served. */
   inFlight(): number;
   /**
-   * Calls `listener` with each bucket's origin breaker: at once for those already in use, then
-   * as each new bucket is first requested (before its first origin call). Returns a remover.
+   * Calls `listener` with each origin breaker: at once for the service breaker (bucket `''`) and
+   * the buckets that have one, then as each bucket gets its own (once the origin has shown it
+   * exists); `removed` when a bucket's is forgotten (beyond the guard's `maxBuckets`). Returns a remover.
    */
-  onBreaker(listener: (bucket: string, breaker: CircuitBreakerPolicy) => void): () => void;
+  onBreaker(
+    listener: (bucket: string, breaker: CircuitBreakerPolicy) => void,
+    removed?: (bucket: string, breaker: CircuitBreakerPolicy) => void,
+  ): () => void;
   /** Resolves once no slice fill and no cache write is in flight (or after `timeoutMs`, default 10 s). */
   idle(timeoutMs?: number): Promise<void>;
   /** Stops accepting, waits for in-flight requests (up to `graceMs`, default 30 s), closes. */
@@ -145,7 +164,12 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     ...(options.firstByteTimeoutMs ? { firstByteTimeoutMs: options.firstByteTimeoutMs } : {}),
     ...(options.idleTimeoutMs ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
   });
-  const guard = new OriginGuard({ ...options.guard, ...(options.clock ? { clock: options.clock } : {}) });
+  const deadlineMs = options.deadlineMs ?? 10_000;
+  const guard = new OriginGuard({
+    deadlineMs,
+    ...options.guard,
+    ...(options.clock ? { clock: options.clock } : {}),
+  });
   let cache: RangeCache | undefined;
   if (options.cacheDir !== undefined) {
     try {
@@ -175,18 +199,15 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const metrics = new GatewayMetrics(cache, guard, {
     ...(options.defaultMetrics !== undefined ? { defaultMetrics: options.defaultMetrics } : {}),
   });
-  const breakerListeners = new Set<(bucket: string, breaker: CircuitBreakerPolicy) => void>();
-  const watched = new Map<string, CircuitBreakerPolicy>();
-  // Metrics and alerts see a bucket's breaker before its first origin call.
-  const watchBucket = (bucket: string): void => {
-    if (watched.has(bucket)) return;
-    const breaker = guard.breaker(bucket);
-    watched.set(bucket, breaker);
-    metrics.bindBreaker(bucket, breaker);
-    for (const l of breakerListeners) l(bucket, breaker);
-  };
+  // Metrics see each breaker once it exists (after the origin showed its bucket exists), and let
+  // go of it when the guard forgets it.
+  guard.onBreaker(
+    (bucket, breaker) => metrics.bindBreaker(bucket, breaker),
+    (bucket) => metrics.unbindBreaker(bucket),
+  );
   const keys = new Map((options.clientKeys ?? []).map((k) => [k.accessKeyId, k.secretAccessKey]));
   const authMode = options.auth ?? 'gateway';
+  const forwardUnsigned = options.unsignedRequests === 'forward';
   const fills = new Map<string, SliceFill>();
   const ctx: ReadContext = {
     origin,
@@ -201,8 +222,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     lookedUp: new Set(),
     generations: new Map(),
     metaWrites: new Map(),
-    firstByteTimeoutMs: options.firstByteTimeoutMs ?? 30_000,
+    firstByteTimeoutMs: options.firstByteTimeoutMs ?? 5_000,
     idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
+    deadlineMs,
+    buffered: { bytes: 0 },
     onBytes: (source, n) => metrics.bytes.inc({ source }, n),
     log,
   };
@@ -222,29 +245,47 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   let draining = false;
   const sockets = new Set<Socket>();
 
-  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const id = requestId();
+  /** Whether a request carries a SigV4 signature (header or presigned URL), valid or not. */
+  const isSigned = (req: IncomingMessage, target: S3Target): boolean =>
+    req.headers.authorization !== undefined ||
+    target.query.has('X-Amz-Signature') ||
+    target.query.has('X-Amz-Credential');
+
+  const handle = async (req: IncomingMessage, res: ServerResponse, id: string): Promise<void> => {
     const method = req.method ?? 'GET';
     const started = performance.now();
-    let outcome: CacheOutcome | 'ERROR' | 'PASS' | 'DENIED' = 'ERROR';
+    let outcome: RequestOutcome = 'ERROR';
     active++;
     // In flight until the response is flushed (or aborted), not merely handed to the socket.
     res.once('close', () => active--);
+    // Every answer names its request: the same id in x-request-id, x-amz-request-id, x-amz-id-2,
+    // an error document's RequestId and the logs.
     res.setHeader('x-request-id', id);
+    res.setHeader('x-amz-request-id', id);
+    res.setHeader('x-amz-id-2', id);
     if (draining) res.setHeader('connection', 'close');
+    const label = (o: RequestOutcome): void => {
+      outcome = o;
+      res.setHeader('x-keel-cache', o);
+    };
     try {
       const rawUrl = req.url ?? '/';
       const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
       if ('malformed' in target) {
+        label('ERROR');
         refuse(req, res, method, malformedTargetError(target), id, clock);
         return;
       }
       let verified: VerifiedRequest | undefined;
-      // A CORS preflight is never signed (browsers cannot); S3 answers it from the bucket's CORS rules.
-      if (authMode === 'gateway' && method !== 'OPTIONS') {
+      // A CORS preflight is never signed (browsers cannot): S3 answers it from the bucket's CORS
+      // rules. With unsignedRequests 'forward', an unsigned request is an anonymous one, as for
+      // S3: the origin judges it without the gateway's signature, and the cache never answers it.
+      const anonymous =
+        authMode === 'anonymous' || method === 'OPTIONS' || (forwardUnsigned && !isSigned(req, target));
+      if (authMode === 'gateway' && !anonymous) {
         const auth = verifySigV4(method, rawUrl, req.headers, keys, Date.now());
         if (!auth.ok) {
-          outcome = 'DENIED';
+          label('DENIED');
           refuse(
             req,
             res,
@@ -257,8 +298,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         }
         verified = auth;
       }
-      watchBucket(target.bucket ?? '');
+      const unsigned = authMode === 'gateway' && anonymous;
       const isObjectRead =
+        !unsigned &&
         (method === 'GET' || method === 'HEAD') &&
         target.bucket !== undefined &&
         target.key !== undefined &&
@@ -280,20 +322,24 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         );
         return;
       }
-      await passthrough(origin, guard, req, res, target, id, {
+      outcome = await passthrough(origin, guard, req, res, target, id, {
         cache,
         verified,
         clock,
+        log,
+        // Unsigned requests (a preflight, an anonymous client) reach the origin unsigned, body-less
+        // for a preflight, and do not show the origin which buckets exist on their behalf.
+        ...(method === 'OPTIONS' || unsigned ? { unsigned: true } : {}),
         onInvalidate: (changed) => {
           invalidateReads(ctx, changed);
           if (cache) metrics.invalidations.inc();
         },
         onCorsChange: (bucket) => corsRules.invalidate(bucket),
       });
-      outcome = 'PASS';
     } catch (err) {
       const e = classify(err);
       log('error', `request failed: ${e.message}`, { requestId: id, code: e.code });
+      label('ERROR');
       sendS3Error(res, method, S3Errors.internal(), id);
     } finally {
       metrics.requests.inc({ method: method === 'GET' || method === 'HEAD' ? method : 'OTHER', outcome });
@@ -311,7 +357,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   };
 
   const server = http.createServer((req, res) => {
-    void handle(req, res);
+    const id = requestId();
+    // Everything the request causes (log lines, errors, alerts) carries its id.
+    withCorrelation(id, () => void handle(req, res, id));
   });
   server.keepAliveTimeout = 5_000;
   server.on('connection', (s) => {
@@ -337,11 +385,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
     },
     inFlight: () => active,
-    onBreaker: (listener) => {
-      for (const [bucket, breaker] of watched) listener(bucket, breaker);
-      breakerListeners.add(listener);
-      return () => breakerListeners.delete(listener);
-    },
+    onBreaker: (listener, removed) => guard.onBreaker(listener, removed),
     idle: async (timeoutMs = 10_000) => {
       const deadline = Date.now() + timeoutMs;
       while ((fills.size > 0 || ctx.metaWrites.size > 0) && Date.now() < deadline)

@@ -11,6 +11,7 @@ import {
   type Probe,
 } from '@keel/ops';
 import type { Gateway } from '../gateway.js';
+import { breakerLabel } from './metrics.js';
 import type { GatewayRecovery } from './recovery.js';
 
 /** Options of {@link startAdminServer}. */
@@ -114,7 +115,10 @@ export function registerGatewayHealth(gateway: Gateway, health: HealthRegistry, 
 export function gatewayStatus(gateway: Gateway): Record<string, unknown> {
   return {
     inFlight: gateway.inFlight(),
-    breakers: gateway.guard.breakerStates(),
+    // By bucket; `_service` guards service-level calls and buckets the origin has not yet shown to exist.
+    breakers: Object.fromEntries(
+      Object.entries(gateway.guard.breakerStates()).map(([bucket, state]) => [breakerLabel(bucket), state]),
+    ),
     retryBudgetExhausted: gateway.guard.budgetExhausted,
   };
 }

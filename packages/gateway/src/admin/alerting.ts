@@ -121,22 +121,37 @@ export function watchGatewayAlerts(gateway: Gateway, alerts: AlertManager): () =
       cache.off('repair', onRepair);
     });
   }
+  // One listener per breaker the guard holds; a bucket it forgets takes its listener and its alert along.
+  const watching = new Map<string, () => void>();
   disposers.push(
-    gateway.onBreaker((bucket, breaker) => {
-      const labels = { bucket: breakerLabel(bucket) };
-      disposers.push(
-        breaker.on('stateChange', (e) => {
-          if (e.to === 'open' || e.to === 'isolated')
-            alerts.raise({
-              name: GATEWAY_ALERTS.breakerOpen,
-              severity: 'critical',
-              summary: `origin circuit breaker for ${labels.bucket} is ${e.to}: cached copies are served stale, misses get 503 with Retry-After`,
-              labels,
-            });
-          else if (e.to === 'closed') alerts.resolve(GATEWAY_ALERTS.breakerOpen, labels);
-        }),
-      );
-    }),
+    gateway.onBreaker(
+      (bucket, breaker) => {
+        const labels = { bucket: breakerLabel(bucket) };
+        watching.get(bucket)?.();
+        watching.set(
+          bucket,
+          breaker.on('stateChange', (e) => {
+            if (e.to === 'open' || e.to === 'isolated')
+              alerts.raise({
+                name: GATEWAY_ALERTS.breakerOpen,
+                severity: 'critical',
+                summary: `origin circuit breaker for ${labels.bucket} is ${e.to}: cached copies are served stale, misses get 503 with Retry-After`,
+                labels,
+              });
+            else if (e.to === 'closed') alerts.resolve(GATEWAY_ALERTS.breakerOpen, labels);
+          }),
+        );
+      },
+      (bucket) => {
+        watching.get(bucket)?.();
+        watching.delete(bucket);
+        alerts.resolve(GATEWAY_ALERTS.breakerOpen, { bucket: breakerLabel(bucket) });
+      },
+    ),
+    () => {
+      for (const unwatch of watching.values()) unwatch();
+      watching.clear();
+    },
   );
   const retry = gateway.guard.retry;
   disposers.push(

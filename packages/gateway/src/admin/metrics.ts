@@ -1,4 +1,4 @@
-import { Counter, type Histogram, type Registry } from 'prom-client';
+import { Counter, type Gauge, type Histogram, type Registry } from 'prom-client';
 import { CACHE_OPERATIONS, REPAIR_COUNTERS, type CacheStats, type RangeCache } from 'keel/cache';
 import { bindPolicyMetrics, createMetrics, type Metrics } from '@keel/ops';
 import type { CircuitBreakerPolicy } from 'keel';
@@ -59,7 +59,8 @@ export class GatewayMetrics {
   readonly invalidations: Counter;
   readonly originRequests: Counter<'outcome'>;
   readonly originFirstByte: Histogram;
-  private readonly bound = new Set<string>();
+  /** Breakers bound, by label, with what unbinds each. */
+  private readonly bound = new Map<string, () => void>();
 
   /** @param options.defaultMetrics Node's process metrics (default true). */
   constructor(cache: RangeCache | undefined, guard: OriginGuard, options: { defaultMetrics?: boolean } = {}) {
@@ -87,7 +88,7 @@ export class GatewayMetrics {
     );
     this.originRequests = m.counter(
       'keel_gateway_origin_requests_total',
-      'Requests to the origin by outcome: success (an answer below 500), failure, rejected (breaker open or bulkhead full).',
+      'Requests to the origin by outcome: success (an answer), failure (a 5xx or 429, a timeout, an unreachable origin; each attempt), rejected (client requests an open breaker turned away).',
       ['outcome'],
     );
     this.originFirstByte = m.histogram(
@@ -141,6 +142,11 @@ export class GatewayMetrics {
       );
     // Retries, give-ups (reason="budget" when the budget is spent) of origin calls.
     bindPolicyMetrics(m, guard.retry, { name: 'origin' });
+    // Every request that reached the origin (each attempt of a client request).
+    guard.onAttempt((e) => {
+      this.originRequests.inc({ outcome: e.outcome });
+      this.originFirstByte.observe(e.durationMs / 1000);
+    });
   }
 
   /** The prom-client registry (also reachable as `ops.registry`). */
@@ -150,24 +156,33 @@ export class GatewayMetrics {
 
   /**
    * Binds a bucket's breaker: `keel_breaker_state{breaker}`, transitions and per-call metrics
-   * (ops' policy metrics, up to {@link MAX_BREAKER_SERIES} buckets), and the gateway-wide origin
-   * request counter and first-byte histogram. Returns false when already bound.
+   * (ops' policy metrics, for up to {@link MAX_BREAKER_SERIES} breakers at once), and the
+   * client requests it turned away in `keel_gateway_origin_requests_total{outcome="rejected"}`.
+   * Returns false when already bound.
    */
   bindBreaker(bucket: string, breaker: CircuitBreakerPolicy): boolean {
     const label = breakerLabel(bucket);
     if (this.bound.has(label)) return false;
-    this.bound.add(label);
-    if (this.bound.size <= MAX_BREAKER_SERIES) bindPolicyMetrics(this.ops, breaker, { name: label });
-    breaker.on('success', (e) => {
-      this.originRequests.inc({ outcome: 'success' });
-      if (e.durationMs !== undefined) this.originFirstByte.observe(e.durationMs / 1000);
+    const disposers = [breaker.on('rejected', () => this.originRequests.inc({ outcome: 'rejected' }))];
+    if (this.bound.size < MAX_BREAKER_SERIES)
+      disposers.push(bindPolicyMetrics(this.ops, breaker, { name: label }));
+    this.bound.set(label, () => {
+      for (const d of disposers) d();
     });
-    breaker.on('failure', (e) => {
-      this.originRequests.inc({ outcome: 'failure' });
-      if (e.durationMs !== undefined) this.originFirstByte.observe(e.durationMs / 1000);
-    });
-    breaker.on('rejected', () => this.originRequests.inc({ outcome: 'rejected' }));
     return true;
+  }
+
+  /**
+   * Unbinds a bucket's breaker (the guard forgot it): its listeners go, and its
+   * `keel_breaker_state` series with them, so no stale state is reported and the slot is free.
+   */
+  unbindBreaker(bucket: string): void {
+    const label = breakerLabel(bucket);
+    const unbind = this.bound.get(label);
+    if (!unbind) return;
+    unbind();
+    this.bound.delete(label);
+    (this.registry.getSingleMetric('keel_breaker_state') as Gauge | undefined)?.remove({ breaker: label });
   }
 
   /**

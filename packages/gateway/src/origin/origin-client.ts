@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import { keelError } from 'keel';
 import { Pool } from 'undici';
 import { encodeKey, rfc3986 } from '../s3/s3-request.js';
 import { SigV4HeaderSigner } from '../auth/sigv4-sign.js';
@@ -20,7 +21,7 @@ export interface OriginClientOptions {
   region?: string;
   /** Connections per origin host (default 64). */
   connections?: number;
-  /** Fail a request whose response headers take longer (default 30 s). */
+  /** Fail a request whose response headers take longer (default 5 s; for an upload, counted from its end). */
   firstByteTimeoutMs?: number;
   /** Fail a response whose body stalls longer between chunks (default 30 s). */
   idleTimeoutMs?: number;
@@ -37,6 +38,14 @@ export interface OriginRequest {
   headers?: Record<string, string>;
   body?: Readable | Buffer | undefined;
   signal?: AbortSignal | undefined;
+  /** Send it without the gateway's signature (a CORS preflight; an anonymous client's request). */
+  unsigned?: boolean;
+  /**
+   * Wait this long for the response headers, counted from the end of the request's body (default:
+   * the client's first-byte timeout). An upload's answer comes only after its body, however long
+   * the client takes to send it.
+   */
+  firstByteTimeoutMs?: number;
 }
 
 /** The origin's answer: status, lower-case headers, body. */
@@ -55,15 +64,17 @@ export class OriginClient {
   readonly url: URL;
   private readonly pool: Pool;
   private readonly signer: SigV4HeaderSigner | undefined;
+  private readonly firstByteTimeoutMs: number;
   /** The origin URL's path, without a trailing slash: every request path starts with it. */
   private readonly basePath: string;
 
   constructor(options: OriginClientOptions) {
     this.url = new URL(options.url);
     this.basePath = this.url.pathname.replace(/\/$/, '');
+    this.firstByteTimeoutMs = options.firstByteTimeoutMs ?? 5_000;
     this.pool = new Pool(this.url.origin, {
       connections: options.connections ?? 64,
-      headersTimeout: options.firstByteTimeoutMs ?? 30_000,
+      headersTimeout: this.firstByteTimeoutMs,
       bodyTimeout: options.idleTimeoutMs ?? 30_000,
       keepAliveTimeout: 10_000,
     });
@@ -84,17 +95,50 @@ export class OriginClient {
       for (const [k, v] of new URLSearchParams(rawQuery))
         pairs.push(v === '' && !rawQuery.includes(`${k}=`) ? rfc3986(k) : `${rfc3986(k)}=${rfc3986(v)}`);
     const headers: Record<string, string> = { ...req.headers, host: this.url.host };
-    if (this.signer) {
+    if (this.signer && req.unsigned !== true) {
       headers['x-amz-content-sha256'] ??= 'UNSIGNED-PAYLOAD';
       this.signer.sign(req.method, path, pairs, headers);
     }
-    const res = await this.pool.request({
-      path: pairs.length ? `${path}?${pairs.join('&')}` : path,
-      method: req.method,
-      headers,
-      body: req.body ?? null,
-      ...(req.signal ? { signal: req.signal } : {}),
-    });
+    const streamed = req.body !== undefined && !Buffer.isBuffer(req.body) ? req.body : undefined;
+    // undici counts its headers timeout from the start of the request (refreshed only while the
+    // socket is full): for a streamed body, the first-byte timeout starts once the body has ended.
+    let signal = req.signal;
+    const cleanups: (() => void)[] = [];
+    if (streamed) {
+      const controller = new AbortController();
+      const outer = req.signal;
+      if (outer) {
+        const forward = (): void => controller.abort(outer.reason);
+        outer.addEventListener('abort', forward, { once: true });
+        cleanups.push(() => outer.removeEventListener('abort', forward));
+      }
+      const ms = req.firstByteTimeoutMs ?? this.firstByteTimeoutMs;
+      const onEnd = (): void => {
+        const timer = setTimeout(() => {
+          controller.abort(
+            keelError('TIMEOUT', `the origin did not answer within ${ms} ms of the end of the upload`),
+          );
+        }, ms);
+        timer.unref();
+        cleanups.push(() => clearTimeout(timer));
+      };
+      streamed.once('end', onEnd);
+      cleanups.push(() => streamed.off('end', onEnd));
+      signal = controller.signal;
+    }
+    let res;
+    try {
+      res = await this.pool.request({
+        path: pairs.length ? `${path}?${pairs.join('&')}` : path,
+        method: req.method,
+        headers,
+        body: req.body ?? null,
+        ...(signal ? { signal } : {}),
+        ...(streamed ? { headersTimeout: 0 } : {}),
+      });
+    } finally {
+      for (const c of cleanups) c();
+    }
     const out: Record<string, string> = {};
     for (const [k, v] of Object.entries(res.headers)) {
       if (v === undefined) continue;

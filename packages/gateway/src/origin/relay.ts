@@ -1,21 +1,39 @@
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { OriginResponse } from './origin-client.js';
+import type { OriginAnswer } from './origin-guard.js';
 
-/** The origin's headers for the client: `extra` over them, without the hop-by-hop ones. */
-function forwardHeaders(up: OriginResponse, extra: Record<string, string>): Record<string, string> {
-  const headers = { ...up.headers, ...extra };
-  delete headers.connection;
-  delete headers['keep-alive'];
-  delete headers['transfer-encoding'];
-  return headers;
+/** Where relayed answers note the origin's own request ids (they are the gateway's in the answer). */
+export type RelayLog = (
+  level: 'info' | 'warn' | 'error',
+  msg: string,
+  fields?: Record<string, unknown>,
+) => void;
+
+/**
+ * The origin's headers for the client: without the hop-by-hop ones, labelled PASS, and with the
+ * gateway's request id as `x-amz-request-id` and `x-amz-id-2` (the same as the `RequestId` of an
+ * error document it relays), so every answer names the id that is in the gateway's log.
+ */
+function forwardHeaders(headers: Record<string, string>, requestId: string): Record<string, string> {
+  const out: Record<string, string> = { ...headers, 'x-request-id': requestId, 'x-keel-cache': 'PASS' };
+  out['x-amz-request-id'] = requestId;
+  out['x-amz-id-2'] = requestId;
+  delete out.connection;
+  delete out['keep-alive'];
+  delete out['transfer-encoding'];
+  return out;
 }
 
-/** Passes an origin answer through to the client as it is. */
-function relay(res: ServerResponse, up: OriginResponse, extra: Record<string, string>): void {
-  res.writeHead(up.status, forwardHeaders(up, extra));
-  up.body.on('error', () => res.destroy());
-  up.body.pipe(res);
+/** Logs the origin's own ids of an answer relayed under the gateway's (at info: one line per relayed answer). */
+function noteOriginIds(log: RelayLog | undefined, headers: Record<string, string>, requestId: string): void {
+  const originId = headers['x-amz-request-id'];
+  if (log === undefined || originId === undefined) return;
+  log('info', 'origin request id', {
+    requestId,
+    originRequestId: originId,
+    ...(headers['x-amz-id-2'] === undefined ? {} : { originId2: headers['x-amz-id-2'] }),
+  });
 }
 
 export async function readAll(body: Readable, limit: number): Promise<Buffer | undefined> {
@@ -32,26 +50,42 @@ export async function readAll(body: Readable, limit: number): Promise<Buffer | u
 /** Error documents larger than this are relayed as they are. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
+/** An S3 error document with the gateway's request id in its `RequestId` (added when it has none). */
+function withRequestId(doc: Buffer, requestId: string): Buffer {
+  let text = doc.toString('utf8');
+  if (!/<Error>[\s\S]*<\/Error>/.test(text)) return doc;
+  text = /<RequestId>[^<]*<\/RequestId>/.test(text)
+    ? text.replace(/<RequestId>[^<]*<\/RequestId>/, `<RequestId>${requestId}</RequestId>`)
+    : text.replace(/<\/Error>(?![\s\S]*<\/Error>)/, `<RequestId>${requestId}</RequestId></Error>`);
+  return Buffer.from(text, 'utf8');
+}
+
+function isErrorDocument(status: number, method: string, headers: Record<string, string>): boolean {
+  return (
+    status >= 400 &&
+    method !== 'HEAD' &&
+    /xml/.test(headers['content-type'] ?? '') &&
+    !headers['content-encoding']
+  );
+}
+
 /**
- * Relays an origin answer. An S3 error document gets the gateway's request id in its
- * `RequestId` (the one in `x-request-id` and the logs); the origin's stays in `x-amz-request-id`.
+ * Relays an origin answer as it is, labelled PASS. An S3 error document gets the gateway's
+ * request id in its `RequestId`, as in `x-amz-request-id`; the origin's ids go to the log.
  */
 export async function relayAnswer(
   res: ServerResponse,
   method: string,
   up: OriginResponse,
   requestId: string,
+  log?: RelayLog,
 ): Promise<void> {
-  const extra = { 'x-request-id': requestId, 'x-keel-cache': 'BYPASS' };
+  noteOriginIds(log, up.headers, requestId);
   const length = Number(up.headers['content-length'] ?? 0);
-  const isErrorXml =
-    up.status >= 400 &&
-    method !== 'HEAD' &&
-    /xml/.test(up.headers['content-type'] ?? '') &&
-    !up.headers['content-encoding'] &&
-    length <= MAX_ERROR_BODY_BYTES;
-  if (!isErrorXml) {
-    relay(res, up, extra);
+  if (!isErrorDocument(up.status, method, up.headers) || length > MAX_ERROR_BODY_BYTES) {
+    res.writeHead(up.status, forwardHeaders(up.headers, requestId));
+    up.body.on('error', () => res.destroy());
+    up.body.pipe(res);
     return;
   }
   let doc: Buffer | undefined;
@@ -66,13 +100,38 @@ export async function relayAnswer(
     res.destroy();
     return;
   }
-  let text = doc.toString('utf8');
-  if (/<Error>[\s\S]*<\/Error>/.test(text)) {
-    text = /<RequestId>[^<]*<\/RequestId>/.test(text)
-      ? text.replace(/<RequestId>[^<]*<\/RequestId>/, `<RequestId>${requestId}</RequestId>`)
-      : text.replace(/<\/Error>(?![\s\S]*<\/Error>)/, `<RequestId>${requestId}</RequestId></Error>`);
-  }
-  const body = Buffer.from(text, 'utf8');
-  res.writeHead(up.status, forwardHeaders(up, { ...extra, 'content-length': String(body.length) }));
-  res.end(body);
+  sendDocument(res, up.status, up.headers, withRequestId(doc, requestId), requestId);
+}
+
+/** Relays an origin answer the guard kept (an error it counted as a failure), labelled PASS. */
+export function relayBuffered(
+  res: ServerResponse,
+  method: string,
+  answer: OriginAnswer,
+  requestId: string,
+  log?: RelayLog,
+): void {
+  noteOriginIds(log, answer.headers, requestId);
+  const body =
+    method === 'HEAD'
+      ? Buffer.alloc(0)
+      : isErrorDocument(answer.status, method, answer.headers)
+        ? withRequestId(answer.body, requestId)
+        : answer.body;
+  sendDocument(res, answer.status, answer.headers, body, requestId, method === 'HEAD');
+}
+
+function sendDocument(
+  res: ServerResponse,
+  status: number,
+  headers: Record<string, string>,
+  body: Buffer,
+  requestId: string,
+  head = false,
+): void {
+  res.writeHead(status, {
+    ...forwardHeaders(headers, requestId),
+    ...(head ? {} : { 'content-length': String(body.length) }),
+  });
+  res.end(head ? undefined : body);
 }

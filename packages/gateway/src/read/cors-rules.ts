@@ -147,8 +147,10 @@ export async function fetchBucketCors(
   guard: OriginGuard,
   bucket: string,
 ): Promise<readonly CorsRule[]> {
-  const up = await guard.once(bucket, (signal) =>
-    origin.request({ method: 'GET', bucket, rawQuery: 'cors', signal }),
+  const up = await guard.call(
+    bucket,
+    (signal) => origin.request({ method: 'GET', bucket, rawQuery: 'cors', signal }),
+    { retry: false },
   );
   if (up.status === 404) {
     discard(up.body);

@@ -6,7 +6,9 @@ import {
   generation,
   MAX_LOOKED_UP,
   safe,
+  untilDeadline,
   writeUnlessChanged,
+  type HeadLookup,
   type Lookup,
   type ReadContext,
   type Resolved,
@@ -61,7 +63,8 @@ export async function resolveObject(
   id: ObjectIdentity,
   rawQuery: string,
   firstByte: number | undefined,
-  plainGet = false,
+  plainGet: boolean,
+  deadline: number,
 ): Promise<Lookup> {
   const cache = ctx.cache;
   const hash = identityHash(id);
@@ -69,6 +72,10 @@ export async function resolveObject(
   // to the origin, without reading the metadata first. Not for an object this process already
   // asked about: its fill may be under way, and its metadata is in memory (no system call).
   const certainMiss = cache !== undefined && plainGet && !cache.mayHaveSlices(id) && !ctx.lookedUp.has(hash);
+  // An origin lookup under way now is this request's to join, even if it completes (and leaves
+  // the map) while the metadata is being read: asking the origin again would fetch its first
+  // slice a second time.
+  const inFlight = ctx.heads.get(hash);
   // From memory when remembered: the read that follows checks meta.json on the cache's own thread.
   const cachedMeta =
     cache && !certainMiss
@@ -86,21 +93,34 @@ export async function resolveObject(
     );
     return outcome.state === 'fresh' ? outcome.value : { meta: cachedMeta, stale: true };
   }
-  let flight = ctx.heads.get(hash);
+  const joined = ctx.heads.get(hash) ?? inFlight;
+  if (joined?.settled) {
+    // The origin answered an earlier request; only its metadata write may be under way. Once it
+    // is done, this request is answered from the cache (a HEAD right after a HEAD is a hit).
+    await joined.lookup;
+    await ctx.metaWrites.get(hash);
+    const now = cache ? await safe(ctx, 'metadata read', () => cache.getMeta(id)) : undefined;
+    if (now) return { meta: now, stale: false };
+    return joined.lookup;
+  }
+  let flight = joined;
   if (!flight) {
     if (ctx.lookedUp.size >= MAX_LOOKED_UP) ctx.lookedUp.clear();
     ctx.lookedUp.add(hash);
-    flight = lookupOrigin(ctx, id, rawQuery, firstByte);
-    ctx.heads.set(hash, flight);
+    const started: HeadLookup = { lookup: lookupOrigin(ctx, id, rawQuery, firstByte), settled: false };
+    flight = started;
+    ctx.heads.set(hash, started);
     // Shared until the metadata is on disk, so later requests do not ask the origin again meanwhile.
-    void flight
+    void started.lookup
       .finally(async () => {
+        started.settled = true;
         await ctx.metaWrites.get(hash);
-        ctx.heads.delete(hash);
+        if (ctx.heads.get(hash) === started) ctx.heads.delete(hash);
       })
       .catch(() => undefined);
   }
-  return flight;
+  // The lookup may have started for an earlier request: this one waits no longer than its own deadline.
+  return untilDeadline(ctx, flight.lookup, deadline).catch((err: unknown) => ({ error: classify(err) }));
 }
 
 /**
@@ -130,7 +150,7 @@ async function revalidate(
           // The guard's signal follows `signal`.
           signal: s ?? signal,
         }),
-      signal,
+      { key: id.key, signal },
     );
   } catch (err) {
     const e = classify(signal.aborted ? (signal.reason ?? err) : err);
@@ -176,16 +196,21 @@ async function lookupOrigin(
   const sliceStart = sliceIndex === undefined ? 0 : sliceIndex * ctx.sliceBytes;
   let up: OriginResponse;
   try {
-    up = await ctx.guard.call(id.bucket, (signal) =>
-      ctx.origin.request({
-        method: sliceIndex === undefined ? 'HEAD' : 'GET',
-        bucket: id.bucket,
-        key: id.key,
-        rawQuery,
-        headers:
-          sliceIndex === undefined ? {} : { range: `bytes=${sliceStart}-${sliceStart + ctx.sliceBytes - 1}` },
-        signal,
-      }),
+    up = await ctx.guard.call(
+      id.bucket,
+      (signal) =>
+        ctx.origin.request({
+          method: sliceIndex === undefined ? 'HEAD' : 'GET',
+          bucket: id.bucket,
+          key: id.key,
+          rawQuery,
+          headers:
+            sliceIndex === undefined
+              ? {}
+              : { range: `bytes=${sliceStart}-${sliceStart + ctx.sliceBytes - 1}` },
+          signal,
+        }),
+      { key: id.key },
     );
   } catch (err) {
     return { error: isKeelError(err) ? err : classify(err) };

@@ -3,26 +3,70 @@ import { classify, type KeelError } from 'keel';
 import type { ObjectIdentity, RangeCache } from 'keel/cache';
 import { evaluateConditions } from './conditional.js';
 import { resolveObject } from './object-lookup.js';
-import { isThrottle, retryAfterSeconds } from '../origin/origin-guard.js';
+import { isThrottle, originAnswerOf, retryAfterSeconds } from '../origin/origin-guard.js';
 import { evaluateRange } from './range.js';
-import { safe, type ReadContext } from './read-context.js';
-import { relayAnswer } from '../origin/relay.js';
+import { safe, untilDeadline, type ReadContext, type Resolved } from './read-context.js';
+import { relayAnswer, relayBuffered } from '../origin/relay.js';
 import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
-import { SliceReadError } from './slice-fill.js';
+import { SliceReadError, type SliceFill } from './slice-fill.js';
 import { fillKey, openFill, streamSlice } from './slice-stream.js';
 
 export { revalidationStats } from './object-lookup.js';
 export { invalidateReads, type ReadContext } from './read-context.js';
 
-/** What a read was: the `x-keel-cache` header. */
+/** Where a read's bytes came from: the `x-keel-cache` header. */
 export type CacheOutcome = 'HIT' | 'MISS' | 'PARTIAL' | 'STALE' | 'BYPASS';
 
-/** Cached ranges up to this size are read into memory and verified whole before the answer starts. */
-const BUFFERED_HIT_BYTES = 2 * 1024 * 1024;
+/**
+ * What the gateway did with a request, the same in `x-keel-cache`, the request's log line and the
+ * `outcome` label: a cache outcome; `PASS`, an origin answer relayed as it was (writes, listings,
+ * 404s, the origin's own errors); `ERROR`, an error keel answered itself (origin unreachable or
+ * too slow, breaker open); `DENIED`, a request that failed authentication.
+ */
+export type RequestOutcome = CacheOutcome | 'PASS' | 'ERROR' | 'DENIED';
+
+/**
+ * Cached ranges up to this size are read into memory and verified whole before the answer
+ * starts, so the answer's label is exact: a slice that fails is fetched from the origin and the
+ * answer says PARTIAL. Larger ranges stream (see {@link serveObject}).
+ */
+const BUFFERED_HIT_BYTES = 16 * 1024 * 1024;
+
+/** Bytes held by buffered hits at once, at most; beyond it, reads stream instead. */
+const MAX_BUFFERED_BYTES = 256 * 1024 * 1024;
+
+/** One object read: the request, its answer, and when the origin must have answered by. */
+interface Read {
+  ctx: ReadContext;
+  req: IncomingMessage;
+  res: ServerResponse;
+  id: ObjectIdentity;
+  rawQuery: string;
+  requestId: string;
+  method: string;
+  /** Clock time by which the origin must have answered for this request (see GatewayOptions.deadlineMs). */
+  deadline: number;
+}
+
+/** The slices a GET needs, which the cache holds, and which it holds in memory only so far. */
+interface SlicePlan {
+  needed: number[];
+  cached: Set<number>;
+  /** Fills with every byte arrived, still being written to the cache. */
+  inMemory: Map<number, SliceFill>;
+}
 
 /**
  * Serves GET or HEAD of one object from the cache and the origin: revalidation, conditionals,
  * ranges, slice by slice with single-flight fills, stale serving when the origin fails.
+ *
+ * The answer's label is decided before its first byte and is never contradicted by what follows:
+ * a range up to 16 MiB that is all cached is read and verified whole first (a slice that fails is
+ * fetched from the origin and the answer is PARTIAL); for a larger one, the slice files are
+ * checked before the answer and the first bytes verified. Should a cached slice then fail its
+ * check mid-stream, an answer labelled HIT or STALE ends there (the client retries and gets the
+ * repaired state, correctly labelled) rather than go on with origin bytes under that label; a
+ * PARTIAL or MISS answer goes on from the origin.
  */
 export async function serveObject(
   ctx: ReadContext,
@@ -32,15 +76,18 @@ export async function serveObject(
   rawQuery: string,
   requestId: string,
   attempt = 0,
-): Promise<CacheOutcome | 'ERROR' | 'PASS'> {
+): Promise<RequestOutcome> {
   const method = req.method ?? 'GET';
-  const base = { 'x-request-id': requestId, 'x-amz-request-id': requestId };
-  /** Answers the S3 error `spec` with the request's ids (and `headers`) added to its headers. */
-  const fail = (spec: S3ErrorSpec, headers: Record<string, string> = {}): 'ERROR' => {
-    sendS3Error(res, method, { ...spec, headers: { ...spec.headers, ...base, ...headers } }, requestId);
-    return 'ERROR';
+  const r: Read = {
+    ctx,
+    req,
+    res,
+    id,
+    rawQuery,
+    requestId,
+    method,
+    deadline: ctx.clock.now() + ctx.deadlineMs,
   };
-  const bypass = ctx.cache === undefined || ctx.cache.bypassed;
   const rangeHeader = req.headers.range;
   const firstMatch = rangeHeader === undefined ? undefined : /^bytes=(\d+)-(\d*)$/.exec(rangeHeader.trim());
   const firstByte = rangeHeader === undefined ? 0 : firstMatch ? Number(firstMatch[1]) : undefined;
@@ -51,41 +98,27 @@ export async function serveObject(
     req.headers['if-none-match'] === undefined &&
     req.headers['if-modified-since'] === undefined &&
     req.headers['if-unmodified-since'] === undefined;
-  const resolved = await resolveObject(ctx, id, rawQuery, method === 'GET' ? firstByte : undefined, plainGet);
-  if ('error' in resolved) {
-    const err = resolved.error;
-    return fail(originUnavailable(err, `the origin is unavailable (${err.code}); please retry`), {
-      'x-keel-cache': 'MISS',
-    });
-  }
-  if ('passthrough' in resolved) {
-    // Not an object we can serve (404, 403 …): ask the origin the client's own question.
-    try {
-      const up = await ctx.guard.once(id.bucket, (signal) =>
-        ctx.origin.request({
-          method,
-          bucket: id.bucket,
-          key: id.key,
-          rawQuery,
-          headers: pick(req.headers, [
-            'range',
-            'if-match',
-            'if-none-match',
-            'if-modified-since',
-            'if-unmodified-since',
-          ]),
-          signal,
-        }),
-      );
-      await relayAnswer(res, method, up, requestId);
-      return 'PASS';
-    } catch (err) {
-      return fail(S3Errors.serviceUnavailable(retryAfterSeconds(classify(err))));
-    }
-  }
+  const resolved = await resolveObject(
+    ctx,
+    id,
+    rawQuery,
+    method === 'GET' ? firstByte : undefined,
+    plainGet,
+    r.deadline,
+  );
+  if ('error' in resolved) return originFailed(r, resolved.error);
+  if ('passthrough' in resolved) return askOrigin(r);
+  return answer(r, resolved, attempt);
+}
+
+/** Answers a read from the object's metadata: conditionals, range, HEAD, then the bytes. */
+async function answer(r: Read, resolved: Resolved, attempt: number): Promise<RequestOutcome> {
+  const { ctx, req, res, method } = r;
   const { meta, stale } = resolved;
+  const bypass = ctx.cache === undefined || ctx.cache.bypassed;
+  // Where the metadata came from: what a HEAD, a 304 or a 412 is.
+  const known: CacheOutcome = bypass ? 'BYPASS' : !('version' in meta) ? 'MISS' : stale ? 'STALE' : 'HIT';
   const objectHeaders: Record<string, string> = {
-    ...base,
     etag: meta.etag,
     'accept-ranges': 'bytes',
     ...(meta.lastModified === undefined ? {} : { 'last-modified': meta.lastModified }),
@@ -101,13 +134,13 @@ export async function serveObject(
     meta,
   );
   if (condition === 'not-modified') {
-    res.writeHead(304, { ...objectHeaders, 'x-keel-cache': stale ? 'STALE' : 'HIT' });
+    res.writeHead(304, { ...objectHeaders, 'x-keel-cache': known });
     res.end();
-    return stale ? 'STALE' : 'HIT';
+    return known;
   }
-  if (condition === 'precondition-failed') return fail(S3Errors.preconditionFailed());
+  if (condition === 'precondition-failed') return fail(r, S3Errors.preconditionFailed(), known);
   const range = evaluateRange(req.headers.range, meta.size);
-  if (range.kind === 'unsatisfiable') return fail(S3Errors.invalidRange(meta.size));
+  if (range.kind === 'unsatisfiable') return fail(r, S3Errors.invalidRange(meta.size), known);
   const start = range.kind === 'partial' ? range.start : 0;
   const end = range.kind === 'partial' ? range.end : meta.size - 1;
   const status = range.kind === 'partial' ? 206 : 200;
@@ -118,102 +151,231 @@ export async function serveObject(
     ...(status === 206 ? { 'content-range': `bytes ${start}-${end}/${meta.size}` } : {}),
     'x-keel-cache': outcome,
   });
-  if (method === 'HEAD') {
-    // Answered from the object's metadata alone: a hit when that came from the cache.
-    const outcome: CacheOutcome = bypass ? 'BYPASS' : !('version' in meta) ? 'MISS' : stale ? 'STALE' : 'HIT';
-    res.writeHead(status, answerHeaders(outcome));
+  if (method === 'HEAD' || end < start) {
+    // A HEAD (or an empty object) is answered from the metadata alone.
+    res.writeHead(status, answerHeaders(known));
     res.end();
-    return outcome;
+    return known;
   }
-  const cached = new Set(meta.slices.map((s) => s.index));
-  const needed: number[] = [];
-  for (
-    let i = Math.floor(start / meta.sliceBytes);
-    end >= start && i <= Math.floor(end / meta.sliceBytes);
-    i++
-  )
-    needed.push(i);
-  if (ctx.cache && end >= start && end - start < BUFFERED_HIT_BYTES) {
-    if (needed.every((i) => cached.has(i))) {
-      const cache = ctx.cache;
-      // A hit that fits in memory is read and verified whole before a byte goes out.
-      const hit = await safe(ctx, 'read', () =>
-        cache.readBuffer(id, start, end, 'version' in meta ? { meta } : {}),
-      );
-      if (hit?.hit && hit.meta.etag === meta.etag) {
-        const outcome: CacheOutcome = bypass ? 'BYPASS' : stale ? 'STALE' : 'HIT';
-        res.writeHead(status, answerHeaders(outcome));
-        const n = hit.bytes.length;
-        // The cache may reuse the memory once the bytes are with the OS, not before.
-        res.end(hit.bytes, hit.release);
-        ctx.onBytes('cache', n);
-        return outcome;
-      }
-      // A fault (the cache has repaired it): what is still cached of this version decides.
-      const now = await safe(ctx, 'metadata read', () => cache.getMeta(id));
-      for (const i of needed) cached.delete(i);
-      if (now?.etag === meta.etag) for (const sl of now.slices) cached.add(sl.index);
-    }
+  const plan = planSlices(r, meta, start, end);
+  const length = end - start + 1;
+  if (!bypass && length <= BUFFERED_HIT_BYTES && plan.needed.every((i) => plan.cached.has(i))) {
+    const served = await serveBuffered(r, meta, start, end, status, answerHeaders(stale ? 'STALE' : 'HIT'));
+    if (served === true) return stale ? 'STALE' : 'HIT';
+    // A slice failed (the cache repaired what it could): what is still cached decides, and the
+    // slice that failed comes from the origin this time even if the cache still lists it (an
+    // I/O error leaves it listed).
+    await replan(r, meta, plan);
+    if (served.failedSlice !== undefined) plan.cached.delete(served.failedSlice);
+  } else if (!bypass && length > BUFFERED_HIT_BYTES && 'version' in meta) {
+    // Slice files missing or cut short are found now, before the answer says where bytes come from.
+    await safe(ctx, 'slice check', () => (ctx.cache as RangeCache).verifyAndFix(r.id));
+    await replan(r, meta, plan);
   }
-  const missing = needed.filter((i) => !cached.has(i));
+  const missing = plan.needed.filter((i) => !plan.cached.has(i) && !plan.inMemory.has(i));
   const outcome: CacheOutcome = bypass
     ? 'BYPASS'
-    : needed.length === 0 && !('version' in meta)
-      ? 'MISS' // an empty object, just asked of the origin
-      : missing.length === 0
-        ? stale
-          ? 'STALE'
-          : 'HIT'
-        : missing.length === needed.length
-          ? 'MISS'
-          : 'PARTIAL';
+    : missing.length === 0
+      ? stale
+        ? 'STALE'
+        : 'HIT'
+      : missing.length === plan.needed.length
+        ? 'MISS'
+        : 'PARTIAL';
   if (stale && missing.length > 0)
     return fail(
+      r,
       S3Errors.serviceUnavailable(1, 'the origin is unavailable and the range is not cached; please retry'),
-      { 'x-keel-cache': 'STALE' },
     );
-  const headers = answerHeaders(outcome);
-  if (end < start) {
-    res.writeHead(status, headers);
-    res.end();
-    return outcome;
-  }
   // Open the first missing slice before answering, so a changed object is noticed before a byte goes out.
-  const first = needed[0] as number;
-  if (!cached.has(first) && ctx.cache && !ctx.fills.has(fillKey(id, meta.etag, first))) {
-    const now = await safe(ctx, 'metadata read', () => (ctx.cache as RangeCache).getMeta(id));
-    if (now?.etag === meta.etag) for (const sl of now.slices) cached.add(sl.index);
-  }
-  if (!cached.has(first)) {
+  const first = plan.needed[0] as number;
+  if (!plan.cached.has(first) && !plan.inMemory.has(first)) {
     try {
-      await openFill(ctx, id, rawQuery, meta, first);
+      await untilDeadline(ctx, openFill(ctx, r.id, r.rawQuery, meta, first), r.deadline);
     } catch (err) {
       const e = classify(err);
       if (e.code === 'OBJECT_CHANGED' && attempt === 0) {
-        if (ctx.cache) await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(id));
-        return serveObject(ctx, req, res, id, rawQuery, requestId, 1);
+        if (ctx.cache) await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(r.id));
+        return serveObject(ctx, req, res, r.id, r.rawQuery, r.requestId, 1);
       }
-      return fail(originUnavailable(e), { 'x-keel-cache': outcome });
+      return originFailed(r, e);
     }
   }
-  res.writeHead(status, headers);
+  res.writeHead(status, answerHeaders(outcome));
+  await streamSlices(r, meta, plan, start, end, outcome === 'HIT' || outcome === 'STALE');
+  return outcome;
+}
+
+/**
+ * The slices of `start..end` and which are cached. A slice whose fill has every byte and is only
+ * being written to the cache counts as cached: it is served from the fill's memory (so a read
+ * right after a miss is a hit, and the origin sends nothing twice), without waiting for the disk.
+ */
+function planSlices(r: Read, meta: Resolved['meta'], start: number, end: number): SlicePlan {
+  const needed: number[] = [];
+  for (let i = Math.floor(start / meta.sliceBytes); i <= Math.floor(end / meta.sliceBytes); i++)
+    needed.push(i);
+  const plan: SlicePlan = { needed, cached: new Set(meta.slices.map((s) => s.index)), inMemory: new Map() };
+  noteInMemory(r, meta, plan);
+  return plan;
+}
+
+/** The needed slices not cached whose fill has every byte already. */
+function noteInMemory(r: Read, meta: Resolved['meta'], plan: SlicePlan): void {
+  plan.inMemory.clear();
+  for (const i of plan.needed) {
+    if (plan.cached.has(i)) continue;
+    const fill = r.ctx.fills.get(fillKey(r.id, meta.etag, i));
+    if (fill?.complete) plan.inMemory.set(i, fill);
+  }
+}
+
+/** Takes the cached slices of `plan` from the cache's metadata as it is now (for this version). */
+async function replan(r: Read, meta: Resolved['meta'], plan: SlicePlan): Promise<void> {
+  const cache = r.ctx.cache;
+  if (!cache) return;
+  const now = await safe(r.ctx, 'metadata read', () => cache.getMeta(r.id));
+  plan.cached.clear();
+  if (now?.etag === meta.etag) for (const sl of now.slices) plan.cached.add(sl.index);
+  noteInMemory(r, meta, plan);
+}
+
+/**
+ * A hit read into memory and verified whole before a byte goes out. Returns true once sent; when
+ * the cache could not serve it (too many bytes buffered at once, a slice failed), nothing is sent
+ * and the slice that failed, if one did, is named.
+ */
+async function serveBuffered(
+  r: Read,
+  meta: Resolved['meta'],
+  start: number,
+  end: number,
+  status: number,
+  headers: Record<string, string>,
+): Promise<true | { failedSlice?: number }> {
+  const { ctx } = r;
+  const cache = ctx.cache as RangeCache;
+  const length = end - start + 1;
+  if (ctx.buffered.bytes + length > MAX_BUFFERED_BYTES) return {};
+  ctx.buffered.bytes += length;
+  let released = false;
+  const release = (): void => {
+    if (released) return;
+    released = true;
+    ctx.buffered.bytes -= length;
+  };
+  const hit = await safe(ctx, 'read', () =>
+    cache.readBuffer(r.id, start, end, 'version' in meta ? { meta } : {}),
+  );
+  if (!hit?.hit || hit.meta.etag !== meta.etag) {
+    if (hit?.hit) hit.release();
+    release();
+    return hit?.hit === false && hit.slice !== undefined ? { failedSlice: hit.slice } : {};
+  }
+  r.res.writeHead(status, headers);
+  // The cache may reuse the memory once the bytes are with the OS, not before.
+  r.res.end(hit.bytes, () => {
+    hit.release();
+    release();
+  });
+  r.res.once('close', release);
+  ctx.onBytes('cache', length);
+  return true;
+}
+
+/**
+ * Streams the slices of `start..end` (the headers are out): cached ones from the cache, the others
+ * from their shared fills. `cutOnCacheFault`: the answer said every byte comes from the cache, so
+ * a cached slice that fails its check ends the answer instead of going on from the origin.
+ */
+async function streamSlices(
+  r: Read,
+  meta: Resolved['meta'],
+  plan: SlicePlan,
+  start: number,
+  end: number,
+  cutOnCacheFault: boolean,
+): Promise<void> {
+  const { ctx, res, id } = r;
   try {
-    for (const index of needed) {
+    for (const index of plan.needed) {
       if (res.destroyed) break;
       const a = Math.max(start, index * meta.sliceBytes);
       const b = Math.min(end, (index + 1) * meta.sliceBytes - 1);
-      await streamSlice(ctx, res, id, rawQuery, meta, index, a, b, cached.has(index));
+      await streamSlice(ctx, res, id, r.rawQuery, meta, index, a, b, {
+        cached: plan.cached.has(index),
+        inMemory: plan.inMemory.get(index),
+        cutOnCacheFault,
+      });
     }
     res.end();
   } catch (err) {
     const e = classify(err instanceof SliceReadError ? err.error : err);
     ctx.log('error', `read of ${id.bucket}/${id.key} broke after the headers went out: ${e.message}`, {
-      requestId,
+      requestId: r.requestId,
     });
     if (e.code === 'OBJECT_CHANGED' && ctx.cache)
       await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(id));
     res.destroy();
   }
+}
+
+/**
+ * The origin did not give what the read needs: its own error answer is relayed as it was (PASS);
+ * when keel decided (breaker open, deadline passed, origin unreachable) it answers 503 (ERROR).
+ */
+function originFailed(r: Read, err: KeelError): RequestOutcome {
+  const answered = originAnswerOf(err);
+  if (answered) {
+    relayBuffered(r.res, r.method, answered, r.requestId, r.ctx.log);
+    return 'PASS';
+  }
+  return fail(r, originUnavailable(err, `the origin is unavailable (${err.code}); please retry`));
+}
+
+/** Not an object the cache can serve (404, 403 …): asks the origin the client's own question and relays its answer. */
+async function askOrigin(r: Read): Promise<RequestOutcome> {
+  const { ctx, req, id } = r;
+  let up;
+  try {
+    up = await untilDeadline(
+      ctx,
+      ctx.guard.call(
+        id.bucket,
+        (signal) =>
+          ctx.origin.request({
+            method: r.method,
+            bucket: id.bucket,
+            key: id.key,
+            rawQuery: r.rawQuery,
+            headers: pick(req.headers, [
+              'range',
+              'if-match',
+              'if-none-match',
+              'if-modified-since',
+              'if-unmodified-since',
+            ]),
+            signal,
+          }),
+        { key: id.key },
+      ),
+      r.deadline,
+    );
+  } catch (err) {
+    return originFailed(r, classify(err));
+  }
+  await relayAnswer(r.res, r.method, up, r.requestId, ctx.log);
+  return 'PASS';
+}
+
+/** Answers the S3 error `spec` (ERROR), or `outcome` when the answer comes from the object's metadata. */
+function fail(r: Read, spec: S3ErrorSpec, outcome: CacheOutcome | 'ERROR' = 'ERROR'): RequestOutcome {
+  sendS3Error(
+    r.res,
+    r.method,
+    { ...spec, headers: { ...spec.headers, 'x-keel-cache': outcome } },
+    r.requestId,
+  );
   return outcome;
 }
 

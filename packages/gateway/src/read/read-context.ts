@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { classify, type KeelError } from 'keel';
+import { classify, keelError, type KeelError } from 'keel';
 import {
   identityHash,
   type CacheMeta,
@@ -27,7 +27,7 @@ export interface ReadContext {
   sliceBytes: number;
   fills: Map<string, SliceFill>;
   /** Origin lookups of uncached objects in flight, shared by concurrent requests for one object. */
-  heads: Map<string, Promise<Lookup>>;
+  heads: Map<string, HeadLookup>;
   /** Revalidation timeout and backoff (defaults: see {@link RevalidatorOptions}). */
   revalidation?: RevalidatorOptions;
   /**
@@ -48,14 +48,25 @@ export interface ReadContext {
   metaWrites: Map<string, Promise<unknown>>;
   firstByteTimeoutMs: number;
   idleTimeoutMs: number;
+  /** Longest a client request waits for the origin to answer, retries included (ms). */
+  deadlineMs: number;
+  /** Bytes held in memory by buffered hits being sent (bounded by the read path). */
+  buffered: { bytes: number };
   onBytes(source: 'cache' | 'origin', n: number): void;
-  log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
+  log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
 
 /** The identity plus the object info the read is served from. */
 export interface Resolved {
   meta: CacheMeta | (ObjectInfo & { sliceBytes: number; slices: { index: number }[] });
   stale: boolean;
+}
+
+/** An origin lookup of an uncached object, shared by the requests that arrive while it runs. */
+export interface HeadLookup {
+  lookup: Promise<Lookup>;
+  /** The origin has answered (its metadata may still be being written). */
+  settled: boolean;
 }
 
 /** What the origin said about an object: serve it, pass the request through, or fail. */
@@ -69,6 +80,35 @@ export async function safe<T>(ctx: ReadContext, what: string, fn: () => Promise<
     ctx.log('warn', `cache ${what} failed; serving from the origin`, { error: classify(err).message });
     return undefined;
   }
+}
+
+/**
+ * `work`, or a TIMEOUT KeelError once the clock passes `deadline` (clock ms) first. The work goes
+ * on for whoever else waits for it (a shared lookup or fill); only this request stops waiting.
+ */
+export function untilDeadline<T>(ctx: ReadContext, work: Promise<T>, deadline: number): Promise<T> {
+  const left = deadline - ctx.clock.now();
+  const late = (): KeelError =>
+    keelError('TIMEOUT', `the origin did not answer within ${ctx.deadlineMs} ms`, {
+      deadlineMs: ctx.deadlineMs,
+    });
+  if (left <= 0) {
+    work.catch(() => undefined);
+    return Promise.reject(late());
+  }
+  return new Promise<T>((resolve, reject) => {
+    const timer = ctx.clock.setTimer(left, () => reject(late()));
+    work.then(
+      (v) => {
+        timer.cancel();
+        resolve(v);
+      },
+      (err: unknown) => {
+        timer.cancel();
+        reject(err instanceof Error ? err : classify(err));
+      },
+    );
+  });
 }
 
 /** Reads and drops a body nobody needs, ignoring its errors. */

@@ -31,6 +31,11 @@ export class SliceFill {
     this.opened.catch(() => undefined);
   }
 
+  /** Every byte of the slice has arrived (only its cache write may still be under way). */
+  get complete(): boolean {
+    return this.state === 'done';
+  }
+
   /** The origin answered; bytes follow. */
   markOpened(): void {
     this.openedResolve();

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import { classify } from 'keel';
+import { classify, keelError, retry } from 'keel';
 import { identityHash, type ObjectIdentity, type RangeCache } from 'keel/cache';
 import { resumingGet } from '@keel/transfer';
 import type { OriginResponse } from '../origin/origin-client.js';
@@ -33,9 +33,24 @@ function write(res: ServerResponse, chunk: Buffer): Promise<void> | undefined {
   });
 }
 
+/** Where {@link streamSlice} takes a slice from, as the read's plan decided before its answer. */
+export interface SliceSource {
+  /** The cache's metadata listed the slice. */
+  cached: boolean;
+  /**
+   * A fill of the slice whose every byte had arrived (its cache write still under way): served
+   * from its memory and counted as served by the cache, as the slice will be once written.
+   */
+  inMemory?: SliceFill | undefined;
+  /** The answer promised every byte from the cache: a cached slice that fails ends it. */
+  cutOnCacheFault: boolean;
+}
+
 /**
  * Streams bytes `a`–`b` of slice `index` to `res`: from the cache when there, else from the
  * slice's shared fill, else (the shared fill failed) from the origin for this request alone.
+ * A cached slice that fails its check mid-read goes on from the origin, unless
+ * `source.cutOnCacheFault`: then it throws.
  */
 export async function streamSlice(
   ctx: ReadContext,
@@ -46,8 +61,17 @@ export async function streamSlice(
   index: number,
   a: number,
   b: number,
-  isCached: boolean,
+  source: SliceSource,
 ): Promise<void> {
+  const { cached: isCached, cutOnCacheFault } = source;
+  if (source.inMemory) {
+    for await (const chunk of source.inMemory.read(a, b)) {
+      if (res.destroyed) return;
+      await write(res, chunk);
+      ctx.onBytes('cache', chunk.length);
+    }
+    return;
+  }
   let pos = a;
   // A slice missing when the request began may have been filled since (by another request).
   const mayBeCached = isCached || (ctx.cache !== undefined && !ctx.fills.has(fillKey(id, meta.etag, index)));
@@ -55,6 +79,11 @@ export async function streamSlice(
     const hit = await safe(ctx, 'read', () =>
       (ctx.cache as RangeCache).read(id, a, b, 'version' in meta ? { meta } : {}),
     );
+    if (isCached && cutOnCacheFault && !hit?.hit)
+      throw keelError(
+        'CHECKSUM_MISMATCH',
+        `cached slice ${index} of ${id.bucket}/${id.key} could not be served (${hit?.reason ?? 'cache read failed'}); ending an answer labelled as all from the cache`,
+      );
     if (hit?.hit && hit.meta.etag !== meta.etag) {
       // The cache holds another version (its new metadata is still being written): never mix.
       hit.stream.destroy();
@@ -71,7 +100,9 @@ export async function streamSlice(
         }
         return;
       } catch (err) {
-        // A slice failed verification mid-read (already repaired by the cache): the origin continues.
+        // A slice failed verification mid-read (already repaired by the cache): the origin continues,
+        // unless the answer said every byte comes from the cache.
+        if (cutOnCacheFault) throw err;
         ctx.log(
           'warn',
           `cached slice of ${id.bucket}/${id.key} failed mid-read at ${pos}; continuing from the origin`,
@@ -112,6 +143,9 @@ export async function streamSlice(
   }
 }
 
+/** resumingGet's own retries are off: the guard retries each opening. */
+const ONE_ATTEMPT = retry({ maxAttempts: 1 });
+
 function openRange(
   ctx: ReadContext,
   id: ObjectIdentity,
@@ -124,11 +158,12 @@ function openRange(
     start,
     end,
     ifMatch: etag,
-    retry: ctx.guard.retry,
-    firstByteTimeoutMs: ctx.firstByteTimeoutMs,
+    // Each (re)opening is one guarded call: breaker, deadline and retries are the guard's.
+    retry: ONE_ATTEMPT,
+    firstByteTimeoutMs: ctx.deadlineMs,
     idleTimeoutMs: ctx.idleTimeoutMs,
     request: (range, ifMatch, signal) =>
-      ctx.guard.once(
+      ctx.guard.call(
         id.bucket,
         (s) =>
           ctx.origin.request({
@@ -143,7 +178,7 @@ function openRange(
             // The guard's signal follows `signal`.
             signal: s ?? signal,
           }),
-        signal,
+        { key: id.key, signal },
       ),
   });
 }

@@ -5,8 +5,8 @@ import type { ObjectIdentity, RangeCache } from 'keel/cache';
 import type { Clock } from 'keel';
 import type { OriginClient } from '../origin/origin-client.js';
 import type { OriginGuard } from '../origin/origin-guard.js';
-import { readAll, relayAnswer } from '../origin/relay.js';
-import { isThrottle, retryAfterSeconds } from '../origin/origin-guard.js';
+import { readAll, relayAnswer, relayBuffered, type RelayLog } from '../origin/relay.js';
+import { isThrottle, originAnswerOf, retryAfterSeconds } from '../origin/origin-guard.js';
 import type { S3Target } from '../s3/s3-request.js';
 import { refuseBody } from '../s3/refuse-body.js';
 import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
@@ -83,6 +83,10 @@ export interface PassthroughOptions {
   verified?: VerifiedRequest | undefined;
   /** Times how long a refused body is still read (default: the system clock). */
   clock?: Clock;
+  /** Forward the request without the gateway's signature (a CORS preflight, an anonymous request). */
+  unsigned?: boolean;
+  /** Where the origin's own request ids of relayed answers are noted. */
+  log?: RelayLog;
 }
 
 /**
@@ -90,7 +94,8 @@ export interface PassthroughOptions {
  * re-signed, with its body streamed and its answer relayed as it is. A streaming (aws-chunked)
  * body is decoded, since its chunk signatures are the client's. When the origin accepts a write,
  * the cached copies it changed are dropped before the answer goes out, so the client's next read
- * cannot see the old bytes. Returns the status answered.
+ * cannot see the old bytes. Returns `PASS` when the origin's answer was relayed, `ERROR` when
+ * the gateway answered an error itself (a refused body, an unreachable origin).
  */
 export async function passthrough(
   origin: OriginClient,
@@ -100,7 +105,7 @@ export async function passthrough(
   target: S3Target,
   requestId: string,
   options: PassthroughOptions = {},
-): Promise<number> {
+): Promise<'PASS' | 'ERROR'> {
   const headers: Record<string, string> = {};
   for (const [k, v] of Object.entries(req.headers)) {
     if (v === undefined || DROPPED.has(k)) continue;
@@ -108,9 +113,10 @@ export async function passthrough(
   }
   const method = req.method ?? 'GET';
   const plan = planBody(req, headers, options.verified);
-  const refuse = (spec: S3ErrorSpec): number => {
+  const refuse = (spec: S3ErrorSpec): 'ERROR' => {
+    res.setHeader('x-keel-cache', 'ERROR');
     refuseBody(req, res, method, spec, requestId, options.clock);
-    return spec.status;
+    return 'ERROR';
   };
   if ('refuse' in plan) return refuse(plan.refuse.s3);
   const body = plan.body;
@@ -171,23 +177,28 @@ export async function passthrough(
     headers['content-length'] = String(whole.length);
   }
   try {
-    // Bodies cannot be replayed: one attempt through the breaker, no retry.
-    const up = await guard.once(target.bucket ?? '', (signal) =>
-      origin
-        .request({
-          method,
-          bucket: target.bucket,
-          key: target.key,
-          rawQuery: withoutPresignParams(target.rawQuery),
-          headers,
-          body: hasBody ? upload : undefined,
-          signal,
-        })
-        .catch((err: unknown) => {
-          // The client's body was refused: not the origin's failure, so no breaker counts it.
-          if (rejected) throw keelError('BAD_REQUEST', rejected.message, { s3Code: rejected.s3.code });
-          throw err;
-        }),
+    // Bodies cannot be replayed: one attempt through the breaker, no retry; an upload's answer
+    // comes after its body, so no deadline either (the origin client's timeouts still apply).
+    const up = await guard.call(
+      target.bucket ?? '',
+      (signal) =>
+        origin
+          .request({
+            method,
+            bucket: target.bucket,
+            key: target.key,
+            rawQuery: withoutPresignParams(target.rawQuery),
+            headers,
+            body: hasBody ? upload : undefined,
+            signal,
+            ...(options.unsigned ? { unsigned: true } : {}),
+          })
+          .catch((err: unknown) => {
+            // The client's body was refused: not the origin's failure, so no breaker counts it.
+            if (rejected) throw keelError('BAD_REQUEST', rejected.message, { s3Code: rejected.s3.code });
+            throw err;
+          }),
+      { key: target.key, retry: false, deadline: !hasBody },
     );
     corsChanged();
     if (rejected) {
@@ -209,21 +220,25 @@ export async function passthrough(
           await cache?.invalidate(id).catch(() => undefined);
         }
     }
-    await relayAnswer(res, method, up, requestId);
-    return up.status;
+    await relayAnswer(res, method, up, requestId, options.log);
+    return 'PASS';
   } catch (err) {
     // The origin may have applied the change before failing to answer.
     corsChanged();
     if (rejected) return refuse(rejected.s3);
+    // The origin's own answer (a 500, a 503 SlowDown …) is relayed as it was.
+    const answered = originAnswerOf(err);
+    if (answered) {
+      relayBuffered(res, method, answered, requestId, options.log);
+      return 'PASS';
+    }
+    // keel decided: the origin could not be reached, took too long, or its breaker is open.
     const e = classify(err);
     const after = retryAfterSeconds(e);
-    // The origin's own 5xx keeps its meaning; a failure to reach it (or an open breaker) is a 503.
     const spec = isThrottle(e)
       ? S3Errors.slowDown(after)
-      : e.details.status === 500
-        ? S3Errors.internal()
-        : S3Errors.serviceUnavailable(after, `the origin is unavailable (${e.code}); please retry`);
-    sendS3Error(res, method, { ...spec, headers: { ...spec.headers, 'x-request-id': requestId } }, requestId);
-    return spec.status;
+      : S3Errors.serviceUnavailable(after, `the origin is unavailable (${e.code}); please retry`);
+    sendS3Error(res, method, { ...spec, headers: { ...spec.headers, 'x-keel-cache': 'ERROR' } }, requestId);
+    return 'ERROR';
   }
 }

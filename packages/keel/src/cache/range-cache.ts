@@ -36,7 +36,13 @@ export type ReadResult = { hit: true; meta: CacheMeta; stream: Readable } | { hi
  * not be used after. Not calling it is fine: the memory is then garbage-collected.
  */
 export type BufferReadResult =
-  { hit: true; meta: CacheMeta; bytes: Buffer; release: () => void } | { hit: false; reason: string };
+  | { hit: true; meta: CacheMeta; bytes: Buffer; release: () => void }
+  | {
+      hit: false;
+      reason: string;
+      /** The slice that could not be served (missing, corrupt or unreadable), when one was read. */
+      slice?: number;
+    };
 
 /** Options of {@link RangeCache.read} and {@link RangeCache.readBuffer}. */
 export interface ReadOptions {
@@ -405,7 +411,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     const bad = read.findIndex((p) => p === undefined);
     if (bad >= 0) {
       for (const p of read) p?.release();
-      return this.miss(`slice ${(span.parts[bad] as SlicePart).slice.index} unusable`);
+      const slice = (span.parts[bad] as SlicePart).slice.index;
+      return { ...this.miss(`slice ${slice} unusable`), slice };
     }
     const parts = read as SliceBytes[];
     this.counts.hits++;
