@@ -35,6 +35,9 @@ const started = performance.now();
 const step = (what: string): void =>
   console.log(`[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${what}`);
 
+/** Commands running now, ended if the script is interrupted. */
+const running = new Set<ChildProcess>();
+
 /** Runs a command; resolves with its stdout, or rejects with everything it printed. */
 function run(
   command: string,
@@ -47,12 +50,14 @@ function run(
       env: { ...process.env, ...options.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    running.add(child);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.once('error', reject);
     child.once('close', (code) => {
+      running.delete(child);
       if (code === 0 || options.allowFailure === true) resolve({ code, stdout, stderr });
       else
         reject(
@@ -279,6 +284,8 @@ async function main(): Promise<void> {
     await rm(work, { recursive: true, force: true });
   };
   const interrupted = (signal: NodeJS.Signals): void => {
+    console.error(`${signal}: stopping, removing ${work}`);
+    for (const child of running) child.kill('SIGTERM');
     void cleanUp().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
   };
   process.once('SIGINT', interrupted);
