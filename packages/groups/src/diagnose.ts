@@ -41,7 +41,6 @@ const CLUSTER = new Set([
 ]);
 const STATE = new Set([
   'CONFLICT',
-  'LOCK_CONFLICT',
   'PRECONDITION_FAILED',
   'OBJECT_CHANGED',
   'STALE_TOKEN',

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { redact } from 'keel';
+import { classify, PROBLEM_CONTENT_TYPE, redact } from 'keel';
 import { HEALTH_CONTENT_TYPE, httpStatusOfHealth, type HealthRegistry, type Probe } from './health.js';
 import { formatFromAccept, type Metrics } from './metrics.js';
 
@@ -40,7 +40,8 @@ function digest(s: string): Buffer {
  * The admin HTTP endpoints: `/livez`, `/readyz`, `/startupz`, `/healthz` (health+json),
  * `/metrics` (Prometheus text or OpenMetrics by `Accept`) and `/status` (JSON of every registered
  * provider). Routes match the path only, so a query string cannot reach another route or skip
- * the token check; every response is built fresh.
+ * the token check; every response is built fresh. A route that throws is answered with
+ * `application/problem+json` (the error's status, code, severity and recovery hints).
  */
 export class AdminServer {
   /** The node:http server (add it to a {@link GracefulShutdown} if it should be drained). */
@@ -62,14 +63,12 @@ export class AdminServer {
     this.openPaths = new Set(options.openPaths ?? ['/livez', '/readyz', '/startupz']);
     this.server = createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => {
-        if (!res.headersSent)
-          this.send(
-            res,
-            500,
-            'application/json',
-            JSON.stringify({ error: String(redact(err instanceof Error ? err.message : err)) }),
-          );
-        else res.destroy();
+        // A route that failed answers RFC 9457 problem details: status, code, severity and the
+        // recovery hints of the error, secrets redacted.
+        if (!res.headersSent) {
+          const problem = classify(err).toProblem();
+          this.send(res, problem.status, PROBLEM_CONTENT_TYPE, JSON.stringify(problem));
+        } else res.destroy();
       });
     });
   }

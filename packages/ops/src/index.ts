@@ -31,7 +31,12 @@ export {
   type RecoveryState,
   type RecoveryStatus,
 } from './recovery.js';
-export { AlertManager, alertFingerprint, type AlertManagerOptions } from './alerts/manager.js';
+export {
+  AlertManager,
+  alertFingerprint,
+  alertSeverityOf,
+  type AlertManagerOptions,
+} from './alerts/manager.js';
 export { sanitiseAlert, sanitiseText } from './alerts/sanitise.js';
 export { logAlertHandler } from './alerts/log-handler.js';
 export { jsonlFileAlertHandler, type JsonlFileOptions } from './alerts/jsonl-file-handler.js';
@@ -47,6 +52,7 @@ export {
   type Alert,
   type AlertHandler,
   type AlertInput,
+  type AlertInputBase,
   type AlertRoute,
   type AlertSeverity,
 } from './alerts/types.js';

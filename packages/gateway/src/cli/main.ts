@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { classify } from 'keel';
+import { classify, describeHints } from 'keel';
 import { runCli } from './program.js';
 
 // Subcommands are registered in ./program.ts (buildProgram), one line each.
@@ -13,6 +13,8 @@ runCli(process.argv).then(
     const error = classify(err);
     // A command that failed is over: nothing it started and could not stop (a server, a pool, a
     // child process) may keep the process alive once the message is out.
-    process.stderr.write(`keel: ${error.message} [${error.code}]\n`, () => process.exit(1));
+    const hints = describeHints(error.hints);
+    const advice = hints === '' ? '' : `keel: what to do: ${hints}\n`;
+    process.stderr.write(`keel: ${error.message} [${error.code}]\n${advice}`, () => process.exit(1));
   },
 );

@@ -120,7 +120,7 @@ const httpCases: Case[] = [
       [401, 'UNAUTHORIZED', false],
       [403, 'FORBIDDEN', false],
       [404, 'NOT_FOUND', false],
-      [409, 'CONFLICT', false],
+      [409, 'LOCK_CONFLICT', true],
       [412, 'PRECONDITION_FAILED', false],
       [416, 'INVALID_RANGE', false],
       [418, 'HTTP_ERROR', false],

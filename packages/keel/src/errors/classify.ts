@@ -3,6 +3,7 @@ import { isKeelError, keelError, KeelError, type KeelErrorOptions } from './keel
 import { redactString } from './redact.js';
 import { parseRetryAfter } from './retry-after.js';
 import { postgresMapping } from './postgres.js';
+import { sqliteMapping } from './sqlite.js';
 
 /** What a recognised failure becomes: its code, a description, and options over the code's defaults. */
 export type Mapping = readonly [code: ErrorCode, describe: string, overrides?: KeelErrorOptions];
@@ -34,6 +35,16 @@ export const SYSTEM_ERRORS: Readonly<Record<string, Mapping>> = {
   ENFILE: ['TOO_MANY_OPEN_FILES', 'the system has too many open files'],
   EBUSY: ['RESOURCE_BUSY', 'the resource is busy'],
   EAGAIN: ['RESOURCE_BUSY', 'the resource is temporarily unavailable'],
+  ENOMEM: ['RESOURCE_EXHAUSTED', 'out of memory; do less at once (smaller batches, fewer in parallel)'],
+  ENOBUFS: ['RESOURCE_EXHAUSTED', 'no buffer space is available; do less at once'],
+  ERR_BUFFER_TOO_LARGE: [
+    'RESOURCE_EXHAUSTED',
+    'the buffer would exceed the largest size allowed; work in smaller pieces',
+  ],
+  ERR_STRING_TOO_LONG: [
+    'RESOURCE_EXHAUSTED',
+    'the string would exceed the longest allowed; work in smaller pieces',
+  ],
   EADDRINUSE: [
     'ADDRESS_IN_USE',
     'another process is listening on this address; stop it or choose another address',
@@ -68,7 +79,10 @@ export const UNDICI_ERRORS: Readonly<Record<string, Mapping>> = {
   UND_ERR_PRX_TLS: ['CONNECTION_REFUSED', 'the TLS connection to the proxy failed'],
 };
 
-/** HTTP statuses: 408, 425, 429 and 5xx retryable (except 501, 505), other 4xx not. */
+/**
+ * HTTP statuses: 408, 409 (a lock conflict), 425, 429 and 5xx retryable, except 501 and 505 (the
+ * server does not implement the method or version: asking again cannot help); other 4xx not.
+ */
 export const HTTP_STATUSES: Readonly<Record<number, Mapping>> = {
   304: ['NOT_MODIFIED', 'not modified'],
   400: ['BAD_REQUEST', 'the request was rejected as malformed'],
@@ -77,7 +91,7 @@ export const HTTP_STATUSES: Readonly<Record<number, Mapping>> = {
   404: ['NOT_FOUND', 'not found'],
   405: ['BAD_REQUEST', 'method not allowed', { httpStatus: 405 }],
   408: ['TIMEOUT', 'the server timed out waiting for the request', { httpStatus: 408 }],
-  409: ['CONFLICT', 'conflict'],
+  409: ['LOCK_CONFLICT', 'the resource is locked or being changed by another request; retry with backoff'],
   410: ['NOT_FOUND', 'gone', { httpStatus: 410 }],
   412: ['PRECONDITION_FAILED', 'a precondition failed'],
   413: ['BAD_REQUEST', 'the request is too large', { httpStatus: 413 }],
@@ -192,6 +206,19 @@ function classifyInner(err: unknown, depth: number): KeelError {
 
   const postgres = postgresMapping(e, name, code, message);
   if (postgres) return fromMapping(postgres, message, code ? { sqlState: code } : {}, options);
+
+  const sqlite = sqliteMapping(code);
+  if (sqlite) return fromMapping(sqlite, message, { errorCode: code }, options);
+
+  // V8 out of memory for one allocation: a RangeError without a code.
+  if (name === 'RangeError' && /Array buffer allocation failed|Invalid string length/.test(message)) {
+    return keelError(
+      'RESOURCE_EXHAUSTED',
+      `${message} (out of memory for one allocation; work in smaller pieces)`,
+      {},
+      options,
+    );
+  }
 
   // fetch() refuses ports on the Fetch standard's block list (1, 21, 25, 6000 …) before connecting.
   if (

@@ -8,6 +8,21 @@ export type Severity = 'low' | 'medium' | 'high' | 'critical';
 export type RecoveryHint =
   'retry' | 'fallback' | 'invalidate-cache' | 'reduce-scope' | 'read-only' | 'manual';
 
+/** What each recovery hint asks of the caller, in a few words (the CLI prints these). */
+export const RECOVERY_HINTS: Readonly<Record<RecoveryHint, string>> = Object.freeze({
+  retry: 'try again, after a pause; it may pass',
+  fallback: 'use a fallback meanwhile (a cached copy, another replica)',
+  'invalidate-cache': 'drop what is cached for it and fetch it again',
+  'reduce-scope': 'do less at once (smaller batches, fewer in parallel, less memory)',
+  'read-only': 'carry on read-only until it is fixed',
+  manual: 'a person has to look at it',
+});
+
+/** `hint: text; hint: text` for `hints`, or an empty string when there are none. */
+export function describeHints(hints: readonly RecoveryHint[]): string {
+  return hints.map((h) => `${h}: ${RECOVERY_HINTS[h]}`).join('; ');
+}
+
 /** Defaults that come with a code; any of them can be overridden where the error is made. */
 export interface CodeInfo {
   readonly kind: ErrorKind;
@@ -48,6 +63,15 @@ export const ERROR_CODES = {
   NOT_FOUND: info('client', 'low', false, 404, [], 'Not found'),
   TOO_MANY_OPEN_FILES: info('transient', 'high', true, 503, ['retry', 'reduce-scope'], 'Too many open files'),
   RESOURCE_BUSY: info('transient', 'medium', true, 503, ['retry'], 'Resource busy'),
+  RESOURCE_EXHAUSTED: info(
+    'transient',
+    'high',
+    true,
+    503,
+    ['reduce-scope', 'retry'],
+    'Resource exhausted (memory, buffers, connections)',
+  ),
+  LOCK_CONFLICT: info('transient', 'medium', true, 409, ['retry'], 'Lock conflict'),
   ADDRESS_IN_USE: info('permanent', 'high', false, 500, ['manual'], 'Address already in use'),
   METADATA_CORRUPTED: info('server', 'high', false, 500, ['invalidate-cache'], 'Metadata corrupted'),
   CHECKSUM_MISMATCH: info('server', 'high', true, 500, ['invalidate-cache', 'retry'], 'Checksum mismatch'),

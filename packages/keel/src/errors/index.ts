@@ -5,6 +5,8 @@
  */
 export {
   ERROR_CODES,
+  RECOVERY_HINTS,
+  describeHints,
   codeInfo,
   type CodeInfo,
   type ErrorCode,

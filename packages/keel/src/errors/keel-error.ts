@@ -43,7 +43,9 @@ export interface ProblemDetails {
   status: number;
   detail: string;
   code: string;
+  severity: Severity;
   retryable: boolean;
+  /** What the client can do about it (see `RECOVERY_HINTS`). */
   hints: readonly RecoveryHint[];
   correlationId?: string;
   retryAfterSeconds?: number;
@@ -130,6 +132,7 @@ export class KeelError extends Error {
       status: this.httpStatus,
       detail: redactString(this.message),
       code: this.code,
+      severity: this.severity,
       retryable: this.retryable,
       hints: this.hints,
     };

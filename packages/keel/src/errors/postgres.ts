@@ -1,7 +1,4 @@
 import type { Mapping } from './classify.js';
-import type { KeelErrorOptions } from './keel-error.js';
-
-const retryable: KeelErrorOptions = { retryable: true, kind: 'transient', hints: ['retry'] };
 
 /**
  * PostgreSQL SQLSTATE codes (as `code` on pg's DatabaseError) that keel treats specially; other
@@ -14,10 +11,15 @@ const POSTGRES_CODES: Readonly<Record<string, Mapping>> = {
   '57P02': ['SERVICE_UNAVAILABLE', 'the database server crashed'],
   '57P03': ['SERVICE_UNAVAILABLE', 'the database server cannot accept connections yet'],
   '57014': ['TIMEOUT', 'the statement was cancelled (statement timeout or cancel request)'],
-  '40001': ['CONFLICT', 'the transaction could not be serialised; run it again', retryable],
-  '40P01': ['CONFLICT', 'the transaction was chosen as a deadlock victim; run it again', retryable],
-  '55P03': ['RESOURCE_BUSY', 'a lock could not be acquired'],
+  '40001': ['LOCK_CONFLICT', 'the transaction could not be serialised; run it again'],
+  '40P01': ['LOCK_CONFLICT', 'the transaction was chosen as a deadlock victim; run it again'],
+  '55P03': [
+    'LOCK_CONFLICT',
+    'a lock could not be acquired in time (lock_timeout or NOWAIT); retry with backoff',
+  ],
   '53100': ['DISK_FULL', 'the database server is out of disk space'],
+  '53200': ['RESOURCE_EXHAUSTED', 'the database server is out of memory; do less at once'],
+  '53300': ['RESOURCE_EXHAUSTED', 'the database server has too many connections; use fewer'],
   '23505': ['CONFLICT', 'a row with this key already exists'],
   '42501': ['PERMISSION_DENIED', 'the database role lacks a privilege'],
   '3D000': ['INVALID_CONFIG', 'the database does not exist; check the connection URL'],
@@ -27,7 +29,7 @@ const POSTGRES_CODES: Readonly<Record<string, Mapping>> = {
 
 const POSTGRES_CLASSES: Readonly<Record<string, Mapping>> = {
   '08': ['NETWORK_RESET', 'the database connection failed'],
-  '53': ['RESOURCE_BUSY', 'the database server is out of resources (connections, memory)'],
+  '53': ['RESOURCE_EXHAUSTED', 'the database server is out of resources (connections, memory)'],
   '57': ['SERVICE_UNAVAILABLE', 'the database server stopped the operation'],
   '58': ['IO_ERROR', 'the database server had a system error'],
   '23': ['INVALID_INPUT', 'the row violates a constraint'],

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import type { Clock, TimerHandle } from 'keel';
-import { systemClock } from 'keel';
+import type { Clock, Severity, TimerHandle } from 'keel';
+import { classify, systemClock } from 'keel';
+import type { Metrics } from '../metrics.js';
 import { JsonStateFile } from '../state-store.js';
 import { sanitiseAlert } from './sanitise.js';
 import {
@@ -9,6 +10,7 @@ import {
   type AlertHandler,
   type AlertInput,
   type AlertRoute,
+  type AlertSeverity,
 } from './types.js';
 
 /** Options of {@link AlertManager}. */
@@ -31,6 +33,20 @@ export interface AlertManagerOptions {
   clock?: Clock;
   /** Told about handler failures (default: ignored; the webhook handler retries on its own). */
   onHandlerError?: (handler: string, error: unknown) => void;
+  /** Counts every raise in `keel_alerts_raised_total{name,severity}` (alert names must be a fixed set). */
+  metrics?: Metrics;
+}
+
+const SEVERITY_OF_ERROR: Readonly<Record<Severity, AlertSeverity>> = {
+  low: 'info',
+  medium: 'warning',
+  high: 'error',
+  critical: 'critical',
+};
+
+/** The alert severity of an error's severity: low → info, medium → warning, high → error, critical → critical. */
+export function alertSeverityOf(severity: Severity): AlertSeverity {
+  return SEVERITY_OF_ERROR[severity];
 }
 
 interface Persisted {
@@ -89,7 +105,14 @@ export class AlertManager {
     positive('maxPerMinute', 1);
     positive('historySize', 1);
     this.store = options.historyFile ? new JsonStateFile<Persisted>(options.historyFile) : undefined;
+    this.raised = options.metrics?.counter(
+      'keel_alerts_raised_total',
+      'Alerts raised (duplicates within the dedup window included), by name and severity.',
+      ['name', 'severity'],
+    );
   }
+
+  private readonly raised: { inc(labels: { name: string; severity: string }): void } | undefined;
 
   /** Checks the history file is writable and reloads the history (firing alerts become active again). */
   async start(): Promise<void> {
@@ -109,6 +132,22 @@ export class AlertManager {
    * firing alert inside the dedup window (its count grows).
    */
   raise(input: AlertInput): Alert | undefined {
+    const error = input.error === undefined ? undefined : classify(input.error);
+    const severity = input.severity ?? alertSeverityOf(error?.severity ?? 'medium');
+    this.raised?.inc({ name: input.name, severity });
+    const details =
+      error === undefined
+        ? (input.details ?? {})
+        : {
+            ...input.details,
+            error: {
+              code: error.code,
+              message: error.message,
+              severity: error.severity,
+              hints: error.hints,
+              ...(error.correlationId === undefined ? {} : { correlationId: error.correlationId }),
+            },
+          };
     const labels = input.labels ?? {};
     const fingerprint = input.fingerprint ?? alertFingerprint(input.name, labels);
     const now = this.clock.now();
@@ -121,10 +160,10 @@ export class AlertManager {
     }
     const alert = sanitiseAlert({
       name: input.name,
-      severity: input.severity,
+      severity,
       summary: input.summary,
       labels,
-      details: input.details ?? {},
+      details,
       fingerprint,
       status: 'firing',
       startsAt: existing?.startsAt ?? new Date(now).toISOString(),

@@ -4,11 +4,25 @@ export type AlertSeverity = 'info' | 'warning' | 'error' | 'critical';
 /** Severities from least to most severe. */
 export const ALERT_SEVERITIES: readonly AlertSeverity[] = ['info', 'warning', 'error', 'critical'];
 
-/** What a caller raises. */
-export interface AlertInput {
+/** What a caller raises: a severity, or an error to take it from, or both. */
+export type AlertInput = AlertInputBase &
+  (
+    | { severity: AlertSeverity; error?: unknown }
+    | {
+        severity?: AlertSeverity;
+        /**
+         * The failure behind the alert. Its severity becomes the alert's (low → info, medium →
+         * warning, high → error, critical → critical) unless `severity` is given, and its code,
+         * message, recovery hints and correlation id go into `details.error`.
+         */
+        error: unknown;
+      }
+  );
+
+/** The fields every {@link AlertInput} has. */
+export interface AlertInputBase {
   /** Short stable name, e.g. `DiskSpaceLow`, `RecoveryFailed`. */
   name: string;
-  severity: AlertSeverity;
   /** One human sentence: what happened, to what, what is being done. */
   summary: string;
   /** Few, bounded labels (component, path …); used for routing, grouping and the fingerprint. */
