@@ -114,8 +114,7 @@ describe.each(stores)('group recovery on %s', (_name, makeFixture) => {
   async function advance(ms: number, keepAlive?: string): Promise<void> {
     for (let left = ms; left > 0; left -= LEASE_MS / 4) {
       await clock.advance(Math.min(left, LEASE_MS / 4));
-      if (keepAlive === undefined) await new Promise((r) => setTimeout(r, 2));
-      else
+      if (keepAlive !== undefined)
         await until(
           async () => ((await repo.getGroup(keepAlive))?.leaseExpiresAt ?? 0) > clock.now() + LEASE_MS / 2,
           'the heartbeat',
@@ -187,7 +186,8 @@ describe.each(stores)('group recovery on %s', (_name, makeFixture) => {
     expect(health.output).toContain(`${id} (no-progress)`);
 
     const recovered = rescuer.recover({ backoffMs: 0 });
-    // The worker finds the lease gone at its next heartbeat and cancels b.
+    // The worker finds the lease gone at its next heartbeat and cancels b: beat once it is gone.
+    await until(async () => (await repo.getGroup(id))?.leaseOwner !== 'worker-a', 'the takeover');
     await advance(LEASE_MS);
     expect((await recovered).actions).toEqual([
       { id, action: 'recovered', strategy: 'retry-with-backoff', status: 'completed' },
