@@ -2,7 +2,7 @@ import { keelError } from 'keel';
 import { stuckReason } from './diagnose.js';
 import type { GroupManager } from './manager.js';
 import { diff, type DiffOptions } from './reconcile.js';
-import { recoverGroups, type RecoverOptions } from './recovery.js';
+import type { RecoverOptions } from './recovery.js';
 import { orphanedResources, retentionAges } from './retention.js';
 
 /** Options of {@link groupsHealthCheck}. */
@@ -57,7 +57,7 @@ const ids = (list: readonly { id: string }[]): string => list.map((g) => g.id).j
  * expired, or no progress for `stuckAfterMs`) or its rollback failed; `warn` when a group is
  * `failed`, temporary resources are orphaned, more than `maxPending` groups wait, desired and
  * actual state differ (`drift`), or the last scheduled cleanup failed; else `pass`. Its `recover()`
- * / `action()` runs {@link recoverGroups} and throws if a group is still not recovered.
+ * / `action()` runs `manager.recover()` and throws if a group is still not recovered.
  */
 export function groupsHealthCheck(
   manager: GroupManager,
@@ -106,7 +106,7 @@ export function groupsHealthCheck(
     return { status: 'pass', observedValue: counts };
   };
   const recover = async (): Promise<void> => {
-    const report = await recoverGroups(manager, options);
+    const report = await manager.recover(options);
     const notRecovered = report.actions.filter((a) => a.action === 'failed-again');
     if (notRecovered.length > 0) {
       throw keelError(

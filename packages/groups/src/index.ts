@@ -27,6 +27,7 @@ export {
   DEFAULT_STUCK_AFTER_MS,
 } from './diagnose.js';
 export { recoverGroups, type RecoverOptions } from './recovery.js';
+export type { MetricsHelpers } from './metrics.js';
 export {
   cleanupGroups,
   orphanedResources,

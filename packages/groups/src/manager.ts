@@ -32,6 +32,7 @@ import {
   type RetentionStatus,
 } from './retention.js';
 import type { ExecutorRegistry } from './executors.js';
+import { bindGroupMetrics, type MetricsHelpers } from './metrics.js';
 import { assertTransition } from './status.js';
 import type {
   Diagnosis,
@@ -69,6 +70,11 @@ export interface GroupManagerOptions {
    * itself every `everyMs` on the manager's clock until {@link GroupManager.close}.
    */
   retention?: RetentionOptions & { everyMs?: number };
+  /**
+   * Registers `keel_groups{status}`, `keel_groups_stuck` and `keel_group_recoveries_total`; pass
+   * `createMetrics()` of @keel/ops.
+   */
+  metrics?: MetricsHelpers;
 }
 
 function positiveMs(name: string, value: number | undefined, fallback: number): number {
@@ -125,6 +131,7 @@ export class GroupManager {
   private readonly retention: RetentionOptions;
   private readonly schedule: RetentionSchedule | undefined;
   private readonly host: RunHost;
+  private readonly recordRecovery: ((report: RecoveryReport) => void) | undefined;
 
   constructor(options: GroupManagerOptions) {
     this.repository = options.repository;
@@ -160,6 +167,13 @@ export class GroupManager {
       log: (id, level, message) => this.log(id, level, message),
       require: (id) => this.require(id),
     };
+    this.recordRecovery =
+      options.metrics === undefined
+        ? undefined
+        : bindGroupMetrics(options.metrics, {
+            countByStatus: () => this.repository.countByStatus(),
+            stuckCount: async () => (await this.stuck()).length,
+          });
     this.schedule =
       everyMs === undefined
         ? undefined
@@ -375,8 +389,10 @@ export class GroupManager {
   }
 
   /** Runs the recovery strategy of every stuck and failed group; see {@link recoverGroups}. */
-  recover(options?: RecoverOptions): Promise<RecoveryReport> {
-    return recoverGroups(this, options);
+  async recover(options?: RecoverOptions): Promise<RecoveryReport> {
+    const report = await recoverGroups(this, options);
+    this.recordRecovery?.(report);
+    return report;
   }
 
   /**

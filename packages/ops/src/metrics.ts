@@ -45,12 +45,15 @@ export class Metrics {
     return new Counter<L>({ name, help, labelNames, registers: [this.registry] });
   }
 
-  /** A gauge, created once. `collect` runs at every scrape (read a size or a state there). */
+  /**
+   * A gauge, created once. `collect` runs at every scrape (read a size or a state there); a
+   * promise it returns is awaited before the gauge is rendered.
+   */
   gauge<L extends string>(
     name: string,
     help: string,
     labelNames: readonly L[] = [],
-    collect?: (gauge: Gauge<L>) => void,
+    collect?: (gauge: Gauge<L>) => void | Promise<void>,
   ): Gauge<L> {
     const existing = this.registry.getSingleMetric(name);
     if (existing instanceof Gauge) return existing;
@@ -63,7 +66,7 @@ export class Metrics {
       ...(collect
         ? {
             collect(this: Gauge<L>) {
-              collect(this);
+              return collect(this);
             },
           }
         : {}),

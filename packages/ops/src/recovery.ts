@@ -2,6 +2,7 @@ import type { Clock, TimerHandle } from 'keel';
 import { systemClock, redactString } from 'keel';
 import type { HealthRegistry } from './health.js';
 import type { AlertManager } from './alerts/manager.js';
+import type { Metrics } from './metrics.js';
 import { JsonStateFile } from './state-store.js';
 
 /** Where a recovery stands. */
@@ -48,6 +49,11 @@ export interface AutoRecoveryOptions {
   initialState?: RecoveryState;
   /** Called after every change of state (persist it here). */
   onChange?: (state: RecoveryState) => void;
+  /**
+   * Counts attempts in `keel_recovery_attempts_total{check,outcome}` (recovered, still-failing,
+   * action-failed) and give-ups in `keel_recoveries_exhausted_total{check}`.
+   */
+  metrics?: Metrics;
 }
 
 /** Default backoff: 1 s, 2 s, 4 s … capped at 60 s. */
@@ -87,6 +93,25 @@ export class AutoRecovery {
           history: [...init.history],
         }
       : { check: options.check, status: 'idle', attempts: 0, history: [] };
+    if (options.metrics !== undefined) {
+      const attempts = options.metrics.counter(
+        'keel_recovery_attempts_total',
+        'Automatic recovery attempts by health check and outcome.',
+        ['check', 'outcome'],
+      );
+      const exhausted = options.metrics.counter(
+        'keel_recoveries_exhausted_total',
+        'Automatic recoveries that ran out of attempts (a RecoveryFailed alert), by health check.',
+        ['check'],
+      );
+      for (const outcome of ['recovered', 'still-failing', 'action-failed'])
+        attempts.inc({ check: options.check, outcome }, 0);
+      exhausted.inc({ check: options.check }, 0);
+      this.counted = {
+        attempt: (outcome) => attempts.inc({ check: options.check, outcome }),
+        exhausted: () => exhausted.inc({ check: options.check }),
+      };
+    }
     this.dispose = health.onResult((name, entry) => {
       if (name !== options.check || this.busy) return;
       if (entry.status === 'fail') this.onFailure();
@@ -122,6 +147,7 @@ export class AutoRecovery {
   }
 
   private store: JsonStateFile<RecoveryState> | undefined;
+  private counted: { attempt(outcome: RecoveryAttempt['outcome']): void; exhausted(): void } | undefined;
 
   /** Resolves when the state file (if any) holds the latest state. */
   async flush(): Promise<void> {
@@ -191,6 +217,7 @@ export class AutoRecovery {
     const next = this.current.attempts + 1;
     if (next > this.maxAttempts) {
       this.update({ status: 'exhausted' });
+      this.counted?.exhausted();
       this.options.alerts?.raise({
         name: 'RecoveryFailed',
         severity: 'critical',
@@ -230,6 +257,7 @@ export class AutoRecovery {
     } finally {
       this.busy = false;
     }
+    this.counted?.attempt(record.outcome);
     const history = [...this.current.history, record].slice(-(this.options.historySize ?? 20));
     if (record.outcome === 'recovered') {
       this.update({ status: 'recovered', attempts: 0, history });

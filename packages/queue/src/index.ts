@@ -11,7 +11,11 @@ export {
   type QueueStats,
   type QueueItem,
   type DeadLetter,
+  type QueueHealthCheck,
+  DEFAULT_DEPTH_THRESHOLD,
 } from './queue.js';
+export type { MetricsHelpers, CounterLike, GaugeLike } from './metrics.js';
+export type { Outcome } from './outcomes.js';
 export type { EnqueueOptions, Enqueued } from './enqueue.js';
 export type { QueueJob, ProcessOptions } from './worker.js';
 export type { RetentionOptions } from './retention.js';

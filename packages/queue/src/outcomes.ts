@@ -5,6 +5,9 @@ import type { CompletionCommitter } from './completions.js';
 import { endsAsDeadLetter } from './failure-decision.js';
 import { DEFAULT_RECONNECT, isStoreUnavailable, type StoreHealth } from './store-health.js';
 
+/** What became of a handled item: completed, failed (retried or dead), dead-lettered, or refused as stale. */
+export type Outcome = 'completed' | 'failed' | 'dead' | 'stale';
+
 /** How failed items are retried, and how writes wait out an unavailable store. */
 export interface RetrySettings {
   /** Delays between attempts of a failing item. */
@@ -41,6 +44,8 @@ function delayAfter(backoff: Backoff, attempt: number): number {
 export class OutcomeWriter {
   /** Counters of this instance since it opened, for `Queue.stats`. */
   readonly totals = { completed: 0, failed: 0, dead: 0, stale: 0 };
+  /** Told of each counted outcome (metrics). */
+  onOutcome: ((outcome: Outcome) => void) | undefined;
   /** Set when workers start. */
   settings: RetrySettings = DEFAULT_RETRY;
   /** Writes stop retrying an unavailable store after this (Date.now() ms); set when the queue closes. */
@@ -62,9 +67,9 @@ export class OutcomeWriter {
   async succeeded(row: QueueRow, ref: ClaimRef): Promise<void> {
     const done = await this.persist(() => this.completions.complete(ref));
     if (done === true) {
-      this.totals.completed++;
+      this.count('completed');
       if (row.attempts > 1) this.settings.budget?.refund();
-    } else if (done === false) this.totals.stale++;
+    } else if (done === false) this.count('stale');
   }
 
   /**
@@ -73,7 +78,7 @@ export class OutcomeWriter {
    */
   async failed(row: QueueRow, ref: ClaimRef, error: unknown): Promise<void> {
     const { backoff, budget, maxDelayMs } = this.settings;
-    this.totals.failed++;
+    this.count('failed');
     const e = classify(error);
     const dead = endsAsDeadLetter(e, row.attempts, row.maxAttempts);
     const now = this.clock.now();
@@ -83,8 +88,13 @@ export class OutcomeWriter {
     const failed = await this.persist(() =>
       this.store.fail(ref, { code: e.code, message: e.message, attempt: row.attempts, at: now }, runAt, now),
     );
-    if (failed === true && dead) this.totals.dead++;
-    if (failed === false) this.totals.stale++;
+    if (failed === true && dead) this.count('dead');
+    if (failed === false) this.count('stale');
+  }
+
+  private count(outcome: Outcome): void {
+    this.totals[outcome]++;
+    this.onOutcome?.(outcome);
   }
 
   /**

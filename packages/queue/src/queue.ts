@@ -1,4 +1,4 @@
-import { keelError, systemClock, type Clock } from 'keel';
+import { classify, keelError, systemClock, type Clock } from 'keel';
 import {
   openQueueStore,
   type QueueItemState,
@@ -13,6 +13,8 @@ import {
   type EncryptionOptions,
   type PayloadCipher,
 } from './encryption.js';
+import { bindQueueMetrics, type MetricsHelpers } from './metrics.js';
+import type { Outcome } from './outcomes.js';
 import { PayloadCodec } from './payload.js';
 import { RetentionSweeper, retentionSettings, type RetentionOptions } from './retention.js';
 import { OutageSpool } from './spool.js';
@@ -28,6 +30,17 @@ export interface QueueOptions extends QueueStoreOptions {
   retention?: RetentionOptions | false;
   /** Encrypt payloads at rest with AES-256-GCM (see `payloadCipher`). */
   encryption?: EncryptionOptions;
+  /**
+   * Registers the queue's metrics (see docs/queue.md): depth by state, oldest pending age, whether
+   * the store answers, and handled items by outcome, labelled with the queue's name. Pass
+   * `createMetrics()` of @keel/ops (or anything with its `counter` and `gauge`).
+   */
+  metrics?: MetricsHelpers;
+  /**
+   * Pending items above this are a backlog: exported as `keel_queue_depth_threshold` for the alert
+   * rules (and the queue's health check, see {@link Queue.healthCheck}). Default 10 000.
+   */
+  depthThreshold?: number;
   /**
    * PostgreSQL only: a SQLite file that keeps accepting enqueues while PostgreSQL is unreachable
    * (see `Enqueued.spooled`); they are handed to PostgreSQL in order once it answers. Items get a
@@ -265,7 +278,59 @@ export class Queue<T = unknown> {
   get rawStore(): QueueStore {
     return this.store;
   }
+
+  /** Pending items above which the queue is backed up (the `depthThreshold` option). */
+  depthThreshold = DEFAULT_DEPTH_THRESHOLD;
+
+  /** @internal Tells `listener` of every outcome this instance counts (metrics). */
+  onOutcome(listener: (outcome: Outcome) => void): void {
+    this.worker.onOutcome(listener);
+  }
+
+  /**
+   * A health check in the shape @keel/ops registers (`HealthRegistry.register(queue.healthCheck())`):
+   * `fail` while the store is unreachable, `warn` while more than `maxDepth` items (default: the
+   * `depthThreshold` option) are pending, else `pass`; its `observedValue` is the depth, oldest age
+   * and dead letters.
+   */
+  healthCheck(options: { name?: string; maxDepth?: number } = {}): QueueHealthCheck {
+    const maxDepth = options.maxDepth ?? this.depthThreshold;
+    return {
+      name: options.name ?? `queue:${this.name}`,
+      componentType: 'datastore',
+      run: async () => {
+        let s: QueueStats;
+        try {
+          s = await this.stats();
+        } catch (err) {
+          return { status: 'fail', output: classify(err).message };
+        }
+        const observedValue = { pending: s.pending, oldestPendingAgeMs: s.oldestPendingAgeMs, dead: s.dead };
+        if (s.pending > maxDepth)
+          return {
+            status: 'warn',
+            observedValue,
+            output: `${String(s.pending)} pending items in queue "${this.name}" (threshold ${String(maxDepth)}); the oldest has waited ${String(Math.round((s.oldestPendingAgeMs ?? 0) / 1000))} s`,
+          };
+        return { status: 'pass', observedValue };
+      },
+    };
+  }
 }
+
+/** What {@link Queue.healthCheck} returns: structurally a @keel/ops `HealthCheck`. */
+export interface QueueHealthCheck {
+  name: string;
+  componentType: 'datastore';
+  run: () => Promise<{
+    status: 'pass' | 'warn' | 'fail';
+    observedValue?: { pending: number; oldestPendingAgeMs: number | null; dead: number };
+    output?: string;
+  }>;
+}
+
+/** Default of the `depthThreshold` option. */
+export const DEFAULT_DEPTH_THRESHOLD = 10_000;
 
 /**
  * Opens (creating and migrating if needed) a queue. `target` is a SQLite file path (or
@@ -274,7 +339,20 @@ export class Queue<T = unknown> {
  *   password or key), `QUEUE_STORE_OPEN_FAILED` or `QUEUE_STORE_UNAVAILABLE` when it cannot open.
  */
 export async function openQueue<T = unknown>(target: string, options: QueueOptions = {}): Promise<Queue<T>> {
-  const { name = 'default', clock = systemClock, retention, encryption, ...storeOptions } = options;
+  const {
+    name = 'default',
+    clock = systemClock,
+    retention,
+    encryption,
+    metrics,
+    depthThreshold = DEFAULT_DEPTH_THRESHOLD,
+    ...storeOptions
+  } = options;
+  if (!(Number.isSafeInteger(depthThreshold) && depthThreshold >= 0))
+    throw keelError(
+      'INVALID_CONFIG',
+      `queue option depthThreshold must be an integer >= 0, got ${String(depthThreshold)}`,
+    );
   if (typeof name !== 'string' || name === '')
     throw keelError('INVALID_CONFIG', 'queue option name must be a non-empty string');
   const cipher = encryption === undefined ? undefined : payloadCipher(encryption);
@@ -282,6 +360,17 @@ export async function openQueue<T = unknown>(target: string, options: QueueOptio
   const { spool, ...rest } = storeOptions;
   const store = await openQueueStore(target, rest);
   const queue = new Queue<T>(store, name, clock, kept, cipher);
+  queue.depthThreshold = depthThreshold;
+  if (metrics !== undefined)
+    bindQueueMetrics(metrics, {
+      name,
+      counts: () => store.counts(name),
+      now: () => clock.now(),
+      depthThreshold,
+      onOutcome: (listener) => {
+        queue.onOutcome(listener);
+      },
+    });
   if (spool !== undefined) {
     if (store.kind !== 'postgres') {
       await store.close();

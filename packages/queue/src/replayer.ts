@@ -52,6 +52,8 @@ export interface ReplayerSettings<P, R> {
   maxAttempts: number;
   retryEveryMs: number;
   checkEveryMs: number;
+  /** Told how each replay attempt ended (metrics). */
+  onReplay?: (outcome: 'replayed' | 'waited' | 'failed') => void;
 }
 
 function findBreaker(policy: AnyPolicy): CircuitBreakerPolicy | undefined {
@@ -126,6 +128,7 @@ export class Replayer<P, R> {
       try {
         await policy.execute((ctx) => operation(job.payload, ctx), { signal: job.signal });
         this.counters.replayed++;
+        this.settings.onReplay?.('replayed');
         backlog.settled(job.partitionKey, job.id);
         return;
       } catch (err) {
@@ -133,6 +136,7 @@ export class Replayer<P, R> {
         if (decision.action === 'throw') {
           // An answer, not an outage: the queue retries it with backoff or dead-letters it, as it
           // would any failing item. A dead item no longer holds its partition back.
+          this.settings.onReplay?.('failed');
           const dead = endsAsDeadLetter(decision.error, job.attempt, this.settings.maxAttempts);
           if (dead && !job.signal.aborted) backlog.settled(job.partitionKey, job.id);
           throw err;
@@ -140,6 +144,7 @@ export class Replayer<P, R> {
         // Still unavailable: keep the item claimed (its partition waits behind it, no attempt is
         // spent) and try again on the breaker's next state change or after retryEveryMs.
         this.counters.replayWaits++;
+        this.settings.onReplay?.('waited');
         await this.nextChange(job.signal, this.settings.retryEveryMs);
       }
     }

@@ -2,6 +2,7 @@ import { keelError, type KeelError, systemClock, type Clock } from 'keel';
 import type { AnyPolicy, CircuitBreakerPolicy, PolicyContext } from 'keel';
 import { decideFailure, isUnavailable } from './failure-decision.js';
 import { PartitionBacklog } from './partition-backlog.js';
+import type { CounterLike, MetricsHelpers } from './metrics.js';
 import { Replayer, type ReplayQueue } from './replayer.js';
 
 export { isUnavailable } from './failure-decision.js';
@@ -56,6 +57,14 @@ export interface OutageQueueOptions<P, R> {
   /** Period of the check that moves an expired open breaker to half-open and notices an emptied queue (default 1 000). */
   checkEveryMs?: number;
   clock?: Clock;
+  /**
+   * Registers `keel_queue_outage_calls_total{queue,outcome}` (done, queued-unavailable,
+   * queued-backlog) and `keel_queue_replays_total{queue,outcome}` (replayed, waited, failed); pass
+   * `createMetrics()` of @keel/ops.
+   */
+  metrics?: MetricsHelpers;
+  /** The `queue` label of those metrics (default: the queue's `name`, else `outage`). */
+  name?: string;
 }
 
 /** Counters of an {@link OutageQueue}. */
@@ -107,6 +116,7 @@ export class OutageQueue<P, R> {
   /** Per partition: the last call's settlement, so calls of a partition run in call order. */
   private readonly tails = new Map<string, Promise<unknown>>();
   private starting: Promise<void> | undefined;
+  private readonly calls: { inc(outcome: 'done' | 'queued-unavailable' | 'queued-backlog'): void };
   private readonly counters = {
     done: 0,
     queuedUnavailable: 0,
@@ -121,6 +131,21 @@ export class OutageQueue<P, R> {
     this.operation = options.operation;
     this.shouldQueue = options.shouldQueue ?? isUnavailable;
     this.maxAttempts = options.maxAttempts ?? 5;
+    const label = options.name ?? (options.queue as { name?: unknown }).name;
+    const queue = typeof label === 'string' && label !== '' ? label : 'outage';
+    const calls: CounterLike<'queue' | 'outcome'> | undefined = options.metrics?.counter(
+      'keel_queue_outage_calls_total',
+      'Calls through outage mode: done directly, or queued (the dependency unavailable, or its partition backed up).',
+      ['queue', 'outcome'],
+    );
+    const replays: CounterLike<'queue' | 'outcome'> | undefined = options.metrics?.counter(
+      'keel_queue_replays_total',
+      'Replays of queued calls: replayed, waited (the dependency still unavailable) or failed.',
+      ['queue', 'outcome'],
+    );
+    for (const outcome of ['done', 'queued-unavailable', 'queued-backlog']) calls?.inc({ queue, outcome }, 0);
+    for (const outcome of ['replayed', 'waited', 'failed']) replays?.inc({ queue, outcome }, 0);
+    this.calls = { inc: (outcome) => calls?.inc({ queue, outcome }) };
     this.replayer = new Replayer({
       queue: options.queue,
       policy: options.policy,
@@ -134,6 +159,7 @@ export class OutageQueue<P, R> {
       maxAttempts: this.maxAttempts,
       retryEveryMs: options.retryEveryMs ?? 1_000,
       checkEveryMs: options.checkEveryMs ?? 1_000,
+      onReplay: (outcome) => replays?.inc({ queue, outcome }),
     });
   }
 
@@ -187,6 +213,7 @@ export class OutageQueue<P, R> {
     const key = options.partitionKey;
     if (key !== undefined && this.backlog.holds(key)) {
       this.counters.queuedBacklog++;
+      this.calls.inc('queued-backlog');
       return this.enqueue(payload, options, 'backlog', undefined);
     }
     try {
@@ -194,11 +221,13 @@ export class OutageQueue<P, R> {
         signal: options.signal,
       });
       this.counters.done++;
+      this.calls.inc('done');
       return { status: 'done', value: value as R };
     } catch (err) {
       const decision = decideFailure(err, options.signal, this.shouldQueue);
       if (decision.action === 'throw') throw err;
       this.counters.queuedUnavailable++;
+      this.calls.inc('queued-unavailable');
       return this.enqueue(payload, options, 'unavailable', decision.error);
     }
   }

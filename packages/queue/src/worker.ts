@@ -3,7 +3,7 @@ import type { Backoff, RetryBudgetPolicy, Clock } from 'keel';
 import type { QueueRow, QueueStore } from '@keel/store';
 import { CompletionCommitter } from './completions.js';
 import { Leases, type InFlight } from './leases.js';
-import { DEFAULT_RETRY, OutcomeWriter } from './outcomes.js';
+import { DEFAULT_RETRY, OutcomeWriter, type Outcome } from './outcomes.js';
 import type { PayloadCodec } from './payload.js';
 import type { StoreHealth } from './store-health.js';
 
@@ -98,6 +98,11 @@ export class WorkerLoop<T> {
   /** Counters of this instance since it opened, for `Queue.stats`. */
   get totals(): Readonly<OutcomeWriter['totals']> {
     return this.outcomes.totals;
+  }
+
+  /** Tells `listener` of every counted outcome (metrics). */
+  onOutcome(listener: (outcome: Outcome) => void): void {
+    this.outcomes.onOutcome = listener;
   }
 
   /** True from {@link start} until {@link stop}. */

@@ -181,6 +181,8 @@ export interface GroupRepository {
   appendOperations(groupId: string, operations: readonly NewOperation[]): Promise<number[]>;
   getGroup(id: string): Promise<GroupRecord | undefined>;
   listGroups(filter?: { statuses?: readonly GroupStatus[]; limit?: number }): Promise<GroupRecord[]>;
+  /** How many groups are in each status (statuses without groups are absent). */
+  countByStatus(): Promise<Partial<Record<GroupStatus, number>>>;
   getOperations(groupId: string): Promise<OperationRecord[]>;
   /** Applies the patch; with `expect`, only if the status is one of those. Returns whether a row changed. */
   updateGroup(id: string, patch: GroupPatch, expect?: readonly GroupStatus[]): Promise<boolean>;

@@ -280,6 +280,11 @@ export class SqlGroupRepository implements GroupRepository {
     return rows.map(toGroup);
   }
 
+  async countByStatus(): Promise<Partial<Record<GroupStatus, number>>> {
+    const rows = await this.db.all(`SELECT status, COUNT(*) AS n FROM keel_groups GROUP BY status`);
+    return Object.fromEntries(rows.map((r) => [String(r.status), Number(r.n)]));
+  }
+
   async getOperations(groupId: string): Promise<OperationRecord[]> {
     const rows = await this.db.all(`SELECT * FROM keel_group_operations WHERE group_id = ? ORDER BY seq`, [
       groupId,
