@@ -159,6 +159,7 @@ describe('groups store on a PostgreSQL that never answers', () => {
     const started = performance.now();
     const err = await openGroupRepository(`postgres://keel:s3cret@127.0.0.1:${String(port)}/test`, {
       connectTimeoutMs: 200,
+      startup: false,
     }).then(
       () => undefined,
       (e: unknown) => e,

@@ -89,6 +89,12 @@ describe('recovery alert rules', () => {
     });
     const restarts = await ProcessRestarts.start({ dir: path.join(dir, 'state'), metrics });
 
+    expect(await queue.healthCheck().run()).toMatchObject({
+      status: 'warn',
+      observedValue: { pending: 3, dead: 0 },
+      output: expect.stringContaining('3 pending items in queue "orders" (threshold 2)'),
+    });
+    expect((await queue.healthCheck({ maxDepth: 3 }).run()).status).toBe('pass');
     let text = await metrics.render();
     expect(value(text, 'keel_queue_items{queue="orders",state="pending"}')).toBe(3);
     expect(value(text, 'keel_queue_depth_threshold{queue="orders"}')).toBe(2);
@@ -175,6 +181,10 @@ describe('recovery alert rules', () => {
           async () => value(await metrics.render(), 'keel_queue_store_up{queue="default"}') === 0,
           'the store seen down',
         );
+        expect(await queue.healthCheck().run()).toMatchObject({
+          status: 'fail',
+          output: expect.stringContaining('is unavailable'),
+        });
         await proxy.enable();
         await until(
           async () => value(await metrics.render(), 'keel_queue_store_up{queue="default"}') === 1,

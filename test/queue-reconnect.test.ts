@@ -148,7 +148,7 @@ describe.skipIf(!withPg)('queue on PostgreSQL behind the chaos proxy', () => {
     proxy = await chaos.proxy({ upstream: upstreamOf(PG_URL), enabled: false });
     const u = new URL(through(proxy));
     u.password = 'hunter2-secret';
-    const err = await openQueue(u.toString(), { schema, connectTimeoutMs: 500 }).then(
+    const err = await openQueue(u.toString(), { schema, connectTimeoutMs: 500, startup: false }).then(
       () => undefined,
       (e: unknown) => e,
     );

@@ -75,4 +75,8 @@ export {
   type StoreAccess,
   type TemporaryResource,
   type ResourceWithOwner,
+  type OpenGroupRepositoryOptions,
+  type StartupRetryOptions,
+  type StartupHealth,
+  type OpenAttempt,
 } from '@keel/store';

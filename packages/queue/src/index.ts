@@ -25,7 +25,13 @@ export {
   type EncryptionOptions,
   type PayloadCipher,
 } from './encryption.js';
-export type { QueueItemState, StoreAccess } from '@keel/store';
+export type {
+  QueueItemState,
+  StoreAccess,
+  StartupRetryOptions,
+  StartupHealth,
+  OpenAttempt,
+} from '@keel/store';
 export {
   createOutageQueue,
   isUnavailable,

@@ -1,5 +1,9 @@
 import { classify, keelError, systemClock, type Clock } from 'keel';
 import {
+  openWithRetry,
+  redactPostgresUrl,
+  startupSettings,
+  type StartupRetryOptions,
   openQueueStore,
   type QueueItemState,
   type QueueRow,
@@ -18,7 +22,7 @@ import type { Outcome } from './outcomes.js';
 import { PayloadCodec } from './payload.js';
 import { RetentionSweeper, retentionSettings, type RetentionOptions } from './retention.js';
 import { OutageSpool } from './spool.js';
-import { DEFAULT_RECONNECT, StoreHealth } from './store-health.js';
+import { DEFAULT_RECONNECT, isStoreUnavailable, StoreHealth } from './store-health.js';
 import { WorkerLoop, type ProcessOptions, type QueueJob } from './worker.js';
 
 /** Options of {@link openQueue}. */
@@ -41,6 +45,12 @@ export interface QueueOptions extends QueueStoreOptions {
    * rules (and the queue's health check, see {@link Queue.healthCheck}). Default 10 000.
    */
   depthThreshold?: number;
+  /**
+   * PostgreSQL only: a server that is unreachable when the queue opens is retried with backoff for
+   * up to `maxWaitMs` (default 30 s) before `openQueue` gives up, its health check (`queue:<name>`,
+   * with `startup.health`) saying "starting" meanwhile; `false` fails at once.
+   */
+  startup?: StartupRetryOptions | false;
   /**
    * PostgreSQL only: a SQLite file that keeps accepting enqueues while PostgreSQL is unreachable
    * (see `Enqueued.spooled`); they are handed to PostgreSQL in order once it answers. Items get a
@@ -346,6 +356,7 @@ export async function openQueue<T = unknown>(target: string, options: QueueOptio
     encryption,
     metrics,
     depthThreshold = DEFAULT_DEPTH_THRESHOLD,
+    startup,
     ...storeOptions
   } = options;
   if (!(Number.isSafeInteger(depthThreshold) && depthThreshold >= 0))
@@ -358,7 +369,19 @@ export async function openQueue<T = unknown>(target: string, options: QueueOptio
   const cipher = encryption === undefined ? undefined : payloadCipher(encryption);
   const kept = retentionSettings(retention);
   const { spool, ...rest } = storeOptions;
-  const store = await openQueueStore(target, rest);
+  const store = /^postgres(ql)?:/i.test(target)
+    ? await openWithRetry(
+        () => openQueueStore(target, rest),
+        startupSettings(startup, {
+          what: `the queue store at ${redactPostgresUrl(target)}`,
+          checkName: `queue:${name}`,
+          // A timer that keeps the process alive: a service waiting for its database is not done.
+          sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
+          now: () => Date.now(),
+          retryable: isStoreUnavailable,
+        }),
+      )
+    : await openQueueStore(target, rest);
   const queue = new Queue<T>(store, name, clock, kept, cipher);
   queue.depthThreshold = depthThreshold;
   if (metrics !== undefined)

@@ -1,18 +1,30 @@
 import { keelError } from 'keel';
 import type { GroupRepository } from './groups-schema.js';
+import { openWithRetry, startupSettings, type StartupRetryOptions } from './open-retry.js';
+import { redactPostgresUrl } from './queue-postgres.js';
 import { postgresGroupRepository, type PostgresGroupOptions } from './groups-postgres.js';
 import { sqliteGroupRepository, type SqliteGroupOptions } from './groups-sqlite.js';
+
+/** Options of {@link openGroupRepository}: each store's own, and how to wait for PostgreSQL at start. */
+export type OpenGroupRepositoryOptions = SqliteGroupOptions &
+  PostgresGroupOptions & {
+    /**
+     * A PostgreSQL store that is unreachable at start is retried with backoff for up to
+     * `maxWaitMs` (default 30 s), its health check saying "starting" meanwhile; `false` fails at once.
+     */
+    startup?: StartupRetryOptions | false;
+  };
 
 /**
  * Opens the groups store named by `urlOrPath`: `postgres://…` / `postgresql://…` for PostgreSQL,
  * `sqlite:<path>` or a plain file path for SQLite. Applies the migrations (unless `access` is
- * `read-only`).
+ * `read-only`). A PostgreSQL server that is down is waited for (see `startup`).
  * @throws KeelError `INVALID_CONFIG` for an empty path or another URL scheme; see
  *   {@link sqliteGroupRepository} and {@link postgresGroupRepository} for the rest.
  */
 export async function openGroupRepository(
   urlOrPath: string,
-  options: SqliteGroupOptions & PostgresGroupOptions = {},
+  options: OpenGroupRepositoryOptions = {},
 ): Promise<GroupRepository> {
   if (typeof urlOrPath !== 'string' || urlOrPath.trim() === '') {
     throw keelError(
@@ -21,7 +33,15 @@ export async function openGroupRepository(
     );
   }
   if (/^postgres(ql)?:\/\//i.test(urlOrPath)) {
-    return postgresGroupRepository(urlOrPath, options);
+    const settings = startupSettings(options.startup, {
+      what: `the groups store at ${redactPostgresUrl(urlOrPath)}`,
+      checkName: 'groups:store',
+      // A timer that keeps the process alive: a service waiting for its database is not done.
+      sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
+      now: () => Date.now(),
+      retryable: (err) => (err as { code?: unknown } | null)?.code === 'GROUP_STORE_UNAVAILABLE',
+    });
+    return openWithRetry(() => postgresGroupRepository(urlOrPath, options), settings);
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(urlOrPath)) {
     const scheme = urlOrPath.slice(0, urlOrPath.indexOf(':'));

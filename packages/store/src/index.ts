@@ -23,7 +23,15 @@ export type {
 export { SqlGroupRepository, GROUPS_MIGRATIONS, type GroupSqlDriver } from './groups-sql.js';
 export { sqliteGroupRepository, type SqliteGroupOptions } from './groups-sqlite.js';
 export { postgresGroupRepository, type PostgresGroupOptions } from './groups-postgres.js';
-export { openGroupRepository } from './groups-open.js';
+export { openGroupRepository, type OpenGroupRepositoryOptions } from './groups-open.js';
+export {
+  openWithRetry,
+  startupSettings,
+  type StartupRetryOptions,
+  type StartupHealth,
+  type OpenAttempt,
+  type OpenRetrySettings,
+} from './open-retry.js';
 
 // The persistent queue (src/queue).
 export {

@@ -64,7 +64,8 @@ async function withManager<T>(
   }
   const stuckAfterMs = duration('--stuck-after', options.stuckAfter, DEFAULT_STUCK_AFTER_MS);
   const executors = await loadExecutors(options.executors);
-  const repository = await openGroupRepository(url, { access });
+  // A person at a terminal wants the error now, not after waiting for the server.
+  const repository = await openGroupRepository(url, { access, startup: false });
   try {
     return await fn(new GroupManager({ repository, executors, stuckAfterMs }), repository);
   } finally {

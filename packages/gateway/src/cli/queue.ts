@@ -40,6 +40,8 @@ async function withQueue(
     name: options.queue,
     retention: false,
     access,
+    // A person at a terminal wants the error now, not after waiting for the server.
+    startup: false,
     ...(options.schema === undefined ? {} : { schema: options.schema }),
   });
   try {
