@@ -184,6 +184,55 @@ describe('gateway operations settings', () => {
     expect(() => resolveGatewayConfig({ ...base, ...flags }, env)).toThrow(message);
   });
 
+  it('give the origin 5 s to start answering per attempt and 10 s per request by default, and refuse unsigned requests', () => {
+    expect(resolveGatewayConfig(base, {})).toMatchObject({
+      originFirstByteTimeoutSeconds: 5,
+      originDeadlineSeconds: 10,
+      unsignedRequests: 'refuse',
+    });
+    expect(
+      resolveGatewayConfig(base, {
+        KEEL_ORIGIN_FIRST_BYTE_TIMEOUT_SECONDS: '2',
+        KEEL_ORIGIN_DEADLINE_SECONDS: '4.5',
+        KEEL_UNSIGNED_REQUESTS: 'forward',
+      }),
+    ).toMatchObject({
+      originFirstByteTimeoutSeconds: 2,
+      originDeadlineSeconds: 4.5,
+      unsignedRequests: 'forward',
+    });
+    expect(() => resolveGatewayConfig({ ...base, originDeadlineSeconds: '0' }, {})).toThrow(
+      '--origin-deadline-seconds (KEEL_ORIGIN_DEADLINE_SECONDS): expected a positive number of seconds',
+    );
+    expect(() => resolveGatewayConfig({ ...base, unsignedRequests: 'allow' }, {})).toThrow(
+      '--unsigned-requests (KEEL_UNSIGNED_REQUESTS): expected refuse or forward, got "allow"',
+    );
+  });
+
+  it.each(['127.0.0.1', '127.9.8.7', 'localhost', '::1', '[::1]', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1'])(
+    'take %s as loopback: anonymous mode and an admin port without a token are allowed there',
+    (host) => {
+      const c = resolveGatewayConfig({ ...base, listen: `${host}:8080`, admin: `${host}:9090` }, {});
+      expect(c.auth).toBe('anonymous');
+    },
+  );
+
+  it.each(['127.attacker.example', '10.0.0.1', '0.0.0.0', '::', '128.0.0.1', '::ffff:10.0.0.1'])(
+    'do not take %s for loopback: anonymous mode there needs --force-anonymous, the admin port a token',
+    (host) => {
+      expect(() => resolveGatewayConfig({ ...base, listen: `${host}:8080` }, {})).toThrow(
+        '--auth (KEEL_AUTH): anonymous mode on',
+      );
+      expect(() => resolveGatewayConfig({ ...base, admin: `${host}:9090` }, {})).toThrow(
+        '--admin (KEEL_ADMIN_LISTEN): the admin endpoints on',
+      );
+      expect(
+        resolveGatewayConfig({ ...base, admin: `${host}:9090`, adminToken: 'a-token-of-16-chars' }, {})
+          .adminHost,
+      ).toBe(host.replace(/^\[|\]$/g, ''));
+    },
+  );
+
   it('refuse a blank variable rather than fall back to the config file under it', async () => {
     const file = path.join(dir, 'drain.json');
     await writeFile(file, JSON.stringify({ drainSeconds: 5 }));

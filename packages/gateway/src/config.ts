@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isIPv4, isIPv6 } from 'node:net';
 import { keelError } from 'keel';
 import { ALERT_HANDLER_NAMES, type AlertHandlerName } from './admin/alerting.js';
 import type { ClientKey } from './auth/sigv4-verify.js';
@@ -46,6 +47,12 @@ export interface GatewayConfig {
   diskCheckIntervalSeconds: number;
   /** Lowest level logged: `info` adds one line per request. */
   logLevel: LogLevel;
+  /** Wait this long for the origin's response headers, per attempt (an upload's from the end of its body). */
+  originFirstByteTimeoutSeconds: number;
+  /** Longest a client request waits for the origin to start answering, retries included. */
+  originDeadlineSeconds: number;
+  /** In gateway auth, what becomes of a request without any signature: refused, or forwarded unsigned. */
+  unsignedRequests: 'refuse' | 'forward';
 }
 
 /** Log levels of the gateway, most to least severe. */
@@ -84,6 +91,9 @@ const SETTINGS = {
   diskCriticalPercent: 'KEEL_DISK_CRITICAL_PERCENT',
   diskCheckIntervalSeconds: 'KEEL_DISK_CHECK_INTERVAL_SECONDS',
   logLevel: 'KEEL_LOG_LEVEL',
+  originFirstByteTimeoutSeconds: 'KEEL_ORIGIN_FIRST_BYTE_TIMEOUT_SECONDS',
+  originDeadlineSeconds: 'KEEL_ORIGIN_DEADLINE_SECONDS',
+  unsignedRequests: 'KEEL_UNSIGNED_REQUESTS',
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -166,8 +176,17 @@ function hostPort(
   return { host: m[1] || '127.0.0.1', port };
 }
 
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+/**
+ * True for an address that only this machine can reach: `localhost`, 127.0.0.0/8, `::1` (also
+ * IPv4-mapped, `::ffff:127.x.y.z`). Parsed as an address, not matched as a prefix: a host name
+ * such as `127.attacker.example` is not loopback.
+ */
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  const h = host.replace(/^\[|\]$/g, '');
+  const v4 = h.toLowerCase().startsWith('::ffff:') ? h.slice(7) : h;
+  if (isIPv4(v4)) return v4.split('.')[0] === '127';
+  return isIPv6(h) && new URL(`http://[${h}]/`).hostname === '[::1]';
 }
 
 /**
@@ -241,6 +260,11 @@ export function resolveGatewayConfig(
   const adminToken = get('adminToken');
   if (adminToken !== undefined && String(adminToken).length < 16)
     fail('adminToken', 'must be at least 16 characters');
+  if (adminToken === undefined && !isLoopback(admin.host))
+    fail(
+      'admin',
+      `the admin endpoints on ${admin.host} would let anyone who can reach them run cleanups and read the status; keep them on loopback or set --admin-token`,
+    );
   const alertsRaw = String(get('alerts') ?? 'log').trim();
   const alerts = alertsRaw === 'none' || alertsRaw === '' ? [] : alertsRaw.split(',').map((a) => a.trim());
   for (const a of alerts)
@@ -287,6 +311,16 @@ export function resolveGatewayConfig(
     .toLowerCase();
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel))
     fail('logLevel', `expected one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
+  const unsignedRequests = String(get('unsignedRequests') ?? 'refuse').trim();
+  if (unsignedRequests !== 'refuse' && unsignedRequests !== 'forward')
+    fail('unsignedRequests', `expected refuse or forward, got "${unsignedRequests}"`);
+  const originFirstByteTimeoutSeconds = num(
+    'originFirstByteTimeoutSeconds',
+    get('originFirstByteTimeoutSeconds'),
+    5,
+    POSITIVE,
+  );
+  const originDeadlineSeconds = num('originDeadlineSeconds', get('originDeadlineSeconds'), 10, POSITIVE);
   const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, { min: 1 });
   const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, { min: 1 });
   if (diskCriticalPercent > 100)
@@ -329,5 +363,8 @@ export function resolveGatewayConfig(
       min: 1,
     }),
     logLevel: logLevel as LogLevel,
+    originFirstByteTimeoutSeconds,
+    originDeadlineSeconds,
+    unsignedRequests,
   };
 }

@@ -118,6 +118,9 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       maxBackoffMs: config.revalidateMaxBackoffSeconds * 1000,
     },
     baseDomain: config.baseDomain,
+    firstByteTimeoutMs: config.originFirstByteTimeoutSeconds * 1000,
+    deadlineMs: config.originDeadlineSeconds * 1000,
+    unsignedRequests: config.unsignedRequests,
     requestLog: logger.isLevelEnabled('info'),
     // In the same JSON lines as the rest (request URLs come with presigned secrets already removed).
     log,

@@ -39,6 +39,9 @@ interface GatewayFlags {
   diskCriticalPercent?: string;
   diskCheckIntervalSeconds?: string;
   logLevel?: string;
+  originFirstByteTimeoutSeconds?: string;
+  originDeadlineSeconds?: string;
+  unsignedRequests?: string;
   demo?: boolean;
 }
 
@@ -112,6 +115,18 @@ export function registerGatewayCommand(program: Command): void {
     .option(
       '--disk-check-interval-seconds <n>',
       'how often the disk is checked (KEEL_DISK_CHECK_INTERVAL_SECONDS, default 60)',
+    )
+    .option(
+      '--origin-first-byte-timeout-seconds <n>',
+      "wait this long for the origin's response headers, per attempt (KEEL_ORIGIN_FIRST_BYTE_TIMEOUT_SECONDS, default 5)",
+    )
+    .option(
+      '--origin-deadline-seconds <n>',
+      'longest a request waits for the origin, retries included; then 503 with Retry-After (KEEL_ORIGIN_DEADLINE_SECONDS, default 10)',
+    )
+    .option(
+      '--unsigned-requests <mode>',
+      'with --auth gateway, refuse requests without a signature, or forward them unsigned for the origin to judge (KEEL_UNSIGNED_REQUESTS, default refuse)',
     )
     .option(
       '--log-level <level>',
