@@ -9,13 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway, type Gateway, type GatewayOptions } from '@keel/gateway';
 import type { CacheFs } from 'keel/cache';
 import { metaFileOf, sliceFileOf } from './cache-support.js';
-import {
-  originClient,
-  sha,
-  SLICE,
-  startRecorder,
-  type Recorder,
-} from './gateway-protocol-support.js';
+import { originClient, sha, SLICE, startRecorder, type Recorder } from './gateway-protocol-support.js';
 import { startS3Origin, type S3Origin } from './s3-origin.js';
 
 /*

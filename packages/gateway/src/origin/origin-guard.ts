@@ -58,6 +58,12 @@ export interface GuardedCall {
   deadline?: boolean;
   /** Aborts the call (the origin request is cancelled). */
   signal?: AbortSignal | undefined;
+  /**
+   * Let the answer give the bucket a breaker of its own (default true). False for requests the
+   * gateway did not authenticate (a CORS preflight, a forwarded unsigned request): what they name
+   * must not make it keep anything.
+   */
+  confirm?: boolean;
 }
 
 /** An origin answer the guard counted as a failure, kept so it can still be relayed as it was. */
@@ -269,7 +275,7 @@ export class OriginGuard {
         ? await bounded(signal)
         : await guard.execute(() => bounded(signal), signal === undefined ? undefined : { signal });
       guard.failingKeys.clear();
-      this.noteAnswer(bucket, res.status);
+      if (options.confirm !== false) this.noteAnswer(bucket, res.status);
       return res;
     } catch (err) {
       const answer = originAnswerOf(err);

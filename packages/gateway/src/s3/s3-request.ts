@@ -25,8 +25,25 @@ export function malformedTargetError(target: MalformedTarget): S3ErrorSpec {
   return { status: 400, code: target.code, message: target.message };
 }
 
-/** Loose on purpose (legacy us-east-1 names had capitals and underscores); the origin is the authority. */
-const BUCKET_NAME = /^[A-Za-z0-9._-]{1,255}$/;
+/**
+ * Bucket names S3 could have: letters, digits, `.`, `-` and `_` (legacy us-east-1 names had
+ * capitals and underscores, up to 255 characters), beginning and ending with a letter or a digit,
+ * no `..`. So `.`, `..` and every dot-segment are refused before anything is forwarded. Names of
+ * one or two characters, which S3 refuses too, are left to the origin: some S3-compatible stores
+ * take them.
+ */
+const BUCKET_NAME = /^(?!.*\.\.)[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$/;
+
+/** True when every `%` of `s` starts a valid escape and the escapes decode (as UTF-8). */
+function decodable(s: string): boolean {
+  if (!s.includes('%')) return true;
+  try {
+    decodeURIComponent(s.replace(/\+/g, ' '));
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Splits a request URL into bucket, key and query, path-style (`/bucket/key`) or
@@ -47,16 +64,15 @@ export function parseS3Target(
       code: 'InvalidURI',
       message: "Couldn't parse the specified URI: the path must start with /.",
     };
-  let query: URLSearchParams;
-  try {
-    query = new URLSearchParams(rawQuery);
-  } catch {
+  // URLSearchParams takes a malformed escape as it is; the signature check and the origin would
+  // not, so it is refused here, before either.
+  if (!decodable(rawQuery))
     return {
       malformed: true,
       code: 'InvalidURI',
-      message: "Couldn't parse the specified URI: bad query string.",
+      message: "Couldn't parse the specified URI: bad escape in the query string.",
     };
-  }
+  const query = new URLSearchParams(rawQuery);
   const hostName = (host ?? '').replace(/:\d+$/, '').toLowerCase();
   let bucket: string | undefined;
   let rawKey: string | undefined;

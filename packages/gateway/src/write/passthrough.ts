@@ -11,7 +11,7 @@ import type { S3Target } from '../s3/s3-request.js';
 import { refuseBody } from '../s3/refuse-body.js';
 import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
 import { BodyRejectedError } from '../auth/aws-chunked.js';
-import { MAX_FORWARDED_TRAILER_BODY_BYTES, planBody } from './upload-body.js';
+import { MAX_FORWARDED_TRAILER_BODY_BYTES, planBody, type BodyPlan } from './upload-body.js';
 import type { VerifiedRequest } from '../auth/sigv4-verify.js';
 import {
   deleteObjectsKeys,
@@ -112,7 +112,14 @@ export async function passthrough(
     headers[k] = Array.isArray(v) ? v.join(', ') : v;
   }
   const method = req.method ?? 'GET';
-  const plan = planBody(req, headers, options.verified);
+  if (method === 'OPTIONS') {
+    // A CORS preflight has no body for the origin: whatever a client sent with it stays here.
+    delete headers['content-length'];
+    delete headers['content-type'];
+    req.resume();
+  }
+  const plan: BodyPlan =
+    method === 'OPTIONS' ? { body: req, verifier: undefined } : planBody(req, headers, options.verified);
   const refuse = (spec: S3ErrorSpec): 'ERROR' => {
     res.setHeader('x-keel-cache', 'ERROR');
     refuseBody(req, res, method, spec, requestId, options.clock);
@@ -151,7 +158,7 @@ export async function passthrough(
     req.once('close', cut);
     req.pipe(verifier);
   }
-  const hasBody = method !== 'GET' && method !== 'HEAD';
+  const hasBody = method !== 'GET' && method !== 'HEAD' && method !== 'OPTIONS';
   const corsChange =
     (method === 'PUT' || method === 'DELETE') && target.key === undefined && target.query.has('cors');
   const corsChanged = (): void => {
@@ -198,7 +205,7 @@ export async function passthrough(
             if (rejected) throw keelError('BAD_REQUEST', rejected.message, { s3Code: rejected.s3.code });
             throw err;
           }),
-      { key: target.key, retry: false, deadline: !hasBody },
+      { key: target.key, retry: false, deadline: !hasBody, confirm: !options.unsigned },
     );
     corsChanged();
     if (rejected) {
