@@ -395,3 +395,92 @@ describe('SDK uploads and payload hashes', () => {
 function flip(b: Buffer, i: number): void {
   b.writeUInt8(b.readUInt8(i) ^ 1, i);
 }
+
+describe('header values beyond ASCII', () => {
+  it('verifies a signature over UTF-8 user metadata as the bytes the client signed (as boto3 sends it), and stores it', async () => {
+    const value = 'Hello World\u00e9 \u65e5\u672c';
+    const body = Buffer.from('abc');
+    const headers = await signedHeaders(
+      h.gateway.url(),
+      CLIENT_KEY,
+      'PUT',
+      '/b/meta-utf8',
+      { 'x-amz-meta-meta1': value },
+      undefined,
+      body,
+    );
+    // On the wire as UTF-8 bytes: node:http sends a string one byte per character.
+    headers['x-amz-meta-meta1'] = Buffer.from(value, 'utf8').toString('latin1');
+    const put = await rawRequest(h.gateway.url(), 'PUT', '/b/meta-utf8', headers, body);
+    expect(put.status).toBe(200);
+    // Read back through the gateway (a miss, then from the cache): the same bytes.
+    for (let i = 0; i < 2; i++) {
+      const head = await rawRequest(
+        h.gateway.url(),
+        'HEAD',
+        '/b/meta-utf8',
+        await signedHeaders(h.gateway.url(), CLIENT_KEY, 'HEAD', '/b/meta-utf8'),
+      );
+      expect(head.status).toBe(200);
+      expect(Buffer.from(String(head.headers['x-amz-meta-meta1']), 'latin1').toString('utf8')).toBe(value);
+    }
+  });
+});
+
+describe('requests without a signature in gateway auth', () => {
+  it('are refused with 403 AccessDenied by default, before anything reaches the origin', async () => {
+    const { recorder, gateway: g } = await startRecordedGateway(h, 'unsigned-refused');
+    try {
+      const a = await rawRequest(g.url(), 'GET', '/b/anything');
+      expect(a.status).toBe(403);
+      expect(xmlField(a, 'Code')).toBe('AccessDenied');
+      expect(a.headers['x-keel-cache']).toBe('DENIED');
+      expect(recorder.seen).toHaveLength(0);
+    } finally {
+      await g.close(500);
+      await recorder.close();
+    }
+  });
+
+  it('with unsignedRequests forward, reach the origin unsigned for it to judge, and are never answered from the cache', async () => {
+    const data = randomBytes(5000);
+    await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'public.bin', Body: data }));
+    const { recorder, gateway: g } = await startRecordedGateway(h, 'unsigned-forwarded', {
+      unsignedRequests: 'forward',
+    });
+    try {
+      // Cached through a signed read first.
+      const signed = await rawRequest(
+        g.url(),
+        'GET',
+        '/b/public.bin',
+        await signedHeaders(g.url(), CLIENT_KEY, 'GET', '/b/public.bin'),
+      );
+      expect(signed.headers['x-keel-cache']).toBe('MISS');
+      await g.idle();
+      const before = recorder.seen.length;
+      const anonymous = await rawRequest(g.url(), 'GET', '/b/public.bin');
+      expect(anonymous.status).toBe(200);
+      expect(sha(anonymous.body)).toBe(sha(data));
+      expect(anonymous.headers['x-keel-cache']).toBe('PASS');
+      const asked = recorder.seen.slice(before);
+      expect(asked).toHaveLength(1);
+      expect(asked[0]?.headers.authorization).toBeUndefined();
+      expect(asked[0]?.headers['x-amz-date']).toBeUndefined();
+      // A forged signature is still checked by the gateway, and refused.
+      const forged = await rawRequest(g.url(), 'GET', '/b/public.bin', {
+        ...(await signedHeaders(
+          g.url(),
+          { ...CLIENT_KEY, secretAccessKey: 'wrong' },
+          'GET',
+          '/b/public.bin',
+        )),
+      });
+      expect(forged.status).toBe(403);
+      expect(xmlField(forged, 'Code')).toBe('SignatureDoesNotMatch');
+    } finally {
+      await g.close(500);
+      await recorder.close();
+    }
+  });
+});

@@ -49,7 +49,12 @@ export function signingKey(secretAccessKey: string, scope: string): Buffer {
   return hmac(key, 'aws4_request');
 }
 
-/** The SigV4 signature of a canonical request, hex. */
+/**
+ * The SigV4 signature of a canonical request, hex. The canonical request is hashed as the bytes
+ * on the wire: its path and query are percent-encoded ASCII, and its header values are strings as
+ * node:http reads them and undici writes them, one character per byte (latin1), so a UTF-8
+ * `x-amz-meta-*` value a client signed is hashed as the bytes it signed.
+ */
 export function sigv4Signature(
   secretAccessKey: string,
   amzDate: string,
@@ -61,7 +66,7 @@ export function sigv4Signature(
     'AWS4-HMAC-SHA256',
     amzDate,
     scope,
-    createHash('sha256').update(canonicalRequest, 'utf8').digest('hex'),
+    createHash('sha256').update(canonicalRequest, 'latin1').digest('hex'),
   ].join('\n');
   return hmac(key, stringToSign).toString('hex');
 }
