@@ -1,4 +1,4 @@
-import { classify, keelError } from 'keel';
+import { classify, keelError, type KeelError } from 'keel';
 
 /** A health registry as the stores use it: structurally @keel/ops' `HealthRegistry`. */
 export interface StartupHealth {
@@ -15,7 +15,8 @@ export interface OpenAttempt {
   attempt: number;
   /** Wait before the next attempt. */
   delayMs: number;
-  error: Error;
+  /** Why it failed (classified: `code`, `message`, `hints` …). */
+  error: KeelError;
 }
 
 /** How {@link openWithRetry} waits for a store that is down when the service starts. */
