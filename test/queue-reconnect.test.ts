@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
+import { correlationId, withCorrelation } from 'keel';
 import { chaos, type ChaosProxy } from 'keel/chaos';
 import { openQueue, type Queue } from '@keel/queue';
 import { PG_URL, postgresAvailable, until } from './queue-support.js';
@@ -119,16 +120,21 @@ describe.skipIf(!withPg)('queue on PostgreSQL behind the chaos proxy', () => {
     queues.push(producer);
     const worker = await open<number>(PG_URL);
     const handled: number[] = [];
+    const correlations = new Map<number, string | undefined>();
     worker.process(
       ({ payload }) => {
         handled.push(payload);
+        correlations.set(payload, correlationId());
         return Promise.resolve();
       },
       { pollMs: 5 },
     );
+    // Each item is enqueued by a request of its own: its id goes through the spool with it.
     const send = (from: number, to: number) =>
       Promise.all(
-        Array.from({ length: to - from }, (_, i) => producer.enqueue(from + i, { partitionKey: 'p' })),
+        Array.from({ length: to - from }, (_, i) =>
+          withCorrelation(`req-${String(from + i)}`, () => producer.enqueue(from + i, { partitionKey: 'p' })),
+        ),
       );
     expect((await send(0, 5)).every((r) => r.spooled !== true)).toBe(true);
     await proxy.disable();
@@ -140,6 +146,7 @@ describe.skipIf(!withPg)('queue on PostgreSQL behind the chaos proxy', () => {
     await until(() => handled.length >= 20, 'all 20 items to be handled');
     await until(async () => (await producer.stats()).spooled === 0, 'the spool to empty');
     expect(handled).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    for (const n of handled) expect(correlations.get(n)).toBe(`req-${String(n)}`);
     await until(async () => (await worker.stats()).completed === 20, 'all 20 completions committed');
     await rm(dir, { recursive: true, force: true });
   });

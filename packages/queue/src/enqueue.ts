@@ -1,4 +1,4 @@
-import { classify, keelError } from 'keel';
+import { classify, correlationId, keelError } from 'keel';
 import type { Clock } from 'keel';
 import type { NewQueueRow, QueueStore } from '@keel/store';
 import type { PayloadCodec } from './payload.js';
@@ -85,6 +85,8 @@ export class EnqueueCommitter<T> {
       checkInt('maxAttempts', options.maxAttempts, 1);
       row = {
         payload: this.codec.encode(payload),
+        // The request that enqueues the item: the handler runs under its id, after a crash too.
+        correlationId: correlationId(),
         partitionKey: options.partitionKey,
         idempotencyKey: options.idempotencyKey,
         priority: options.priority ?? 0,

@@ -98,6 +98,8 @@ export interface QueueItem<T> {
   createdAt: number;
   finishedAt: number | null;
   errors: unknown[];
+  /** The correlation id of the request that enqueued it, or null. */
+  correlationId: string | null;
 }
 
 /** A dead letter with its error history. */
@@ -196,6 +198,7 @@ export class Queue<T = unknown> {
       createdAt: r.createdAt,
       finishedAt: r.finishedAt,
       errors: JSON.parse(r.errors) as unknown[],
+      correlationId: r.correlationId,
     };
   }
 

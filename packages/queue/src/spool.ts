@@ -84,6 +84,7 @@ export class OutageSpool {
           this.name,
           rows.map((r) => ({
             payload: r.payload,
+            correlationId: r.correlationId ?? undefined,
             partitionKey: r.partitionKey ?? undefined,
             idempotencyKey: r.idempotencyKey ?? undefined,
             priority: r.priority,

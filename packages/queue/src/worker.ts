@@ -1,4 +1,4 @@
-import { keelError } from 'keel';
+import { keelError, withCorrelation } from 'keel';
 import type { Backoff, RetryBudgetPolicy, Clock } from 'keel';
 import type { QueueRow, QueueStore } from '@keel/store';
 import { CompletionCommitter } from './completions.js';
@@ -15,6 +15,11 @@ export interface QueueJob<T> {
   partitionKey: string | null;
   /** Aborts when the lease is lost (`STALE_TOKEN`) or the queue closes before the handler ends. */
   signal: AbortSignal;
+  /**
+   * The correlation id of the request that enqueued the item (also `correlationId()` inside the
+   * handler, so its logs and errors carry it), or undefined.
+   */
+  correlationId: string | undefined;
 }
 
 /** Options of {@link Queue.process}. */
@@ -273,13 +278,16 @@ export class WorkerLoop<T> {
     try {
       const payload = this.codec.decode(row.payload);
       this.outcomes.started(row);
-      await handler({
+      const job: QueueJob<T> = {
         id: row.id,
         payload,
         attempt: row.attempts,
         partitionKey: row.partitionKey,
         signal: entry.abort.signal,
-      });
+        correlationId: row.correlationId ?? undefined,
+      };
+      const cid = row.correlationId;
+      await (cid === null ? handler(job) : withCorrelation(cid, () => handler(job)));
       outcome = { ok: true };
     } catch (err) {
       outcome = { ok: false, error: err };

@@ -227,11 +227,11 @@ export class PostgresQueueStore implements QueueStore {
     const res = await this.query(
       `WITH input AS (
          SELECT nextval('keel_queue_items_id_seq') AS id, t.*
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::bigint[]) WITH ORDINALITY
-           AS t(payload, partition_key, idempotency_key, priority, max_attempts, run_at, ord)),
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::bigint[], $9::text[]) WITH ORDINALITY
+           AS t(payload, partition_key, idempotency_key, priority, max_attempts, run_at, correlation_id, ord)),
        ins AS (
-         INSERT INTO keel_queue_items(id, queue, payload, status, partition_key, idempotency_key, priority, max_attempts, run_at, created_at)
-         SELECT id, $1, payload, 'pending', partition_key, idempotency_key, priority, max_attempts, run_at, $8
+         INSERT INTO keel_queue_items(id, queue, payload, status, partition_key, idempotency_key, priority, max_attempts, run_at, created_at, correlation_id)
+         SELECT id, $1, payload, 'pending', partition_key, idempotency_key, priority, max_attempts, run_at, $8, correlation_id
          FROM input ORDER BY ord ON CONFLICT DO NOTHING RETURNING id)
        SELECT input.ord, ins.id AS inserted, input.idempotency_key AS key, existing.id AS existing
        FROM input LEFT JOIN ins ON ins.id = input.id
@@ -247,6 +247,7 @@ export class PostgresQueueStore implements QueueStore {
         unique.map((i) => i.maxAttempts),
         unique.map((i) => i.runAt),
         now,
+        unique.map((i) => i.correlationId ?? null),
       ],
     );
     const results: EnqueueResult[] = [];

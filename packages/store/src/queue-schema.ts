@@ -41,6 +41,10 @@ export const SQLITE_QUEUE_MIGRATIONS: readonly (readonly string[])[] = [
        WHERE status = 'pending'`,
     `CREATE INDEX IF NOT EXISTS keel_queue_leases ON keel_queue_items(queue, lease_until) WHERE status = 'active'`,
   ],
+  [
+    // The correlation id of the request that enqueued an item, restored when it runs.
+    `ALTER TABLE keel_queue_items ADD COLUMN correlation_id TEXT`,
+  ],
 ];
 
 /** PostgreSQL (recorded in `keel_queue_schema`). */
@@ -74,5 +78,9 @@ export const POSTGRES_QUEUE_MIGRATIONS: readonly (readonly string[])[] = [
     `CREATE INDEX IF NOT EXISTS keel_queue_finished ON keel_queue_items(queue, status, finished_at)
        WHERE status IN ('completed', 'dead')`,
     `CREATE TABLE IF NOT EXISTS keel_queue_queues (queue TEXT PRIMARY KEY, paused BOOLEAN NOT NULL DEFAULT false)`,
+  ],
+  [
+    // The correlation id of the request that enqueued an item, restored when it runs.
+    `ALTER TABLE keel_queue_items ADD COLUMN IF NOT EXISTS correlation_id TEXT`,
   ],
 ];

@@ -126,8 +126,8 @@ export class SqliteQueueStore implements QueueStore {
     const db = this.db;
     return {
       insert: db.prepare(
-        `INSERT INTO keel_queue_items(queue, payload, status, partition_key, idempotency_key, priority, max_attempts, run_at, created_at)
-         VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+        `INSERT INTO keel_queue_items(queue, payload, status, partition_key, idempotency_key, priority, max_attempts, run_at, created_at, correlation_id)
+         VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
       ),
       findKey: db.prepare(`SELECT id FROM keel_queue_items WHERE queue = ? AND idempotency_key = ?`),
       paused: db.prepare(`SELECT paused FROM keel_queue_queues WHERE queue = ?`),
@@ -210,6 +210,7 @@ export class SqliteQueueStore implements QueueStore {
             it.maxAttempts,
             it.runAt,
             now,
+            it.correlationId ?? null,
           );
           if (res.changes === 1) out.push({ id: Number(res.lastInsertRowid), duplicate: false });
           else {

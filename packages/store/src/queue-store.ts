@@ -22,11 +22,14 @@ export interface QueueRow {
   errors: string;
   createdAt: number;
   finishedAt: number | null;
+  /** The correlation id of the request that enqueued it, or null. */
+  correlationId: string | null;
 }
 
 /** A new item for {@link QueueStore.enqueue}. */
 export interface NewQueueRow {
   payload: string;
+  correlationId?: string | undefined;
   partitionKey?: string | undefined;
   idempotencyKey?: string | undefined;
   priority: number;
@@ -135,6 +138,7 @@ export function toQueueRow(r: Record<string, unknown>): QueueRow {
     errors: typeof r.errors === 'string' ? r.errors : JSON.stringify(r.errors ?? []),
     createdAt: Number(r.created_at),
     finishedAt: num(r.finished_at),
+    correlationId: typeof r.correlation_id === 'string' ? r.correlation_id : null,
   };
 }
 
