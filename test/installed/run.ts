@@ -26,8 +26,8 @@ const CONSUMERS = path.join(import.meta.dirname, 'consumer');
 const BIN = path.join(ROOT, 'node_modules', '.bin');
 /** Consumers that need nothing but `keel`; the rest need the @keel packages. */
 const CORE_CONSUMERS = ['keel.ts', 'cache.ts', 'chaos.ts'];
-/** The one `*.test.*` file a tarball may hold: the promtool tests of the shipped alert rules. */
-const SHIPPED_TEST_FILES = new Set(['rules/alerts.rules.test.yml']);
+/** The `*.test.*` files a tarball may hold: the promtool tests shipped beside the alert rules. */
+const SHIPPED_TEST_FILES = new Set(['rules/alerts.rules.test.yml', 'rules/recovery.rules.test.yml']);
 /** How long the demo may take to start (it generates its objects first). */
 const DEMO_START_MS = 180_000;
 
