@@ -24,6 +24,8 @@ export interface S3Origin {
   openUploads(options?: { withParts?: boolean }): string[];
   /** The most UploadPart requests the origin was handling at once. */
   maxConcurrentParts(): number;
+  /** Requests the origin has received so far. */
+  requests(): number;
   close(): Promise<void>;
 }
 
@@ -86,7 +88,9 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
   const sockets = new Set<import('node:net').Socket>();
   let partsInFlight = 0;
   let maxPartsInFlight = 0;
+  let requests = 0;
   const shim = http.createServer((req, res) => {
+    requests++;
     if (req.method === 'PUT' && req.url?.includes('uploadId=')) {
       maxPartsInFlight = Math.max(maxPartsInFlight, ++partsInFlight);
       res.once('close', () => partsInFlight--);
@@ -190,6 +194,7 @@ export async function startS3Origin(buckets: string[] = ['b']): Promise<S3Origin
         .filter(([, u]) => u.open && (!options?.withParts || u.parts.size > 0))
         .map(([id]) => id),
     maxConcurrentParts: () => maxPartsInFlight,
+    requests: () => requests,
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise((r) => shim.close(r));

@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chaos, type ChaosProxy } from 'keel/chaos';
-import { retry, constant, VirtualClock } from 'keel';
+import { circuitBreaker, consecutive, constant, pipeline, retry, VirtualClock } from 'keel';
 import {
   downloadFile,
   ProgressTracker,
@@ -74,7 +74,7 @@ describe('resuming body stream', () => {
       const client = viaProxy();
       const resumed: number[] = [];
       const got = await resumingGet({
-        retry: quickRetry(),
+        policy: quickRetry(),
         onResume: (offset) => resumed.push(offset),
         request: (range, ifMatch, signal) =>
           client.send({
@@ -102,7 +102,7 @@ describe('resuming body stream', () => {
       const client = viaProxy();
       let changed = false;
       const got = await resumingGet({
-        retry: quickRetry(),
+        policy: quickRetry(),
         onResume: () => undefined,
         request: async (range, ifMatch, signal) => {
           if (range.start > 0 && !changed) {
@@ -184,7 +184,7 @@ describe('resuming body stream', () => {
       const got = await resumingGet({
         idleTimeoutMs: 100,
         clock,
-        retry: quickRetry(),
+        policy: quickRetry(),
         request: scripted.request,
       });
       const chunks: Buffer[] = [];
@@ -230,7 +230,7 @@ describe('resuming body stream', () => {
       });
     };
     const clock = new VirtualClock();
-    const got = await resumingGet({ idleTimeoutMs: 100, clock, retry: quickRetry(), request });
+    const got = await resumingGet({ idleTimeoutMs: 100, clock, policy: quickRetry(), request });
     const chunks: Buffer[] = [];
     for await (const chunk of got.body as AsyncIterable<Buffer>) {
       chunks.push(chunk);
@@ -250,7 +250,7 @@ describe('resuming body stream', () => {
       const pending = resumingGet({
         firstByteTimeoutMs: 1000,
         clock,
-        retry: quickRetry(),
+        policy: quickRetry(),
         request: scripted.request,
       });
       await until(() => Promise.resolve(scripted.calls() === 1));
@@ -271,7 +271,7 @@ describe('resuming body stream', () => {
       const pending = resumingGet({
         firstByteTimeoutMs: 1000,
         clock,
-        retry: retry({ maxAttempts: 2, backoff: constant(1) }),
+        policy: retry({ maxAttempts: 2, backoff: constant(1) }),
         request: scripted.request,
       });
       const outcome = pending.then(
@@ -289,6 +289,40 @@ describe('resuming body stream', () => {
   });
 });
 
+describe('transfers under any policy', () => {
+  it('resumingGet runs under a pipeline: its breaker opens after 3 failed requests and stops the retries', async () => {
+    const breaker = circuitBreaker({ window: consecutive(3), halfOpenAfterMs: 60_000 });
+    let requests = 0;
+    const failure = resumingGet({
+      policy: pipeline(retry({ maxAttempts: 10, backoff: constant(1) }), breaker),
+      request: () => {
+        requests++;
+        return Promise.resolve({ status: 503, headers: {}, body: Readable.from([]) });
+      },
+    });
+    await expect(failure).rejects.toMatchObject({ code: 'CIRCUIT_OPEN' });
+    // A bare retry would have asked 10 times; the breaker let 3 through.
+    expect(requests).toBe(3);
+    expect(breaker.state).toBe('open');
+  });
+
+  it('downloadFile and uploadFile call nothing through an open breaker and fail with its error', async () => {
+    const breaker = circuitBreaker();
+    breaker.isolate();
+    const policy = pipeline(retry({ maxAttempts: 5, backoff: constant(1) }), breaker);
+    const file = path.join(dir, 'isolated.bin');
+    await writeFile(file, randomBytes(1024));
+    const before = origin.requests();
+    await expect(
+      downloadFile({ client: direct(), bucket: 'b', key: 'isolated.bin', file: `${file}.down`, policy }),
+    ).rejects.toMatchObject({ code: 'CIRCUIT_OPEN' });
+    await expect(
+      uploadFile({ client: direct(), bucket: 'b', key: 'isolated.bin', file, policy }),
+    ).rejects.toMatchObject({ code: 'CIRCUIT_OPEN' });
+    expect(origin.requests()).toBe(before);
+  });
+});
+
 describe('resumable download', () => {
   it('downloads through cuts with a progress tracker; fetches each byte once; verifies the MD5 ETag', async () => {
     const data = randomBytes(4 * 1024 * 1024 + 3);
@@ -302,7 +336,7 @@ describe('resumable download', () => {
         bucket: 'b',
         key: 'dl.bin',
         file,
-        retry: quickRetry(),
+        policy: quickRetry(),
         progress: tracker,
       });
       expect(sha(await readFile(file))).toBe(sha(data));
@@ -357,7 +391,7 @@ describe('resumable download', () => {
       bucket: 'b',
       key: 'killed.bin',
       file,
-      retry: quickRetry(),
+      policy: quickRetry(),
       checkpointBytes: 256 * 1024,
     });
     expect(result.resumedFrom).toBeGreaterThan(0);
@@ -375,7 +409,7 @@ describe('resumable download', () => {
       bucket: 'b',
       key: 'tampered.bin',
       file,
-      retry: quickRetry(),
+      policy: quickRetry(),
       checkpointBytes: 256 * 1024,
       signal: stop.signal,
     });
@@ -405,7 +439,7 @@ describe('resumable download', () => {
       bucket: 'b',
       key: 'tampered.bin',
       file,
-      retry: quickRetry(),
+      policy: quickRetry(),
     });
     expect(result).toMatchObject({ resumedFrom: 0, discardedBytes: part.length, bytesFetched: data.length });
     expect(sha(await readFile(file))).toBe(sha(data));
@@ -426,7 +460,7 @@ describe('resumable multipart upload', () => {
         file,
         partBytes: 512 * 1024,
         concurrency: 3,
-        retry: quickRetry(),
+        policy: quickRetry(),
       });
       expect(result).toMatchObject({ size: data.length, parts: 7, partsReused: 0 });
       expect(origin.maxConcurrentParts()).toBeLessThanOrEqual(3);
@@ -479,7 +513,7 @@ describe('resumable multipart upload', () => {
       file,
       partBytes: 256 * 1024,
       concurrency: 2,
-      retry: quickRetry(),
+      policy: quickRetry(),
     });
     expect(result.partsReused).toBeGreaterThan(0);
     expect(result.bytesSent).toBeLessThan(data.length);
@@ -515,7 +549,7 @@ describe('resumable multipart upload', () => {
           key: 'up-fail.bin',
           file,
           partBytes: 256 * 1024,
-          retry: quickRetry(),
+          policy: quickRetry(),
         }),
       ).rejects.toMatchObject({ code: 'FORBIDDEN' });
       expect(origin.openUploads().filter((id) => !before.has(id))).toEqual([]);
@@ -562,7 +596,7 @@ describe('resumable multipart upload', () => {
           file,
           partBytes: 512 * 1024,
           concurrency: 3,
-          retry: quickRetry(),
+          policy: quickRetry(),
         }),
       ).rejects.toMatchObject({ code: 'FORBIDDEN' });
       expect(origin.openUploads().filter((id) => !before.has(id))).toEqual([]);

@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat, truncate } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
-import { keelError } from 'keel';
-import type { RetryPolicy } from 'keel';
+import { keelError, retry } from 'keel';
+import type { TransferPolicy } from './policy.js';
 import { ProgressTracker } from './progress.js';
 import { resumingGet } from './resuming-stream.js';
 import { s3Error, type S3Client } from './s3-client.js';
@@ -16,7 +16,13 @@ export interface DownloadOptions {
   key: string;
   /** Destination path; the data goes to `<file>.part` until it is complete and verified. */
   file: string;
-  retry?: RetryPolicy;
+  /**
+   * The policy each request runs under: a retry, or any policy or pipeline (a retry with a circuit
+   * breaker, a retry budget…) (default 5 attempts, exponential backoff).
+   */
+  policy?: TransferPolicy;
+  /** Another name for {@link DownloadOptions.policy} (its name when it took only a retry policy). */
+  retry?: TransferPolicy;
   /** Persist progress (after fsync) every this many bytes (default 8 MiB). */
   checkpointBytes?: number;
   firstByteTimeoutMs?: number;
@@ -95,14 +101,16 @@ export async function downloadFile(options: DownloadOptions): Promise<DownloadRe
   const { client, bucket, key, file } = options;
   const partFile = `${file}.part`;
   const stateFile = `${file}.keel-download.json`;
-  const head = await client.send({
-    method: 'HEAD',
-    bucket,
-    key,
-    ...(options.signal ? { signal: options.signal } : {}),
-  });
-  head.body.resume();
-  if (head.status !== 200) throw await s3Error(head, `HEAD ${bucket}/${key}`);
+  const policy = options.policy ?? options.retry ?? retry({ maxAttempts: 5 });
+  const head = await policy.execute(
+    async (ctx) => {
+      const res = await client.send({ method: 'HEAD', bucket, key, signal: ctx.signal });
+      res.body.resume();
+      if (res.status !== 200) throw await s3Error(res, `HEAD ${bucket}/${key}`);
+      return res;
+    },
+    { signal: options.signal },
+  );
   const etag = head.headers.etag ?? '';
   const size = Number(head.headers['content-length'] ?? NaN);
   if (!Number.isSafeInteger(size))
@@ -149,7 +157,7 @@ export async function downloadFile(options: DownloadOptions): Promise<DownloadRe
       const got = await resumingGet({
         start: offset,
         ifMatch: etag,
-        ...(options.retry ? { retry: options.retry } : {}),
+        policy,
         ...(options.firstByteTimeoutMs === undefined
           ? {}
           : { firstByteTimeoutMs: options.firstByteTimeoutMs }),

@@ -10,6 +10,7 @@ export {
   type ProgressOptions,
   type ProgressSnapshot,
 } from './progress.js';
+export type { TransferPolicy } from './policy.js';
 export {
   resumingGet,
   type RangeRequest,

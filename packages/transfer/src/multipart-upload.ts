@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
-import { classify, keelError, retry as retryPolicy, type RetryPolicy } from 'keel';
+import { classify, keelError, retry as retryPolicy } from 'keel';
+import type { TransferPolicy } from './policy.js';
 import { ProgressTracker } from './progress.js';
 import type { S3Client } from './s3-client.js';
 import { loadState, removeState, saveState } from './state-file.js';
@@ -15,8 +16,13 @@ export interface UploadOptions {
   partBytes?: number;
   /** Parts in flight at once (default 4). */
   concurrency?: number;
-  /** Retry policy for each part and call (default 5 attempts, exponential backoff). */
-  retry?: RetryPolicy;
+  /**
+   * The policy each part and call runs under: a retry, or any policy or pipeline (a retry with a
+   * circuit breaker, a retry budget…) (default 5 attempts, exponential backoff).
+   */
+  policy?: TransferPolicy;
+  /** Another name for {@link UploadOptions.policy} (its name when it took only a retry policy). */
+  retry?: TransferPolicy;
   progress?: ProgressTracker;
   contentType?: string;
 }
@@ -69,7 +75,7 @@ export async function uploadFile(options: UploadOptions): Promise<UploadResult> 
   const { client, bucket, key, file } = options;
   const partBytes = options.partBytes ?? 8 * 1024 * 1024;
   const concurrency = Math.max(1, options.concurrency ?? 4);
-  const policy = options.retry ?? retryPolicy({ maxAttempts: 5 });
+  const policy = options.policy ?? options.retry ?? retryPolicy({ maxAttempts: 5 });
   const sessionFile = `${file}.keel-upload.json`;
   const info = await stat(file);
   const size = info.size;

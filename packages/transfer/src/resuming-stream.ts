@@ -4,12 +4,12 @@ import {
   keelError,
   type KeelError,
   retry,
-  type RetryPolicy,
   deadlineScheduler,
   systemClock,
   type Clock,
   type DeadlineScheduler,
 } from 'keel';
+import type { TransferPolicy } from './policy.js';
 
 /** What the request function returns: status, lower-case headers, and the body. */
 export interface RawResponse {
@@ -37,8 +37,14 @@ export interface ResumingGetOptions {
   end?: number;
   /** ETag the bytes must have (a resumed download); otherwise the first answer's ETag is pinned. */
   ifMatch?: string;
-  /** Retry policy for (re)opening the request (default: 5 attempts, exponential backoff). */
-  retry?: RetryPolicy;
+  /**
+   * The policy each (re)opening of the request runs under: a retry, or any policy or pipeline (a
+   * retry with a circuit breaker, a retry budget, a timeout…) (default: 5 attempts, exponential
+   * backoff).
+   */
+  policy?: TransferPolicy;
+  /** Another name for {@link ResumingGetOptions.policy} (its name when it took only a retry policy). */
+  retry?: TransferPolicy;
   /** Fail an attempt whose response headers take longer (default 30 s). */
   firstByteTimeoutMs?: number;
   /** Fail an attempt whose body stalls longer between chunks (default 30 s). */
@@ -151,7 +157,7 @@ function parseContentRange(
  * @throws the classified error of the first request when it cannot be made to succeed.
  */
 export async function resumingGet(options: ResumingGetOptions): Promise<ResumingGetResult> {
-  const policy = options.retry ?? retry({ maxAttempts: 5 });
+  const policy = options.policy ?? options.retry ?? retry({ maxAttempts: 5 });
   const firstByteMs = options.firstByteTimeoutMs ?? 30_000;
   const idleMs = options.idleTimeoutMs ?? 30_000;
   const maxStalled = options.maxStalledResumes ?? 5;
