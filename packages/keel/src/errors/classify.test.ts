@@ -307,6 +307,19 @@ describe('classify', () => {
     expect(err.message).toContain(`127.0.0.1:${port}`);
   });
 
+  it('maps a real listen on an address this machine does not have to ADDRESS_NOT_AVAILABLE', async () => {
+    const server = net.createServer();
+    // 192.0.2.0/24 is TEST-NET-1, reserved for documentation: never a local address.
+    const failure = await new Promise<unknown>((resolve) => {
+      server.once('error', resolve);
+      server.listen(0, '192.0.2.1');
+    });
+    const err = classify(failure);
+    expect(err.code).toBe('ADDRESS_NOT_AVAILABLE');
+    expect(err).toMatchObject({ kind: 'permanent', retryable: false, hints: ['manual'] });
+    expect(err.message).toContain('192.0.2.1');
+  });
+
   it('returns a KeelError unchanged (idempotent)', () => {
     const first = classify(sysErr('ECONNRESET'));
     expect(classify(first)).toBe(first);

@@ -49,6 +49,10 @@ export const SYSTEM_ERRORS: Readonly<Record<string, Mapping>> = {
     'ADDRESS_IN_USE',
     'another process is listening on this address; stop it or choose another address',
   ],
+  EADDRNOTAVAIL: [
+    'ADDRESS_NOT_AVAILABLE',
+    "the address is not one of this machine's; check the configured address",
+  ],
 };
 
 /** undici and fetch error codes. */

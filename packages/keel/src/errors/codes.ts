@@ -73,6 +73,7 @@ export const ERROR_CODES = {
   ),
   LOCK_CONFLICT: info('transient', 'medium', true, 409, ['retry'], 'Lock conflict'),
   ADDRESS_IN_USE: info('permanent', 'high', false, 500, ['manual'], 'Address already in use'),
+  ADDRESS_NOT_AVAILABLE: info('permanent', 'high', false, 500, ['manual'], 'Address not available'),
   METADATA_CORRUPTED: info('server', 'high', false, 500, ['invalidate-cache'], 'Metadata corrupted'),
   CHECKSUM_MISMATCH: info('server', 'high', true, 500, ['invalidate-cache', 'retry'], 'Checksum mismatch'),
   CIRCUIT_OPEN: info('transient', 'medium', false, 503, ['fallback'], 'Circuit open'),
