@@ -365,6 +365,22 @@ describe('gateway operations', () => {
     expect(quiet.lines.filter((l) => l.includes('"msg":"request"'))).toEqual([]);
   });
 
+  it('leaves no timer behind when its S3 port is taken at start', async () => {
+    const taken = http.createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    const { port } = taken.address() as AddressInfo;
+    const clock = new VirtualClock();
+    try {
+      await expect(harness.start({ listen: `127.0.0.1:${String(port)}` }, { clock })).rejects.toMatchObject({
+        code: 'ADDRESS_IN_USE',
+      });
+      // The scheduled cleanup and disk check would otherwise keep a library user's process alive.
+      expect(clock.pendingTimers()).toBe(0);
+    } finally {
+      await new Promise((r) => taken.close(r));
+    }
+  });
+
   it('serves probes, metrics in both formats, status and cache endpoints, with the admin token where set', async () => {
     const r = await start({ adminToken: TOKEN });
     await readOk(r, 'a.bin');

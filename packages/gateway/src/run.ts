@@ -107,6 +107,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
         : undefined,
     region: config.region,
     auth: config.auth,
+    authCacheMs: config.authCacheSeconds * 1000,
     clientKeys: config.clientKeys,
     cacheDir,
     cacheMaxBytes: config.cacheMaxBytes,
@@ -183,28 +184,36 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       },
     });
 
-  const timers: TimerHandle[] = [];
+  // The pending timer of each periodic job (one per job: a tick replaces the one that fired).
+  const timers = new Map<string, TimerHandle>();
   let stopped = false;
-  const every = (seconds: number, fn: () => Promise<void>): void => {
+  const stopTimers = (): void => {
+    stopped = true;
+    for (const t of timers.values()) t.cancel();
+    timers.clear();
+  };
+  const every = (job: string, seconds: number, fn: () => Promise<void>): void => {
     const tick = (): void => {
-      const t = clock.setTimer(seconds * 1000, () => {
-        void fn().finally(() => {
-          if (!stopped) tick();
-        });
-      });
-      timers.push(t);
+      timers.set(
+        job,
+        clock.setTimer(seconds * 1000, () => {
+          void fn().finally(() => {
+            if (!stopped) tick();
+          });
+        }),
+      );
     };
     tick();
   };
   if (cache) {
-    every(config.cleanupIntervalSeconds, async () => {
+    every('cleanup', config.cleanupIntervalSeconds, async () => {
       await cache.cleanup().catch((err: unknown) => {
         logger.warn(`scheduled cache cleanup failed: ${classify(err).message}`);
       });
     });
     // Read once at start, so levels, alerts and keel_disk_used_ratio are known before the first period.
     await checkDisk();
-    every(config.diskCheckIntervalSeconds, checkDisk);
+    every('disk', config.diskCheckIntervalSeconds, checkDisk);
   }
 
   // The S3 port is drained by gateway.close() in the last hook, not by GracefulShutdown's own
@@ -234,12 +243,19 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
         host: config.adminHost,
         token: config.adminToken,
         health,
+        log: (level, msg, fields) => {
+          // Actions are logged whatever the log level: who changed what matters afterwards.
+          (logger.isLevelEnabled(level) ? logger : logger.child({}, { level }))[level](fields, msg);
+        },
+        diskWarningRatio: config.diskWarningPercent / 100,
+        diskCriticalRatio: config.diskCriticalPercent / 100,
         disk,
         alerts,
         recovery,
       }),
     );
   } catch (err) {
+    stopTimers();
     stopWatching();
     recovery.close();
     await gateway.close(0);
@@ -254,8 +270,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
   shutdown.addHook('admin', () => admin.close());
   shutdown.addHook('alerts', () => alerts.close());
   shutdown.addHook('gateway', async () => {
-    stopped = true;
-    for (const t of timers) t.cancel();
+    stopTimers();
     stopWatching();
     recovery.close();
     // gateway.close() cuts what is still in flight at the deadline; that is a failed drain (exit 1).
