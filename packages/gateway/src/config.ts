@@ -11,7 +11,9 @@ export interface GatewayConfig {
   listenPort: number;
   adminHost: string;
   adminPort: number;
-  auth: 'gateway' | 'anonymous';
+  auth: 'gateway' | 'anonymous' | 'passthrough';
+  /** In passthrough auth, how long a read the origin authorised is trusted without asking (0: never). */
+  authCacheSeconds: number;
   /** Allow anonymous mode on a non-loopback address. */
   forceAnonymous: boolean;
   clientKeys: ClientKey[];
@@ -67,6 +69,7 @@ const SETTINGS = {
   listen: 'KEEL_LISTEN',
   admin: 'KEEL_ADMIN_LISTEN',
   auth: 'KEEL_AUTH',
+  authCacheSeconds: 'KEEL_AUTH_CACHE_SECONDS',
   forceAnonymous: 'KEEL_FORCE_ANONYMOUS',
   clientKeys: 'KEEL_CLIENT_KEYS',
   originAccessKeyId: 'KEEL_ORIGIN_ACCESS_KEY_ID',
@@ -225,8 +228,16 @@ export function resolveGatewayConfig(
     fail('upstream', `not a URL: "${String(upstream)}"`);
   }
   const auth = String(get('auth') ?? 'gateway');
-  if (auth !== 'gateway' && auth !== 'anonymous')
-    fail('auth', `expected gateway or anonymous, got "${auth}"`);
+  if (auth !== 'gateway' && auth !== 'anonymous' && auth !== 'passthrough')
+    fail('auth', `expected gateway, anonymous or passthrough, got "${auth}"`);
+  if (auth === 'passthrough' && new URL(String(upstream)).pathname.replace(/\/$/, '') !== '')
+    fail(
+      'upstream',
+      'passthrough auth forwards the path each client signed as it is: the origin URL cannot have a path of its own',
+    );
+  const authCacheSeconds = num('authCacheSeconds', get('authCacheSeconds'), 0);
+  if (authCacheSeconds > 0 && auth !== 'passthrough')
+    fail('authCacheSeconds', 'only applies to --auth passthrough');
   const listen = hostPort('listen', get('listen'), '127.0.0.1:8080');
   const admin = hostPort('admin', get('admin'), '127.0.0.1:9090');
   const forceAnonymous = ['true', '1', 'yes'].includes(String(get('forceAnonymous') ?? false));
@@ -246,8 +257,21 @@ export function resolveGatewayConfig(
     });
   if (auth === 'gateway' && clientKeys.length === 0)
     fail('clientKeys', 'gateway auth needs at least one client key (or use --auth anonymous on loopback)');
-  const originAccessKeyId = get('originAccessKeyId') ?? env.AWS_ACCESS_KEY_ID;
-  const originSecretAccessKey = get('originSecretAccessKey') ?? env.AWS_SECRET_ACCESS_KEY;
+  if (auth === 'passthrough' && clientKeys.length > 0)
+    fail(
+      'clientKeys',
+      'passthrough auth holds no client keys: clients sign for the origin, which checks them',
+    );
+  if (auth === 'passthrough' && (get('originAccessKeyId') ?? get('originSecretAccessKey')) !== undefined)
+    fail(
+      get('originAccessKeyId') === undefined ? 'originSecretAccessKey' : 'originAccessKeyId',
+      'passthrough auth holds no origin credentials: every request goes to the origin signed by its client',
+    );
+  // In passthrough auth the gateway signs nothing: AWS_* variables meant for other tools are not picked up.
+  const originAccessKeyId =
+    auth === 'passthrough' ? undefined : (get('originAccessKeyId') ?? env.AWS_ACCESS_KEY_ID);
+  const originSecretAccessKey =
+    auth === 'passthrough' ? undefined : (get('originSecretAccessKey') ?? env.AWS_SECRET_ACCESS_KEY);
   if ((originAccessKeyId === undefined) !== (originSecretAccessKey === undefined))
     fail(
       originAccessKeyId === undefined ? 'originAccessKeyId' : 'originSecretAccessKey',
@@ -337,6 +361,7 @@ export function resolveGatewayConfig(
     adminHost: admin.host,
     adminPort: admin.port,
     auth,
+    authCacheSeconds,
     forceAnonymous,
     clientKeys,
     originAccessKeyId: originAccessKeyId === undefined ? undefined : String(originAccessKeyId),

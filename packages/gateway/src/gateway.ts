@@ -22,6 +22,9 @@ import { S3Errors, sendS3Error, type S3ErrorSpec } from './s3/s3-error.js';
 import { malformedTargetError, parseS3Target, type S3Target } from './s3/s3-request.js';
 import type { SliceFill } from './read/slice-fill.js';
 import { verifySigV4, type ClientKey, type VerifiedRequest } from './auth/sigv4-verify.js';
+import { servePassthrough, type PassthroughContext } from './auth/passthrough.js';
+import { AuthTrust, type AuthorizationResult } from './read/passthrough-read.js';
+import { connectHandler } from './s3/forward-proxy.js';
 
 /** Options of {@link createGateway}. */
 export interface GatewayOptions {
@@ -32,7 +35,13 @@ export interface GatewayOptions {
   /** Region used to sign origin requests (default us-east-1). */
   region?: string;
   /** `gateway`: clients sign with {@link GatewayOptions.clientKeys}; `anonymous`: no client auth (default gateway). */
-  auth?: 'gateway' | 'anonymous';
+  auth?: 'gateway' | 'anonymous' | 'passthrough';
+  /**
+   * In `passthrough` auth, trust a read the origin authorised for this long for the same access
+   * key id, bucket and key, serving it from the cache without asking (default 0: every read is
+   * asked). An access key id is not a secret: see docs/gateway.md, Authentication.
+   */
+  authCacheMs?: number;
   /**
    * In `gateway` auth, what becomes of a request that carries no signature at all: `refuse`d with
    * 403 AccessDenied (default), or `forward`ed to the origin unsigned (never with the gateway's
@@ -230,6 +239,28 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     log,
   };
   metrics.bindRevalidations(() => revalidationStats(ctx));
+  const authCacheMs = options.auth === 'passthrough' ? (options.authCacheMs ?? 0) : 0;
+  if (authCacheMs > 0)
+    log(
+      'warn',
+      `passthrough auth trusts a read the origin authorised for ${authCacheMs / 1000} s: within that time anyone naming the same access key id (not a secret) gets the cached object without the origin being asked`,
+      { authCacheSeconds: authCacheMs / 1000 },
+    );
+  const pass: PassthroughContext = {
+    ctx,
+    origin: new URL(options.upstream),
+    baseDomain: options.baseDomain,
+    clock,
+    trust: authCacheMs > 0 ? new AuthTrust(authCacheMs, () => clock.now()) : undefined,
+    onResult: (result, saved) => {
+      metrics.authorizations.inc({ result });
+      if (saved > 0) metrics.originBytesSaved.inc(saved);
+    },
+    onInvalidate: (changed) => {
+      invalidateReads(ctx, changed);
+      if (cache) metrics.invalidations.inc();
+    },
+  };
   // Bucket CORS rules live as long as cached objects; a read waits for them no longer than for a revalidation.
   const { timeoutMs: waitMs, backoffMs, maxBackoffMs } = options.revalidation ?? {};
   const corsRules = new BucketCorsRules({
@@ -255,6 +286,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     const method = req.method ?? 'GET';
     const started = performance.now();
     let outcome: RequestOutcome = 'ERROR';
+    let authorization: AuthorizationResult | undefined;
     active++;
     // In flight until the response is flushed (or aborted), not merely handed to the socket.
     res.once('close', () => active--);
@@ -269,6 +301,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       res.setHeader('x-keel-cache', o);
     };
     try {
+      if (authMode === 'passthrough') {
+        // The origin judges every request; the gateway holds no key to check one with.
+        ({ outcome, authorization } = await servePassthrough(pass, req, res, id));
+        return;
+      }
       const rawUrl = req.url ?? '/';
       const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
       if ('malformed' in target) {
@@ -352,6 +389,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
           url: loggableUrl(req.url ?? '/'),
           status: res.statusCode,
           outcome,
+          ...(authorization === undefined ? {} : { authorization }),
         });
     }
   };
@@ -362,6 +400,18 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     withCorrelation(id, () => void handle(req, res, id));
   });
   server.keepAliveTimeout = 5_000;
+  // HTTPS through the gateway as a proxy: tunnels to the origin's host only, nothing cached.
+  if (authMode === 'passthrough')
+    server.on(
+      'connect',
+      connectHandler({
+        origin: new URL(options.upstream),
+        maxTunnels: options.originConnections ?? 64,
+        idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
+        onTunnel: (result) => metrics.tunnels.inc({ result }),
+        log,
+      }),
+    );
   server.on('connection', (s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));

@@ -1,3 +1,4 @@
+import { AUTHORIZATION_RESULTS } from '../read/passthrough-read.js';
 import { Counter, type Gauge, type Histogram, type Registry } from 'prom-client';
 import { CACHE_OPERATIONS, REPAIR_COUNTERS, type CacheStats, type RangeCache } from 'keel/cache';
 import { bindPolicyMetrics, createMetrics, type Metrics } from '@keel/ops';
@@ -59,6 +60,12 @@ export class GatewayMetrics {
   readonly invalidations: Counter;
   readonly originRequests: Counter<'outcome'>;
   readonly originFirstByte: Histogram;
+  /** `passthrough` auth: what the origin said about each request (see AuthorizationResult). */
+  readonly authorizations: Counter<'result'>;
+  /** `passthrough` auth: body bytes served from the cache after a 304, which the origin did not send. */
+  readonly originBytesSaved: Counter;
+  /** `passthrough` auth: CONNECT tunnels opened, refused (not the origin's host) or failed. */
+  readonly tunnels: Counter<'result'>;
   /** Breakers bound, by label, with what unbinds each. */
   private readonly bound = new Map<string, () => void>();
 
@@ -97,6 +104,22 @@ export class GatewayMetrics {
       [],
       [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     );
+    this.authorizations = m.counter(
+      'keel_gateway_origin_authorizations_total',
+      'passthrough auth: what the origin said about each request (authorized-hit, trusted-hit, changed, denied, miss, forwarded, unavailable, refused).',
+      ['result'],
+    );
+    this.originBytesSaved = m.counter(
+      'keel_gateway_origin_bytes_saved_total',
+      'passthrough auth: object bytes served from the cache after the origin answered 304 to the cached ETag (bytes the origin did not send).',
+    );
+    this.tunnels = m.counter(
+      'keel_gateway_tunnels_total',
+      'passthrough auth: CONNECT tunnels by result (opened, refused: not the origin, failed).',
+      ['result'],
+    );
+    for (const r of AUTHORIZATION_RESULTS) this.authorizations.inc({ result: r }, 0);
+    for (const r of ['opened', 'refused', 'failed']) this.tunnels.inc({ result: r }, 0);
     // Series that exist from the start, so rate() and absent() work before the first request.
     for (const o of ['success', 'failure', 'rejected']) this.originRequests.inc({ outcome: o }, 0);
     for (const source of ['cache', 'origin']) this.bytes.inc({ source }, 0);

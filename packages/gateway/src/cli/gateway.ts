@@ -17,6 +17,7 @@ interface GatewayFlags {
   listen?: string;
   admin?: string;
   auth?: string;
+  authCacheSeconds?: string;
   forceAnonymous?: boolean;
   clientKeys?: string;
   region?: string;
@@ -63,7 +64,11 @@ export function registerGatewayCommand(program: Command): void {
     .option('--admin <[host:]port>', 'admin endpoints address (KEEL_ADMIN_LISTEN, default 127.0.0.1:9090)')
     .option(
       '--auth <mode>',
-      'gateway (clients sign with --client-keys) or anonymous (KEEL_AUTH, default gateway)',
+      'gateway (clients sign with --client-keys), anonymous, or passthrough (clients sign for the origin, which judges every request; no keys held) (KEEL_AUTH, default gateway)',
+    )
+    .option(
+      '--auth-cache-seconds <n>',
+      'passthrough only: trust a read the origin authorised for this long per access key id, bucket and key, without asking; an access key id is not a secret (KEEL_AUTH_CACHE_SECONDS, default 0: off)',
     )
     .option('--force-anonymous', 'allow anonymous mode on a non-loopback address (KEEL_FORCE_ANONYMOUS)')
     .option('--client-keys <pairs>', 'ACCESS_KEY_ID:SECRET,… clients may sign with (KEEL_CLIENT_KEYS)')

@@ -41,6 +41,14 @@ export interface OriginRequest {
   /** Send it without the gateway's signature (a CORS preflight; an anonymous client's request). */
   unsigned?: boolean;
   /**
+   * The request target (path and query) to send exactly as it is, instead of one built from
+   * bucket, key and rawQuery: a client's signed request forwarded in `passthrough` auth, whose
+   * signature covers the path and query as the client sent them.
+   */
+  target?: string;
+  /** The Host header to send instead of the origin's own (the host a client signed, in `passthrough` auth). */
+  host?: string;
+  /**
    * Wait this long for the response headers, counted from the end of the request's body (default:
    * the client's first-byte timeout). An upload's answer comes only after its body, however long
    * the client takes to send it.
@@ -94,8 +102,8 @@ export class OriginClient {
     if (rawQuery !== '')
       for (const [k, v] of new URLSearchParams(rawQuery))
         pairs.push(v === '' && !rawQuery.includes(`${k}=`) ? rfc3986(k) : `${rfc3986(k)}=${rfc3986(v)}`);
-    const headers: Record<string, string> = { ...req.headers, host: this.url.host };
-    if (this.signer && req.unsigned !== true) {
+    const headers: Record<string, string> = { ...req.headers, host: req.host ?? this.url.host };
+    if (this.signer && req.unsigned !== true && req.target === undefined) {
       headers['x-amz-content-sha256'] ??= 'UNSIGNED-PAYLOAD';
       this.signer.sign(req.method, path, pairs, headers);
     }
@@ -129,7 +137,7 @@ export class OriginClient {
     let res;
     try {
       res = await this.pool.request({
-        path: pairs.length ? `${path}?${pairs.join('&')}` : path,
+        path: req.target ?? (pairs.length ? `${path}?${pairs.join('&')}` : path),
         method: req.method,
         headers,
         body: req.body ?? null,

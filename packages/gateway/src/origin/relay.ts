@@ -11,12 +11,17 @@ export type RelayLog = (
 ) => void;
 
 /**
- * The origin's headers for the client: without the hop-by-hop ones, labelled PASS, and with the
- * gateway's request id as `x-amz-request-id` and `x-amz-id-2` (the same as the `RequestId` of an
- * error document it relays), so every answer names the id that is in the gateway's log.
+ * The origin's headers for the client: without the hop-by-hop ones, labelled `label` (PASS unless
+ * said otherwise), and with the gateway's request id as `x-amz-request-id` and `x-amz-id-2` (the
+ * same as the `RequestId` of an error document it relays), so every answer names the id that is
+ * in the gateway's log.
  */
-function forwardHeaders(headers: Record<string, string>, requestId: string): Record<string, string> {
-  const out: Record<string, string> = { ...headers, 'x-request-id': requestId, 'x-keel-cache': 'PASS' };
+export function forwardHeaders(
+  headers: Record<string, string>,
+  requestId: string,
+  label = 'PASS',
+): Record<string, string> {
+  const out: Record<string, string> = { ...headers, 'x-request-id': requestId, 'x-keel-cache': label };
   out['x-amz-request-id'] = requestId;
   out['x-amz-id-2'] = requestId;
   delete out.connection;
@@ -70,8 +75,9 @@ function isErrorDocument(status: number, method: string, headers: Record<string,
 }
 
 /**
- * Relays an origin answer as it is, labelled PASS. An S3 error document gets the gateway's
- * request id in its `RequestId`, as in `x-amz-request-id`; the origin's ids go to the log.
+ * Relays an origin answer as it is, labelled PASS (or `label`: DENIED for an origin's refusal in
+ * passthrough auth). An S3 error document gets the gateway's request id in its `RequestId`, as
+ * in `x-amz-request-id`; the origin's ids go to the log.
  */
 export async function relayAnswer(
   res: ServerResponse,
@@ -79,11 +85,12 @@ export async function relayAnswer(
   up: OriginResponse,
   requestId: string,
   log?: RelayLog,
+  label = 'PASS',
 ): Promise<void> {
   noteOriginIds(log, up.headers, requestId);
   const length = Number(up.headers['content-length'] ?? 0);
   if (!isErrorDocument(up.status, method, up.headers) || length > MAX_ERROR_BODY_BYTES) {
-    res.writeHead(up.status, forwardHeaders(up.headers, requestId));
+    res.writeHead(up.status, forwardHeaders(up.headers, requestId, label));
     up.body.on('error', () => res.destroy());
     up.body.pipe(res);
     return;
@@ -100,7 +107,7 @@ export async function relayAnswer(
     res.destroy();
     return;
   }
-  sendDocument(res, up.status, up.headers, withRequestId(doc, requestId), requestId);
+  sendDocument(res, up.status, up.headers, withRequestId(doc, requestId), requestId, false, label);
 }
 
 /** Relays an origin answer the guard kept (an error it counted as a failure), labelled PASS. */
@@ -110,6 +117,7 @@ export function relayBuffered(
   answer: OriginAnswer,
   requestId: string,
   log?: RelayLog,
+  label = 'PASS',
 ): void {
   noteOriginIds(log, answer.headers, requestId);
   const body =
@@ -118,7 +126,7 @@ export function relayBuffered(
       : isErrorDocument(answer.status, method, answer.headers)
         ? withRequestId(answer.body, requestId)
         : answer.body;
-  sendDocument(res, answer.status, answer.headers, body, requestId, method === 'HEAD');
+  sendDocument(res, answer.status, answer.headers, body, requestId, method === 'HEAD', label);
 }
 
 function sendDocument(
@@ -128,9 +136,10 @@ function sendDocument(
   body: Buffer,
   requestId: string,
   head = false,
+  label = 'PASS',
 ): void {
   res.writeHead(status, {
-    ...forwardHeaders(headers, requestId),
+    ...forwardHeaders(headers, requestId, label),
     ...(head ? {} : { 'content-length': String(body.length) }),
   });
   res.end(head ? undefined : body);

@@ -27,7 +27,7 @@ const REPLAYED =
   /^(x-amz-meta-.*|cache-control|content-encoding|content-disposition|content-language|expires|x-amz-version-id|x-amz-storage-class|x-amz-server-side-encryption.*|x-amz-tagging-count|x-amz-website-redirect-location|x-amz-restore|x-amz-object-lock-.*|x-amz-replication-status|x-amz-expiration)$/;
 
 /** The object info in an origin answer's headers; undefined without an ETag or a size. */
-function infoFrom(headers: Record<string, string>): ObjectInfo | undefined {
+export function infoFrom(headers: Record<string, string>): ObjectInfo | undefined {
   const etag = headers.etag;
   const range = headers['content-range'];
   const size = range ? Number(range.split('/')[1]) : Number(headers['content-length']);
