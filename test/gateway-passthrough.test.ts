@@ -1,62 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createGateway, type Gateway } from '@keel/gateway';
-import { originClient, rawRequest, sha, signedRequest, xmlField } from './gateway-protocol-support.js';
+import { rawRequest, sha, signedRequest, xmlField } from './gateway-protocol-support.js';
 import { signedHeaders } from './gateway-sign-support.js';
-import { KEY_A, KEY_B, startCheckingOrigin, type CheckingOrigin } from './passthrough-origin.js';
-
-const SLICE = 64 * 1024;
-
-interface Setup {
-  origin: CheckingOrigin;
-  gateway: Gateway;
-  logged: Record<string, unknown>[];
-  put(key: string, body: Buffer): Promise<string>;
-  metric(name: string, labels?: string): Promise<number>;
-  close(): Promise<void>;
-}
-
-async function setup(): Promise<Setup> {
-  const origin = await startCheckingOrigin();
-  const root = await mkdtemp(path.join(os.tmpdir(), 'keel-passthrough-'));
-  const logged: Record<string, unknown>[] = [];
-  const gateway = await createGateway({
-    upstream: origin.url,
-    auth: 'passthrough',
-    cacheDir: path.join(root, 'cache'),
-    sliceBytes: SLICE,
-    defaultMetrics: false,
-    log: (level, msg, fields) => {
-      if (logged.length < 10_000) logged.push({ level, msg, ...fields });
-    },
-  });
-  await gateway.listen(0);
-  const direct = originClient(origin.s3);
-  return {
-    origin,
-    gateway,
-    logged,
-    put: async (key, body) => {
-      const out = await direct.send(new PutObjectCommand({ Bucket: 'x', Key: key, Body: body }));
-      return out.ETag as string;
-    },
-    metric: async (name, labels = '') => {
-      const text = await gateway.metrics.ops.render();
-      const line = text.split('\n').find((l) => l.startsWith(`${name}${labels ? `{${labels}}` : ''} `));
-      return Number(line?.split(' ')[1] ?? NaN);
-    },
-    close: async () => {
-      direct.destroy();
-      await gateway.close(1000);
-      await origin.close();
-      await rm(root, { recursive: true, force: true });
-    },
-  };
-}
+import { KEY_A, KEY_B, setup, SLICE, type Setup } from './passthrough-origin.js';
 
 /** The request line the gateway logged for the answer with this request id. */
 function loggedRequest(s: Setup, requestId: unknown): Record<string, unknown> | undefined {

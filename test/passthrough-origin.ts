@@ -12,6 +12,12 @@ import { readAll } from '../packages/gateway/src/origin/relay.js';
 import { s3ErrorXml, type S3ErrorSpec } from '../packages/gateway/src/s3/s3-error.js';
 import { planBody } from '../packages/gateway/src/write/upload-body.js';
 import { withoutPresignParams } from '../packages/gateway/src/write/passthrough.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { createGateway, type Gateway, type GatewayOptions } from '@keel/gateway';
+import { originClient } from './gateway-protocol-support.js';
 import { startS3Origin, type S3Origin } from './s3-origin.js';
 
 /** Key A may read and write bucket `x`; key B only bucket `y`. */
@@ -150,6 +156,59 @@ export async function startCheckingOrigin(
       await new Promise((r) => server.close(r));
       agent.destroy();
       await s3.close();
+    },
+  };
+}
+
+/** Slice size of the test gateways. */
+export const SLICE = 64 * 1024;
+
+/** A checking origin and a gateway in passthrough auth in front of it. */
+export interface Setup {
+  origin: CheckingOrigin;
+  gateway: Gateway;
+  logged: Record<string, unknown>[];
+  put(key: string, body: Buffer): Promise<string>;
+  metric(name: string, labels?: string): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** Starts a checking origin and a passthrough gateway (with `extra` options) in front of it. */
+export async function setup(extra: Partial<GatewayOptions> = {}): Promise<Setup> {
+  const origin = await startCheckingOrigin();
+  const root = await mkdtemp(path.join(os.tmpdir(), 'keel-passthrough-'));
+  const logged: Record<string, unknown>[] = [];
+  const gateway = await createGateway({
+    upstream: origin.url,
+    auth: 'passthrough',
+    cacheDir: path.join(root, 'cache'),
+    sliceBytes: SLICE,
+    defaultMetrics: false,
+    log: (level, msg, fields) => {
+      if (logged.length < 10_000) logged.push({ level, msg, ...fields });
+    },
+    ...extra,
+  });
+  await gateway.listen(0);
+  const direct = originClient(origin.s3);
+  return {
+    origin,
+    gateway,
+    logged,
+    put: async (key, body) => {
+      const out = await direct.send(new PutObjectCommand({ Bucket: 'x', Key: key, Body: body }));
+      return out.ETag as string;
+    },
+    metric: async (name, labels = '') => {
+      const text = await gateway.metrics.ops.render();
+      const line = text.split('\n').find((l) => l.startsWith(`${name}${labels ? `{${labels}}` : ''} `));
+      return Number(line?.split(' ')[1] ?? NaN);
+    },
+    close: async () => {
+      direct.destroy();
+      await gateway.close(1000);
+      await origin.close();
+      await rm(root, { recursive: true, force: true });
     },
   };
 }
