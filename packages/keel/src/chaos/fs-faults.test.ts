@@ -34,6 +34,26 @@ afterEach(async () => {
 });
 
 describe('faultyFs', () => {
+  it('stalls matching calls by the given time and leaves the others alone, until the stall is removed', async () => {
+    const fs = faultyFs();
+    const stop = fs.stall({ ms: 200, ops: ['sync'] });
+    const handle = await fs.open(path.join(dir, 'f'), 'w');
+    let t = performance.now();
+    await handle.writeFile('x');
+    const writeMs = performance.now() - t;
+    t = performance.now();
+    await handle.sync();
+    expect(performance.now() - t).toBeGreaterThanOrEqual(190);
+    stop();
+    t = performance.now();
+    await handle.sync();
+    const after = performance.now() - t;
+    await handle.close();
+    // Not stalled: well under the stall (a loaded machine may still take a while).
+    expect(Math.max(writeMs, after)).toBeLessThan(190);
+    expect(() => fs.stall({ ms: -1 })).toThrow(/ms must be/);
+  });
+
   it('fails the Nth matching call with a real-looking errno error, and only that one', async () => {
     const fs = faultyFs({ faults: [{ code: 'EIO', ops: ['writeFile'], nth: 2 }] });
     await fs.writeFile(path.join(dir, 'a'), 'one');

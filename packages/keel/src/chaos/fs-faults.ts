@@ -1,4 +1,5 @@
 import * as nodeFs from 'node:fs/promises';
+import { keelError } from '../errors/index.js';
 import type { StatsFs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 
@@ -70,11 +71,27 @@ export interface FaultyFsOptions {
   random?: () => number;
 }
 
+/** A stall: matching calls take `ms` longer (a slow or overloaded disk), then run as usual. */
+export interface FsStall {
+  /** Added to each matching call, in milliseconds. */
+  ms: number;
+  /** Operations it applies to (default: all). */
+  ops?: readonly FsOperation[];
+  /** Only paths matching this (a RegExp, or a substring). */
+  path?: RegExp | string;
+}
+
 /** A faulty fs plus the controls to change its faults while a test runs. */
 export interface FaultyFs extends FsLike {
   /** Adds a rule; returns a function that removes it. */
   inject(fault: FsFault): () => void;
-  /** Removes every rule. */
+  /**
+   * Makes matching calls wait `ms` before they run (a disk that stalls writes: `ops: ['write',
+   * 'sync']`). Returns a function that removes the stall; calls already waiting finish their wait.
+   * @throws KeelError INVALID_INPUT when `ms` is negative or not finite.
+   */
+  stall(stall: FsStall): () => void;
+  /** Removes every rule and stall. */
   clear(): void;
   /** Sets the simulated free space (undefined = the real disk). */
   setFreeBytes(bytes: number | undefined): void;
@@ -153,6 +170,21 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
     }
   };
 
+  let stalls: FsStall[] = [];
+  // Waits for every stall that matches; resolves at once (no timer) when none does.
+  const slow = async (op: FsOperation, path: string | undefined): Promise<void> => {
+    let ms = 0;
+    for (const st of stalls) {
+      if (st.ops && !st.ops.includes(op)) continue;
+      if (st.path !== undefined) {
+        if (path === undefined) continue;
+        if (typeof st.path === 'string' ? !path.includes(st.path) : !st.path.test(path)) continue;
+      }
+      ms += st.ms;
+    }
+    if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
+  };
+
   const spend = (op: FsOperation, path: string | undefined, bytes: number): void => {
     if (free === undefined || bytes === 0) return;
     if (bytes > free) {
@@ -171,6 +203,7 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
         if (prop === 'write' || prop === 'writeFile' || prop === 'appendFile') {
           return async (...args: unknown[]) => {
             check('write', path);
+            await slow('write', path);
             spend('write', path, byteLength(args[0]));
             return await fn.apply(target, args);
           };
@@ -178,18 +211,21 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
         if (prop === 'sync' || prop === 'datasync') {
           return async (...args: unknown[]) => {
             check('sync', path);
+            await slow('sync', path);
             return await fn.apply(target, args);
           };
         }
         if (prop === 'read' || prop === 'readFile') {
           return async (...args: unknown[]) => {
             check('read', path);
+            await slow('read', path);
             return await fn.apply(target, args);
           };
         }
         if (prop === 'close') {
           return async (...args: unknown[]) => {
             check('close', path);
+            await slow('close', path);
             return await fn.apply(target, args);
           };
         }
@@ -222,6 +258,7 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
     open: async (path: Parameters<typeof nodeFs.open>[0], ...rest: unknown[]) => {
       const p = pathText(path);
       check('open', p);
+      await slow('open', p);
       const freed = truncates(rest[0]) ? await sizeOf(path) : 0;
       const handle = await (real.open as (...a: unknown[]) => Promise<FileHandle>)(path, ...rest);
       giveBack(freed);
@@ -234,6 +271,7 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
     writeFile: (async (path: unknown, data: unknown, ...rest: unknown[]) => {
       const p = pathText(path);
       check('writeFile', p);
+      await slow('writeFile', p);
       const options = rest[0];
       const flag =
         typeof options === 'object' && options !== null ? (options as { flag?: unknown }).flag : 'w';
@@ -245,6 +283,7 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
     }) as typeof nodeFs.writeFile,
     rename: async (from: unknown, to: unknown) => {
       check('rename', pathText(to) ?? pathText(from));
+      await slow('rename', pathText(to) ?? pathText(from));
       // Renaming over a file frees the file that was there.
       const replaced = pathText(from) === pathText(to) ? 0 : await sizeOf(to);
       await (real.rename as (...a: unknown[]) => Promise<void>)(from, to);
@@ -301,8 +340,18 @@ export function faultyFs(options: FaultyFsOptions = {}): FaultyFs {
         rules = rules.filter((r) => r !== state);
       };
     },
+    stall(stall) {
+      if (!Number.isFinite(stall.ms) || stall.ms < 0)
+        throw keelError('INVALID_INPUT', `fs stall: ms must be a finite number ≥ 0, got ${stall.ms}`);
+      const own = { ...stall };
+      stalls.push(own);
+      return () => {
+        stalls = stalls.filter((st) => st !== own);
+      };
+    },
     clear() {
       rules = [];
+      stalls = [];
     },
     setFreeBytes(bytes) {
       free = bytes;

@@ -29,6 +29,7 @@ export {
   type FsFaultCode,
   type FsLike,
   type FsOperation,
+  type FsStall,
 } from './fs-faults.js';
 export {
   HttpFaultProxy,
