@@ -32,8 +32,10 @@ describe("range cache: an object's directory", () => {
     await cache.close();
   });
 
-  it('a slice still lands when the directory is removed after its metadata was read', async () => {
-    // As a cleanup in another process may do between the write's look at meta.json and its files.
+  it('a slice is not stored when the object was removed while it was written: the removal is never undone', async () => {
+    // As another process does between the write's look at meta.json and its files (an
+    // invalidation after a PUT, an eviction): bringing the metadata back from memory would
+    // resurrect what that process removed.
     let removeAfter: ((c: FsCall) => boolean) | undefined;
     const { fs } = watchedFs(async (c) => {
       if (removeAfter?.(c)) {
@@ -42,12 +44,22 @@ describe("range cache: an object's directory", () => {
       }
     });
     const cache = await open(fs);
+    const faults: string[] = [];
+    cache.on('fault', (f) => faults.push(f.message));
     const data = randomBytes(SLICE + 10);
     await cache.putMeta(id, { etag: '"e"', size: data.length });
     removeAfter = (c) => c.op === 'stat' && c.path.endsWith('meta.json');
-    expect(await cache.writeSlice(id, 0, data.subarray(0, SLICE), '"e"')).toEqual({ stored: true });
+    expect(await cache.writeSlice(id, 0, data.subarray(0, SLICE), '"e"')).toMatchObject({
+      stored: false,
+      reason: 'no-metadata',
+    });
     expect(removeAfter).toBeUndefined(); // the directory was removed
-    expect((await readdir(objectDir())).sort()).toEqual(['meta.json', 'slice-0']);
+    expect(faults).toEqual([]);
+    expect(await cache.getMeta(id)).toBeUndefined();
+    expect((await readdir(objectDir()).catch(() => [])).filter((n) => n !== 'meta.json')).toEqual([]);
+    // Learned again, it fills as usual.
+    await cache.putMeta(id, { etag: '"e"', size: data.length });
+    expect(await cache.writeSlice(id, 0, data.subarray(0, SLICE), '"e"')).toEqual({ stored: true });
     expect(await cache.writeSlice(id, 1, data.subarray(SLICE), '"e"')).toEqual({ stored: true });
     await expectBytes(cache, data);
     await cache.close();

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { crc32 } from './crc32.js';
 import { classify } from '../errors/index.js';
-import { TMP_MARKER } from './atomic-write.js';
+import { TMP_MARKER, writtenByOtherProcess } from './atomic-write.js';
 import type { CacheReporter } from './counters.js';
 import type { SliceIndex } from './eviction.js';
 import type { CacheFs } from './fs.js';
@@ -82,7 +82,7 @@ export async function walkCache(ctx: WalkContext, options: WalkOptions): Promise
   // Leftover probe files at the top level.
   for (const name of await readdirSafe(ctx, ctx.dir)) {
     const full = path.join(ctx.dir, name);
-    if (name.includes(TMP_MARKER) && !ctx.inFlight.has(full)) {
+    if (name.includes(TMP_MARKER) && !ctx.inFlight.has(full) && !writtenByOtherProcess(name)) {
       if (fix) await ctx.fs.rm(full, { force: true });
     }
   }
@@ -135,7 +135,8 @@ async function walkObject(
       if (st && Date.now() - st.mtimeMs < minAgeMs) young.add(name);
     }
   }
-  const busy = (name: string): boolean => young.has(name) || ctx.inFlight.has(path.join(dir, name));
+  const busy = (name: string): boolean =>
+    young.has(name) || ctx.inFlight.has(path.join(dir, name)) || writtenByOtherProcess(name);
   for (const name of names) {
     if (name.includes(TMP_MARKER) && !busy(name)) {
       report.partialWrites++;

@@ -61,6 +61,8 @@ export class ObjectStore {
       const e = (err as { code?: unknown } | undefined)?.code === 'ENOENT' ? undefined : classify(err);
       if (e === undefined || e.code === 'NOT_FOUND') {
         this.parts.memo.delete(hash);
+        // Another process may have removed it (evicted, invalidated): its slices are gone too.
+        this.parts.index.removeObject(hash);
         return { state: 'missing' };
       }
       this.parts.readReport.fault(
@@ -96,7 +98,11 @@ export class ObjectStore {
     }
     // Stat came first: if the file changed in between, the stamp is older than the bytes and the
     // next load reads the file again.
-    if (this.metaWrites === writesBefore) this.parts.memo.set(hash, decoded.meta, stamp);
+    if (this.metaWrites === writesBefore) {
+      this.parts.memo.set(hash, decoded.meta, stamp);
+      // Read from disk: another process may have added or dropped slices since this one looked.
+      this.parts.index.syncObject(hash, decoded.meta.slices);
+    }
     return { state: 'ok', meta: decoded.meta };
   }
 

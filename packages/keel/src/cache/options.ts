@@ -57,6 +57,12 @@ export interface RangeCacheOptions {
   verifyThreads?: number;
   /** Most slices whose decoded metadata is kept in memory, over all objects (default 100,000). */
   metadataMemoSlices?: number;
+  /**
+   * Several processes may share the directory (`keel gateway --workers`): each counts the slices
+   * it writes and reads, and one that writes re-reads every object's metadata from disk at most
+   * this often, so the size limit counts the others' slices too (default 30 s).
+   */
+  rescanMs?: number;
   clock?: Clock;
   /** File system to use (default `node:fs/promises`); inject faults with `faultyFs()` from `keel/chaos`. */
   fs?: CacheFs;
@@ -80,6 +86,7 @@ export interface CacheSettings {
   /** Verifying threads to start; 0 with an injected `fs`, whose reads stay on the event loop. */
   verifyThreads: number;
   metadataMemoSlices: number | undefined;
+  rescanMs: number;
   clock: Clock;
   fs: CacheFs;
 }
@@ -105,6 +112,7 @@ export function resolveOptions(options: RangeCacheOptions): CacheSettings {
     accessFlushMs: options.accessFlushMs ?? 300_000,
     verifyThreads: options.fs === undefined && threads > 0 ? threads : 0,
     metadataMemoSlices: options.metadataMemoSlices,
+    rescanMs: options.rescanMs ?? 30_000,
     clock: options.clock ?? systemClock,
     fs: options.fs ?? realFs,
   };
@@ -115,6 +123,7 @@ export function resolveOptions(options: RangeCacheOptions): CacheSettings {
     bad(`sliceBytes must be a positive integer, got ${s.sliceBytes}`);
   if (!(s.accessFlushMs > 0)) bad(`accessFlushMs must be > 0, got ${s.accessFlushMs}`);
   if (!(s.maxBytes > 0)) bad(`maxBytes must be > 0, got ${s.maxBytes}`);
+  if (!(s.rescanMs > 0)) bad(`rescanMs must be > 0, got ${s.rescanMs}`);
   if (!(s.bypassProbeMs > 0)) bad(`bypassProbeMs must be > 0, got ${s.bypassProbeMs}`);
   if (!(Number.isFinite(s.bypassResumeFreeSlices) && s.bypassResumeFreeSlices >= 1))
     bad(`bypassResumeFreeSlices must be a number >= 1, got ${s.bypassResumeFreeSlices}`);

@@ -1,5 +1,5 @@
 import { classify, keelError } from '../errors/index.js';
-import { writeFileAtomic } from './atomic-write.js';
+import { writeTmpFile } from './atomic-write.js';
 import type { Bypass } from './bypass.js';
 import type { CacheCounts, CacheReporter } from './counters.js';
 import type { Evictor, SliceIndex } from './eviction.js';
@@ -14,7 +14,7 @@ import {
   type ObjectInfo,
   type SliceInfo,
 } from './metadata.js';
-import type { ObjectStore } from './object-store.js';
+import type { LoadedMeta, ObjectStore } from './object-store.js';
 import type { CacheSettings } from './options.js';
 
 /** A write: stored, or why not (none of these is an error for the caller: it just serves the origin's bytes). */
@@ -81,7 +81,12 @@ export class CacheWriter {
     });
   }
 
-  /** See {@link RangeCache.writeSlice}. */
+  /**
+   * See {@link RangeCache.writeSlice}. The slice goes to a temporary file and is fsynced without
+   * any lock; only its rename into place and the metadata that then lists it run under the
+   * object's lock, shared by every process that opens this directory, and against the metadata
+   * as it is on disk then: processes adding slices of one object at once lose none of them.
+   */
   async writeSlice(
     id: ObjectIdentity,
     index: number,
@@ -93,61 +98,83 @@ export class CacheWriter {
     if (refused) return refused;
     const { store, locks, clock, fs, objectsRoot, inFlight, index: sliceIndex, counts } = this.parts;
     const hash = identityHash(id);
-    await this.parts.evictor.makeRoom(data.byteLength);
-    return locks.run(hash, async () => {
-      const loaded = await store.load(hash, id);
+    // Checked once before the bytes are written, and again under the lock before they are kept.
+    const before = await store.load(hash, id);
+    const refusedBy = (loaded: LoadedMeta): WriteResult | 'present' | undefined => {
       if (loaded.state !== 'ok')
         return { stored: false, reason: 'no-metadata', message: `no metadata for ${describeIdentity(id)}` };
       const meta = loaded.meta;
-      if (meta.etag !== etag) {
+      if (meta.etag !== etag)
         return {
           stored: false,
           reason: 'etag-mismatch',
           message: `slice of ${describeIdentity(id)} has ETag ${etag}, cached version is ${meta.etag}`,
         };
-      }
-      const expected = sliceLength(meta.size, meta.sliceBytes, index);
-      if (!Number.isSafeInteger(index) || index < 0 || expected === 0 || data.byteLength !== expected) {
+      const length = sliceLength(meta.size, meta.sliceBytes, index);
+      if (!Number.isSafeInteger(index) || index < 0 || length === 0 || data.byteLength !== length) {
         throw keelError(
           'INVALID_INPUT',
-          `slice ${index} of ${describeIdentity(id)} must be ${expected} bytes, got ${data.byteLength}`,
+          `slice ${index} of ${describeIdentity(id)} must be ${length} bytes, got ${data.byteLength}`,
         );
       }
-      if (meta.slices.some((s) => s.index === index)) return { stored: true };
-      const file = slicePath(objectsRoot, hash, index);
-      const slice: SliceInfo = {
-        index,
-        length: data.byteLength,
-        ...sliceChecksums(data),
-        lastAccess: clock.now(),
-      };
-      inFlight.add(file);
-      try {
-        const result = await this.storeWithRetry(
-          async () => {
-            // Once per attempt: the slice file and then meta.json go into this directory.
-            await store.ensureDir(hash);
-            await writeFileAtomic(fs, file, data, inFlight);
+      return meta.slices.some((s) => s.index === index) ? 'present' : undefined;
+    };
+    const early = refusedBy(before);
+    if (early === 'present') return { stored: true };
+    if (early) return early;
+    await this.parts.evictor.makeRoom(data.byteLength);
+    const file = slicePath(objectsRoot, hash, index);
+    const slice: SliceInfo = {
+      index,
+      length: data.byteLength,
+      ...sliceChecksums(data),
+      lastAccess: clock.now(),
+    };
+    // The object was removed (invalidated, evicted, cleaned) by this or another process while
+    // its slice was being written: nothing to keep it for, and no fault of the disk.
+    const removedMeanwhile: WriteResult = {
+      stored: false,
+      reason: 'no-metadata',
+      message: `${describeIdentity(id)} was removed from the cache while slice ${index} was written`,
+    };
+    const result = await this.storeWithRetry(
+      async () => {
+        await store.ensureDir(hash);
+        let tmp: string;
+        try {
+          tmp = await writeTmpFile(fs, file, data, inFlight);
+        } catch (err) {
+          if (isEnoent(err)) return removedMeanwhile;
+          throw err;
+        }
+        try {
+          return await locks.run(hash, async (): Promise<WriteResult> => {
+            const now = await store.load(hash, id);
+            const refusal = refusedBy(now);
+            if (refusal === 'present') return { stored: true };
+            if (refusal || now.state !== 'ok') return refusal ?? removedMeanwhile;
+            await fs.rename(tmp, file);
             try {
-              await store.writeInDir(hash, { ...meta, slices: [...meta.slices, slice] });
+              await store.writeInDir(hash, { ...now.meta, slices: [...now.meta.slices, slice] });
             } catch (err) {
               await fs.rm(file, { force: true }).catch(() => undefined);
               throw err;
             }
-          },
-          `slice ${index} of ${describeIdentity(id)}`,
-          hash,
-        );
-        if (result.stored) {
-          sliceIndex.add(hash, slice);
-          counts.bytesWritten += data.byteLength;
-          counts.slicesWritten++;
+            sliceIndex.add(hash, slice);
+            counts.bytesWritten += data.byteLength;
+            counts.slicesWritten++;
+            return { stored: true };
+          });
+        } finally {
+          // Renamed into place, or not wanted: either way no temporary file is left.
+          await fs.rm(tmp, { force: true }).catch(() => undefined);
+          inFlight.delete(tmp);
         }
-        return result;
-      } finally {
-        inFlight.delete(file);
-      }
-    });
+      },
+      `slice ${index} of ${describeIdentity(id)}`,
+      hash,
+    );
+    return result;
   }
 
   /** Why writes are refused now (bypass mode or a closed cache), or undefined. */
@@ -162,12 +189,15 @@ export class CacheWriter {
    * Runs a write of `what` to object `hash`; on a full disk, evicts and retries once, then
    * bypasses. Other errors are reported and give up on caching this write.
    */
-  private async storeWithRetry(write: () => Promise<void>, what: string, hash: string): Promise<WriteResult> {
+  private async storeWithRetry(
+    write: () => Promise<WriteResult | void>,
+    what: string,
+    hash: string,
+  ): Promise<WriteResult> {
     const { dir, report } = this.parts;
     for (let attempt = 1; ; attempt++) {
       try {
-        await write();
-        return { stored: true };
+        return (await write()) ?? { stored: true };
       } catch (err) {
         const e = classify(err);
         if (e.code !== 'DISK_FULL') {
@@ -186,4 +216,8 @@ export class CacheWriter {
       }
     }
   }
+}
+
+function isEnoent(err: unknown): boolean {
+  return (err as { code?: unknown } | undefined)?.code === 'ENOENT';
 }
