@@ -58,4 +58,28 @@ export default tseslint.config(
     files: ['eslint.config.js'],
     ...tseslint.configs.disableTypeChecked,
   },
+  {
+    // The dashboard's page script: plain browser JavaScript, served as it is (no build step).
+    files: ['packages/ops/dashboard/**/*.js'],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      sourceType: 'script',
+      parserOptions: { projectService: false },
+      globals: Object.fromEntries(
+        [
+          'window',
+          'document',
+          'sessionStorage',
+          'fetch',
+          'AbortController',
+          'TextDecoder',
+          'getComputedStyle',
+          'setTimeout',
+          'clearTimeout',
+          'uPlot',
+          'console',
+        ].map((g) => [g, 'readonly']),
+      ),
+    },
+  },
 );

@@ -82,14 +82,14 @@ interface Packed {
 
 const PACKAGE_DIRS = ['keel', 'ops', 'transfer', 'store', 'queue', 'groups', 'gateway'];
 
-/** What a tarball may hold: the build, its sources (for the source maps), the bin, the rules. */
+/** What a tarball may hold: the build, its sources (for the source maps), the bin, the rules, the dashboard's page. */
 function misplaced(p: Packed): string[] {
   const problems: string[] = [];
   for (const { path: file } of p.files) {
     if (/(^|\/)[^/]*\.test\.[^/]*$/.test(file) && !SHIPPED_TEST_FILES.has(file))
       problems.push(`test file ${file}`);
     else if (file.endsWith('.tsbuildinfo')) problems.push(`build info ${file}`);
-    else if (!/^(dist|src|bin|rules)\/|^(package\.json|README[^/]*|LICENSE[^/]*)$/.test(file))
+    else if (!/^(dist|src|bin|rules|dashboard)\/|^(package\.json|README[^/]*|LICENSE[^/]*)$/.test(file))
       problems.push(`unexpected file ${file}`);
   }
   return problems.map((m) => `${p.name}: ${m}`);

@@ -81,10 +81,35 @@ export {
 } from './shutdown.js';
 export {
   AdminServer,
+  parseAdminToken,
+  RECENT_ACTIONS,
   type AdminServerOptions,
   type AdminRoute,
+  type AdminRouteOptions,
+  type AdminToken,
+  type AdminScope,
+  type AdminCaller,
+  type AdminAction,
   type StatusProvider,
 } from './admin-server.js';
+export { Dashboard, type DashboardOptions, type DashboardSnapshot } from './dashboard/dashboard.js';
+export { RateMeter, quantileBetween, type HistogramReading } from './dashboard/rates.js';
+export { actionsView } from './dashboard/actions-view.js';
+export type {
+  DashboardView,
+  DashboardPanel,
+  DashboardAction,
+  DashboardCell,
+  DashboardLevel,
+  DashboardRoute,
+  DashboardRow,
+  DashboardStat,
+  DashboardUnit,
+  StatsPanel,
+  ChartPanel,
+  TablePanel,
+  LogPanel,
+} from './dashboard/view.js';
 export { createLogger, type LoggerFactoryOptions } from './logger.js';
 export { DegradationRegistry, type DegradationMode, type ComponentMode } from './degradation.js';
 export { JsonStateFile } from './state-store.js';

@@ -2,10 +2,15 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { classify } from 'keel';
 import { REPAIR_COUNTERS } from 'keel/cache';
 import {
+  actionsView,
   AdminServer,
+  Dashboard,
   HEALTH_CONTENT_TYPE,
   httpStatusOfHealth,
+  parseAdminToken,
+  type AdminToken,
   type AlertManager,
+  type DashboardView,
   type DiskMonitor,
   type HealthRegistry,
   type Probe,
@@ -13,6 +18,7 @@ import {
 import type { Gateway } from '../gateway.js';
 import { breakerLabel } from './metrics.js';
 import type { GatewayRecovery } from './recovery.js';
+import { gatewayView, idleVerify, verifyWithProgress } from './dashboard-view.js';
 
 /** Options of {@link startAdminServer}. */
 export interface GatewayAdminOptions {
@@ -20,8 +26,21 @@ export interface GatewayAdminOptions {
   port: number;
   /** Bind address (default 127.0.0.1: admin endpoints are not for the public). */
   host?: string;
-  /** When set, every endpoint but the probes needs `Authorization: Bearer <token>` (≥ 16 characters). */
+  /**
+   * When set, every endpoint but the probes needs `Authorization: Bearer <secret>`: `name:secret`
+   * (the name, 1–32 of `A-Z a-z 0-9 _ . -`, says who asked in the action log) or a bare secret
+   * (named `admin`); the secret has at least 16 characters.
+   */
   token?: string | undefined;
+  /** Named tokens (see @keel/ops' AdminServer): the name says who ran an action in the log. */
+  tokens?: readonly AdminToken[] | undefined;
+  /** Where actions are logged with who asked (default: nowhere). */
+  log?: ((level: 'info' | 'warn', msg: string, fields: Record<string, unknown>) => void) | undefined;
+  /** The disk monitor's levels, drawn on the dashboard as watermarks. */
+  diskWarningRatio?: number;
+  diskCriticalRatio?: number;
+  /** More dashboard views (a queue, operation groups) beside the gateway's. */
+  views?: readonly DashboardView[];
   /** The health checks (see {@link registerGatewayHealth}); graceful shutdown fails its readiness. */
   health: HealthRegistry;
   /** Disk readings for `/status`. */
@@ -151,7 +170,10 @@ function ignoreBody(req: IncomingMessage): void {
  * (`application/health+json`, 503 when failing); `GET /metrics` (Prometheus text, or OpenMetrics
  * when the `Accept` header asks for it); `GET /status` (JSON: health, gateway, cache stats, the six
  * repair counters by name, disk, firing alerts, recovery states by check); `POST /cache/cleanup`;
- * `POST /cache/verify` (`?fix=1` repairs). With a token, everything but the probes needs it.
+ * `POST /cache/verify` (`?fix=1` repairs; one at a time, its progress on the dashboard);
+ * `POST /breakers/reset?bucket=`; the dashboard at `/` and `/dashboard` (its stream at
+ * `/dashboard/events`). With a token, everything but the probes and the page's static files needs
+ * it; every action is logged with the name of the token that asked.
  * @throws Error when the port or the token is invalid, or the port is taken.
  */
 export async function startAdminServer(gateway: Gateway, options: GatewayAdminOptions): Promise<AdminServer> {
@@ -161,8 +183,29 @@ export async function startAdminServer(gateway: Gateway, options: GatewayAdminOp
     metrics: gateway.metrics.ops,
     port: options.port,
     host: options.host ?? '127.0.0.1',
-    ...(options.token !== undefined ? { token: options.token } : {}),
+    // `name:secret` names the token in the action log; a bare secret is named `admin`.
+    tokens: [
+      ...(options.token !== undefined
+        ? [parseAdminToken(options.token, '--admin-token (KEEL_ADMIN_TOKEN)')]
+        : []),
+      ...(options.tokens ?? []),
+    ],
     openPaths: OPEN_PATHS,
+    onAction: (a) => {
+      const fields = {
+        caller: a.caller,
+        method: a.method,
+        path: a.path,
+        query: a.query,
+        status: a.status,
+        durationMs: a.durationMs,
+      };
+      options.log?.(
+        a.status < 400 ? 'info' : 'warn',
+        `admin action ${a.method} ${a.path} by ${a.caller}: ${a.status}`,
+        fields,
+      );
+    },
   });
   for (const [path, probe] of Object.entries(PROBE_ROUTES))
     admin.addRoute('GET', path, async (_req, res) => {
@@ -201,17 +244,34 @@ export async function startAdminServer(gateway: Gateway, options: GatewayAdminOp
       json(res, 500, { error: `cache cleanup failed: ${classify(err).message}` });
     }
   });
-  admin.addRoute('POST', '/cache/verify', async (req, res) => {
+  const verify = idleVerify();
+  admin.addRoute('POST', '/cache/verify', async (req, res, caller) => {
     ignoreBody(req);
     const cache = gateway.cache;
     if (!cache) return json(res, 409, { error: 'no cache configured' });
+    if (verify.running)
+      return json(res, 409, {
+        error: `a verify is running already (asked by ${verify.by ?? '?'}, ${verify.done} of ${verify.total} objects done)`,
+      });
     const fix = new URL(req.url ?? '/', 'http://admin').searchParams.get('fix');
     try {
-      json(res, 200, await cache.verify({ fix: fix === '1' || fix === 'true' }));
+      json(res, 200, await verifyWithProgress(gateway, verify, fix === '1' || fix === 'true', caller.name));
     } catch (err) {
       json(res, 500, { error: `cache verify failed: ${classify(err).message}` });
     }
   });
+  const dashboard = new Dashboard(admin, { title: 'keel gateway' });
+  dashboard.addView(
+    gatewayView(gateway, {
+      disk: options.disk,
+      alerts: options.alerts,
+      verify,
+      ...(options.diskWarningRatio !== undefined ? { diskWarningRatio: options.diskWarningRatio } : {}),
+      ...(options.diskCriticalRatio !== undefined ? { diskCriticalRatio: options.diskCriticalRatio } : {}),
+    }),
+  );
+  for (const view of options.views ?? []) dashboard.addView(view);
+  dashboard.addView(actionsView(admin));
   await admin.listen();
   return admin;
 }
