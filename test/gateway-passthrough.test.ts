@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveGatewayConfig } from '@keel/gateway';
 import { rawRequest, sha, signedRequest, xmlField } from './gateway-protocol-support.js';
 import { signedHeaders } from './gateway-sign-support.js';
 import { KEY_A, KEY_B, setup, SLICE, type Setup } from './passthrough-origin.js';
@@ -167,6 +168,51 @@ describe('passthrough auth with the origin down', () => {
       expect(res.headers['x-keel-cache']).toBe('ERROR');
       expect(res.headers['x-keel-authorization']).toBe('unavailable');
       expect(res.body.includes(data.subarray(0, 32))).toBe(false);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe('passthrough auth settings', () => {
+  it('holds no keys: client keys or origin credentials with --auth passthrough stop the start', () => {
+    const base = { upstream: 'http://127.0.0.1:9000', auth: 'passthrough' };
+    expect(resolveGatewayConfig(base, {})).toMatchObject({ auth: 'passthrough', authCacheSeconds: 0 });
+    expect(() => resolveGatewayConfig({ ...base, clientKeys: 'A:B' }, {})).toThrow(/--client-keys/);
+    expect(() => resolveGatewayConfig(base, { KEEL_ORIGIN_ACCESS_KEY_ID: 'x' })).toThrow(
+      /origin credentials/,
+    );
+    expect(() => resolveGatewayConfig({ ...base, upstream: 'http://127.0.0.1:9000/s3' }, {})).toThrow(
+      /--upstream/,
+    );
+    expect(() => resolveGatewayConfig({ ...base, auth: 'anonymous', authCacheSeconds: '5' }, {})).toThrow(
+      /--auth-cache-seconds/,
+    );
+    // AWS_* variables meant for other tools are not taken as the gateway's credentials.
+    expect(resolveGatewayConfig(base, { AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 'b' })).toMatchObject({
+      originAccessKeyId: undefined,
+    });
+  });
+
+  it('--auth-cache-seconds trusts an access key id, not a signature: within the window a forged request naming it gets the cached bytes', async () => {
+    const s = await setup({ authCacheMs: 60_000 });
+    try {
+      expect(s.logged.some((l) => l.level === 'warn' && String(l.msg).includes('trusts a read'))).toBe(true);
+      const data = randomBytes(SLICE);
+      await s.put('trusted.bin', data);
+      await signedRequest(s.gateway.url(), KEY_A, 'GET', '/x/trusted.bin');
+      await s.gateway.idle();
+      const judged = s.origin.judged.length;
+      const again = await signedRequest(s.gateway.url(), KEY_A, 'GET', '/x/trusted.bin');
+      expect(again.headers['x-keel-authorization']).toBe('trusted-hit');
+      expect(s.origin.judged.length).toBe(judged);
+      // What the docs warn about: the id is not a secret.
+      const forger = { accessKeyId: KEY_A.accessKeyId, secretAccessKey: 'guessed' };
+      const forged = await signedRequest(s.gateway.url(), forger, 'GET', '/x/trusted.bin');
+      expect(forged.headers['x-keel-authorization']).toBe('trusted-hit');
+      // Another key id is still asked about, and refused.
+      const b = await signedRequest(s.gateway.url(), KEY_B, 'GET', '/x/trusted.bin');
+      expect(b.status).toBe(403);
     } finally {
       await s.close();
     }
