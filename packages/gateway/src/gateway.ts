@@ -1,7 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { classify, systemClock, withCorrelation, type CircuitBreakerPolicy, type Clock } from 'keel';
+import {
+  classify,
+  keelError,
+  systemClock,
+  withCorrelation,
+  type CircuitBreakerPolicy,
+  type Clock,
+} from 'keel';
 import { RangeCache, type CacheFs } from 'keel/cache';
 import { addCorsHeaders, BucketCorsRules, fetchBucketCors } from './read/cors-rules.js';
 import { GatewayMetrics } from './admin/metrics.js';
@@ -77,8 +84,13 @@ export interface GatewayOptions {
   deadlineMs?: number;
   /** Fail an origin body that stalls longer between chunks (default 30 s). */
   idleTimeoutMs?: number;
-  /** Origin connections (default 64). */
+  /** Origin connections (default {@link DEFAULT_ORIGIN_CONNECTIONS}). */
   originConnections?: number;
+  /**
+   * Uncached slices one read fetches from the origin at once, the one being streamed included
+   * (default 4; 1 turns read-ahead off). See docs/gateway.md, Read-ahead.
+   */
+  readAheadSlices?: number;
   guard?: OriginGuardOptions;
   clock?: Clock;
   /** File system for the cache (fault injection in tests). */
@@ -95,6 +107,9 @@ export interface GatewayOptions {
   /** Log sink (default: JSON lines on stderr for warn and error). */
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
+
+/** Connections to the origin at most, unless {@link GatewayOptions.originConnections} says otherwise. */
+export const DEFAULT_ORIGIN_CONNECTIONS = 64;
 
 /** A running gateway. */
 export interface Gateway {
@@ -164,12 +179,16 @@ const defaultLog: NonNullable<GatewayOptions['log']> = (level, msg, fields) => {
 export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const clock = options.clock ?? systemClock;
   const log = options.log ?? defaultLog;
+  const originConnections = options.originConnections ?? DEFAULT_ORIGIN_CONNECTIONS;
+  const readAheadSlices = options.readAheadSlices ?? 4;
+  if (!Number.isInteger(readAheadSlices) || readAheadSlices < 1)
+    throw keelError('INVALID_CONFIG', `readAheadSlices must be a whole number ≥ 1, got ${readAheadSlices}`);
   const requestLog = options.requestLog ?? options.log !== undefined;
   const origin = new OriginClient({
     url: options.upstream,
     credentials: options.originCredentials,
     ...(options.region ? { region: options.region } : {}),
-    ...(options.originConnections ? { connections: options.originConnections } : {}),
+    connections: originConnections,
     ...(options.firstByteTimeoutMs ? { firstByteTimeoutMs: options.firstByteTimeoutMs } : {}),
     ...(options.idleTimeoutMs ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
   });
@@ -227,6 +246,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     ...(options.revalidation === undefined ? {} : { revalidation: options.revalidation }),
     sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
     fills,
+    fetching: { count: 0 },
+    readAhead: { slices: readAheadSlices, maxFetches: originConnections },
+    unwritten: { bytes: 0 },
     heads: new Map(),
     lookedUp: new Set(),
     generations: new Map(),

@@ -235,6 +235,15 @@ export class OriginGuard {
     return () => this.attempts.delete(listener);
   }
 
+  /**
+   * True when an origin call made now would start at once: the bulkhead has a free slot and
+   * nobody queued for one. Optional work (a read fetching ahead of its client) asks first.
+   */
+  hasRoom(): boolean {
+    const s = this.bulk.stats();
+    return s.queued === 0 && s.active < s.maxConcurrent;
+  }
+
   /** Breaker states by bucket (`''`: the service breaker, once it was used), for metrics and status. */
   breakerStates(): Record<string, string> {
     const states: Record<string, string> = {};

@@ -10,6 +10,7 @@ import { relayAnswer, relayBuffered } from '../origin/relay.js';
 import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
 import { SliceReadError, type SliceFill } from './slice-fill.js';
 import { fillKey, openFill, streamSlice } from './slice-stream.js';
+import { ReadAhead } from './read-ahead.js';
 
 export { revalidationStats } from './object-lookup.js';
 export { invalidateReads, type ReadContext } from './read-context.js';
@@ -297,16 +298,28 @@ async function streamSlices(
   cutOnCacheFault: boolean,
 ): Promise<void> {
   const { ctx, res, id } = r;
+  const ahead = new ReadAhead(
+    ctx,
+    id,
+    r.rawQuery,
+    meta,
+    plan.needed,
+    (i) => plan.cached.has(i) || plan.inMemory.has(i),
+    res,
+  );
   try {
-    for (const index of plan.needed) {
+    for (const [at, index] of plan.needed.entries()) {
       if (res.destroyed) break;
+      ahead.advance(at);
       const a = Math.max(start, index * meta.sliceBytes);
       const b = Math.min(end, (index + 1) * meta.sliceBytes - 1);
       await streamSlice(ctx, res, id, r.rawQuery, meta, index, a, b, {
         cached: plan.cached.has(index),
         inMemory: plan.inMemory.get(index),
         cutOnCacheFault,
+        onFill: (fill) => ahead.adopt(index, fill),
       });
+      ahead.done(index);
     }
     res.end();
   } catch (err) {
@@ -317,6 +330,8 @@ async function streamSlices(
     if (e.code === 'OBJECT_CHANGED' && ctx.cache)
       await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(id));
     res.destroy();
+  } finally {
+    ahead.close();
   }
 }
 

@@ -12,6 +12,7 @@ import type { OriginClient } from '../origin/origin-client.js';
 import type { OriginGuard } from '../origin/origin-guard.js';
 import type { Revalidator, RevalidatorOptions } from './revalidation.js';
 import type { SliceFill } from './slice-fill.js';
+import type { ReadAheadSettings } from './read-ahead.js';
 
 /* What the read path shares: its context, and the rules that keep a write's old version out of the cache. */
 
@@ -26,6 +27,12 @@ export interface ReadContext {
   /** Slice size used when the cache is off. */
   sliceBytes: number;
   fills: Map<string, SliceFill>;
+  /** Slice fills whose origin fetch is running (their bytes still coming). */
+  fetching: { count: number };
+  /** How far reads fetch ahead of their clients. */
+  readAhead: ReadAheadSettings;
+  /** Bytes of complete fills waiting for their cache write (bounded: see slice-stream.ts). */
+  unwritten: { bytes: number };
   /** Origin lookups of uncached objects in flight, shared by concurrent requests for one object. */
   heads: Map<string, HeadLookup>;
   /** Revalidation timeout and backoff (defaults: see {@link RevalidatorOptions}). */

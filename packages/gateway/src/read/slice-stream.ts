@@ -44,6 +44,8 @@ export interface SliceSource {
   inMemory?: SliceFill | undefined;
   /** The answer promised every byte from the cache: a cached slice that fails ends it. */
   cutOnCacheFault: boolean;
+  /** Told of the shared fill the slice is streamed from, when it is (the read holds it meanwhile). */
+  onFill?: ((fill: SliceFill) => void) | undefined;
 }
 
 /**
@@ -114,6 +116,7 @@ export async function streamSlice(
     }
   }
   const fill = startFill(ctx, id, rawQuery, meta, index);
+  source.onFill?.(fill);
   try {
     for await (const chunk of fill.read(pos, b)) {
       if (res.destroyed) return;
@@ -123,6 +126,8 @@ export async function streamSlice(
     }
     return;
   } catch (err) {
+    // A client that went away cancelled the fills it alone waited for: nothing more to send.
+    if (res.destroyed) return;
     if (!(err instanceof SliceReadError) || err.error.code === 'OBJECT_CHANGED') throw err;
     pos = err.offset;
     ctx.log(
@@ -131,8 +136,30 @@ export async function streamSlice(
       { error: err.error.message },
     );
   }
-  // The shared fetch failed: fetch the rest of this slice for ourselves.
-  const own = await openRange(ctx, id, rawQuery, meta.etag, pos, b);
+  // The shared fetch failed: fetch the rest of this slice for ourselves, for as long as the client stays.
+  const gone = new AbortController();
+  const onClose = (): void => gone.abort();
+  res.once('close', onClose);
+  try {
+    await streamOwn(ctx, res, id, rawQuery, meta.etag, pos, b, gone.signal);
+  } finally {
+    res.off('close', onClose);
+  }
+}
+
+/** Streams bytes `pos..b` fetched for this request alone. */
+async function streamOwn(
+  ctx: ReadContext,
+  res: ServerResponse,
+  id: ObjectIdentity,
+  rawQuery: string,
+  etag: string,
+  pos: number,
+  b: number,
+  signal: AbortSignal,
+): Promise<void> {
+  if (res.destroyed) return;
+  const own = await openRange(ctx, id, rawQuery, etag, pos, b, signal);
   for await (const chunk of own.body as AsyncIterable<Buffer>) {
     if (res.destroyed) {
       own.body.destroy();
@@ -146,6 +173,7 @@ export async function streamSlice(
 /** resumingGet's own retries are off: the guard retries each opening. */
 const ONE_ATTEMPT = retry({ maxAttempts: 1 });
 
+/** A GET of bytes `start..end` of this version, resumed where it breaks; `cancel` stops it for good. */
 function openRange(
   ctx: ReadContext,
   id: ObjectIdentity,
@@ -153,6 +181,7 @@ function openRange(
   etag: string,
   start: number,
   end: number,
+  cancel: AbortSignal,
 ) {
   return resumingGet({
     start,
@@ -175,10 +204,10 @@ function openRange(
               range: `bytes=${range.start}-${range.end ?? ''}`,
               ...(ifMatch === undefined ? {} : { 'if-match': ifMatch }),
             },
-            // The guard's signal follows `signal`.
-            signal: s ?? signal,
+            // The guard's signal follows `signal`; `cancel` reaches the body too, once it streams.
+            signal: AbortSignal.any([s ?? signal, cancel]),
           }),
-        { key: id.key, signal },
+        { key: id.key, signal: AbortSignal.any([signal, cancel]) },
       ),
   });
 }
@@ -234,41 +263,85 @@ export function startFill(
   const end = Math.min(meta.size, start + meta.sliceBytes) - 1;
   const fill = new SliceFill(start, end - start + 1);
   ctx.fills.set(key, fill);
+  ctx.fetching.count++;
+
   // An answer already in hand was checked by the caller (206 of this slice, or 200 of all of it):
   // readers need not wait for the resuming stream around it to say so.
   if (initial) fill.markOpened();
+  const forget = (): void => {
+    if (ctx.fills.get(key) === fill) ctx.fills.delete(key);
+  };
+  // Cancelled (every reader went away): readers that come later start a fetch of their own.
+  fill.signal.addEventListener('abort', forget, { once: true });
   void (async () => {
     let body: Readable | undefined;
     try {
       // The answer in hand is read as it is (its idle timeout is the connection pool's); only
       // when it breaks does a resuming request take over from the byte reached.
       const received = initial ? await drain(initial.body, fill) : 0;
-      if (received < fill.length) {
-        const got = await openRange(ctx, id, rawQuery, meta.etag, start + received, end);
+      if (received < fill.length && fill.filling) {
+        const got = await openRange(ctx, id, rawQuery, meta.etag, start + received, end, fill.signal);
         body = got.body;
         fill.markOpened();
-        for await (const chunk of got.body as AsyncIterable<Buffer>) fill.push(chunk);
+        for await (const chunk of got.body as AsyncIterable<Buffer>) {
+          if (!fill.filling) break;
+          fill.push(chunk);
+        }
       }
       fill.finish();
     } catch (err) {
-      body?.destroy();
       fill.fail(err);
-      ctx.fills.delete(key);
+    } finally {
+      ctx.fetching.count--;
+    }
+    if (!fill.complete) {
+      body?.destroy();
+      forget();
       return;
     }
     // The fill stays findable until the slice is in the cache, so no request refetches it meanwhile.
-    const cache = ctx.cache;
-    if (cache && !cache.bypassed && meta.sliceBytes === cache.sliceBytes) {
-      await ctx.metaWrites.get(identityHash(id));
-      const result = await writeUnlessChanged(ctx, id, gen, () =>
-        safe(ctx, 'write', () => cache.writeSlice(id, index, fill.bytes(), meta.etag)),
-      );
-      if (result && !result.stored && result.reason !== 'bypass')
-        ctx.log('warn', `slice ${index} of ${id.bucket}/${id.key} not cached: ${result.message}`);
-    }
-    ctx.fills.delete(key);
+    await cacheSlice(ctx, id, meta, index, fill, gen);
+    forget();
   })();
   return fill;
+}
+
+/**
+ * Complete fills waiting for their cache write hold at most this many bytes: beyond it, a slice
+ * is served from memory to the readers that have it and not cached (a slow or full disk slows
+ * caching, never a client, and never grows memory without bound).
+ */
+export const MAX_UNWRITTEN_BYTES = 256 * 1024 * 1024;
+
+/** Writes a complete fill's bytes to the cache, behind the stream; the slice is a hit once durable. */
+async function cacheSlice(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  meta: Resolved['meta'],
+  index: number,
+  fill: SliceFill,
+  gen: number,
+): Promise<void> {
+  const cache = ctx.cache;
+  if (!cache || cache.bypassed || meta.sliceBytes !== cache.sliceBytes) return;
+  if (ctx.unwritten.bytes + fill.length > MAX_UNWRITTEN_BYTES) {
+    ctx.log(
+      'warn',
+      `slice ${index} of ${id.bucket}/${id.key} not cached: ${ctx.unwritten.bytes} bytes are already waiting for the disk (limit ${MAX_UNWRITTEN_BYTES})`,
+    );
+    return;
+  }
+  ctx.unwritten.bytes += fill.length;
+  try {
+    await ctx.metaWrites.get(identityHash(id));
+    const result = await writeUnlessChanged(ctx, id, gen, () =>
+      safe(ctx, 'write', () => cache.writeSlice(id, index, fill.bytes(), meta.etag)),
+    );
+    if (result && !result.stored && result.reason !== 'bypass')
+      ctx.log('warn', `slice ${index} of ${id.bucket}/${id.key} not cached: ${result.message}`);
+  } finally {
+    ctx.unwritten.bytes -= fill.length;
+  }
 }
 
 /**
@@ -277,6 +350,10 @@ export function startFill(
  */
 async function drain(body: Readable, fill: SliceFill): Promise<number> {
   let received = 0;
+  const cancel = (): void => {
+    body.destroy();
+  };
+  fill.signal.addEventListener('abort', cancel, { once: true });
   try {
     for await (const chunk of body as AsyncIterable<Buffer>) {
       const piece = received + chunk.length > fill.length ? chunk.subarray(0, fill.length - received) : chunk;
@@ -286,6 +363,8 @@ async function drain(body: Readable, fill: SliceFill): Promise<number> {
     }
   } catch {
     // Broken mid-way: the resuming request continues from `received`.
+  } finally {
+    fill.signal.removeEventListener('abort', cancel);
   }
   if (received < fill.length) discard(body);
   return received;

@@ -326,6 +326,14 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     return this.index.hasObject(identityHash(id));
   }
 
+  /**
+   * True when slice `index` of the object is cached as far as memory knows (no system call): a
+   * hint for whoever is about to fetch it, not a promise of a hit (its bytes are checked when read).
+   */
+  hasSlice(id: ObjectIdentity, index: number): boolean {
+    return this.index.has(identityHash(id), index);
+  }
+
   /** Indexes of the slices of `[start, end]` (inclusive) that are cached, and the metadata. */
   async cachedSlices(
     id: ObjectIdentity,
