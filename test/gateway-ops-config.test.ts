@@ -209,6 +209,16 @@ describe('gateway operations settings', () => {
     );
   });
 
+  it('read 4 slices ahead by default, from a flag, KEEL_READ_AHEAD_SLICES or the file, and refuse what is not 1 to 64', () => {
+    expect(resolveGatewayConfig(base, {}).readAheadSlices).toBe(4);
+    expect(resolveGatewayConfig({ ...base, readAheadSlices: '8' }, {}).readAheadSlices).toBe(8);
+    expect(resolveGatewayConfig(base, { KEEL_READ_AHEAD_SLICES: '1' }).readAheadSlices).toBe(1);
+    for (const bad of ['0', '2.5', '65', 'many', ''])
+      expect(() => resolveGatewayConfig({ ...base, readAheadSlices: bad }, {})).toThrow(
+        /--read-ahead-slices \(KEEL_READ_AHEAD_SLICES\): expected/,
+      );
+  });
+
   it.each(['127.0.0.1', '127.9.8.7', 'localhost', '::1', '[::1]', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1'])(
     'take %s as loopback: anonymous mode and an admin port without a token are allowed there',
     (host) => {

@@ -55,7 +55,12 @@ export interface GatewayConfig {
   originDeadlineSeconds: number;
   /** In gateway auth, what becomes of a request without any signature: refused, or forwarded unsigned. */
   unsignedRequests: 'refuse' | 'forward';
+  /** Uncached slices one read fetches from the origin at once (1: no read-ahead). */
+  readAheadSlices: number;
 }
+
+/** Most slices `--read-ahead-slices` accepts (each one in flight holds a slice in memory). */
+export const MAX_READ_AHEAD_SLICES = 64;
 
 /** Log levels of the gateway, most to least severe. */
 export const LOG_LEVELS = ['error', 'warn', 'info'] as const;
@@ -97,6 +102,7 @@ const SETTINGS = {
   originFirstByteTimeoutSeconds: 'KEEL_ORIGIN_FIRST_BYTE_TIMEOUT_SECONDS',
   originDeadlineSeconds: 'KEEL_ORIGIN_DEADLINE_SECONDS',
   unsignedRequests: 'KEEL_UNSIGNED_REQUESTS',
+  readAheadSlices: 'KEEL_READ_AHEAD_SLICES',
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -345,6 +351,12 @@ export function resolveGatewayConfig(
     POSITIVE,
   );
   const originDeadlineSeconds = num('originDeadlineSeconds', get('originDeadlineSeconds'), 10, POSITIVE);
+  const readAheadSlices = num('readAheadSlices', get('readAheadSlices'), 4, { min: 1 });
+  if (!Number.isInteger(readAheadSlices) || readAheadSlices > MAX_READ_AHEAD_SLICES)
+    fail(
+      'readAheadSlices',
+      `expected a whole number from 1 to ${MAX_READ_AHEAD_SLICES}, got "${String(get('readAheadSlices'))}"`,
+    );
   const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, { min: 1 });
   const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, { min: 1 });
   if (diskCriticalPercent > 100)
@@ -391,5 +403,6 @@ export function resolveGatewayConfig(
     originFirstByteTimeoutSeconds,
     originDeadlineSeconds,
     unsignedRequests,
+    readAheadSlices,
   };
 }

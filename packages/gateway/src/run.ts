@@ -122,6 +122,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     firstByteTimeoutMs: config.originFirstByteTimeoutSeconds * 1000,
     deadlineMs: config.originDeadlineSeconds * 1000,
     unsignedRequests: config.unsignedRequests,
+    readAheadSlices: config.readAheadSlices,
     requestLog: logger.isLevelEnabled('info'),
     // In the same JSON lines as the rest (request URLs come with presigned secrets already removed).
     log,

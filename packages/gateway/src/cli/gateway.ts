@@ -43,6 +43,7 @@ interface GatewayFlags {
   originFirstByteTimeoutSeconds?: string;
   originDeadlineSeconds?: string;
   unsignedRequests?: string;
+  readAheadSlices?: string;
   demo?: boolean;
 }
 
@@ -132,6 +133,10 @@ export function registerGatewayCommand(program: Command): void {
     .option(
       '--unsigned-requests <mode>',
       'with --auth gateway, refuse requests without a signature, or forward them unsigned for the origin to judge (KEEL_UNSIGNED_REQUESTS, default refuse)',
+    )
+    .option(
+      '--read-ahead-slices <n>',
+      'uncached slices one read fetches from the origin at once, 1 to 64; 1 turns read-ahead off (KEEL_READ_AHEAD_SLICES, default 4)',
     )
     .option(
       '--log-level <level>',
