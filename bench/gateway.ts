@@ -4,9 +4,11 @@
  * 2. a stampede: 100 clients at once on an uncached 64 MiB object: origin bytes / object size;
  * 3. misses: time to first byte through keel over direct to the origin, and through nginx, a bare
  *    TCP relay and a minimal Node HTTP proxy (bench/_node-proxy.ts) as references; then the same
- *    with the origin 20 ms away (a latency toxic), as S3 is from a gateway in its region.
+ *    with the origin 20 ms away (a latency toxic), as S3 is from a gateway in its region;
+ * 4. passthrough auth: hits the origin authorises with a 304 against hits in gateway auth, origin
+ *    on loopback and 20 ms away: latency p50/p99, origin bytes per hit, the origin's round trip.
  * The origin (s3rver) runs in a process of its own (bench/_s3-origin.ts), as it would elsewhere.
- * Writes bench/results/gateway.json. `--only hits,stampede,missTtfb` runs some sections and keeps
+ * Writes bench/results/gateway.json. `--only hits,stampede,missTtfb,passthroughHits` runs some sections and keeps
  * the others' last figures in the file; KEEL_BENCH_CPU_PROF_DIR=<dir> profiles the keel process.
  * `--out <file>` writes the figures there instead (a trial run that leaves the record alone);
  * KEEL_BENCH_MISS_OBJECTS sets how many 1 MiB objects the miss section reads (default 40, the first
@@ -19,12 +21,15 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { chaos } from 'keel/chaos';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { HttpRequest } from '@smithy/protocol-http';
+import { SignatureV4 } from '@smithy/signature-v4';
 
 const OBJECT = 64 * 1024 * 1024;
 const SECONDS = Number(process.env.KEEL_BENCH_GATEWAY_SECONDS ?? 6);
 const CONNECTIONS = 64;
 const ROUNDS = Number(process.env.KEEL_BENCH_GATEWAY_ROUNDS ?? 3);
-const SECTIONS = ['missTtfb', 'stampede', 'hits'] as const;
+const SECTIONS = ['missTtfb', 'stampede', 'hits', 'passthroughHits'] as const;
 const onlyArg = process.argv.indexOf('--only');
 const only = new Set(
   onlyArg < 0 ? SECTIONS : (process.argv[onlyArg + 1] ?? '').split(',').filter((s) => s !== ''),
@@ -45,11 +50,15 @@ if (!Number.isInteger(MISS_OBJECTS) || MISS_OBJECTS <= MISS_WARMUP)
     `KEEL_BENCH_MISS_OBJECTS must be an integer above ${MISS_WARMUP} (the first ${MISS_WARMUP} warm up); got ${process.env.KEEL_BENCH_MISS_OBJECTS}`,
   );
 // keel runs as installed: the compiled build behind bin/keel.js, built here from the sources.
-const build = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], {
-  encoding: 'utf8',
-});
+const build = spawnSync(
+  process.execPath,
+  ['node_modules/typescript/bin/tsc', '-b', 'packages/gateway/tsconfig.build.json'],
+  {
+    encoding: 'utf8',
+  },
+);
 if (build.status !== 0) throw new Error(`npm run build failed:\n${build.stdout}${build.stderr}`);
-const KEEL_ENTRY = ['bin/keel.js'];
+const KEEL_ENTRY = ['packages/gateway/bin/keel.js'];
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
 function bytes(seed: string, size: number): Buffer {
@@ -257,6 +266,230 @@ http {
     }
   }
   return { url: `http://127.0.0.1:${port}`, proc };
+}
+
+/* Passthrough auth: hits authorised by the origin (a 304) against hits in gateway auth. */
+
+/** Sequential hits per keel and per origin distance in the passthrough section (paired, alternating). */
+const PASSTHROUGH_HITS = Number(process.env.KEEL_BENCH_PASSTHROUGH_HITS ?? 200);
+/** The object the passthrough section reads whole, again and again. */
+const PASSTHROUGH_OBJECT = 1024 * 1024;
+/** The client key of the gateway-auth keel; the passthrough keel's clients sign with the origin's own (s3rver's) key. */
+const BENCH_CLIENT = { accessKeyId: 'BENCHCLIENT', secretAccessKey: 'bench-client-secret' };
+const ORIGIN_KEY = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+
+/** keel in `gateway` auth (client key, origin credentials) or `passthrough` auth (no key at all). */
+function startKeelAuth(
+  upstream: string,
+  cacheDir: string,
+  auth: 'gateway' | 'passthrough',
+): Promise<{ url: string; proc: ChildProcess }> {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  // Passthrough holds no credentials: the start is refused with any.
+  for (const k of ['KEEL_ORIGIN_ACCESS_KEY_ID', 'KEEL_ORIGIN_SECRET_ACCESS_KEY', 'KEEL_CLIENT_KEYS'])
+    delete env[k];
+  if (auth === 'gateway') {
+    env.KEEL_ORIGIN_ACCESS_KEY_ID = ORIGIN_KEY.accessKeyId;
+    env.KEEL_ORIGIN_SECRET_ACCESS_KEY = ORIGIN_KEY.secretAccessKey;
+    env.KEEL_CLIENT_KEYS = `${BENCH_CLIENT.accessKeyId}:${BENCH_CLIENT.secretAccessKey}`;
+  }
+  const proc = spawn(
+    process.execPath,
+    [
+      ...KEEL_ENTRY,
+      'gateway',
+      '--upstream',
+      upstream,
+      '--auth',
+      auth,
+      '--listen',
+      '0',
+      '--admin',
+      '0',
+      '--cache-dir',
+      cacheDir,
+      '--ttl-seconds',
+      '3600',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'], env },
+  );
+  return listening(proc, `keel (${auth} auth)`, { echo: Boolean(process.env.KEEL_BENCH_KEEL_LOG) });
+}
+
+/** SigV4 headers of a GET of `path` on `base`, made once and sent again for every hit (valid 15 minutes). */
+async function sigv4(
+  base: string,
+  credentials: { accessKeyId: string; secretAccessKey: string },
+  method: string,
+  pathname: string,
+  headers: Record<string, string> = {},
+): Promise<Record<string, string>> {
+  const u = new URL(base);
+  const signed = await new SignatureV4({
+    credentials,
+    region: 'us-east-1',
+    service: 's3',
+    sha256: Sha256,
+    uriEscapePath: false,
+  }).sign(
+    new HttpRequest({
+      method,
+      protocol: u.protocol,
+      hostname: u.hostname,
+      port: Number(u.port),
+      path: pathname,
+      headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', ...headers },
+    }),
+  );
+  return signed.headers;
+}
+
+/** One request on a keep-alive agent: total time (ms), status, body length and x-keel-authorization. */
+function timed(
+  url: string,
+  method: string,
+  headers: Record<string, string>,
+  agent: http.Agent,
+): Promise<{ ms: number; status: number; length: number; authorization: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    http
+      .request(url, { method, headers, agent }, (res) => {
+        let length = 0;
+        res.on('data', (d: Buffer) => (length += d.length));
+        res.on('end', () =>
+          resolve({
+            ms: performance.now() - t0,
+            status: res.statusCode ?? 0,
+            length,
+            authorization: res.headers['x-keel-authorization'] as string | undefined,
+          }),
+        );
+        res.on('error', reject);
+      })
+      .on('error', reject)
+      .end();
+  });
+}
+
+const percentile = (xs: number[], p: number): number =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))] ?? NaN;
+
+/**
+ * Hits of one 1 MiB object through keel in passthrough auth and in gateway auth, each behind its
+ * own byte-counting proxy to the origin (with `latencyMs` on its answers), one request at a time,
+ * alternating: latency p50/p99 and origin bytes per hit; and the origin's own round trip for a
+ * conditional HEAD (304) through a third such proxy, the most a passthrough hit should add.
+ */
+async function passthroughHitsAt(
+  originPort: number,
+  dir: string,
+  latencyMs: number,
+  children: ChildProcess[],
+): Promise<Record<string, unknown>> {
+  const proxies = await Promise.all(
+    [0, 1, 2].map(async () => {
+      const p = await chaos.proxy({ upstream: `127.0.0.1:${originPort}` });
+      if (latencyMs > 0) p.add({ type: 'latency', attributes: { latency: latencyMs } });
+      return p;
+    }),
+  );
+  const [gwProxy, ptProxy, rtProxy] = proxies as [
+    (typeof proxies)[0],
+    (typeof proxies)[0],
+    (typeof proxies)[0],
+  ];
+  const gw = await startKeelAuth(
+    `http://127.0.0.1:${gwProxy.port}`,
+    path.join(dir, `gw-${latencyMs}`),
+    'gateway',
+  );
+  children.push(gw.proc);
+  const pt = await startKeelAuth(
+    `http://127.0.0.1:${ptProxy.port}`,
+    path.join(dir, `pt-${latencyMs}`),
+    'passthrough',
+  );
+  children.push(pt.proc);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const key = '/demo/passthrough.bin';
+  const gwHeaders = await sigv4(gw.url, BENCH_CLIENT, 'GET', key);
+  const ptHeaders = await sigv4(pt.url, ORIGIN_KEY, 'GET', key);
+  const rtUrl = `http://127.0.0.1:${rtProxy.port}${key}`;
+  try {
+    // The first read of each is a miss that fills the cache; the next few warm the code paths.
+    for (let i = 0; i < 5; i++) {
+      const a = await timed(`${gw.url}${key}`, 'GET', gwHeaders, agent);
+      const b = await timed(`${pt.url}${key}`, 'GET', ptHeaders, agent);
+      if (a.status !== 200 || b.status !== 200)
+        throw new Error(`passthrough section: warm-up answered ${a.status}, ${b.status}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const etag = await new Promise<string>((resolve, reject) => {
+      http
+        .request(`http://127.0.0.1:${originPort}${key}`, { method: 'HEAD' }, (res) => {
+          res.resume();
+          resolve(String(res.headers.etag));
+        })
+        .on('error', reject)
+        .end();
+    });
+    const rtHeaders = await sigv4(`http://127.0.0.1:${rtProxy.port}`, ORIGIN_KEY, 'HEAD', key);
+    const gwMs: number[] = [];
+    const ptMs: number[] = [];
+    const rtMs: number[] = [];
+    let authorizedHits = 0;
+    const gwBefore = gwProxy.stats().bytesDownstream;
+    const ptBefore = ptProxy.stats().bytesDownstream;
+    for (let i = 0; i < PASSTHROUGH_HITS; i++) {
+      const a = await timed(`${gw.url}${key}`, 'GET', gwHeaders, agent);
+      const b = await timed(`${pt.url}${key}`, 'GET', ptHeaders, agent);
+      const c = await timed(rtUrl, 'HEAD', { ...rtHeaders, 'if-none-match': etag }, agent);
+      if (a.length !== PASSTHROUGH_OBJECT || b.length !== PASSTHROUGH_OBJECT || c.status !== 304)
+        throw new Error(
+          `passthrough section: answers ${a.status}/${a.length}, ${b.status}/${b.length}, ${c.status}`,
+        );
+      if (b.authorization === 'authorized-hit') authorizedHits++;
+      gwMs.push(a.ms);
+      ptMs.push(b.ms);
+      rtMs.push(c.ms);
+    }
+    const gwBytes = (gwProxy.stats().bytesDownstream - gwBefore) / PASSTHROUGH_HITS;
+    const ptBytes = (ptProxy.stats().bytesDownstream - ptBefore) / PASSTHROUGH_HITS;
+    const figures = (xs: number[]) => ({ p50Ms: percentile(xs, 0.5), p99Ms: percentile(xs, 0.99) });
+    const extraP50Ms = percentile(ptMs, 0.5) - percentile(gwMs, 0.5);
+    return {
+      originLatencyMs: latencyMs,
+      hits: PASSTHROUGH_HITS,
+      gateway: { ...figures(gwMs), originBytesPerHit: gwBytes },
+      passthrough: { ...figures(ptMs), originBytesPerHit: ptBytes, authorizedHits },
+      originRoundTrip: figures(rtMs),
+      p50Ratio: percentile(ptMs, 0.5) / percentile(gwMs, 0.5),
+      p99Ratio: percentile(ptMs, 0.99) / percentile(gwMs, 0.99),
+      extraP50Ms,
+      target:
+        'passthrough hit: 0 origin body bytes (a 304: headers only) and p50 at most one origin round trip above gateway auth',
+      targetMet: authorizedHits === PASSTHROUGH_HITS && extraP50Ms <= percentile(rtMs, 0.5),
+    };
+  } finally {
+    agent.destroy();
+    for (const c of [gw.proc, pt.proc]) await stopChild(c);
+    for (const p of proxies) await p.close();
+  }
+}
+
+/** The passthrough section: origin on loopback, then 20 ms away. */
+async function passthroughHits(
+  originPort: number,
+  dir: string,
+  children: ChildProcess[],
+): Promise<Record<string, unknown>> {
+  await put(`http://127.0.0.1:${originPort}`, 'passthrough.bin', bytes('passthrough', PASSTHROUGH_OBJECT));
+  return {
+    loopback: await passthroughHitsAt(originPort, dir, 0, children),
+    far: await passthroughHitsAt(originPort, dir, FAR_ORIGIN_MS, children),
+    loadAverage: os.loadavg(),
+  };
 }
 
 const root = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-gateway-'));
@@ -477,6 +710,8 @@ try {
   }
   await keelProxy.close();
   await nginxProxy.close();
+  // 4. passthrough auth: hits the origin authorises (304) against hits in gateway auth.
+  if (run('passthroughHits')) results.passthroughHits = await passthroughHits(originPort, root, children);
 } finally {
   stopping = true;
   // Wait for the children to exit: keel may still be writing to the cache directory removed below.
