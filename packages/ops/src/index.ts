@@ -95,6 +95,8 @@ export {
 export { Dashboard, type DashboardOptions, type DashboardSnapshot } from './dashboard/dashboard.js';
 export { RateMeter, quantileBetween, type HistogramReading } from './dashboard/rates.js';
 export { actionsView } from './dashboard/actions-view.js';
+export { queueView, type DashboardQueue, type QueueViewOptions } from './dashboard/queue-view.js';
+export { groupsView, type DashboardGroups, type GroupsViewOptions } from './dashboard/groups-view.js';
 export type {
   DashboardView,
   DashboardPanel,
