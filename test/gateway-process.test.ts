@@ -43,6 +43,9 @@ function startGateway(cacheDir: string, extra: string[] = []): Promise<Child> {
       cacheDir,
       '--slice-bytes',
       '1MiB',
+      // One process: these tests are about it (test/gateway-workers.test.ts runs several).
+      '--workers',
+      '1',
       ...extra,
     ],
     {

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import os from 'node:os';
 import { isIPv4, isIPv6 } from 'node:net';
 import { keelError } from 'keel';
 import { ALERT_HANDLER_NAMES, type AlertHandlerName } from './admin/alerting.js';
@@ -57,7 +58,12 @@ export interface GatewayConfig {
   unsignedRequests: 'refuse' | 'forward';
   /** Uncached slices one read fetches from the origin at once (1: no read-ahead). */
   readAheadSlices: number;
+  /** Processes serving the S3 port (node:cluster workers); 1 serves it from this process. */
+  workers: number;
 }
+
+/** Most workers `--workers` accepts. */
+export const MAX_WORKERS = 256;
 
 /** Most slices `--read-ahead-slices` accepts (each one in flight holds a slice in memory). */
 export const MAX_READ_AHEAD_SLICES = 64;
@@ -103,6 +109,7 @@ const SETTINGS = {
   originDeadlineSeconds: 'KEEL_ORIGIN_DEADLINE_SECONDS',
   unsignedRequests: 'KEEL_UNSIGNED_REQUESTS',
   readAheadSlices: 'KEEL_READ_AHEAD_SLICES',
+  workers: 'KEEL_WORKERS',
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -357,6 +364,9 @@ export function resolveGatewayConfig(
       'readAheadSlices',
       `expected a whole number from 1 to ${MAX_READ_AHEAD_SLICES}, got "${String(get('readAheadSlices'))}"`,
     );
+  const workers = num('workers', get('workers'), os.availableParallelism(), { min: 1 });
+  if (!Number.isInteger(workers) || workers > MAX_WORKERS)
+    fail('workers', `expected a whole number from 1 to ${MAX_WORKERS}, got "${String(get('workers'))}"`);
   const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, { min: 1 });
   const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, { min: 1 });
   if (diskCriticalPercent > 100)
@@ -404,5 +414,6 @@ export function resolveGatewayConfig(
     originDeadlineSeconds,
     unsignedRequests,
     readAheadSlices,
+    workers,
   };
 }

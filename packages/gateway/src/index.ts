@@ -19,8 +19,16 @@ export { evaluateConditions, type ConditionOutcome, type ConditionHeaders } from
 export { parseS3Target, encodeKey, type S3Target, type MalformedTarget } from './s3/s3-request.js';
 export { s3ErrorXml, S3Errors, type S3ErrorSpec } from './s3/s3-error.js';
 export { verifySigV4, type ClientKey, type AuthResult } from './auth/sigv4-verify.js';
-export { resolveGatewayConfig, LOG_LEVELS, type GatewayConfig, type LogLevel } from './config.js';
+export {
+  resolveGatewayConfig,
+  LOG_LEVELS,
+  MAX_WORKERS,
+  type GatewayConfig,
+  type LogLevel,
+} from './config.js';
 export { runGateway, type RunningGateway, type RunOptions } from './run.js';
+export { runPrimary, WORKER_RESTARTED_ALERT, type RunningFleet, type WorkerSlot } from './cluster/primary.js';
+export { runWorker } from './cluster/worker.js';
 export { startGatewayRecovery, type GatewayRecovery, type GatewayRecoveryOptions } from './admin/recovery.js';
 export { loggableUrl } from './admin/request-log.js';
 export {

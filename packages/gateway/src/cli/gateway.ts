@@ -1,10 +1,16 @@
+import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { keelError } from 'keel';
 import type { Command } from 'commander';
 import {
   ALERT_RULE_TESTS_FILE,
   ALERT_RULES_FILE,
   resolveGatewayConfig,
   runGateway,
+  runPrimary,
+  runWorker,
   startDemoOrigin,
   DEMO_OBJECTS,
   type GatewayConfig,
@@ -44,6 +50,7 @@ interface GatewayFlags {
   originDeadlineSeconds?: string;
   unsignedRequests?: string;
   readAheadSlices?: string;
+  workers?: string;
   demo?: boolean;
 }
 
@@ -143,6 +150,10 @@ export function registerGatewayCommand(program: Command): void {
       'error, warn or info: info adds one JSON line per request (KEEL_LOG_LEVEL, default warn)',
     )
     .option(
+      '--workers <n>',
+      'processes serving the S3 port, sharing the cache and one admin port; 1 serves from this process (KEEL_WORKERS, default the number of cores)',
+    )
+    .option(
       '--demo',
       'start a local s3rver origin with a demo bucket and the gateway on :8080 (anonymous), admin on :9090',
     )
@@ -153,9 +164,24 @@ export function registerGatewayCommand(program: Command): void {
 
 type Flags = Omit<GatewayFlags, 'demo'>;
 
+/** Where runGateway puts the cache when no --cache-dir is given. */
+const DEFAULT_CACHE_DIR = path.join(os.tmpdir(), 'keel-gateway-cache');
+
 /** `keel gateway`: the gateway in front of `--upstream`. */
 async function startGateway(flags: Flags): Promise<void> {
   const config = resolveGatewayConfig(flags);
+  // A worker forked by the primary below runs this same command line.
+  if (cluster.isWorker) {
+    await runWorker(config);
+    return;
+  }
+  if (config.workers > 1) {
+    const fleet = await runPrimary(config, { handleSignals: true });
+    process.stderr.write(
+      `keel gateway: S3 endpoint ${fleet.url} (auth ${config.auth}) → ${config.upstream}; cache ${config.cacheDir ?? DEFAULT_CACHE_DIR}; ${config.workers} workers; admin ${fleet.admin.url}\n`,
+    );
+    return;
+  }
   const running = await runGateway(config, { handleSignals: true });
   announce(running, config);
 }
@@ -176,7 +202,18 @@ async function startDemo(flags: Flags): Promise<void> {
     originAccessKeyId: 'S3RVER',
     originSecretAccessKey: 'S3RVER',
   };
-  const config = resolveGatewayConfig({ ...flags, ...demoSettings, upstream: 'http://127.0.0.1' });
+  // The demo is one process, quick to start; `--workers` is for a gateway in front of an origin.
+  if ((flags.workers ?? process.env.KEEL_WORKERS ?? '1').trim() !== '1')
+    throw keelError(
+      'INVALID_CONFIG',
+      '--workers (KEEL_WORKERS): the demo runs in one process; run keel gateway --workers N --upstream <url> in front of an origin',
+    );
+  const config = resolveGatewayConfig({
+    ...flags,
+    ...demoSettings,
+    upstream: 'http://127.0.0.1',
+    workers: '1',
+  });
   const origin = await startDemoOrigin({ log: say });
   let running: RunningGateway;
   try {

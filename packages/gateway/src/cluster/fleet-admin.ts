@@ -1,0 +1,201 @@
+import { timingSafeEqual, createHash } from 'node:crypto';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { AggregatorRegistry, type Registry } from 'prom-client';
+import { wrap, classify } from 'keel';
+import type { GatewayConfig } from '../config.js';
+import type { WorkerSlot } from './primary.js';
+
+/** The fleet's admin server. */
+export interface FleetAdmin {
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Probes answered for the fleet without a token, by what they ask. */
+const PROBES: Record<string, 'live' | 'ready' | 'startup'> = {
+  '/livez': 'live',
+  '/live': 'live',
+  '/health/live': 'live',
+  '/readyz': 'ready',
+  '/ready': 'ready',
+  '/health/ready': 'ready',
+  '/startupz': 'startup',
+  '/health/startup': 'startup',
+};
+
+/** How long the primary waits for one worker's admin answer. */
+const WORKER_ANSWER_MS = 5_000;
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+/**
+ * The admin port of `keel gateway --workers N`, served by the primary:
+ * - `/metrics`: every worker's metrics aggregated by prom-client's {@link AggregatorRegistry}
+ *   (counters and histograms summed; gauges of shared state, such as the cache's size, the
+ *   largest worker's value), plus the primary's own (`keel_gateway_workers{state}`,
+ *   `keel_gateway_worker_restarts_total`);
+ * - `/status`: each worker's `/status` with its slot, pid, state and restarts, and `totals`;
+ * - probes (`/livez`, `/readyz`, `/health/ready` …): the fleet's — ready while not draining and at
+ *   least one worker is ready; started once every worker has been;
+ * - `/health`, `/healthz`: each worker's health and the fleet's status (`pass` when every worker
+ *   passes, `warn` while some are down, `fail` when none is ready);
+ * - anything else (cache cleanup and verify, the dashboard …) goes to one ready worker's admin
+ *   server, with the caller's token, which that worker checks.
+ * Everything but the probes needs `--admin-token` when one is set.
+ */
+export async function startFleetAdmin(
+  config: GatewayConfig,
+  fleet: { slots: readonly WorkerSlot[]; registry: Registry; isDraining(): boolean },
+): Promise<FleetAdmin> {
+  const aggregator = new AggregatorRegistry();
+  const token = config.adminToken === undefined ? undefined : digest(config.adminToken);
+  const authorised = (req: IncomingMessage): boolean => {
+    if (!token) return true;
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    return m !== null && timingSafeEqual(digest(m[1] as string), token);
+  };
+  const ready = (): WorkerSlot[] => fleet.slots.filter((s) => s.state === 'ready' && s.admin);
+  const json = (res: ServerResponse, status: number, body: unknown): void => {
+    if (!res.hasHeader('content-type')) res.setHeader('content-type', 'application/json');
+    res.writeHead(status);
+    res.end(JSON.stringify(body, null, 2));
+  };
+  const fromWorker = async (s: WorkerSlot, path: string, req?: IncomingMessage): Promise<Response> =>
+    fetch(`${s.admin ?? ''}${path}`, {
+      signal: AbortSignal.timeout(WORKER_ANSWER_MS),
+      headers: req?.headers.authorization ? { authorization: req.headers.authorization } : {},
+    });
+  const perWorker = async (path: string, req: IncomingMessage): Promise<Record<string, unknown>[]> =>
+    Promise.all(
+      fleet.slots.map(async (s) => {
+        const about = {
+          slot: s.slot,
+          pid: s.pid ?? null,
+          state: s.state,
+          restarts: s.restarts,
+          lastExit: s.lastExit ?? null,
+        };
+        if (s.state !== 'ready' || !s.admin) return about;
+        try {
+          const r = await fromWorker(s, path, req);
+          return { ...about, httpStatus: r.status, [path.slice(1)]: await r.json() };
+        } catch (err) {
+          return { ...about, error: classify(err).message };
+        }
+      }),
+    );
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const path = new URL(req.url ?? '/', 'http://admin').pathname.replace(/(.)\/$/, '$1');
+    const probe = PROBES[path];
+    if (probe) {
+      const up = ready().length;
+      const ok =
+        probe === 'live' ||
+        (probe === 'ready' && up > 0 && !fleet.isDraining()) ||
+        (probe === 'startup' && fleet.slots.every((s) => s.state === 'ready' || s.restarts > 0));
+      res.setHeader('content-type', 'application/health+json');
+      json(res, ok ? 200 : 503, {
+        status: ok ? 'pass' : 'fail',
+        workers: { ready: up, total: fleet.slots.length },
+        ...(fleet.isDraining() ? { draining: true } : {}),
+      });
+      return;
+    }
+    if (!authorised(req)) {
+      json(res, 401, { error: 'admin token required (Authorization: Bearer <token>)' });
+      return;
+    }
+    if (path === '/metrics' && req.method === 'GET') {
+      // prom-client asks every live worker over IPC and merges their answers.
+      const workers = await aggregator.clusterMetrics();
+      const own = await fleet.registry.metrics();
+      res.writeHead(200, { 'content-type': aggregator.contentType });
+      res.end(`${workers}\n${own}`);
+      return;
+    }
+    if (path === '/status' && req.method === 'GET') {
+      const workers = await perWorker('/status', req);
+      json(res, 200, {
+        workers,
+        totals: {
+          workers: fleet.slots.length,
+          ready: ready().length,
+          restarts: fleet.slots.reduce((n, s) => n + s.restarts, 0),
+          requests: await requestTotal(aggregator),
+        },
+      });
+      return;
+    }
+    if ((path === '/health' || path === '/healthz') && req.method === 'GET') {
+      const workers = await perWorker(path, req);
+      const up = ready().length;
+      const allPass = workers.every((w) => w.httpStatus === 200);
+      const status = up === 0 ? 'fail' : allPass && up === fleet.slots.length ? 'pass' : 'warn';
+      json(res, status === 'fail' ? 503 : 200, { status, workers });
+      return;
+    }
+    // Anything else: one ready worker answers it (the cache they share, the dashboard …).
+    const target = ready()[0];
+    if (!target) {
+      json(res, 503, { error: 'no gateway worker is ready' });
+      return;
+    }
+    const body = await new Promise<Buffer>((resolve, reject) => {
+      const parts: Buffer[] = [];
+      req.on('data', (c: Buffer) => parts.push(c));
+      req.on('end', () => resolve(Buffer.concat(parts)));
+      req.on('error', reject);
+    });
+    const headers: Record<string, string> = {};
+    for (const h of ['authorization', 'content-type', 'accept'])
+      if (typeof req.headers[h] === 'string') headers[h] = req.headers[h];
+    const r = await fetch(`${target.admin ?? ''}${req.url ?? '/'}`, {
+      method: req.method ?? 'GET',
+      headers,
+      ...(body.length > 0 ? { body } : {}),
+    });
+    res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/octet-stream' });
+    res.end(Buffer.from(await r.arrayBuffer()));
+  };
+
+  const server = http.createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      if (!res.headersSent) json(res, 500, { error: classify(err).message });
+      else res.destroy();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) => {
+      const e = classify(err);
+      reject(
+        wrap(
+          err,
+          e.code,
+          `--admin (KEEL_ADMIN_LISTEN) ${config.adminHost}:${config.adminPort}: ${e.message}`,
+        ),
+      );
+    });
+    server.listen(config.adminPort, config.adminHost, () => resolve());
+  });
+  const a = server.address() as AddressInfo;
+  return {
+    url: `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/** Requests answered by the whole fleet: the sum of `keel_gateway_requests_total` over its series. */
+async function requestTotal(aggregator: { clusterMetrics(): Promise<string> }): Promise<number> {
+  let total = 0;
+  for (const line of (await aggregator.clusterMetrics()).split('\n')) {
+    const m = /^keel_gateway_requests_total(?:\{[^}]*\})? (\S+)$/.exec(line);
+    if (m) total += Number(m[1]);
+  }
+  return total;
+}

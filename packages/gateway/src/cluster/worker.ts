@@ -1,0 +1,47 @@
+import cluster from 'node:cluster';
+import { AggregatorRegistry, type Gauge } from 'prom-client';
+import type { GatewayConfig } from '../config.js';
+import { runGateway, type RunningGateway } from '../run.js';
+import { WORKER_SLOT_ENV, type WorkerReady } from './messages.js';
+
+/**
+ * Gauges of what the workers share (one cache directory, one disk) or where any one counts
+ * (an open breaker): the fleet shows the largest worker's value, not the sum.
+ */
+const SHARED_GAUGES = [
+  'keel_cache_size_bytes',
+  'keel_cache_max_bytes',
+  'keel_disk_used_ratio',
+  'keel_gateway_cache_bypass',
+  'keel_breaker_state',
+] as const;
+
+/**
+ * Runs one worker of `keel gateway --workers N`: the whole gateway on the S3 port the primary
+ * shares among its workers, with its admin server on an ephemeral loopback port the primary
+ * reads from (the fleet's admin port is the primary's). Its metrics answer prom-client's cluster
+ * requests, so the primary aggregates them. It drains on SIGTERM and also when the primary goes
+ * away (its IPC channel closes).
+ */
+export async function runWorker(config: GatewayConfig): Promise<RunningGateway> {
+  if (!cluster.isWorker || !process.send) throw new Error('runWorker: not a node:cluster worker');
+  const running = await runGateway(
+    { ...config, adminHost: '127.0.0.1', adminPort: 0 },
+    { handleSignals: true },
+  );
+  const registry = running.gateway.metrics.registry;
+  AggregatorRegistry.setRegistries([registry]);
+  // Constructing one installs prom-client's answer to the primary's requests for metrics.
+  new AggregatorRegistry();
+  for (const name of SHARED_GAUGES) {
+    const gauge = registry.getSingleMetric(name) as (Gauge & { aggregator: string }) | undefined;
+    if (gauge) gauge.aggregator = 'max';
+  }
+  process.once('disconnect', () => {
+    void running.shutdown().then((r) => process.exit(r.exitCode));
+  });
+  const ready: WorkerReady = { keel: 'ready', s3: running.gateway.url(), admin: running.admin.url };
+  process.send(ready);
+  process.title = `keel gateway worker ${process.env[WORKER_SLOT_ENV] ?? ''}`.trim();
+  return running;
+}
