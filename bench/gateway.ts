@@ -13,6 +13,9 @@
  * `--out <file>` writes the figures there instead (a trial run that leaves the record alone);
  * KEEL_BENCH_MISS_OBJECTS sets how many 1 MiB objects the miss section reads (default 40, the first
  * 5 not counted).
+ * `--only oneReader`: one client reads whole 256 MiB objects, cold and warm, through keel, nginx
+ * (slice 8m) and directly, then cold with each origin connection limited to 50 MB/s
+ * (bench/_one-reader.ts; KEEL_BENCH_ONE_READER_MIB, _OBJECTS and _LIMIT_KBPS change the figures).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, createCipheriv } from 'node:crypto';
@@ -21,6 +24,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { chaos } from 'keel/chaos';
+import { oneReader } from './_one-reader.js';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { HttpRequest } from '@smithy/protocol-http';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -29,7 +33,7 @@ const OBJECT = 64 * 1024 * 1024;
 const SECONDS = Number(process.env.KEEL_BENCH_GATEWAY_SECONDS ?? 6);
 const CONNECTIONS = 64;
 const ROUNDS = Number(process.env.KEEL_BENCH_GATEWAY_ROUNDS ?? 3);
-const SECTIONS = ['missTtfb', 'stampede', 'hits', 'passthroughHits'] as const;
+const SECTIONS = ['missTtfb', 'stampede', 'hits', 'passthroughHits', 'oneReader'] as const;
 const onlyArg = process.argv.indexOf('--only');
 const only = new Set(
   onlyArg < 0 ? SECTIONS : (process.argv[onlyArg + 1] ?? '').split(',').filter((s) => s !== ''),
@@ -222,7 +226,11 @@ function stopChild(c: ChildProcess): Promise<void> {
 }
 
 /** nginx with proxy_cache and slice in front of the origin at `upstreamPort`; `dir` (created) holds its files. */
-async function startNginx(upstreamPort: number, dir: string): Promise<{ url: string; proc: ChildProcess }> {
+async function startNginx(
+  upstreamPort: number,
+  dir: string,
+  slice = '1m',
+): Promise<{ url: string; proc: ChildProcess }> {
   await mkdir(dir, { recursive: true });
   const port = 20000 + Math.floor(Math.random() * 20000);
   const conf = `
@@ -241,7 +249,7 @@ http {
   server {
     listen 127.0.0.1:${port};
     location / {
-      slice 1m;
+      slice ${slice};
       proxy_cache s3;
       proxy_cache_key $uri$is_args$args$slice_range;
       proxy_set_header Range $slice_range;
@@ -708,6 +716,17 @@ try {
       target: '1MiB rpsRatio ≥ 0.5 (keel verifies CRC32 of every byte served; nginx verifies nothing)',
     };
   }
+  // One client, one big object, cold and warm; then the origin limited per connection (bench/_one-reader.ts).
+  if (run('oneReader'))
+    results.oneReader = await oneReader({
+      originPort,
+      root,
+      bytes,
+      put,
+      startKeel,
+      startNginx,
+      stop: stopChild,
+    });
   await keelProxy.close();
   await nginxProxy.close();
   // 4. passthrough auth: hits the origin authorises (304) against hits in gateway auth.
