@@ -78,7 +78,7 @@ class ForwardProxyAgent extends http.Agent {
     super({ keepAlive: true });
   }
 
-  override addRequest(req: http.ClientRequest, options: http.RequestOptions): void {
+  addRequest(req: http.ClientRequest, options: http.RequestOptions): void {
     req.path = `http://${String(options.host)}:${String(options.port)}${req.path}`;
     (http.Agent.prototype as unknown as { addRequest: (r: unknown, o: unknown) => void }).addRequest.call(
       this,
