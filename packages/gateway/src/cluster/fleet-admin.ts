@@ -2,7 +2,10 @@ import { timingSafeEqual, createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { AggregatorRegistry, type Registry } from 'prom-client';
+import { Readable } from 'node:stream';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { wrap, classify } from 'keel';
+import { parseAdminToken } from '@keel/ops';
 import type { GatewayConfig } from '../config.js';
 import type { WorkerSlot } from './primary.js';
 
@@ -49,7 +52,11 @@ export async function startFleetAdmin(
   fleet: { slots: readonly WorkerSlot[]; registry: Registry; isDraining(): boolean },
 ): Promise<FleetAdmin> {
   const aggregator = new AggregatorRegistry();
-  const token = config.adminToken === undefined ? undefined : digest(config.adminToken);
+  // `name:secret` names the token in the workers' action logs; the secret is what callers send.
+  const token =
+    config.adminToken === undefined
+      ? undefined
+      : digest(parseAdminToken(config.adminToken, '--admin-token (KEEL_ADMIN_TOKEN)').secret);
   const authorised = (req: IncomingMessage): boolean => {
     if (!token) return true;
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
@@ -103,7 +110,11 @@ export async function startFleetAdmin(
       });
       return;
     }
-    if (!authorised(req)) {
+    // The dashboard's page and its files hold no data: the worker serves them without a token.
+    const pageFile =
+      req.method === 'GET' &&
+      (path === '/' || path === '/dashboard' || path.startsWith('/dashboard/assets/'));
+    if (!pageFile && !authorised(req)) {
       json(res, 401, { error: 'admin token required (Authorization: Bearer <token>)' });
       return;
     }
@@ -149,15 +160,35 @@ export async function startFleetAdmin(
       req.on('error', reject);
     });
     const headers: Record<string, string> = {};
-    for (const h of ['authorization', 'content-type', 'accept'])
+    for (const h of ['authorization', 'content-type', 'accept', 'if-none-match'])
       if (typeof req.headers[h] === 'string') headers[h] = req.headers[h];
     const r = await fetch(`${target.admin ?? ''}${req.url ?? '/'}`, {
       method: req.method ?? 'GET',
       headers,
       ...(body.length > 0 ? { body } : {}),
     });
-    res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/octet-stream' });
-    res.end(Buffer.from(await r.arrayBuffer()));
+    const answer: Record<string, string> = {
+      'content-type': r.headers.get('content-type') ?? 'application/octet-stream',
+    };
+    // fetch decodes a compressed answer, so content-encoding and content-length are not copied.
+    for (const h of [
+      'cache-control',
+      'etag',
+      'content-security-policy',
+      'x-content-type-options',
+      'referrer-policy',
+      'retry-after',
+      'www-authenticate',
+    ]) {
+      const v = r.headers.get(h);
+      if (v !== null) answer[h] = v;
+    }
+    res.writeHead(r.status, answer);
+    // Streamed as it comes: the dashboard's Server-Sent Events never end.
+    if (!r.body) return void res.end();
+    const stream = Readable.fromWeb(r.body as WebReadableStream<Uint8Array>);
+    res.on('close', () => stream.destroy());
+    stream.pipe(res);
   };
 
   const server = http.createServer((req, res) => {
