@@ -72,7 +72,10 @@ export async function oneReader(parts: OneReaderParts): Promise<Record<string, u
   const loadBefore = os.loadavg();
   const origin = `http://127.0.0.1:${originPort}`;
   const keys = Array.from({ length: OBJECTS }, (_, i) => `one-reader-${i}.bin`);
-  for (const k of keys) await parts.put(origin, k, parts.bytes(k, OBJECT_BYTES));
+  for (const k of keys) {
+    console.log(`one reader: storing ${k} (${OBJECT_BYTES} bytes)`);
+    await parts.put(origin, k, parts.bytes(k, OBJECT_BYTES));
+  }
   const started: ChildProcess[] = [];
   try {
     // 1. Origin on loopback: cold and warm, keel and nginx taking turns to go first.
@@ -84,6 +87,7 @@ export async function oneReader(parts: OneReaderParts): Promise<Record<string, u
     const warm = { keel: [] as number[], nginx: [] as number[] };
     const labels = { cold: new Set<string>(), warm: new Set<string>() };
     for (const [i, k] of keys.entries()) {
+      console.log(`one reader: ${k}, origin on loopback`);
       const want = parts.bytes(k, OBJECT_BYTES);
       t.direct.push((await timedGet(`${origin}/demo/${k}`, want)).seconds);
       const order = i % 2 === 0 ? (['keel', 'nginx'] as const) : (['nginx', 'keel'] as const);
@@ -140,6 +144,7 @@ export async function oneReader(parts: OneReaderParts): Promise<Record<string, u
       started.push(lNginx.proc);
       const l = { direct: [] as number[], keel: [] as number[], nginx: [] as number[] };
       for (const [i, k] of keys.entries()) {
+        console.log(`one reader: ${k}, origin limited to ${LIMIT_KB_PER_SECOND / 1000} MB/s per connection`);
         const want = parts.bytes(k, OBJECT_BYTES);
         l.direct.push((await timedGet(`${limitedUrl}/demo/${k}`, want)).seconds);
         const order = i % 2 === 0 ? (['keel', 'nginx'] as const) : (['nginx', 'keel'] as const);

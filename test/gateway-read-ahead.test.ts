@@ -115,7 +115,7 @@ afterAll(async () => {
   await front.close();
   await tcp.close();
   await origin.close();
-  await rm(root, { recursive: true, force: true });
+  await rm(root, { recursive: true, force: true, maxRetries: 5 });
 });
 
 describe('read-ahead on misses', () => {
@@ -270,7 +270,7 @@ describe('the origin guard bounds the parallel fetches', () => {
 
 describe('the stream never waits for the disk', () => {
   it('streams a miss as fast with a cache disk that stalls every write as with a quick one', async () => {
-    limitBandwidth(2_000);
+    limitBandwidth(1_000);
     const quickFs = faultyFs();
     const stalledFs = faultyFs();
     stalledFs.stall({ ms: 200, ops: ['write', 'sync', 'rename', 'writeFile'] });
@@ -284,15 +284,17 @@ describe('the stream never waits for the disk', () => {
       expect(sha(got.body)).toBe(sha(body));
       return ms;
     };
-    // Alternating, twice each; the quickest of each is compared (a loaded machine adds, never removes).
+    // Alternating, three times each; the quickest of each is compared (a loaded machine adds, never removes).
     const quickMs: number[] = [];
     const stalledMs: number[] = [];
-    for (let i = 0; i < 2; i++) {
+    for (let i = 0; i < 3; i++) {
       quickMs.push(await timed(quick));
       stalledMs.push(await timed(stalled));
     }
     expect(Math.min(...stalledMs)).toBeLessThanOrEqual(Math.min(...quickMs) * 1.1);
-    // The stalled disk did get the writes (behind the stream).
+    // The stalled disk did get the writes (behind the stream); they finish once it recovers.
     expect(stalledFs.counts.calls.sync ?? 0).toBeGreaterThan(0);
+    stalledFs.clear();
+    await stalled.idle(30_000);
   });
 });

@@ -9,7 +9,7 @@ import { safe, untilDeadline, type ReadContext, type Resolved } from './read-con
 import { relayAnswer, relayBuffered } from '../origin/relay.js';
 import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
 import { SliceReadError, type SliceFill } from './slice-fill.js';
-import { fillKey, openFill, streamSlice } from './slice-stream.js';
+import { fillKey, openFill, streamCachedRun, streamSlice } from './slice-stream.js';
 import { ReadAhead } from './read-ahead.js';
 
 export { revalidationStats } from './object-lookup.js';
@@ -307,11 +307,34 @@ async function streamSlices(
     (i) => plan.cached.has(i) || plan.inMemory.has(i),
     res,
   );
+  const { needed } = plan;
+  const first = needed[0] as number;
   try {
-    for (const [at, index] of plan.needed.entries()) {
-      if (res.destroyed) break;
+    // `from`: the next byte to send; a run of cached slices that came up short is not tried again.
+    let from = start;
+    let runsFrom = 0;
+    for (let at = 0; at < needed.length && !res.destroyed;) {
+      const index = needed[at] as number;
+      let last = at;
+      while (at >= runsFrom && last + 1 < needed.length && plan.cached.has(needed[last + 1] as number))
+        last++;
+      if (last > at && plan.cached.has(index)) {
+        // Several cached slices in a row: one cache read across them.
+        const b = Math.min(end, ((needed[last] as number) + 1) * meta.sliceBytes - 1);
+        const reached = await streamCachedRun(ctx, res, id, meta, from, b, cutOnCacheFault);
+        if (reached > b) {
+          at = last + 1;
+          from = b + 1;
+          continue;
+        }
+        // The rest of the run slice by slice, from the slice the cache stopped in.
+        at = Math.floor(reached / meta.sliceBytes) - first;
+        runsFrom = at + 1;
+        from = reached;
+        continue;
+      }
       ahead.advance(at);
-      const a = Math.max(start, index * meta.sliceBytes);
+      const a = Math.max(from, index * meta.sliceBytes);
       const b = Math.min(end, (index + 1) * meta.sliceBytes - 1);
       await streamSlice(ctx, res, id, r.rawQuery, meta, index, a, b, {
         cached: plan.cached.has(index),
@@ -320,6 +343,8 @@ async function streamSlices(
         onFill: (fill) => ahead.adopt(index, fill),
       });
       ahead.done(index);
+      at++;
+      from = b + 1;
     }
     res.end();
   } catch (err) {

@@ -13,6 +13,7 @@ import {
   type Resolved,
 } from './read-context.js';
 import { SliceFill, SliceReadError } from './slice-fill.js';
+import { fillFromPeer } from './shared-fill.js';
 
 /*
  * Slices on their way to a client: read from the cache, from a fill shared by every request for
@@ -170,6 +171,56 @@ async function streamOwn(
   }
 }
 
+/**
+ * Streams bytes `a`–`b`, which span several slices the read's plan found cached, with one cache
+ * read: the cache reads and verifies ahead of the socket across slice boundaries instead of
+ * starting again at each one. Resolves with the offset reached: `b + 1` when every byte went out
+ * (or the client went away), less when the cache could not serve the rest (not cached after all,
+ * another version, or a slice that failed its check and was repaired): the caller goes on from
+ * there slice by slice.
+ * @throws the cache's error when `cutOnCacheFault` and a slice failed after bytes went out.
+ */
+export async function streamCachedRun(
+  ctx: ReadContext,
+  res: ServerResponse,
+  id: ObjectIdentity,
+  meta: Resolved['meta'],
+  a: number,
+  b: number,
+  cutOnCacheFault: boolean,
+): Promise<number> {
+  const cache = ctx.cache;
+  if (!cache) return a;
+  const hit = await safe(ctx, 'read', () => cache.read(id, a, b, 'version' in meta ? { meta } : {}));
+  if (!hit?.hit) return a;
+  if (hit.meta.etag !== meta.etag) {
+    hit.stream.destroy();
+    return a;
+  }
+  let pos = a;
+  try {
+    for await (const chunk of hit.stream as AsyncIterable<Buffer>) {
+      if (res.destroyed) {
+        hit.stream.destroy();
+        return b + 1;
+      }
+      await write(res, chunk);
+      pos += chunk.length;
+      ctx.onBytes('cache', chunk.length);
+    }
+  } catch (err) {
+    if (cutOnCacheFault) throw err;
+    ctx.log(
+      'warn',
+      `cached slices of ${id.bucket}/${id.key} failed mid-read at ${pos}; continuing from the origin`,
+      {
+        error: classify(err).message,
+      },
+    );
+  }
+  return pos;
+}
+
 /** resumingGet's own retries are off: the guard retries each opening. */
 const ONE_ATTEMPT = retry({ maxAttempts: 1 });
 
@@ -275,10 +326,13 @@ export function startFill(
   fill.signal.addEventListener('abort', forget, { once: true });
   void (async () => {
     let body: Readable | undefined;
+    // Another worker of this host may be fetching the slice: then its bytes come from the cache.
+    const peer = await fillFromPeer(ctx, key, id, meta, fill, initial?.body);
     try {
       // The answer in hand is read as it is (its idle timeout is the connection pool's); only
       // when it breaks does a resuming request take over from the byte reached.
-      const received = initial ? await drain(initial.body, fill) : 0;
+      const received =
+        initial && !peer.droppedInitial ? await drain(initial.body, fill) : fill.receivedBytes;
       if (received < fill.length && fill.filling) {
         const got = await openRange(ctx, id, rawQuery, meta.etag, start + received, end, fill.signal);
         body = got.body;
@@ -297,11 +351,13 @@ export function startFill(
     if (!fill.complete) {
       body?.destroy();
       forget();
+      peer.done(false);
       return;
     }
     // The fill stays findable until the slice is in the cache, so no request refetches it meanwhile.
     await cacheSlice(ctx, id, meta, index, fill, gen);
     forget();
+    peer.done(true);
   })();
   return fill;
 }
