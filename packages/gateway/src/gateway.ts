@@ -123,6 +123,8 @@ export interface Gateway {
   url(): string;
   /** Requests being served. */
   inFlight(): number;
+  /** Slice fills running now (one per slice however many readers wait for it). */
+  fillsInFlight(): number;
   /**
    * Calls `listener` with each origin breaker: at once for the service breaker (bucket `''`) and
    * the buckets that have one, then as each bucket gets its own (once the origin has shown it
@@ -457,6 +459,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
     },
     inFlight: () => active,
+    fillsInFlight: () => fills.size,
     onBreaker: (listener, removed) => guard.onBreaker(listener, removed),
     idle: async (timeoutMs = 10_000) => {
       const deadline = Date.now() + timeoutMs;

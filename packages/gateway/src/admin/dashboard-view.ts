@@ -84,7 +84,7 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 
 /**
  * The gateway's dashboard view: requests/s by outcome, hit ratio, bytes by source and the egress
- * saved, origin time to first byte p50/p99, breakers by bucket with their state and time in state
+ * saved, origin time to first byte p50/p99, requests and slice fills in flight, breakers by bucket with their state and time in state
  * (each with a reset), the retry budget, the six repair counters with their rate, cache size and
  * disk use with the watermarks, bypass, alerts firing and their recent history; actions: cleanup,
  * verify (with its progress), breaker reset. Its route `POST /breakers/reset?bucket=` resets a
@@ -203,6 +203,12 @@ export function gatewayView(gateway: Gateway, options: GatewayViewOptions = {}):
             hint: `last ${windowSeconds} s`,
           },
           { label: 'Requests in flight', value: gateway.inFlight(), unit: 'count' },
+          {
+            label: 'Fills in flight',
+            value: gateway.fillsInFlight(),
+            unit: 'count',
+            hint: 'slices being fetched',
+          },
         ],
       },
       { kind: 'chart', id: 'requests', title: 'Requests/s by outcome', unit: 'perSecond', series: perSecond },
