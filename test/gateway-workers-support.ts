@@ -98,6 +98,10 @@ export async function countingProxy(
       },
       (upRes) => {
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+        // A client that stops reading stops the transfer: what the origin sends is what is counted.
+        res.on('close', () => {
+          if (!res.writableFinished) upRes.destroy();
+        });
         upRes.on('data', (d: Buffer) => {
           if (req.method === 'GET') bytes += d.length;
         });

@@ -2,21 +2,24 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
+import http from 'node:http';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
-import { metricSum, startFleet } from './gateway-workers-support.js';
+import { countingProxy, metricSum, startFleet } from './gateway-workers-support.js';
 
 let origin: S3Origin;
 let dir: string;
 const small = randomBytes(200_000);
 const big = randomBytes(6 * 1024 * 1024 + 123);
+const huge = randomBytes(64 * 1024 * 1024);
+let s3: S3Client;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
 beforeAll(async () => {
   origin = await startS3Origin(['b']);
   dir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-workers-'));
-  const s3 = new S3Client({
+  s3 = new S3Client({
     endpoint: origin.url,
     region: 'us-east-1',
     forcePathStyle: true,
@@ -24,10 +27,11 @@ beforeAll(async () => {
   });
   await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'small.bin', Body: small }));
   await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'big.bin', Body: big }));
-  s3.destroy();
+  await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'huge.bin', Body: huge }));
 });
 
 afterAll(async () => {
+  s3.destroy();
   await origin.close();
   await rm(dir, { recursive: true, force: true });
 });
@@ -73,4 +77,78 @@ describe('keel gateway --workers', () => {
       fleet.proc.kill('SIGKILL');
     }
   }, 60_000);
+
+  it('100 clients on one uncached 64 MiB object through two workers: identical bodies, the origin sends it about once', async () => {
+    const proxy = await countingProxy(origin.url);
+    const fleet = await startFleet(proxy.url, path.join(dir, 'stampede'), 2, ['--slice-bytes', '8MiB']);
+    try {
+      const want = sha(huge);
+      // A client per connection, so the kernel spreads them over both workers; bodies hashed as they stream.
+      const one = (): Promise<{ status: number; sha: string }> =>
+        new Promise((resolve, reject) => {
+          http
+            .get(`${fleet.url}/b/huge.bin`, { agent: false }, (res) => {
+              const h = createHash('sha256');
+              res.on('data', (d: Buffer) => h.update(d));
+              res.on('end', () => resolve({ status: res.statusCode ?? 0, sha: h.digest('hex') }));
+              res.on('error', reject);
+            })
+            .on('error', reject);
+        });
+      const results = await Promise.all(Array.from({ length: 100 }, one)).catch((err: unknown) => {
+        console.log(
+          fleet
+            .stderr()
+            .split('\n')
+            .filter((l) => !l.includes('request'))
+            .slice(-30)
+            .join('\n'),
+        );
+        throw err;
+      });
+      for (const r of results) expect(r).toEqual({ status: 200, sha: want });
+      expect(proxy.getBytes()).toBeLessThanOrEqual(1.05 * huge.length);
+      fleet.proc.kill('SIGTERM');
+      expect(await fleet.exited).toBe(0);
+    } finally {
+      fleet.proc.kill('SIGKILL');
+      await proxy.close();
+    }
+  }, 180_000);
+
+  it('a PUT through one worker, reads through the others at once: never the old bytes once it answered', async () => {
+    const fleet = await startFleet(origin.url, path.join(dir, 'put'), 2);
+    const key = 'changing.bin';
+    try {
+      let current = randomBytes(300_000);
+      await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: current }));
+      const get = async (): Promise<Buffer> =>
+        Buffer.from(
+          await (await fetch(`${fleet.url}/b/${key}`, { headers: { connection: 'close' } })).arrayBuffer(),
+        );
+      // Both workers cache the first version.
+      for (let i = 0; i < 8; i++) expect(sha(await get())).toBe(sha(current));
+      for (let round = 0; round < 5; round++) {
+        const next = randomBytes(300_000);
+        const put = await fetch(`${fleet.url}/b/${key}`, {
+          method: 'PUT',
+          body: next,
+          headers: { connection: 'close' },
+        });
+        expect(put.status).toBe(200);
+        const old = sha(current);
+        current = next;
+        // Answered: every worker has dropped the old version. Reads at once, over fresh connections.
+        const reads = await Promise.all(Array.from({ length: 8 }, get));
+        for (const body of reads) {
+          expect(sha(body)).not.toBe(old);
+          expect(sha(body)).toBe(sha(current));
+        }
+      }
+      fleet.proc.kill('SIGTERM');
+      expect(await fleet.exited).toBe(0);
+    } finally {
+      fleet.proc.kill('SIGKILL');
+    }
+  }, 90_000);
 });

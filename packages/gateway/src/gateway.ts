@@ -28,6 +28,7 @@ import { announcesBody, refuseBody } from './s3/refuse-body.js';
 import { S3Errors, sendS3Error, type S3ErrorSpec } from './s3/s3-error.js';
 import { malformedTargetError, parseS3Target, type S3Target } from './s3/s3-request.js';
 import type { SliceFill } from './read/slice-fill.js';
+import type { Coordinator } from './coord/coordinator.js';
 import { verifySigV4, type ClientKey, type VerifiedRequest } from './auth/sigv4-verify.js';
 import { servePassthrough, type PassthroughContext } from './auth/passthrough.js';
 import { AuthTrust, type AuthorizationResult } from './read/passthrough-read.js';
@@ -37,6 +38,12 @@ import { connectHandler } from './s3/forward-proxy.js';
 export interface GatewayOptions {
   /** Base URL of the S3 origin. */
   upstream: string;
+  /**
+   * The other processes serving the same cache (`keel gateway --workers`: the primary
+   * coordinates): one origin fetch per slice across them, and a write through one drops the
+   * object in all before it answers. Default: this process alone.
+   */
+  coordinator?: Coordinator | undefined;
   /** Credentials for signing origin requests; unsigned when absent. */
   originCredentials?: OriginCredentials | undefined;
   /** Region used to sign origin requests (default us-east-1). */
@@ -239,6 +246,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const authMode = options.auth ?? 'gateway';
   const forwardUnsigned = options.unsignedRequests === 'forward';
   const fills = new Map<string, SliceFill>();
+  const coordinator = options.coordinator;
   const ctx: ReadContext = {
     origin,
     guard,
@@ -249,6 +257,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
     fills,
     fetching: { count: 0 },
+    coord: coordinator,
     readAhead: { slices: readAheadSlices, maxFetches: originConnections },
     unwritten: { bytes: 0 },
     heads: new Map(),
@@ -263,6 +272,13 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     log,
   };
   metrics.bindRevalidations(() => revalidationStats(ctx));
+  // Another worker's write changed an object: forget it here too before that worker answers.
+  const stopInvalidations = coordinator?.onInvalidate(async (changed) => {
+    invalidateReads(ctx, changed);
+    await cache?.invalidate(changed).catch((err: unknown) => {
+      log('warn', 'cache invalidate failed', { error: classify(err).message });
+    });
+  });
   const authCacheMs = options.auth === 'passthrough' ? (options.authCacheMs ?? 0) : 0;
   if (authCacheMs > 0)
     log(
@@ -283,6 +299,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     onInvalidate: (changed) => {
       invalidateReads(ctx, changed);
       if (cache) metrics.invalidations.inc();
+      return coordinator?.invalidate(changed);
     },
   };
   // Bucket CORS rules live as long as cached objects; a read waits for them no longer than for a revalidation.
@@ -394,6 +411,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         onInvalidate: (changed) => {
           invalidateReads(ctx, changed);
           if (cache) metrics.invalidations.inc();
+          // The answer goes out once every other worker dropped the object too.
+          return coordinator?.invalidate(changed);
         },
         onCorsChange: (bucket) => corsRules.invalidate(bucket),
       });
@@ -468,6 +487,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     },
     close: async (graceMs = 30_000) => {
       draining = true;
+      stopInvalidations?.();
       const closed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
       const deadline = Date.now() + graceMs;

@@ -26,7 +26,7 @@ export interface PassthroughContext {
   trust: AuthTrust | undefined;
   /** Called with what the origin said about each request, and the body bytes a hit saved. */
   onResult: (result: AuthorizationResult, savedBytes: number) => void;
-  onInvalidate: (id: ObjectIdentity) => void;
+  onInvalidate: (id: ObjectIdentity) => Promise<void> | void;
 }
 
 /** Query parameters of an object read the cache can serve (besides presigned-URL ones). */

@@ -5,6 +5,7 @@ import { keelError } from 'keel';
 import { createLogger, type AlertManager } from '@keel/ops';
 import { createGatewayAlerts } from '../admin/alerting.js';
 import type { GatewayConfig } from '../config.js';
+import { ClusterCoordination } from '../coord/cluster-coordination.js';
 import { startFleetAdmin, type FleetAdmin } from './fleet-admin.js';
 import { isKeelMessage, WORKER_SLOT_ENV, type WorkerReady } from './messages.js';
 
@@ -105,6 +106,8 @@ export async function runPrimary(
   });
   started.catch(() => undefined);
   const exitedAll: (() => void)[] = [];
+  // Leases (one origin fetch per slice across the workers) and invalidations go through here.
+  const coordination = new ClusterCoordination();
 
   const fork = (s: WorkerSlot): void => {
     const worker = cluster.fork({ [WORKER_SLOT_ENV]: String(s.slot) });
@@ -114,6 +117,7 @@ export async function runPrimary(
     s.s3 = undefined;
     s.admin = undefined;
     s.startedAt = Date.now();
+    coordination.add(worker);
     worker.on('message', (m: unknown) => {
       if (!isKeelMessage(m) || m.keel !== 'ready') return;
       const ready = m as WorkerReady;
@@ -127,6 +131,8 @@ export async function runPrimary(
       }
     });
     worker.once('exit', (code, signal) => {
+      // What it was filling is filled by whoever asks next; nobody waits for its answers.
+      coordination.remove(worker);
       s.worker = undefined;
       s.lastExit = { code, signal, at: Date.now() };
       if (stopping) {

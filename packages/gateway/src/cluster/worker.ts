@@ -1,6 +1,7 @@
 import cluster from 'node:cluster';
 import { AggregatorRegistry, type Gauge } from 'prom-client';
 import type { GatewayConfig } from '../config.js';
+import { ClusterCoordinator } from '../coord/cluster-coordinator.js';
 import { runGateway, type RunningGateway } from '../run.js';
 import { WORKER_SLOT_ENV, type WorkerReady } from './messages.js';
 
@@ -25,9 +26,11 @@ const SHARED_GAUGES = [
  */
 export async function runWorker(config: GatewayConfig): Promise<RunningGateway> {
   if (!cluster.isWorker || !process.send) throw new Error('runWorker: not a node:cluster worker');
+  // One origin fetch per slice across the workers, and writes that reach every worker.
+  const coordinator = new ClusterCoordinator();
   const running = await runGateway(
     { ...config, adminHost: '127.0.0.1', adminPort: 0 },
-    { handleSignals: true },
+    { handleSignals: true, coordinator, afterShutdown: () => coordinator.close() },
   );
   const registry = running.gateway.metrics.registry;
   AggregatorRegistry.setRegistries([registry]);

@@ -12,6 +12,7 @@ import type { OriginClient } from '../origin/origin-client.js';
 import type { OriginGuard } from '../origin/origin-guard.js';
 import type { Revalidator, RevalidatorOptions } from './revalidation.js';
 import type { SliceFill } from './slice-fill.js';
+import type { Coordinator } from '../coord/coordinator.js';
 import type { ReadAheadSettings } from './read-ahead.js';
 
 /* What the read path shares: its context, and the rules that keep a write's old version out of the cache. */
@@ -29,6 +30,11 @@ export interface ReadContext {
   fills: Map<string, SliceFill>;
   /** Slice fills whose origin fetch is running (their bytes still coming). */
   fetching: { count: number };
+  /**
+   * The other processes serving this cache (the workers of one host): one origin fetch per slice
+   * across them (see shared-fill.ts). Absent: this process alone.
+   */
+  coord?: Coordinator | undefined;
   /** How far reads fetch ahead of their clients. */
   readAhead: ReadAheadSettings;
   /** Bytes of complete fills waiting for their cache write (bounded: see slice-stream.ts). */

@@ -75,8 +75,11 @@ export function withoutPresignParams(rawQuery: string): string {
 export interface PassthroughOptions {
   /** The cache whose entries successful writes drop (none: nothing to invalidate). */
   cache?: RangeCache | undefined;
-  /** Called for each object a successful write changed, before its cache entry is dropped. */
-  onInvalidate?: (id: ObjectIdentity) => void;
+  /**
+   * Called for each object a successful write changed, before its cache entry is dropped; the
+   * answer waits for what it returns (the other workers dropping the object).
+   */
+  onInvalidate?: (id: ObjectIdentity) => Promise<void> | void;
   /** Called when a PutBucketCors or DeleteBucketCors reached the origin (whatever it answered), before the answer goes out. */
   onCorsChange?: (bucket: string) => void;
   /** The client's verified signature (`gateway` auth): chunk signatures are checked against it. */
@@ -223,7 +226,7 @@ export async function passthrough(
       if (postedKey !== undefined) deleted = [{ key: postedKey, versionId: undefined }];
       if (up.status < 300 || postedKey !== undefined)
         for (const id of invalidatedBy(method, target, deleted)) {
-          options.onInvalidate?.(id);
+          await options.onInvalidate?.(id);
           await cache?.invalidate(id).catch(() => undefined);
         }
     }

@@ -25,7 +25,7 @@ export interface SignedWriteOptions {
   ctx: ReadContext;
   clock: Clock;
   /** Called for each object a write the origin accepted changed, before its cache entry is dropped. */
-  onInvalidate: (id: ObjectIdentity) => void;
+  onInvalidate: (id: ObjectIdentity) => Promise<void> | void;
 }
 
 /**
@@ -109,7 +109,7 @@ export async function forwardSigned(
     if (postedKey !== undefined) deleted = [{ key: postedKey, versionId: undefined }];
     if (up.status < 300 || postedKey !== undefined)
       for (const id of invalidatedBy(method, target, deleted)) {
-        options.onInvalidate(id);
+        await options.onInvalidate(id);
         const cache = ctx.cache;
         if (cache) await safe(ctx, 'invalidate', () => cache.invalidate(id));
       }

@@ -1,0 +1,109 @@
+import type { ObjectIdentity } from 'keel/cache';
+import { isKeelMessage } from '../cluster/messages.js';
+import type { CoordReply, CoordRequest } from './cluster-protocol.js';
+import type { Coordinator, Lease, SharedBreakerState } from './coordinator.js';
+
+/**
+ * A worker's side of the one-host coordination: leases, invalidations and breaker states go
+ * through the primary ({@link ClusterCoordination}) over node:cluster's IPC channel.
+ */
+export class ClusterCoordinator implements Coordinator {
+  readonly kind = 'cluster';
+  private next = 0;
+  private readonly replies = new Map<number, (m: CoordReply) => void>();
+  private readonly waiting = new Map<string, ((ok: boolean) => void)[]>();
+  private readonly invalidateListeners = new Set<(id: ObjectIdentity) => Promise<void> | void>();
+  private readonly breakerListeners = new Set<(name: string, state: SharedBreakerState) => void>();
+  private readonly onMessage = (m: unknown): void => {
+    if (isKeelMessage(m)) this.receive(m as CoordReply);
+  };
+
+  constructor(private readonly send: (m: CoordRequest) => void = (m) => process.send?.(m)) {
+    process.on('message', this.onMessage);
+  }
+
+  lease(key: string): Promise<Lease> {
+    const req = this.next++;
+    return new Promise((resolve) => {
+      // The follower's wait is registered as its answer arrives: the leader's "done" may be in
+      // the same read of the channel, before any promise callback runs.
+      this.replies.set(req, (m) => {
+        if (m.keel === 'lease-reply' && m.role === 'follower') {
+          const settled = new Promise<boolean>((done) => {
+            const list = this.waiting.get(key) ?? [];
+            list.push(done);
+            this.waiting.set(key, list);
+          });
+          resolve({ role: 'follower', settled });
+        } else resolve({ role: 'leader', done: (ok) => this.send({ keel: 'lease-done', key, ok }) });
+      });
+      this.send({ keel: 'lease', req, key });
+    });
+  }
+
+  async invalidate(id: ObjectIdentity): Promise<void> {
+    await this.ask((req) => ({ keel: 'invalidate', req, id }));
+  }
+
+  onInvalidate(listener: (id: ObjectIdentity) => Promise<void> | void): () => void {
+    this.invalidateListeners.add(listener);
+    return () => this.invalidateListeners.delete(listener);
+  }
+
+  publishBreaker(name: string, state: SharedBreakerState): void {
+    this.send({ keel: 'breaker', name, state });
+  }
+
+  onBreaker(listener: (name: string, state: SharedBreakerState) => void): () => void {
+    this.breakerListeners.add(listener);
+    return () => this.breakerListeners.delete(listener);
+  }
+
+  close(): Promise<void> {
+    process.off('message', this.onMessage);
+    // Nobody will answer any more: followers fetch for themselves, writers answer.
+    for (const list of this.waiting.values()) for (const resolve of list) resolve(false);
+    this.waiting.clear();
+    for (const reply of this.replies.values()) reply({ keel: 'invalidate-reply', req: -1 });
+    this.replies.clear();
+    return Promise.resolve();
+  }
+
+  private ask(make: (req: number) => CoordRequest): Promise<CoordReply> {
+    const req = this.next++;
+    return new Promise((resolve) => {
+      this.replies.set(req, resolve);
+      this.send(make(req));
+    });
+  }
+
+  private receive(m: CoordReply): void {
+    switch (m.keel) {
+      case 'lease-reply':
+      case 'invalidate-reply': {
+        const reply = this.replies.get(m.req);
+        this.replies.delete(m.req);
+        reply?.(m);
+        return;
+      }
+      case 'lease-settled': {
+        const list = this.waiting.get(m.key) ?? [];
+        this.waiting.delete(m.key);
+        for (const resolve of list) resolve(m.ok);
+        return;
+      }
+      case 'invalidate': {
+        // Each listener drops what this process knew; the primary hears back once all did.
+        void Promise.allSettled([...this.invalidateListeners].map(async (l) => l(m.id))).then(() =>
+          this.send({ keel: 'invalidated', req: m.req }),
+        );
+        return;
+      }
+      case 'breaker':
+        for (const l of this.breakerListeners) l(m.name, m.state);
+        return;
+      default:
+        return;
+    }
+  }
+}
