@@ -151,4 +151,63 @@ describe('keel gateway --workers', () => {
       fleet.proc.kill('SIGKILL');
     }
   }, 90_000);
+
+  it('a worker SIGKILLed under load is replaced: only its connections fail, no wrong byte, KeelWorkerRestarted raised', async () => {
+    const fleet = await startFleet(origin.url, path.join(dir, 'kill'), 2);
+    try {
+      const want = sha(big);
+      expect(sha(Buffer.from(await (await fetch(`${fleet.url}/b/big.bin`)).arrayBuffer()))).toBe(want);
+      const status = async (): Promise<{ workers: { pid: number; state: string; restarts: number }[] }> =>
+        (await (await fetch(`${fleet.admin}/status`)).json()) as {
+          workers: { pid: number; state: string; restarts: number }[];
+        };
+      const victim = (await status()).workers[0]?.pid as number;
+      let ok = 0;
+      let failed = 0;
+      let wrong = 0;
+      let stop = false;
+      const client = async (): Promise<void> => {
+        while (!stop) {
+          try {
+            const r = await fetch(`${fleet.url}/b/big.bin`, { headers: { connection: 'close' } });
+            const body = Buffer.from(await r.arrayBuffer());
+            if (r.status === 200 && sha(body) === want) ok++;
+            else wrong++;
+          } catch {
+            failed++; // the connection was cut: the client sees an error, never wrong bytes
+          }
+        }
+      };
+      const clients = Array.from({ length: 8 }, client);
+      await new Promise((r) => setTimeout(r, 1_000));
+      process.kill(victim, 'SIGKILL');
+      // Replaced: two ready workers again, one restart, the new one with another pid.
+      let after = await status();
+      for (
+        let i = 0;
+        i < 300 && !(after.workers.every((w) => w.state === 'ready') && after.workers[0]?.restarts === 1);
+        i++
+      ) {
+        await new Promise((r) => setTimeout(r, 50));
+        after = await status();
+      }
+      expect(after.workers.map((w) => w.state)).toEqual(['ready', 'ready']);
+      expect(after.workers[0]?.restarts).toBe(1);
+      expect(after.workers[0]?.pid).not.toBe(victim);
+      const okBefore = ok;
+      await new Promise((r) => setTimeout(r, 1_000));
+      stop = true;
+      await Promise.all(clients);
+      expect(wrong).toBe(0);
+      expect(ok).toBeGreaterThan(okBefore); // served on after the replacement
+      expect(failed).toBeLessThanOrEqual(8); // at most the connections the dead worker held
+      expect(fleet.stderr()).toContain('KeelWorkerRestarted');
+      const metrics = await (await fetch(`${fleet.admin}/metrics`)).text();
+      expect(metricSum(metrics, 'keel_gateway_worker_restarts_total')).toBe(1);
+      fleet.proc.kill('SIGTERM');
+      expect(await fleet.exited).toBe(0);
+    } finally {
+      fleet.proc.kill('SIGKILL');
+    }
+  }, 90_000);
 });

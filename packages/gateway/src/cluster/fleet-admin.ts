@@ -49,9 +49,20 @@ const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
  */
 export async function startFleetAdmin(
   config: GatewayConfig,
-  fleet: { slots: readonly WorkerSlot[]; registry: Registry; isDraining(): boolean },
+  fleet: {
+    slots: readonly WorkerSlot[];
+    registry: Registry;
+    isDraining(): boolean;
+    /** The worker's metrics as prom-client's JSON, or undefined when it did not answer in time. */
+    metricsOf(slot: WorkerSlot): Promise<object[] | undefined>;
+  },
 ): Promise<FleetAdmin> {
-  const aggregator = new AggregatorRegistry();
+  // prom-client's aggregation (counters and histograms summed, gauges by each metric's
+  // aggregator) over what the ready workers answer; a worker still starting is not asked.
+  const clusterMetrics = async (): Promise<string> => {
+    const answers = await Promise.all(ready().map((s) => fleet.metricsOf(s)));
+    return AggregatorRegistry.aggregate(answers.filter((a) => a !== undefined)).metrics();
+  };
   // `name:secret` names the token in the workers' action logs; the secret is what callers send.
   const token =
     config.adminToken === undefined
@@ -120,9 +131,9 @@ export async function startFleetAdmin(
     }
     if (path === '/metrics' && req.method === 'GET') {
       // prom-client asks every live worker over IPC and merges their answers.
-      const workers = await aggregator.clusterMetrics();
+      const workers = await clusterMetrics();
       const own = await fleet.registry.metrics();
-      res.writeHead(200, { 'content-type': aggregator.contentType });
+      res.writeHead(200, { 'content-type': fleet.registry.contentType });
       res.end(`${workers}\n${own}`);
       return;
     }
@@ -134,7 +145,7 @@ export async function startFleetAdmin(
           workers: fleet.slots.length,
           ready: ready().length,
           restarts: fleet.slots.reduce((n, s) => n + s.restarts, 0),
-          requests: await requestTotal(aggregator),
+          requests: requestTotal(await clusterMetrics()),
         },
       });
       return;
@@ -222,9 +233,9 @@ export async function startFleetAdmin(
 }
 
 /** Requests answered by the whole fleet: the sum of `keel_gateway_requests_total` over its series. */
-async function requestTotal(aggregator: { clusterMetrics(): Promise<string> }): Promise<number> {
+function requestTotal(metrics: string): number {
   let total = 0;
-  for (const line of (await aggregator.clusterMetrics()).split('\n')) {
+  for (const line of metrics.split('\n')) {
     const m = /^keel_gateway_requests_total(?:\{[^}]*\})? (\S+)$/.exec(line);
     if (m) total += Number(m[1]);
   }

@@ -7,6 +7,19 @@ export interface WorkerReady {
   admin: string;
 }
 
+/** The primary asks a worker for its metrics… */
+export interface MetricsRequest {
+  keel: 'metrics';
+  req: number;
+}
+
+/** …and it answers with its registry as prom-client's JSON, for AggregatorRegistry.aggregate(). */
+export interface MetricsReply {
+  keel: 'metrics-reply';
+  req: number;
+  metrics: object[];
+}
+
 /** Every message of keel's own carries `keel`, so prom-client's and node's messages pass by. */
 export function isKeelMessage(m: unknown): m is { keel: string } {
   return typeof m === 'object' && m !== null && typeof (m as { keel?: unknown }).keel === 'string';

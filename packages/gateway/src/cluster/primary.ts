@@ -7,7 +7,13 @@ import { createGatewayAlerts } from '../admin/alerting.js';
 import type { GatewayConfig } from '../config.js';
 import { ClusterCoordination } from '../coord/cluster-coordination.js';
 import { startFleetAdmin, type FleetAdmin } from './fleet-admin.js';
-import { isKeelMessage, WORKER_SLOT_ENV, type WorkerReady } from './messages.js';
+import {
+  isKeelMessage,
+  WORKER_SLOT_ENV,
+  type MetricsReply,
+  type MetricsRequest,
+  type WorkerReady,
+} from './messages.js';
 
 /** Name of the alert raised when a worker died and is being replaced. */
 export const WORKER_RESTARTED_ALERT = 'KeelWorkerRestarted';
@@ -15,6 +21,9 @@ export const WORKER_RESTARTED_ALERT = 'KeelWorkerRestarted';
 /** First wait before a dead worker is replaced; doubled per death in a row, up to the next. */
 export const RESTART_FIRST_DELAY_MS = 100;
 export const RESTART_MAX_DELAY_MS = 30_000;
+/** Longest the primary waits for one worker's metrics; one that does not answer is left out. */
+export const WORKER_METRICS_MS = 5_000;
+
 /** A worker that served this long before dying starts its slot's backoff over. */
 export const RESTART_STABLE_MS = 30_000;
 
@@ -109,6 +118,28 @@ export async function runPrimary(
   // Leases (one origin fetch per slice across the workers) and invalidations go through here.
   const coordination = new ClusterCoordination();
 
+  // Metrics asked of one worker over IPC, answered with its registry as prom-client's JSON.
+  let nextMetricsReq = 0;
+  const metricsWaiting = new Map<number, (m: object[] | undefined) => void>();
+  const metricsOf = (s: WorkerSlot): Promise<object[] | undefined> =>
+    new Promise((resolve) => {
+      const worker = s.worker;
+      if (!worker?.isConnected()) {
+        resolve(undefined);
+        return;
+      }
+      const req = nextMetricsReq++;
+      const timer = setTimeout(() => {
+        metricsWaiting.delete(req);
+        resolve(undefined);
+      }, WORKER_METRICS_MS);
+      metricsWaiting.set(req, (m) => {
+        clearTimeout(timer);
+        metricsWaiting.delete(req);
+        resolve(m);
+      });
+      worker.send({ keel: 'metrics', req } satisfies MetricsRequest);
+    });
   const fork = (s: WorkerSlot): void => {
     const worker = cluster.fork({ [WORKER_SLOT_ENV]: String(s.slot) });
     s.worker = worker;
@@ -119,6 +150,11 @@ export async function runPrimary(
     s.startedAt = Date.now();
     coordination.add(worker);
     worker.on('message', (m: unknown) => {
+      if (isKeelMessage(m) && m.keel === 'metrics-reply') {
+        const reply = m as MetricsReply;
+        metricsWaiting.get(reply.req)?.(reply.metrics);
+        return;
+      }
       if (!isKeelMessage(m) || m.keel !== 'ready') return;
       const ready = m as WorkerReady;
       s.state = stopping ? 'stopping' : 'ready';
@@ -206,7 +242,12 @@ export async function runPrimary(
   const url = slots[0]?.s3 ?? '';
   let admin: FleetAdmin;
   try {
-    admin = await startFleetAdmin(config, { slots, registry, isDraining: () => stopping });
+    admin = await startFleetAdmin(config, {
+      slots,
+      registry,
+      isDraining: () => stopping,
+      metricsOf: (slot) => metricsOf(slot),
+    });
   } catch (err) {
     await stopWorkers();
     await alerts.close();

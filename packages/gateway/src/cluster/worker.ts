@@ -1,9 +1,15 @@
 import cluster from 'node:cluster';
-import { AggregatorRegistry, type Gauge } from 'prom-client';
+import type { Gauge } from 'prom-client';
 import type { GatewayConfig } from '../config.js';
 import { ClusterCoordinator } from '../coord/cluster-coordinator.js';
 import { runGateway, type RunningGateway } from '../run.js';
-import { WORKER_SLOT_ENV, type WorkerReady } from './messages.js';
+import {
+  isKeelMessage,
+  WORKER_SLOT_ENV,
+  type MetricsReply,
+  type MetricsRequest,
+  type WorkerReady,
+} from './messages.js';
 
 /**
  * Gauges of what the workers share (one cache directory, one disk) or where any one counts
@@ -20,8 +26,8 @@ const SHARED_GAUGES = [
 /**
  * Runs one worker of `keel gateway --workers N`: the whole gateway on the S3 port the primary
  * shares among its workers, with its admin server on an ephemeral loopback port the primary
- * reads from (the fleet's admin port is the primary's). Its metrics answer prom-client's cluster
- * requests, so the primary aggregates them. It drains on SIGTERM and also when the primary goes
+ * reads from (the fleet's admin port is the primary's). It answers the primary's requests for its
+ * metrics (prom-client's JSON), which the primary aggregates with prom-client's AggregatorRegistry. It drains on SIGTERM and also when the primary goes
  * away (its IPC channel closes).
  */
 export async function runWorker(config: GatewayConfig): Promise<RunningGateway> {
@@ -33,9 +39,14 @@ export async function runWorker(config: GatewayConfig): Promise<RunningGateway> 
     { handleSignals: true, coordinator, afterShutdown: () => coordinator.close() },
   );
   const registry = running.gateway.metrics.registry;
-  AggregatorRegistry.setRegistries([registry]);
-  // Constructing one installs prom-client's answer to the primary's requests for metrics.
-  new AggregatorRegistry();
+  process.on('message', (m: unknown) => {
+    if (!isKeelMessage(m) || m.keel !== 'metrics') return;
+    const { req } = m as MetricsRequest;
+    void registry.getMetricsAsJSON().then((metrics) => {
+      const reply: MetricsReply = { keel: 'metrics-reply', req, metrics };
+      process.send?.(reply);
+    });
+  });
   for (const name of SHARED_GAUGES) {
     const gauge = registry.getSingleMetric(name) as (Gauge & { aggregator: string }) | undefined;
     if (gauge) gauge.aggregator = 'max';
