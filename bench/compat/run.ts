@@ -14,7 +14,7 @@
  * nothing. Takes minutes. Not part of `npm test`.
  *
  *   S3TESTS_DIR=/path/to/s3-tests node --import tsx bench/compat/run.ts
- *     [--only direct,gateway,anonymous] [--tests <regex>] [--out <file>] [--keep] [--no-confirm]
+ *     [--only direct,gateway,anonymous] [--tests <regex>] [--keel-args '<flags>'] [--out <file>] [--keep] [--no-confirm]
  *
  * `--only` and `--tests` make a trial run, which leaves bench/results/compat.json alone unless
  * `--out` names it; `--keep` keeps the temporary directory (logs, junit XML, origin data);
@@ -73,6 +73,8 @@ interface Args {
   out: string | undefined;
   keep: boolean;
   confirm: boolean;
+  /** More `keel gateway` flags for the runs through keel (`--keel-args '--unsigned-requests forward'`). */
+  keelArgs: string[];
 }
 
 function parseArgs(argv: string[]): Args {
@@ -83,16 +85,23 @@ function parseArgs(argv: string[]): Args {
     if (v === undefined || v.startsWith('--')) throw new Error(`${flag} needs a value`);
     return v;
   };
-  const known = new Set(['--only', '--tests', '--out', '--keep', '--no-confirm']);
+  const known = new Set(['--only', '--tests', '--keel-args', '--out', '--keep', '--no-confirm']);
+  const keelArgsText = argv[argv.indexOf('--keel-args') + 1];
   for (const a of argv)
-    if (a.startsWith('--') && !known.has(a)) throw new Error(`unknown option ${a}; see bench/compat/run.ts`);
+    if (a.startsWith('--') && !known.has(a) && a !== keelArgsText)
+      throw new Error(`unknown option ${a}; see bench/compat/run.ts`);
+  const keelArgs = argv.includes('--keel-args')
+    ? (keelArgsText ?? '').split(/\s+/).filter((s) => s !== '')
+    : [];
+  if (argv.includes('--keel-args') && keelArgs.length === 0) throw new Error('--keel-args needs a value');
   const onlyText = value('--only');
   const only = onlyText === undefined ? [...RUNS] : onlyText.split(',').filter((s) => s !== '');
   for (const r of only)
     if (!(RUNS as readonly string[]).includes(r))
       throw new Error(`--only takes some of ${RUNS.join(',')}; got ${r}`);
   const testsText = value('--tests');
-  const trial = onlyText !== undefined || testsText !== undefined;
+  // Other keel flags measure something else than the recorded defaults: a trial run too.
+  const trial = onlyText !== undefined || testsText !== undefined || keelArgs.length > 0;
   const out = value('--out') ?? (trial ? undefined : RECORD);
   return {
     only: RUNS.filter((r) => only.includes(r)),
@@ -100,6 +109,7 @@ function parseArgs(argv: string[]): Args {
     out,
     keep: argv.includes('--keep'),
     confirm: !argv.includes('--no-confirm'),
+    keelArgs,
   };
 }
 
@@ -141,6 +151,7 @@ async function runOne(
   suite: Suite,
   nodeIds: string[],
   work: string,
+  keelArgs: string[],
 ): Promise<RunOutput> {
   const label = pass === 'first' ? name : `${name}, again`;
   const dir = path.join(work, pass === 'first' ? name : `${name}-again`);
@@ -163,11 +174,12 @@ async function runOne(
         clientKeys: Object.values(users),
         cacheDir: path.join(dir, 'cache'),
         logFile: keelLog,
+        args: keelArgs,
       });
       ({ host, port } = keel);
     }
     const endpoint = keel
-      ? `keel --auth ${name} at ${keel.url} → s3rver at ${origin.url}`
+      ? `keel --auth ${name}${keelArgs.map((a) => ` ${a}`).join('')} at ${keel.url} → s3rver at ${origin.url}`
       : `s3rver at ${origin.url}`;
     process.stdout.write(`[${label}] ${nodeIds.length} tests against ${endpoint}\n`);
     const configFile = await writeSuiteConfig(dir, host, port, users);
@@ -275,7 +287,7 @@ async function main(): Promise<void> {
   const records: Partial<Record<RunName, RunRecord>> = {};
   const results: Partial<Record<RunName, Map<string, TestResult>>> = {};
   for (const run of args.only) {
-    const out = await runOne(run, 'first', suite, nodeIds, work);
+    const out = await runOne(run, 'first', suite, nodeIds, work, args.keelArgs);
     records[run] = out.record;
     results[run] = out.results;
   }
@@ -296,7 +308,8 @@ async function main(): Promise<void> {
     process.stdout.write(
       `\ncompat: ${ids.length} test${ids.length === 1 ? '' : 's'} differ between runs; running them again on fresh servers\n`,
     );
-    for (const run of args.only) again[run] = (await runOne(run, 'again', suite, ids, work)).results;
+    for (const run of args.only)
+      again[run] = (await runOne(run, 'again', suite, ids, work, args.keelArgs)).results;
     secondPass = { tests: ids.length, seconds: Math.round((Date.now() - started) / 1000) };
   }
   const regressions: Partial<Record<KeelRun, Difference[]>> = {};
@@ -332,6 +345,7 @@ async function main(): Promise<void> {
       include: Object.fromEntries(Object.entries(INCLUDE).map(([k, v]) => [k, v.source])),
       exclude: Object.fromEntries(Object.entries(EXCLUDE).map(([k, v]) => [k, v.source])),
       ...(args.tests ? { onlyTestsMatching: args.tests.source } : {}),
+      ...(args.keelArgs.length > 0 ? { keelArgs: args.keelArgs } : {}),
       testTimeoutSeconds: TEST_TIMEOUT_SECONDS,
     },
     environment: {

@@ -114,6 +114,8 @@ export interface KeelOptions {
   cacheDir: string;
   /** keel's stderr (its JSON log lines) goes here. */
   logFile: string;
+  /** More `keel gateway` flags, after the harness's own. */
+  args?: string[];
 }
 
 /**
@@ -140,6 +142,7 @@ export async function startKeel(options: KeelOptions): Promise<Keel> {
       : []),
     '--cache-dir',
     options.cacheDir,
+    ...(options.args ?? []),
   ];
   const child = startChild(process.execPath, args, {
     cwd: KEEL_ROOT,
