@@ -40,6 +40,18 @@ describe("the gateway's dashboard data and actions", () => {
     expect(lines.join('\n')).not.toContain(SECRET);
   });
 
+  it('--admin-read-token reads the status and the dashboard but is refused actions, and the refusal is logged', async () => {
+    const wall = 'wall-secret-0123456789';
+    const r = await harness.start({ adminToken: `ops-alice:${SECRET}`, adminReadToken: `wallboard:${wall}` });
+    const read = { authorization: `Bearer ${wall}` };
+    expect((await fetch(`${r.admin.url}/status`, { headers: read })).status).toBe(200);
+    expect((await fetch(`${r.admin.url}/dashboard/snapshot`, { headers: read })).status).toBe(200);
+    const refused = await fetch(`${r.admin.url}/cache/cleanup`, { method: 'POST', headers: read });
+    expect(refused.status).toBe(403);
+    expect(r.admin.recentActions().at(-1)).toMatchObject({ caller: 'wallboard', status: 403 });
+    expect((await fetch(`${r.admin.url}/cache/cleanup`, { method: 'POST', headers: auth })).status).toBe(200);
+  });
+
   it('resets an open bucket breaker through POST /breakers/reset, and says which names exist', async () => {
     const proxy = harness.proxy as ChaosProxy;
     const r = await harness.start(

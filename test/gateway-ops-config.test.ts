@@ -125,6 +125,14 @@ describe('gateway operations settings', () => {
     [{ shutdownDelaySeconds: 'soon' }, '--shutdown-delay-seconds (KEEL_SHUTDOWN_DELAY_SECONDS)'],
     [{ adminToken: 'short' }, '--admin-token (KEEL_ADMIN_TOKEN): must be at least 16 characters'],
     [
+      { adminReadToken: 'wall:short-secret' },
+      '--admin-read-token (KEEL_ADMIN_READ_TOKEN): the secret must be at least 16 characters',
+    ],
+    [
+      { adminToken: 'ops:the-same-secret-0123', adminReadToken: 'wall:the-same-secret-0123' },
+      '--admin-read-token (KEEL_ADMIN_READ_TOKEN): must differ from --admin-token',
+    ],
+    [
       { revalidateBackoffSeconds: '0' },
       '--revalidate-backoff-seconds (KEEL_REVALIDATE_BACKOFF_SECONDS): expected a positive number of seconds, got "0"',
     ],

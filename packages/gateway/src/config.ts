@@ -37,8 +37,10 @@ export interface GatewayConfig {
   drainSeconds: number;
   /** On SIGTERM, how long readiness fails before the S3 port stops accepting (load balancers notice). */
   shutdownDelaySeconds: number;
-  /** Bearer token for the admin endpoints other than the probes (never logged). */
+  /** Bearer token for the admin endpoints other than the probes (never logged): `name:secret` or a bare secret. */
   adminToken: string | undefined;
+  /** A token that may only read (status, metrics, the dashboard), never act: `name:secret` or a bare secret. */
+  adminReadToken: string | undefined;
   /** Where alerts go. */
   alerts: AlertHandlerName[];
   alertsFile: string | undefined;
@@ -98,6 +100,7 @@ const SETTINGS = {
   drainSeconds: 'KEEL_DRAIN_SECONDS',
   shutdownDelaySeconds: 'KEEL_SHUTDOWN_DELAY_SECONDS',
   adminToken: 'KEEL_ADMIN_TOKEN',
+  adminReadToken: 'KEEL_ADMIN_READ_TOKEN',
   alerts: 'KEEL_ALERTS',
   alertsFile: 'KEEL_ALERTS_FILE',
   alertsWebhookUrl: 'KEEL_ALERTS_WEBHOOK_URL',
@@ -297,6 +300,14 @@ export function resolveGatewayConfig(
   const adminToken = get('adminToken');
   if (adminToken !== undefined && String(adminToken).length < 16)
     fail('adminToken', 'must be at least 16 characters');
+  const adminReadToken = get('adminReadToken');
+  if (adminReadToken !== undefined) {
+    const secretOf = (t: string): string => /^[A-Za-z0-9_.-]{1,32}:(.*)$/s.exec(t)?.[1] ?? t;
+    const secret = secretOf(String(adminReadToken));
+    if (secret.length < 16) fail('adminReadToken', 'the secret must be at least 16 characters');
+    if (adminToken !== undefined && secret === secretOf(String(adminToken)))
+      fail('adminReadToken', 'must differ from --admin-token');
+  }
   if (adminToken === undefined && !isLoopback(admin.host))
     fail(
       'admin',
@@ -401,6 +412,7 @@ export function resolveGatewayConfig(
     drainSeconds: num('drainSeconds', get('drainSeconds'), 30),
     shutdownDelaySeconds: num('shutdownDelaySeconds', get('shutdownDelaySeconds'), 0),
     adminToken: adminToken === undefined ? undefined : String(adminToken),
+    adminReadToken: adminReadToken === undefined ? undefined : String(adminReadToken),
     alerts: alerts as AlertHandlerName[],
     alertsFile: alertsFile === undefined ? undefined : String(alertsFile),
     alertsWebhookUrl: alertsWebhookUrl === undefined ? undefined : String(alertsWebhookUrl),

@@ -8,6 +8,7 @@ import {
   DiskMonitor,
   GracefulShutdown,
   HealthRegistry,
+  parseAdminToken,
   type AdminServer,
   type AlertManager,
   type DiskUsage,
@@ -243,6 +244,10 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
         port: config.adminPort,
         host: config.adminHost,
         token: config.adminToken,
+        tokens:
+          config.adminReadToken === undefined
+            ? []
+            : [parseAdminToken(config.adminReadToken, '--admin-read-token (KEEL_ADMIN_READ_TOKEN)', 'read')],
         health,
         log: (level, msg, fields) => {
           // Actions are logged whatever the log level: who changed what matters afterwards.

@@ -39,6 +39,7 @@ interface GatewayFlags {
   drainSeconds?: string;
   shutdownDelaySeconds?: string;
   adminToken?: string;
+  adminReadToken?: string;
   alerts?: string;
   alertsFile?: string;
   alertsWebhookUrl?: string;
@@ -111,8 +112,12 @@ export function registerGatewayCommand(program: Command): void {
       'on SIGTERM, fail readiness this long before refusing connections (KEEL_SHUTDOWN_DELAY_SECONDS, default 0; 5 behind a load balancer)',
     )
     .option(
-      '--admin-token <token>',
-      'bearer token for the admin endpoints other than the probes, ≥ 16 characters (KEEL_ADMIN_TOKEN)',
+      '--admin-token <[name:]secret>',
+      'bearer token for the admin endpoints other than the probes and the dashboard page; secret ≥ 16 characters, the name is logged with each action (KEEL_ADMIN_TOKEN)',
+    )
+    .option(
+      '--admin-read-token <[name:]secret>',
+      'a token that may read (status, metrics, the dashboard) but not act, e.g. for a wall screen (KEEL_ADMIN_READ_TOKEN)',
     )
     .option('--alerts <handlers>', 'where alerts go: none or log,file,webhook (KEEL_ALERTS, default log)')
     .option('--alerts-file <file>', 'JSON-lines file of the file alert handler (KEEL_ALERTS_FILE)')

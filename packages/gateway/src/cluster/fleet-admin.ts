@@ -64,14 +64,22 @@ export async function startFleetAdmin(
     return AggregatorRegistry.aggregate(answers.filter((a) => a !== undefined)).metrics();
   };
   // `name:secret` names the token in the workers' action logs; the secret is what callers send.
-  const token =
-    config.adminToken === undefined
-      ? undefined
-      : digest(parseAdminToken(config.adminToken, '--admin-token (KEEL_ADMIN_TOKEN)').secret);
+  // A read token is let through too: the worker that answers refuses it anything but reading.
+  const tokens = [
+    ...(config.adminToken === undefined
+      ? []
+      : [parseAdminToken(config.adminToken, '--admin-token (KEEL_ADMIN_TOKEN)')]),
+    ...(config.adminReadToken === undefined
+      ? []
+      : [parseAdminToken(config.adminReadToken, '--admin-read-token (KEEL_ADMIN_READ_TOKEN)', 'read')]),
+  ].map((t) => digest(t.secret));
   const authorised = (req: IncomingMessage): boolean => {
-    if (!token) return true;
+    if (tokens.length === 0) return true;
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
-    return m !== null && timingSafeEqual(digest(m[1] as string), token);
+    const given = digest(m?.[1] ?? '');
+    let ok = false;
+    for (const t of tokens) if (timingSafeEqual(given, t)) ok = true;
+    return ok && m !== null;
   };
   const ready = (): WorkerSlot[] => fleet.slots.filter((s) => s.state === 'ready' && s.admin);
   const json = (res: ServerResponse, status: number, body: unknown): void => {
