@@ -6,6 +6,7 @@
  * - the consumers in ./consumer, one per entry point, type-check (TypeScript, nodenext, strict,
  *   the installed declarations checked too) and run;
  * - `keel gateway --demo` from the installed bin starts, answers one ranged GET as its origin does,
+ *   serves the dashboard's page and its files from the installed @keel/ops,
  *   and exits 0 on SIGTERM.
  * Everything it creates (the project, the tarballs, the demo's files, a PostgreSQL schema) is
  * removed at the end, and the demo process is killed if it is still running.
@@ -263,6 +264,20 @@ async function demoRangedGet(demo: Demo): Promise<void> {
     );
   if (!a.equals(b)) throw new Error('the demo gateway and its origin answered different bytes for one range');
   step(`keel gateway --demo: GET ${gateway}/demo/1KiB.bin (${range.range}) → 206, 200 bytes, as the origin`);
+  // The dashboard's page and its files (ours and uPlot's) come from the installed @keel/ops.
+  const admin = /admin (http:\/\/\S+)/.exec(demo.output())?.[1];
+  if (!admin) throw new Error(`keel gateway --demo did not say its admin address:\n${demo.output()}`);
+  const page = await fetch(`${admin}/`);
+  const html = await page.text();
+  const files = [...html.matchAll(/(?:src|href)="(\/dashboard\/assets\/[^"]+)"/g)].map((m) => m[1] ?? '');
+  if (page.status !== 200 || files.length !== 4)
+    throw new Error(`the dashboard page answered ${page.status} with ${files.length} files:\n${html}`);
+  for (const f of files) {
+    const r = await fetch(`${admin}${f}`);
+    if (r.status !== 200 || (await r.arrayBuffer()).byteLength === 0)
+      throw new Error(`the dashboard file ${f} answered ${r.status}`);
+  }
+  step(`keel gateway --demo: the dashboard at ${admin}/ with its ${files.length} files`);
 }
 
 async function main(): Promise<void> {
