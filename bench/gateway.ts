@@ -33,7 +33,7 @@ const OBJECT = 64 * 1024 * 1024;
 const SECONDS = Number(process.env.KEEL_BENCH_GATEWAY_SECONDS ?? 6);
 const CONNECTIONS = 64;
 const ROUNDS = Number(process.env.KEEL_BENCH_GATEWAY_ROUNDS ?? 3);
-const SECTIONS = ['missTtfb', 'stampede', 'hits', 'passthroughHits', 'oneReader'] as const;
+const SECTIONS = ['missTtfb', 'stampede', 'hits', 'passthroughHits', 'oneReader', 'workers'] as const;
 const onlyArg = process.argv.indexOf('--only');
 const only = new Set(
   onlyArg < 0 ? SECTIONS : (process.argv[onlyArg + 1] ?? '').split(',').filter((s) => s !== ''),
@@ -118,7 +118,21 @@ function wrk(url: string, rangeBytes: number): { rps: number; p99Ms: number } {
   });
   const out = spawnSync(
     'wrk',
-    ['-t', '2', '-c', String(CONNECTIONS), '-d', `${SECONDS}s`, '--latency', '-s', script, url],
+    // A request slower than 10 s counts as an error (wrk's default, 2 s, trips on a loaded machine).
+    [
+      '-t',
+      '2',
+      '-c',
+      String(CONNECTIONS),
+      '-d',
+      `${SECONDS}s`,
+      '--timeout',
+      '10s',
+      '--latency',
+      '-s',
+      script,
+      url,
+    ],
     {
       encoding: 'utf8',
     },
@@ -135,7 +149,11 @@ function wrk(url: string, rangeBytes: number): { rps: number; p99Ms: number } {
   return { rps, p99Ms };
 }
 
-async function startKeel(upstream: string, cacheDir: string): Promise<{ url: string; proc: ChildProcess }> {
+async function startKeel(
+  upstream: string,
+  cacheDir: string,
+  workers = 1,
+): Promise<{ url: string; proc: ChildProcess }> {
   const proc = spawn(
     process.execPath,
     [
@@ -157,6 +175,9 @@ async function startKeel(upstream: string, cacheDir: string): Promise<{ url: str
       // Fresh as long as nginx's proxy_cache_valid (1h): no revalidation in the middle of a run.
       '--ttl-seconds',
       '3600',
+      // One process unless a section asks for more (its nginx peer then gets as many workers).
+      '--workers',
+      String(workers),
     ],
     {
       stdio: ['ignore', 'ignore', 'pipe'],
@@ -230,11 +251,12 @@ async function startNginx(
   upstreamPort: number,
   dir: string,
   slice = '1m',
+  workers = 1,
 ): Promise<{ url: string; proc: ChildProcess }> {
   await mkdir(dir, { recursive: true });
   const port = 20000 + Math.floor(Math.random() * 20000);
   const conf = `
-worker_processes 1;
+worker_processes ${workers};
 ${process.getuid?.() === 0 ? 'user root;' : ''}
 daemon off;
 pid ${dir}/nginx.pid;
@@ -500,6 +522,119 @@ async function passthroughHits(
   };
 }
 
+/** Hits (1 MiB and 4 KiB ranges), a stampede and miss TTFB with two worker processes each. */
+async function workersSection(): Promise<Record<string, unknown>> {
+  const load = os.loadavg();
+  const proxies = {
+    keel2: await chaos.proxy({ upstream: `127.0.0.1:${originPort}` }),
+    keel1: await chaos.proxy({ upstream: `127.0.0.1:${originPort}` }),
+    nginx2: await chaos.proxy({ upstream: `127.0.0.1:${originPort}` }),
+  };
+  const keel2 = await startKeel(`http://127.0.0.1:${proxies.keel2.port}`, path.join(root, 'w-keel2'), 2);
+  const keel1 = await startKeel(`http://127.0.0.1:${proxies.keel1.port}`, path.join(root, 'w-keel1'), 1);
+  const nginx2 = await startNginx(proxies.nginx2.port, path.join(root, 'w-nginx2'), '1m', 2);
+  children.push(keel2.proc, keel1.proc, nginx2.proc);
+  const targets = { keel2: keel2.url, keel1: keel1.url, nginx2: nginx2.url };
+  const names = Object.keys(targets) as (keyof typeof targets)[];
+  const out: Record<string, unknown> = { loadAverageAtStart: load };
+
+  // Stampede: 100 clients at once on an uncached 64 MiB object, through keel --workers 2.
+  await put(originUrl, 'stampede-w2.bin', bytes('sw', OBJECT));
+  const before = proxies.keel2.stats().bytesDownstream;
+  const t0 = performance.now();
+  const all = await Promise.all(Array.from({ length: 100 }, () => get(`${keel2.url}/demo/stampede-w2.bin`)));
+  const want = createHash('sha256').update(bytes('sw', OBJECT)).digest('hex');
+  out.stampede = {
+    keelWorkers2: {
+      originBytesOverSize: (proxies.keel2.stats().bytesDownstream - before) / OBJECT,
+      allIdentical: all.every((r) => r.sha === want),
+      seconds: (performance.now() - t0) / 1000,
+    },
+    target: '≤ 1.05',
+  };
+
+  // Miss TTFB: fresh 1 MiB objects through keel --workers 2, and direct, alternating.
+  const viaKeel: number[] = [];
+  const direct: number[] = [];
+  const missKeys = Array.from({ length: 20 }, (_, i) => `w-miss-${i}.bin`);
+  for (const k of missKeys) await put(originUrl, k, bytes(k, 1024 * 1024));
+  for (const [i, k] of missKeys.entries()) {
+    const d = (await get(`${originUrl}/demo/${k}`)).ttfbMs;
+    const v = (await get(`${keel2.url}/demo/${k}`)).ttfbMs;
+    if (i < MISS_WARMUP) continue;
+    direct.push(d);
+    viaKeel.push(v);
+  }
+  out.missTtfb = {
+    objects: direct.length,
+    keelWorkers2MedianMs: median(viaKeel),
+    directMedianMs: median(direct),
+    ratio: median(viaKeel) / median(direct),
+    keelUpstream: 'a counting proxy in front of the origin',
+  };
+
+  // Hits: warm every cache with the whole object, check ranges, then wrk in rotating order.
+  for (const base of Object.values(targets)) await get(`${base}/demo/hot.bin`);
+  await new Promise((r) => setTimeout(r, 500));
+  const hot = bytes('hot', OBJECT);
+  for (const [a, b] of [
+    [0, 4095],
+    [5 * 1024 * 1024 - 100, 9 * 1024 * 1024 + 99],
+    [OBJECT - 4096, OBJECT - 1],
+  ] as const) {
+    const wantRange = createHash('sha256')
+      .update(hot.subarray(a, b + 1))
+      .digest('hex');
+    for (const base of Object.values(targets)) {
+      const got = await get(`${base}/demo/hot.bin`, { range: `bytes=${a}-${b}` });
+      if (got.sha !== wantRange) throw new Error(`${base} served wrong bytes for ${a}-${b}`);
+    }
+  }
+  const originBefore = Object.fromEntries(names.map((n) => [n, proxies[n].stats().bytesDownstream]));
+  for (const [label, len] of [
+    ['1MiB', 1024 * 1024],
+    ['4KiB', 4096],
+  ] as const) {
+    const runs: Record<keyof typeof targets, { rps: number; p99Ms: number }[]> = {
+      keel2: [],
+      keel1: [],
+      nginx2: [],
+    };
+    for (let r = 0; r < ROUNDS; r++) {
+      // Each round starts with another of the three: neighbours on a shared machine hit them alike.
+      const order = [...names.slice(r % names.length), ...names.slice(0, r % names.length)];
+      for (const n of order) runs[n].push(wrk(`${targets[n]}/demo/hot.bin`, len));
+    }
+    const med = (n: keyof typeof targets): { rps: number; p99Ms: number } => ({
+      rps: median(runs[n].map((x) => x.rps)),
+      p99Ms: median(runs[n].map((x) => x.p99Ms)),
+    });
+    const k2 = med('keel2');
+    const k1 = med('keel1');
+    const n2 = med('nginx2');
+    out[label] = {
+      keelWorkers2: k2,
+      keelWorkers1: k1,
+      nginxWorkers2: n2,
+      rpsRatio: k2.rps / n2.rps,
+      p99Ratio: k2.p99Ms / n2.p99Ms,
+      workers1RpsRatio: k1.rps / n2.rps,
+      workers1P99Ratio: k1.p99Ms / n2.p99Ms,
+      pairedRpsRatios: runs.keel2.map((x, r) => x.rps / (runs.nginx2[r]?.rps ?? NaN)),
+    };
+  }
+  out.originBytesDuringHits = Object.fromEntries(
+    names.map((n) => [n, proxies[n].stats().bytesDownstream - (originBefore[n] ?? 0)]),
+  );
+  out.rounds = ROUNDS;
+  out.loadAverageAtEnd = os.loadavg();
+  out.target =
+    '1MiB rpsRatio ≥ 1.0 and p99Ratio ≤ 1.5 (keel checks the CRC32 of every byte served); 4KiB rpsRatio ≥ 0.35';
+  await Promise.all([keel2.proc, keel1.proc, nginx2.proc].map(stopChild));
+  for (const p of Object.values(proxies)) await p.close();
+  return out;
+}
+
 const root = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-gateway-'));
 const s3dir = path.join(root, 's3');
 const s3rver = spawn(
@@ -716,6 +851,9 @@ try {
       target: '1MiB rpsRatio ≥ 0.5 (keel verifies CRC32 of every byte served; nginx verifies nothing)',
     };
   }
+  // 5. workers: keel --workers 2 against nginx with worker_processes 2 (and keel --workers 1 for
+  // the record), each behind its own counting proxy to the same origin, on the same object.
+  if (run('workers')) results.workers = await workersSection();
   // One client, one big object, cold and warm; then the origin limited per connection (bench/_one-reader.ts).
   if (run('oneReader'))
     results.oneReader = await oneReader({
