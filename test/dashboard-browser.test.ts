@@ -72,7 +72,9 @@ describe.skipIf(!run)('the dashboard in chromium', () => {
     await expect.poll(() => stat(page, 'Bytes from cache'), within2s).toBe('1.43 MiB'); // 5 × 300,000 bytes
     await expect.poll(() => stat(page, 'Hit ratio'), within2s).toBe('83.3 %'); // 5 HIT of 6 reads
     const chart = page.locator('[data-panel="gateway/chart/requests"] .body');
-    await expect.poll(async () => (await chart.getAttribute('aria-label')) ?? '', within2s).toMatch(/HIT [1-9]/);
+    await expect
+      .poll(async () => (await chart.getAttribute('aria-label')) ?? '', within2s)
+      .toMatch(/HIT [1-9]/);
 
     // A few seconds of mixed traffic, so the screenshots show lines rather than points.
     for (let i = 0; i < 5; i++) {
@@ -84,7 +86,7 @@ describe.skipIf(!run)('the dashboard in chromium', () => {
     const phone = await open(r.admin.url, ALICE, { width: 390, height: 844 });
     await expect.poll(() => stat(phone.page, 'Bytes from cache')).not.toBe('0 B');
     await phone.page.screenshot({ path: path.join(IMG, 'dashboard-phone.png'), fullPage: true });
-    const width = (await phone.page.evaluate('document.documentElement.scrollWidth')) as number;
+    const width = await phone.page.evaluate<number>('document.documentElement.scrollWidth');
     expect(width).toBeLessThanOrEqual(390); // nothing wider than a phone
     await phone.page.close();
     expect(errors).toEqual([]);
