@@ -19,7 +19,7 @@ import {
 const SECONDS = Number(process.env.KEEL_MULTIPROCESS_SECONDS ?? 4);
 const WRITERS = 3;
 
-function runWriter(dir: string, ms: number): Promise<WriterReport> {
+function runWriter(dir: string, ms: number, extra: string[] = []): Promise<WriterReport> {
   const child = spawn(
     process.execPath,
     [
@@ -28,6 +28,7 @@ function runWriter(dir: string, ms: number): Promise<WriterReport> {
       path.join(import.meta.dirname, 'fixtures/cache-multiprocess-writer.ts'),
       dir,
       String(ms),
+      ...extra,
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
@@ -116,4 +117,37 @@ describe('range cache shared by several processes', () => {
     },
     60_000 + SECONDS * 2_000,
   );
+
+  it('processes filling objects of their own in a small cache keep it near its limit together, one evicting at a time', async () => {
+    const temp = await tempDir();
+    const dir = temp.dir;
+    const maxBytes = 96 * MP_SLICE;
+    try {
+      const reports = await Promise.all(
+        ['p', 'q'].map((prefix) => runWriter(dir, Math.min(SECONDS, 4) * 1000, [prefix, String(maxBytes)])),
+      );
+      const written = reports.reduce((n, r) => n + r.stored.length, 0);
+      expect(written * MP_SLICE).toBeGreaterThan(2 * maxBytes); // far more than fits: eviction ran
+      for (const r of reports) expect(r.wrongReads).toBe(0);
+      const cache = await RangeCache.open({ dir, sliceBytes: MP_SLICE, maxBytes, cleanupOnOpen: false });
+      try {
+        const report = await cache.verify({ fix: false });
+        expect(report).toMatchObject({
+          orphanedFiles: 0,
+          inconsistenciesFixed: 0,
+          corruptMetadata: 0,
+          checksumFailures: 0,
+          missingSlices: 0,
+        });
+        // Each counts the other's slices at most rescanMs late: over the limit by at most what
+        // was written meanwhile, never by the other process's whole share.
+        expect(cache.stats().sizeBytes).toBeLessThanOrEqual(1.5 * maxBytes);
+        expect(cache.stats().slices).toBeGreaterThan(0);
+      } finally {
+        await cache.close();
+      }
+    } finally {
+      await temp.remove();
+    }
+  }, 60_000);
 });

@@ -46,6 +46,8 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  */
 export class FileLocks extends KeyedLock {
   private readonly dir: string;
+  /** Keys held through {@link tryRun} in this process (never waited for). */
+  private readonly tried = new Set<string>();
 
   /**
    * @param cacheDir the cache directory (its `locks/` folder is created on first use)
@@ -75,11 +77,14 @@ export class FileLocks extends KeyedLock {
   }
 
   /**
-   * Runs `fn` holding `key` when no other process holds it; otherwise does not run it. For work
-   * that one process at a time should do and that others may skip (eviction).
+   * Runs `fn` holding `key` when nobody else holds it, in this process or another; otherwise does
+   * not run it and does not wait. For work that one process at a time should do and that others
+   * may skip (eviction). Never waits, so a caller holding another lock cannot deadlock on it.
    */
   async tryRun<T>(key: string, fn: () => Promise<T>): Promise<{ ran: true; value: T } | { ran: false }> {
-    return super.run(key, async () => {
+    if (this.tried.has(key)) return { ran: false };
+    this.tried.add(key);
+    try {
       const release = await this.acquire(key, false);
       if (!release) return { ran: false };
       try {
@@ -87,7 +92,9 @@ export class FileLocks extends KeyedLock {
       } finally {
         await release();
       }
-    });
+    } finally {
+      this.tried.delete(key);
+    }
   }
 
   /** Takes the lock file of `key`: resolves with its release, or undefined when held and `wait` is false. */
