@@ -104,6 +104,11 @@ export interface GatewayOptions {
   cacheFs?: CacheFs;
   /** While the cache is bypassed, how often it checks whether the disk is usable again (default 30 s). */
   cacheBypassProbeMs?: number;
+  /**
+   * Threads that read and verify cached slices (default: the cache's, one per core, at most 4).
+   * `keel gateway --workers N` gives each worker its share of the cores.
+   */
+  cacheVerifyThreads?: number;
   /** Node's process metrics on `/metrics` (default true). */
   defaultMetrics?: boolean;
   /**
@@ -217,6 +222,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         ...(options.clock ? { clock: options.clock } : {}),
         ...(options.cacheFs ? { fs: options.cacheFs } : {}),
         ...(options.cacheBypassProbeMs !== undefined ? { bypassProbeMs: options.cacheBypassProbeMs } : {}),
+        ...(options.cacheVerifyThreads !== undefined ? { verifyThreads: options.cacheVerifyThreads } : {}),
       });
       cache.on('repair', (e) => log('warn', `cache repair: ${e.message}`, { counter: e.counter }));
       cache.on('bypass', (e) =>

@@ -1,4 +1,5 @@
 import cluster from 'node:cluster';
+import os from 'node:os';
 import type { Gauge } from 'prom-client';
 import type { GatewayConfig } from '../config.js';
 import { ClusterCoordinator } from '../coord/cluster-coordinator.js';
@@ -36,7 +37,13 @@ export async function runWorker(config: GatewayConfig): Promise<RunningGateway> 
   const coordinator = new ClusterCoordinator();
   const running = await runGateway(
     { ...config, adminHost: '127.0.0.1', adminPort: 0 },
-    { handleSignals: true, coordinator, afterShutdown: () => coordinator.close() },
+    {
+      handleSignals: true,
+      coordinator,
+      afterShutdown: () => coordinator.close(),
+      // The workers share the cores: each verifies on its share of them, not on all of them.
+      cacheVerifyThreads: Math.max(1, Math.floor(os.availableParallelism() / config.workers)),
+    },
   );
   const registry = running.gateway.metrics.registry;
   process.on('message', (m: unknown) => {
