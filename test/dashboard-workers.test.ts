@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startS3Origin, type S3Origin } from './s3-origin.js';
+import type { DashboardSnapshot, TablePanel } from '@keel/ops';
 import { startFleet } from './gateway-workers-support.js';
 
 const SECRET = 'fleet-secret-0123456789';
@@ -19,7 +20,7 @@ afterAll(async () => {
 });
 
 describe('the dashboard behind keel gateway --workers', () => {
-  it('takes a named token on the primary and streams the live snapshots through it', async () => {
+  it('takes a named token on the primary, streams the live snapshots through it with a row per worker', async () => {
     const fleet = await startFleet(origin.url, path.join(dir, 'cache'), 2, [
       '--admin-token',
       `ops-carol:${SECRET}`,
@@ -43,6 +44,24 @@ describe('the dashboard behind keel gateway --workers', () => {
       }
       await reader.cancel();
       expect(text.split('event: snapshot').length - 1).toBeGreaterThanOrEqual(2);
+      // The primary adds a row per worker, with figures from each worker's own /status.
+      const fleetRows = async () => {
+        const snap = (await (
+          await fetch(`${fleet.admin}/dashboard/snapshot`, { headers: auth })
+        ).json()) as DashboardSnapshot;
+        expect(snap.views[0]?.id).toBe('fleet');
+        expect(snap.views.map((v) => v.id)).toContain('gateway');
+        return (snap.views[0]?.panels[0] as TablePanel).rows;
+      };
+      await expect
+        .poll(async () =>
+          (await fleetRows()).map((r) => [r.key, r.cells[2], (r.cells[5] as { value: unknown }).value]),
+        )
+        .toEqual([
+          ['1', { value: 'ready', level: 'ok' }, 0],
+          ['2', { value: 'ready', level: 'ok' }, 0],
+        ]);
+      expect(text).toContain('"id":"fleet"'); // in the stream too
       // An action through the primary is logged by the worker with the token's name.
       expect((await fetch(`${fleet.admin}/cache/cleanup`, { method: 'POST', headers: auth })).status).toBe(
         200,

@@ -8,6 +8,7 @@ import { wrap, classify } from 'keel';
 import { parseAdminToken } from '@keel/ops';
 import type { GatewayConfig } from '../config.js';
 import type { WorkerSlot } from './primary.js';
+import { FleetView, relayWithFleet } from './fleet-view.js';
 
 /** The fleet's admin server. */
 export interface FleetAdmin {
@@ -44,7 +45,8 @@ const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
  * - `/health`, `/healthz`: each worker's health and the fleet's status (`pass` when every worker
  *   passes, `warn` while some are down, `fail` when none is ready);
  * - anything else (cache cleanup and verify, the dashboard …) goes to one ready worker's admin
- *   server, with the caller's token, which that worker checks.
+ *   server, with the caller's token, which that worker checks; the dashboard's snapshots get a
+ *   "Fleet" view first, one row per worker.
  * Everything but the probes needs `--admin-token` when one is set.
  */
 export async function startFleetAdmin(
@@ -81,6 +83,7 @@ export async function startFleetAdmin(
     for (const t of tokens) if (timingSafeEqual(given, t)) ok = true;
     return ok && m !== null;
   };
+  const fleetView = new FleetView(fleet.slots);
   const ready = (): WorkerSlot[] => fleet.slots.filter((s) => s.state === 'ready' && s.admin);
   const json = (res: ServerResponse, status: number, body: unknown): void => {
     if (!res.hasHeader('content-type')) res.setHeader('content-type', 'application/json');
@@ -181,9 +184,13 @@ export async function startFleetAdmin(
     const headers: Record<string, string> = {};
     for (const h of ['authorization', 'content-type', 'accept', 'if-none-match'])
       if (typeof req.headers[h] === 'string') headers[h] = req.headers[h];
+    // A client that goes away ends the worker's answer too (the dashboard's stream never ends).
+    const gone = new AbortController();
+    res.on('close', () => gone.abort());
     const r = await fetch(`${target.admin ?? ''}${req.url ?? '/'}`, {
       method: req.method ?? 'GET',
       headers,
+      signal: gone.signal,
       ...(body.length > 0 ? { body } : {}),
     });
     const answer: Record<string, string> = {
@@ -203,7 +210,20 @@ export async function startFleetAdmin(
       if (v !== null) answer[h] = v;
     }
     res.writeHead(r.status, answer);
-    // Streamed as it comes: the dashboard's Server-Sent Events never end.
+    // The dashboard's snapshots get a row per worker.
+    if (r.ok && r.body && req.method === 'GET' && path === '/dashboard/events') {
+      res.socket?.setNoDelay(true);
+      await relayWithFleet(r.body, fleetView, headers.authorization, (text) => res.write(text)).catch(
+        () => undefined,
+      );
+      res.end();
+      return;
+    }
+    if (r.ok && req.method === 'GET' && path === '/dashboard/snapshot') {
+      res.end(fleetView.inject(await r.text(), headers.authorization));
+      return;
+    }
+    // Streamed as it comes.
     if (!r.body) return void res.end();
     const stream = Readable.fromWeb(r.body as WebReadableStream<Uint8Array>);
     res.on('close', () => stream.destroy());
