@@ -266,6 +266,9 @@
     }
     push(c.data, c.names, Date.now(), panel.series);
     c.plot.setData(c.data);
+    // The legend shows the latest values unless the pointer is over the chart.
+    if (c.plot.cursor.idx === null || c.plot.cursor.idx === undefined)
+      c.plot.setLegend({ idx: c.data[0].length - 1 });
     host.setAttribute(
       'aria-label',
       `${panel.title}: ${c.names.map((n) => `${n} ${fmt(panel.series[n], panel.unit)}`).join(', ')}`,
