@@ -198,6 +198,31 @@ describe('the breaker', () => {
   });
 });
 
+describe('the breaker and bucket requests', () => {
+  it('is not opened by one listing the origin keeps answering 500 for (a client retrying it); other listings and reads keep their answers', async () => {
+    script = (req, res) => {
+      if (req.url?.includes('max-keys=0')) s3Error(res, 500, 'InternalError');
+      else if (req.url?.startsWith('/b?') || req.url === '/b') {
+        const body =
+          '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>b</Name></ListBucketResult>';
+        res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      } else object(req, res);
+    };
+    const g = await gateway({ guard: { retryAttempts: 1, breakerFailures: 3, retryBudgetRatio: 1 } });
+    expect((await get(g, '/b/good')).status).toBe(200);
+    // As botocore does: the same request again after each 500, five times, and more clients doing so.
+    for (let i = 0; i < 10; i++) {
+      const bad = await get(g, '/b?list-type=2&max-keys=0');
+      expect(bad.status).toBe(500);
+      expect(xmlField(bad, 'Code')).toBe('InternalError');
+    }
+    expect(g.guard.breakerStates().b).toBe('closed');
+    expect((await get(g, '/b?list-type=2')).status).toBe(200);
+    expect((await get(g, '/b/other')).status).toBe(200);
+  });
+});
+
 describe('origin answers', () => {
   it('relays a 501 NotImplemented as it was, at once, without counting it against the breaker', async () => {
     script = (_req, res) => s3Error(res, 501, 'NotImplemented');

@@ -50,7 +50,10 @@ export interface OriginGuardOptions {
 
 /** How one guarded call runs. */
 export interface GuardedCall {
-  /** The object key asked about, if any: a key whose requests keep failing counts once (see {@link OriginGuard}). */
+  /**
+   * What the request asks about (its object key; for a bucket request, the request itself): one
+   * whose requests keep failing with a 500 counts once (see {@link OriginGuard}).
+   */
   key?: string | undefined;
   /** Retry failed attempts under the budget (default true; false for a body that cannot be sent again). */
   retry?: boolean;

@@ -208,7 +208,14 @@ export async function passthrough(
             if (rejected) throw keelError('BAD_REQUEST', rejected.message, { s3Code: rejected.s3.code });
             throw err;
           }),
-      { key: target.key, retry: false, deadline: !hasBody, confirm: !options.unsigned },
+      {
+        // What the request asks about: its object, or for a bucket or service request the request
+        // itself, so a listing the origin keeps failing (a client retrying it) counts once.
+        key: target.key ?? `${method} ?${withoutPresignParams(target.rawQuery)}`,
+        retry: false,
+        deadline: !hasBody,
+        confirm: !options.unsigned,
+      },
     );
     corsChanged();
     if (rejected) {
