@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { keelError } from 'keel';
 import type { AdminCaller } from '../admin-server.js';
 import { actionParams, sendFailure, sendJson } from './http-json.js';
 import type { DashboardAction, DashboardPanel, DashboardRow, DashboardView } from './view.js';
@@ -119,11 +120,24 @@ export function groupsView(groups: DashboardGroups, options: GroupsViewOptions =
       path: '/groups/resume',
       handler: action('resume', async (id) => {
         if (resumeRuns === 'pending') return groups.resume(id, { run: false });
+        const status = (await groups.get(id))?.status;
+        if (status !== 'paused')
+          throw keelError(
+            'GROUP_INVALID_TRANSITION',
+            `group ${id} is ${status ?? 'gone'}: only a paused group can be resumed`,
+            { groupId: id },
+            { kind: 'client', httpStatus: 409, stack: false },
+          );
         // Driven here in the background: the answer does not wait for the group to finish.
-        const done = groups.resume(id);
-        done.catch(() => undefined);
-        await new Promise((r) => setImmediate(r));
-        return { status: (await groups.get(id))?.status };
+        groups.resume(id).catch((err: unknown) => {
+          options.log?.(
+            `group ${id}: resumed run failed: ${err instanceof Error ? err.message : String(err)}`,
+            {
+              group: id,
+            },
+          );
+        });
+        return { status: 'running' };
       }),
     },
     {
@@ -132,9 +146,12 @@ export function groupsView(groups: DashboardGroups, options: GroupsViewOptions =
       handler: action('stop', async (id, params) => {
         const mode = params.get('mode') ?? 'graceful';
         if (mode !== 'graceful' && mode !== 'rollback')
-          throw Object.assign(new Error(`mode must be graceful or rollback, got "${mode.slice(0, 40)}"`), {
-            status: 400,
-          });
+          throw keelError(
+            'INVALID_INPUT',
+            `mode must be graceful or rollback, got "${mode.slice(0, 40)}"`,
+            {},
+            { kind: 'client', httpStatus: 400, stack: false },
+          );
         const stopping = groups.stop(id, { mode });
         // A rollback of a paused group runs here: answer once it started, not once it ended.
         const result = await Promise.race([stopping, new Promise((r) => setTimeout(r, 200, undefined))]);
