@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChaosProxy } from 'keel/chaos';
-import type { DashboardSnapshot, StatsPanel, TablePanel } from '@keel/ops';
+import type { DashboardSnapshot, LogPanel, StatsPanel, TablePanel } from '@keel/ops';
 import { startRunHarness, type RunHarness } from './gateway-run-support.js';
 
 const SECRET = 'alice-secret-0123456789';
@@ -74,6 +74,11 @@ describe("the gateway's dashboard data and actions", () => {
     const row = breakers.rows.find((x) => x.key === 'b');
     expect(row?.cells[1]).toEqual({ value: 'open', level: 'bad' });
     expect(row?.actions?.[0]?.path).toBe('/breakers/reset?bucket=b');
+    // The open breaker's alert is firing and in the history.
+    const firing = gateway?.panels.find((p) => p.title === 'Alerts firing') as TablePanel;
+    expect(firing.rows.map((x) => x.cells[0])).toContain('KeelOriginBreakerOpen');
+    const history = gateway?.panels.find((p) => p.title === 'Alert history') as LogPanel;
+    expect(history.entries.at(-1)?.text).toMatch(/^(warning|error|critical): KeelOriginBreakerOpen: /);
 
     const unknown = await fetch(`${r.admin.url}/breakers/reset?bucket=nope`, {
       method: 'POST',
