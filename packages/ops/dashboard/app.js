@@ -339,7 +339,7 @@
           el('div', { class: 'body' }),
           el('div', { class: 'panel-actions' }),
         );
-        p = { box, sig: '', actionsSig: '', rowsSig: '' };
+        p = { box, actionsSig: '', rowsSig: '' };
         s.panels.set(key, p);
       }
       // Keep the order the view gives.
@@ -355,17 +355,11 @@
         }
         chartPanel(`${view.id}/${panel.id}`, panel, body);
       } else {
-        const sig =
-          JSON.stringify(panel) +
-          (panel.kind === 'stats' || panel.kind === 'table' || panel.kind === 'log'
-            ? String(Math.floor(serverNow / 1000))
-            : '');
-        if (sig !== p.sig) {
-          p.sig = sig;
-          if (panel.kind === 'stats') renderStats(body, panel);
-          else if (panel.kind === 'table') renderTable(body, panel, p);
-          else if (panel.kind === 'log') renderLog(body, panel);
-        }
+        // Drawn again at every snapshot ("3 s ago" moves on); a table keeps its rows and buttons
+        // when only their cells changed.
+        if (panel.kind === 'stats') renderStats(body, panel);
+        else if (panel.kind === 'table') renderTable(body, panel, p);
+        else if (panel.kind === 'log') renderLog(body, panel);
       }
       const actionsSig = JSON.stringify(panel.actions || []);
       if (actionsSig !== p.actionsSig) {
