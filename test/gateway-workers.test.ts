@@ -165,16 +165,21 @@ describe('keel gateway --workers', () => {
       let ok = 0;
       let failed = 0;
       let wrong = 0;
+      let hung = 0;
       let stop = false;
       const client = async (): Promise<void> => {
         while (!stop) {
           try {
-            const r = await fetch(`${fleet.url}/b/big.bin`, { headers: { connection: 'close' } });
+            const r = await fetch(`${fleet.url}/b/big.bin`, {
+              headers: { connection: 'close' },
+              signal: AbortSignal.timeout(20_000),
+            });
             const body = Buffer.from(await r.arrayBuffer());
             if (r.status === 200 && sha(body) === want) ok++;
             else wrong++;
-          } catch {
-            failed++; // the connection was cut: the client sees an error, never wrong bytes
+          } catch (err) {
+            if ((err as Error).name === 'TimeoutError') hung++;
+            else failed++; // the connection was cut: the client sees an error, never wrong bytes
           }
         }
       };
@@ -199,6 +204,7 @@ describe('keel gateway --workers', () => {
       stop = true;
       await Promise.all(clients);
       expect(wrong).toBe(0);
+      expect(hung, fleet.stderr().slice(-3000)).toBe(0);
       expect(ok).toBeGreaterThan(okBefore); // served on after the replacement
       expect(failed).toBeLessThanOrEqual(8); // at most the connections the dead worker held
       expect(fleet.stderr()).toContain('KeelWorkerRestarted');

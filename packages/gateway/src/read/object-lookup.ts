@@ -15,6 +15,7 @@ import {
 } from './read-context.js';
 import { Revalidator } from './revalidation.js';
 import { fillKey, startFill } from './slice-stream.js';
+import { lookupFromPeer } from './shared-fill.js';
 
 /*
  * What a read is served from: the cached metadata while fresh, a revalidation when expired, or the
@@ -182,8 +183,26 @@ async function revalidate(
   return { meta: { ...info, sliceBytes: ctx.sliceBytes, slices: [] }, stale: false };
 }
 
-/** The first origin request for an uncached object, shared by concurrent requests for it. */
+/**
+ * The first origin request for an uncached object, shared by concurrent requests for it, and
+ * by the other workers of this host: while one of them looks it up, the others wait for its
+ * metadata to reach the cache instead of asking the origin too.
+ */
 async function lookupOrigin(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  rawQuery: string,
+  firstByte: number | undefined,
+): Promise<Lookup> {
+  const peer = await lookupFromPeer(ctx, id);
+  if (peer.found) return { meta: peer.found, stale: false };
+  const result = await lookupOriginHere(ctx, id, rawQuery, firstByte);
+  peer.done('meta' in result, ctx.metaWrites.get(identityHash(id)));
+  return result;
+}
+
+/** {@link lookupOrigin} by this process. */
+async function lookupOriginHere(
   ctx: ReadContext,
   id: ObjectIdentity,
   rawQuery: string,
@@ -218,7 +237,7 @@ async function lookupOrigin(
   if (up.status === 416 && sliceIndex === 0) {
     // S3 answers any range of an empty object with 416: ask what the object is without one.
     discard(up.body);
-    return lookupOrigin(ctx, id, rawQuery, undefined);
+    return lookupOriginHere(ctx, id, rawQuery, undefined);
   }
   const usable = up.status === 206 || (up.status === 200 && (sliceIndex ?? 0) === 0);
   const info = usable ? infoFrom(up.headers) : undefined;

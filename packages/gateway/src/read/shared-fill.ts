@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { MAX_BUFFER_READ_BYTES, type ObjectIdentity } from 'keel/cache';
+import { identityHash, MAX_BUFFER_READ_BYTES, type CacheMeta, type ObjectIdentity } from 'keel/cache';
 import type { Lease } from '../coord/coordinator.js';
 import { safe, type ReadContext, type Resolved } from './read-context.js';
 import type { SliceFill } from './slice-fill.js';
@@ -13,6 +13,13 @@ export interface PeerFill {
   /** Another process led: an origin answer this one had in hand was dropped, not to be read. */
   droppedInitial: boolean;
 }
+
+/**
+ * Longest a process waits for another to finish a slice or a lookup it leads: beyond it the
+ * leader is presumed stuck and this one asks the origin itself. Not the client's deadline: the
+ * leader's own origin request is bounded by it, and a leader that dies releases its leases at once.
+ */
+export const LEADER_WAIT_MS = 60_000;
 
 const ALONE: PeerFill = { filled: false, done: () => undefined, droppedInitial: false };
 
@@ -98,10 +105,10 @@ async function fromCache(
   return true;
 }
 
-/** The leader's outcome; false when it takes longer than the origin deadline or every reader left. */
+/** The leader's outcome; false when it takes longer than {@link LEADER_WAIT_MS} or every reader left. */
 function settledOrGiveUp(ctx: ReadContext, settled: Promise<boolean>, fill: SliceFill): Promise<boolean> {
   return new Promise((resolve) => {
-    const timer = ctx.clock.setTimer(ctx.deadlineMs, () => finish(false));
+    const timer = ctx.clock.setTimer(Math.max(ctx.deadlineMs, LEADER_WAIT_MS), () => finish(false));
     const onAbort = (): void => finish(false);
     const finish = (ok: boolean): void => {
       timer.cancel();
@@ -111,4 +118,47 @@ function settledOrGiveUp(ctx: ReadContext, settled: Promise<boolean>, fill: Slic
     fill.signal.addEventListener('abort', onAbort, { once: true });
     void settled.then(finish);
   });
+}
+
+/** What {@link lookupFromPeer} found: the metadata another process stored, or what to call once this one looked it up. */
+export interface PeerLookup {
+  found: CacheMeta | undefined;
+  /** This process's lookup is over (`ok`: its metadata is being written, `written` settles when it is). */
+  done(ok: boolean, written?: Promise<unknown>): void;
+}
+
+const LOOK_ALONE: PeerLookup = { found: undefined, done: () => undefined };
+
+/**
+ * Before this process asks the origin about an uncached object: takes the object's lookup lease,
+ * so one worker of the host asks. When another leads, waits until its metadata is in the cache
+ * (at most {@link LEADER_WAIT_MS}) and answers from there; its first slice, which that worker is
+ * fetching, is then shared as every slice is ({@link fillFromPeer}).
+ */
+export async function lookupFromPeer(ctx: ReadContext, id: ObjectIdentity): Promise<PeerLookup> {
+  const { coord, cache } = ctx;
+  if (!coord || coord.kind === 'local' || !cache) return LOOK_ALONE;
+  let lease: Lease;
+  try {
+    lease = await coord.lease(`lookup:${identityHash(id)}`);
+  } catch {
+    return LOOK_ALONE;
+  }
+  if (lease.role === 'leader')
+    return {
+      found: undefined,
+      done: (ok, written) => {
+        void Promise.resolve(written).finally(() => lease.done(ok));
+      },
+    };
+  const ok = await new Promise<boolean>((resolve) => {
+    const timer = ctx.clock.setTimer(Math.max(ctx.deadlineMs, LEADER_WAIT_MS), () => resolve(false));
+    void lease.settled.then((v) => {
+      timer.cancel();
+      resolve(v);
+    });
+  });
+  if (!ok) return LOOK_ALONE;
+  const meta = await safe(ctx, 'lookup', () => cache.getMeta(id));
+  return meta ? { found: meta, done: () => undefined } : LOOK_ALONE;
 }
