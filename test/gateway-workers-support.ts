@@ -79,14 +79,21 @@ export function metricSum(text: string, name: string, labels: Record<string, str
   return total;
 }
 
-/** An HTTP proxy in front of the origin that counts the body bytes of its answers to GETs. */
+/**
+ * An HTTP proxy in front of the origin that counts the body bytes of its answers to GETs. With
+ * `delayNextGet(ms)`, the next GET is forwarded at once but its answer held back `ms`: what the
+ * origin said then reaches the gateway late, as from a slow origin.
+ */
 export async function countingProxy(
   upstream: string,
-): Promise<{ url: string; getBytes(): number; close(): Promise<void> }> {
+): Promise<{ url: string; getBytes(): number; delayNextGet(ms: number): void; close(): Promise<void> }> {
   const target = new URL(upstream);
   const agent = new http.Agent({ keepAlive: true });
   let bytes = 0;
+  let delayMs = 0;
   const server = http.createServer((req, res) => {
+    const held = req.method === 'GET' ? delayMs : 0;
+    if (held > 0) delayMs = 0;
     const up = http.request(
       {
         agent,
@@ -97,6 +104,17 @@ export async function countingProxy(
         headers: req.headers,
       },
       (upRes) => {
+        if (held > 0) {
+          const parts: Buffer[] = [];
+          upRes.on('data', (d: Buffer) => parts.push(d));
+          upRes.on('end', () => {
+            setTimeout(() => {
+              res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+              res.end(Buffer.concat(parts));
+            }, held);
+          });
+          return;
+        }
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
         // A client that stops reading stops the transfer: what the origin sends is what is counted.
         res.on('close', () => {
@@ -115,6 +133,9 @@ export async function countingProxy(
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     getBytes: () => bytes,
+    delayNextGet: (ms) => {
+      delayMs = ms;
+    },
     close: () =>
       new Promise<void>((r) => {
         server.close(() => r());

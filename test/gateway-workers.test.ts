@@ -216,4 +216,48 @@ describe('keel gateway --workers', () => {
       fleet.proc.kill('SIGKILL');
     }
   }, 90_000);
+
+  it('a lookup under way in one worker when a PUT through another answers does not bring the old version back', async () => {
+    const proxy = await countingProxy(origin.url);
+    const fleet = await startFleet(proxy.url, path.join(dir, 'put-lookup'), 2);
+    try {
+      // Each round: a read starts a (slow) origin lookup of an uncached object in one worker, a PUT
+      // goes through a worker meanwhile; half the time another one, which the read's worker must hear of.
+      for (let round = 0; round < 6; round++) {
+        const key = `lookup-${round}.bin`;
+        const old = randomBytes(200_000);
+        const next = randomBytes(200_000);
+        await s3.send(new PutObjectCommand({ Bucket: 'b', Key: key, Body: old }));
+        proxy.delayNextGet(1_500);
+        const first = fetch(`${fleet.url}/b/${key}`, { headers: { connection: 'close' } }).then(async (r) =>
+          Buffer.from(await r.arrayBuffer()),
+        );
+        await new Promise((r) => setTimeout(r, 300));
+        const put = await fetch(`${fleet.url}/b/${key}`, {
+          method: 'PUT',
+          body: next,
+          headers: { connection: 'close' },
+        });
+        expect(put.status).toBe(200);
+        await first; // began before the PUT: either version
+        const reads = await Promise.all(
+          Array.from({ length: 6 }, async () =>
+            sha(
+              Buffer.from(
+                await (
+                  await fetch(`${fleet.url}/b/${key}`, { headers: { connection: 'close' } })
+                ).arrayBuffer(),
+              ),
+            ),
+          ),
+        );
+        expect(reads).toEqual(Array.from({ length: 6 }, () => sha(next)));
+      }
+      fleet.proc.kill('SIGTERM');
+      expect(await fleet.exited).toBe(0);
+    } finally {
+      fleet.proc.kill('SIGKILL');
+      await proxy.close();
+    }
+  }, 120_000);
 });
