@@ -33,6 +33,7 @@ import { verifySigV4, type ClientKey, type VerifiedRequest } from './auth/sigv4-
 import { servePassthrough, type PassthroughContext } from './auth/passthrough.js';
 import { AuthTrust, type AuthorizationResult } from './read/passthrough-read.js';
 import { connectHandler } from './s3/forward-proxy.js';
+import { WriteThrough } from './write/write-through.js';
 
 /** Options of {@link createGateway}. */
 export interface GatewayOptions {
@@ -98,6 +99,12 @@ export interface GatewayOptions {
    * (default 4; 1 turns read-ahead off). See docs/gateway.md, Read-ahead.
    */
   readAheadSlices?: number;
+  /**
+   * Write-through (default true): a PutObject's body is staged beside the cache as it goes to the
+   * origin, and committed to the cache once the origin accepted it with the body's MD5 as ETag, so
+   * the read after the write is a hit. Not in `passthrough` auth. See docs/gateway.md, Write-through.
+   */
+  writeThrough?: boolean;
   guard?: OriginGuardOptions;
   clock?: Clock;
   /** File system for the cache (fault injection in tests). */
@@ -278,6 +285,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     log,
   };
   metrics.bindRevalidations(() => revalidationStats(ctx));
+  const writeThrough =
+    cache && options.writeThrough !== false && authMode !== 'passthrough'
+      ? await WriteThrough.open(ctx, cache)
+      : undefined;
   // Another worker's write changed an object: forget it here too before that worker answers.
   const stopInvalidations = coordinator?.onInvalidate(async (changed) => {
     invalidateReads(ctx, changed);
@@ -421,6 +432,18 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
           return coordinator?.invalidate(changed);
         },
         onCorsChange: (bucket) => corsRules.invalidate(bucket),
+        writeThrough,
+        onWriteThrough: (changed, result) => {
+          metrics.writeThrough.inc({ result: result.cached ? 'cached' : 'not_cached' });
+          if (!result.cached)
+            log(
+              'info',
+              `${changed.bucket}/${changed.key} not written through to the cache: ${result.reason}`,
+              {
+                requestId: id,
+              },
+            );
+        },
       });
     } catch (err) {
       const e = classify(err);

@@ -58,6 +58,8 @@ export class GatewayMetrics {
   readonly bytes: Counter<'source'>;
   readonly duration: Histogram<'outcome'>;
   readonly invalidations: Counter;
+  /** PutObjects staged for write-through: `cached` once committed, `not_cached` when the write or its check failed. */
+  readonly writeThrough: Counter<'result'>;
   readonly originRequests: Counter<'outcome'>;
   readonly originFirstByte: Histogram;
   /** `passthrough` auth: what the origin said about each request (see AuthorizationResult). */
@@ -92,6 +94,11 @@ export class GatewayMetrics {
     this.invalidations = m.counter(
       'keel_gateway_invalidations_total',
       'Cached objects dropped because a write passed through.',
+    );
+    this.writeThrough = m.counter(
+      'keel_gateway_write_through_total',
+      'PutObjects staged for write-through, by result: cached (committed once the origin accepted them with the body\'s MD5), not_cached (the write failed, was cut, or its ETag did not match).',
+      ['result'],
     );
     this.originRequests = m.counter(
       'keel_gateway_origin_requests_total',
