@@ -227,6 +227,22 @@ describe('gateway operations settings', () => {
       );
   });
 
+  it('write through by default; --no-write-through, KEEL_WRITE_THROUGH or the file turn it off; refuse what is not yes or no', () => {
+    expect(resolveGatewayConfig(base, {}).writeThrough).toBe(true);
+    expect(resolveGatewayConfig({ ...base, writeThrough: false }, {}).writeThrough).toBe(false);
+    for (const off of ['false', '0', 'no', 'OFF'])
+      expect(resolveGatewayConfig(base, { KEEL_WRITE_THROUGH: off }).writeThrough).toBe(false);
+    expect(resolveGatewayConfig(base, { KEEL_WRITE_THROUGH: 'yes' }).writeThrough).toBe(true);
+    // A flag wins over the environment.
+    expect(
+      resolveGatewayConfig({ ...base, writeThrough: true }, { KEEL_WRITE_THROUGH: '0' }).writeThrough,
+    ).toBe(true);
+    for (const bad of ['maybe', '', '2'])
+      expect(() => resolveGatewayConfig(base, { KEEL_WRITE_THROUGH: bad })).toThrow(
+        `--write-through (KEEL_WRITE_THROUGH): expected true or false, got "${bad}"`,
+      );
+  });
+
   it.each(['127.0.0.1', '127.9.8.7', 'localhost', '::1', '[::1]', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1'])(
     'take %s as loopback: anonymous mode and an admin port without a token are allowed there',
     (host) => {

@@ -60,6 +60,8 @@ export interface GatewayConfig {
   unsignedRequests: 'refuse' | 'forward';
   /** Uncached slices one read fetches from the origin at once (1: no read-ahead). */
   readAheadSlices: number;
+  /** Cache a PutObject's body as it goes to the origin, committed once the origin accepted it. */
+  writeThrough: boolean;
   /** Processes serving the S3 port (node:cluster workers); 1 serves it from this process. */
   workers: number;
 }
@@ -112,6 +114,7 @@ const SETTINGS = {
   originDeadlineSeconds: 'KEEL_ORIGIN_DEADLINE_SECONDS',
   unsignedRequests: 'KEEL_UNSIGNED_REQUESTS',
   readAheadSlices: 'KEEL_READ_AHEAD_SLICES',
+  writeThrough: 'KEEL_WRITE_THROUGH',
   workers: 'KEEL_WORKERS',
 } as const;
 
@@ -180,6 +183,16 @@ function num(
   if (!Number.isFinite(n) || n < min || (exclusive && n === min))
     fail(setting, `expected ${expected}, got "${String(v)}"`);
   return n;
+}
+
+/** A yes/no setting: a boolean, or true/false, 1/0, yes/no, on/off in any case; `dflt` when not given. */
+function yesNo(setting: Setting, v: string | number | boolean | undefined, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v === 'boolean') return v;
+  const s = String(v).trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(s)) return true;
+  if (['false', '0', 'no', 'off'].includes(s)) return false;
+  return fail(setting, `expected true or false, got "${String(v)}"`);
 }
 
 function hostPort(
@@ -426,6 +439,7 @@ export function resolveGatewayConfig(
     originDeadlineSeconds,
     unsignedRequests,
     readAheadSlices,
+    writeThrough: yesNo('writeThrough', get('writeThrough'), true),
     workers,
   };
 }

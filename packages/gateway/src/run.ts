@@ -124,6 +124,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     deadlineMs: config.originDeadlineSeconds * 1000,
     unsignedRequests: config.unsignedRequests,
     readAheadSlices: config.readAheadSlices,
+    writeThrough: config.writeThrough,
     requestLog: logger.isLevelEnabled('info'),
     // In the same JSON lines as the rest (request URLs come with presigned secrets already removed).
     log,

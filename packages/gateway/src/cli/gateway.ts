@@ -51,6 +51,7 @@ interface GatewayFlags {
   originDeadlineSeconds?: string;
   unsignedRequests?: string;
   readAheadSlices?: string;
+  writeThrough?: boolean;
   workers?: string;
   demo?: boolean;
 }
@@ -150,6 +151,11 @@ export function registerGatewayCommand(program: Command): void {
       '--read-ahead-slices <n>',
       'uncached slices one read fetches from the origin at once, 1 to 64; 1 turns read-ahead off (KEEL_READ_AHEAD_SLICES, default 4)',
     )
+    .option(
+      '--write-through',
+      "cache a PutObject's body as it goes to the origin, committed once the origin accepted it, so the next read is a hit (KEEL_WRITE_THROUGH, default on)",
+    )
+    .option('--no-write-through', 'forward writes without caching them')
     .option(
       '--log-level <level>',
       'error, warn or info: info adds one JSON line per request (KEEL_LOG_LEVEL, default warn)',
