@@ -1,7 +1,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { RangeCache, sliceLength } from 'keel/cache';
+import { stat } from 'node:fs/promises';
+import { identityHash, RangeCache, sliceLength, type CacheLocks } from 'keel/cache';
 import { tempDir } from './cache-support.js';
 import { expectedSlice } from './fixtures/cache-content.js';
 import {
@@ -150,4 +151,48 @@ describe('range cache shared by several processes', () => {
       await temp.remove();
     }
   }, 60_000);
+
+  it('takes its object and evictor locks from the CacheLocks it is given (the seam for hosts sharing a volume)', async () => {
+    const temp = await tempDir();
+    const taken: string[] = [];
+    const locks: CacheLocks = {
+      run: (key, fn) => {
+        taken.push(`run:${key}`);
+        return fn(); // one caller at a time in this test
+      },
+      tryRun: async (key, fn) => {
+        taken.push(`try:${key}`);
+        return { ran: true, value: await fn() };
+      },
+    };
+    const cache = await RangeCache.open({
+      dir: temp.dir,
+      sliceBytes: MP_SLICE,
+      maxBytes: 3 * MP_SLICE,
+      locks,
+    });
+    try {
+      const id = { bucket: 'mp', key: 'seam' };
+      const other = { bucket: 'mp', key: 'seam-2' };
+      const hash = identityHash(id);
+      for (const [o, key] of [
+        [id, 'seam'],
+        [other, 'seam-2'],
+      ] as const) {
+        await cache.putMeta(o, { etag: MP_ETAG, size: MP_SIZE });
+        for (const i of [0, 1])
+          expect(await cache.writeSlice(o, i, expectedSlice(key, i, MP_SLICE), MP_ETAG)).toEqual({
+            stored: true,
+          });
+      }
+      expect(taken).toContain(`run:${hash}`);
+      expect(taken).toContain('try:evictor'); // the second object's slices passed the limit
+      expect(cache.stats().evictions).toBeGreaterThan(0);
+      // No lock file was made: the given locks replaced them.
+      await expect(stat(path.join(temp.dir, 'locks'))).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await cache.close();
+      await temp.remove();
+    }
+  });
 });

@@ -5,7 +5,7 @@ import { TMP_MARKER, writtenByOtherProcess } from './atomic-write.js';
 import type { CacheReporter } from './counters.js';
 import type { SliceIndex } from './eviction.js';
 import type { CacheFs } from './fs.js';
-import type { KeyedLock } from './keyed-lock.js';
+import type { CacheLocks } from './file-lock.js';
 import { META_FILE, objectDir, SLICE_PREFIX, slicePath } from './layout.js';
 import type { ObjectStore } from './object-store.js';
 
@@ -38,7 +38,7 @@ export interface WalkContext {
   fs: CacheFs;
   /** Paths a writer in this process is using: never removed. */
   inFlight: ReadonlySet<string>;
-  locks: KeyedLock;
+  locks: CacheLocks;
   store: ObjectStore;
   /** Valid slices found are indexed. */
   index: SliceIndex;

@@ -1,5 +1,5 @@
 import type { CacheCounts, CacheReporter } from './counters.js';
-import type { FileLocks } from './file-lock.js';
+import type { CacheLocks } from './file-lock.js';
 import type { ObjectStore } from './object-store.js';
 import type { CacheSettings } from './options.js';
 
@@ -162,7 +162,7 @@ export interface EvictorParts extends Pick<
 > {
   index: SliceIndex;
   store: ObjectStore;
-  locks: FileLocks;
+  locks: CacheLocks;
   counts: CacheCounts;
   /** A fresh index of every slice on disk (other processes' included), read without repairing. */
   scan(): Promise<SliceIndex>;

@@ -34,6 +34,19 @@ function parseOwner(target: string): { pid: number; token: string } | undefined 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
+ * The locks the cache takes: one per object while its metadata changes (`run`, waiting), and
+ * `evictor` for the one process evicting (`tryRun`, never waiting). {@link FileLocks} (the
+ * default) holds them for the processes of one host; pass another implementation in
+ * `RangeCacheOptions.locks` to share one directory between hosts.
+ */
+export interface CacheLocks {
+  /** Runs `fn` holding `key`, waiting while anyone else holds it. */
+  run<T>(key: string, fn: () => Promise<T>): Promise<T>;
+  /** Runs `fn` holding `key` if nobody else holds it; never waits. */
+  tryRun<T>(key: string, fn: () => Promise<T>): Promise<{ ran: true; value: T } | { ran: false }>;
+}
+
+/**
  * Locks shared by every process that opens one cache directory on this host: one per key (an
  * object's hash, or a name such as `evictor`), taken in this process through a {@link KeyedLock}
  * (so at most one of its callers waits on the file) and across processes through a lock file.
@@ -44,7 +57,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * is broken, under a second lock (`<key>.break`) so that two processes breaking it at once cannot
  * remove a lock a third has just taken.
  */
-export class FileLocks extends KeyedLock {
+export class FileLocks extends KeyedLock implements CacheLocks {
   private readonly dir: string;
   /** Keys held through {@link tryRun} in this process (never waited for). */
   private readonly tried = new Set<string>();

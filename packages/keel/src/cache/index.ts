@@ -38,3 +38,4 @@ export {
   type DecodedMeta,
 } from './metadata.js';
 export { type CacheFs } from './fs.js';
+export { FileLocks, type CacheLocks } from './file-lock.js';

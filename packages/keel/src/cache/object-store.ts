@@ -5,7 +5,7 @@ import type { CacheReporter } from './counters.js';
 import type { SliceIndex } from './eviction.js';
 import type { CacheFs } from './fs.js';
 import { describeIdentity, sameIdentity, type ObjectIdentity } from './identity.js';
-import type { KeyedLock } from './keyed-lock.js';
+import type { CacheLocks } from './file-lock.js';
 import { metaPath, objectDir, slicePath } from './layout.js';
 import { sameStamp, stampOf, type FileStamp, type MetaMemo } from './meta-memo.js';
 import { decodeMeta, encodeMeta, type CacheMeta } from './metadata.js';
@@ -25,7 +25,7 @@ export interface ObjectStoreParts {
   memo: MetaMemo;
   index: SliceIndex;
   access: AccessTimes;
-  locks: KeyedLock;
+  locks: CacheLocks;
   /** Paths being written in this process: cleanup leaves them alone. */
   inFlight: Set<string>;
   /** Repairs, and faults of writes and removals. */

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { keelError } from '../errors/index.js';
 import { systemClock, type Clock } from '../time/index.js';
+import type { CacheLocks } from './file-lock.js';
 import { realFs, type CacheFs } from './fs.js';
 import { defaultVerifyThreads } from './verify-pool.js';
 
@@ -63,6 +64,11 @@ export interface RangeCacheOptions {
    * this often, so the size limit counts the others' slices too (default 30 s).
    */
   rescanMs?: number;
+  /**
+   * The locks of object metadata and of the evictor (default: lock files in `<dir>/locks`, for the
+   * processes of one host; see `CacheLocks`).
+   */
+  locks?: CacheLocks;
   clock?: Clock;
   /** File system to use (default `node:fs/promises`); inject faults with `faultyFs()` from `keel/chaos`. */
   fs?: CacheFs;
@@ -87,6 +93,7 @@ export interface CacheSettings {
   verifyThreads: number;
   metadataMemoSlices: number | undefined;
   rescanMs: number;
+  locks: CacheLocks | undefined;
   clock: Clock;
   fs: CacheFs;
 }
@@ -113,6 +120,7 @@ export function resolveOptions(options: RangeCacheOptions): CacheSettings {
     verifyThreads: options.fs === undefined && threads > 0 ? threads : 0,
     metadataMemoSlices: options.metadataMemoSlices,
     rescanMs: options.rescanMs ?? 30_000,
+    locks: options.locks,
     clock: options.clock ?? systemClock,
     fs: options.fs ?? realFs,
   };

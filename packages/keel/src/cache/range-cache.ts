@@ -15,7 +15,7 @@ import { Evictor, SliceIndex } from './eviction.js';
 import type { CacheFs } from './fs.js';
 import { identityHash, sameIdentity, type ObjectIdentity } from './identity.js';
 import { RecentIoErrors } from './io-errors.js';
-import { FileLocks } from './file-lock.js';
+import { FileLocks, type CacheLocks } from './file-lock.js';
 import { objectsRootOf } from './layout.js';
 import { MetaMemo } from './meta-memo.js';
 import type { CacheMeta, ObjectInfo } from './metadata.js';
@@ -106,7 +106,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   private readonly memo: MetaMemo;
   /** Threads that read and verify slices off the event loop; none with an injected `fs`. */
   private readonly verifier: VerifyPool | undefined;
-  private readonly locks: FileLocks;
+  private readonly locks: CacheLocks;
   private readonly counts = zeroCounts();
   private readonly ioErrors: RecentIoErrors;
   private readonly access: AccessTimes;
@@ -134,7 +134,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     this.fs = fs;
     this.objectsRoot = objectsRootOf(dir);
     // Object locks are shared by every process that opens the directory.
-    this.locks = new FileLocks(dir);
+    this.locks = s.locks ?? new FileLocks(dir);
     this.memo = new MetaMemo(s.metadataMemoSlices);
     this.verifier = s.verifyThreads > 0 ? new VerifyPool(s.verifyThreads) : undefined;
     const { objectsRoot, memo, verifier, index, locks, counts } = this;

@@ -4,7 +4,7 @@ import type { Bypass } from './bypass.js';
 import type { CacheCounts, CacheReporter } from './counters.js';
 import type { Evictor, SliceIndex } from './eviction.js';
 import { describeIdentity, identityHash, type ObjectIdentity } from './identity.js';
-import type { KeyedLock } from './keyed-lock.js';
+import type { CacheLocks } from './file-lock.js';
 import { slicePath } from './layout.js';
 import {
   META_VERSION,
@@ -31,7 +31,7 @@ export interface CacheWriterParts extends Pick<CacheSettings, 'dir' | 'sliceByte
   objectsRoot: string;
   index: SliceIndex;
   store: ObjectStore;
-  locks: KeyedLock;
+  locks: CacheLocks;
   evictor: Evictor;
   bypass: Bypass;
   /** Paths being written: cleanup leaves them alone. */
