@@ -111,6 +111,30 @@ describe('write-through', () => {
     }
   });
 
+  it('origin bytes for a 64 MiB PutObject and 10 GETs: the object once for the upload, nothing for the reads', async () => {
+    const size = 64 * 1024 * 1024;
+    const { gateway: g, recorder } = await startRecordedGateway(h, 'wt-64');
+    const client = s3(g.url(), CLIENT_KEY);
+    try {
+      const data = randomBytes(size);
+      await client.send(new PutObjectCommand({ Bucket: 'b', Key: 'wt/64.bin', Body: data }));
+      const uploaded = recorder.seen.reduce((n, r) => n + r.body.length, 0);
+      expect(uploaded).toBe(size);
+      const before = recorder.bodyBytes();
+      for (let i = 0; i < 10; i++) {
+        const got = await get(g, 'wt/64.bin');
+        expect(got.headers['x-keel-cache']).toBe('HIT');
+        expect(got.body.length).toBe(size);
+        if (i === 0) expect(sha(got.body)).toBe(sha(data));
+      }
+      expect(recorder.bodyBytes() - before).toBe(0);
+    } finally {
+      client.destroy();
+      await g.close(1000);
+      await recorder.close();
+    }
+  });
+
   it('an aws-chunked upload with a checksum trailer is written through too', async () => {
     const { gateway: g, recorder } = await startRecordedGateway(h, 'wt-chunked', { sliceBytes: SLICE });
     const client = s3(g.url(), CLIENT_KEY);
