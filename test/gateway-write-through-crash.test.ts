@@ -194,6 +194,7 @@ describe('write-through and SIGKILL', () => {
         kill();
         res.destroy();
       },
+      true,
     );
   });
 
@@ -207,6 +208,7 @@ describe('write-through and SIGKILL', () => {
         res.on('finish', () => setTimeout(kill, 5));
         forward();
       },
+      false,
     );
   });
 });
