@@ -34,6 +34,7 @@ import { servePassthrough, type PassthroughContext } from './auth/passthrough.js
 import { AuthTrust, type AuthorizationResult } from './read/passthrough-read.js';
 import { connectHandler } from './s3/forward-proxy.js';
 import { WriteThrough } from './write/write-through.js';
+import { MultipartThrough } from './write/multipart-through.js';
 
 /** Options of {@link createGateway}. */
 export interface GatewayOptions {
@@ -285,10 +286,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     log,
   };
   metrics.bindRevalidations(() => revalidationStats(ctx));
-  const writeThrough =
+  const puts =
     cache && options.writeThrough !== false && authMode !== 'passthrough'
       ? await WriteThrough.open(ctx, cache)
       : undefined;
+  const writeThrough = puts && { puts, multipart: new MultipartThrough(puts) };
   // Another worker's write changed an object: forget it here too before that worker answers.
   const stopInvalidations = coordinator?.onInvalidate(async (changed) => {
     invalidateReads(ctx, changed);

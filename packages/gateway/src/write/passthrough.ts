@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { classify, keelError } from 'keel';
 import type { ObjectIdentity, RangeCache } from 'keel/cache';
 import type { Clock } from 'keel';
-import type { OriginClient, OriginResponse } from '../origin/origin-client.js';
+import type { OriginClient } from '../origin/origin-client.js';
 import type { OriginGuard } from '../origin/origin-guard.js';
 import { readAll, relayAnswer, relayBuffered, type RelayLog } from '../origin/relay.js';
 import { isThrottle, originAnswerOf, retryAfterSeconds } from '../origin/origin-guard.js';
@@ -21,7 +21,8 @@ import {
   MAX_DELETE_BODY_BYTES,
   postObjectKey,
 } from './write-invalidation.js';
-import type { StagedUpload, WriteThrough, WriteThroughResult } from './write-through.js';
+import type { WriteThroughResult } from './write-through.js';
+import { WriteThroughStep, type WriteThroughParts } from './write-through-step.js';
 
 /** Client headers that are about this hop or the client's signature, never forwarded. */
 const DROPPED = new Set([
@@ -91,31 +92,10 @@ export interface PassthroughOptions {
   unsigned?: boolean;
   /** Where the origin's own request ids of relayed answers are noted. */
   log?: RelayLog;
-  /** Stages a PutObject's body for the cache, committed once the origin accepted it (none: forward only). */
-  writeThrough?: WriteThrough | undefined;
+  /** Stages uploads for the cache, committed once the origin accepted them (none: forward only). */
+  writeThrough?: WriteThroughParts | undefined;
   /** Told what became of each upload staged for write-through. */
   onWriteThrough?: (id: ObjectIdentity, result: WriteThroughResult) => void;
-}
-
-/**
- * True for a plain PutObject of a known length, the request write-through caches: not a copy,
- * a part, a sub-resource (tagging, ACL …) or an unsigned request.
- */
-function writesThrough(
-  method: string,
-  target: S3Target,
-  headers: Record<string, string>,
-  unsigned: boolean,
-): target is S3Target & { bucket: string; key: string } {
-  return (
-    method === 'PUT' &&
-    !unsigned &&
-    target.bucket !== undefined &&
-    target.key !== undefined &&
-    headers['x-amz-copy-source'] === undefined &&
-    /^\d+$/.test(headers['content-length'] ?? '') &&
-    [...target.query.keys()].every((k) => k === 'x-id' || PRESIGN_PARAMS.has(k.toLowerCase()))
-  );
 }
 
 /**
@@ -188,25 +168,13 @@ export async function passthrough(
     req.pipe(verifier);
   }
   const hasBody = method !== 'GET' && method !== 'HEAD' && method !== 'OPTIONS';
-  let staged: StagedUpload | undefined;
-  if (options.writeThrough && writesThrough(method, target, headers, options.unsigned === true)) {
-    const id = { bucket: target.bucket, key: target.key, versionId: null };
-    staged = await options.writeThrough.begin(id, Number(headers['content-length']), body);
-    if (staged) body = staged.body;
-  }
-  const staging = staged;
-  /** Commits the staged copy after a write the origin accepted, else drops it. */
-  const settleStaged = async (
-    accepted: Pick<OriginResponse, 'status' | 'headers'> | undefined,
-  ): Promise<void> => {
-    if (!staging || target.bucket === undefined || target.key === undefined) return;
-    if (!accepted) {
-      await staging.abandon();
-      return;
-    }
-    const result = await staging.commit(accepted);
-    options.onWriteThrough?.({ bucket: target.bucket, key: target.key, versionId: null }, result);
-  };
+  const through =
+    options.writeThrough && !options.unsigned
+      ? await WriteThroughStep.start(options.writeThrough, method, target, headers, body, (id, result) =>
+          options.onWriteThrough?.(id, result),
+        )
+      : undefined;
+  if (through) body = through.body;
   const corsChange =
     (method === 'PUT' || method === 'DELETE') && target.key === undefined && target.query.has('cors');
   const corsChanged = (): void => {
@@ -214,15 +182,18 @@ export async function passthrough(
   };
   let upload: Readable | Buffer = body;
   let deleted: { key: string; versionId: string | undefined }[] = [];
-  if (deleteList || plan.trailer) {
+  if (deleteList || plan.trailer || through?.wholeBodyLimit !== undefined) {
     // DeleteObjects names the keys to drop in its body; a small streaming upload's checksum
     // trailer becomes a header. Either way the body is read whole (it is small) and passed on.
-    const limit = deleteList ? MAX_DELETE_BODY_BYTES : MAX_FORWARDED_TRAILER_BODY_BYTES;
+    const limit = deleteList
+      ? MAX_DELETE_BODY_BYTES
+      : Math.max(through?.wholeBodyLimit ?? 0, plan.trailer ? MAX_FORWARDED_TRAILER_BODY_BYTES : 0);
     const whole = await readAll(body, limit).catch(() => null);
-    if (whole === null || whole === undefined) await settleStaged(undefined);
+    if (whole === null || whole === undefined) await through?.failed();
     if (whole === null) return refuse(rejected?.s3 ?? S3Errors.badRequest('the body could not be read'));
     if (whole === undefined) return refuse(deleteListTooLarge());
     if (deleteList) deleted = deleteObjectsKeys(whole);
+    through?.keepBody(whole);
     const checksum = plan.trailer?.value();
     if (plan.trailer && checksum !== undefined) {
       headers[plan.trailer.name] = checksum;
@@ -268,7 +239,7 @@ export async function passthrough(
       // The origin answered before the body was refused (an early error): nothing was stored.
       up.body.on('error', () => undefined);
       up.body.destroy();
-      await settleStaged(undefined);
+      await through?.failed();
       return refuse(rejected.s3);
     }
     const cache = options.cache;
@@ -286,13 +257,27 @@ export async function passthrough(
     }
     // After the invalidation, so the committed copy is the only one left; before the answer, so
     // the client's next read is a hit.
-    await settleStaged(up.status < 300 ? up : undefined);
+    const doc = await through?.answered(up);
+    if (doc === 'lost') {
+      res.destroy();
+      return 'PASS';
+    }
+    if (doc) {
+      relayBuffered(
+        res,
+        method,
+        { status: up.status, headers: up.headers, body: doc },
+        requestId,
+        options.log,
+      );
+      return 'PASS';
+    }
     await relayAnswer(res, method, up, requestId, options.log);
     return 'PASS';
   } catch (err) {
     // The origin may have applied the change before failing to answer.
     corsChanged();
-    await settleStaged(undefined);
+    await through?.failed();
     if (rejected) return refuse(rejected.s3);
     // The origin's own answer (a 500, a 503 SlowDown …) is relayed as it was.
     const answered = originAnswerOf(err);

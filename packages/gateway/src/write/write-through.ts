@@ -27,20 +27,34 @@ import {
 /** Staging files live here, under the cache directory (outside `objects/`, which the cache owns). */
 export const STAGING_DIR = 'write-through';
 
-/** Why a PUT was not written through to the cache, or that it was. */
+/** What became of a write staged for the cache: committed, or why not. */
 export type WriteThroughResult = { cached: true } | { cached: false; reason: string };
 
 /**
- * Write-through for one gateway: starts staging eligible uploads and commits them. Staged bytes in
- * flight are bounded by the cache's size limit: an upload that would pass it is forwarded only.
+ * An upload being staged: `body` is what to send the origin (the client's bytes, passed on as they
+ * are staged); `settle` is told the origin's answer (undefined: the write failed or was refused)
+ * and answers what became of the write, or undefined when there is nothing to report yet (a part).
+ * `settle` never throws, and removes what it does not keep.
+ */
+export interface Staged {
+  readonly body: Readable;
+  settle(
+    answer: Pick<OriginResponse, 'status' | 'headers'> | undefined,
+  ): Promise<WriteThroughResult | undefined>;
+}
+
+/**
+ * Write-through for one gateway: stages eligible uploads and commits them. Bytes staged at once
+ * (uploads in flight and parts waiting for their CompleteMultipartUpload) are bounded by the
+ * cache's size limit: an upload that would pass it is forwarded only.
  */
 export class WriteThrough {
-  /** Bytes announced by the uploads being staged now. */
+  /** Bytes announced by what is being staged or kept staged now. */
   private stagedBytes = 0;
 
   private constructor(
-    private readonly ctx: ReadContext,
-    private readonly cache: RangeCache,
+    readonly ctx: ReadContext,
+    readonly cache: RangeCache,
     private readonly dir: string,
   ) {}
 
@@ -68,23 +82,67 @@ export class WriteThrough {
   }
 
   /**
-   * Starts staging an upload of `declaredBytes` to `id`: its cached copy is dropped first (so a
-   * crash before the commit cannot leave the old version served after the new one was stored),
-   * and the returned upload's `body` is what to send the origin. Undefined when it is not written
-   * through (the cache is bypassed, or the upload does not fit the staging bound).
+   * Starts staging a PutObject of `declaredBytes` to `id`: its cached copy is dropped first (so a
+   * crash before the commit cannot leave the old version served after the new one was stored).
+   * Undefined when it is not written through (the cache is bypassed, or the staging bound is reached).
    */
-  async begin(id: ObjectIdentity, declaredBytes: number, body: Readable): Promise<StagedUpload | undefined> {
-    const { cache, ctx } = this;
-    if (cache.bypassed || declaredBytes > cache.maxBytes - this.stagedBytes) return undefined;
+  async begin(id: ObjectIdentity, declaredBytes: number, body: Readable): Promise<Staged | undefined> {
+    if (!this.reserve(declaredBytes)) return undefined;
+    await this.dropCached(id);
+    const tap = this.stage(body);
+    const done = async (): Promise<void> => {
+      await tap.remove();
+      this.release(declaredBytes);
+    };
+    return {
+      body: tap,
+      settle: async (answer) => {
+        try {
+          if (!answer) return { cached: false, reason: 'the write failed' };
+          if (answer.status !== 200) return { cached: false, reason: `the origin answered ${answer.status}` };
+          const why = await tap.whole(declaredBytes);
+          if (why !== undefined) return { cached: false, reason: why };
+          const etag = `"${tap.digest().toString('hex')}"`;
+          if (answer.headers.etag !== etag)
+            return {
+              cached: false,
+              reason: `the origin's ETag ${answer.headers.etag ?? '(none)'} is not the body's MD5 ${etag}`,
+            };
+          return await commitStaged(this.ctx, this.cache, id, etag, [tap]);
+        } catch (err) {
+          return { cached: false, reason: `the commit failed: ${classify(err).message}` };
+        } finally {
+          await done();
+        }
+      },
+    };
+  }
+
+  /** Takes `bytes` from the staging bound; false when they do not fit (or the cache is bypassed). */
+  reserve(bytes: number): boolean {
+    if (this.cache.bypassed || bytes > this.cache.maxBytes - this.stagedBytes) return false;
+    this.stagedBytes += bytes;
+    return true;
+  }
+
+  /** Gives back what {@link reserve} took. */
+  release(bytes: number): void {
+    this.stagedBytes -= bytes;
+  }
+
+  /** Drops the cached copy of an object about to be written, in this process and on disk. */
+  async dropCached(id: ObjectIdentity): Promise<void> {
+    const { ctx, cache } = this;
     invalidateReads(ctx, id);
     await safe(ctx, 'invalidate', () => cache.invalidate(id));
-    this.stagedBytes += declaredBytes;
+  }
+
+  /** Stages `body` into a new file: the returned stream passes it on. */
+  stage(body: Readable): StagingTap {
     const file = path.join(this.dir, `${process.pid}.${randomBytes(8).toString('hex')}.tmp`);
     const tap = new StagingTap(file);
     pipeline(body, tap, () => undefined);
-    return new StagedUpload(ctx, cache, id, declaredBytes, tap, () => {
-      this.stagedBytes -= declaredBytes;
-    });
+    return tap;
   }
 }
 
@@ -103,13 +161,14 @@ function alive(pid: number): boolean {
  * file. A staging failure (disk full …) never fails the upload: the copy is given up, and the
  * write is forwarded only.
  */
-class StagingTap extends Transform {
-  readonly md5: Hash = createHash('md5');
+export class StagingTap extends Transform {
+  private readonly md5: Hash = createHash('md5');
+  private md5Digest: Buffer | undefined;
   bytes = 0;
   /** Every byte passed through, and the stream ended (not cut). */
-  complete = false;
+  private complete = false;
   /** Why the staged copy is unusable, once it is. */
-  failed: string | undefined;
+  private failed: string | undefined;
   private readonly handle: Promise<FileHandle | undefined>;
 
   constructor(readonly file: string) {
@@ -141,14 +200,27 @@ class StagingTap extends Transform {
     done();
   }
 
+  /** Undefined when the body passed whole (`declaredBytes`) and is staged; else why not. */
+  async whole(declaredBytes: number): Promise<string | undefined> {
+    if (!this.complete || this.bytes !== declaredBytes) return 'the body did not arrive whole';
+    return (await this.opened()) ? undefined : (this.failed ?? 'staging failed');
+  }
+
+  /** The MD5 of the bytes passed through (once they all have). */
+  digest(): Buffer {
+    this.md5Digest ??= this.md5.digest();
+    return this.md5Digest;
+  }
+
   /** The open staging file, or undefined when staging failed. */
   async opened(): Promise<FileHandle | undefined> {
     const fh = await this.handle;
     return this.failed === undefined ? fh : undefined;
   }
 
-  /** Closes and removes the staging file. */
+  /** Stops staging, closes and removes the staging file. */
   async remove(): Promise<void> {
+    if (!this.destroyed) this.destroy();
     const fh = await this.handle;
     await fh?.close().catch(() => undefined);
     await rm(this.file, { force: true }).catch(() => undefined);
@@ -163,116 +235,106 @@ async function writeAll(fh: FileHandle, chunk: Buffer, position: number): Promis
   }
 }
 
-/** An upload being staged: committed to the cache once the origin accepted it, else dropped. */
-export class StagedUpload {
-  constructor(
-    private readonly ctx: ReadContext,
-    private readonly cache: RangeCache,
-    private readonly id: ObjectIdentity,
-    private readonly declaredBytes: number,
-    private readonly tap: StagingTap,
-    private readonly release: () => void,
-  ) {}
-
-  /** What to send the origin: the client's body, passed on as it is staged. */
-  get body(): Readable {
-    return this.tap;
-  }
-
-  /**
-   * Commits the staged copy when `put` (the origin's answer to the PUT) is a 200 whose ETag is
-   * the MD5 keel computed, and a HEAD to the origin answers that ETag and size: the metadata
-   * cached is the HEAD's, what a read's miss would have stored. Call after the write's
-   * invalidation. Never throws; the staging file is removed whatever happens.
-   */
-  async commit(put: Pick<OriginResponse, 'status' | 'headers'>): Promise<WriteThroughResult> {
-    try {
-      return await this.tryCommit(put);
-    } catch (err) {
-      return { cached: false, reason: `the commit failed: ${classify(err).message}` };
-    } finally {
-      await this.abandon();
+/**
+ * Commits staged files, one after the other the object's bytes, as object `id` with ETag `etag`
+ * (checked by the caller against what keel computed), once a HEAD to the origin answers that ETag
+ * and their total size: the metadata cached is the HEAD's, what a read's miss would have stored.
+ * Call after the write's invalidation. Skipped, or undone, when another write changes the object
+ * meanwhile. The files are left to the caller to remove.
+ */
+export async function commitStaged(
+  ctx: ReadContext,
+  cache: RangeCache,
+  id: ObjectIdentity,
+  etag: string,
+  files: StagingTap[],
+): Promise<WriteThroughResult> {
+  const hash = identityHash(id);
+  const gen = generation(ctx, hash);
+  const size = files.reduce((n, f) => n + f.bytes, 0);
+  const info = await confirm(ctx, id, etag, size);
+  if (typeof info === 'string') return { cached: false, reason: info };
+  const reader = new StagedReader(files);
+  const stored = await writeUnlessChanged(ctx, id, gen, async () => {
+    const meta = await cache.putMeta(id, info);
+    if (!meta.stored) return meta.message;
+    for (let index = 0, at = 0; at < size; index++, at += cache.sliceBytes) {
+      const slice = await reader.read(Math.min(cache.sliceBytes, size - at));
+      if (typeof slice === 'string') return slice;
+      const written = await cache.writeSlice(id, index, slice, info.etag);
+      if (!written.stored) return written.message;
     }
-  }
+    return undefined;
+  });
+  if (generation(ctx, hash) !== gen)
+    return { cached: false, reason: 'another write changed the object meanwhile' };
+  return stored === undefined ? { cached: true } : { cached: false, reason: stored };
+}
 
-  /** Drops the staged copy (the write failed or was refused). */
-  async abandon(): Promise<void> {
-    if (!this.tap.destroyed) this.tap.destroy();
-    await this.tap.remove();
-    this.releaseOnce();
-  }
+/** Reads staged files in order as one stream of bytes, a slice at a time. */
+class StagedReader {
+  private file = 0;
+  private offset = 0;
 
-  private released = false;
-  private releaseOnce(): void {
-    if (this.released) return;
-    this.released = true;
-    this.release();
-  }
+  constructor(private readonly files: StagingTap[]) {}
 
-  private async tryCommit(put: Pick<OriginResponse, 'status' | 'headers'>): Promise<WriteThroughResult> {
-    const { ctx, cache, id, tap } = this;
-    if (put.status !== 200) return { cached: false, reason: `the origin answered ${put.status}` };
-    if (!tap.complete || tap.bytes !== this.declaredBytes)
-      return { cached: false, reason: 'the body did not arrive whole' };
-    const fh = await tap.opened();
-    if (!fh) return { cached: false, reason: tap.failed ?? 'staging failed' };
-    const etag = `"${tap.md5.digest('hex')}"`;
-    if (put.headers.etag !== etag)
-      return {
-        cached: false,
-        reason: `the origin's ETag ${put.headers.etag ?? '(none)'} is not the body's MD5 ${etag}`,
-      };
-    const gen = generation(ctx, identityHash(id));
-    const info = await this.confirm(etag);
-    if (typeof info === 'string') return { cached: false, reason: info };
-    const stored = await writeUnlessChanged(ctx, id, gen, async () => {
-      const meta = await cache.putMeta(id, info);
-      if (!meta.stored) return meta.message;
-      const slice = Buffer.allocUnsafe(Math.min(cache.sliceBytes, info.size));
-      for (let index = 0, at = 0; at < info.size; index++, at += cache.sliceBytes) {
-        const length = Math.min(cache.sliceBytes, info.size - at);
-        const { bytesRead } = await fh.read(slice, 0, length, at);
-        if (bytesRead !== length) return `the staging file is short at byte ${at + bytesRead}`;
-        const written = await cache.writeSlice(id, index, slice.subarray(0, length), info.etag);
-        if (!written.stored) return written.message;
+  /** The next `length` bytes, or why they cannot be read. */
+  async read(length: number): Promise<Buffer | string> {
+    const out = Buffer.allocUnsafe(length);
+    let filled = 0;
+    while (filled < length) {
+      const tap = this.files[this.file];
+      if (!tap) return 'the staged files are shorter than the object';
+      if (this.offset >= tap.bytes) {
+        this.file++;
+        this.offset = 0;
+        continue;
       }
-      return undefined;
-    });
-    if (stored === undefined && generation(ctx, identityHash(id)) !== gen)
-      return { cached: false, reason: 'another write changed the object meanwhile' };
-    return stored === undefined ? { cached: true } : { cached: false, reason: stored };
-  }
-
-  /**
-   * The object's info as the origin answers a HEAD now, when it is the object just written (its
-   * ETag and size); otherwise why not. The honest source of Last-Modified, Content-Type and the
-   * headers replayed to readers.
-   */
-  private async confirm(etag: string): Promise<ObjectInfo | string> {
-    const { ctx, id } = this;
-    let head: OriginResponse;
-    try {
-      head = await ctx.guard.call(
-        id.bucket,
-        (signal) =>
-          ctx.origin.request({
-            method: 'HEAD',
-            bucket: id.bucket,
-            key: id.key,
-            rawQuery: '',
-            headers: {},
-            signal,
-          }),
-        { key: id.key },
-      );
-    } catch (err) {
-      return `the HEAD after the write failed: ${classify(err).message}`;
+      const fh = await tap.opened();
+      if (!fh) return 'a staging file is unusable';
+      const want = Math.min(length - filled, tap.bytes - this.offset);
+      const { bytesRead } = await fh.read(out, filled, want, this.offset);
+      if (bytesRead === 0) return `staging file ${tap.file} is short at byte ${this.offset}`;
+      filled += bytesRead;
+      this.offset += bytesRead;
     }
-    discard(head.body);
-    const info = head.status === 200 ? infoFrom(head.headers) : undefined;
-    if (!info) return `the HEAD after the write answered ${head.status}`;
-    if (info.etag !== etag || info.size !== this.declaredBytes)
-      return `the origin now holds another object (ETag ${info.etag}, ${info.size} bytes)`;
-    return info;
+    return out;
   }
+}
+
+/**
+ * The object's info as the origin answers a HEAD now, when it is the object just written (its
+ * ETag and size); otherwise why not. The honest source of Last-Modified, Content-Type and the
+ * headers replayed to readers.
+ */
+async function confirm(
+  ctx: ReadContext,
+  id: ObjectIdentity,
+  etag: string,
+  size: number,
+): Promise<ObjectInfo | string> {
+  let head: OriginResponse;
+  try {
+    head = await ctx.guard.call(
+      id.bucket,
+      (signal) =>
+        ctx.origin.request({
+          method: 'HEAD',
+          bucket: id.bucket,
+          key: id.key,
+          rawQuery: '',
+          headers: {},
+          signal,
+        }),
+      { key: id.key },
+    );
+  } catch (err) {
+    return `the HEAD after the write failed: ${classify(err).message}`;
+  }
+  discard(head.body);
+  const info = head.status === 200 ? infoFrom(head.headers) : undefined;
+  if (!info) return `the HEAD after the write answered ${head.status}`;
+  if (info.etag !== etag || info.size !== size)
+    return `the origin now holds another object (ETag ${info.etag}, ${info.size} bytes)`;
+  return info;
 }

@@ -1,0 +1,173 @@
+import { randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  GetObjectCommand,
+  PutObjectCommand,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chaos } from 'keel/chaos';
+import { createGateway } from '@keel/gateway';
+import {
+  CLIENT_KEY,
+  gatewayOptions,
+  s3,
+  sha,
+  signedRequest,
+  SLICE,
+  startHarness,
+  startRecordedGateway,
+  type Harness,
+} from './gateway-protocol-support.js';
+
+/*
+ * Write-through of multipart uploads: parts are staged as they upload; CompleteMultipartUpload
+ * commits them when the origin's ETag is the one their bytes make; abort or a failed complete
+ * drops them.
+ */
+
+const MiB = 1024 * 1024;
+let h: Harness;
+
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.close();
+});
+
+async function staged(cacheDir: string): Promise<string[]> {
+  return readdir(path.join(cacheDir, 'write-through')).catch(() => []);
+}
+
+describe('multipart write-through', () => {
+  it('an upload by lib-storage is cached: a ranged GET across parts and a whole GET are HITs with no origin bytes', async () => {
+    const cacheDir = `${h.cacheDir}-wt-mpu`;
+    const { gateway: g, recorder } = await startRecordedGateway(h, 'wt-mpu', { sliceBytes: SLICE });
+    const client = s3(g.url(), CLIENT_KEY);
+    try {
+      const data = randomBytes(12 * MiB + 5);
+      await new Upload({
+        client,
+        params: { Bucket: 'b', Key: 'wt/mpu.bin', Body: data, ContentType: 'video/x-keel' },
+        partSize: 5 * MiB,
+        queueSize: 2,
+      }).done();
+      expect(recorder.seen.filter((r) => r.method === 'PUT' && r.url.includes('partNumber=')).length).toBe(3);
+      expect(await staged(cacheDir)).toEqual([]);
+      const before = recorder.bodyBytes();
+      const from = 5 * MiB - 10;
+      const ranged = await signedRequest(g.url(), CLIENT_KEY, 'GET', '/b/wt/mpu.bin', {
+        range: `bytes=${from}-${from + 99}`,
+      });
+      expect(ranged.status).toBe(206);
+      expect(ranged.headers['x-keel-cache']).toBe('HIT');
+      expect(ranged.body.equals(data.subarray(from, from + 100))).toBe(true);
+      const whole = await signedRequest(g.url(), CLIENT_KEY, 'GET', '/b/wt/mpu.bin');
+      expect(whole.headers['x-keel-cache']).toBe('HIT');
+      expect(whole.headers['content-type']).toBe('video/x-keel');
+      expect(sha(whole.body)).toBe(sha(data));
+      expect(recorder.bodyBytes() - before).toBe(0);
+    } finally {
+      client.destroy();
+      await g.close(1000);
+      await recorder.close();
+    }
+  });
+
+  it('an aborted upload caches nothing and leaves nothing staged; the cached object stays as it was', async () => {
+    const cacheDir = `${h.cacheDir}-wt-abort`;
+    const old = randomBytes(SLICE * 2 + 1);
+    await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'wt/abort.bin', Body: old }));
+    const { gateway: g, recorder } = await startRecordedGateway(h, 'wt-abort', { sliceBytes: SLICE });
+    const client = s3(g.url(), CLIENT_KEY);
+    try {
+      // Cached before the upload starts.
+      await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'wt/abort.bin' }));
+      await g.idle();
+      const { UploadId } = await client.send(
+        new CreateMultipartUploadCommand({ Bucket: 'b', Key: 'wt/abort.bin' }),
+      );
+      for (const PartNumber of [1, 2])
+        await client.send(
+          new UploadPartCommand({
+            Bucket: 'b',
+            Key: 'wt/abort.bin',
+            UploadId,
+            PartNumber,
+            Body: randomBytes(SLICE),
+          }),
+        );
+      expect((await staged(cacheDir)).length).toBe(2);
+      await client.send(new AbortMultipartUploadCommand({ Bucket: 'b', Key: 'wt/abort.bin', UploadId }));
+      expect(await staged(cacheDir)).toEqual([]);
+      const before = recorder.bodyBytes();
+      const next = await signedRequest(g.url(), CLIENT_KEY, 'GET', '/b/wt/abort.bin');
+      expect(next.headers['x-keel-cache']).toBe('HIT');
+      expect(sha(next.body)).toBe(sha(old));
+      expect(recorder.bodyBytes() - before).toBe(0);
+    } finally {
+      client.destroy();
+      await g.close(1000);
+      await recorder.close();
+    }
+  });
+
+  it('a complete the origin fails caches nothing and drops the staged parts', async () => {
+    const cacheDir = `${h.cacheDir}-wt-complete-500`;
+    const faults = await chaos.httpProxy({
+      upstream: h.origin.url,
+      rules: [
+        {
+          name: 'complete-fails',
+          method: 'POST',
+          path: '/b/wt/fails.bin',
+          action: { type: 'status', status: 500 },
+        },
+      ],
+    });
+    const g = await createGateway(
+      gatewayOptions(`http://127.0.0.1:${String(faults.port)}`, { cacheDir, sliceBytes: SLICE }),
+    );
+    await g.listen(0);
+    const client = s3(g.url(), CLIENT_KEY);
+    try {
+      // Created at the origin itself: the fault fails every POST of the key through the gateway.
+      const { UploadId } = await h.direct.send(
+        new CreateMultipartUploadCommand({ Bucket: 'b', Key: 'wt/fails.bin' }),
+      );
+      const { ETag } = await client.send(
+        new UploadPartCommand({
+          Bucket: 'b',
+          Key: 'wt/fails.bin',
+          UploadId,
+          PartNumber: 1,
+          Body: randomBytes(SLICE),
+        }),
+      );
+      expect((await staged(cacheDir)).length).toBe(1);
+      await expect(
+        client.send(
+          new CompleteMultipartUploadCommand({
+            Bucket: 'b',
+            Key: 'wt/fails.bin',
+            UploadId,
+            MultipartUpload: { Parts: [{ PartNumber: 1, ETag }] },
+          }),
+        ),
+      ).rejects.toThrow();
+      expect(faults.stats.faults['complete-fails']).toBeGreaterThan(0);
+      expect(await staged(cacheDir)).toEqual([]);
+      expect(await g.cache?.getMeta({ bucket: 'b', key: 'wt/fails.bin', versionId: null })).toBeUndefined();
+    } finally {
+      client.destroy();
+      await g.close(1000);
+      await faults.close();
+    }
+  });
+});
