@@ -3,13 +3,8 @@ import type { Readable } from 'node:stream';
 import { XMLParser } from 'fast-xml-parser';
 import type { ObjectIdentity } from 'keel/cache';
 import { classify } from 'keel';
-import {
-  commitStaged,
-  type Staged,
-  type StagingTap,
-  type WriteThrough,
-  type WriteThroughResult,
-} from './write-through.js';
+import { commitStaged, type Staged, type WriteThrough, type WriteThroughResult } from './write-through.js';
+import type { StagingTap } from './staging-tap.js';
 
 /*
  * Write-through of multipart uploads: each part is staged as it goes to the origin and kept once
