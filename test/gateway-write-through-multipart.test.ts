@@ -1,5 +1,6 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import {
   AbortMultipartUploadCommand,
@@ -77,6 +78,87 @@ describe('multipart write-through', () => {
       client.destroy();
       await g.close(1000);
       await recorder.close();
+    }
+  });
+
+  it("an origin answering S3's multipart ETag (MD5 of the parts' MD5s, -N) has the upload cached under it", async () => {
+    const key = 'wt/s3-etag.bin';
+    const parts = [randomBytes(5 * MiB), randomBytes(100 * 1024 + 3)];
+    const data = Buffer.concat(parts);
+    const md5 = (b: Buffer): Buffer => createHash('md5').update(b).digest();
+    const real = `"${md5(data).toString('hex')}"`;
+    const s3Etag = `"${md5(Buffer.concat(parts.map(md5))).toString('hex')}-${parts.length}"`;
+    // s3rver answers the whole object's MD5: this proxy makes it answer as S3 does for the key.
+    const up = new URL(h.origin.url);
+    const server = http.createServer((req, res) => {
+      const ofKey = (req.url ?? '').split('?')[0] === `/b/${key}`;
+      const completing = ofKey && req.method === 'POST' && (req.url ?? '').includes('uploadId=');
+      const headers = { ...req.headers };
+      if (ofKey && headers['if-match'] === s3Etag) headers['if-match'] = real;
+      const fwd = http.request(
+        { host: up.hostname, port: up.port, method: req.method, path: req.url, headers },
+        (r) => {
+          const out = { ...r.headers };
+          if (ofKey && out.etag === real) out.etag = s3Etag;
+          if (!completing) {
+            res.writeHead(r.statusCode ?? 502, out);
+            r.pipe(res);
+            return;
+          }
+          const chunks: Buffer[] = [];
+          r.on('data', (d: Buffer) => chunks.push(d));
+          r.on('end', () => {
+            const doc = Buffer.from(
+              Buffer.concat(chunks)
+                .toString()
+                .replace(/<ETag>[^<]*<\/ETag>/, `<ETag>${s3Etag.replace(/"/g, '&quot;')}</ETag>`),
+            );
+            delete out['transfer-encoding'];
+            res.writeHead(r.statusCode ?? 502, { ...out, 'content-length': String(doc.length) });
+            res.end(doc);
+          });
+        },
+      );
+      fwd.on('error', () => res.destroy());
+      req.pipe(fwd);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const g = await createGateway(
+      gatewayOptions(`http://127.0.0.1:${port}`, { cacheDir: `${h.cacheDir}-wt-s3etag`, sliceBytes: SLICE }),
+    );
+    await g.listen(0);
+    const client = s3(g.url(), CLIENT_KEY);
+    try {
+      const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: 'b', Key: key }));
+      const listed = [];
+      for (const [i, Body] of parts.entries()) {
+        const { ETag } = await client.send(
+          new UploadPartCommand({ Bucket: 'b', Key: key, UploadId, PartNumber: i + 1, Body }),
+        );
+        listed.push({ PartNumber: i + 1, ETag });
+      }
+      const done = await client.send(
+        new CompleteMultipartUploadCommand({
+          Bucket: 'b',
+          Key: key,
+          UploadId,
+          MultipartUpload: { Parts: listed },
+        }),
+      );
+      expect(done.ETag).toBe(s3Etag);
+      expect(await g.metrics.registry.getSingleMetricAsString('keel_gateway_write_through_total')).toContain(
+        'keel_gateway_write_through_total{result="cached"} 1',
+      );
+      const got = await signedRequest(g.url(), CLIENT_KEY, 'GET', `/b/${key}`);
+      expect(got.headers['x-keel-cache']).toBe('HIT');
+      expect(got.headers.etag).toBe(s3Etag);
+      expect(sha(got.body)).toBe(sha(data));
+    } finally {
+      client.destroy();
+      await g.close(1000);
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
   });
 
