@@ -184,7 +184,8 @@ export async function passthrough(
   let deleted: { key: string; versionId: string | undefined }[] = [];
   if (deleteList || plan.trailer || through?.wholeBodyLimit !== undefined) {
     // DeleteObjects names the keys to drop in its body; a small streaming upload's checksum
-    // trailer becomes a header. Either way the body is read whole (it is small) and passed on.
+    // trailer becomes a header; a CompleteMultipartUpload written through names its parts. Either
+    // way the body is read whole (it is small) and passed on.
     const limit = deleteList
       ? MAX_DELETE_BODY_BYTES
       : Math.max(through?.wholeBodyLimit ?? 0, plan.trailer ? MAX_FORWARDED_TRAILER_BODY_BYTES : 0);
