@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { readdir, readlink } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import {
@@ -44,6 +44,17 @@ afterAll(async () => {
 
 async function staged(cacheDir: string): Promise<string[]> {
   return readdir(path.join(cacheDir, 'write-through')).catch(() => []);
+}
+
+/** Staging files this process holds open (Linux: /proc/self/fd). */
+async function openStaged(cacheDir: string): Promise<string[]> {
+  const dir = path.join(cacheDir, 'write-through');
+  const open: string[] = [];
+  for (const fd of await readdir('/proc/self/fd')) {
+    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+    if (target.startsWith(dir)) open.push(target);
+  }
+  return open;
 }
 
 describe('multipart write-through', () => {
@@ -186,6 +197,8 @@ describe('multipart write-through', () => {
           }),
         );
       expect((await staged(cacheDir)).length).toBe(2);
+      // Parts waiting for their upload's completion hold no file descriptor.
+      if (process.platform === 'linux') expect(await openStaged(cacheDir)).toEqual([]);
       await client.send(new AbortMultipartUploadCommand({ Bucket: 'b', Key: 'wt/abort.bin', UploadId }));
       expect(await staged(cacheDir)).toEqual([]);
       const before = recorder.bodyBytes();

@@ -18,6 +18,9 @@ import type { StagingTap } from './staging-tap.js';
 /** Uploads whose parts are kept at once; beyond this the least recently used is dropped. */
 export const MAX_STAGED_UPLOADS = 1000;
 
+/** Parts kept at once over all uploads (S3's most for one upload); beyond this, as above. */
+export const MAX_STAGED_PARTS = 10_000;
+
 /** S3's highest part number. */
 const MAX_PART_NUMBER = 10_000;
 
@@ -48,6 +51,8 @@ interface StagedMultipart {
 /** The parts of multipart uploads staged for the cache, by upload. */
 export class MultipartThrough {
   private readonly uploads = new Map<string, StagedMultipart>();
+  /** Parts kept over all uploads. */
+  private partCount = 0;
 
   constructor(private readonly through: WriteThrough) {}
 
@@ -86,7 +91,10 @@ export class MultipartThrough {
         const former = upload.parts.get(n);
         if (former) await this.forget(former);
         if (kept) {
+          // Kept without its file descriptor until the complete reads it.
+          await tap.closeFile();
           upload.parts.set(n, { tap, md5: tap.digest() });
+          this.partCount++;
           this.uploads.delete(key);
           this.uploads.set(key, upload);
         } else {
@@ -159,8 +167,9 @@ export class MultipartThrough {
   }
 
   private async forget(part: StagedPart): Promise<void> {
-    await part.tap.remove();
+    this.partCount--;
     this.through.release(part.tap.bytes);
+    await part.tap.remove();
   }
 
   /**
@@ -170,7 +179,9 @@ export class MultipartThrough {
   private makeRoom(key: string, bytes: number): boolean {
     if (this.through.cache.bypassed) return false;
     for (;;) {
-      const full = !this.uploads.has(key) && this.uploads.size >= MAX_STAGED_UPLOADS;
+      const full =
+        (!this.uploads.has(key) && this.uploads.size >= MAX_STAGED_UPLOADS) ||
+        this.partCount >= MAX_STAGED_PARTS;
       if (!full && this.through.reserve(bytes)) return true;
       const oldest = [...this.uploads.keys()].find((k) => k !== key);
       const upload = oldest === undefined ? undefined : this.uploads.get(oldest);
@@ -178,6 +189,7 @@ export class MultipartThrough {
       this.uploads.delete(oldest);
       // Released at once, removed in the background.
       for (const part of upload.parts.values()) {
+        this.partCount--;
         this.through.release(part.tap.bytes);
         void part.tap.remove();
       }
@@ -223,6 +235,7 @@ async function wholeMd5(taps: StagingTap[]): Promise<string> {
       md5.update(chunk.subarray(0, bytesRead));
       at += bytesRead;
     }
+    await tap.closeFile();
   }
   return md5.digest('hex');
 }

@@ -16,7 +16,8 @@ export class StagingTap extends Transform {
   private complete = false;
   /** Why the staged copy is unusable, once it is. */
   private failed: string | undefined;
-  private readonly handle: Promise<FileHandle | undefined>;
+  /** The staging file while open (undefined once closed: {@link opened} opens it again). */
+  private handle: Promise<FileHandle | undefined> | undefined;
 
   constructor(readonly file: string) {
     super();
@@ -30,7 +31,7 @@ export class StagingTap extends Transform {
     this.md5.update(chunk);
     const at = this.bytes;
     this.bytes += chunk.length;
-    void this.handle
+    void (this.handle ?? Promise.resolve(undefined))
       .then(async (fh) => {
         if (fh && this.failed === undefined) await writeAll(fh, chunk, at);
       })
@@ -59,17 +60,31 @@ export class StagingTap extends Transform {
     return this.md5Digest;
   }
 
-  /** The open staging file, or undefined when staging failed. */
+  /** The open staging file (opened again for reading once closed), or undefined when staging failed. */
   async opened(): Promise<FileHandle | undefined> {
+    if (this.failed !== undefined) return undefined;
+    this.handle ??= open(this.file, 'r').catch((err: unknown) => {
+      this.failed = `could not open the staging file again: ${classify(err).message}`;
+      return undefined;
+    });
     const fh = await this.handle;
     return this.failed === undefined ? fh : undefined;
+  }
+
+  /**
+   * Closes the staging file, keeping it: a staged part waiting for its upload's completion holds
+   * no file descriptor.
+   */
+  async closeFile(): Promise<void> {
+    const handle = this.handle;
+    this.handle = undefined;
+    await (await handle)?.close().catch(() => undefined);
   }
 
   /** Stops staging, closes and removes the staging file. */
   async remove(): Promise<void> {
     if (!this.destroyed) this.destroy();
-    const fh = await this.handle;
-    await fh?.close().catch(() => undefined);
+    await this.closeFile();
     await rm(this.file, { force: true }).catch(() => undefined);
   }
 }

@@ -208,6 +208,8 @@ class StagedReader {
       const tap = this.files[this.file];
       if (!tap) return 'the staged files are shorter than the object';
       if (this.offset >= tap.bytes) {
+        // Done with it: its descriptor is not held while the other files are read.
+        await tap.closeFile();
         this.file++;
         this.offset = 0;
         continue;
