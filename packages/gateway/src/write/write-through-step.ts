@@ -84,7 +84,12 @@ export class WriteThroughStep {
     else if (kind === 'part')
       staged = parts.multipart.beginPart(id, uploadId, target.query.get('partNumber') ?? '', length, body);
     else if (kind === 'complete') {
-      if (!parts.multipart.tracks(id, uploadId) || !(length <= MAX_COMPLETE_BODY_BYTES)) return undefined;
+      if (!parts.multipart.tracks(id, uploadId)) return undefined;
+      if (!(length <= MAX_COMPLETE_BODY_BYTES)) {
+        // A part list this long is not read: the upload is only forwarded, its parts not kept.
+        await parts.multipart.drop(id, uploadId);
+        return undefined;
+      }
       await parts.puts.dropCached(id);
     }
     if ((kind === 'put' || kind === 'part') && !staged) return undefined;
