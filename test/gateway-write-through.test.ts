@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { readdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -129,6 +129,30 @@ describe('write-through', () => {
       client.destroy();
       await g.close(1000);
       await recorder.close();
+    }
+  });
+
+  it('a staging file that cannot be created does not fail the upload: it is stored, and only not cached', async () => {
+    const cacheDir = `${h.cacheDir}-wt-nostage`;
+    const g = await createGateway(gatewayOptions(h.origin.url, { cacheDir, sliceBytes: SLICE }));
+    await g.listen(0);
+    try {
+      // The staging directory replaced by a file: every staging file fails with ENOTDIR.
+      await rm(path.join(cacheDir, 'write-through'), { recursive: true, force: true });
+      await writeFile(path.join(cacheDir, 'write-through'), 'not a directory');
+      const data = randomBytes(SLICE * 2 + 1);
+      const put = await signedRequest(g.url(), CLIENT_KEY, 'PUT', '/b/wt/nostage.bin', {}, data);
+      expect(put.status).toBe(200);
+      expect(await h.atOrigin('wt/nostage.bin')).toBe(sha(data));
+      expect(await g.cache?.getMeta({ bucket: 'b', key: 'wt/nostage.bin', versionId: null })).toBeUndefined();
+      expect(await g.metrics.registry.getSingleMetricAsString('keel_gateway_write_through_total')).toContain(
+        'keel_gateway_write_through_total{result="not_cached"} 1',
+      );
+      const next = await get(g, 'wt/nostage.bin');
+      expect(next.headers['x-keel-cache']).toBe('MISS');
+      expect(sha(next.body)).toBe(sha(data));
+    } finally {
+      await g.close(1000);
     }
   });
 
