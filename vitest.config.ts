@@ -13,10 +13,35 @@ const alias = Object.entries(tsconfig.compilerOptions.paths).map(([name, [target
   replacement: path.resolve(import.meta.dirname, target),
 }));
 
+// Tests of several real processes whose bounds depend on timing (a fleet losing a worker, processes
+// sharing one cache's size limit): they run after the rest, one file at a time, so the parallel
+// suite's load does not decide them.
+const ALONE = ['test/gateway-workers.test.ts', 'test/cache-multiprocess.test.ts'];
+
 export default defineConfig({
   resolve: { alias },
   test: {
-    include: ['packages/*/src/**/*.test.ts', 'test/**/*.test.ts', 'examples/**/*.test.ts'],
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: 'parallel',
+          include: ['packages/*/src/**/*.test.ts', 'test/**/*.test.ts', 'examples/**/*.test.ts'],
+          exclude: [...ALONE, '**/node_modules/**'],
+          sequence: { groupOrder: 0 },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'alone',
+          include: ALONE,
+          fileParallelism: false,
+          typecheck: { enabled: false },
+          sequence: { groupOrder: 1 },
+        },
+      },
+    ],
     testTimeout: 30_000,
     hookTimeout: 30_000,
     pool: 'forks',
