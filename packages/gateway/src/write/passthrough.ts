@@ -15,11 +15,9 @@ import { MAX_FORWARDED_TRAILER_BODY_BYTES, planBody, type BodyPlan } from './upl
 import type { VerifiedRequest } from '../auth/sigv4-verify.js';
 import {
   deleteObjectsKeys,
-  invalidatedBy,
   isDeleteObjects,
-  isPostObject,
   MAX_DELETE_BODY_BYTES,
-  postObjectKey,
+  writtenObjects,
 } from './write-invalidation.js';
 import type { WriteThroughResult } from './write-through.js';
 import { WriteThroughStep, type WriteThroughParts } from './write-through-step.js';
@@ -244,17 +242,9 @@ export async function passthrough(
       return refuse(rejected.s3);
     }
     const cache = options.cache;
-    if (target.bucket !== undefined && up.status < 400) {
-      // A form upload names its key in the form; the origin's answer says where it stored it.
-      const postedKey = isPostObject(method, target, req.headers['content-type'])
-        ? postObjectKey(target.bucket, up.headers.location)
-        : undefined;
-      if (postedKey !== undefined) deleted = [{ key: postedKey, versionId: undefined }];
-      if (up.status < 300 || postedKey !== undefined)
-        for (const id of invalidatedBy(method, target, deleted)) {
-          await options.onInvalidate?.(id);
-          await cache?.invalidate(id).catch(() => undefined);
-        }
+    for (const id of writtenObjects(method, target, req.headers['content-type'], up, deleted)) {
+      await options.onInvalidate?.(id);
+      await cache?.invalidate(id).catch(() => undefined);
     }
     // After the invalidation, so the committed copy is the only one left; before the answer, so
     // the client's next read is a hit.

@@ -13,11 +13,9 @@ import { S3Errors, sendS3Error } from '../s3/s3-error.js';
 import type { S3Target } from '../s3/s3-request.js';
 import {
   deleteObjectsKeys,
-  invalidatedBy,
   isDeleteObjects,
-  isPostObject,
   MAX_DELETE_BODY_BYTES,
-  postObjectKey,
+  writtenObjects,
 } from './write-invalidation.js';
 
 /** What {@link forwardSigned} needs besides the request. */
@@ -101,18 +99,10 @@ export async function forwardSigned(
     return { outcome: 'DENIED', authorization: 'denied' };
   }
   if (up.status < 400) ctx.guard.noteAnswer(target.bucket ?? '', up.status);
-  if (target.bucket !== undefined && up.status < 400) {
-    // A form upload names its key in the form; the origin's answer says where it stored it.
-    const postedKey = isPostObject(method, target, req.headers['content-type'])
-      ? postObjectKey(target.bucket, up.headers.location)
-      : undefined;
-    if (postedKey !== undefined) deleted = [{ key: postedKey, versionId: undefined }];
-    if (up.status < 300 || postedKey !== undefined)
-      for (const id of invalidatedBy(method, target, deleted)) {
-        await options.onInvalidate(id);
-        const cache = ctx.cache;
-        if (cache) await safe(ctx, 'invalidate', () => cache.invalidate(id));
-      }
+  for (const id of writtenObjects(method, target, req.headers['content-type'], up, deleted)) {
+    await options.onInvalidate(id);
+    const cache = ctx.cache;
+    if (cache) await safe(ctx, 'invalidate', () => cache.invalidate(id));
   }
   res.setHeader('x-keel-authorization', 'forwarded');
   await relayAnswer(res, method, up, requestId, ctx.log);

@@ -110,3 +110,24 @@ export function invalidatedBy(
   if (q.has('uploadId') && method !== 'POST') return []; // UploadPart(Copy), AbortMultipartUpload
   return entriesOf(bucket, target.key, q.get('versionId'));
 }
+
+/**
+ * The objects a write the origin answered changed, to drop from the cache: none for an error
+ * answer; for a browser form upload, the key the origin's `Location` names (the form, not the
+ * URL, names it); otherwise {@link invalidatedBy} of a 2xx answer.
+ */
+export function writtenObjects(
+  method: string,
+  target: S3Target,
+  contentType: string | undefined,
+  answer: { status: number; headers: Record<string, string | undefined> },
+  deletedKeys: { key: string; versionId: string | undefined }[],
+): ObjectIdentity[] {
+  if (target.bucket === undefined || answer.status >= 400) return [];
+  const postedKey = isPostObject(method, target, contentType)
+    ? postObjectKey(target.bucket, answer.headers.location)
+    : undefined;
+  if (postedKey !== undefined)
+    return invalidatedBy(method, target, [{ key: postedKey, versionId: undefined }]);
+  return answer.status < 300 ? invalidatedBy(method, target, deletedKeys) : [];
+}
