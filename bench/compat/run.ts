@@ -86,14 +86,14 @@ function parseArgs(argv: string[]): Args {
     return v;
   };
   const known = new Set(['--only', '--tests', '--keel-args', '--out', '--keep', '--no-confirm']);
-  const keelArgsText = argv[argv.indexOf('--keel-args') + 1];
-  for (const a of argv)
-    if (a.startsWith('--') && !known.has(a) && a !== keelArgsText)
+  // The value of --keel-args starts with -- itself: it is not an option of the harness.
+  const at = argv.indexOf('--keel-args');
+  const keelArgsText = at < 0 ? undefined : argv[at + 1];
+  for (const [i, a] of argv.entries())
+    if (a.startsWith('--') && !known.has(a) && !(at >= 0 && i === at + 1))
       throw new Error(`unknown option ${a}; see bench/compat/run.ts`);
-  const keelArgs = argv.includes('--keel-args')
-    ? (keelArgsText ?? '').split(/\s+/).filter((s) => s !== '')
-    : [];
-  if (argv.includes('--keel-args') && keelArgs.length === 0) throw new Error('--keel-args needs a value');
+  const keelArgs = (keelArgsText ?? '').split(/\s+/).filter((s) => s !== '');
+  if (at >= 0 && keelArgs.length === 0) throw new Error('--keel-args needs a value');
   const onlyText = value('--only');
   const only = onlyText === undefined ? [...RUNS] : onlyText.split(',').filter((s) => s !== '');
   for (const r of only)
