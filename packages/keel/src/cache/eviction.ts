@@ -225,15 +225,17 @@ export class Evictor {
     return this.evictTo(target, exceptObject);
   }
 
-  /** Re-reads the index from disk and evicts if it is over the high watermark, as the one evictor. */
+  /**
+   * Re-reads the index from disk (whoever is evicting: reading takes no lock, so a process never
+   * goes on counting only its own writes while another one evicts) and evicts if it is over the
+   * high watermark, unless another process is evicting already.
+   */
   private async rescan(): Promise<void> {
-    const { locks, index, maxBytes, highWatermark, lowWatermark } = this.parts;
+    const { index, maxBytes, highWatermark, lowWatermark } = this.parts;
     try {
-      await locks.tryRun(EVICTOR_LOCK, async () => {
-        index.replaceWith(await this.parts.scan());
-        const target = evictionTarget(index.sizeBytes, 0, maxBytes, highWatermark, lowWatermark);
-        if (target !== undefined) await this.evictLocked(target);
-      });
+      index.replaceWith(await this.parts.scan());
+      const target = evictionTarget(index.sizeBytes, 0, maxBytes, highWatermark, lowWatermark);
+      if (target !== undefined) await this.evictTo(target);
     } catch (err) {
       this.parts.report.fault('could not rescan the cache directory for eviction', err);
     }
@@ -253,8 +255,12 @@ export class Evictor {
           index.removeObject(e.hash);
           return 0;
         }
-        // Another process may have dropped it already: then nothing is freed here.
-        if (!loaded.meta.slices.some((s) => s.index === e.index)) return 0;
+        // Another process may have dropped it already: then nothing is freed here, and this
+        // index stops counting it.
+        if (!loaded.meta.slices.some((s) => s.index === e.index)) {
+          index.remove(e.hash, e.index);
+          return 0;
+        }
         await store.dropSlices(e.hash, [e.index], loaded.meta);
         counts.evictions++;
         return e.length;
