@@ -11,7 +11,7 @@ export const INVALIDATE_WAIT_MS = 5_000;
 /**
  * The primary's side of the one-host coordination: who leads each lease (the first worker to
  * ask; the others follow and are told when it is done), invalidations passed to every other
- * worker and answered once all dropped the object, breaker states passed on. A worker that dies
+ * worker and answered once all dropped the object, breaker states and budget changes passed on. A worker that dies
  * gives up its leases: its followers are told it failed, and the next to ask leads.
  */
 export class ClusterCoordination {
@@ -99,6 +99,11 @@ export class ClusterCoordination {
       case 'breaker':
         for (const w of this.workers.values())
           if (w.id !== worker.id) this.send(w, { keel: 'breaker', name: m.name, state: m.state });
+        return;
+      case 'budget':
+        if (!Number.isFinite(m.tokens)) return;
+        for (const w of this.workers.values())
+          if (w.id !== worker.id) this.send(w, { keel: 'budget', name: m.name, tokens: m.tokens });
         return;
       default:
         return;

@@ -4,7 +4,7 @@ import type { CoordReply, CoordRequest } from './cluster-protocol.js';
 import type { Coordinator, Lease, SharedBreakerState } from './coordinator.js';
 
 /**
- * A worker's side of the one-host coordination: leases, invalidations and breaker states go
+ * A worker's side of the one-host coordination: leases, invalidations, breaker states and budget changes go
  * through the primary ({@link ClusterCoordination}) over node:cluster's IPC channel.
  */
 export class ClusterCoordinator implements Coordinator {
@@ -14,6 +14,7 @@ export class ClusterCoordinator implements Coordinator {
   private readonly waiting = new Map<string, ((ok: boolean) => void)[]>();
   private readonly invalidateListeners = new Set<(id: ObjectIdentity) => Promise<void> | void>();
   private readonly breakerListeners = new Set<(name: string, state: SharedBreakerState) => void>();
+  private readonly budgetListeners = new Set<(name: string, tokens: number) => void>();
   private readonly onMessage = (m: unknown): void => {
     if (isKeelMessage(m)) this.receive(m as CoordReply);
   };
@@ -59,6 +60,15 @@ export class ClusterCoordinator implements Coordinator {
     return () => this.breakerListeners.delete(listener);
   }
 
+  publishBudget(name: string, tokens: number): void {
+    this.send({ keel: 'budget', name, tokens });
+  }
+
+  onBudget(listener: (name: string, tokens: number) => void): () => void {
+    this.budgetListeners.add(listener);
+    return () => this.budgetListeners.delete(listener);
+  }
+
   close(): Promise<void> {
     process.off('message', this.onMessage);
     // Nobody will answer any more: followers fetch for themselves, writers answer.
@@ -101,6 +111,9 @@ export class ClusterCoordinator implements Coordinator {
       }
       case 'breaker':
         for (const l of this.breakerListeners) l(m.name, m.state);
+        return;
+      case 'budget':
+        for (const l of this.budgetListeners) l(m.name, m.tokens);
         return;
       default:
         return;

@@ -36,9 +36,23 @@ export interface Coordinator {
   invalidate(id: ObjectIdentity): Promise<void>;
   /** Calls `listener` (and waits for it) when another process invalidates an object. */
   onInvalidate(listener: (id: ObjectIdentity) => Promise<void> | void): () => void;
-  /** Shares a breaker's state with the other processes (last writer wins). */
+  /**
+   * Shares a breaker's state with the other processes (last writer wins). Only `open` and
+   * `closed` are published: each process moves an open breaker to half-open itself at
+   * `openUntil`, and its probes are admitted one at a time across processes by the lease on
+   * `breaker:<name>` (the leader probes, a follower answers as an open breaker does).
+   */
   publishBreaker(name: string, state: SharedBreakerState): void;
   /** Calls `listener` when another process published a breaker's state. */
   onBreaker(listener: (name: string, state: SharedBreakerState) => void): () => void;
+  /**
+   * Shares this process's net change to the retry budget `name` since it last published (tokens
+   * its calls earned minus what its retries spent; time refills excluded: each process refills
+   * its own copy). Every process keeps a copy of the one budget and adds the others' changes to
+   * it, so the fleet retries within one budget, late by at most the publishing period.
+   */
+  publishBudget(name: string, tokens: number): void;
+  /** Calls `listener` with each change another process published to a retry budget. */
+  onBudget(listener: (name: string, tokens: number) => void): () => void;
   close(): Promise<void>;
 }

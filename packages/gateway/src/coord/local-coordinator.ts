@@ -4,7 +4,7 @@ const LEADER: Lease = { role: 'leader', done: () => undefined };
 
 /**
  * One process alone: it leads every lease (its own single flight already joins concurrent
- * requests), and there is nobody to tell about invalidations or breakers.
+ * requests), and there is nobody to tell about invalidations, breakers or budgets.
  */
 export class LocalCoordinator implements Coordinator {
   readonly kind = 'local';
@@ -26,6 +26,14 @@ export class LocalCoordinator implements Coordinator {
   }
 
   onBreaker(): () => void {
+    return () => undefined;
+  }
+
+  publishBudget(): void {
+    // Nobody else to tell.
+  }
+
+  onBudget(): () => void {
     return () => undefined;
   }
 
