@@ -189,6 +189,89 @@ describe('circuitBreaker', () => {
     );
   });
 
+  it('restore() moves a live breaker to another breaker\'s open state until its openUntil', async () => {
+    const clock = new VirtualClock();
+    const a = circuitBreaker({ clock, window: consecutive(2), halfOpenAfterMs: 5_000 });
+    const b = circuitBreaker({ clock, window: consecutive(2), halfOpenAfterMs: 5_000 });
+    const changes: string[] = [];
+    const opened: unknown[] = [];
+    b.on('stateChange', (e) => changes.push(`${e.from}>${e.to}`));
+    b.on('open', (e) => opened.push(e));
+    await run(a, false);
+    await run(a, false);
+    await clock.advance(1_000);
+    b.restore(a.toJSON());
+    expect(b.state).toBe('open');
+    expect(b.toJSON().openUntil).toBe(5_000);
+    let calls = 0;
+    await expect(b.execute(() => (calls++, ok()))).rejects.toMatchObject({
+      code: 'CIRCUIT_OPEN',
+      details: { retryAfterMs: 4_000 },
+    });
+    expect(calls).toBe(0);
+    await clock.advance(3_999);
+    expect(await run(b, true)).toBe('rejected');
+    await clock.advance(1);
+    expect(b.state).toBe('halfOpen');
+    expect(await run(b, true)).toBe('ok');
+    expect(b.state).toBe('closed');
+    expect(changes).toEqual(['closed>open', 'open>halfOpen', 'halfOpen>closed']);
+    expect(opened).toEqual([]); // restored, not tripped
+  });
+
+  it('restore() of a closed state closes an open breaker and clears its window', async () => {
+    const clock = new VirtualClock();
+    const b = circuitBreaker({ clock, window: consecutive(2) });
+    await run(b, false);
+    await run(b, false);
+    expect(b.state).toBe('open');
+    b.restore({ state: 'closed', reopenCount: 0, window: { kind: 'consecutive', failures: 0, slowCalls: 0 } });
+    expect(b.state).toBe('closed');
+    expect(await run(b, false)).toBe('failed'); // one failure of two: still closed
+    expect(b.state).toBe('closed');
+    expect(await run(b, false)).toBe('failed');
+    expect(b.state).toBe('open');
+  });
+
+  it('restore() forgets calls admitted before it, but a probe in flight keeps its place', async () => {
+    const clock = new VirtualClock();
+    const b = circuitBreaker({ clock, window: consecutive(1), halfOpenAfterMs: 1_000 });
+    await run(b, false);
+    await clock.advance(1_000);
+    expect(b.state).toBe('halfOpen');
+    let finishProbe!: () => void;
+    const probe = b.execute(() => new Promise<string>((resolve) => (finishProbe = () => resolve('ok'))));
+    b.restore({ state: 'halfOpen', reopenCount: 0, window: { kind: 'consecutive', failures: 0, slowCalls: 0 } });
+    expect(await run(b, true)).toBe('rejected'); // the old probe still holds the one place
+    finishProbe();
+    await probe;
+    expect(b.state).toBe('halfOpen'); // its success came from before the restore: not counted
+    expect(await run(b, true)).toBe('ok');
+    expect(b.state).toBe('closed');
+  });
+
+  it('restore() leaves a breaker isolated by hand isolated, and rejects a state that is not one', () => {
+    const b = circuitBreaker({ clock: new VirtualClock() });
+    const release = b.isolate();
+    b.restore({ state: 'closed', reopenCount: 0, window: { kind: 'consecutive', failures: 0, slowCalls: 0 } });
+    expect(b.state).toBe('isolated');
+    release();
+    expect(b.state).toBe('closed');
+    expect(() => b.restore({ state: 'ajar' as 'open', reopenCount: 0, window: b.toJSON().window })).toThrow(
+      /not a breaker state/,
+    );
+  });
+
+  it('restore() without openUntil, or of an isolated state, opens for the next open duration', async () => {
+    const clock = new VirtualClock();
+    const b = circuitBreaker({ clock, halfOpenAfterMs: exponential({ initialMs: 100, maxMs: 10_000, jitter: 'none' }) });
+    b.restore({ state: 'isolated', reopenCount: 2, window: b.toJSON().window });
+    expect(b.state).toBe('open');
+    expect(b.toJSON()).toMatchObject({ openUntil: 400, reopenCount: 2 });
+    await clock.advance(400);
+    expect(b.state).toBe('halfOpen');
+  });
+
   it('opens on slow calls when slowCallMs is set', async () => {
     const clock = new VirtualClock();
     const b = circuitBreaker({

@@ -83,7 +83,9 @@ const STATES: readonly BreakerState[] = ['closed', 'open', 'halfOpen', 'isolated
  */
 export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats> {
   readonly kind = 'circuitBreaker' as const;
-  private readonly window: BreakerWindow;
+  private window: BreakerWindow;
+  private readonly spec: WindowSpec;
+  private readonly slowCallRate: number;
   private readonly openFor: Backoff;
   private readonly maxProbes: number;
   private readonly successesToClose: number;
@@ -116,9 +118,9 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
         `circuitBreaker: slowCallRate must be in (0, 1], got ${String(slowCallRate)}`,
       );
     }
-    const spec = options.window ?? consecutive(5);
-    const initial = options.initialState;
-    this.window = spec.create(slowCallRate, initial?.window);
+    this.spec = options.window ?? consecutive(5);
+    this.slowCallRate = slowCallRate;
+    this.window = this.spec.create(slowCallRate);
     const after = options.halfOpenAfterMs ?? DEFAULT_OPEN_FOR;
     this.openFor = typeof after === 'number' ? constant(after) : after;
     this.nextOpen = this.openFor;
@@ -129,7 +131,7 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     this.clock = options.clock ?? systemClock;
     this.scheduler = deadlineScheduler(this.clock);
     this.stateSince = this.clock.now();
-    if (initial !== undefined) this.restore(initial);
+    if (options.initialState !== undefined) this.restore(options.initialState);
   }
 
   /** The current state (an open breaker whose wait is over reports, and becomes, half-open). */
@@ -170,6 +172,51 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     if (this.current === 'open') snap.openUntil = this.openUntil;
     if (this.current === 'halfOpen') snap.halfOpenSuccesses = this.halfOpenSuccesses;
     return snap;
+  }
+
+  /**
+   * Moves the breaker to `snapshot` (a `toJSON()` of this or another breaker, such as one in
+   * another process): its window, re-open count and state, `open` until the snapshot's
+   * `openUntil` (a snapshot without one, or an `isolated` one, opens for the next open duration).
+   * Calls admitted before no longer count, except that a probe still in flight keeps its place
+   * among `maxProbes`. Emits `stateChange` (and `halfOpen` or `close`) as any move does, but not
+   * `open`: nothing tripped here. A breaker isolated by hand stays isolated until released.
+   * Throws INVALID_CONFIG when `snapshot.state` is not a breaker state.
+   */
+  restore(snapshot: BreakerSnapshot): void {
+    if (!STATES.includes(snapshot.state)) {
+      throw keelError(
+        'INVALID_CONFIG',
+        `circuitBreaker: restored state is not a breaker state (${STATES.join(', ')}): ${JSON.stringify(snapshot.state)}`,
+      );
+    }
+    if (this.current === 'isolated') return;
+    this.window = this.spec.create(this.slowCallRate, snapshot.window);
+    this.nextOpen = this.openFor;
+    const reopens = Number.isFinite(snapshot.reopenCount) ? Math.max(0, Math.floor(snapshot.reopenCount)) : 0;
+    // A backoff open duration resumes where the snapshot's re-openings left it (bounded walk).
+    this.reopenCount = reopens;
+    for (let i = 0; i < Math.min(reopens, 64); i++) this.nextOpen = this.nextOpen.next().next;
+    if (snapshot.state === 'closed') {
+      this.transition('closed');
+      return;
+    }
+    if (snapshot.state === 'halfOpen') {
+      this.transition('halfOpen');
+      this.halfOpenSuccesses = Math.max(0, Math.floor(snapshot.halfOpenSuccesses ?? 0));
+      return;
+    }
+    const now = this.clock.now();
+    const step = this.nextOpen.next();
+    this.nextOpen = step.next;
+    this.openUntil =
+      snapshot.state === 'open' && snapshot.openUntil !== undefined && Number.isFinite(snapshot.openUntil)
+        ? snapshot.openUntil
+        : now + step.delayMs;
+    this.transition('open');
+    this.openTimer = this.scheduler.schedule(Math.max(0, this.openUntil - now), () => {
+      this.onOpenElapsed();
+    });
   }
 
   /** The outermost layer's shortcut: an open or isolated breaker rejects before any context is made. */
@@ -327,34 +374,6 @@ export class CircuitBreakerPolicy extends PolicyBase<BreakerEvents, BreakerStats
     if (this.events.has('stateChange')) this.events.emit('stateChange', { from, to });
     if (to === 'halfOpen' && this.events.has('halfOpen')) this.events.emit('halfOpen', NO_PAYLOAD);
     if (to === 'closed' && this.events.has('close')) this.events.emit('close', NO_PAYLOAD);
-  }
-
-  private restore(snap: BreakerSnapshot): void {
-    if (!STATES.includes(snap.state)) {
-      throw keelError(
-        'INVALID_CONFIG',
-        `circuitBreaker: initialState.state is not a breaker state: ${JSON.stringify(snap.state)}`,
-      );
-    }
-    this.reopenCount = Math.max(0, Math.floor(snap.reopenCount));
-    for (let i = 0; i < this.reopenCount; i++) this.nextOpen = this.nextOpen.next().next;
-    if (snap.state === 'closed') return;
-    if (snap.state === 'halfOpen') {
-      this.current = 'halfOpen';
-      this.halfOpenSuccesses = snap.halfOpenSuccesses ?? 0;
-      return;
-    }
-    // An isolation cannot be restored without its holders: it comes back as an ordinary open period.
-    const step = this.nextOpen.next();
-    this.nextOpen = step.next;
-    this.current = 'open';
-    this.openUntil =
-      snap.state === 'open' && snap.openUntil !== undefined
-        ? snap.openUntil
-        : this.clock.now() + step.delayMs;
-    this.openTimer = this.scheduler.schedule(this.openUntil - this.clock.now(), () => {
-      this.onOpenElapsed();
-    });
   }
 }
 
