@@ -40,6 +40,8 @@ export class RetryBudgetPolicy extends PolicyBase<RetryBudgetEvents, RetryBudget
   private readonly refundOnSuccess: boolean;
   private readonly clock: Clock;
   private tokens: number;
+  /** Tokens moved by calls, retries and refunds since the last takeChange() (refills excluded). */
+  private change = 0;
   private refilledAt: number;
   private allowed = 0;
   private refused = 0;
@@ -60,7 +62,9 @@ export class RetryBudgetPolicy extends PolicyBase<RetryBudgetEvents, RetryBudget
   /** Records a first attempt: earns `ratio · retryCost` tokens. */
   deposit(): void {
     const t = this.tokens + this.ratio * this.retryCost;
-    this.tokens = t > this.maxTokens ? this.maxTokens : t;
+    const next = t > this.maxTokens ? this.maxTokens : t;
+    this.change += next - this.tokens;
+    this.tokens = next;
   }
 
   /** Takes the cost of one retry after `error` if the budget has it; false when it is spent. */
@@ -69,6 +73,7 @@ export class RetryBudgetPolicy extends PolicyBase<RetryBudgetEvents, RetryBudget
     const cost = error?.code === 'TIMEOUT' ? this.timeoutCost : this.retryCost;
     if (this.tokens >= cost) {
       this.tokens -= cost;
+      this.change -= cost;
       this.allowed++;
       return true;
     }
@@ -80,7 +85,35 @@ export class RetryBudgetPolicy extends PolicyBase<RetryBudgetEvents, RetryBudget
   refund(): void {
     if (!this.refundOnSuccess) return;
     const t = this.tokens + this.retryCost;
-    this.tokens = t > this.maxTokens ? this.maxTokens : t;
+    const next = t > this.maxTokens ? this.maxTokens : t;
+    this.change += next - this.tokens;
+    this.tokens = next;
+  }
+
+  /**
+   * The net tokens this budget's own calls, retries and refunds moved since the last call
+   * (positive: earned more than spent), then starts counting again from zero. Time refills and
+   * {@link applyChange} are not counted. With {@link applyChange} it lets several processes
+   * keep copies of one budget: each publishes its change, the others apply it.
+   */
+  takeChange(): number {
+    const c = this.change;
+    this.change = 0;
+    return c;
+  }
+
+  /**
+   * Adds `tokens` (negative: removes) made or spent elsewhere, such as another process's
+   * {@link takeChange}, within 0 … `maxTokens`. Throws INVALID_CONFIG when `tokens` is not a
+   * finite number.
+   */
+  applyChange(tokens: number): void {
+    if (!Number.isFinite(tokens)) {
+      throw keelError('INVALID_CONFIG', `retryBudget: a change must be a finite number, got ${String(tokens)}`);
+    }
+    this.refill();
+    const t = this.tokens + tokens;
+    this.tokens = t > this.maxTokens ? this.maxTokens : t < 0 ? 0 : t;
   }
 
   /** The error a retry policy throws when this budget refuses a retry. */
