@@ -14,7 +14,20 @@ export const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   cache: ['errors', 'time'],
   transfer: ['errors', 'time', 'policy'],
   ops: ['errors', 'time', 'policy'],
-  gateway: ['errors', 'time', 'policy', 'chaos', 'store', 'queue', 'groups', 'cache', 'transfer', 'ops'],
+  fleet: ['errors', 'time', 'policy', 'store'],
+  gateway: [
+    'errors',
+    'time',
+    'policy',
+    'chaos',
+    'store',
+    'queue',
+    'groups',
+    'cache',
+    'transfer',
+    'ops',
+    'fleet',
+  ],
   cli: [
     'errors',
     'time',
@@ -26,6 +39,7 @@ export const ALLOWED: Readonly<Record<string, readonly string[]>> = {
     'cache',
     'transfer',
     'ops',
+    'fleet',
     'gateway',
   ],
 };
@@ -43,6 +57,7 @@ export const SPECIFIER_MODULES: Readonly<Record<string, readonly string[]>> = {
   '@keel/store': ['store'],
   '@keel/queue': ['queue'],
   '@keel/groups': ['groups'],
+  '@keel/fleet': ['fleet'],
   '@keel/gateway': ['gateway'],
 };
 

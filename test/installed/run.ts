@@ -81,7 +81,7 @@ interface Packed {
   files: PackedFile[];
 }
 
-const PACKAGE_DIRS = ['keel', 'ops', 'transfer', 'store', 'queue', 'groups', 'gateway'];
+const PACKAGE_DIRS = ['keel', 'ops', 'transfer', 'store', 'queue', 'groups', 'fleet', 'gateway'];
 
 /** What a tarball may hold: the build, its sources (for the source maps), the bin, the rules, the dashboard's page. */
 function misplaced(p: Packed): string[] {
