@@ -35,6 +35,8 @@ function alone(): Coordinator & { invalidated: ObjectRef[] } {
     onInvalidate: () => () => undefined,
     publishBreaker: () => undefined,
     onBreaker: () => () => undefined,
+    publishBudget: () => undefined,
+    onBudget: () => () => undefined,
     close: () => Promise.resolve(),
   };
 }
@@ -147,6 +149,17 @@ describe.skipIf(!withRedis)('RedisCoordinator against the real Redis', () => {
     expect(late).toEqual(['origin/bkt:open']);
     a.publishBreaker('origin/bkt', { state: 'closed' });
     await expect.poll(() => heard).toEqual(['origin/bkt:open', 'origin/bkt:closed']);
+  });
+
+  it('passes retry-budget changes to the other instances, not back to their sender', async () => {
+    const [a, b] = [await coordinator(), await coordinator()];
+    const heardA: string[] = [];
+    const heardB: string[] = [];
+    a.onBudget((name, tokens) => heardA.push(`${name}:${tokens}`));
+    b.onBudget((name, tokens) => heardB.push(`${name}:${tokens}`));
+    a.publishBudget('origin', -3);
+    b.publishBudget('origin', 0.5);
+    await expect.poll(() => [heardA, heardB]).toEqual([['origin:0.5'], ['origin:-3']]);
   });
 
   it('lists live instances with their status; a closed one leaves the list', async () => {

@@ -34,5 +34,9 @@ export interface Coordinator {
   onInvalidate(listener: (id: ObjectRef) => Promise<void> | void): () => void;
   publishBreaker(name: string, state: SharedBreakerState): void;
   onBreaker(listener: (name: string, state: SharedBreakerState) => void): () => void;
+  /** Shares this process's net change to the retry budget `name` since it last published. */
+  publishBudget(name: string, tokens: number): void;
+  /** Calls `listener` with each change another process published to a retry budget. */
+  onBudget(listener: (name: string, tokens: number) => void): () => void;
   close(): Promise<void>;
 }

@@ -14,6 +14,8 @@ export interface FleetKeys {
   ack(id: string): string;
   /** Channel: a breaker's state changed. */
   readonly breaker: string;
+  /** Channel: an instance's change to a retry budget. */
+  readonly budget: string;
 }
 
 /** Longest prefix accepted. */
@@ -35,5 +37,6 @@ export function fleetKeys(prefix = 'keel'): FleetKeys {
     invalidate: `${p}:invalidate`,
     ack: (id) => `${p}:ack:${id}`,
     breaker: `${p}:breaker`,
+    budget: `${p}:budget`,
   };
 }

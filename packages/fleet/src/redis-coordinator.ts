@@ -73,10 +73,13 @@ export class RedisCoordinator implements Coordinator {
   private readonly availabilityListeners = new Set<(a: CoordinatorAvailability) => void>();
   private readonly invalidateListeners = new Set<(id: ObjectRef) => Promise<void> | void>();
   private readonly breakerListeners = new Set<(name: string, state: SharedBreakerState) => void>();
+  private readonly budgetListeners = new Set<(name: string, tokens: number) => void>();
   private readonly pending = new Map<string, { left: Set<string>; done: () => void }>();
   private seq = 0;
   private heartbeat: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The subscriber listens on every channel (set once SUBSCRIBE answered, cleared when it disconnects). */
+  private subscribed = false;
   private readonly heartbeatMs: number;
   private readonly invalidateWaitMs: number;
   private readonly log: NonNullable<RedisCoordinatorOptions['log']>;
@@ -101,7 +104,10 @@ export class RedisCoordinator implements Coordinator {
       onRedisFailed: (err) => this.down(err),
     });
     this.cmd.on('close', () => this.down('connection closed'));
-    this.sub.on('close', () => this.down('subscriber connection closed'));
+    this.sub.on('close', () => {
+      this.subscribed = false;
+      this.down('subscriber connection closed');
+    });
     this.sub.on('ready', () => void this.subscribe());
     this.sub.on('message', (channel: string, message: string) => this.receive(channel, message));
   }
@@ -112,6 +118,7 @@ export class RedisCoordinator implements Coordinator {
    */
   async start(): Promise<CoordinatorAvailability> {
     await Promise.allSettled([this.cmd.connect(), this.sub.connect()]);
+    if (this.sub.status === 'ready' && !this.subscribed) await this.subscribe();
     await this.beat();
     this.heartbeat = setInterval(() => void this.beat(), this.heartbeatMs);
     this.heartbeat.unref();
@@ -172,6 +179,23 @@ export class RedisCoordinator implements Coordinator {
     const off = this.fallback.onBreaker(listener);
     return () => {
       this.breakerListeners.delete(listener);
+      off();
+    };
+  }
+
+  publishBudget(name: string, tokens: number): void {
+    this.fallback.publishBudget(name, tokens);
+    if (!this.availability.available) return;
+    this.cmd
+      .publish(this.keys.budget, JSON.stringify({ from: this.id, name, tokens }))
+      .catch((err: unknown) => this.down(err));
+  }
+
+  onBudget(listener: (name: string, tokens: number) => void): () => void {
+    this.budgetListeners.add(listener);
+    const off = this.fallback.onBudget(listener);
+    return () => {
+      this.budgetListeners.delete(listener);
       off();
     };
   }
@@ -245,12 +269,11 @@ export class RedisCoordinator implements Coordinator {
 
   private async subscribe(): Promise<void> {
     try {
-      await this.sub.subscribe(
-        this.keys.settled,
-        this.keys.invalidate,
-        this.keys.breaker,
-        this.keys.ack(this.id),
-      );
+      const k = this.keys;
+      await this.sub.subscribe(k.settled, k.invalidate, k.breaker, k.budget, k.ack(this.id));
+      this.subscribed = true;
+      // Back after a disconnection: rejoin now rather than at the next heartbeat.
+      if (!this.availability.available && this.heartbeat) await this.beat();
     } catch (err) {
       this.down(err);
     }
@@ -306,6 +329,17 @@ export class RedisCoordinator implements Coordinator {
       p.left.delete(by);
       if (p.left.size === 0) p.done();
     } else if (channel === this.keys.breaker) this.deliverBreaker(message);
+    else if (channel === this.keys.budget) {
+      const { from, name, tokens } = m as { from?: unknown; name?: unknown; tokens?: unknown };
+      if (
+        from === this.id ||
+        typeof name !== 'string' ||
+        typeof tokens !== 'number' ||
+        !Number.isFinite(tokens)
+      )
+        return;
+      for (const l of this.budgetListeners) l(name, tokens);
+    }
   }
 
   private deliverBreaker(field: string): void {
