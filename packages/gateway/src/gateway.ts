@@ -22,6 +22,7 @@ import {
 import type { RevalidatorOptions } from './read/revalidation.js';
 import { OriginClient, type OriginCredentials } from './origin/origin-client.js';
 import { OriginGuard, type OriginGuardOptions } from './origin/origin-guard.js';
+import { shareOriginGuard } from './origin/shared-guard.js';
 import { loggableUrl } from './admin/request-log.js';
 import { passthrough } from './write/passthrough.js';
 import { announcesBody, refuseBody } from './s3/refuse-body.js';
@@ -261,6 +262,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const forwardUnsigned = options.unsignedRequests === 'forward';
   const fills = new Map<string, SliceFill>();
   const coordinator = options.coordinator;
+  // Breakers, their probes and the retry budget are the fleet's, not this process's alone.
+  const stopSharing = coordinator && shareOriginGuard(guard, coordinator, { clock });
   const ctx: ReadContext = {
     origin,
     guard,
@@ -519,6 +522,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     close: async (graceMs = 30_000) => {
       draining = true;
       stopInvalidations?.();
+      stopSharing?.();
       const closed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
       const deadline = Date.now() + graceMs;

@@ -19,8 +19,20 @@ export class ClusterCoordinator implements Coordinator {
     if (isKeelMessage(m)) this.receive(m as CoordReply);
   };
 
-  constructor(private readonly send: (m: CoordRequest) => void = (m) => process.send?.(m)) {
-    process.on('message', this.onMessage);
+  private readonly unsubscribe: () => void;
+
+  /**
+   * `send` and `subscribe` are the channel to the primary: node:cluster's IPC by default
+   * (`process.send`, `process.on('message')`).
+   */
+  constructor(
+    private readonly send: (m: CoordRequest) => void = (m) => process.send?.(m),
+    subscribe: (listener: (m: unknown) => void) => () => void = (listener) => {
+      process.on('message', listener);
+      return () => process.off('message', listener);
+    },
+  ) {
+    this.unsubscribe = subscribe(this.onMessage);
   }
 
   lease(key: string): Promise<Lease> {
@@ -70,7 +82,7 @@ export class ClusterCoordinator implements Coordinator {
   }
 
   close(): Promise<void> {
-    process.off('message', this.onMessage);
+    this.unsubscribe();
     // Nobody will answer any more: followers fetch for themselves, writers answer.
     for (const list of this.waiting.values()) for (const resolve of list) resolve(false);
     this.waiting.clear();

@@ -99,13 +99,24 @@ export function originAnswerOf(err: unknown): OriginAnswer | undefined {
   return undefined;
 }
 
-/** A bucket's breaker, and the keys whose last request failed with a 500 since its last success. */
+/**
+ * A bucket's breaker, the keys whose last request failed with a 500 since its last success, and
+ * whether this process is asking for (or holds) the right to probe it (see {@link ProbeGate}).
+ */
 interface BucketGuard {
   readonly bucket: string;
   readonly breaker: CircuitBreakerPolicy;
   readonly failingKeys: Set<string>;
   execute: CircuitBreakerPolicy['execute'];
+  probing: boolean;
 }
+
+/**
+ * Admits the probe of a half-open breaker across processes (several workers share one origin):
+ * resolves with a release to call once the probe ended, or undefined when another process is
+ * probing it now. `bucket` is the breaker's bucket (`''`: the service breaker).
+ */
+export type ProbeGate = (bucket: string) => Promise<((ok: boolean) => void) | undefined>;
 
 /** Outcome of one request to the origin (one attempt), for metrics. */
 export interface AttemptEvent {
@@ -156,6 +167,7 @@ export class OriginGuard {
   private readonly added = new Set<(bucket: string, breaker: CircuitBreakerPolicy) => void>();
   private readonly removed = new Set<(bucket: string, breaker: CircuitBreakerPolicy) => void>();
   private readonly attempts = new Set<(event: AttemptEvent) => void>();
+  private probeGate: ProbeGate | undefined;
   budgetExhausted = 0;
 
   constructor(options: OriginGuardOptions = {}) {
@@ -190,7 +202,34 @@ export class OriginGuard {
       halfOpenAfterMs: this.options.breakerHalfOpenAfterMs ?? 10_000,
       ...(this.options.clock ? { clock: this.options.clock } : {}),
     });
-    return { bucket, breaker, failingKeys: new Set(), execute: breaker.execute.bind(breaker) };
+    return { bucket, breaker, failingKeys: new Set(), execute: breaker.execute.bind(breaker), probing: false };
+  }
+
+  /**
+   * Gives `bucket` a breaker of its own if it has none (as a confirming answer does), for a state
+   * shared by another process that already confirmed it. Bounded like every bucket's breaker
+   * (`maxBuckets`, least recently used forgotten first).
+   */
+  adoptBucket(bucket: string): CircuitBreakerPolicy {
+    if (bucket === '') return this.service.breaker;
+    if (this.buckets.has(bucket)) return this.buckets.get(bucket).breaker;
+    const guard = this.buckets.get(bucket);
+    for (const l of this.added) l(bucket, guard.breaker);
+    return guard.breaker;
+  }
+
+  /** The breaker of `bucket` if it has one of its own (`''`: the service breaker), else undefined. */
+  ownBreakerOf(bucket: string): CircuitBreakerPolicy | undefined {
+    if (bucket === '') return this.service.breaker;
+    return this.buckets.has(bucket) ? this.buckets.get(bucket).breaker : undefined;
+  }
+
+  /**
+   * From now on, a half-open breaker's probe runs only when `gate` admits it (one probe at a
+   * time across processes); a request the gate turns away is rejected as an open breaker's is.
+   */
+  gateProbes(gate: ProbeGate | undefined): void {
+    this.probeGate = gate;
   }
 
   /** The breaker that guards calls for `bucket` now: its own once confirmed, else the service breaker. */
@@ -282,12 +321,19 @@ export class OriginGuard {
             this.deadline.execute((ctx) => attempts(ctx.signal), s === undefined ? undefined : { signal: s });
     // A key already failing with a 500 is asked again without counting (while the breaker is closed).
     const uncounted = key !== undefined && guard.failingKeys.has(key) && guard.breaker.state === 'closed';
+    // Only a half-open breaker's request waits for the gate: the hot path pays one state read.
+    const release =
+      this.probeGate !== undefined && !uncounted && guard.breaker.state === 'halfOpen'
+        ? await this.admitProbe(guard)
+        : undefined;
+    let ok = false;
     try {
       const res = uncounted
         ? await bounded(signal)
         : await guard.execute(() => bounded(signal), signal === undefined ? undefined : { signal });
       guard.failingKeys.clear();
       if (options.confirm !== false) this.noteAnswer(bucket, res.status);
+      ok = true;
       return res;
     } catch (err) {
       const answer = originAnswerOf(err);
@@ -296,7 +342,40 @@ export class OriginGuard {
         guard.failingKeys.add(key);
       }
       throw err;
+    } finally {
+      if (release !== undefined) {
+        guard.probing = false;
+        release(ok);
+      }
     }
+  }
+
+  /**
+   * With a probe gate, a half-open breaker's request asks it first: undefined when the breaker is
+   * not half-open; a release when this request may probe; a CIRCUIT_OPEN rejection (as an open
+   * breaker's, no stack) while this or another process probes.
+   */
+  private async admitProbe(guard: BucketGuard): Promise<((ok: boolean) => void) | undefined> {
+    const gate = this.probeGate;
+    if (gate === undefined || guard.breaker.state !== 'halfOpen') return undefined;
+    if (!guard.probing) {
+      guard.probing = true;
+      let release: ((ok: boolean) => void) | undefined;
+      try {
+        release = await gate(guard.bucket);
+      } catch {
+        release = undefined;
+      }
+      if (release !== undefined) return release;
+      guard.probing = false;
+    }
+    throw keelError(
+      'CIRCUIT_OPEN',
+      `${guard.bucket === '' ? 'the origin circuit breaker' : `the origin circuit breaker of bucket ${guard.bucket}`} ` +
+        'is half-open and its probe is under way: calls are rejected without reaching the origin',
+      { state: 'halfOpen', retryAfterMs: 1_000 },
+      { stack: false },
+    );
   }
 
   /** One request to the origin, under the bulkhead; a retryable status is thrown with its answer kept. */

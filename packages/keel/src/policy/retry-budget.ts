@@ -111,7 +111,7 @@ export class RetryBudgetPolicy extends PolicyBase<RetryBudgetEvents, RetryBudget
     if (!Number.isFinite(tokens)) {
       throw keelError('INVALID_CONFIG', `retryBudget: a change must be a finite number, got ${String(tokens)}`);
     }
-    this.refill();
+    // No refill first: the change was made a while ago, before the time not yet refilled here.
     const t = this.tokens + tokens;
     this.tokens = t > this.maxTokens ? this.maxTokens : t < 0 ? 0 : t;
   }
