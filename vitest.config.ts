@@ -16,7 +16,11 @@ const alias = Object.entries(tsconfig.compilerOptions.paths).map(([name, [target
 // Tests of several real processes whose bounds depend on timing (a fleet losing a worker, processes
 // sharing one cache's size limit): they run after the rest, one file at a time, so the parallel
 // suite's load does not decide them.
-const ALONE = ['test/gateway-workers.test.ts', 'test/cache-multiprocess.test.ts'];
+const ALONE = [
+  'test/gateway-workers.test.ts',
+  'test/gateway-workers-breaker.test.ts',
+  'test/cache-multiprocess.test.ts',
+];
 
 export default defineConfig({
   resolve: { alias },

@@ -188,7 +188,7 @@ describe('deploy/compose.yaml', () => {
         s.ports?.map((p) => portOf(p)),
         name,
       ).toEqual([portOf(env.KEEL_LISTEN)]);
-      const probe = /http:\/\/127\.0\.0\.1:(\d+)(\/\w+)/.exec(s.healthcheck?.test.join(' ') ?? '');
+      const probe = /http:\/\/127\.0\.0\.1:(\d+)(\/[\w/-]*)/.exec(s.healthcheck?.test.join(' ') ?? '');
       expect(Number(probe?.[1]), name).toBe(portOf(env.KEEL_ADMIN_LISTEN));
     }
     expect(volumes).toHaveLength(1);
@@ -397,7 +397,7 @@ describe('across the deploy files', () => {
       const c = gatewayContainer();
       const paths = [c.startupProbe, c.readinessProbe, c.livenessProbe].map((p) => p?.httpGet?.path ?? '');
       for (const [, s] of gatewayServices())
-        paths.push(/127\.0\.0\.1:\d+(\/\w+)/.exec(s.healthcheck?.test.join(' ') ?? '')?.[1] ?? '');
+        paths.push(/127\.0\.0\.1:\d+(\/[\w/-]*)/.exec(s.healthcheck?.test.join(' ') ?? '')?.[1] ?? '');
       return [...new Set(paths)];
     };
     const config = async (): Promise<ReturnType<typeof resolveGatewayConfig>> => {

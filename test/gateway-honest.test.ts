@@ -235,7 +235,8 @@ describe.each([
   );
 
   it('with corrupt metadata is a MISS that repairs it: the next read is a HIT', async () => {
-    await startGateway();
+    // The disk cache's own repair: no memory tier in front of it (that one answers from memory).
+    await startGateway({ memoryCacheBytes: 0 });
     await observe('GET', `/b/${key}`);
     await gateway.idle();
     await writeFile(metaFileOf(cacheDir, { bucket: 'b', key }), '{"version":1,"garbage');

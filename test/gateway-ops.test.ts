@@ -102,7 +102,8 @@ describe('gateway operations', () => {
   it('counts cache I/O errors on /metrics, warns on cache:writable, bypasses past the threshold with KeelCacheBypass, and resumes after a quiet window', async () => {
     const fs = faultyFs();
     const clock = new VirtualClock(Date.now());
-    const r = await start({}, { cacheFs: fs, clock, cacheBypassProbeMs: 30_000 });
+    // Every read goes to the disk cache (no memory tier), where the errors are.
+    const r = await start({}, { cacheFs: fs, clock, cacheBypassProbeMs: 30_000, memoryCacheBytes: 0 });
     const cache = r.gateway.cache;
     if (!cache) throw new Error('no cache');
     const file = harness.alertsFile(r);

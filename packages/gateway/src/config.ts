@@ -23,6 +23,8 @@ export interface GatewayConfig {
   region: string;
   cacheDir: string | undefined;
   cacheMaxBytes: number;
+  /** Bytes of hot object data each process keeps in memory in front of the disk cache (0: none). */
+  memoryCacheBytes: number;
   sliceBytes: number;
   ttlSeconds: number;
   /** How long hits of an expired object wait for the origin to confirm it before being served STALE. */
@@ -92,6 +94,7 @@ const SETTINGS = {
   region: 'KEEL_REGION',
   cacheDir: 'KEEL_CACHE_DIR',
   cacheMaxBytes: 'KEEL_CACHE_MAX_BYTES',
+  memoryCacheBytes: 'KEEL_MEMORY_CACHE_BYTES',
   sliceBytes: 'KEEL_SLICE_BYTES',
   ttlSeconds: 'KEEL_TTL_SECONDS',
   revalidateTimeoutSeconds: 'KEEL_REVALIDATE_TIMEOUT_SECONDS',
@@ -415,6 +418,9 @@ export function resolveGatewayConfig(
     region: String(get('region') ?? env.AWS_REGION ?? 'us-east-1'),
     cacheDir: cacheDir === undefined ? undefined : String(cacheDir),
     cacheMaxBytes: bytes('cacheMaxBytes', get('cacheMaxBytes'), 10 * 1024 ** 3),
+    memoryCacheBytes: /^\s*0+\s*[a-zA-Z]*\s*$/.test(String(get('memoryCacheBytes') ?? '-'))
+      ? 0
+      : bytes('memoryCacheBytes', get('memoryCacheBytes'), 256 * 1024 ** 2),
     sliceBytes,
     ttlSeconds: num('ttlSeconds', get('ttlSeconds'), 60),
     revalidateTimeoutSeconds: num('revalidateTimeoutSeconds', get('revalidateTimeoutSeconds'), 1, POSITIVE),

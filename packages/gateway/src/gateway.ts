@@ -36,6 +36,7 @@ import { AuthTrust, type AuthorizationResult } from './read/passthrough-read.js'
 import { connectHandler } from './s3/forward-proxy.js';
 import { WriteThrough } from './write/write-through.js';
 import { MultipartThrough } from './write/multipart-through.js';
+import { MemoryTier } from './read/memory-tier.js';
 
 /** Options of {@link createGateway}. */
 export interface GatewayOptions {
@@ -73,6 +74,11 @@ export interface GatewayOptions {
   cacheDir?: string | undefined;
   /** Cache size limit in bytes (default 10 GiB). */
   cacheMaxBytes?: number;
+  /**
+   * Bytes of hot object data this process keeps in memory in front of the disk cache, verified
+   * once as they enter (default 256 MiB; 0 turns the memory tier off). Needs `cacheDir`.
+   */
+  memoryCacheBytes?: number;
   /** Slice size (default 8 MiB). */
   sliceBytes?: number;
   /** Serve cached objects this long before revalidating with If-None-Match (default 60 s). */
@@ -248,7 +254,12 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       );
     }
   }
+  const memoryCacheBytes = options.memoryCacheBytes ?? 256 * 1024 ** 2;
+  if (!Number.isSafeInteger(memoryCacheBytes) || memoryCacheBytes < 0)
+    throw keelError('INVALID_CONFIG', `memoryCacheBytes must be a whole number ≥ 0, got ${memoryCacheBytes}`);
+  const memory = cache && memoryCacheBytes > 0 ? new MemoryTier({ maxBytes: memoryCacheBytes }) : undefined;
   const metrics = new GatewayMetrics(cache, guard, {
+    ...(memory ? { memory } : {}),
     ...(options.defaultMetrics !== undefined ? { defaultMetrics: options.defaultMetrics } : {}),
   });
   // Metrics see each breaker once it exists (after the origin showed its bucket exists), and let
@@ -285,6 +296,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
     deadlineMs,
     buffered: { bytes: 0 },
+    memory,
     onBytes: (source, n) => metrics.bytes.inc({ source }, n),
     log,
   };

@@ -112,6 +112,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     clientKeys: config.clientKeys,
     cacheDir,
     cacheMaxBytes: config.cacheMaxBytes,
+    memoryCacheBytes: config.memoryCacheBytes,
     sliceBytes: config.sliceBytes,
     ttlMs: config.ttlSeconds * 1000,
     revalidation: {

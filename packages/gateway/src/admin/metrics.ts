@@ -4,6 +4,7 @@ import { CACHE_OPERATIONS, REPAIR_COUNTERS, type CacheStats, type RangeCache } f
 import { bindPolicyMetrics, createMetrics, type Metrics } from '@keel/ops';
 import type { CircuitBreakerPolicy } from 'keel';
 import type { OriginGuard } from '../origin/origin-guard.js';
+import type { MemoryTier } from '../read/memory-tier.js';
 
 const BREAKER_STATES = ['closed', 'open', 'halfOpen', 'isolated'] as const;
 
@@ -71,8 +72,15 @@ export class GatewayMetrics {
   /** Breakers bound, by label, with what unbinds each. */
   private readonly bound = new Map<string, () => void>();
 
-  /** @param options.defaultMetrics Node's process metrics (default true). */
-  constructor(cache: RangeCache | undefined, guard: OriginGuard, options: { defaultMetrics?: boolean } = {}) {
+  /**
+   * @param options.defaultMetrics Node's process metrics (default true).
+   * @param options.memory The memory tier, when on: its size and what it did.
+   */
+  constructor(
+    cache: RangeCache | undefined,
+    guard: OriginGuard,
+    options: { defaultMetrics?: boolean; memory?: MemoryTier } = {},
+  ) {
     const m = createMetrics({ defaultMetrics: options.defaultMetrics ?? true });
     this.ops = m;
     this.requests = m.counter(
@@ -153,6 +161,7 @@ export class GatewayMetrics {
     );
     for (const c of CACHE_COUNTERS)
       this.scrapedCounter(c.name, c.help, () => (cache ? c.read(cache.stats()) : 0));
+    this.bindMemoryTier(m, options.memory);
     new Counter({
       name: 'keel_cache_io_errors_total',
       help: 'I/O errors of the range cache (EIO, EROFS, EPERM, ENOTDIR …; each a miss or a write not stored), by what it was doing: read, write, cleanup.',
@@ -237,6 +246,47 @@ export class GatewayMetrics {
   }
 
   /** A counter whose value is read at every scrape (the cache and the guard keep the counts). */
+  /** The memory tier's series (zeros when it is off, so dashboards and alerts need no special case). */
+  private bindMemoryTier(m: Metrics, memory: MemoryTier | undefined): void {
+    m.gauge('keel_gateway_memory_bytes', 'Bytes of object data held by the memory tier.', [], (g) =>
+      g.set(memory?.stats().bytes ?? 0),
+    );
+    m.gauge(
+      'keel_gateway_memory_max_bytes',
+      'Size limit of the memory tier (--memory-cache-bytes; 0: off).',
+      [],
+      (g) => g.set(memory?.maxBytes ?? 0),
+    );
+    m.gauge('keel_gateway_memory_objects', 'Objects whose metadata the memory tier holds.', [], (g) =>
+      g.set(memory?.stats().objects ?? 0),
+    );
+    new Counter({
+      name: 'keel_gateway_memory_reads_total',
+      help: 'Cached reads that asked the memory tier, by result: hit (every byte from memory) or miss (read from disk).',
+      labelNames: ['result'],
+      registers: [m.registry],
+      collect() {
+        const s = memory?.stats();
+        this.reset();
+        this.inc({ result: 'hit' }, s?.hits ?? 0);
+        this.inc({ result: 'miss' }, s?.misses ?? 0);
+      },
+    });
+    new Counter({
+      name: 'keel_gateway_memory_blocks_total',
+      help: 'Blocks offered to the memory tier, by what happened: admitted, rejected (asked for less often than what they would push out), evicted.',
+      labelNames: ['event'],
+      registers: [m.registry],
+      collect() {
+        const s = memory?.stats();
+        this.reset();
+        this.inc({ event: 'admitted' }, s?.admitted ?? 0);
+        this.inc({ event: 'rejected' }, s?.rejected ?? 0);
+        this.inc({ event: 'evicted' }, s?.evicted ?? 0);
+      },
+    });
+  }
+
   private scrapedCounter(name: string, help: string, read: () => number): void {
     new Counter({
       name,

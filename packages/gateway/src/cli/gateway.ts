@@ -29,6 +29,7 @@ interface GatewayFlags {
   region?: string;
   cacheDir?: string;
   cacheMaxBytes?: string;
+  memoryCacheBytes?: string;
   sliceBytes?: string;
   ttlSeconds?: string;
   revalidateTimeoutSeconds?: string;
@@ -85,6 +86,10 @@ export function registerGatewayCommand(program: Command): void {
     .option('--region <region>', 'region for signing origin requests (KEEL_REGION, default us-east-1)')
     .option('--cache-dir <dir>', 'cache directory (KEEL_CACHE_DIR)')
     .option('--cache-max-bytes <size>', 'cache size limit, e.g. 50GiB (KEEL_CACHE_MAX_BYTES, default 10GiB)')
+    .option(
+      '--memory-cache-bytes <size>',
+      'hot object data kept in memory per process, e.g. 1GiB; 0 turns the memory tier off (KEEL_MEMORY_CACHE_BYTES, default 256MiB)',
+    )
     .option('--slice-bytes <size>', 'slice size (KEEL_SLICE_BYTES, default 8MiB)')
     .option('--ttl-seconds <n>', 'revalidate cached objects after this long (KEEL_TTL_SECONDS, default 60)')
     .option(

@@ -1,11 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { classify, type KeelError } from 'keel';
-import type { ObjectIdentity, RangeCache } from 'keel/cache';
+import { identityHash, type CacheMeta, type ObjectIdentity, type RangeCache } from 'keel/cache';
 import { evaluateConditions } from './conditional.js';
 import { resolveObject } from './object-lookup.js';
 import { isThrottle, originAnswerOf, retryAfterSeconds } from '../origin/origin-guard.js';
 import { evaluateRange } from './range.js';
-import { safe, untilDeadline, type ReadContext, type Resolved } from './read-context.js';
+import { generation, safe, untilDeadline, type ReadContext, type Resolved } from './read-context.js';
 import { relayAnswer, relayBuffered } from '../origin/relay.js';
 import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
 import { SliceReadError, type SliceFill } from './slice-fill.js';
@@ -17,6 +17,12 @@ export { invalidateReads, type ReadContext } from './read-context.js';
 
 /** Where a read's bytes came from: the `x-keel-cache` header. */
 export type CacheOutcome = 'HIT' | 'MISS' | 'PARTIAL' | 'STALE' | 'BYPASS';
+
+/**
+ * Which tier of the cache answered a HIT or STALE: the `x-keel-cache-tier` header. `memory`: the
+ * memory tier held every byte (or, for a HEAD or a 304, the metadata); `disk`: the disk cache.
+ */
+export type CacheTier = 'memory' | 'disk';
 
 /**
  * What the gateway did with a request, the same in `x-keel-cache`, the request's log line and the
@@ -47,6 +53,21 @@ interface Read {
   method: string;
   /** Clock time by which the origin must have answered for this request (see GatewayOptions.deadlineMs). */
   deadline: number;
+  hash: string;
+  /** Writes through the gateway that had changed the object when the read began. */
+  gen: number;
+  /** The memory tier, when the object may use it. */
+  memory: ReadContext['memory'];
+  /** The memory tier was asked for this read's blocks already (they count as asked for once). */
+  memoryAsked: boolean;
+}
+
+/** How a read that is not answered from its metadata alone is answered. */
+interface AnswerPlan {
+  start: number;
+  end: number;
+  status: number;
+  headers(outcome: CacheOutcome, tier: CacheTier): Record<string, string>;
 }
 
 /** The slices a GET needs, which the cache holds, and which it holds in memory only so far. */
@@ -79,6 +100,7 @@ export async function serveObject(
   attempt = 0,
 ): Promise<RequestOutcome> {
   const method = req.method ?? 'GET';
+  const hash = identityHash(id);
   const r: Read = {
     ctx,
     req,
@@ -88,7 +110,15 @@ export async function serveObject(
     requestId,
     method,
     deadline: ctx.clock.now() + ctx.deadlineMs,
+    hash,
+    gen: generation(ctx, hash),
+    memory: ctx.memory && (ctx.memoryFor?.(id) ?? true) ? ctx.memory : undefined,
+    memoryAsked: false,
   };
+  if (r.memory && (method === 'GET' || method === 'HEAD')) {
+    const answered = answerFromMemory(r, r.memory);
+    if (answered) return answered;
+  }
   const rangeHeader = req.headers.range;
   const firstMatch = rangeHeader === undefined ? undefined : /^bytes=(\d+)-(\d*)$/.exec(rangeHeader.trim());
   const firstByte = rangeHeader === undefined ? 0 : firstMatch ? Number(firstMatch[1]) : undefined;
@@ -112,13 +142,61 @@ export async function serveObject(
   return answer(r, resolved, attempt);
 }
 
-/** Answers a read from the object's metadata: conditionals, range, HEAD, then the bytes. */
-async function answer(r: Read, resolved: Resolved, attempt: number): Promise<RequestOutcome> {
-  const { ctx, req, res, method } = r;
-  const { meta, stale } = resolved;
-  const bypass = ctx.cache === undefined || ctx.cache.bypassed;
-  // Where the metadata came from: what a HEAD, a 304 or a 412 is.
-  const known: CacheOutcome = bypass ? 'BYPASS' : !('version' in meta) ? 'MISS' : stale ? 'STALE' : 'HIT';
+/**
+ * A fresh object the memory tier knows, answered from memory alone: a HEAD, a 304 or 412 from its
+ * metadata, a GET when every byte it asks for is in memory. Undefined (nothing sent) otherwise:
+ * the disk cache and the origin take it from there.
+ */
+function answerFromMemory(r: Read, memory: NonNullable<ReadContext['memory']>): RequestOutcome | undefined {
+  const meta = memory.meta(r.hash);
+  if (!meta || r.ctx.clock.now() - meta.cachedAt >= r.ctx.ttlMs) return undefined;
+  const plan = planAnswer(r, meta, 'HIT', 'memory');
+  if (!('status' in plan)) return plan.answered;
+  const { start, end } = plan;
+  const chunks = memory.read(r.hash, meta.etag, start, end);
+  r.memoryAsked = true;
+  if (!chunks) return undefined;
+  sendChunks(r, chunks, plan.status, plan.headers('HIT', 'memory'));
+  return 'HIT';
+}
+
+/** Sends bytes held in memory as the whole answer. */
+function sendChunks(r: Read, chunks: Buffer[], status: number, headers: Record<string, string>): void {
+  const { res } = r;
+  res.writeHead(status, headers);
+  let length = 0;
+  if (chunks.length === 1) {
+    length = (chunks[0] as Buffer).length;
+    res.end(chunks[0]);
+  } else {
+    res.cork();
+    for (const c of chunks) {
+      length += c.length;
+      res.write(c);
+    }
+    res.end();
+  }
+  r.ctx.onBytes('cache', length);
+}
+
+/** Remembers the metadata of an object read from the disk cache in the memory tier, unless a write changed it meanwhile. */
+function remember(r: Read, meta: CacheMeta): void {
+  if (r.memory && generation(r.ctx, r.hash) === r.gen) r.memory.rememberMeta(r.hash, meta);
+}
+
+/**
+ * Conditionals, range and HEAD from the object's metadata: answered here (a 304, 412, 416, a
+ * HEAD, an empty object) as `known` from `tier`, or what the answer with bytes is to be.
+ */
+function planAnswer(
+  r: Read,
+  meta: Resolved['meta'],
+  known: CacheOutcome,
+  tier: CacheTier,
+): AnswerPlan | { answered: RequestOutcome } {
+  const { req, res, method } = r;
+  const tierHeader = (outcome: CacheOutcome, t: CacheTier): Record<string, string> =>
+    outcome === 'HIT' || outcome === 'STALE' ? { 'x-keel-cache-tier': t } : {};
   const objectHeaders: Record<string, string> = {
     etag: meta.etag,
     'accept-ranges': 'bytes',
@@ -135,33 +213,50 @@ async function answer(r: Read, resolved: Resolved, attempt: number): Promise<Req
     meta,
   );
   if (condition === 'not-modified') {
-    res.writeHead(304, { ...objectHeaders, 'x-keel-cache': known });
+    res.writeHead(304, { ...objectHeaders, 'x-keel-cache': known, ...tierHeader(known, tier) });
     res.end();
-    return known;
+    return { answered: known };
   }
-  if (condition === 'precondition-failed') return fail(r, S3Errors.preconditionFailed(), known);
+  if (condition === 'precondition-failed') return { answered: fail(r, S3Errors.preconditionFailed(), known) };
   const range = evaluateRange(req.headers.range, meta.size);
-  if (range.kind === 'unsatisfiable') return fail(r, S3Errors.invalidRange(meta.size), known);
+  if (range.kind === 'unsatisfiable') return { answered: fail(r, S3Errors.invalidRange(meta.size), known) };
   const start = range.kind === 'partial' ? range.start : 0;
   const end = range.kind === 'partial' ? range.end : meta.size - 1;
   const status = range.kind === 'partial' ? 206 : 200;
-  const answerHeaders = (outcome: CacheOutcome): Record<string, string> => ({
+  const headers = (outcome: CacheOutcome, t: CacheTier): Record<string, string> => ({
     ...objectHeaders,
     'content-length': String(end - start + 1),
     ...(meta.contentType === undefined ? {} : { 'content-type': meta.contentType }),
     ...(status === 206 ? { 'content-range': `bytes ${start}-${end}/${meta.size}` } : {}),
     'x-keel-cache': outcome,
+    ...tierHeader(outcome, t),
   });
   if (method === 'HEAD' || end < start) {
     // A HEAD (or an empty object) is answered from the metadata alone.
-    res.writeHead(status, answerHeaders(known));
+    res.writeHead(status, headers(known, tier));
     res.end();
-    return known;
+    return { answered: known };
   }
+  return { start, end, status, headers };
+}
+
+/** Answers a read from the object's metadata: conditionals, range, HEAD, then the bytes. */
+async function answer(r: Read, resolved: Resolved, attempt: number): Promise<RequestOutcome> {
+  const { ctx, req, res } = r;
+  const { meta, stale } = resolved;
+  const bypass = ctx.cache === undefined || ctx.cache.bypassed;
+  // Where the metadata came from: what a HEAD, a 304 or a 412 is.
+  const known: CacheOutcome = bypass ? 'BYPASS' : !('version' in meta) ? 'MISS' : stale ? 'STALE' : 'HIT';
+  if (known === 'HIT' && 'version' in meta) remember(r, meta);
+  const prepared = planAnswer(r, meta, known, 'disk');
+  if (!('status' in prepared)) return prepared.answered;
+  const { start, end, status } = prepared;
+  const answerHeaders = (outcome: CacheOutcome): Record<string, string> => prepared.headers(outcome, 'disk');
   const plan = planSlices(r, meta, start, end);
   const length = end - start + 1;
   if (!bypass && length <= BUFFERED_HIT_BYTES && plan.needed.every((i) => plan.cached.has(i))) {
-    const served = await serveBuffered(r, meta, start, end, status, answerHeaders(stale ? 'STALE' : 'HIT'));
+    const outcome = stale ? 'STALE' : 'HIT';
+    const served = await serveBuffered(r, meta, start, end, status, (tier) => prepared.headers(outcome, tier));
     if (served === true) return stale ? 'STALE' : 'HIT';
     // A slice failed (the cache repaired what it could): what is still cached decides, and the
     // slice that failed comes from the origin this time even if the cache still lists it (an
@@ -196,7 +291,7 @@ async function answer(r: Read, resolved: Resolved, attempt: number): Promise<Req
     } catch (err) {
       const e = classify(err);
       if (e.code === 'OBJECT_CHANGED' && attempt === 0) {
-        if (ctx.cache) await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(r.id));
+        await forgetObject(ctx, r.id);
         return serveObject(ctx, req, res, r.id, r.rawQuery, r.requestId, 1);
       }
       return originFailed(r, e);
@@ -252,11 +347,30 @@ async function serveBuffered(
   start: number,
   end: number,
   status: number,
-  headers: Record<string, string>,
+  headers: (tier: CacheTier) => Record<string, string>,
 ): Promise<true | { failedSlice?: number }> {
   const { ctx } = r;
   const cache = ctx.cache as RangeCache;
-  const length = end - start + 1;
+  const memory = 'version' in meta ? r.memory : undefined;
+  if (memory) {
+    const chunks = r.memoryAsked ? undefined : memory.read(r.hash, meta.etag, start, end);
+    r.memoryAsked = true;
+    if (chunks) {
+      sendChunks(r, chunks, status, headers('memory'));
+      return true;
+    }
+  }
+  // The disk read: the range asked for, widened to the whole blocks the memory tier would take
+  // in (within the slices the read covers, all cached).
+  let from = start;
+  let to = end;
+  if (memory) {
+    const sliceStart = Math.floor(start / meta.sliceBytes) * meta.sliceBytes;
+    const sliceEnd = Math.min(meta.size, (Math.floor(end / meta.sliceBytes) + 1) * meta.sliceBytes) - 1;
+    const span = memory.wanted(r.hash, meta.etag, start, end, meta.size, { start: sliceStart, end: sliceEnd });
+    if (span && span.end - span.start < BUFFERED_HIT_BYTES) ({ start: from, end: to } = span);
+  }
+  const length = to - from + 1;
   if (ctx.buffered.bytes + length > MAX_BUFFERED_BYTES) return {};
   ctx.buffered.bytes += length;
   let released = false;
@@ -266,21 +380,28 @@ async function serveBuffered(
     ctx.buffered.bytes -= length;
   };
   const hit = await safe(ctx, 'read', () =>
-    cache.readBuffer(r.id, start, end, 'version' in meta ? { meta } : {}),
+    cache.readBuffer(r.id, from, to, 'version' in meta ? { meta } : {}),
   );
   if (!hit?.hit || hit.meta.etag !== meta.etag) {
     if (hit?.hit) hit.release();
     release();
     return hit?.hit === false && hit.slice !== undefined ? { failedSlice: hit.slice } : {};
   }
-  r.res.writeHead(status, headers);
+  // Verified bytes: the memory tier takes its copy of the blocks it admits, unless a write
+  // changed the object since the read began.
+  if (memory && generation(ctx, r.hash) === r.gen) {
+    memory.admit(r.hash, meta.etag, from, hit.bytes, meta.size);
+    memory.rememberMeta(r.hash, hit.meta);
+  }
+  const body = from === start && to === end ? hit.bytes : hit.bytes.subarray(start - from, end - from + 1);
+  r.res.writeHead(status, headers('disk'));
   // The cache may reuse the memory once the bytes are with the OS, not before.
-  r.res.end(hit.bytes, () => {
+  r.res.end(body, () => {
     hit.release();
     release();
   });
   r.res.once('close', release);
-  ctx.onBytes('cache', length);
+  ctx.onBytes('cache', end - start + 1);
   return true;
 }
 
@@ -352,12 +473,18 @@ async function streamSlices(
     ctx.log('error', `read of ${id.bucket}/${id.key} broke after the headers went out: ${e.message}`, {
       requestId: r.requestId,
     });
-    if (e.code === 'OBJECT_CHANGED' && ctx.cache)
-      await safe(ctx, 'invalidate', () => (ctx.cache as RangeCache).invalidate(id));
+    if (e.code === 'OBJECT_CHANGED') await forgetObject(ctx, id);
     res.destroy();
   } finally {
     ahead.close();
   }
+}
+
+/** The origin said the object changed: the cache and the memory tier forget what they hold of it. */
+async function forgetObject(ctx: ReadContext, id: ObjectIdentity): Promise<void> {
+  ctx.memory?.forget(identityHash(id));
+  const cache = ctx.cache;
+  if (cache) await safe(ctx, 'invalidate', () => cache.invalidate(id));
 }
 
 /**

@@ -14,6 +14,7 @@ import type { Revalidator, RevalidatorOptions } from './revalidation.js';
 import type { SliceFill } from './slice-fill.js';
 import type { Coordinator } from '../coord/coordinator.js';
 import type { ReadAheadSettings } from './read-ahead.js';
+import type { MemoryTier } from './memory-tier.js';
 
 /* What the read path shares: its context, and the rules that keep a write's old version out of the cache. */
 
@@ -65,6 +66,10 @@ export interface ReadContext {
   deadlineMs: number;
   /** Bytes held in memory by buffered hits being sent (bounded by the read path). */
   buffered: { bytes: number };
+  /** Hot verified blocks and recent metadata in memory, in front of the disk cache. Absent: off. */
+  memory?: MemoryTier | undefined;
+  /** Whether an object may enter the memory tier (the cache rules); absent: every object may. */
+  memoryFor?: ((id: ObjectIdentity) => boolean) | undefined;
   onBytes(source: 'cache' | 'origin', n: number): void;
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
@@ -149,6 +154,7 @@ export function invalidateReads(ctx: ReadContext, id: ObjectIdentity): void {
   if (ctx.generations.size >= MAX_LOOKED_UP && !ctx.generations.has(hash)) ctx.generations.clear();
   ctx.generations.set(hash, generation(ctx, hash) + 1);
   ctx.heads.delete(hash);
+  ctx.memory?.forget(hash);
 }
 
 /**
