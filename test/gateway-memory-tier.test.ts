@@ -9,7 +9,14 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway, type Gateway, type GatewayOptions } from '@keel/gateway';
 import type { CacheFs } from 'keel/cache';
 import { sliceFileOf } from './cache-support.js';
-import { originClient, sha, SLICE, startRecorder, TEST_CREDENTIALS, type Recorder } from './gateway-protocol-support.js';
+import {
+  originClient,
+  sha,
+  SLICE,
+  startRecorder,
+  TEST_CREDENTIALS,
+  type Recorder,
+} from './gateway-protocol-support.js';
 import { startS3Origin, type S3Origin } from './s3-origin.js';
 
 /*
@@ -75,22 +82,31 @@ interface Answer {
   body: Buffer;
 }
 
-function request(g: Gateway, method: string, p: string, headers: Record<string, string> = {}, body?: Buffer): Promise<Answer> {
+function request(
+  g: Gateway,
+  method: string,
+  p: string,
+  headers: Record<string, string> = {},
+  body?: Buffer,
+): Promise<Answer> {
   const u = new URL(g.url());
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: u.port, method, path: p, headers, agent: false }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (d: Buffer) => parts.push(d));
-      res.on('end', () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          cache: res.headers['x-keel-cache'] as string | undefined,
-          tier: res.headers['x-keel-cache-tier'] as string | undefined,
-          body: Buffer.concat(parts),
-        }),
-      );
-      res.on('error', reject);
-    });
+    const req = http.request(
+      { host: u.hostname, port: u.port, method, path: p, headers, agent: false },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            cache: res.headers['x-keel-cache'] as string | undefined,
+            tier: res.headers['x-keel-cache-tier'] as string | undefined,
+            body: Buffer.concat(parts),
+          }),
+        );
+        res.on('error', reject);
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -154,12 +170,20 @@ describe('the memory tier', () => {
       expect({ cache: a.cache, tier: a.tier }).toEqual({ cache: 'HIT', tier: 'memory' });
     }
     const head = await request(g, 'HEAD', '/b/hot.bin');
-    expect({ status: head.status, cache: head.cache, tier: head.tier }).toEqual({ status: 200, cache: 'HIT', tier: 'memory' });
+    expect({ status: head.status, cache: head.cache, tier: head.tier }).toEqual({
+      status: 200,
+      cache: 'HIT',
+      tier: 'memory',
+    });
     expect(Object.fromEntries(fsCalls)).toEqual({});
     expect(totalFsCalls()).toBe(0);
     expect(recorder.bodyBytes() - originBytes).toBe(0);
-    expect((await metric(g, 'keel_gateway_requests_total', { method: 'GET', outcome: 'HIT' })) - hitsBefore).toBe(100);
-    expect((await metric(g, 'keel_gateway_memory_reads_total', { result: 'hit' })) - memoryHitsBefore).toBe(100);
+    expect(
+      (await metric(g, 'keel_gateway_requests_total', { method: 'GET', outcome: 'HIT' })) - hitsBefore,
+    ).toBe(100);
+    expect((await metric(g, 'keel_gateway_memory_reads_total', { result: 'hit' })) - memoryHitsBefore).toBe(
+      100,
+    );
   });
 
   it('serves the right bytes from memory after a byte flips on disk, and the disk path catches the flip once the block is out of memory', async () => {
@@ -203,7 +227,13 @@ describe('the memory tier', () => {
     const old = await range(g, 'rewritten.bin', 0, 4095);
     expect(old.tier).toBe('memory');
     const fresh = randomBytes(2 * SLICE);
-    const put1 = await request(g, 'PUT', '/b/rewritten.bin', { 'content-length': String(fresh.length) }, fresh);
+    const put1 = await request(
+      g,
+      'PUT',
+      '/b/rewritten.bin',
+      { 'content-length': String(fresh.length) },
+      fresh,
+    );
     expect(put1.status).toBe(200);
     data.set('rewritten.bin', fresh);
     await g.idle();

@@ -105,7 +105,7 @@ export class GatewayMetrics {
     );
     this.writeThrough = m.counter(
       'keel_gateway_write_through_total',
-      'PutObjects staged for write-through, by result: cached (committed once the origin accepted them with the body\'s MD5), not_cached (the write failed, was cut, or its ETag did not match).',
+      "PutObjects staged for write-through, by result: cached (committed once the origin accepted them with the body's MD5), not_cached (the write failed, was cut, or its ETag did not match).",
       ['result'],
     );
     this.originRequests = m.counter(

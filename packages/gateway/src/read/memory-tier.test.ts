@@ -84,9 +84,9 @@ describe('MemoryTier', () => {
     const tier = new MemoryTier({ maxBytes: 8 * MiB });
     const size = 10 * MiB;
     // A 4 KiB read inside block 3: fetch all of block 3.
-    expect(tier.wanted('h', '"e"', 3 * 64 * KiB + 100, 3 * 64 * KiB + 4195, size, { start: 0, end: size - 1 })).toEqual(
-      { start: 3 * 64 * KiB, end: 4 * 64 * KiB - 1 },
-    );
+    expect(
+      tier.wanted('h', '"e"', 3 * 64 * KiB + 100, 3 * 64 * KiB + 4195, size, { start: 0, end: size - 1 }),
+    ).toEqual({ start: 3 * 64 * KiB, end: 4 * 64 * KiB - 1 });
     // Not past the limit (the slices the read may cover): the block crossing it is left out.
     expect(tier.wanted('h', '"e"', 100, 200, size, { start: 50, end: size - 1 })).toBeUndefined();
     // The object's short last block is whole.

@@ -257,13 +257,14 @@ export class MemoryTier {
    * protected is over its share).
    */
   private used(key: string): void {
-    let block = this.protected.get(key);
-    if (block) {
+    const hot = this.protected.get(key);
+    if (hot) {
       this.protected.delete(key);
-      this.protected.set(key, block);
+      this.protected.set(key, hot);
       return;
     }
-    block = this.probation.get(key);
+    const block = this.probation.get(key);
+    if (!block) return;
     this.probation.delete(key);
     this.protected.set(key, block);
     this.protectedBytes += block.length;

@@ -256,7 +256,9 @@ async function answer(r: Read, resolved: Resolved, attempt: number): Promise<Req
   const length = end - start + 1;
   if (!bypass && length <= BUFFERED_HIT_BYTES && plan.needed.every((i) => plan.cached.has(i))) {
     const outcome = stale ? 'STALE' : 'HIT';
-    const served = await serveBuffered(r, meta, start, end, status, (tier) => prepared.headers(outcome, tier));
+    const served = await serveBuffered(r, meta, start, end, status, (tier) =>
+      prepared.headers(outcome, tier),
+    );
     if (served === true) return stale ? 'STALE' : 'HIT';
     // A slice failed (the cache repaired what it could): what is still cached decides, and the
     // slice that failed comes from the origin this time even if the cache still lists it (an
@@ -367,7 +369,10 @@ async function serveBuffered(
   if (memory) {
     const sliceStart = Math.floor(start / meta.sliceBytes) * meta.sliceBytes;
     const sliceEnd = Math.min(meta.size, (Math.floor(end / meta.sliceBytes) + 1) * meta.sliceBytes) - 1;
-    const span = memory.wanted(r.hash, meta.etag, start, end, meta.size, { start: sliceStart, end: sliceEnd });
+    const span = memory.wanted(r.hash, meta.etag, start, end, meta.size, {
+      start: sliceStart,
+      end: sliceEnd,
+    });
     if (span && span.end - span.start < BUFFERED_HIT_BYTES) ({ start: from, end: to } = span);
   }
   const length = to - from + 1;
