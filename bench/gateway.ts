@@ -13,6 +13,10 @@
  * `--out <file>` writes the figures there instead (a trial run that leaves the record alone);
  * KEEL_BENCH_MISS_OBJECTS sets how many 1 MiB objects the miss section reads (default 40, the first
  * 5 not counted).
+ * `--only memoryTier`: hits (1 MiB and 4 KiB ranges) from keel's memory tier and from its disk tier
+ * (--memory-cache-bytes 0), against nginx and against a minimal Node server answering the ranges
+ * from a Buffer (bench/_node-ranges.ts), all one process; then origin bytes for a PUT and 10 GETs
+ * of a 64 MiB object through keel (write-through).
  * `--only oneReader`: one client reads whole 256 MiB objects, cold and warm, through keel, nginx
  * (slice 8m) and directly, then cold with each origin connection limited to 50 MB/s
  * (bench/_one-reader.ts; KEEL_BENCH_ONE_READER_MIB, _OBJECTS and _LIMIT_KBPS change the figures).
@@ -33,7 +37,15 @@ const OBJECT = 64 * 1024 * 1024;
 const SECONDS = Number(process.env.KEEL_BENCH_GATEWAY_SECONDS ?? 6);
 const CONNECTIONS = 64;
 const ROUNDS = Number(process.env.KEEL_BENCH_GATEWAY_ROUNDS ?? 3);
-const SECTIONS = ['missTtfb', 'stampede', 'hits', 'passthroughHits', 'oneReader', 'workers'] as const;
+const SECTIONS = [
+  'missTtfb',
+  'stampede',
+  'hits',
+  'passthroughHits',
+  'oneReader',
+  'workers',
+  'memoryTier',
+] as const;
 const onlyArg = process.argv.indexOf('--only');
 const only = new Set(
   onlyArg < 0 ? SECTIONS : (process.argv[onlyArg + 1] ?? '').split(',').filter((s) => s !== ''),
@@ -91,7 +103,7 @@ function put(base: string, key: string, body: Buffer): Promise<void> {
 function get(
   url: string,
   headers: Record<string, string> = {},
-): Promise<{ ttfbMs: number; sha: string; length: number }> {
+): Promise<{ ttfbMs: number; sha: string; length: number; tier: string | undefined }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     http
@@ -104,7 +116,14 @@ function get(
           h.update(d);
           length += d.length;
         });
-        res.on('end', () => resolve({ ttfbMs: ttfb, sha: h.digest('hex'), length }));
+        res.on('end', () =>
+          resolve({
+            ttfbMs: ttfb,
+            sha: h.digest('hex'),
+            length,
+            tier: res.headers['x-keel-cache-tier'] as string | undefined,
+          }),
+        );
         res.on('error', reject);
       })
       .on('error', reject);
@@ -153,6 +172,7 @@ async function startKeel(
   upstream: string,
   cacheDir: string,
   workers = 1,
+  extra: string[] = [],
 ): Promise<{ url: string; proc: ChildProcess }> {
   const proc = spawn(
     process.execPath,
@@ -178,6 +198,7 @@ async function startKeel(
       // One process unless a section asks for more (its nginx peer then gets as many workers).
       '--workers',
       String(workers),
+      ...extra,
     ],
     {
       stdio: ['ignore', 'ignore', 'pipe'],
@@ -191,6 +212,16 @@ async function startKeel(
       if (!stopping && !stopped.has(proc)) console.error(e.message);
     },
   });
+}
+
+/** The minimal Node server of bench/_node-ranges.ts answering ranges of the object at `objectUrl` from memory. */
+function startNodeRanges(objectUrl: string, workers = 1): Promise<{ url: string; proc: ChildProcess }> {
+  const proc = spawn(
+    process.execPath,
+    ['--import', 'tsx', path.join(import.meta.dirname, '_node-ranges.ts'), objectUrl, String(workers)],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  return listening(proc, 'the Node ranges server');
 }
 
 /** The minimal Node HTTP proxy of bench/_node-proxy.ts in front of `upstream`. */
@@ -635,6 +666,131 @@ async function workersSection(): Promise<Record<string, unknown>> {
   return out;
 }
 
+/**
+ * Hits from keel's memory tier and from its disk tier, against nginx and the minimal Node server
+ * (all one process, on the same object), and origin bytes for a write then reads (write-through).
+ */
+async function memoryTierSection(): Promise<Record<string, unknown>> {
+  const load = os.loadavg();
+  const proxies = {
+    keelMemory: await chaos.proxy({ upstream: `127.0.0.1:${originPort}` }),
+    keelDisk: await chaos.proxy({ upstream: `127.0.0.1:${originPort}` }),
+    nginx: await chaos.proxy({ upstream: `127.0.0.1:${originPort}` }),
+  };
+  const up = (n: keyof typeof proxies): string => `http://127.0.0.1:${proxies[n].port}`;
+  const keelMemory = await startKeel(up('keelMemory'), path.join(root, 'm-keel-memory'), 1);
+  const keelDisk = await startKeel(up('keelDisk'), path.join(root, 'm-keel-disk'), 1, [
+    '--memory-cache-bytes',
+    '0',
+  ]);
+  const nginx = await startNginx(proxies.nginx.port, path.join(root, 'm-nginx'), '1m', 1);
+  const node = await startNodeRanges(`${originUrl}/demo/hot.bin`, 1);
+  const procs = [keelMemory.proc, keelDisk.proc, nginx.proc, node.proc];
+  children.push(...procs);
+  const targets = { keelMemory: keelMemory.url, keelDisk: keelDisk.url, nginx: nginx.url, node: node.url };
+  const names = Object.keys(targets) as (keyof typeof targets)[];
+  const out: Record<string, unknown> = { workers: 1, loadAverageAtStart: load };
+
+  // Warm: the whole object into each cache, then every MiB twice as a range, so keel's memory
+  // tier has taken its blocks in (it holds 256 MiB by default; the object is 64 MiB).
+  for (const base of [keelMemory.url, keelDisk.url, nginx.url]) await get(`${base}/demo/hot.bin`);
+  await new Promise((r) => setTimeout(r, 500));
+  const hot = bytes('hot', OBJECT);
+  for (let round = 0; round < 2; round++)
+    for (let mib = 0; mib < OBJECT / (1024 * 1024); mib++)
+      for (const base of [keelMemory.url, keelDisk.url])
+        await get(`${base}/demo/hot.bin`, {
+          range: `bytes=${mib * 1024 * 1024}-${(mib + 1) * 1024 * 1024 - 1}`,
+        });
+  for (const [a, b] of [
+    [0, 4095],
+    [5 * 1024 * 1024 - 100, 9 * 1024 * 1024 + 99],
+    [OBJECT - 4096, OBJECT - 1],
+  ] as const) {
+    const want = createHash('sha256')
+      .update(hot.subarray(a, b + 1))
+      .digest('hex');
+    for (const [n, base] of Object.entries(targets)) {
+      const got = await get(`${base}/demo/hot.bin`, { range: `bytes=${a}-${b}` });
+      if (got.sha !== want) throw new Error(`${n} served wrong bytes for ${a}-${b}`);
+      const tier = n === 'keelMemory' ? 'memory' : n === 'keelDisk' ? 'disk' : undefined;
+      if (got.tier !== tier) throw new Error(`${n} answered ${a}-${b} from tier ${got.tier}, not ${tier}`);
+    }
+  }
+  const originBefore = Object.fromEntries(
+    (Object.keys(proxies) as (keyof typeof proxies)[]).map((n) => [n, proxies[n].stats().bytesDownstream]),
+  );
+  for (const [label, len] of [
+    ['4KiB', 4096],
+    ['1MiB', 1024 * 1024],
+  ] as const) {
+    const runs = Object.fromEntries(names.map((n) => [n, [] as { rps: number; p99Ms: number }[]])) as Record<
+      keyof typeof targets,
+      { rps: number; p99Ms: number }[]
+    >;
+    for (let r = 0; r < ROUNDS; r++) {
+      // Each round starts with another one: neighbours on a shared machine hit them alike.
+      const order = [...names.slice(r % names.length), ...names.slice(0, r % names.length)];
+      for (const n of order) runs[n].push(wrk(`${targets[n]}/demo/hot.bin`, len));
+    }
+    const med = (n: keyof typeof targets): { rps: number; p99Ms: number } => ({
+      rps: median(runs[n].map((x) => x.rps)),
+      p99Ms: median(runs[n].map((x) => x.p99Ms)),
+    });
+    const m = med('keelMemory');
+    const d = med('keelDisk');
+    const ng = med('nginx');
+    const nd = med('node');
+    out[label] = {
+      keelMemory: m,
+      keelDisk: d,
+      nginx: ng,
+      node: nd,
+      memoryOverNode: m.rps / nd.rps,
+      memoryOverNginx: m.rps / ng.rps,
+      memoryP99OverNginx: m.p99Ms / ng.p99Ms,
+      diskOverNginx: d.rps / ng.rps,
+      memoryOverDisk: m.rps / d.rps,
+      nodeOverNginx: nd.rps / ng.rps,
+      pairedMemoryOverNode: runs.keelMemory.map((x, r) => x.rps / (runs.node[r]?.rps ?? NaN)),
+    };
+  }
+  out.originBytesDuringHits = Object.fromEntries(
+    (Object.keys(proxies) as (keyof typeof proxies)[]).map((n) => [
+      n,
+      proxies[n].stats().bytesDownstream - (originBefore[n] ?? 0),
+    ]),
+  );
+
+  // Read after write: a 64 MiB PUT through keel, then 10 GETs; bytes between keel and the origin.
+  const written = bytes('raw', OBJECT);
+  const upBefore = proxies.keelMemory.stats().bytesUpstream;
+  const downBefore = proxies.keelMemory.stats().bytesDownstream;
+  await put(keelMemory.url, 'read-after-write.bin', written);
+  const afterPut = {
+    up: proxies.keelMemory.stats().bytesUpstream,
+    down: proxies.keelMemory.stats().bytesDownstream,
+  };
+  const want = createHash('sha256').update(written).digest('hex');
+  let identical = true;
+  for (let i = 0; i < 10; i++)
+    identical &&= (await get(`${keelMemory.url}/demo/read-after-write.bin`)).sha === want;
+  out.readAfterWrite = {
+    objectBytes: OBJECT,
+    toOriginDuringPut: afterPut.up - upBefore,
+    fromOriginDuringReads: proxies.keelMemory.stats().bytesDownstream - afterPut.down,
+    fromOriginDuringPut: afterPut.down - downBefore,
+    allIdentical: identical,
+    target: 'the object size once (the upload), 0 for the 10 reads',
+  };
+  out.rounds = ROUNDS;
+  out.loadAverageAtEnd = os.loadavg();
+  out.target = '4KiB memoryOverNode ≥ 0.85 and memoryP99OverNginx ≤ 2; 1MiB memory not below disk';
+  await Promise.all(procs.map(stopChild));
+  for (const p of Object.values(proxies)) await p.close();
+  return out;
+}
+
 const root = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-gateway-'));
 const s3dir = path.join(root, 's3');
 const s3rver = spawn(
@@ -854,6 +1010,8 @@ try {
   // 5. workers: keel --workers 2 against nginx with worker_processes 2 (and keel --workers 1 for
   // the record), each behind its own counting proxy to the same origin, on the same object.
   if (run('workers')) results.workers = await workersSection();
+  // 6. the memory tier: hits from memory and from disk against nginx and a minimal Node server.
+  if (run('memoryTier')) results.memoryTier = await memoryTierSection();
   // One client, one big object, cold and warm; then the origin limited per connection (bench/_one-reader.ts).
   if (run('oneReader'))
     results.oneReader = await oneReader({
