@@ -71,8 +71,14 @@ export async function resolveObject(
   const hash = identityHash(id);
   // A plain GET of an object with no cached slice is a miss whatever its metadata says: straight
   // to the origin, without reading the metadata first. Not for an object this process already
-  // asked about: its fill may be under way, and its metadata is in memory (no system call).
-  const certainMiss = cache !== undefined && plainGet && !cache.mayHaveSlices(id) && !ctx.lookedUp.has(hash);
+  // asked about (its fill may be under way) nor one whose metadata it holds (an empty object has
+  // no slice): its metadata is in memory (no system call).
+  const certainMiss =
+    cache !== undefined &&
+    plainGet &&
+    !cache.mayHaveSlices(id) &&
+    !cache.remembers(id) &&
+    !ctx.lookedUp.has(hash);
   // An origin lookup under way now is this request's to join, even if it completes (and leaves
   // the map) while the metadata is being read: asking the origin again would fetch its first
   // slice a second time.

@@ -327,6 +327,16 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   }
 
   /**
+   * True when this process holds the object's metadata in memory (it stored or read it lately),
+   * answered without a system call: with {@link mayHaveSlices}, what tells an object cached with
+   * no slice at all (an empty one) from one not cached.
+   */
+  remembers(id: ObjectIdentity): boolean {
+    const known = this.memo.peek(identityHash(id));
+    return known !== undefined && sameIdentity(known.meta.identity, id);
+  }
+
+  /**
    * True when slice `index` of the object is cached as far as memory knows (no system call): a
    * hint for whoever is about to fetch it, not a promise of a hit (its bytes are checked when read).
    */
