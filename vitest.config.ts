@@ -20,6 +20,8 @@ const ALONE = [
   'test/gateway-workers.test.ts',
   'test/gateway-workers-breaker.test.ts',
   'test/cache-multiprocess.test.ts',
+  'test/gateway-fleet.test.ts',
+  'test/gateway-fleet-failures.test.ts',
 ];
 
 export default defineConfig({

@@ -1,3 +1,4 @@
+import { classify, wrap } from 'keel';
 import { liveInstances, type InstanceStatus } from './instances.js';
 import { fleetKeys } from './keys.js';
 import { createRedisClient } from './redis-client.js';
@@ -6,18 +7,24 @@ import { redactRedisUrl } from './redis-url.js';
 /**
  * The live instances of the fleet coordinated through the Redis at `url` (heartbeats not
  * expired), oldest first.
- * @throws Error when Redis cannot be reached within about two seconds (the URL's password redacted).
+ * @throws KeelError (the connection's code, ECONNREFUSED's `CONNECTION_REFUSED` for one) when Redis
+ * cannot be reached within about two seconds; the message names the URL with its password redacted.
  */
 export async function readFleetStatus(url: string, prefix?: string): Promise<InstanceStatus[]> {
-  let lastError = '';
-  const redis = createRedisClient(url, (m) => (lastError = m), { reconnect: false });
+  const redis = createRedisClient(url, () => undefined, { reconnect: false });
+  // What the connection failed with (connect() itself only says the connection closed).
+  let failure: unknown;
+  redis.on('error', (err: unknown) => (failure ??= err));
   try {
     try {
       await redis.connect();
     } catch (err) {
-      throw new Error(
-        lastError ||
-          `coordinator Redis ${redactRedisUrl(url)}: ${(err as Error).message.split(url).join(redactRedisUrl(url))}`,
+      const cause = failure ?? err;
+      const shown = redactRedisUrl(url);
+      throw wrap(
+        cause,
+        classify(cause).code,
+        `could not reach the fleet's Redis at ${shown}: ${classify(cause).message.split(url).join(shown)}`,
       );
     }
     return await liveInstances(redis, fleetKeys(prefix));

@@ -14,7 +14,7 @@ return 0`;
 interface LeaseTableOptions {
   ttlMs: number;
   checkMs: number;
-  /** A Redis command failed: the coordinator falls back. */
+  /** A Redis command failed (the coordinator logs it; only its heartbeats and connections decide that Redis is down). */
   onRedisFailed(err: unknown): void;
 }
 
@@ -154,6 +154,8 @@ export class LeaseTable {
         if (values[i] === null) this.settle(k, false);
       });
     } catch (err) {
+      // Whether the leaders are alive cannot be told: their followers ask again (or fetch).
+      this.abandonAll();
       this.options.onRedisFailed(err);
     } finally {
       this.checking = false;

@@ -3,7 +3,7 @@ import { redactRedisUrl } from './redis-url.js';
 
 /** Bounds of every connection to the coordinator's Redis. */
 export interface RedisClientOptions {
-  /** A command unanswered this long fails (default 1,000 ms): Redis slow or gone is Redis down. */
+  /** A command unanswered this long fails (default 2,000 ms): the call falls back, and two heartbeats failing in a row mean Redis is down. */
   commandTimeoutMs?: number;
   /** Connecting gives up after this long (default 2,000 ms), then retries in the background. */
   connectTimeoutMs?: number;
@@ -29,7 +29,7 @@ export function createRedisClient(
     lazyConnect: true,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
-    commandTimeout: options.commandTimeoutMs ?? 1_000,
+    commandTimeout: options.commandTimeoutMs ?? 2_000,
     connectTimeout: options.connectTimeoutMs ?? 2_000,
     autoResubscribe: false,
     enableReadyCheck: true,

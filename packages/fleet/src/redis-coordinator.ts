@@ -24,7 +24,9 @@ export interface RedisCoordinatorOptions extends RedisClientOptions {
   /** Longest a writer waits for the live instances to acknowledge an invalidation (default 2,000 ms). */
   invalidateWaitMs?: number;
   /** This instance's status for its heartbeat (default: only its identity). */
-  status?: () => Partial<Omit<InstanceStatus, 'id' | 'host' | 'pid' | 'started' | 'at'>>;
+  status?: () =>
+    | Partial<Omit<InstanceStatus, 'id' | 'host' | 'pid' | 'started' | 'at'>>
+    | Promise<Partial<Omit<InstanceStatus, 'id' | 'host' | 'pid' | 'started' | 'at'>>>;
   /** Log sink (warnings about Redis, password redacted). */
   log?: (level: 'info' | 'warn', msg: string) => void;
 }
@@ -78,6 +80,7 @@ export class RedisCoordinator implements Coordinator {
   private seq = 0;
   private heartbeat: NodeJS.Timeout | undefined;
   private closed = false;
+  private failedBeats = 0;
   /** The subscriber listens on every channel (set once SUBSCRIBE answered, cleared when it disconnects). */
   private subscribed = false;
   private readonly heartbeatMs: number;
@@ -101,7 +104,7 @@ export class RedisCoordinator implements Coordinator {
     this.leases = new LeaseTable(this.cmd, this.keys, {
       ttlMs: options.leaseTtlMs ?? 5_000,
       checkMs: options.leaseCheckMs ?? 250,
-      onRedisFailed: (err) => this.down(err),
+      onRedisFailed: (err) => this.commandFailed(err),
     });
     this.cmd.on('close', () => this.down('connection closed'));
     this.sub.on('close', () => {
@@ -170,7 +173,7 @@ export class RedisCoordinator implements Coordinator {
         ? this.cmd.hdel(this.keys.breakers, name)
         : this.cmd.hset(this.keys.breakers, name, field);
     void Promise.all([write, this.cmd.publish(this.keys.breaker, field)]).catch((err: unknown) =>
-      this.down(err),
+      this.commandFailed(err),
     );
   }
 
@@ -188,7 +191,7 @@ export class RedisCoordinator implements Coordinator {
     if (!this.availability.available) return;
     this.cmd
       .publish(this.keys.budget, JSON.stringify({ from: this.id, name, tokens }))
-      .catch((err: unknown) => this.down(err));
+      .catch((err: unknown) => this.commandFailed(err));
   }
 
   onBudget(listener: (name: string, tokens: number) => void): () => void {
@@ -234,7 +237,8 @@ export class RedisCoordinator implements Coordinator {
       await this.cmd.publish(this.keys.invalidate, JSON.stringify(message));
       await acked;
     } catch (err) {
-      this.down(err);
+      // The writer answers: the others drop the object when its TTL ends, or at the next write.
+      this.commandFailed(err);
     }
   }
 
@@ -246,14 +250,15 @@ export class RedisCoordinator implements Coordinator {
       hitRatio: 0,
       fillsInFlight: 0,
       breakers: {},
-      ...this.options.status?.(),
+      // A status that cannot be read leaves the defaults: the heartbeat still says this instance lives.
+      ...(await (async () => this.options.status?.())().catch(() => undefined)),
       id: this.id,
       host: os.hostname(),
       pid: process.pid,
       started: this.started,
       at: new Date().toISOString(),
     };
-    if (this.cmd.status !== 'ready' || this.sub.status !== 'ready') {
+    if (this.cmd.status !== 'ready' || !this.subscribed) {
       this.down(
         this.cmd.status === 'ready' ? 'subscriber not connected' : `not connected (${this.cmd.status})`,
       );
@@ -261,9 +266,12 @@ export class RedisCoordinator implements Coordinator {
     }
     try {
       await writeHeartbeat(this.cmd, this.keys, status, this.heartbeatMs * 3);
+      this.failedBeats = 0;
       if (!this.availability.available) await this.up();
     } catch (err) {
-      this.down(err);
+      // One slow answer (a busy event loop) is not an outage; two heartbeats in a row are.
+      if (++this.failedBeats >= 2 || !this.availability.available) this.down(err);
+      else this.commandFailed(err);
     }
   }
 
@@ -287,6 +295,13 @@ export class RedisCoordinator implements Coordinator {
     this.lastError = '';
     this.log('info', 'coordinator: Redis reachable, coordinating with the fleet');
     for (const l of this.availabilityListeners) l(this.availability);
+  }
+
+  /** One command failed or timed out: that call fell back; Redis is not given up on for it. */
+  private commandFailed(err: unknown): void {
+    const message = `coordinator: a Redis command failed (${err instanceof Error ? err.message : String(err)}); that call went on without the fleet`;
+    if (message !== this.lastError) this.log('warn', message);
+    this.lastError = message;
   }
 
   private down(err: unknown): void {
@@ -320,7 +335,7 @@ export class RedisCoordinator implements Coordinator {
       void Promise.allSettled([...this.invalidateListeners].map(async (l) => l(id))).then(() =>
         this.cmd
           .publish(this.keys.ack(from), JSON.stringify({ req, by: this.id }))
-          .catch((err: unknown) => this.down(err)),
+          .catch((err: unknown) => this.commandFailed(err)),
       );
     } else if (channel === this.keys.ack(this.id)) {
       const { req, by } = m as { req?: unknown; by?: unknown };

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { isIPv4, isIPv6 } from 'node:net';
 import { keelError } from 'keel';
+import { fleetKeys, parseRedisUrl } from '@keel/fleet';
 import { ALERT_HANDLER_NAMES, type AlertHandlerName } from './admin/alerting.js';
 import type { ClientKey } from './auth/sigv4-verify.js';
 
@@ -66,6 +67,10 @@ export interface GatewayConfig {
   writeThrough: boolean;
   /** Processes serving the S3 port (node:cluster workers); 1 serves it from this process. */
   workers: number;
+  /** `redis://…` of the Redis that coordinates gateways on several hosts (may hold a password: never logged). */
+  coordinator: string | undefined;
+  /** Prefix of the fleet's keys and channels in that Redis (gateway fleets sharing one Redis use different ones). */
+  coordinatorPrefix: string;
 }
 
 /** Most workers `--workers` accepts. */
@@ -119,6 +124,8 @@ const SETTINGS = {
   readAheadSlices: 'KEEL_READ_AHEAD_SLICES',
   writeThrough: 'KEEL_WRITE_THROUGH',
   workers: 'KEEL_WORKERS',
+  coordinator: 'KEEL_COORDINATOR',
+  coordinatorPrefix: 'KEEL_COORDINATOR_PREFIX',
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -394,6 +401,14 @@ export function resolveGatewayConfig(
   const workers = num('workers', get('workers'), os.availableParallelism(), { min: 1 });
   if (!Number.isInteger(workers) || workers > MAX_WORKERS)
     fail('workers', `expected a whole number from 1 to ${MAX_WORKERS}, got "${String(get('workers'))}"`);
+  const coordinator = get('coordinator');
+  if (coordinator !== undefined) parseRedisUrl(String(coordinator), '--coordinator (KEEL_COORDINATOR)');
+  const coordinatorPrefix = String(get('coordinatorPrefix') ?? 'keel');
+  try {
+    fleetKeys(coordinatorPrefix);
+  } catch (err) {
+    fail('coordinatorPrefix', (err as Error).message.replace(/^fleet key prefix: /, ''));
+  }
   const diskWarningPercent = num('diskWarningPercent', get('diskWarningPercent'), 80, { min: 1 });
   const diskCriticalPercent = num('diskCriticalPercent', get('diskCriticalPercent'), 90, { min: 1 });
   if (diskCriticalPercent > 100)
@@ -447,5 +462,7 @@ export function resolveGatewayConfig(
     readAheadSlices,
     writeThrough: yesNo('writeThrough', get('writeThrough'), true),
     workers,
+    coordinator: coordinator === undefined ? undefined : String(coordinator),
+    coordinatorPrefix,
   };
 }

@@ -20,6 +20,8 @@ import { createGatewayAlerts, GATEWAY_ALERTS, watchGatewayAlerts } from './admin
 import type { GatewayConfig } from './config.js';
 import { createGateway, type Gateway, type GatewayOptions } from './gateway.js';
 import { startGatewayRecovery, type GatewayRecovery } from './admin/recovery.js';
+import { joinFleet, registerCoordinatorGauge } from './coord/fleet-membership.js';
+import { LocalCoordinator } from './coord/local-coordinator.js';
 
 /** A gateway with its admin server, health, alerts, disk monitor, scheduled cleanup and graceful shutdown. */
 export interface RunningGateway {
@@ -97,6 +99,18 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     clock,
   });
   await alerts.start();
+  // --coordinator: gateways on several hosts coordinate through Redis, and while it cannot be
+  // used, as they would without it (this process alone, or the workers of its host).
+  const fleet =
+    config.coordinator === undefined
+      ? undefined
+      : await joinFleet({
+          url: config.coordinator,
+          prefix: config.coordinatorPrefix,
+          fallback: options.coordinator ?? new LocalCoordinator(),
+          alerts,
+          log: (level, msg) => logger[level](msg),
+        });
   const log = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void => {
     logger[level](fields ?? {}, msg);
   };
@@ -130,6 +144,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     // In the same JSON lines as the rest (request URLs come with presigned secrets already removed).
     log,
     ...options,
+    ...(fleet ? { coordinator: fleet.coordinator } : {}),
   });
   const cache = gateway.cache;
   const stopWatching = watchGatewayAlerts(gateway, alerts);
@@ -156,6 +171,8 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     }
   };
   registerGatewayHealth(gateway, health, disk);
+  if (fleet) fleet.bind(gateway, health);
+  else registerCoordinatorGauge(gateway.metrics.registry, () => 1);
   const recovery = startGatewayRecovery(gateway, {
     health,
     alerts,
@@ -267,6 +284,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     stopWatching();
     recovery.close();
     await gateway.close(0);
+    await fleet?.close();
     await alerts.close();
     throw err;
   }
@@ -277,6 +295,8 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
   if (afterShutdown) shutdown.addHook('after', afterShutdown);
   shutdown.addHook('admin', () => admin.close());
   shutdown.addHook('alerts', () => alerts.close());
+  // After the gateway (its fills reach the cache and their followers are told), before the alerts.
+  if (fleet) shutdown.addHook('fleet', () => fleet.close());
   shutdown.addHook('gateway', async () => {
     stopTimers();
     stopWatching();

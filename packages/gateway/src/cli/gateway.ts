@@ -54,6 +54,8 @@ interface GatewayFlags {
   readAheadSlices?: string;
   writeThrough?: boolean;
   workers?: string;
+  coordinator?: string;
+  coordinatorPrefix?: string;
   demo?: boolean;
 }
 
@@ -168,6 +170,14 @@ export function registerGatewayCommand(program: Command): void {
     .option(
       '--workers <n>',
       'processes serving the S3 port, sharing the cache and one admin port; 1 serves from this process (KEEL_WORKERS, default the number of cores)',
+    )
+    .option(
+      '--coordinator <url>',
+      'redis://… of the Redis that coordinates gateways on several hosts sharing one cache volume (KEEL_COORDINATOR; see docs/fleet.md)',
+    )
+    .option(
+      '--coordinator-prefix <prefix>',
+      "prefix of the fleet's keys in that Redis (KEEL_COORDINATOR_PREFIX, default keel)",
     )
     .option(
       '--demo',

@@ -5,6 +5,7 @@ import { registerTransferCommands } from './transfer.js';
 import { registerGatewayCommand } from './gateway.js';
 import { registerGroupsCommand } from './groups.js';
 import { registerQueueCommand } from './queue.js';
+import { registerFleetCommand } from './fleet.js';
 import { keelVersion } from './version.js';
 
 /** Builds the `keel` command line with every subcommand registered. */
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   registerGatewayCommand(program);
   registerGroupsCommand(program);
   registerQueueCommand(program);
+  registerFleetCommand(program);
   return program;
 }
 
