@@ -7,6 +7,7 @@ import { createGatewayAlerts } from '../admin/alerting.js';
 import type { GatewayConfig } from '../config.js';
 import { ClusterCoordination } from '../coord/cluster-coordination.js';
 import { startFleetAdmin, type FleetAdmin } from './fleet-admin.js';
+import { closeUntakenConnectionsOnExit } from './handoff-guard.js';
 import {
   isKeelMessage,
   WORKER_SLOT_ENV,
@@ -149,6 +150,8 @@ export async function runPrimary(
     s.admin = undefined;
     s.startedAt = Date.now();
     coordination.add(worker);
+    // A connection handed to it as it dies is closed, not left hanging (see the function).
+    closeUntakenConnectionsOnExit(worker);
     worker.on('message', (m: unknown) => {
       if (isKeelMessage(m) && m.keel === 'metrics-reply') {
         const reply = m as MetricsReply;
