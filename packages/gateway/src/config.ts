@@ -5,6 +5,7 @@ import { keelError } from 'keel';
 import { fleetKeys, parseRedisUrl } from '@keel/fleet';
 import { ALERT_HANDLER_NAMES, type AlertHandlerName } from './admin/alerting.js';
 import type { ClientKey } from './auth/sigv4-verify.js';
+import { CacheRuleList } from './rules/cache-rules.js';
 
 /** The gateway's settings after flags, `KEEL_*` variables and the config file are merged. */
 export interface GatewayConfig {
@@ -65,6 +66,8 @@ export interface GatewayConfig {
   readAheadSlices: number;
   /** Cache a PutObject's body as it goes to the origin, committed once the origin accepted it. */
   writeThrough: boolean;
+  /** The cache rules file (`--rules`), checked here and read again whenever it changes; none: no rules. */
+  rulesFile: string | undefined;
   /** Processes serving the S3 port (node:cluster workers); 1 serves it from this process. */
   workers: number;
   /** `redis://…` of the Redis that coordinates gateways on several hosts (may hold a password: never logged). */
@@ -123,6 +126,7 @@ const SETTINGS = {
   unsignedRequests: 'KEEL_UNSIGNED_REQUESTS',
   readAheadSlices: 'KEEL_READ_AHEAD_SLICES',
   writeThrough: 'KEEL_WRITE_THROUGH',
+  rules: 'KEEL_RULES',
   workers: 'KEEL_WORKERS',
   coordinator: 'KEEL_COORDINATOR',
   coordinatorPrefix: 'KEEL_COORDINATOR_PREFIX',
@@ -398,6 +402,23 @@ export function resolveGatewayConfig(
       'readAheadSlices',
       `expected a whole number from 1 to ${MAX_READ_AHEAD_SLICES}, got "${String(get('readAheadSlices'))}"`,
     );
+  const rulesFile = get('rules');
+  if (rulesFile !== undefined) {
+    if (typeof rulesFile !== 'string' || rulesFile.trim() === '')
+      fail('rules', 'expected the path of a JSON file of cache rules');
+    // Checked now, so a bad file stops the start (and every worker) with the rule at fault named.
+    let text: string;
+    try {
+      text = readFileSync(rulesFile, 'utf8');
+    } catch (err) {
+      fail('rules', `cannot read ${rulesFile}: ${(err as Error).message}`);
+    }
+    try {
+      CacheRuleList.parse(text, rulesFile);
+    } catch (err) {
+      fail('rules', (err as Error).message);
+    }
+  }
   const workers = num('workers', get('workers'), os.availableParallelism(), { min: 1 });
   if (!Number.isInteger(workers) || workers > MAX_WORKERS)
     fail('workers', `expected a whole number from 1 to ${MAX_WORKERS}, got "${String(get('workers'))}"`);
@@ -461,6 +482,7 @@ export function resolveGatewayConfig(
     unsignedRequests,
     readAheadSlices,
     writeThrough: yesNo('writeThrough', get('writeThrough'), true),
+    rulesFile,
     workers,
     coordinator: coordinator === undefined ? undefined : String(coordinator),
     coordinatorPrefix,

@@ -36,6 +36,7 @@ import { AuthTrust, type AuthorizationResult } from './read/passthrough-read.js'
 import { connectHandler } from './s3/forward-proxy.js';
 import { WriteThrough } from './write/write-through.js';
 import { MultipartThrough } from './write/multipart-through.js';
+import { CacheRuleList, CacheRules } from './rules/cache-rules.js';
 import { MemoryTier } from './read/memory-tier.js';
 
 /** Options of {@link createGateway}. */
@@ -83,6 +84,13 @@ export interface GatewayOptions {
   sliceBytes?: number;
   /** Serve cached objects this long before revalidating with If-None-Match (default 60 s). */
   ttlMs?: number;
+  /**
+   * Cache rules per key pattern (default none): a list, or a function asked on every request for
+   * the list in force (a {@link RulesFile}'s `current`, reloaded as its file changes). See
+   * docs/gateway.md, Cache rules. With rules, write-through is prepared even when `writeThrough`
+   * is false, since a rule may turn it on for some objects.
+   */
+  rules?: CacheRuleList | (() => CacheRuleList) | undefined;
   /**
    * Revalidation of expired objects: one request per object, shared by its hits, bounded by
    * `timeoutMs` (default 1 s), after which the cached copy is served STALE; a failed revalidation
@@ -144,6 +152,8 @@ export interface Gateway {
   readonly cache: RangeCache | undefined;
   readonly guard: OriginGuard;
   readonly metrics: GatewayMetrics;
+  /** The settings that apply to each object: `rules.forObject(bucket, key)` (see {@link GatewayOptions.rules}). */
+  readonly rules: CacheRules;
   /** Starts listening; resolves with the bound address. */
   listen(port: number, host?: string): Promise<AddressInfo>;
   /** Base URL once listening. */
@@ -275,12 +285,21 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const coordinator = options.coordinator;
   // Breakers, their probes and the retry budget are the fleet's, not this process's alone.
   const stopSharing = coordinator && shareOriginGuard(guard, coordinator, { clock });
+  const givenRules = options.rules;
+  const rules = new CacheRules(
+    typeof givenRules === 'function' ? givenRules : () => givenRules ?? CacheRuleList.EMPTY,
+    {
+      ttlMs: options.ttlMs ?? 60_000,
+      writeThrough: options.writeThrough !== false && authMode !== 'passthrough',
+    },
+  );
   const ctx: ReadContext = {
     origin,
     guard,
     cache,
     clock,
     ttlMs: options.ttlMs ?? 60_000,
+    rules,
     ...(options.revalidation === undefined ? {} : { revalidation: options.revalidation }),
     sliceBytes: cache?.sliceBytes ?? options.sliceBytes ?? 8 * 1024 * 1024,
     fills,
@@ -302,10 +321,14 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   };
   metrics.bindRevalidations(() => revalidationStats(ctx));
   const puts =
-    cache && options.writeThrough !== false && authMode !== 'passthrough'
+    cache && (options.writeThrough !== false || givenRules !== undefined) && authMode !== 'passthrough'
       ? await WriteThrough.open(ctx, cache)
       : undefined;
-  const writeThrough = puts && { puts, multipart: new MultipartThrough(puts) };
+  const writeThrough = puts && {
+    puts,
+    multipart: new MultipartThrough(puts),
+    allows: (id: { bucket: string; key: string }) => rules.forObject(id.bucket, id.key).writeThrough,
+  };
   // Another worker's write changed an object: forget it here too before that worker answers.
   const stopInvalidations = coordinator?.onInvalidate(async (changed) => {
     invalidateReads(ctx, changed);
@@ -511,6 +534,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     cache,
     guard,
     metrics,
+    rules,
     listen: (port, host = '127.0.0.1') =>
       new Promise((resolve, reject) => {
         server.once('error', reject);

@@ -49,3 +49,19 @@ export {
   type GatewayAlertOptions,
 } from './admin/alerting.js';
 export { startDemoOrigin, DEMO_OBJECTS } from './demo/demo.js';
+export {
+  CacheRuleList,
+  CacheRules,
+  MAX_CACHE_RULES,
+  MAX_RULE_PATTERN_LENGTH,
+  type CacheRule,
+  type CacheRuleDefaults,
+  type ResolvedCacheRule,
+} from './rules/cache-rules.js';
+export {
+  RulesFile,
+  MAX_RULES_FILE_BYTES,
+  type RulesFileOptions,
+  type RulesReload,
+} from './rules/rules-file.js';
+export { RULES_INVALID_ALERT } from './admin/rules-alerts.js';

@@ -20,6 +20,8 @@ import { createGatewayAlerts, GATEWAY_ALERTS, watchGatewayAlerts } from './admin
 import type { GatewayConfig } from './config.js';
 import { createGateway, type Gateway, type GatewayOptions } from './gateway.js';
 import { startGatewayRecovery, type GatewayRecovery } from './admin/recovery.js';
+import { RulesFile, type RulesReload } from './rules/rules-file.js';
+import { reportRulesReloads } from './admin/rules-alerts.js';
 import { joinFleet, registerCoordinatorGauge } from './coord/fleet-membership.js';
 import { LocalCoordinator } from './coord/local-coordinator.js';
 
@@ -114,6 +116,12 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
   const log = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void => {
     logger[level](fields ?? {}, msg);
   };
+  // The cache rules, read again whenever the file changes (each --workers worker watches it).
+  const rulesReported: { onReload?: (reload: RulesReload) => void } = {};
+  const rules =
+    config.rulesFile === undefined
+      ? undefined
+      : await RulesFile.open({ path: config.rulesFile, log, onReload: (r) => rulesReported.onReload?.(r) });
   const gateway = await createGateway({
     upstream: config.upstream,
     originCredentials:
@@ -140,12 +148,17 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     unsignedRequests: config.unsignedRequests,
     readAheadSlices: config.readAheadSlices,
     writeThrough: config.writeThrough,
+    ...(rules ? { rules: () => rules.current() } : {}),
     requestLog: logger.isLevelEnabled('info'),
     // In the same JSON lines as the rest (request URLs come with presigned secrets already removed).
     log,
     ...options,
     ...(fleet ? { coordinator: fleet.coordinator } : {}),
+  }).catch((err: unknown) => {
+    rules?.close();
+    throw err;
   });
+  rulesReported.onReload = reportRulesReloads(gateway.metrics.registry, alerts, config.rulesFile);
   const cache = gateway.cache;
   const stopWatching = watchGatewayAlerts(gateway, alerts);
   const health = new HealthRegistry({ serviceId: 'keel-gateway', clock });
@@ -280,6 +293,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       }),
     );
   } catch (err) {
+    rules?.close();
     stopTimers();
     stopWatching();
     recovery.close();
@@ -298,6 +312,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
   // After the gateway (its fills reach the cache and their followers are told), before the alerts.
   if (fleet) shutdown.addHook('fleet', () => fleet.close());
   shutdown.addHook('gateway', async () => {
+    rules?.close();
     stopTimers();
     stopWatching();
     recovery.close();

@@ -53,6 +53,7 @@ interface GatewayFlags {
   unsignedRequests?: string;
   readAheadSlices?: string;
   writeThrough?: boolean;
+  rules?: string;
   workers?: string;
   coordinator?: string;
   coordinatorPrefix?: string;
@@ -163,6 +164,10 @@ export function registerGatewayCommand(program: Command): void {
       "cache a PutObject's body as it goes to the origin, committed once the origin accepted it, so the next read is a hit (KEEL_WRITE_THROUGH, default on)",
     )
     .option('--no-write-through', 'forward writes without caching them')
+    .option(
+      '--rules <file>',
+      'cache rules per bucket/key pattern (JSON: TTL, HEAD TTL, no-cache, memory tier, write-through), read again when the file changes (KEEL_RULES; see docs/gateway.md, Cache rules)',
+    )
     .option(
       '--log-level <level>',
       'error, warn or info: info adds one JSON line per request (KEEL_LOG_LEVEL, default warn)',

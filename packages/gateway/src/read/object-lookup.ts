@@ -58,7 +58,10 @@ function revalidatorOf(ctx: ReadContext): Revalidator<Resolved | { passthrough: 
   return ctx.revalidator;
 }
 
-/** Finds the object's info: cached and fresh, revalidated, or asked of the origin. */
+/**
+ * Finds the object's info: cached and fresh (for `ttlMs`, default the gateway's: a cache rule may
+ * set another), revalidated, or asked of the origin.
+ */
 export async function resolveObject(
   ctx: ReadContext,
   id: ObjectIdentity,
@@ -66,6 +69,7 @@ export async function resolveObject(
   firstByte: number | undefined,
   plainGet: boolean,
   deadline: number,
+  ttlMs = ctx.ttlMs,
 ): Promise<Lookup> {
   const cache = ctx.cache;
   const hash = identityHash(id);
@@ -88,8 +92,7 @@ export async function resolveObject(
     cache && !certainMiss
       ? await safe(ctx, 'metadata read', () => cache.getMeta(id, { lazy: true }))
       : undefined;
-  if (cachedMeta && ctx.clock.now() - cachedMeta.cachedAt < ctx.ttlMs)
-    return { meta: cachedMeta, stale: false };
+  if (cachedMeta && ctx.clock.now() - cachedMeta.cachedAt < ttlMs) return { meta: cachedMeta, stale: false };
   if (cachedMeta) {
     // One revalidation per object, shared and bounded; the cached copy when it cannot confirm.
     const outcome = await revalidatorOf(ctx).revalidate(

@@ -56,10 +56,12 @@ interface Read {
   hash: string;
   /** Writes through the gateway that had changed the object when the read began. */
   gen: number;
-  /** The memory tier, when the object may use it. */
+  /** The memory tier, when the object may use it (its cache rule allows it). */
   memory: ReadContext['memory'];
   /** The memory tier was asked for this read's blocks already (they count as asked for once). */
   memoryAsked: boolean;
+  /** How long the cached copy is served without revalidation: its cache rule's TTL (HEAD TTL for a HEAD). */
+  ttlMs: number;
 }
 
 /** How a read that is not answered from its metadata alone is answered. */
@@ -101,6 +103,8 @@ export async function serveObject(
 ): Promise<RequestOutcome> {
   const method = req.method ?? 'GET';
   const hash = identityHash(id);
+  // What the cache rules (--rules) say of this object: its TTLs, no-cache, the memory tier.
+  const rule = ctx.rules.forObject(id.bucket, id.key);
   const r: Read = {
     ctx,
     req,
@@ -112,9 +116,12 @@ export async function serveObject(
     deadline: ctx.clock.now() + ctx.deadlineMs,
     hash,
     gen: generation(ctx, hash),
-    memory: ctx.memory && (ctx.memoryFor?.(id) ?? true) ? ctx.memory : undefined,
+    memory: ctx.memory && rule.memory ? ctx.memory : undefined,
     memoryAsked: false,
+    ttlMs: method === 'HEAD' ? rule.headTtlMs : rule.ttlMs,
   };
+  // A cache rule may keep the object out of the cache: the origin answers, nothing is stored.
+  if (rule.noCache) return askOrigin(r, true);
   if (r.memory && (method === 'GET' || method === 'HEAD')) {
     const answered = answerFromMemory(r, r.memory);
     if (answered) return answered;
@@ -136,6 +143,7 @@ export async function serveObject(
     method === 'GET' ? firstByte : undefined,
     plainGet,
     r.deadline,
+    r.ttlMs,
   );
   if ('error' in resolved) return originFailed(r, resolved.error);
   if ('passthrough' in resolved) return askOrigin(r);
@@ -149,7 +157,7 @@ export async function serveObject(
  */
 function answerFromMemory(r: Read, memory: NonNullable<ReadContext['memory']>): RequestOutcome | undefined {
   const meta = memory.meta(r.hash);
-  if (!meta || r.ctx.clock.now() - meta.cachedAt >= r.ctx.ttlMs) return undefined;
+  if (!meta || r.ctx.clock.now() - meta.cachedAt >= r.ttlMs) return undefined;
   const plan = planAnswer(r, meta, 'HIT', 'memory');
   if (!('status' in plan)) return plan.answered;
   const { start, end } = plan;
@@ -505,8 +513,12 @@ function originFailed(r: Read, err: KeelError): RequestOutcome {
   return fail(r, originUnavailable(err, `the origin is unavailable (${err.code}); please retry`));
 }
 
-/** Not an object the cache can serve (404, 403 …): asks the origin the client's own question and relays its answer. */
-async function askOrigin(r: Read): Promise<RequestOutcome> {
+/**
+ * Not an object the cache can serve (404, 403 …), or one a cache rule keeps out of the cache
+ * (`uncached`: its answers are labelled BYPASS, the origin's errors PASS): asks the origin the
+ * client's own question and relays its answer.
+ */
+async function askOrigin(r: Read, uncached = false): Promise<RequestOutcome> {
   const { ctx, req, id } = r;
   let up;
   try {
@@ -536,8 +548,9 @@ async function askOrigin(r: Read): Promise<RequestOutcome> {
   } catch (err) {
     return originFailed(r, classify(err));
   }
-  await relayAnswer(r.res, r.method, up, r.requestId, ctx.log);
-  return 'PASS';
+  const outcome = uncached && up.status < 400 ? 'BYPASS' : 'PASS';
+  await relayAnswer(r.res, r.method, up, r.requestId, ctx.log, outcome);
+  return outcome;
 }
 
 /** Answers the S3 error `spec` (ERROR), or `outcome` when the answer comes from the object's metadata. */

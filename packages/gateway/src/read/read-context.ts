@@ -14,6 +14,7 @@ import type { Revalidator, RevalidatorOptions } from './revalidation.js';
 import type { SliceFill } from './slice-fill.js';
 import type { Coordinator } from '../coord/coordinator.js';
 import type { ReadAheadSettings } from './read-ahead.js';
+import type { CacheRules } from '../rules/cache-rules.js';
 import type { MemoryTier } from './memory-tier.js';
 
 /* What the read path shares: its context, and the rules that keep a write's old version out of the cache. */
@@ -24,8 +25,10 @@ export interface ReadContext {
   guard: OriginGuard;
   cache: RangeCache | undefined;
   clock: Clock;
-  /** Serve cached metadata this long before revalidating (ms). */
+  /** Serve cached metadata this long before revalidating (ms), unless a cache rule says otherwise. */
   ttlMs: number;
+  /** The cache rules (`--rules`): per object, its TTLs, no-cache, memory tier and write-through. */
+  rules: CacheRules;
   /** Slice size used when the cache is off. */
   sliceBytes: number;
   fills: Map<string, SliceFill>;
@@ -68,8 +71,6 @@ export interface ReadContext {
   buffered: { bytes: number };
   /** Hot verified blocks and recent metadata in memory, in front of the disk cache. Absent: off. */
   memory?: MemoryTier | undefined;
-  /** Whether an object may enter the memory tier (the cache rules); absent: every object may. */
-  memoryFor?: ((id: ObjectIdentity) => boolean) | undefined;
   onBytes(source: 'cache' | 'origin', n: number): void;
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }

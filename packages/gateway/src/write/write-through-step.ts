@@ -16,6 +16,8 @@ import type { Staged, WriteThrough, WriteThroughResult } from './write-through.j
 export interface WriteThroughParts {
   puts: WriteThrough;
   multipart: MultipartThrough;
+  /** Whether uploads of the object are written through (the cache rules); absent: all are. */
+  allows?: (id: ObjectIdentity) => boolean;
 }
 
 /** Query parameters any write-through request may carry besides its own (the SDK's, a presign's). */
@@ -78,6 +80,13 @@ export class WriteThroughStep {
     if (kind === undefined || target.bucket === undefined || target.key === undefined) return undefined;
     const id: ObjectIdentity = { bucket: target.bucket, key: target.key, versionId: null };
     const uploadId = target.query.get('uploadId') ?? '';
+    if (parts.allows && !parts.allows(id)) {
+      // A cache rule keeps the object's uploads out of the cache (it may have changed since an
+      // upload's first parts were staged: those are not kept for a commit that will not come).
+      if ((kind === 'complete' || kind === 'abort') && parts.multipart.tracks(id, uploadId))
+        await parts.multipart.drop(id, uploadId);
+      return undefined;
+    }
     const length = Number(headers['content-length']);
     let staged: Staged | undefined;
     if (kind === 'put') staged = await parts.puts.begin(id, length, body);
