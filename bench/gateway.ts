@@ -17,6 +17,9 @@
  * (--memory-cache-bytes 0), against nginx and against a minimal Node server answering the ranges
  * from a Buffer (bench/_node-ranges.ts), all one process; then origin bytes for a PUT and 10 GETs
  * of a 64 MiB object through keel (write-through).
+ * `--only fleet`: three keel gateways on one cache directory coordinated through Redis against three
+ * nginx sharing nothing and against one (stampede origin bytes), and the cost of --coordinator
+ * (bench/_fleet.ts; Redis on 127.0.0.1:6379 or KEEL_BENCH_REDIS_URL).
  * `--only oneReader`: one client reads whole 256 MiB objects, cold and warm, through keel, nginx
  * (slice 8m) and directly, then cold with each origin connection limited to 50 MB/s
  * (bench/_one-reader.ts; KEEL_BENCH_ONE_READER_MIB, _OBJECTS and _LIMIT_KBPS change the figures).
@@ -29,6 +32,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { chaos } from 'keel/chaos';
 import { oneReader } from './_one-reader.js';
+import { fleet } from './_fleet.js';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { HttpRequest } from '@smithy/protocol-http';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -45,6 +49,7 @@ const SECTIONS = [
   'oneReader',
   'workers',
   'memoryTier',
+  'fleet',
 ] as const;
 const onlyArg = process.argv.indexOf('--only');
 const only = new Set(
@@ -1012,6 +1017,9 @@ try {
   if (run('workers')) results.workers = await workersSection();
   // 6. the memory tier: hits from memory and from disk against nginx and a minimal Node server.
   if (run('memoryTier')) results.memoryTier = await memoryTierSection();
+  // 7. a fleet of three through Redis against nginx instances sharing nothing.
+  if (run('fleet'))
+    results.fleet = await fleet({ originPort, root, bytes, put, startKeel, startNginx, stop: stopChild });
   // One client, one big object, cold and warm; then the origin limited per connection (bench/_one-reader.ts).
   if (run('oneReader'))
     results.oneReader = await oneReader({
