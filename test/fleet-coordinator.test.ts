@@ -57,6 +57,8 @@ async function coordinator(extra: Partial<RedisCoordinatorOptions> = {}): Promis
   });
   open.push(c);
   await c.start();
+  // A first heartbeat slower than the command timeout (a loaded machine) joins at the next one.
+  await expect.poll(() => c.status.available, { timeout: 5_000 }).toBe(true);
   return c;
 }
 
@@ -195,8 +197,8 @@ describe.skipIf(!withRedis)('RedisCoordinator when its Redis dies', () => {
   it('falls back at once, tells its listeners, and rejoins when Redis returns', async () => {
     const url = `redis://127.0.0.1:${port}`;
     const fallback = alone();
-    const a = await coordinator({ url, fallback, commandTimeoutMs: 300, maxReconnectDelayMs: 100 });
-    const b = await coordinator({ url, commandTimeoutMs: 300, maxReconnectDelayMs: 100 });
+    const a = await coordinator({ url, fallback, maxReconnectDelayMs: 100 });
+    const b = await coordinator({ url, maxReconnectDelayMs: 100 });
     const seen: CoordinatorAvailability[] = [];
     a.onAvailability((s) => seen.push(s));
     expect((await a.lease('k')).role).toBe('leader');
@@ -214,7 +216,7 @@ describe.skipIf(!withRedis)('RedisCoordinator when its Redis dies', () => {
     expect(Date.now() - started).toBeLessThan(200);
     expect(fallback.invalidated).toEqual([{ bucket: 'b', key: 'k' }]);
     server = await startRedisServer(port);
-    await expect.poll(() => a.status.available, { timeout: 5_000 }).toBe(true);
+    await expect.poll(() => a.status.available && b.status.available, { timeout: 5_000 }).toBe(true);
     expect(seen.map((s) => s.available)).toEqual([false, true]);
     expect((await a.lease('again')).role).toBe('leader');
     expect((await b.lease('again')).role).toBe('follower');

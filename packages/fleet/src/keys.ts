@@ -1,6 +1,8 @@
 /** The Redis keys and channels of one fleet, all under its prefix (default `keel`). */
 export interface FleetKeys {
   lease(key: string): string;
+  /** How the last holder of a lease ended it (`1` done, `0` failed), kept one lease TTL. */
+  leaseOutcome(key: string): string;
   instance(id: string): string;
   /** Sorted set of instance ids that sent a heartbeat (pruned of those whose heartbeat expired). */
   readonly instances: string;
@@ -30,6 +32,7 @@ export function fleetKeys(prefix = 'keel'): FleetKeys {
   const p = `${prefix}:fleet`;
   return {
     lease: (key) => `${p}:lease:${key}`,
+    leaseOutcome: (key) => `${p}:lease-outcome:${key}`,
     instance: (id) => `${p}:instance:${id}`,
     instances: `${p}:instances`,
     breakers: `${p}:breakers`,

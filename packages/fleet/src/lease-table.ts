@@ -2,8 +2,12 @@ import type { Redis } from 'ioredis';
 import type { Lease } from './coordinator.js';
 import type { FleetKeys } from './keys.js';
 
-/** Releases a lease only if its token is still the one stored (its holder's), then says so. */
+/**
+ * Releases a lease only if its token is still the one stored (its holder's), notes how it ended
+ * for a while (a follower that checks before the message reaches it reads it there), then says so.
+ */
 const RELEASE = `if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+redis.call('set', KEYS[3], ARGV[3], 'PX', ARGV[4])
 redis.call('publish', KEYS[2], ARGV[2])
 return 1`;
 
@@ -80,7 +84,17 @@ export class LeaseTable {
         this.held.delete(key);
         const message = JSON.stringify({ key, ok });
         this.redis
-          .eval(RELEASE, 2, this.keys.lease(key), this.keys.settled, token, message)
+          .eval(
+            RELEASE,
+            3,
+            this.keys.lease(key),
+            this.keys.settled,
+            this.keys.leaseOutcome(key),
+            token,
+            message,
+            ok ? '1' : '0',
+            this.options.ttlMs,
+          )
           .catch((err: unknown) => this.options.onRedisFailed(err));
       },
     };
@@ -150,9 +164,11 @@ export class LeaseTable {
     try {
       const keys = [...this.followed.keys()];
       const values = await this.redis.mget(keys.map((k) => this.keys.lease(k)));
-      keys.forEach((k, i) => {
-        if (values[i] === null) this.settle(k, false);
-      });
+      const gone = keys.filter((_, i) => values[i] === null);
+      if (gone.length === 0) return;
+      // Released (its outcome noted) or expired with its holder (none).
+      const outcomes = await this.redis.mget(gone.map((k) => this.keys.leaseOutcome(k)));
+      gone.forEach((k, i) => this.settle(k, outcomes[i] === '1'));
     } catch (err) {
       // Whether the leaders are alive cannot be told: their followers ask again (or fetch).
       this.abandonAll();
