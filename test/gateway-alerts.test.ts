@@ -32,7 +32,7 @@ if (!hasPromtool) {
 describe('gateway alert rules', () => {
   it.skipIf(!hasPromtool)('pass promtool check rules', () => {
     const out = execFileSync('promtool', ['check', 'rules', RULES], { encoding: 'utf8' });
-    expect(out).toContain('SUCCESS: 10 rules found');
+    expect(out).toContain('SUCCESS: 11 rules found');
   });
 
   it.skipIf(!hasPromtool)('fire on the series they are meant for (promtool test rules)', () => {
@@ -55,6 +55,7 @@ describe('gateway alert rules', () => {
       'keel_disk_used_ratio',
       'keel_cache_io_errors_total',
       'keel_gateway_rules_invalid',
+      'keel_gateway_coordinator_up',
     ])
       expect(names).toContain(issueAsks);
 

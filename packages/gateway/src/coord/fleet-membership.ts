@@ -58,7 +58,7 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMembers
     else
       options.alerts.raise({
         name: COORDINATOR_UNAVAILABLE_ALERT,
-        severity: 'error',
+        severity: 'warning',
         summary: `the fleet's Redis at ${shown} cannot be used (${a.reason}): this gateway coordinates fills, invalidations and breakers ${options.fallback.kind === 'cluster' ? 'with its own workers only' : 'alone'} until it returns`,
         labels,
       });
