@@ -9,7 +9,7 @@ import {
   type CircuitBreakerPolicy,
   type Clock,
 } from 'keel';
-import { RangeCache, type CacheFs } from 'keel/cache';
+import { FileLocks, RangeCache, type CacheFs } from 'keel/cache';
 import { addCorsHeaders, BucketCorsRules, fetchBucketCors } from './read/cors-rules.js';
 import { GatewayMetrics } from './admin/metrics.js';
 import {
@@ -23,6 +23,7 @@ import type { RevalidatorOptions } from './read/revalidation.js';
 import { OriginClient, type OriginCredentials } from './origin/origin-client.js';
 import { OriginGuard, type OriginGuardOptions } from './origin/origin-guard.js';
 import { shareOriginGuard } from './origin/shared-guard.js';
+import { coordinatedLocks } from './coord/coordinated-locks.js';
 import { loggableUrl } from './admin/request-log.js';
 import { passthrough } from './write/passthrough.js';
 import { announcesBody, refuseBody } from './s3/refuse-body.js';
@@ -242,6 +243,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     try {
       cache = await RangeCache.open({
         dir: options.cacheDir,
+        // One evictor at a time among the processes the coordinator joins (lock files besides).
+        ...(options.coordinator
+          ? { locks: coordinatedLocks(new FileLocks(options.cacheDir), options.coordinator) }
+          : {}),
         ...(options.cacheMaxBytes ? { maxBytes: options.cacheMaxBytes } : {}),
         ...(options.sliceBytes ? { sliceBytes: options.sliceBytes } : {}),
         ...(options.clock ? { clock: options.clock } : {}),

@@ -39,3 +39,4 @@ export {
 } from './metadata.js';
 export { type CacheFs } from './fs.js';
 export { FileLocks, type CacheLocks } from './file-lock.js';
+export { EVICTOR_LOCK } from './eviction.js';
