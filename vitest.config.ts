@@ -19,6 +19,7 @@ const alias = Object.entries(tsconfig.compilerOptions.paths).map(([name, [target
 const ALONE = [
   'test/gateway-workers.test.ts',
   'test/gateway-workers-breaker.test.ts',
+  'test/gateway-workers-rules.test.ts',
   'test/cache-multiprocess.test.ts',
   'test/gateway-fleet.test.ts',
   'test/gateway-fleet-failures.test.ts',
