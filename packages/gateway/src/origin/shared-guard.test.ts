@@ -141,7 +141,8 @@ describe('origin guards shared between workers', () => {
     expect(b.breakerOf('').state).toBe('open');
     await clock.advance(1_000);
     const origin = new ScriptedOrigin();
-    const calls = [a, b, a, b].map((g) => outcome(g.call('', origin.fn)));
+    // b probes first: a, which opened it with its own failures, is closed by b's probe.
+    const calls = [b, a, b, a].map((g) => outcome(g.call('', origin.fn)));
     await settle();
     expect(origin.calls).toBe(1);
     origin.answer(200);
@@ -152,6 +153,11 @@ describe('origin guards shared between workers', () => {
     expect(a.breakerOf('').state).toBe('closed');
     expect(b.breakerOf('').state).toBe('closed');
     expect(await outcome(b.call('', () => Promise.resolve(answer(200))))).toBe('200');
+    // Closed with a clean count in both: one failure (of two that open it) leaves each closed.
+    for (const g of [a, b]) {
+      expect(await outcome(g.call('', () => Promise.resolve(answer(500))))).toBe('failed');
+      expect(g.breakerOf('').state).toBe('closed');
+    }
   });
 
   it('a failed probe opens the breaker again in every worker, and the next probe is one at a time again', async () => {

@@ -77,11 +77,15 @@ export function shareOriginGuard(
     if (shared.state === 'closed' && now.state === 'closed') return;
     restoring = true;
     try {
-      breaker.restore(
-        shared.state === 'open'
-          ? { state: 'open', openUntil: shared.openUntil ?? clock.now(), reopenCount: now.reopenCount, window: now.window }
-          : { state: 'closed', reopenCount: 0, window: now.window },
-      );
+      // Closed as a probe's success closes it: with an empty window.
+      if (shared.state === 'closed') breaker.reset();
+      else
+        breaker.restore({
+          state: 'open',
+          openUntil: shared.openUntil ?? clock.now(),
+          reopenCount: now.reopenCount,
+          window: now.window,
+        });
     } finally {
       restoring = false;
     }
