@@ -103,7 +103,10 @@ describe.skipIf(!withRedis)('three gateways coordinated through Redis (--coordin
 
   it('lists the three in keel fleet status, as a table and as JSON', async () => {
     await expect
-      .poll(async () => (await readFleetStatus(REDIS_URL, prefix)).length, { timeout: 5_000 })
+      // Listening: a heartbeat sent before names port 0.
+      .poll(async () => (await readFleetStatus(REDIS_URL, prefix)).filter((i) => i.port > 0).length, {
+        timeout: 5_000,
+      })
       .toBe(3);
     const run = (...args: string[]): string => {
       const out = spawnSync(
@@ -191,5 +194,38 @@ describe.skipIf(!withRedis)('three gateways coordinated through Redis (--coordin
       .toContain(again.proc.pid);
     expect(await get(`${again.url}/b/killed.bin`)).toEqual({ status: 200, sha: sha(body) });
     a = again;
+  }, 60_000);
+});
+
+describe.skipIf(!withRedis)('--coordinator with --workers', () => {
+  it('makes each worker an instance of the fleet; the primary shows keel_gateway_coordinator_up 1', async () => {
+    const own = testPrefix();
+    const fleet = await startFleet(proxy.url, path.join(dir, 'workers'), 2, [
+      '--coordinator',
+      REDIS_URL,
+      '--coordinator-prefix',
+      own,
+    ]);
+    running.push(fleet);
+    try {
+      await expect
+        .poll(async () => (await readFleetStatus(REDIS_URL, own)).filter((w) => w.port > 0).length, {
+          timeout: 10_000,
+        })
+        .toBe(2);
+      const workers = await readFleetStatus(REDIS_URL, own);
+      // Both workers serve the one port their primary shares.
+      expect(new Set(workers.map((w) => w.port))).toEqual(new Set([Number(new URL(fleet.url).port)]));
+      expect(workers.map((w) => w.pid)).not.toContain(fleet.proc.pid);
+      const metrics = await (await fetch(`${fleet.admin}/metrics`)).text();
+      expect(metrics).toMatch(/^keel_gateway_coordinator_up 1$/m);
+      fleet.proc.kill('SIGTERM');
+      expect(await fleet.exited).toBe(0);
+      // Each worker removed its heartbeat as it stopped.
+      expect(await readFleetStatus(REDIS_URL, own)).toEqual([]);
+    } finally {
+      await stop(fleet);
+      await dropPrefix(own);
+    }
   }, 60_000);
 });

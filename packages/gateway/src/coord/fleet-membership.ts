@@ -95,6 +95,8 @@ export function registerCoordinatorGauge(registry: Registry, up: () => number): 
     name: 'keel_gateway_coordinator_up',
     help: 'Whether the coordination of this gateway with the others serving its cache is usable (with --coordinator: its Redis), 1 or 0.',
     registers: [registry],
+    // A --workers primary shows the lowest of its workers': one of them cut off is what to see.
+    aggregator: 'min',
     collect() {
       this.set(up());
     },
