@@ -15,7 +15,8 @@ import {
   type Gateway,
   type GatewayOptions,
 } from '@keel/gateway';
-import { originClient, s3, sha } from './gateway-protocol-support.js';
+import { originClient, s3, sha, signedRequest } from './gateway-protocol-support.js';
+import { KEY_A, KEY_B, setup as passthroughSetup, SLICE as PASSTHROUGH_SLICE } from './passthrough-origin.js';
 import { until } from './gateway-run-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
 
@@ -275,6 +276,43 @@ describe('cache rules', () => {
       writeThrough: false,
     });
     expect(g.rules.forObject('c', 'x')).toMatchObject({ rule: undefined, ttlMs: 30_000, memory: true });
+  });
+});
+
+describe('cache rules in passthrough auth', () => {
+  it('a no-cache object is relayed from the origin and never cached; the origin still judges every read', async () => {
+    const p = await passthroughSetup({
+      rules: CacheRuleList.from({ rules: [{ pattern: 'x/live/**', noCache: true }] }, 'test rules'),
+    });
+    try {
+      const data = randomBytes(2 * PASSTHROUGH_SLICE + 5);
+      await p.put('live/a.bin', data);
+      await p.put('other.bin', data);
+      const cacheDir = (p.gateway.cache as NonNullable<Gateway['cache']>).dir;
+      const before = await files(cacheDir);
+      for (let i = 0; i < 2; i++) {
+        const a = await signedRequest(p.gateway.url(), KEY_A, 'GET', '/x/live/a.bin');
+        expect(a.status).toBe(200);
+        expect(sha(a.body)).toBe(sha(data));
+        expect(a.headers['x-keel-cache']).toBe('BYPASS');
+        expect(a.headers['x-keel-authorization']).toBe('forwarded');
+        await p.gateway.idle();
+      }
+      const denied = await signedRequest(p.gateway.url(), KEY_B, 'GET', '/x/live/a.bin');
+      expect(denied.status).toBe(403);
+      expect(denied.headers['x-keel-cache']).toBe('DENIED');
+      expect(await files(cacheDir)).toEqual(before);
+      // What no rule keeps out is cached as usual.
+      expect(
+        (await signedRequest(p.gateway.url(), KEY_A, 'GET', '/x/other.bin')).headers['x-keel-cache'],
+      ).toBe('MISS');
+      await p.gateway.idle();
+      expect(
+        (await signedRequest(p.gateway.url(), KEY_A, 'GET', '/x/other.bin')).headers['x-keel-cache'],
+      ).toBe('HIT');
+    } finally {
+      await p.close();
+    }
   });
 });
 

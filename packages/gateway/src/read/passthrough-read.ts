@@ -141,6 +141,7 @@ type CachedPlan =
  */
 export async function servePassthroughRead(r: PassthroughRead): Promise<PassthroughAnswer> {
   const { ctx, req, id, signed } = r;
+  if (ctx.rules.forObject(id.bucket, id.key).noCache) return forwardUncached(r);
   const cache = ctx.cache !== undefined && !ctx.cache.bypassed ? ctx.cache : undefined;
   const ownConditions =
     CONDITIONALS.some((h) => signed.headers[h] !== undefined || signed.signedHeaders.has(h)) ||
@@ -218,6 +219,28 @@ async function forward(
     return originFailed(r, err);
   }
   return answerFromOrigin(r, up, meta, result);
+}
+
+/**
+ * A read a cache rule keeps out of the cache (`noCache`): the client's request forwarded as it is
+ * and the origin's answer relayed, labelled BYPASS (its errors PASS, a refusal DENIED); nothing
+ * is cached and no cached copy is served.
+ */
+async function forwardUncached(r: PassthroughRead): Promise<PassthroughAnswer> {
+  const { ctx, res, requestId, id } = r;
+  let up: OriginResponse;
+  try {
+    up = await ask(r, {});
+  } catch (err) {
+    return originFailed(r, err);
+  }
+  const denied = up.status === 401 || up.status === 403;
+  if (up.status < 400) ctx.guard.noteAnswer(id.bucket, up.status);
+  const outcome: RequestOutcome = denied ? 'DENIED' : up.status < 400 ? 'BYPASS' : 'PASS';
+  const authorization: AuthorizationResult = denied ? 'denied' : 'forwarded';
+  res.setHeader('x-keel-authorization', authorization);
+  await relayAnswer(res, r.req.method ?? 'GET', up, requestId, ctx.log, outcome);
+  return { outcome, authorization };
 }
 
 /** The origin's answer to a passthrough read: refused, a body to serve and cache, or relayed as it is. */
