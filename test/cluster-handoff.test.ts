@@ -17,10 +17,17 @@ afterEach(() => {
   primary = undefined;
 });
 
-async function start(guard: boolean): Promise<{ port: number; pids: number[]; lines: AsyncIterator<string> }> {
+async function start(
+  guard: boolean,
+): Promise<{ port: number; pids: number[]; lines: AsyncIterator<string> }> {
   const proc = spawn(
     process.execPath,
-    ['--import', 'tsx', path.join(import.meta.dirname, 'fixtures/cluster-handoff.ts'), guard ? 'guard' : 'plain'],
+    [
+      '--import',
+      'tsx',
+      path.join(import.meta.dirname, 'fixtures/cluster-handoff.ts'),
+      guard ? 'guard' : 'plain',
+    ],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   primary = proc;

@@ -41,7 +41,14 @@ async function scriptedOrigin(upstream: string, delayMs: number) {
         return;
       }
       const up = http.request(
-        { agent, host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
+        {
+          agent,
+          host: target.hostname,
+          port: target.port,
+          method: req.method,
+          path: req.url,
+          headers: req.headers,
+        },
         (upRes) => {
           if ((upRes.statusCode ?? 500) < 500) successes.push(peak);
           res.writeHead(upRes.statusCode ?? 502, upRes.headers);
@@ -80,9 +87,15 @@ const body = Buffer.from('cached before the origin failed');
 beforeAll(async () => {
   origin = await startS3Origin(['b']);
   dir = await mkdtemp(path.join(os.tmpdir(), 'keel-gw-workers-breaker-'));
-  s3 = new S3Client({ endpoint: origin.url, region: 'us-east-1', forcePathStyle: true, credentials: TEST_CREDENTIALS });
+  s3 = new S3Client({
+    endpoint: origin.url,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: TEST_CREDENTIALS,
+  });
   await s3.send(new PutObjectCommand({ Bucket: 'b', Key: 'cached.txt', Body: body }));
-  for (let i = 0; i < 4; i++) await s3.send(new PutObjectCommand({ Bucket: 'b', Key: `fresh-${i}.txt`, Body: `fresh ${i}` }));
+  for (let i = 0; i < 4; i++)
+    await s3.send(new PutObjectCommand({ Bucket: 'b', Key: `fresh-${i}.txt`, Body: `fresh ${i}` }));
 });
 
 afterAll(async () => {
@@ -91,7 +104,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-describe('keel gateway --workers: the origin breaker is the fleet\'s', () => {
+describe("keel gateway --workers: the origin breaker is the fleet's", () => {
   it('once one worker opens it, origin requests stop within 1 s whichever worker clients hit; one probe at a time; its success closes it in all', async () => {
     const scripted = await scriptedOrigin(origin.url, 300);
     const fleet = await startFleet(scripted.url, path.join(dir, 'cache'), 2);

@@ -33,14 +33,15 @@ export function closeUntakenConnectionsOnExit(worker: Worker): void {
   const proc = worker.process;
   const pending = new Map<number, ConnectionHandle>();
   const send = proc.send.bind(proc) as (...args: unknown[]) => boolean;
-  proc.send = ((...args: unknown[]): boolean => {
+  proc.send = (...args: unknown[]): boolean => {
     const seq = newConnSeq(args[0], args[1]);
     if (seq !== undefined) pending.set(seq, args[1] as ConnectionHandle);
     return send(...args);
-  });
+  };
   proc.on('internalMessage', (m: unknown) => {
     const ack = (m as { cmd?: unknown; ack?: unknown } | null)?.ack;
-    if ((m as { cmd?: unknown } | null)?.cmd === 'NODE_CLUSTER' && typeof ack === 'number') pending.delete(ack);
+    if ((m as { cmd?: unknown } | null)?.cmd === 'NODE_CLUSTER' && typeof ack === 'number')
+      pending.delete(ack);
   });
   proc.once('exit', () => {
     for (const handle of pending.values()) {

@@ -202,7 +202,13 @@ export class OriginGuard {
       halfOpenAfterMs: this.options.breakerHalfOpenAfterMs ?? 10_000,
       ...(this.options.clock ? { clock: this.options.clock } : {}),
     });
-    return { bucket, breaker, failingKeys: new Set(), execute: breaker.execute.bind(breaker), probing: false };
+    return {
+      bucket,
+      breaker,
+      failingKeys: new Set(),
+      execute: breaker.execute.bind(breaker),
+      probing: false,
+    };
   }
 
   /**

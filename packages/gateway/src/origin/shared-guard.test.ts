@@ -113,7 +113,8 @@ describe('origin guards shared between workers', () => {
     host.join(a, clock);
     host.join(b, clock);
     expect(await outcome(a.call('photos', () => Promise.resolve(answer(200))))).toBe('200'); // confirms photos in a
-    for (let i = 0; i < 2; i++) expect(await outcome(a.call('photos', () => Promise.resolve(answer(500))))).toBe('failed');
+    for (let i = 0; i < 2; i++)
+      expect(await outcome(a.call('photos', () => Promise.resolve(answer(500))))).toBe('failed');
     expect(a.breakerOf('photos').state).toBe('open');
     await settle();
     expect(b.breakerStates()).toMatchObject({ photos: 'open' }); // b never saw the bucket: given a breaker
@@ -222,13 +223,14 @@ describe('origin guards shared between workers', () => {
     for (let i = 0; i < 10; i++) coord.publishBreaker(`closed-${i}`, { state: 'closed' });
     await settle();
     expect(Object.keys(b.breakerStates())).toEqual([]);
-    for (let i = 0; i < 10; i++) coord.publishBreaker(`bucket-${i}`, { state: 'open', openUntil: clock.now() + 5_000 });
+    for (let i = 0; i < 10; i++)
+      coord.publishBreaker(`bucket-${i}`, { state: 'open', openUntil: clock.now() + 5_000 });
     coord.publishBreaker('x'.repeat(300), { state: 'open', openUntil: clock.now() + 5_000 });
     await settle();
     expect(b.breakerStates()).toEqual({ 'bucket-7': 'open', 'bucket-8': 'open', 'bucket-9': 'open' });
   });
 
-  it('shares the retry budget: what one worker\'s retries spend, the other cannot spend again', async () => {
+  it("shares the retry budget: what one worker's retries spend, the other cannot spend again", async () => {
     const clock = new VirtualClock();
     const a = guardOf(clock);
     const b = guardOf(clock);

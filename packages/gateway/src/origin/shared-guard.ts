@@ -53,7 +53,11 @@ export function shareOriginGuard(
         breaker,
         breaker.on('stateChange', ({ to }) => {
           if (restoring) return;
-          if (to === 'open') coord.publishBreaker(bucket, { state: 'open', openUntil: breaker.toJSON().openUntil ?? clock.now() });
+          if (to === 'open')
+            coord.publishBreaker(bucket, {
+              state: 'open',
+              openUntil: breaker.toJSON().openUntil ?? clock.now(),
+            });
           else if (to === 'closed') coord.publishBreaker(bucket, { state: 'closed' });
         }),
       );

@@ -189,7 +189,7 @@ describe('circuitBreaker', () => {
     );
   });
 
-  it('restore() moves a live breaker to another breaker\'s open state until its openUntil', async () => {
+  it("restore() moves a live breaker to another breaker's open state until its openUntil", async () => {
     const clock = new VirtualClock();
     const a = circuitBreaker({ clock, window: consecutive(2), halfOpenAfterMs: 5_000 });
     const b = circuitBreaker({ clock, window: consecutive(2), halfOpenAfterMs: 5_000 });
@@ -225,7 +225,11 @@ describe('circuitBreaker', () => {
     await run(b, false);
     await run(b, false);
     expect(b.state).toBe('open');
-    b.restore({ state: 'closed', reopenCount: 0, window: { kind: 'consecutive', failures: 0, slowCalls: 0 } });
+    b.restore({
+      state: 'closed',
+      reopenCount: 0,
+      window: { kind: 'consecutive', failures: 0, slowCalls: 0 },
+    });
     expect(b.state).toBe('closed');
     expect(await run(b, false)).toBe('failed'); // one failure of two: still closed
     expect(b.state).toBe('closed');
@@ -241,7 +245,11 @@ describe('circuitBreaker', () => {
     expect(b.state).toBe('halfOpen');
     let finishProbe!: () => void;
     const probe = b.execute(() => new Promise<string>((resolve) => (finishProbe = () => resolve('ok'))));
-    b.restore({ state: 'halfOpen', reopenCount: 0, window: { kind: 'consecutive', failures: 0, slowCalls: 0 } });
+    b.restore({
+      state: 'halfOpen',
+      reopenCount: 0,
+      window: { kind: 'consecutive', failures: 0, slowCalls: 0 },
+    });
     expect(await run(b, true)).toBe('rejected'); // the old probe still holds the one place
     finishProbe();
     await probe;
@@ -253,7 +261,11 @@ describe('circuitBreaker', () => {
   it('restore() leaves a breaker isolated by hand isolated, and rejects a state that is not one', () => {
     const b = circuitBreaker({ clock: new VirtualClock() });
     const release = b.isolate();
-    b.restore({ state: 'closed', reopenCount: 0, window: { kind: 'consecutive', failures: 0, slowCalls: 0 } });
+    b.restore({
+      state: 'closed',
+      reopenCount: 0,
+      window: { kind: 'consecutive', failures: 0, slowCalls: 0 },
+    });
     expect(b.state).toBe('isolated');
     release();
     expect(b.state).toBe('closed');
@@ -264,7 +276,10 @@ describe('circuitBreaker', () => {
 
   it('restore() without openUntil, or of an isolated state, opens for the next open duration', async () => {
     const clock = new VirtualClock();
-    const b = circuitBreaker({ clock, halfOpenAfterMs: exponential({ initialMs: 100, maxMs: 10_000, jitter: 'none' }) });
+    const b = circuitBreaker({
+      clock,
+      halfOpenAfterMs: exponential({ initialMs: 100, maxMs: 10_000, jitter: 'none' }),
+    });
     b.restore({ state: 'isolated', reopenCount: 2, window: b.toJSON().window });
     expect(b.state).toBe('open');
     expect(b.toJSON()).toMatchObject({ openUntil: 400, reopenCount: 2 });

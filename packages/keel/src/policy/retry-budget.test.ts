@@ -20,7 +20,7 @@ describe('retryBudget shared as copies (takeChange / applyChange)', () => {
     expect(b.takeChange()).toBe(0);
   });
 
-  it('two copies that apply each other\'s changes refuse a retry once the one budget is spent', () => {
+  it("two copies that apply each other's changes refuse a retry once the one budget is spent", () => {
     const clock = new VirtualClock();
     const options = { clock, maxTokens: 20, retryCost: 5, ratio: 0, minPerSecond: 0 };
     const a = retryBudget(options);

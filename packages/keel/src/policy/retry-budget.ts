@@ -109,7 +109,10 @@ export class RetryBudgetPolicy extends PolicyBase<RetryBudgetEvents, RetryBudget
    */
   applyChange(tokens: number): void {
     if (!Number.isFinite(tokens)) {
-      throw keelError('INVALID_CONFIG', `retryBudget: a change must be a finite number, got ${String(tokens)}`);
+      throw keelError(
+        'INVALID_CONFIG',
+        `retryBudget: a change must be a finite number, got ${String(tokens)}`,
+      );
     }
     // No refill first: the change was made a while ago, before the time not yet refilled here.
     const t = this.tokens + tokens;
