@@ -279,6 +279,29 @@ describe('cache rules', () => {
   });
 });
 
+describe('the --rules setting', () => {
+  it('is read from the flag, KEEL_RULES or the config file, and a bad file stops the start naming the rule', async () => {
+    const dir = await mkdtemp(path.join(root, 'setting-'));
+    const good = path.join(dir, 'good.json');
+    const bad = path.join(dir, 'bad.json');
+    await writeFile(good, JSON.stringify({ rules: [{ pattern: 'b/**', ttlSeconds: 1 }] }));
+    await writeFile(bad, JSON.stringify({ rules: [{ pattern: 'b/**' }, { pattern: 'c/**', headTtl: 1 }] }));
+    const configFile = path.join(dir, 'config.json');
+    await writeFile(configFile, JSON.stringify({ rules: good }));
+    const base = { upstream: 'http://127.0.0.1:1', auth: 'anonymous' };
+    expect(resolveGatewayConfig({ ...base, rules: good }, {}).rulesFile).toBe(good);
+    expect(resolveGatewayConfig(base, { KEEL_RULES: good }).rulesFile).toBe(good);
+    expect(resolveGatewayConfig({ ...base, config: configFile }, {}).rulesFile).toBe(good);
+    expect(resolveGatewayConfig(base, {}).rulesFile).toBeUndefined();
+    expect(() => resolveGatewayConfig({ ...base, rules: bad }, {})).toThrow(
+      `--rules (KEEL_RULES): cache rules ${bad}: rules[1] (pattern "c/**"): unknown field "headTtl"`,
+    );
+    expect(() => resolveGatewayConfig(base, { KEEL_RULES: path.join(dir, 'none.json') })).toThrow(
+      /--rules \(KEEL_RULES\): cannot read .*none\.json: ENOENT/,
+    );
+  });
+});
+
 describe('cache rules in passthrough auth', () => {
   it('a no-cache object is relayed from the origin and never cached; the origin still judges every read', async () => {
     const p = await passthroughSetup({
