@@ -1,4 +1,8 @@
 import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { EVICTOR_LOCK, FileLocks } from 'keel/cache';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   parseRedisUrl,
@@ -20,6 +24,7 @@ import {
   startRedisServer,
   testPrefix,
 } from './redis-support.js';
+import { coordinatedLocks } from '../packages/gateway/src/coord/coordinated-locks.js';
 
 /** One process alone (the gateway's LocalCoordinator): it leads every lease, tells nobody anything. */
 function alone(): Coordinator & { invalidated: ObjectRef[] } {
@@ -247,5 +252,36 @@ describe('coordinator URLs', () => {
       'redis://default:***@cache.internal:6380/2',
     );
     expect(redactRedisUrl('redis://token@cache.internal')).toBe('redis://***@cache.internal');
+  });
+});
+
+describe.skipIf(!withRedis)('the cache evictor elected through RedisCoordinator', () => {
+  it('lets one instance evict at a time across hosts whose lock files are not shared', async () => {
+    // Two directories stand for two hosts: their lock files cannot see each other.
+    const dirs = await Promise.all([0, 1].map(() => mkdtemp(path.join(os.tmpdir(), 'keel-fleet-evictor-'))));
+    try {
+      const [a, b] = [await coordinator(), await coordinator()];
+      const locksA = coordinatedLocks(new FileLocks(dirs[0] as string), a);
+      const locksB = coordinatedLocks(new FileLocks(dirs[1] as string), b);
+      let finish!: () => void;
+      let evicted: unknown;
+      const started = new Promise<void>((ready) => {
+        void locksA
+          .tryRun(EVICTOR_LOCK, () => {
+            ready();
+            return new Promise<string>((r) => (finish = () => r('a')));
+          })
+          .then((v) => (evicted = v));
+      });
+      await started;
+      expect(await locksB.tryRun(EVICTOR_LOCK, () => Promise.resolve('b'))).toEqual({ ran: false });
+      finish();
+      await expect.poll(() => evicted).toEqual({ ran: true, value: 'a' });
+      await expect
+        .poll(async () => locksB.tryRun(EVICTOR_LOCK, () => Promise.resolve('b')))
+        .toEqual({ ran: true, value: 'b' });
+    } finally {
+      await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+    }
   });
 });
