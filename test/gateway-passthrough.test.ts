@@ -48,6 +48,23 @@ describe('passthrough auth: the origin authorises every read, the cache serves t
       authorization: 'authorized-hit',
     });
     expect(await s.metric('keel_gateway_requests_total', 'method="GET",outcome="HIT"')).toBe(1);
+    expect(second.headers['x-keel-cache-tier']).toBe('disk');
+
+    // The read took the object's blocks into the memory tier: the next one, authorised by the
+    // origin all the same (a 304), takes its bytes from memory.
+    const third = await signedRequest(s.gateway.url(), KEY_A, 'GET', '/x/a.bin');
+    expect(sha(third.body)).toBe(sha(data));
+    expect({ cache: third.headers['x-keel-cache'], tier: third.headers['x-keel-cache-tier'] }).toEqual({
+      cache: 'HIT',
+      tier: 'memory',
+    });
+    expect(s.origin.judged.slice(judgedBefore + 1)).toEqual([
+      expect.objectContaining({ method: 'GET', status: 304, ifNoneMatch: etag }),
+    ]);
+    // Key B, refused by the origin, gets none of those bytes from memory either.
+    const refused = await signedRequest(s.gateway.url(), KEY_B, 'GET', '/x/a.bin');
+    expect(refused.status).toBe(403);
+    expect(refused.body.includes(data.subarray(0, 64))).toBe(false);
   });
 
   it('serves a cached range and a HEAD after a 304, each authorised by the origin', async () => {

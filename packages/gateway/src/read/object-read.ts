@@ -11,18 +11,14 @@ import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
 import { SliceReadError, type SliceFill } from './slice-fill.js';
 import { fillKey, openFill, streamCachedRun, streamSlice } from './slice-stream.js';
 import { ReadAhead } from './read-ahead.js';
+import { BUFFERED_HIT_BYTES, fromMemory, readTiered, sendTiered, type CacheTier } from './tiered-read.js';
 
 export { revalidationStats } from './object-lookup.js';
+export type { CacheTier } from './tiered-read.js';
 export { invalidateReads, type ReadContext } from './read-context.js';
 
 /** Where a read's bytes came from: the `x-keel-cache` header. */
 export type CacheOutcome = 'HIT' | 'MISS' | 'PARTIAL' | 'STALE' | 'BYPASS';
-
-/**
- * Which tier of the cache answered a HIT or STALE: the `x-keel-cache-tier` header. `memory`: the
- * memory tier held every byte (or, for a HEAD or a 304, the metadata); `disk`: the disk cache.
- */
-export type CacheTier = 'memory' | 'disk';
 
 /**
  * What the gateway did with a request, the same in `x-keel-cache`, the request's log line and the
@@ -31,16 +27,6 @@ export type CacheTier = 'memory' | 'disk';
  * too slow, breaker open); `DENIED`, a request that failed authentication.
  */
 export type RequestOutcome = CacheOutcome | 'PASS' | 'ERROR' | 'DENIED';
-
-/**
- * Cached ranges up to this size are read into memory and verified whole before the answer
- * starts, so the answer's label is exact: a slice that fails is fetched from the origin and the
- * answer says PARTIAL. Larger ranges stream (see {@link serveObject}).
- */
-const BUFFERED_HIT_BYTES = 16 * 1024 * 1024;
-
-/** Bytes held by buffered hits at once, at most; beyond it, reads stream instead. */
-const MAX_BUFFERED_BYTES = 256 * 1024 * 1024;
 
 /** One object read: the request, its answer, and when the origin must have answered by. */
 interface Read {
@@ -164,27 +150,8 @@ function answerFromMemory(r: Read, memory: NonNullable<ReadContext['memory']>): 
   const chunks = memory.read(r.hash, meta.etag, start, end);
   r.memoryAsked = true;
   if (!chunks) return undefined;
-  sendChunks(r, chunks, plan.status, plan.headers('HIT', 'memory'));
+  sendTiered(r.ctx, r.res, fromMemory(chunks), plan.status, plan.headers('HIT', 'memory'));
   return 'HIT';
-}
-
-/** Sends bytes held in memory as the whole answer. */
-function sendChunks(r: Read, chunks: Buffer[], status: number, headers: Record<string, string>): void {
-  const { res } = r;
-  res.writeHead(status, headers);
-  let length = 0;
-  if (chunks.length === 1) {
-    length = (chunks[0] as Buffer).length;
-    res.end(chunks[0]);
-  } else {
-    res.cork();
-    for (const c of chunks) {
-      length += c.length;
-      res.write(c);
-    }
-    res.end();
-  }
-  r.ctx.onBytes('cache', length);
 }
 
 /** Remembers the metadata of an object read from the disk cache in the memory tier, unless a write changed it meanwhile. */
@@ -347,9 +314,9 @@ async function replan(r: Read, meta: Resolved['meta'], plan: SlicePlan): Promise
 }
 
 /**
- * A hit read into memory and verified whole before a byte goes out. Returns true once sent; when
- * the cache could not serve it (too many bytes buffered at once, a slice failed), nothing is sent
- * and the slice that failed, if one did, is named.
+ * A hit read into memory and verified whole before a byte goes out (from the memory tier when it
+ * holds every byte). Returns true once sent; when the cache could not serve it (too many bytes
+ * buffered at once, a slice failed), nothing is sent and the slice that failed, if one did, is named.
  */
 async function serveBuffered(
   r: Read,
@@ -359,62 +326,20 @@ async function serveBuffered(
   status: number,
   headers: (tier: CacheTier) => Record<string, string>,
 ): Promise<true | { failedSlice?: number }> {
-  const { ctx } = r;
-  const cache = ctx.cache as RangeCache;
-  const memory = 'version' in meta ? r.memory : undefined;
-  if (memory) {
-    const chunks = r.memoryAsked ? undefined : memory.read(r.hash, meta.etag, start, end);
-    r.memoryAsked = true;
-    if (chunks) {
-      sendChunks(r, chunks, status, headers('memory'));
-      return true;
-    }
-  }
-  // The disk read: the range asked for, widened to the whole blocks the memory tier would take
-  // in (within the slices the read covers, all cached).
-  let from = start;
-  let to = end;
-  if (memory) {
-    const sliceStart = Math.floor(start / meta.sliceBytes) * meta.sliceBytes;
-    const sliceEnd = Math.min(meta.size, (Math.floor(end / meta.sliceBytes) + 1) * meta.sliceBytes) - 1;
-    const span = memory.wanted(r.hash, meta.etag, start, end, meta.size, {
-      start: sliceStart,
-      end: sliceEnd,
-    });
-    if (span && span.end - span.start < BUFFERED_HIT_BYTES) ({ start: from, end: to } = span);
-  }
-  const length = to - from + 1;
-  if (ctx.buffered.bytes + length > MAX_BUFFERED_BYTES) return {};
-  ctx.buffered.bytes += length;
-  let released = false;
-  const release = (): void => {
-    if (released) return;
-    released = true;
-    ctx.buffered.bytes -= length;
-  };
-  const hit = await safe(ctx, 'read', () =>
-    cache.readBuffer(r.id, from, to, 'version' in meta ? { meta } : {}),
-  );
-  if (!hit?.hit || hit.meta.etag !== meta.etag) {
-    if (hit?.hit) hit.release();
-    release();
-    return hit?.hit === false && hit.slice !== undefined ? { failedSlice: hit.slice } : {};
-  }
-  // Verified bytes: the memory tier takes its copy of the blocks it admits, unless a write
-  // changed the object since the read began.
-  if (memory && generation(ctx, r.hash) === r.gen) {
-    memory.admit(r.hash, meta.etag, from, hit.bytes, meta.size);
-    memory.rememberMeta(r.hash, hit.meta);
-  }
-  const body = from === start && to === end ? hit.bytes : hit.bytes.subarray(start - from, end - from + 1);
-  r.res.writeHead(status, headers('disk'));
-  // The cache may reuse the memory once the bytes are with the OS, not before.
-  r.res.end(body, () => {
-    hit.release();
-    release();
+  if (!('version' in meta)) return {};
+  const bytes = await readTiered(r.ctx, r.ctx.cache as RangeCache, {
+    id: r.id,
+    hash: r.hash,
+    meta,
+    start,
+    end,
+    memory: r.memory,
+    gen: r.gen,
+    memoryAsked: r.memoryAsked,
   });
-  r.res.once('close', release);
-  ctx.onBytes('cache', end - start + 1);
+  r.memoryAsked = true;
+  if (!('chunks' in bytes)) return bytes;
+  sendTiered(r.ctx, r.res, bytes, status, headers(bytes.tier));
   return true;
 }
 

@@ -16,6 +16,7 @@ import { infoFrom } from './object-lookup.js';
 import type { RequestOutcome } from './object-read.js';
 import { evaluateRange } from './range.js';
 import { discard, generation, safe, writeUnlessChanged, type ReadContext } from './read-context.js';
+import { BUFFERED_HIT_BYTES, readTiered, sendTiered } from './tiered-read.js';
 
 /*
  * Reads in `passthrough` auth: the origin authorises every read, the cache serves the bytes.
@@ -120,9 +121,6 @@ export interface PassthroughRead {
 
 /** Conditional headers: a client that sends one of its own gets the origin's answer as it is. */
 const CONDITIONALS = ['if-match', 'if-none-match', 'if-modified-since', 'if-unmodified-since'];
-
-/** Cached ranges up to this size are read and verified whole before the answer starts. */
-const BUFFERED_HIT_BYTES = 16 * 1024 * 1024;
 
 /** Slices of one read being written to the cache at once, at most; more are not cached (bounded memory). */
 const MAX_PENDING_SLICE_WRITES = 4;
@@ -349,14 +347,19 @@ async function serveCached(
     return true;
   }
   if (length <= BUFFERED_HIT_BYTES) {
-    const hit = await safe(ctx, 'read', () => cache.readBuffer(id, start, end, { meta }));
-    if (!hit?.hit || hit.meta.etag !== meta.etag) {
-      if (hit?.hit) hit.release();
-      return false;
-    }
-    res.writeHead(status, answerHeaders);
-    res.end(hit.bytes, () => hit.release());
-    ctx.onBytes('cache', length);
+    // From the memory tier when it holds every byte (the origin authorised the read all the same).
+    const hash = identityHash(id);
+    const bytes = await readTiered(ctx, cache, {
+      id,
+      hash,
+      meta,
+      start,
+      end,
+      memory: ctx.memory && ctx.rules.forObject(id.bucket, id.key).memory ? ctx.memory : undefined,
+      gen: generation(ctx, hash),
+    });
+    if (!('chunks' in bytes)) return false;
+    sendTiered(ctx, res, bytes, status, { ...answerHeaders, 'x-keel-cache-tier': bytes.tier });
     return true;
   }
   const hit = await safe(ctx, 'read', () => cache.read(id, start, end, { meta }));

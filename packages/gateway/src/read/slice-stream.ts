@@ -331,8 +331,7 @@ export function startFill(
     try {
       // The answer in hand is read as it is (its idle timeout is the connection pool's); only
       // when it breaks does a resuming request take over from the byte reached.
-      const received =
-        initial && !peer.droppedInitial ? await drain(initial.body, fill) : fill.receivedBytes;
+      const received = initial && !peer.droppedInitial ? await drain(initial.body, fill) : fill.receivedBytes;
       if (received < fill.length && fill.filling) {
         const got = await openRange(ctx, id, rawQuery, meta.etag, start + received, end, fill.signal);
         body = got.body;
