@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as nodeFs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { classify, wrap, type KeelError } from '../errors/index.js';
 import { KeyedLock } from './keyed-lock.js';
@@ -25,10 +26,21 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** The owner a lock's symbolic link names: `<pid>-<token>`. */
-function parseOwner(target: string): { pid: number; token: string } | undefined {
-  const m = /^(\d+)-([0-9a-f]+)$/.exec(target);
-  return m ? { pid: Number(m[1]), token: target } : undefined;
+/** This host's name as lock files carry it (characters other than letters, digits, `.`, `_`, `-` dropped). */
+export const LOCK_HOST = os.hostname().replace(/[^A-Za-z0-9._-]/g, '') || 'localhost';
+
+/** A new owner name for a lock file: `<pid>-<random>@<host>`. */
+function ownerName(): string {
+  return `${process.pid}-${randomBytes(8).toString('hex')}@${LOCK_HOST}`;
+}
+
+/**
+ * The owner a lock's symbolic link names: `<pid>-<token>@<host>` (`<pid>-<token>`, from before
+ * hosts were named, is this host's).
+ */
+function parseOwner(target: string): { pid: number; host: string } | undefined {
+  const m = /^(\d+)-[0-9a-f]+(?:@([A-Za-z0-9._-]+))?$/.exec(target);
+  return m ? { pid: Number(m[1]), host: m[2] ?? LOCK_HOST } : undefined;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -52,9 +64,9 @@ export interface CacheLocks {
  * (so at most one of its callers waits on the file) and across processes through a lock file.
  *
  * A lock file is a symbolic link `<dir>/locks/<key>` whose target names its holder
- * (`<pid>-<random>`): creating it is atomic, fails when it exists, and needs no data block, so it
- * works on a full disk. A lock whose holder no longer runs (SIGKILLed), or older than `staleMs`,
- * is broken, under a second lock (`<key>.break`) so that two processes breaking it at once cannot
+ * (`<pid>-<random>@<host>`): creating it is atomic, fails when it exists, and needs no data block,
+ * so it works on a full disk. A lock whose holder on this host no longer runs (SIGKILLed), or
+ * older than `staleMs` (the only test for another host's), is broken, under a second lock (`<key>.break`) so that two processes breaking it at once cannot
  * remove a lock a third has just taken.
  */
 export class FileLocks extends KeyedLock implements CacheLocks {
@@ -113,7 +125,7 @@ export class FileLocks extends KeyedLock implements CacheLocks {
   /** Takes the lock file of `key`: resolves with its release, or undefined when held and `wait` is false. */
   private async acquire(key: string, wait: boolean): Promise<(() => Promise<void>) | undefined> {
     const file = path.join(this.dir, key);
-    const mine = `${process.pid}-${randomBytes(8).toString('hex')}`;
+    const mine = ownerName();
     let pause = FIRST_WAIT_MS;
     for (;;) {
       try {
@@ -149,7 +161,7 @@ export class FileLocks extends KeyedLock implements CacheLocks {
     if (seen === 'gone') return true;
     if (!this.isStale(seen)) return false;
     const breaker = `${file}.break`;
-    const mine = `${process.pid}-${randomBytes(8).toString('hex')}`;
+    const mine = ownerName();
     try {
       await nodeFs.symlink(mine, breaker);
     } catch {
@@ -170,8 +182,13 @@ export class FileLocks extends KeyedLock implements CacheLocks {
 
   private isStale(h: { target: string; ageMs: number }): boolean {
     const owner = parseOwner(h.target);
-    // This process takes a key once at a time (the KeyedLock): a lock naming it is a past one's.
-    if (!owner || owner.pid === process.pid || !processAlive(owner.pid)) return true;
+    if (!owner) return true;
+    // Whether a process runs can be asked on this host only: another host's lock (hosts sharing
+    // the directory on a network volume) is broken by its age alone.
+    if (owner.host === LOCK_HOST) {
+      // This process takes a key once at a time (the KeyedLock): a lock naming it is a past one's.
+      if (owner.pid === process.pid || !processAlive(owner.pid)) return true;
+    }
     return h.ageMs > this.staleMs;
   }
 
