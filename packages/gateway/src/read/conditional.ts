@@ -33,6 +33,13 @@ export function evaluateConditions(
   headers: ConditionHeaders,
   object: { etag: string; lastModified?: string | undefined },
 ): ConditionOutcome {
+  if (
+    headers['if-match'] === undefined &&
+    headers['if-none-match'] === undefined &&
+    headers['if-modified-since'] === undefined &&
+    headers['if-unmodified-since'] === undefined
+  )
+    return 'proceed';
   const lastModified = seconds(object.lastModified);
   const ifMatch = headers['if-match'];
   if (ifMatch !== undefined) {
