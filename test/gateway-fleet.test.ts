@@ -137,6 +137,19 @@ describe.skipIf(!withRedis)('three gateways coordinated through Redis (--coordin
     for (const g of [a, b, c]) expect(table).toContain(`:${new URL(g.url).port} `);
   });
 
+  it("shows the three on each one's dashboard, one row per instance from the heartbeats", async () => {
+    const snapshot = (await (await fetch(`${b.admin}/dashboard/snapshot`)).json()) as {
+      views: { id: string; panels: { kind: string; rows?: { cells: unknown[] }[] }[] }[];
+    };
+    const view = snapshot.views.find((v) => v.id === 'fleet-instances');
+    const rows = view?.panels[0]?.rows ?? [];
+    expect(rows).toHaveLength(3);
+    // PID is the third column; the instance answering is marked.
+    expect(rows.map((r) => Number(r.cells[2])).sort()).toEqual([a, b, c].map((g) => g.proc.pid).sort());
+    const marked = rows.filter((r) => String(r.cells[0]).endsWith('(this one)'));
+    expect(marked.map((r) => Number(r.cells[2]))).toEqual([b.proc.pid]);
+  });
+
   it('150 clients spread over the three on one uncached 64 MiB object: every body identical, origin bytes ≤ 1.05 × size', async () => {
     const before = proxy.getBytes();
     const gateways = [a, b, c];

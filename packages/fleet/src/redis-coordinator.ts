@@ -129,6 +129,19 @@ export class RedisCoordinator implements Coordinator {
   }
 
   /** Whether Redis is used now. */
+  /**
+   * The live instances of the fleet (heartbeats not expired), oldest first, as `keel fleet status`
+   * lists them; empty while Redis cannot be used (the listing needs it).
+   */
+  async instances(): Promise<InstanceStatus[]> {
+    if (!this.status.available) return [];
+    try {
+      return await liveInstances(this.cmd, this.keys);
+    } catch {
+      return [];
+    }
+  }
+
   get status(): CoordinatorAvailability {
     return this.availability;
   }

@@ -290,6 +290,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
         disk,
         alerts,
         recovery,
+        ...(fleet ? { views: [fleet.view()] } : {}),
       }),
     );
   } catch (err) {

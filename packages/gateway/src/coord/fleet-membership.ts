@@ -5,7 +5,7 @@ import {
   type CoordinatorAvailability,
   type InstanceStatus,
 } from '@keel/fleet';
-import type { AlertManager, HealthRegistry } from '@keel/ops';
+import type { AlertManager, DashboardPanel, DashboardView, HealthRegistry } from '@keel/ops';
 import type { Gateway } from '../gateway.js';
 import type { Coordinator } from './coordinator.js';
 
@@ -18,6 +18,8 @@ export interface FleetMembership {
   readonly coordinator: Coordinator;
   /** Reports the running gateway in the heartbeats (port, health, hit ratio, fills, breakers) and exports `keel_gateway_coordinator_up`. */
   bind(gateway: Gateway, health: HealthRegistry): void;
+  /** The dashboard's "Fleet (Redis)" view: one row per live instance of the fleet, from the heartbeats. */
+  view(): DashboardView;
   /** Leaves the fleet (its heartbeat is removed at once); `fallback` stays open. */
   close(): Promise<void>;
 }
@@ -78,11 +80,69 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMembers
       );
       registerCoordinatorGauge(g.metrics.registry, () => (coordinator.status.available ? 1 : 0));
     },
+    view: () => ({
+      id: 'fleet-instances',
+      title: 'Fleet (Redis)',
+      snapshot: async () =>
+        instancesPanels(await coordinator.instances(), coordinator.status.available, coordinator.id),
+    }),
     async close() {
       stopBreakers?.();
       await coordinator.close();
     },
   };
+}
+
+/** The fleet's instances as the dashboard shows them: a table, this instance marked. */
+export function instancesPanels(
+  list: readonly InstanceStatus[],
+  available: boolean,
+  self: string,
+): DashboardPanel[] {
+  const level = (health: string): 'ok' | 'warn' | 'bad' =>
+    health === 'pass' ? 'ok' : health === 'warn' ? 'warn' : 'bad';
+  return [
+    {
+      kind: 'table',
+      title: 'Instances',
+      columns: [
+        'Instance',
+        'Host',
+        'PID',
+        'S3 port',
+        'Health',
+        'Hit ratio',
+        'Fills in flight',
+        'Breakers not closed',
+        'Started',
+        'Heartbeat',
+      ],
+      rows: list.map((i) => ({
+        key: i.id,
+        cells: [
+          i.id === self ? `${i.id} (this one)` : i.id,
+          i.host,
+          String(i.pid),
+          i.port === 0 ? '—' : String(i.port),
+          { value: i.health, level: level(i.health) },
+          { value: i.hitRatio, unit: 'ratio' },
+          { value: i.fillsInFlight, unit: 'count' },
+          {
+            value:
+              Object.entries(i.breakers)
+                .map(([name, state]) => `${name}: ${state}`)
+                .join(', ') || '—',
+            level: Object.keys(i.breakers).length > 0 ? 'bad' : undefined,
+          },
+          { value: Date.parse(i.started), unit: 'timestamp' },
+          { value: Date.parse(i.at), unit: 'timestamp' },
+        ],
+      })),
+      note: available
+        ? `${list.length} live instance${list.length === 1 ? '' : 's'} (a heartbeat every second, kept 3 s)`
+        : "the fleet's Redis cannot be used: no listing until it returns",
+    },
+  ];
 }
 
 /**
