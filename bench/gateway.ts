@@ -362,6 +362,9 @@ function startKeelAuth(
   const proc = spawn(
     process.execPath,
     [
+      ...(process.env.KEEL_BENCH_CPU_PROF_DIR
+        ? ['--cpu-prof', '--cpu-prof-dir', process.env.KEEL_BENCH_CPU_PROF_DIR]
+        : []),
       ...KEEL_ENTRY,
       'gateway',
       '--upstream',
