@@ -1,26 +1,39 @@
 import { randomBytes } from 'node:crypto';
 import type { CacheFs } from './fs.js';
-import { processAlive } from './file-lock.js';
+import { LOCK_HOST, processAlive } from './file-lock.js';
 
 /** Suffix marker of files being written; such files are never read and are cleaned up if left over. */
 export const TMP_MARKER = '.tmp-';
 
-/** `<path>.tmp-<pid>-<random>`: the writer's process id tells cleanup whether it may still be writing. */
+/**
+ * `<path>.tmp-<pid>-<random>@<host>`: the writer's process id and host tell cleanup whether it may
+ * still be writing.
+ */
 function tmpPathOf(path: string): string {
-  return `${path}${TMP_MARKER}${process.pid}-${randomBytes(6).toString('hex')}`;
+  return `${path}${TMP_MARKER}${process.pid}-${randomBytes(6).toString('hex')}@${LOCK_HOST}`;
+}
+
+/**
+ * Who writes the temporary file `name`: its pid and host (names from before hosts were named are
+ * this host's); undefined for a name that is not a temporary file's or names no pid.
+ */
+export function tmpOwner(name: string): { pid: number; host: string } | undefined {
+  const at = name.lastIndexOf(TMP_MARKER);
+  if (at < 0) return undefined;
+  const m = /^(\d+)-[0-9a-f]*(?:@([A-Za-z0-9._-]+))?$/.exec(name.slice(at + TMP_MARKER.length));
+  return m ? { pid: Number(m[1]), host: m[2] ?? LOCK_HOST } : undefined;
 }
 
 /**
  * True when the temporary file `name` is being written by another process that still runs on
  * this host (its name carries the writer's pid): cleanup leaves it alone. Files of this process
- * are judged by its in-flight set instead; names without a pid are leftovers.
+ * are judged by its in-flight set instead, another host's by their age (see cleanup.ts); names
+ * without a pid are leftovers.
  */
 export function writtenByOtherProcess(name: string): boolean {
-  const at = name.lastIndexOf(TMP_MARKER);
-  if (at < 0) return false;
-  const m = /^(\d+)-/.exec(name.slice(at + TMP_MARKER.length));
-  const pid = m ? Number(m[1]) : 0;
-  return pid !== 0 && pid !== process.pid && processAlive(pid);
+  const owner = tmpOwner(name);
+  if (!owner || owner.host !== LOCK_HOST) return false;
+  return owner.pid !== 0 && owner.pid !== process.pid && processAlive(owner.pid);
 }
 
 /**

@@ -1,13 +1,19 @@
 import path from 'node:path';
 import { crc32 } from './crc32.js';
 import { classify } from '../errors/index.js';
-import { TMP_MARKER, writtenByOtherProcess } from './atomic-write.js';
+import { TMP_MARKER, tmpOwner, writtenByOtherProcess } from './atomic-write.js';
 import type { CacheReporter } from './counters.js';
 import type { SliceIndex } from './eviction.js';
 import type { CacheFs } from './fs.js';
-import type { CacheLocks } from './file-lock.js';
+import { LOCK_HOST, type CacheLocks } from './file-lock.js';
 import { META_FILE, objectDir, SLICE_PREFIX, slicePath } from './layout.js';
 import type { ObjectStore } from './object-store.js';
+
+/**
+ * Another host's temporary file (hosts sharing the directory on a network volume) is left alone
+ * this long: whether its writer still runs cannot be asked from here, and a write takes seconds.
+ */
+export const OTHER_HOST_TMP_GRACE_MS = 10 * 60_000;
 
 /** What {@link RangeCache.cleanup} did. */
 export interface CleanupReport {
@@ -127,13 +133,16 @@ async function walkObject(
   const dir = objectDir(ctx.objectsRoot, hash);
   const names = await readdirSafe(ctx, dir);
   const young = new Set<string>();
-  if (minAgeMs > 0) {
-    // Files this young may belong to a writer in another process (a CLI cleanup of a live cache).
-    for (const name of names) {
-      if (name === META_FILE) continue;
-      const st = await ctx.fs.stat(path.join(dir, name)).catch(() => undefined);
-      if (st && Date.now() - st.mtimeMs < minAgeMs) young.add(name);
-    }
+  for (const name of names) {
+    if (name === META_FILE) continue;
+    // Files this young may belong to a writer in another process (a CLI cleanup of a live cache);
+    // another host's temporary files (hosts sharing the directory) are judged by their age alone.
+    const owner = tmpOwner(name);
+    const graceMs =
+      owner && owner.host !== LOCK_HOST ? Math.max(minAgeMs, OTHER_HOST_TMP_GRACE_MS) : minAgeMs;
+    if (graceMs <= 0) continue;
+    const st = await ctx.fs.stat(path.join(dir, name)).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs < graceMs) young.add(name);
   }
   const busy = (name: string): boolean =>
     young.has(name) || ctx.inFlight.has(path.join(dir, name)) || writtenByOtherProcess(name);
