@@ -89,15 +89,6 @@ describe.skipIf(!run)('the dashboard in chromium', () => {
     const width = await phone.page.evaluate<number>('document.documentElement.scrollWidth');
     expect(width).toBeLessThanOrEqual(390); // nothing wider than a phone
     await phone.page.close();
-
-    // The system turns dark while the page is open: the charts are drawn again in its colours
-    // (a new chart replaces the old one, with the points it had).
-    const before = await page.locator('[data-panel="gateway/chart/requests"] .uplot').elementHandle();
-    await page.emulateMedia({ colorScheme: 'dark' });
-    await expect
-      .poll(() => before?.evaluate((el) => el.isConnected), { timeout: 3000, interval: 50 })
-      .toBe(false);
-    await page.locator('[data-panel="gateway/chart/requests"] .uplot').waitFor();
     expect(errors).toEqual([]);
     expect(phone.errors).toEqual([]);
     await page.close();

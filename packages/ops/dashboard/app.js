@@ -258,15 +258,7 @@
             value: (u, v) => fmt(v, panel.unit),
           })),
         ],
-        axes: [
-          // Clock times (the points are a second apart): 14:03:20, never uPlot's ":31.500".
-          {
-            ...axis,
-            incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600],
-            values: (u, vals) => vals.map((v) => clockTime(v)),
-          },
-          { ...axis, size: 84, values: (u, vals) => vals.map((v) => fmt(v, panel.unit)) },
-        ],
+        axes: [axis, { ...axis, size: 84, values: (u, vals) => vals.map((v) => fmt(v, panel.unit)) }],
       };
       const plot = new uPlot(opts, data, host);
       c = { plot, names, data, unit: panel.unit, host };
@@ -282,25 +274,6 @@
       `${panel.title}: ${c.names.map((n) => `${n} ${fmt(panel.series[n], panel.unit)}`).join(', ')}`,
     );
   }
-  function clockTime(seconds) {
-    const d = new Date(seconds * 1000);
-    return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':');
-  }
-  // The system switched between light and dark: charts are drawn again in its colours at the next
-  // snapshot, their history kept.
-  window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
-    for (const [key, c] of charts) {
-      pending.set(
-        key,
-        c.data[0].map((t, j) => ({
-          t: t * 1000,
-          series: Object.fromEntries(c.names.map((n, i) => [n, c.data[i + 1][j]])),
-        })),
-      );
-      c.plot.destroy();
-      charts.delete(key);
-    }
-  });
   function push(data, names, t, series) {
     data[0].push(t / 1000);
     names.forEach((n, i) => data[i + 1].push(series[n] ?? null));
