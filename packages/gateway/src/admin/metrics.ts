@@ -262,7 +262,7 @@ export class GatewayMetrics {
     );
     new Counter({
       name: 'keel_gateway_memory_reads_total',
-      help: 'Cached reads that asked the memory tier, by result: hit (every byte from memory) or miss (read from disk).',
+      help: 'Cached reads that asked the memory tier, by result: hit (every byte from memory) or miss (some byte not in memory: the disk cache, or the origin, answered).',
       labelNames: ['result'],
       registers: [m.registry],
       collect() {
