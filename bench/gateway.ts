@@ -562,6 +562,31 @@ async function passthroughHits(
   };
 }
 
+/**
+ * ROUNDS of wrk with `len`-byte ranges of hot.bin against every target, each round starting with
+ * another one (neighbours on a shared machine hit them alike): every run, and each target's
+ * medians.
+ */
+function rotatingRounds<N extends string>(
+  targets: Record<N, string>,
+  len: number,
+): { runs: Record<N, { rps: number; p99Ms: number }[]>; med: (n: N) => { rps: number; p99Ms: number } } {
+  const names = Object.keys(targets) as N[];
+  const runs = Object.fromEntries(names.map((n) => [n, [] as { rps: number; p99Ms: number }[]])) as Record<
+    N,
+    { rps: number; p99Ms: number }[]
+  >;
+  for (let r = 0; r < ROUNDS; r++) {
+    const order = [...names.slice(r % names.length), ...names.slice(0, r % names.length)];
+    for (const n of order) runs[n].push(wrk(`${targets[n]}/demo/hot.bin`, len));
+  }
+  const med = (n: N): { rps: number; p99Ms: number } => ({
+    rps: median(runs[n].map((x) => x.rps)),
+    p99Ms: median(runs[n].map((x) => x.p99Ms)),
+  });
+  return { runs, med };
+}
+
 /** Hits (1 MiB and 4 KiB ranges), a stampede and miss TTFB with two worker processes each. */
 async function workersSection(): Promise<Record<string, unknown>> {
   const load = os.loadavg();
@@ -635,20 +660,7 @@ async function workersSection(): Promise<Record<string, unknown>> {
     ['1MiB', 1024 * 1024],
     ['4KiB', 4096],
   ] as const) {
-    const runs: Record<keyof typeof targets, { rps: number; p99Ms: number }[]> = {
-      keel2: [],
-      keel1: [],
-      nginx2: [],
-    };
-    for (let r = 0; r < ROUNDS; r++) {
-      // Each round starts with another of the three: neighbours on a shared machine hit them alike.
-      const order = [...names.slice(r % names.length), ...names.slice(0, r % names.length)];
-      for (const n of order) runs[n].push(wrk(`${targets[n]}/demo/hot.bin`, len));
-    }
-    const med = (n: keyof typeof targets): { rps: number; p99Ms: number } => ({
-      rps: median(runs[n].map((x) => x.rps)),
-      p99Ms: median(runs[n].map((x) => x.p99Ms)),
-    });
+    const { runs, med } = rotatingRounds(targets, len);
     const k2 = med('keel2');
     const k1 = med('keel1');
     const n2 = med('nginx2');
@@ -697,7 +709,6 @@ async function memoryTierSection(): Promise<Record<string, unknown>> {
   const procs = [keelMemory.proc, keelDisk.proc, nginx.proc, node.proc];
   children.push(...procs);
   const targets = { keelMemory: keelMemory.url, keelDisk: keelDisk.url, nginx: nginx.url, node: node.url };
-  const names = Object.keys(targets) as (keyof typeof targets)[];
   const out: Record<string, unknown> = { workers: 1, loadAverageAtStart: load };
 
   // Warm: the whole object into each cache, then every MiB twice as a range, so keel's memory
@@ -733,19 +744,7 @@ async function memoryTierSection(): Promise<Record<string, unknown>> {
     ['4KiB', 4096],
     ['1MiB', 1024 * 1024],
   ] as const) {
-    const runs = Object.fromEntries(names.map((n) => [n, [] as { rps: number; p99Ms: number }[]])) as Record<
-      keyof typeof targets,
-      { rps: number; p99Ms: number }[]
-    >;
-    for (let r = 0; r < ROUNDS; r++) {
-      // Each round starts with another one: neighbours on a shared machine hit them alike.
-      const order = [...names.slice(r % names.length), ...names.slice(0, r % names.length)];
-      for (const n of order) runs[n].push(wrk(`${targets[n]}/demo/hot.bin`, len));
-    }
-    const med = (n: keyof typeof targets): { rps: number; p99Ms: number } => ({
-      rps: median(runs[n].map((x) => x.rps)),
-      p99Ms: median(runs[n].map((x) => x.p99Ms)),
-    });
+    const { runs, med } = rotatingRounds(targets, len);
     const m = med('keelMemory');
     const d = med('keelDisk');
     const ng = med('nginx');
