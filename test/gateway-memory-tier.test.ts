@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as realFs from 'node:fs/promises';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import http from 'node:http';
@@ -47,6 +47,8 @@ const countingFs = new Proxy(realFs, {
   },
 }) as unknown as CacheFs;
 
+const md5 = (b: Buffer): string => createHash('md5').update(b).digest('hex');
+
 const totalFsCalls = (): number => [...fsCalls.values()].reduce((a, b) => a + b, 0);
 
 async function put(key: string, size: number): Promise<Buffer> {
@@ -79,6 +81,8 @@ interface Answer {
   status: number;
   cache: string | undefined;
   tier: string | undefined;
+  /** x-request-id, x-amz-request-id and x-amz-id-2, as sent. */
+  ids: (string | undefined)[];
   body: Buffer;
 }
 
@@ -101,6 +105,9 @@ function request(
             status: res.statusCode ?? 0,
             cache: res.headers['x-keel-cache'] as string | undefined,
             tier: res.headers['x-keel-cache-tier'] as string | undefined,
+            ids: ['x-request-id', 'x-amz-request-id', 'x-amz-id-2'].map(
+              (h) => res.headers[h] as string | undefined,
+            ),
             body: Buffer.concat(parts),
           }),
         );
@@ -183,6 +190,36 @@ describe('the memory tier', () => {
     ).toBe(100);
     expect((await metric(g, 'keel_gateway_memory_reads_total', { result: 'hit' })) - memoryHitsBefore).toBe(
       100,
+    );
+  });
+
+  it('names every answer from memory with its own request id (x-request-id, x-amz-request-id, x-amz-id-2), a 304 and a 416 too', async () => {
+    const g = await start();
+    await request(g, 'GET', '/b/hot.bin');
+    await g.idle();
+    const second = await request(g, 'GET', '/b/hot.bin');
+    expect(second.tier).toBe('disk');
+    const answers = [
+      await range(g, 'hot.bin', 0, 4095),
+      await request(g, 'HEAD', '/b/hot.bin'),
+      await request(g, 'GET', '/b/hot.bin', { 'if-none-match': `"${md5(data.get('hot.bin') as Buffer)}"` }),
+      await request(g, 'GET', '/b/hot.bin', { range: 'bytes=2000000-2000010' }),
+    ];
+    expect(answers.map((a) => [a.status, a.cache, a.tier])).toEqual([
+      [206, 'HIT', 'memory'],
+      [200, 'HIT', 'memory'],
+      [304, 'HIT', 'memory'],
+      [416, 'HIT', undefined],
+    ]);
+    const ids = answers.map((a) => a.ids);
+    for (const [requestId, amzId, id2] of ids) {
+      expect(requestId).toMatch(/^[0-9A-F]{16}$/);
+      expect([amzId, id2]).toEqual([requestId, requestId]);
+    }
+    expect(new Set(ids.map(([id]) => id)).size).toBe(ids.length);
+    // The 416's error document names the same request.
+    expect((answers[3] as Answer).body.toString()).toContain(
+      `<RequestId>${(answers[3] as Answer).ids[0]}</RequestId>`,
     );
   });
 

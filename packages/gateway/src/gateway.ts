@@ -27,7 +27,7 @@ import { coordinatedLocks } from './coord/coordinated-locks.js';
 import { loggableUrl } from './admin/request-log.js';
 import { passthrough } from './write/passthrough.js';
 import { announcesBody, refuseBody } from './s3/refuse-body.js';
-import { S3Errors, sendS3Error, type S3ErrorSpec } from './s3/s3-error.js';
+import { S3Errors, sendS3Error, stampRequestId, type S3ErrorSpec } from './s3/s3-error.js';
 import { malformedTargetError, parseS3Target, type S3Target } from './s3/s3-request.js';
 import type { SliceFill } from './read/slice-fill.js';
 import type { Coordinator } from './coord/coordinator.js';
@@ -385,117 +385,24 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     target.query.has('X-Amz-Signature') ||
     target.query.has('X-Amz-Credential');
 
-  const handle = async (req: IncomingMessage, res: ServerResponse, id: string): Promise<void> => {
+  const settled = (): void => {
+    active--;
+  };
+
+  /**
+   * Serves one request. What can be answered at once (a hit from the memory tier, a refusal) is,
+   * without a promise; the rest goes on asynchronously, its log lines and errors carrying the
+   * request's id. Either way the request is counted and logged once, when its answer is decided.
+   */
+  const handle = (req: IncomingMessage, res: ServerResponse, id: string): void => {
     const method = req.method ?? 'GET';
     const started = performance.now();
-    let outcome: RequestOutcome = 'ERROR';
     let authorization: AuthorizationResult | undefined;
     active++;
     // In flight until the response is flushed (or aborted), not merely handed to the socket.
-    res.once('close', () => active--);
-    // Every answer names its request: the same id in x-request-id, x-amz-request-id, x-amz-id-2,
-    // an error document's RequestId and the logs.
-    res.setHeader('x-request-id', id);
-    res.setHeader('x-amz-request-id', id);
-    res.setHeader('x-amz-id-2', id);
+    res.on('close', settled);
     if (draining) res.setHeader('connection', 'close');
-    const label = (o: RequestOutcome): void => {
-      outcome = o;
-      res.setHeader('x-keel-cache', o);
-    };
-    try {
-      if (authMode === 'passthrough') {
-        // The origin judges every request; the gateway holds no key to check one with.
-        ({ outcome, authorization } = await servePassthrough(pass, req, res, id));
-        return;
-      }
-      const rawUrl = req.url ?? '/';
-      const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
-      if ('malformed' in target) {
-        label('ERROR');
-        refuse(req, res, method, malformedTargetError(target), id, clock);
-        return;
-      }
-      let verified: VerifiedRequest | undefined;
-      // A CORS preflight is never signed (browsers cannot): S3 answers it from the bucket's CORS
-      // rules. With unsignedRequests 'forward', an unsigned request is an anonymous one, as for
-      // S3: the origin judges it without the gateway's signature, and the cache never answers it.
-      const anonymous =
-        authMode === 'anonymous' || method === 'OPTIONS' || (forwardUnsigned && !isSigned(req, target));
-      if (authMode === 'gateway' && !anonymous) {
-        const auth = verifySigV4(method, rawUrl, req.headers, keys, Date.now());
-        if (!auth.ok) {
-          label('DENIED');
-          refuse(
-            req,
-            res,
-            method,
-            { ...auth.error, ...(target.key ? { resource: `/${target.bucket ?? ''}/${target.key}` } : {}) },
-            id,
-            clock,
-          );
-          return;
-        }
-        verified = auth;
-      }
-      const unsigned = authMode === 'gateway' && anonymous;
-      const isObjectRead =
-        !unsigned &&
-        (method === 'GET' || method === 'HEAD') &&
-        target.bucket !== undefined &&
-        target.key !== undefined &&
-        !target.query.has('partNumber') &&
-        ![...target.query.keys()].some(
-          (k) => k !== 'versionId' && !k.startsWith('X-Amz-') && !k.startsWith('response-') && k !== 'x-id',
-        );
-      if (isObjectRead && ![...target.query.keys()].some((k) => k.startsWith('response-'))) {
-        const versionId = target.query.get('versionId');
-        const query = versionId === null ? '' : `versionId=${encodeURIComponent(versionId)}`;
-        if (req.headers.origin) await addCorsHeaders(corsRules, req, res, target.bucket as string);
-        outcome = await serveObject(
-          ctx,
-          req,
-          res,
-          { bucket: target.bucket as string, key: target.key as string, versionId },
-          query,
-          id,
-        );
-        return;
-      }
-      outcome = await passthrough(origin, guard, req, res, target, id, {
-        cache,
-        verified,
-        clock,
-        log,
-        // Unsigned requests (a preflight, an anonymous client) reach the origin unsigned, body-less
-        // for a preflight, and do not show the origin which buckets exist on their behalf.
-        ...(method === 'OPTIONS' || unsigned ? { unsigned: true } : {}),
-        onInvalidate: (changed) => {
-          invalidateReads(ctx, changed);
-          if (cache) metrics.invalidations.inc();
-          // The answer goes out once every other worker dropped the object too.
-          return coordinator?.invalidate(changed);
-        },
-        onCorsChange: (bucket) => corsRules.invalidate(bucket),
-        writeThrough,
-        onWriteThrough: (changed, result) => {
-          metrics.writeThrough.inc({ result: result.cached ? 'cached' : 'not_cached' });
-          if (!result.cached)
-            log(
-              'info',
-              `${changed.bucket}/${changed.key} not written through to the cache: ${result.reason}`,
-              {
-                requestId: id,
-              },
-            );
-        },
-      });
-    } catch (err) {
-      const e = classify(err);
-      log('error', `request failed: ${e.message}`, { requestId: id, code: e.code });
-      label('ERROR');
-      sendS3Error(res, method, S3Errors.internal(), id);
-    } finally {
+    const done = (outcome: RequestOutcome): void => {
       metrics.requests.inc({ method: method === 'GET' || method === 'HEAD' ? method : 'OTHER', outcome });
       metrics.duration.observe({ outcome }, (performance.now() - started) / 1000);
       // Presigned URLs carry their signature and credential in the query: never logged.
@@ -508,13 +415,138 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
           outcome,
           ...(authorization === undefined ? {} : { authorization }),
         });
+    };
+    const failed = (err: unknown): void => {
+      const e = classify(err);
+      log('error', `request failed: ${e.message}`, { requestId: id, code: e.code });
+      // Every answer names its request: the same id in x-request-id, x-amz-request-id, x-amz-id-2,
+      // an error document's RequestId and the logs.
+      stampRequestId(res, id);
+      if (!res.headersSent) res.setHeader('x-keel-cache', 'ERROR');
+      sendS3Error(res, method, S3Errors.internal(), id);
+      done('ERROR');
+    };
+    let answer: RequestOutcome | Promise<RequestOutcome>;
+    try {
+      answer = route(req, res, id, method, (a) => (authorization = a));
+    } catch (err) {
+      failed(err);
+      return;
     }
+    if (typeof answer === 'string') done(answer);
+    else answer.then(done, failed);
+  };
+
+  /**
+   * Where a request goes: refused, answered from the cache, or relayed to the origin. Its answer
+   * is stamped with the request id: here, or, for an object read, by the read (a hit from memory
+   * sends it with the rest of its headers, in one go).
+   */
+  const route = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    id: string,
+    method: string,
+    authorized: (a: AuthorizationResult | undefined) => void,
+  ): RequestOutcome | Promise<RequestOutcome> => {
+    const label = (o: RequestOutcome): void => {
+      res.setHeader('x-keel-cache', o);
+    };
+    if (authMode === 'passthrough') {
+      stampRequestId(res, id);
+      // The origin judges every request; the gateway holds no key to check one with.
+      return servePassthrough(pass, req, res, id).then(({ outcome, authorization }) => {
+        authorized(authorization);
+        return outcome;
+      });
+    }
+    const rawUrl = req.url ?? '/';
+    const target = parseS3Target(rawUrl, req.headers.host, options.baseDomain);
+    if ('malformed' in target) {
+      stampRequestId(res, id);
+      label('ERROR');
+      refuse(req, res, method, malformedTargetError(target), id, clock);
+      return 'ERROR';
+    }
+    let verified: VerifiedRequest | undefined;
+    // A CORS preflight is never signed (browsers cannot): S3 answers it from the bucket's CORS
+    // rules. With unsignedRequests 'forward', an unsigned request is an anonymous one, as for
+    // S3: the origin judges it without the gateway's signature, and the cache never answers it.
+    const anonymous =
+      authMode === 'anonymous' || method === 'OPTIONS' || (forwardUnsigned && !isSigned(req, target));
+    if (authMode === 'gateway' && !anonymous) {
+      const auth = verifySigV4(method, rawUrl, req.headers, keys, Date.now());
+      if (!auth.ok) {
+        stampRequestId(res, id);
+        label('DENIED');
+        refuse(
+          req,
+          res,
+          method,
+          { ...auth.error, ...(target.key ? { resource: `/${target.bucket ?? ''}/${target.key}` } : {}) },
+          id,
+          clock,
+        );
+        return 'DENIED';
+      }
+      verified = auth;
+    }
+    const unsigned = authMode === 'gateway' && anonymous;
+    let plainQuery = true;
+    let responseOverrides = false;
+    for (const k of target.query.keys()) {
+      if (k.startsWith('response-')) responseOverrides = true;
+      else if (k !== 'versionId' && !k.startsWith('X-Amz-') && k !== 'x-id') plainQuery = false;
+    }
+    const isObjectRead =
+      !unsigned &&
+      (method === 'GET' || method === 'HEAD') &&
+      target.bucket !== undefined &&
+      target.key !== undefined &&
+      plainQuery;
+    if (isObjectRead && !responseOverrides) {
+      const versionId = target.query.get('versionId');
+      const query = versionId === null ? '' : `versionId=${encodeURIComponent(versionId)}`;
+      const identity = { bucket: target.bucket as string, key: target.key as string, versionId };
+      if (req.headers.origin) {
+        stampRequestId(res, id);
+        return addCorsHeaders(corsRules, req, res, identity.bucket).then(() =>
+          serveObject(ctx, req, res, identity, query, id),
+        );
+      }
+      return serveObject(ctx, req, res, identity, query, id);
+    }
+    stampRequestId(res, id);
+    return passthrough(origin, guard, req, res, target, id, {
+      cache,
+      verified,
+      clock,
+      log,
+      // Unsigned requests (a preflight, an anonymous client) reach the origin unsigned, body-less
+      // for a preflight, and do not show the origin which buckets exist on their behalf.
+      ...(method === 'OPTIONS' || unsigned ? { unsigned: true } : {}),
+      onInvalidate: (changed) => {
+        invalidateReads(ctx, changed);
+        if (cache) metrics.invalidations.inc();
+        // The answer goes out once every other worker dropped the object too.
+        return coordinator?.invalidate(changed);
+      },
+      onCorsChange: (bucket) => corsRules.invalidate(bucket),
+      writeThrough,
+      onWriteThrough: (changed, result) => {
+        metrics.writeThrough.inc({ result: result.cached ? 'cached' : 'not_cached' });
+        if (!result.cached)
+          log('info', `${changed.bucket}/${changed.key} not written through to the cache: ${result.reason}`, {
+            requestId: id,
+          });
+      },
+    });
   };
 
   const server = http.createServer((req, res) => {
     const id = requestId();
     // Everything the request causes (log lines, errors, alerts) carries its id.
-    withCorrelation(id, () => void handle(req, res, id));
+    withCorrelation(id, () => handle(req, res, id));
   });
   server.keepAliveTimeout = 5_000;
   // HTTPS through the gateway as a proxy: tunnels to the origin's host only, nothing cached.

@@ -141,11 +141,14 @@ export class MemoryTier {
     const B = this.blockBytes;
     const first = Math.floor(start / B);
     const last = Math.floor(end / B);
+    const prefix = `${hash}\n${etag}\n`;
     let found: Buffer[] | undefined = [];
+    const keys: string[] = [];
     for (let b = first; b <= last; b++) {
-      const key = blockKey(hash, etag, b);
+      const key = `${prefix}${b}`;
       this.sketch.increment(key);
       if (found === undefined) continue;
+      keys.push(key);
       const block = this.probation.get(key) ?? this.protected.get(key);
       if (block === undefined) {
         found = undefined;
@@ -163,7 +166,7 @@ export class MemoryTier {
       this.counts.misses++;
       return undefined;
     }
-    for (let b = first; b <= last; b++) this.used(blockKey(hash, etag, b));
+    for (const key of keys) this.used(key);
     this.counts.hits++;
     return found;
   }

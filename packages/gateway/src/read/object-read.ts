@@ -7,7 +7,7 @@ import { isThrottle, originAnswerOf, retryAfterSeconds } from '../origin/origin-
 import { evaluateRange } from './range.js';
 import { generation, safe, untilDeadline, type ReadContext, type Resolved } from './read-context.js';
 import { relayAnswer, relayBuffered } from '../origin/relay.js';
-import { S3Errors, sendS3Error, type S3ErrorSpec } from '../s3/s3-error.js';
+import { S3Errors, sendS3Error, stampRequestId, type S3ErrorSpec } from '../s3/s3-error.js';
 import { SliceReadError, type SliceFill } from './slice-fill.js';
 import { fillKey, openFill, streamCachedRun, streamSlice } from './slice-stream.js';
 import { ReadAhead } from './read-ahead.js';
@@ -78,7 +78,7 @@ interface SlicePlan {
  * repaired state, correctly labelled) rather than go on with origin bytes under that label; a
  * PARTIAL or MISS answer goes on from the origin.
  */
-export async function serveObject(
+export function serveObject(
   ctx: ReadContext,
   req: IncomingMessage,
   res: ServerResponse,
@@ -86,7 +86,7 @@ export async function serveObject(
   rawQuery: string,
   requestId: string,
   attempt = 0,
-): Promise<RequestOutcome> {
+): RequestOutcome | Promise<RequestOutcome> {
   const method = req.method ?? 'GET';
   const hash = identityHash(id);
   // What the cache rules (--rules) say of this object: its TTLs, no-cache, the memory tier.
@@ -107,11 +107,22 @@ export async function serveObject(
     ttlMs: method === 'HEAD' ? rule.headTtlMs : rule.ttlMs,
   };
   // A cache rule may keep the object out of the cache: the origin answers, nothing is stored.
-  if (rule.noCache) return askOrigin(r, true);
+  if (rule.noCache) {
+    stampRequestId(res, requestId);
+    return askOrigin(r, true);
+  }
+  // A hit from memory is answered at once, without a promise: most of a small hit's cost otherwise.
   if (r.memory && (method === 'GET' || method === 'HEAD')) {
     const answered = answerFromMemory(r, r.memory);
     if (answered) return answered;
   }
+  stampRequestId(res, requestId);
+  return serveFromCache(r, attempt);
+}
+
+/** A read the memory tier did not answer: the object's metadata from the disk cache or the origin, then the bytes. */
+async function serveFromCache(r: Read, attempt: number): Promise<RequestOutcome> {
+  const { ctx, req, id, rawQuery, method } = r;
   const rangeHeader = req.headers.range;
   const firstMatch = rangeHeader === undefined ? undefined : /^bytes=(\d+)-(\d*)$/.exec(rangeHeader.trim());
   const firstByte = rangeHeader === undefined ? 0 : firstMatch ? Number(firstMatch[1]) : undefined;
@@ -170,13 +181,22 @@ function planAnswer(
   tier: CacheTier,
 ): AnswerPlan | { answered: RequestOutcome } {
   const { req, res, method } = r;
-  const tierHeader = (outcome: CacheOutcome, t: CacheTier): Record<string, string> =>
-    outcome === 'HIT' || outcome === 'STALE' ? { 'x-keel-cache-tier': t } : {};
-  const objectHeaders: Record<string, string> = {
-    etag: meta.etag,
-    'accept-ranges': 'bytes',
-    ...(meta.lastModified === undefined ? {} : { 'last-modified': meta.lastModified }),
-    ...meta.headers,
+  // The request's id goes with the rest of the headers unless the gateway sent it already: one
+  // writeHead, no header set before it (Node's quick way).
+  const ids = !res.hasHeader('x-amz-request-id');
+  // Built by assignment, in this order (later ones win): a small hit's headers are a share of its cost.
+  const objectHeaders = (): Record<string, string> => {
+    const h: Record<string, string> = {};
+    if (ids) {
+      h['x-request-id'] = r.requestId;
+      h['x-amz-request-id'] = r.requestId;
+      h['x-amz-id-2'] = r.requestId;
+    }
+    h.etag = meta.etag;
+    h['accept-ranges'] = 'bytes';
+    if (meta.lastModified !== undefined) h['last-modified'] = meta.lastModified;
+    Object.assign(h, meta.headers);
+    return h;
   };
   const condition = evaluateConditions(
     {
@@ -188,7 +208,10 @@ function planAnswer(
     meta,
   );
   if (condition === 'not-modified') {
-    res.writeHead(304, { ...objectHeaders, 'x-keel-cache': known, ...tierHeader(known, tier) });
+    const h = objectHeaders();
+    h['x-keel-cache'] = known;
+    if (known === 'HIT' || known === 'STALE') h['x-keel-cache-tier'] = tier;
+    res.writeHead(304, h);
     res.end();
     return { answered: known };
   }
@@ -198,14 +221,15 @@ function planAnswer(
   const start = range.kind === 'partial' ? range.start : 0;
   const end = range.kind === 'partial' ? range.end : meta.size - 1;
   const status = range.kind === 'partial' ? 206 : 200;
-  const headers = (outcome: CacheOutcome, t: CacheTier): Record<string, string> => ({
-    ...objectHeaders,
-    'content-length': String(end - start + 1),
-    ...(meta.contentType === undefined ? {} : { 'content-type': meta.contentType }),
-    ...(status === 206 ? { 'content-range': `bytes ${start}-${end}/${meta.size}` } : {}),
-    'x-keel-cache': outcome,
-    ...tierHeader(outcome, t),
-  });
+  const headers = (outcome: CacheOutcome, t: CacheTier): Record<string, string> => {
+    const h = objectHeaders();
+    h['content-length'] = String(end - start + 1);
+    if (meta.contentType !== undefined) h['content-type'] = meta.contentType;
+    if (status === 206) h['content-range'] = `bytes ${start}-${end}/${meta.size}`;
+    h['x-keel-cache'] = outcome;
+    if (outcome === 'HIT' || outcome === 'STALE') h['x-keel-cache-tier'] = t;
+    return h;
+  };
   if (method === 'HEAD' || end < start) {
     // A HEAD (or an empty object) is answered from the metadata alone.
     res.writeHead(status, headers(known, tier));
@@ -480,6 +504,7 @@ async function askOrigin(r: Read, uncached = false): Promise<RequestOutcome> {
 
 /** Answers the S3 error `spec` (ERROR), or `outcome` when the answer comes from the object's metadata. */
 function fail(r: Read, spec: S3ErrorSpec, outcome: CacheOutcome | 'ERROR' = 'ERROR'): RequestOutcome {
+  stampRequestId(r.res, r.requestId);
   sendS3Error(
     r.res,
     r.method,

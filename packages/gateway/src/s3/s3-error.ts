@@ -50,6 +50,17 @@ export function writeS3ErrorHead(
   return body;
 }
 
+/**
+ * Names the request on its answer (unless done already): the same id in `x-request-id`,
+ * `x-amz-request-id` and `x-amz-id-2`, as in an error document's RequestId and the logs.
+ */
+export function stampRequestId(res: ServerResponse, requestId: string): void {
+  if (res.headersSent || res.hasHeader('x-amz-request-id')) return;
+  res.setHeader('x-request-id', requestId);
+  res.setHeader('x-amz-request-id', requestId);
+  res.setHeader('x-amz-id-2', requestId);
+}
+
 /** Sends an S3 error (no body for HEAD, as S3); a response already under way is cut off instead. */
 export function sendS3Error(res: ServerResponse, method: string, spec: S3ErrorSpec, requestId: string): void {
   if (res.headersSent) {

@@ -73,7 +73,7 @@ export function parseS3Target(
       message: "Couldn't parse the specified URI: bad escape in the query string.",
     };
   const query = new URLSearchParams(rawQuery);
-  const hostName = (host ?? '').replace(/:\d+$/, '').toLowerCase();
+  const hostName = baseDomain ? (host ?? '').replace(/:\d+$/, '').toLowerCase() : '';
   let bucket: string | undefined;
   let rawKey: string | undefined;
   let style: S3Target['style'] = 'path';
