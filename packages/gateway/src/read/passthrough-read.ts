@@ -17,6 +17,7 @@ import type { RequestOutcome } from './object-read.js';
 import { evaluateRange } from './range.js';
 import { discard, generation, safe, writeUnlessChanged, type ReadContext } from './read-context.js';
 import { BUFFERED_HIT_BYTES, readTiered, sendTiered } from './tiered-read.js';
+import { write } from './slice-stream.js';
 
 /*
  * Reads in `passthrough` auth: the origin authorises every read, the cache serves the bytes.
@@ -372,7 +373,7 @@ async function serveCached(
     for await (const chunk of hit.stream as AsyncIterable<Buffer>) {
       if (res.destroyed) break;
       ctx.onBytes('cache', chunk.length);
-      if (!res.write(chunk)) await drained(res);
+      await write(res, chunk, true);
     }
     res.end();
   } catch (err) {
@@ -384,18 +385,6 @@ async function serveCached(
     res.destroy();
   }
   return true;
-}
-
-function drained(res: ServerResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      res.off('drain', done);
-      res.off('close', done);
-      resolve();
-    };
-    res.on('drain', done);
-    res.on('close', done);
-  });
 }
 
 /** The first byte a 200/206 answer's body starts at. */
@@ -457,7 +446,7 @@ async function relayAndCache(
       }
       collector?.push(chunk);
       ctx.onBytes('origin', chunk.length);
-      if (!res.write(chunk)) await drained(res);
+      await write(res, chunk);
     }
     res.end();
   } catch (err) {

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { classify, keelError, retry } from 'keel';
-import { identityHash, type ObjectIdentity, type RangeCache } from 'keel/cache';
+import { identityHash, releaseChunk, type ObjectIdentity, type RangeCache } from 'keel/cache';
 import { resumingGet } from '@keel/transfer';
 import type { OriginResponse } from '../origin/origin-client.js';
 import {
@@ -20,9 +20,18 @@ import { fillFromPeer } from './shared-fill.js';
  * the slice (the origin's answer, written to the cache once whole), or fetched for one request.
  */
 
-/** Writes `chunk`; when the socket is full, resolves once it drained (or closed). */
-function write(res: ServerResponse, chunk: Buffer): Promise<void> | undefined {
-  if (res.write(chunk) || res.destroyed) return undefined;
+/**
+ * Writes `chunk`; when the socket is full, resolves once it drained (or closed). `fromCache`: the
+ * chunk came from a streamed cache read, and its memory goes back to the cache once the socket
+ * took it (the next read reuses it: no garbage to collect).
+ */
+export function write(res: ServerResponse, chunk: Buffer, fromCache = false): Promise<void> | undefined {
+  const written = fromCache
+    ? res.write(chunk, (err) => {
+        if (!err) releaseChunk(chunk);
+      })
+    : res.write(chunk);
+  if (written || res.destroyed) return undefined;
   return new Promise((resolve) => {
     const done = (): void => {
       res.off('drain', done);
@@ -97,7 +106,7 @@ export async function streamSlice(
             hit.stream.destroy();
             return;
           }
-          await write(res, chunk);
+          await write(res, chunk, true);
           pos += chunk.length;
           ctx.onBytes('cache', chunk.length);
         }
@@ -204,7 +213,7 @@ export async function streamCachedRun(
         hit.stream.destroy();
         return b + 1;
       }
-      await write(res, chunk);
+      await write(res, chunk, true);
       pos += chunk.length;
       ctx.onBytes('cache', chunk.length);
     }

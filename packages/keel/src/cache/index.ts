@@ -38,5 +38,6 @@ export {
   type DecodedMeta,
 } from './metadata.js';
 export { type CacheFs } from './fs.js';
+export { releaseChunk } from './slice-read.js';
 export { FileLocks, type CacheLocks } from './file-lock.js';
 export { EVICTOR_LOCK } from './eviction.js';

@@ -115,6 +115,24 @@ export class SliceReader {
   }
 }
 
+/** How to hand back the memory of each chunk a streamed read gave out, until released or collected. */
+const chunkReleases = new WeakMap<Buffer, () => void>();
+
+/**
+ * Hands back the memory of a chunk of a streamed `RangeCache.read` once nothing reads it any
+ * more (for a response: in the socket write's callback, once the bytes are with the OS), so the
+ * next read reuses it instead of allocating: a large streamed hit then costs no garbage
+ * collection. A chunk that is not released is garbage-collected as before; one the stream did not
+ * give out as it is (or released already) is ignored. Releasing a chunk still being read or
+ * written is a mistake: its memory may be reused for other bytes (old views of it read as empty).
+ */
+export function releaseChunk(chunk: Buffer): void {
+  const release = chunkReleases.get(chunk);
+  if (release === undefined) return;
+  chunkReleases.delete(chunk);
+  release();
+}
+
 /** Units of a stream read on verifying threads, each read opening its file there. */
 class ThreadUnitReader implements UnitReader {
   constructor(
@@ -128,7 +146,7 @@ class ThreadUnitReader implements UnitReader {
   read(u: ReadUnit): Promise<Buffer | undefined> {
     const checkMeta = this.checkMeta;
     this.checkMeta = false;
-    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to, { checkMeta }).then(bytesOnly);
+    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to, { checkMeta }).then(releasable);
   }
 
   doneBefore(): void {
@@ -172,6 +190,12 @@ class SharedHandleUnitReader implements UnitReader {
 
 /** A stream passes the bytes on and lets their memory be garbage-collected. */
 function bytesOnly(read: SliceBytes | undefined): Buffer | undefined {
+  return read?.bytes;
+}
+
+/** The bytes, whose memory its consumer may hand back with {@link releaseChunk}. */
+function releasable(read: SliceBytes | undefined): Buffer | undefined {
+  if (read) chunkReleases.set(read.bytes, read.release);
   return read?.bytes;
 }
 
