@@ -142,6 +142,10 @@ describe('passthrough auth: the origin authorises every read, the cache serves t
     await s.put('changing.bin', old);
     await signedRequest(s.gateway.url(), KEY_A, 'GET', '/x/changing.bin');
     await s.gateway.idle();
+    // Twice more: the old version's metadata and blocks are in memory when it changes.
+    await signedRequest(s.gateway.url(), KEY_A, 'GET', '/x/changing.bin');
+    const inMemory = await signedRequest(s.gateway.url(), KEY_A, 'GET', '/x/changing.bin');
+    expect(inMemory.headers['x-keel-cache-tier']).toBe('memory');
     const fresh = randomBytes(2 * SLICE + 7);
     const etag = await s.put('changing.bin', fresh);
     const changed = await signedRequest(s.gateway.url(), KEY_A, 'GET', '/x/changing.bin');
@@ -155,6 +159,11 @@ describe('passthrough auth: the origin authorises every read, the cache serves t
     expect(next.headers['x-keel-authorization']).toBe('authorized-hit');
     expect(next.headers.etag).toBe(etag);
     expect(sha(next.body)).toBe(sha(fresh));
+    // Then from memory, the new version's: the old one's metadata was let go, not asked about again.
+    const again = await signedRequest(s.gateway.url(), KEY_A, 'GET', '/x/changing.bin');
+    expect(again.headers['x-keel-authorization']).toBe('authorized-hit');
+    expect(again.headers['x-keel-cache-tier']).toBe('memory');
+    expect(sha(again.body)).toBe(sha(fresh));
     expect(s.origin.bodyBytes() - before).toBe(0);
   });
 

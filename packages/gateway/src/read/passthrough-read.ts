@@ -140,14 +140,21 @@ type CachedPlan =
  */
 export async function servePassthroughRead(r: PassthroughRead): Promise<PassthroughAnswer> {
   const { ctx, req, id, signed } = r;
-  if (ctx.rules.forObject(id.bucket, id.key).noCache) return forwardUncached(r);
+  const rule = ctx.rules.forObject(id.bucket, id.key);
+  if (rule.noCache) return forwardUncached(r);
   const cache = ctx.cache !== undefined && !ctx.cache.bypassed ? ctx.cache : undefined;
   const ownConditions =
     CONDITIONALS.some((h) => signed.headers[h] !== undefined || signed.signedHeaders.has(h)) ||
     req.headers.origin !== undefined;
-  const meta =
-    cache && !ownConditions ? await safe(ctx, 'metadata read', () => cache.getMeta(id)) : undefined;
-  const plan = meta ? cachedPlan(r, meta) : undefined;
+  // The metadata the memory tier holds, when it covers the read, spares a file-system call before
+  // the origin is asked: the origin's answer to If-None-Match says whether that version is still
+  // the object's (a changed object is forgotten by the memory tier, below).
+  let meta = cache && !ownConditions && rule.memory ? ctx.memory?.meta(identityHash(id)) : undefined;
+  let plan = meta ? cachedPlan(r, meta) : undefined;
+  if (!plan && cache && !ownConditions) {
+    meta = await safe(ctx, 'metadata read', () => cache.getMeta(id));
+    plan = meta ? cachedPlan(r, meta) : undefined;
+  }
   if (!meta || !plan) return forward(r, meta, ownConditions ? 'forwarded' : 'miss');
   if (r.trust?.allows(signed.accessKeyId, id) && (await serveCached(r, meta, plan, 'trusted-hit')))
     return { outcome: 'HIT', authorization: 'trusted-hit' };
@@ -157,7 +164,11 @@ export async function servePassthroughRead(r: PassthroughRead): Promise<Passthro
   } catch (err) {
     return originFailed(r, err);
   }
-  if (up.status !== 304) return answerFromOrigin(r, up, meta, 'changed');
+  if (up.status !== 304) {
+    // Not the version remembered (or gone): memory lets go of it, the disk cache decides below.
+    if (up.status !== 401 && up.status !== 403) ctx.memory?.forget(identityHash(id));
+    return answerFromOrigin(r, up, meta, 'changed');
+  }
   discard(up.body);
   r.trust?.note(signed.accessKeyId, id);
   if (await serveCached(r, meta, plan, 'authorized-hit')) {
