@@ -32,6 +32,9 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** Most chunks buffered in one direction before the sending socket is paused. */
 const HIGH_WATER_CHUNKS = 16;
 
+/** A bandwidth-limited link this far behind its schedule went quiet: its pacing starts again. */
+const PACE_SLACK_MS = 20;
+
 interface Chunk {
   data: Buffer;
   at: number;
@@ -41,6 +44,8 @@ class Link {
   private queue: Chunk[] = [];
   private running = false;
   private srcEnded = false;
+  /** The current paced run of a bandwidth toxic: since when, bytes sent, at what rate (bytes/s). */
+  private paced = { since: 0, bytes: 0, rate: 0 };
   bytes = 0;
 
   constructor(
@@ -139,13 +144,30 @@ class Link {
       const step = bandwidth ? Math.max(1, Math.floor(bytesPerSec / 10)) : data.length;
       const piece = data.subarray(offset, offset + step);
       offset += piece.length;
-      const started = Date.now();
+      const now = Date.now();
+      if (bandwidth) this.pace(now, bytesPerSec);
       await this.write(piece);
       this.bytes += piece.length;
       this.conn.countBytes(this.stream, piece.length);
-      if (bandwidth) await sleep(started + (piece.length / bytesPerSec) * 1000 - Date.now());
+      if (bandwidth) {
+        // Paced on every byte since the run began, not chunk by chunk: a timer that fires late
+        // (a millisecond or two per 64 KiB chunk, many streams at once) is made up by the next
+        // chunks, so the link carries the rate it is given, never more.
+        this.paced.bytes += piece.length;
+        await sleep(this.paced.since + (this.paced.bytes / bytesPerSec) * 1000 - Date.now());
+      }
       if (this.conn.closed) return;
     }
+  }
+
+  /**
+   * Starts a new paced run when the rate changed or the link went quiet (nothing to send for
+   * longer than {@link PACE_SLACK_MS} past its schedule): quiet time is not saved up for a burst.
+   */
+  private pace(now: number, bytesPerSec: number): void {
+    const due = this.paced.since + (this.paced.bytes / bytesPerSec) * 1000;
+    if (this.paced.rate !== bytesPerSec || now > due + PACE_SLACK_MS)
+      this.paced = { since: now, bytes: 0, rate: bytesPerSec };
   }
 
   private write(data: Buffer): Promise<void> {
