@@ -131,12 +131,14 @@ export function sendTiered(
   const { chunks } = bytes;
   let length = 0;
   for (const c of chunks) length += c.length;
-  res.once('close', bytes.closed);
-  if (chunks.length === 1) res.end(chunks[0], bytes.sent);
+  // Bytes from memory have nothing to let go of: no listener, no callback (a small hit's cost).
+  const sent = bytes.sent === NOTHING ? undefined : bytes.sent;
+  if (bytes.closed !== NOTHING) res.once('close', bytes.closed);
+  if (chunks.length === 1) res.end(chunks[0], sent);
   else {
     res.cork();
     for (const c of chunks) res.write(c);
-    res.end(bytes.sent);
+    res.end(sent);
   }
   ctx.onBytes('cache', length);
 }
