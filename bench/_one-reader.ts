@@ -156,7 +156,7 @@ export async function oneReader(parts: OneReaderParts): Promise<Record<string, u
         objectBytes: OBJECT_BYTES,
         objects: OBJECTS,
         nginxSlice: NGINX_SLICE,
-        keelReadAheadSlices: 'default (4)',
+        keelReadAheadSlices: process.env.KEEL_READ_AHEAD_SLICES ?? 'default (4)',
         loopback,
         bandwidthLimited: {
           perConnectionMBps: LIMIT_KB_PER_SECOND / 1000,

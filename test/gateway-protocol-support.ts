@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'vitest';
+import { chaos, type HttpFaultProxy } from 'keel/chaos';
 import { createGateway, type Gateway, type GatewayOptions } from '@keel/gateway';
 import { signedHeaders } from './gateway-sign-support.js';
 import { startS3Origin, TEST_CREDENTIALS, type S3Origin } from './s3-origin.js';
@@ -53,6 +54,26 @@ export function gatewayOptions(upstream: string, extra: Partial<GatewayOptions> 
     log: () => undefined,
     ...extra,
   };
+}
+
+/**
+ * A gateway (listening, slices of {@link SLICE}) whose origin answers 500 to `method` on `path`:
+ * a chaos HTTP proxy, rule `name`, in front of the harness's origin. The caller closes both.
+ */
+export async function gatewayWithFailing(
+  h: Harness,
+  rule: { name: string; method: string; path: string },
+  cacheDir: string,
+): Promise<{ gateway: Gateway; faults: HttpFaultProxy }> {
+  const faults = await chaos.httpProxy({
+    upstream: h.origin.url,
+    rules: [{ ...rule, action: { type: 'status', status: 500 } }],
+  });
+  const gateway = await createGateway(
+    gatewayOptions(`http://127.0.0.1:${String(faults.port)}`, { cacheDir, sliceBytes: SLICE }),
+  );
+  await gateway.listen(0);
+  return { gateway, faults };
 }
 
 /**

@@ -12,11 +12,11 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chaos } from 'keel/chaos';
 import { createGateway } from '@keel/gateway';
 import {
   CLIENT_KEY,
   gatewayOptions,
+  gatewayWithFailing,
   s3,
   sha,
   signedRequest,
@@ -215,21 +215,11 @@ describe('multipart write-through', () => {
 
   it('a complete the origin fails caches nothing and drops the staged parts', async () => {
     const cacheDir = `${h.cacheDir}-wt-complete-500`;
-    const faults = await chaos.httpProxy({
-      upstream: h.origin.url,
-      rules: [
-        {
-          name: 'complete-fails',
-          method: 'POST',
-          path: '/b/wt/fails.bin',
-          action: { type: 'status', status: 500 },
-        },
-      ],
-    });
-    const g = await createGateway(
-      gatewayOptions(`http://127.0.0.1:${String(faults.port)}`, { cacheDir, sliceBytes: SLICE }),
+    const { gateway: g, faults } = await gatewayWithFailing(
+      h,
+      { name: 'complete-fails', method: 'POST', path: '/b/wt/fails.bin' },
+      cacheDir,
     );
-    await g.listen(0);
     const client = s3(g.url(), CLIENT_KEY);
     try {
       // Created at the origin itself: the fault fails every POST of the key through the gateway.

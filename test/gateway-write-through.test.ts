@@ -11,6 +11,7 @@ import { createGateway, type Gateway } from '@keel/gateway';
 import {
   CLIENT_KEY,
   gatewayOptions,
+  gatewayWithFailing,
   s3,
   sha,
   signedRequest,
@@ -248,21 +249,11 @@ describe('write-through', () => {
     const cacheDir = `${h.cacheDir}-wt-500`;
     const old = randomBytes(SLICE + 3);
     await h.direct.send(new PutObjectCommand({ Bucket: 'b', Key: 'wt/fails.bin', Body: old }));
-    const faults = await chaos.httpProxy({
-      upstream: h.origin.url,
-      rules: [
-        {
-          name: 'put-fails',
-          method: 'PUT',
-          path: '/b/wt/fails.bin',
-          action: { type: 'status', status: 500 },
-        },
-      ],
-    });
-    const g = await createGateway(
-      gatewayOptions(`http://127.0.0.1:${String(faults.port)}`, { cacheDir, sliceBytes: SLICE }),
+    const { gateway: g, faults } = await gatewayWithFailing(
+      h,
+      { name: 'put-fails', method: 'PUT', path: '/b/wt/fails.bin' },
+      cacheDir,
     );
-    await g.listen(0);
     try {
       const put = await signedRequest(
         g.url(),
