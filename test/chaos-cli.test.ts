@@ -1,9 +1,9 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 
 function keel(args: string[]): { status: number | null; stderr: string } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', 'packages/gateway/src/cli/main.ts', ...args], {
@@ -12,9 +12,20 @@ function keel(args: string[]): { status: number | null; stderr: string } {
   return { status: r.status, stderr: r.stderr };
 }
 
+const dirs: string[] = [];
+/** A directory for one test's files, removed after it. */
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-chaos-cli-'));
+  dirs.push(dir);
+  return dir;
+}
+afterEach(async () => {
+  for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true });
+});
+
 describe('keel chaos', () => {
   it('serves the control API, populates proxies from --config and exits 0 on SIGTERM', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-chaos-cli-'));
+    const dir = await tempDir();
     const config = path.join(dir, 'proxies.json');
     await writeFile(
       config,
@@ -47,7 +58,7 @@ describe('keel chaos', () => {
   });
 
   it('rejects a bad config file with a message naming it', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-chaos-cli-'));
+    const dir = await tempDir();
     const config = path.join(dir, 'bad.json');
     await writeFile(config, JSON.stringify([{ name: 'x', upstream: 'nowhere' }]));
     const r = spawnSync(

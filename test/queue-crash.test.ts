@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -10,6 +10,11 @@ import { openQueue } from '@keel/queue';
 import { PG_URL, postgresAvailable } from './queue-support.js';
 
 const child = path.join(import.meta.dirname, 'fixtures', 'queue-crash-child.ts');
+/** Directories the tests made, removed once the file is done (its processes are gone by then). */
+const dirs: string[] = [];
+afterAll(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
 
 /**
  * Runs the child and kills it with SIGKILL `ms` after it has printed `after` lines matching
@@ -60,6 +65,7 @@ describe.each(stores)('queue crash safety (%s, SIGKILL)', (kind) => {
 
   it('handles every acknowledged enqueue exactly once in effect after repeated kills', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'keel-queue-crash-'));
+    dirs.push(dir);
     const db = kind === 'postgres' ? PG_URL : path.join(dir, 'q.db');
     const env = { ...process.env, KEEL_QUEUE_SCHEMA: kind === 'postgres' ? schema : '' };
     const effectsDb = path.join(dir, 'effects.db');

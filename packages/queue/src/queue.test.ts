@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -8,14 +8,22 @@ import { SQLITE_QUEUE_MIGRATIONS } from '@keel/store';
 import { openQueue, type Queue } from './index.js';
 
 const open: Queue[] = [];
+const dirs: string[] = [];
+/** A file named `name` in a directory of its own, removed after the test. */
+function tempFile(name: string): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'keel-queue-'));
+  dirs.push(dir);
+  return path.join(dir, name);
+}
 async function fresh<T>(name = 'q'): Promise<{ q: Queue<T>; file: string }> {
-  const file = path.join(mkdtempSync(path.join(tmpdir(), 'keel-queue-')), 'q.db');
+  const file = tempFile('q.db');
   const q = await openQueue<T>(file, { name });
   open.push(q);
   return { q, file };
 }
 afterEach(async () => {
   await Promise.all(open.splice(0).map((q) => q.close(100)));
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
 async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
@@ -154,7 +162,7 @@ describe('queue on SQLite', () => {
 
 describe('queue schema migrations on SQLite', () => {
   it('upgrades a version 1 store at open and keeps its items', async () => {
-    const file = path.join(mkdtempSync(path.join(tmpdir(), 'keel-queue-')), 'old.db');
+    const file = tempFile('old.db');
     const db = new Database(file);
     db.exec(`CREATE TABLE keel_migrations (module TEXT PRIMARY KEY, version INTEGER NOT NULL)`);
     for (const statement of SQLITE_QUEUE_MIGRATIONS[0] ?? []) db.exec(statement);
@@ -174,7 +182,7 @@ describe('queue schema migrations on SQLite', () => {
   });
 
   it('refuses a store from a newer keel with a clear error', async () => {
-    const file = path.join(mkdtempSync(path.join(tmpdir(), 'keel-queue-')), 'new.db');
+    const file = tempFile('new.db');
     const db = new Database(file);
     db.exec(`CREATE TABLE keel_migrations (module TEXT PRIMARY KEY, version INTEGER NOT NULL)`);
     db.prepare(`INSERT INTO keel_migrations VALUES ('queue', 99)`).run();

@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
@@ -9,7 +9,8 @@ import { registerQueueCommand } from './queue.js';
 
 describe('keel queue', () => {
   it('reports stats and redrives dead letters', async () => {
-    const file = path.join(mkdtempSync(path.join(tmpdir(), 'keel-cli-queue-')), 'q.db');
+    const dir = mkdtempSync(path.join(tmpdir(), 'keel-cli-queue-'));
+    const file = path.join(dir, 'q.db');
     const q = await openQueue<string>(file);
     await q.enqueue('x', { maxAttempts: 1 });
     q.process(() => Promise.reject(keelError('INVALID_INPUT', 'bad')), { pollMs: 5 });
@@ -31,6 +32,7 @@ describe('keel queue', () => {
       await run('stats');
     } finally {
       spy.mockRestore();
+      rmSync(dir, { recursive: true, force: true });
     }
     const [before, redrive, after] = out.map((s) => JSON.parse(s) as Record<string, unknown>);
     expect(before?.dead).toBe(1);
