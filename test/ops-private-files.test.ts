@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { chmodSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -49,6 +49,16 @@ describe('files keel creates are private', () => {
     expect(mode(`${file}-shm`)).toBe('600');
     await q.close();
     expect(await warned()).toEqual([]);
+  });
+
+  it('an in-memory queue (:memory:) creates no file at all', async () => {
+    const stray = path.join(process.cwd(), ':memory:');
+    await rm(stray, { force: true });
+    const q = await openQueue<string>(':memory:', { retention: false });
+    await q.enqueue('x');
+    expect((await q.stats()).pending).toBe(1);
+    await q.close();
+    expect(existsSync(stray)).toBe(false);
   });
 
   it('the groups database', async () => {

@@ -34,12 +34,15 @@ function fixMode(file: string): void {
 }
 
 /**
- * Prepares a SQLite file keel creates or opens for writing: missing parent directories are created
+ * Prepares a SQLite file keel creates or opens for writing (not `:memory:` or `''`, which are
+ * none): missing parent directories are created
  * 0700, a missing file is created empty with mode 0600 (SQLite gives its `-wal` and `-shm` files
  * the database file's mode), and an existing file, `-wal` or `-shm` that other users can access is
  * made 0600, with a warning (see {@link warnFileModeFixed}).
  */
 export function preparePrivateSqliteFile(file: string): void {
+  // SQLite's in-memory and temporary databases are no file: nothing to create or protect.
+  if (file === ':memory:' || file === '') return;
   mkdirSync(dirname(file), { recursive: true, mode: PRIVATE_DIR_MODE });
   try {
     closeSync(openSync(file, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, PRIVATE_FILE_MODE));
