@@ -128,7 +128,6 @@ export class RedisCoordinator implements Coordinator {
     return this.availability;
   }
 
-  /** Whether Redis is used now. */
   /**
    * The live instances of the fleet (heartbeats not expired), oldest first, as `keel fleet status`
    * lists them; empty while Redis cannot be used (the listing needs it).
@@ -142,6 +141,7 @@ export class RedisCoordinator implements Coordinator {
     }
   }
 
+  /** Whether Redis is used now. */
   get status(): CoordinatorAvailability {
     return this.availability;
   }

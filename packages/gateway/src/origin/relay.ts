@@ -2,6 +2,7 @@ import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { OriginResponse } from './origin-client.js';
 import type { OriginAnswer } from './origin-guard.js';
+import { REQUEST_ID_HEADERS } from '../s3/s3-error.js';
 
 /** Where relayed answers note the origin's own request ids (they are the gateway's in the answer). */
 export type RelayLog = (
@@ -21,9 +22,8 @@ export function forwardHeaders(
   requestId: string,
   label = 'PASS',
 ): Record<string, string> {
-  const out: Record<string, string> = { ...headers, 'x-request-id': requestId, 'x-keel-cache': label };
-  out['x-amz-request-id'] = requestId;
-  out['x-amz-id-2'] = requestId;
+  const out: Record<string, string> = { ...headers, 'x-keel-cache': label };
+  for (const name of REQUEST_ID_HEADERS) out[name] = requestId;
   delete out.connection;
   delete out['keep-alive'];
   delete out['transfer-encoding'];

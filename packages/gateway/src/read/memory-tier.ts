@@ -141,7 +141,7 @@ export class MemoryTier {
     const B = this.blockBytes;
     const first = Math.floor(start / B);
     const last = Math.floor(end / B);
-    const prefix = `${hash}\n${etag}\n`;
+    const prefix = blockPrefix(hash, etag);
     let found: Buffer[] | undefined = [];
     const keys: string[] = [];
     for (let b = first; b <= last; b++) {
@@ -314,6 +314,11 @@ export class MemoryTier {
   }
 }
 
+/** What the keys of the blocks of one object version start with (its hash first: see evictOldest). */
+function blockPrefix(hash: string, etag: string): string {
+  return `${hash}\n${etag}\n`;
+}
+
 function blockKey(hash: string, etag: string, block: number): string {
-  return `${hash}\n${etag}\n${block}`;
+  return `${blockPrefix(hash, etag)}${block}`;
 }

@@ -7,7 +7,13 @@ import { isThrottle, originAnswerOf, retryAfterSeconds } from '../origin/origin-
 import { evaluateRange } from './range.js';
 import { generation, safe, untilDeadline, type ReadContext, type Resolved } from './read-context.js';
 import { relayAnswer, relayBuffered } from '../origin/relay.js';
-import { S3Errors, sendS3Error, stampRequestId, type S3ErrorSpec } from '../s3/s3-error.js';
+import {
+  REQUEST_ID_HEADERS,
+  S3Errors,
+  sendS3Error,
+  stampRequestId,
+  type S3ErrorSpec,
+} from '../s3/s3-error.js';
 import { SliceReadError, type SliceFill } from './slice-fill.js';
 import { fillKey, openFill, streamCachedRun, streamSlice } from './slice-stream.js';
 import { ReadAhead } from './read-ahead.js';
@@ -106,18 +112,14 @@ export function serveObject(
     memoryAsked: false,
     ttlMs: method === 'HEAD' ? rule.headTtlMs : rule.ttlMs,
   };
-  // A cache rule may keep the object out of the cache: the origin answers, nothing is stored.
-  if (rule.noCache) {
-    stampRequestId(res, requestId);
-    return askOrigin(r, true);
-  }
   // A hit from memory is answered at once, without a promise: most of a small hit's cost otherwise.
-  if (r.memory && (method === 'GET' || method === 'HEAD')) {
+  if (!rule.noCache && r.memory && (method === 'GET' || method === 'HEAD')) {
     const answered = answerFromMemory(r, r.memory);
     if (answered) return answered;
   }
   stampRequestId(res, requestId);
-  return serveFromCache(r, attempt);
+  // A cache rule may keep the object out of the cache: the origin answers, nothing is stored.
+  return rule.noCache ? askOrigin(r, true) : serveFromCache(r, attempt);
 }
 
 /** A read the memory tier did not answer: the object's metadata from the disk cache or the origin, then the bytes. */
@@ -187,11 +189,7 @@ function planAnswer(
   // Built by assignment, in this order (later ones win): a small hit's headers are a share of its cost.
   const objectHeaders = (): Record<string, string> => {
     const h: Record<string, string> = {};
-    if (ids) {
-      h['x-request-id'] = r.requestId;
-      h['x-amz-request-id'] = r.requestId;
-      h['x-amz-id-2'] = r.requestId;
-    }
+    if (ids) for (const name of REQUEST_ID_HEADERS) h[name] = r.requestId;
     h.etag = meta.etag;
     h['accept-ranges'] = 'bytes';
     if (meta.lastModified !== undefined) h['last-modified'] = meta.lastModified;

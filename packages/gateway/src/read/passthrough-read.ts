@@ -140,6 +140,7 @@ type CachedPlan =
  */
 export async function servePassthroughRead(r: PassthroughRead): Promise<PassthroughAnswer> {
   const { ctx, req, id, signed } = r;
+  const hash = identityHash(id);
   const rule = ctx.rules.forObject(id.bucket, id.key);
   if (rule.noCache) return forwardUncached(r);
   const cache = ctx.cache !== undefined && !ctx.cache.bypassed ? ctx.cache : undefined;
@@ -149,7 +150,7 @@ export async function servePassthroughRead(r: PassthroughRead): Promise<Passthro
   // The metadata the memory tier holds, when it covers the read, spares a file-system call before
   // the origin is asked: the origin's answer to If-None-Match says whether that version is still
   // the object's (a changed object is forgotten by the memory tier, below).
-  let meta = cache && !ownConditions && rule.memory ? ctx.memory?.meta(identityHash(id)) : undefined;
+  let meta = cache && !ownConditions && rule.memory ? ctx.memory?.meta(hash) : undefined;
   let plan = meta ? cachedPlan(r, meta) : undefined;
   if (!plan && cache && !ownConditions) {
     meta = await safe(ctx, 'metadata read', () => cache.getMeta(id));
@@ -166,7 +167,7 @@ export async function servePassthroughRead(r: PassthroughRead): Promise<Passthro
   }
   if (up.status !== 304) {
     // Not the version remembered (or gone): memory lets go of it, the disk cache decides below.
-    if (up.status !== 401 && up.status !== 403) ctx.memory?.forget(identityHash(id));
+    if (up.status !== 401 && up.status !== 403) ctx.memory?.forget(hash);
     return answerFromOrigin(r, up, meta, 'changed');
   }
   discard(up.body);

@@ -41,17 +41,15 @@ export interface TieredRange {
 export interface TieredBytes {
   chunks: Buffer[];
   tier: CacheTier;
-  /** The bytes are with the OS: the cache may reuse their memory. */
-  sent: () => void;
+  /** The bytes are with the OS: the cache may reuse their memory (none for bytes from memory). */
+  sent?: () => void;
   /** The answer closed: the bytes no longer count as buffered (their memory is left to the GC). */
-  closed: () => void;
+  closed?: () => void;
 }
-
-const NOTHING = (): void => undefined;
 
 /** Bytes the memory tier answered: nothing to let go of once sent. */
 export function fromMemory(chunks: Buffer[]): TieredBytes {
-  return { chunks, tier: 'memory', sent: NOTHING, closed: NOTHING };
+  return { chunks, tier: 'memory' };
 }
 
 /**
@@ -132,13 +130,12 @@ export function sendTiered(
   let length = 0;
   for (const c of chunks) length += c.length;
   // Bytes from memory have nothing to let go of: no listener, no callback (a small hit's cost).
-  const sent = bytes.sent === NOTHING ? undefined : bytes.sent;
-  if (bytes.closed !== NOTHING) res.once('close', bytes.closed);
-  if (chunks.length === 1) res.end(chunks[0], sent);
+  if (bytes.closed) res.once('close', bytes.closed);
+  if (chunks.length === 1) res.end(chunks[0], bytes.sent);
   else {
     res.cork();
     for (const c of chunks) res.write(c);
-    res.end(sent);
+    res.end(bytes.sent);
   }
   ctx.onBytes('cache', length);
 }

@@ -50,15 +50,13 @@ export function writeS3ErrorHead(
   return body;
 }
 
-/**
- * Names the request on its answer (unless done already): the same id in `x-request-id`,
- * `x-amz-request-id` and `x-amz-id-2`, as in an error document's RequestId and the logs.
- */
+/** The headers that name a request on its answer, each with the same id (an error document's RequestId and the logs' too). */
+export const REQUEST_ID_HEADERS = ['x-request-id', 'x-amz-request-id', 'x-amz-id-2'] as const;
+
+/** Names the request on its answer with {@link REQUEST_ID_HEADERS}, unless done already. */
 export function stampRequestId(res: ServerResponse, requestId: string): void {
   if (res.headersSent || res.hasHeader('x-amz-request-id')) return;
-  res.setHeader('x-request-id', requestId);
-  res.setHeader('x-amz-request-id', requestId);
-  res.setHeader('x-amz-id-2', requestId);
+  for (const name of REQUEST_ID_HEADERS) res.setHeader(name, requestId);
 }
 
 /** Sends an S3 error (no body for HEAD, as S3); a response already under way is cut off instead. */

@@ -121,8 +121,7 @@ const chunkReleases = new WeakMap<Buffer, () => void>();
 /**
  * Hands back the memory of a chunk of a streamed `RangeCache.read` once nothing reads it any
  * more (for a response: in the socket write's callback, once the bytes are with the OS), so the
- * next read reuses it instead of allocating: a large streamed hit then costs no garbage
- * collection. A chunk that is not released is garbage-collected as before; one the stream did not
+ * next read reuses it instead of allocating a new buffer for each chunk. A chunk that is not released is garbage-collected as before; one the stream did not
  * give out as it is (or released already) is ignored. Releasing a chunk still being read or
  * written is a mistake: its memory may be reused for other bytes (old views of it read as empty).
  */
@@ -175,7 +174,7 @@ class SharedHandleUnitReader implements UnitReader {
       handle.catch(() => undefined);
       this.handles.set(index, handle);
     }
-    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to, { handle }).then(bytesOnly);
+    return this.slices.read(this.hash, this.id, u.slice, u.from, u.to, { handle }).then(releasable);
   }
 
   doneBefore(keepFrom: number): void {
@@ -186,11 +185,6 @@ class SharedHandleUnitReader implements UnitReader {
       void handle.then((h) => h.close()).catch(() => undefined);
     }
   }
-}
-
-/** A stream passes the bytes on and lets their memory be garbage-collected. */
-function bytesOnly(read: SliceBytes | undefined): Buffer | undefined {
-  return read?.bytes;
 }
 
 /** The bytes, whose memory its consumer may hand back with {@link releaseChunk}. */

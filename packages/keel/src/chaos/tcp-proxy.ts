@@ -144,8 +144,7 @@ class Link {
       const step = bandwidth ? Math.max(1, Math.floor(bytesPerSec / 10)) : data.length;
       const piece = data.subarray(offset, offset + step);
       offset += piece.length;
-      const now = Date.now();
-      if (bandwidth) this.pace(now, bytesPerSec);
+      if (bandwidth) this.pace(Date.now(), bytesPerSec);
       await this.write(piece);
       this.bytes += piece.length;
       this.conn.countBytes(this.stream, piece.length);
