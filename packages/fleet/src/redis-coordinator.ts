@@ -130,14 +130,14 @@ export class RedisCoordinator implements Coordinator {
 
   /**
    * The live instances of the fleet (heartbeats not expired), oldest first, as `keel fleet status`
-   * lists them; empty while Redis cannot be used (the listing needs it).
+   * lists them; undefined when they cannot be listed (Redis unusable or failing): not "none".
    */
-  async instances(): Promise<InstanceStatus[]> {
-    if (!this.status.available) return [];
+  async instances(): Promise<InstanceStatus[] | undefined> {
+    if (!this.status.available) return undefined;
     try {
       return await liveInstances(this.cmd, this.keys);
     } catch {
-      return [];
+      return undefined;
     }
   }
 

@@ -83,8 +83,7 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMembers
     view: () => ({
       id: 'fleet-instances',
       title: 'Fleet (Redis)',
-      snapshot: async () =>
-        instancesPanels(await coordinator.instances(), coordinator.status.available, coordinator.id),
+      snapshot: async () => instancesPanels(await coordinator.instances(), coordinator.id),
     }),
     async close() {
       stopBreakers?.();
@@ -93,12 +92,11 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMembers
   };
 }
 
-/** The fleet's instances as the dashboard shows them: a table, this instance marked. */
-export function instancesPanels(
-  list: readonly InstanceStatus[],
-  available: boolean,
-  self: string,
-): DashboardPanel[] {
+/**
+ * The fleet's instances as the dashboard shows them: a table, this instance marked; `list`
+ * undefined when they could not be listed (the table is then empty and says so, not "0 live").
+ */
+export function instancesPanels(list: readonly InstanceStatus[] | undefined, self: string): DashboardPanel[] {
   const level = (health: string): 'ok' | 'warn' | 'bad' =>
     health === 'pass' ? 'ok' : health === 'warn' ? 'warn' : 'bad';
   return [
@@ -117,7 +115,7 @@ export function instancesPanels(
         'Started',
         'Heartbeat',
       ],
-      rows: list.map((i) => ({
+      rows: (list ?? []).map((i) => ({
         key: i.id,
         cells: [
           i.id === self ? `${i.id} (this one)` : i.id,
@@ -138,9 +136,9 @@ export function instancesPanels(
           { value: Date.parse(i.at), unit: 'timestamp' },
         ],
       })),
-      note: available
+      note: list
         ? `${list.length} live instance${list.length === 1 ? '' : 's'} (a heartbeat every second, kept 3 s)`
-        : "the fleet's Redis cannot be used: no listing until it returns",
+        : "the fleet's Redis cannot be used or failed to list the instances: no listing until it answers",
     },
   ];
 }
