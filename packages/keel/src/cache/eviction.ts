@@ -203,6 +203,11 @@ export class Evictor {
     await this.scanning;
   }
 
+  /** True while a background rescan (and the eviction it may start) is under way. */
+  get rescanning(): boolean {
+    return this.scanning !== undefined;
+  }
+
   /**
    * Evicts least recently used slices until at most `targetBytes` remain, leaving the object
    * `exceptObject` alone; returns bytes freed (0 when another process is evicting meanwhile).

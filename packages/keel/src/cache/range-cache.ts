@@ -119,6 +119,8 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   private readonly writer: CacheWriter;
   private readonly walkContext: WalkContext;
   private closed = false;
+  /** Writes, evictions and cleanups under way: {@link close} waits for them. */
+  private readonly pending = new Set<Promise<unknown>>();
 
   private constructor(options: RangeCacheOptions) {
     super();
@@ -255,17 +257,32 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   }
 
   /**
-   * Writes pending access times (see `accessFlushMs`) and stops background work. Reads and writes
-   * after close are misses.
+   * Refuses new writes, waits for the writes, evictions (a background rescan's included) and
+   * cleanups under way, writes pending access times (see `accessFlushMs`) and stops background
+   * work: once it resolves, this cache changes nothing more on disk, so its directory can be
+   * removed. Reads and writes after close are misses.
    */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.closed = true;
     this.access.cancelTimer();
     this.bypass.cancelProbe();
+    // A write under way may start a rescan as it ends: wait until nothing is left.
+    while (this.pending.size > 0 || this.evictor.rescanning)
+      await Promise.allSettled([...this.pending, this.evictor.settled()]);
     if (!this.bypassed) await this.flushAccess();
-    this.closed = true;
     this.memo.clear();
     await this.verifier?.close();
+  }
+
+  /** Counts `work` as under way until it settles (see {@link close}). */
+  private track<T>(work: Promise<T>): Promise<T> {
+    this.pending.add(work);
+    const done = (): void => {
+      this.pending.delete(work);
+    };
+    work.then(done, done);
+    return work;
   }
 
   /** True while writes are bypassed. */
@@ -368,7 +385,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    * refreshes `cachedAt` (a revalidation); another ETag drops every slice of the old version.
    */
   putMeta(id: ObjectIdentity, info: ObjectInfo): Promise<WriteResult> {
-    return this.writer.putMeta(id, info);
+    return this.track(this.writer.putMeta(id, info));
   }
 
   /**
@@ -384,7 +401,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
     data: Uint8Array,
     expected: string | { etag: string },
   ): Promise<WriteResult> {
-    return this.writer.writeSlice(id, index, data, expected);
+    return this.track(this.writer.writeSlice(id, index, data, expected));
   }
 
   /**
@@ -462,7 +479,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   /** Forgets an object: metadata and every slice. */
   async invalidate(id: ObjectIdentity): Promise<void> {
     const hash = identityHash(id);
-    await this.locks.run(hash, () => this.store.remove(hash));
+    await this.track(this.locks.run(hash, () => this.store.remove(hash)));
   }
 
   /**
@@ -471,7 +488,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    */
   async verifyAndFix(id: ObjectIdentity): Promise<{ removed: number; remaining: number }> {
     const hash = identityHash(id);
-    return this.locks.run(hash, () => this.store.fixReferences(hash, id));
+    return this.track(this.locks.run(hash, () => this.store.fixReferences(hash, id)));
   }
 
   /**
@@ -480,7 +497,7 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
    * runs shares it (and its report) rather than walking the cache a second time at once.
    */
   cleanup(): Promise<CleanupReport> {
-    this.cleaning ??= this.walk(false, true, undefined, this.graceMs)
+    this.cleaning ??= this.track(this.walk(false, true, undefined, this.graceMs))
       .then((report) => ({
         partialWrites: report.partialWrites,
         orphanedFiles: report.orphanedFiles,
@@ -501,12 +518,12 @@ export class RangeCache extends EventEmitter<RangeCacheEvents> {
   verify(
     options: { fix?: boolean; onProgress?: (done: number, total: number) => void } = {},
   ): Promise<VerifyReport> {
-    return this.walk(true, options.fix ?? false, options.onProgress, this.graceMs);
+    return this.track(this.walk(true, options.fix ?? false, options.onProgress, this.graceMs));
   }
 
   /** Evicts least recently used slices until at most `targetBytes` remain; returns bytes freed. */
   evictTo(targetBytes: number, exceptObject?: string): Promise<number> {
-    return this.evictor.evictTo(targetBytes, exceptObject);
+    return this.track(this.evictor.evictTo(targetBytes, exceptObject));
   }
 
   /**
