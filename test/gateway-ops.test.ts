@@ -306,6 +306,47 @@ describe('gateway operations', () => {
     await staleAfter(1, 3);
   });
 
+  it("carries a request's id into what it causes: its log line and the breaker alert its failure raised", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const l of chunk.toString().split('\n'))
+          if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
+        done();
+      },
+    });
+    const r = await start(
+      { logLevel: 'info' },
+      {
+        logDestination: sink,
+        guard: { retryAttempts: 1, breakerFailures: 3, breakerHalfOpenAfterMs: 60_000 },
+      },
+    );
+    await proxy.disable();
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${r.gateway.url()}/b/c.bin`);
+      await res.arrayBuffer();
+      expect(res.status).toBe(503);
+      ids.push(res.headers.get('x-request-id') ?? '');
+    }
+    expect(new Set(ids).size).toBe(3);
+    // The third failure opened the breaker: the alert names that request.
+    const alert = r.alerts.firing().find((a) => a.name === 'KeelOriginBreakerOpen');
+    expect(alert?.details.correlationId).toBe(ids[2]);
+    await until(() => lines.filter((l) => l.msg === 'request').length === 3, 'request lines');
+    // Each request's log line carries its own id as the correlation id, and no line another's.
+    for (const id of ids)
+      expect(lines.filter((l) => l.correlationId === id).map((l) => [l.msg, l.requestId])).toEqual([
+        ['request', id],
+      ]);
+    // The alert as written to the alerts file names it too.
+    const written = (await fileAlerts(r, harness.alertsFile(r))).find(
+      (a) => a.name === 'KeelOriginBreakerOpen',
+    );
+    expect(written?.details.correlationId).toBe(ids[2]);
+  });
+
   it('writes one JSON line per request at log level info, with its request id and no presigned secrets, and none at the default level', async () => {
     const startLogged = async (
       flags: Record<string, string>,

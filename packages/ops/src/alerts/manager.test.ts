@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { VirtualClock, retry, constant, type RetryPolicy } from 'keel';
+import { VirtualClock, keelError, retry, constant, withCorrelation, type RetryPolicy } from 'keel';
 import { AlertManager } from './manager.js';
 import { jsonlFileAlertHandler } from './jsonl-file-handler.js';
 import { webhookAlertHandler, alertmanagerHandler } from './webhook-handler.js';
@@ -52,6 +52,21 @@ async function tempDir(): Promise<string> {
 }
 
 describe('AlertManager', () => {
+  it("carries the id of the work that caused an alert: the one it was raised under, or its error's", () => {
+    const h = memory();
+    const m = new AlertManager({ clock: new VirtualClock(0), handlers: [h] });
+    const under = withCorrelation('req-7', () =>
+      m.raise({ name: 'A', severity: 'warning', summary: 's', details: { n: 1 } }),
+    );
+    expect(under?.details).toEqual({ n: 1, correlationId: 'req-7' });
+    const failed = keelError('IO_ERROR', 'disk', undefined, { correlationId: 'job-3' });
+    const fromError = withCorrelation('req-8', () => m.raise({ name: 'B', summary: 's', error: failed }));
+    expect(fromError?.details.correlationId).toBe('job-3');
+    expect((fromError?.details.error as { correlationId?: string }).correlationId).toBe('job-3');
+    // Raised outside any request: no id is made up.
+    expect(m.raise({ name: 'C', severity: 'info', summary: 's' })?.details).toEqual({});
+  });
+
   it('deduplicates a firing alert inside the window and sends it again after', async () => {
     const clock = new VirtualClock(0);
     const h = memory();

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Clock, Severity, TimerHandle } from 'keel';
-import { classify, systemClock } from 'keel';
+import { classify, correlationId, systemClock } from 'keel';
 import type { Metrics } from '../metrics.js';
 import { JsonStateFile } from '../state-store.js';
 import { sanitiseAlert } from './sanitise.js';
@@ -135,11 +135,14 @@ export class AlertManager {
     const error = input.error === undefined ? undefined : classify(input.error);
     const severity = input.severity ?? alertSeverityOf(error?.severity ?? 'medium');
     this.raised?.inc({ name: input.name, severity });
+    // The id of the work that caused it: the error's, else the one it was raised under.
+    const cause = error?.correlationId ?? correlationId();
     const details =
       error === undefined
-        ? (input.details ?? {})
+        ? { ...input.details, ...(cause === undefined ? {} : { correlationId: cause }) }
         : {
             ...input.details,
+            ...(cause === undefined ? {} : { correlationId: cause }),
             error: {
               code: error.code,
               message: error.message,

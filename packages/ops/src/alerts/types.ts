@@ -27,7 +27,10 @@ export interface AlertInputBase {
   summary: string;
   /** Few, bounded labels (component, path …); used for routing, grouping and the fingerprint. */
   labels?: Record<string, string>;
-  /** Extra data (redacted before it goes anywhere). */
+  /**
+   * Extra data (redacted before it goes anywhere). The manager adds `correlationId`: the
+   * error's, else the one the alert was raised under (`withCorrelation`), when there is one.
+   */
   details?: Record<string, unknown>;
   /** Overrides the fingerprint (default: name + sorted labels). */
   fingerprint?: string;
