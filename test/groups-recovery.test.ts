@@ -8,6 +8,7 @@ import {
   type GroupManagerOptions,
   type GroupRepository,
 } from '@keel/groups';
+import { createMetrics } from '@keel/ops';
 import {
   deferred,
   postgresAvailable,
@@ -238,7 +239,8 @@ describe.each(stores)('group recovery on %s', (_name, makeFixture) => {
   });
 
   it('recovery in the worker’s own process stops its run and rolls back a group that asks for it', async () => {
-    const manager = newManager(repo, 'worker-a');
+    const metrics = createMetrics({ defaultMetrics: false });
+    const manager = newManager(repo, 'worker-a', { metrics });
     const id = await manager.create({ name: 'hung', steps: [op('a'), op('b')], onStuck: 'rollback' });
     hangOnce.add('b');
     const run = manager.run(id);
@@ -254,10 +256,14 @@ describe.each(stores)('group recovery on %s', (_name, makeFixture) => {
     expect(aborted.get('b')?.code).toBe('GROUP_LEASE_LOST');
     expect(journal).toEqual(['+a', '-b', '-a']);
     expect((await manager.get(id))?.lastError).toMatchObject({ code: 'GROUP_STUCK' });
+    expect(await metrics.render()).toMatch(
+      /^keel_group_recoveries_total\{strategy="roll-back",outcome="recovered"\} 1$/m,
+    );
   });
 
   it('a stuck group marked manual is left for a person', async () => {
-    const manager = newManager(repo, 'worker-a');
+    const metrics = createMetrics({ defaultMetrics: false });
+    const manager = newManager(repo, 'worker-a', { metrics });
     const id = await manager.create({ name: 'hung', steps: [op('a')], onStuck: 'manual' });
     hangOnce.add('a');
     const run = manager.run(id);
@@ -267,6 +273,9 @@ describe.each(stores)('group recovery on %s', (_name, makeFixture) => {
     const report = await manager.recover();
     expect(report.actions).toEqual([expect.objectContaining({ id, action: 'skipped', strategy: 'manual' })]);
     expect(aborted.size).toBe(0);
+    const text = await metrics.render();
+    expect(text).toMatch(/^keel_group_recoveries_total\{strategy="manual",outcome="skipped"\} 1$/m);
+    expect(text).not.toMatch(/^keel_group_recoveries_total\{[^}]*outcome="recovered"\}/m);
     await manager.stop(id, { mode: 'rollback' });
     await expect(run).resolves.toEqual({ id, status: 'rolled_back' });
   });

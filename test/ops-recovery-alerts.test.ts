@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { keelError, retry, constant } from 'keel';
+import { keelError, retry, constant, VirtualClock } from 'keel';
 import { chaos } from 'keel/chaos';
 import { ExecutorRegistry, GroupManager, openGroupRepository } from '@keel/groups';
 import { AutoRecovery, createMetrics, HealthRegistry, ProcessRestarts } from '@keel/ops';
@@ -119,6 +119,44 @@ describe('recovery alert rules', () => {
     restarts.close();
     await queue.close();
     await repo.close();
+  });
+
+  it("count a recovery that worked, and give the oldest pending item's age in seconds", async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const health = new HealthRegistry();
+    let up = false;
+    health.register({ name: 'cache:up', run: () => (up ? 'pass' : 'fail') });
+    const recovery = new AutoRecovery(health, {
+      check: 'cache:up',
+      action: () => {
+        up = true;
+      },
+      maxAttempts: 3,
+      metrics,
+    });
+    await health.runCheck('cache:up');
+    await until(() => recovery.state().status === 'recovered', 'the recovery to work');
+    let text = await metrics.render();
+    expect(value(text, 'keel_recovery_attempts_total{check="cache:up",outcome="recovered"}')).toBe(1);
+    expect(value(text, 'keel_recovery_attempts_total{check="cache:up",outcome="still-failing"}')).toBe(0);
+    recovery.close();
+
+    const clock = new VirtualClock(1_700_000_000_000);
+    const queue = await openQueue<string>(path.join(dir, 'aged.db'), {
+      name: 'aged',
+      metrics,
+      clock,
+      retention: false,
+    });
+    text = await metrics.render();
+    expect(value(text, 'keel_queue_oldest_pending_age_seconds{queue="aged"}')).toBe(0);
+    await queue.enqueue('first');
+    await clock.advance(30_000);
+    await queue.enqueue('second');
+    await clock.advance(60_000);
+    text = await metrics.render();
+    expect(value(text, 'keel_queue_oldest_pending_age_seconds{queue="aged"}')).toBe(90);
+    await queue.close();
   });
 
   it('count calls queued during an outage and their replays by outcome', async () => {
