@@ -32,6 +32,7 @@ function sourceFiles(): SourceFile[] {
 
 interface Manifest {
   name: string;
+  engines?: { node?: string };
   dependencies?: Record<string, string>;
   peerDependencies?: Record<string, string>;
 }
@@ -94,6 +95,24 @@ describe('module dependency rules (DESIGN.md)', () => {
     const names = new Set(workspacePackages().map((p) => p.name));
     for (const specifier of Object.keys(SPECIFIER_MODULES))
       expect(names.has(specifier.startsWith('keel/') ? 'keel' : specifier)).toBe(true);
+  });
+
+  it('every package states the same Node versions, no older than its sources need', () => {
+    const rootEngines = (JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as Manifest)
+      .engines;
+    const floor = /^>=(\d+)\.(\d+)\.(\d+)$/.exec(rootEngines?.node ?? '');
+    expect(floor, `root engines.node ${rootEngines?.node}`).not.toBeNull();
+    for (const dir of readdirSync(path.join(root, 'packages')))
+      expect(manifest(dir).engines?.node, `packages/${dir}`).toBe(rootEngines?.node);
+    const [major, minor] = [Number(floor?.[1]), Number(floor?.[2])];
+    // zlib.crc32 came in Node 20.15 (and 22.2): on an older 20 the importing modules fail to load.
+    const crc32Users = sourceFiles().filter((f) =>
+      /import\s*\{[^}]*\bcrc32\b[^}]*\}\s*from\s*'node:zlib'/.test(f.text),
+    );
+    expect(crc32Users.length).toBeGreaterThan(0);
+    expect(major > 20 || (major === 20 && minor >= 15), `engines ${rootEngines?.node} below 20.15.0`).toBe(
+      true,
+    );
   });
 
   it('finds static, type-only, re-export and dynamic imports', () => {
