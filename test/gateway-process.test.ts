@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -174,6 +174,66 @@ describe('keel gateway as a process', () => {
     );
     again.proc.kill('SIGTERM');
     expect(await again.exited).toBe(0);
+  });
+
+  it("with --state-dir, notices a start after SIGKILL (ProcessRestarted, the last run's pid and start) and none after SIGTERM", async () => {
+    const cacheDir = path.join(dir, 'restarts-cache');
+    const stateDir = path.join(dir, 'restarts-state');
+    const alertsFile = path.join(dir, 'restarts-alerts.jsonl');
+    const flags = ['--state-dir', stateDir, '--alerts', 'file', '--alerts-file', alertsFile];
+    const restarted = async (): Promise<
+      { details: { previousPid?: number; previousStartedAt?: string; lastState?: unknown } }[]
+    > =>
+      (await readFile(alertsFile, 'utf8').catch(() => ''))
+        .split('\n')
+        .filter((l) => l !== '')
+        .map(
+          (l) =>
+            JSON.parse(l) as {
+              name: string;
+              status: string;
+              details: { previousPid?: number; previousStartedAt?: string; lastState?: unknown };
+            },
+        )
+        .filter((a) => a.name === 'ProcessRestarted' && a.status === 'firing');
+    const metric = async (gw: Child, series: string): Promise<string | undefined> =>
+      (await (await fetch(`${gw.admin}/metrics`)).text()).split('\n').find((l) => l.startsWith(`${series} `));
+
+    const first = await startGateway(cacheDir, flags);
+    expect(await restarted()).toEqual([]); // a first start is no restart
+    const killedPid = first.proc.pid;
+    // Killed once it has recorded a state (its health checks' statuses), as a gateway that ran a while.
+    const recorded = async (): Promise<boolean> =>
+      ((
+        JSON.parse(await readFile(path.join(stateDir, 'run.json'), 'utf8').catch(() => '{}')) as {
+          state?: unknown;
+        }
+      ).state ?? null) !== null;
+    for (let i = 0; i < 100 && !(await recorded()); i++) await new Promise((r) => setTimeout(r, 50));
+    first.proc.kill('SIGKILL');
+    await first.exited;
+
+    const second = await startGateway(cacheDir, flags);
+    // The alerts file is written behind the start: wait for the line.
+    let after = await restarted();
+    for (let i = 0; i < 100 && after.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      after = await restarted();
+    }
+    expect(after).toHaveLength(1);
+    expect(after[0]?.details.previousPid).toBe(killedPid);
+    expect(Date.parse(after[0]?.details.previousStartedAt ?? '')).toBeGreaterThan(Date.now() - 120_000);
+    // With the health checks bound, the last known state holds their last statuses.
+    expect(JSON.stringify(after[0]?.details.lastState)).toContain('"checks":');
+    expect(await metric(second, 'keel_process_restarts_total{shutdown="unclean"}')).toMatch(/ 1$/);
+    second.proc.kill('SIGTERM');
+    expect(await second.exited).toBe(0);
+
+    const third = await startGateway(cacheDir, flags);
+    expect(await restarted()).toHaveLength(1); // it shut down cleanly: nothing new
+    expect(await metric(third, 'keel_process_restarts_total{shutdown="clean"}')).toMatch(/ 1$/);
+    third.proc.kill('SIGTERM');
+    expect(await third.exited).toBe(0);
   });
 
   it('with --log-level info writes one JSON line per request with its x-request-id, never the presigned URL secrets', async () => {

@@ -68,6 +68,11 @@ export interface GatewayConfig {
   writeThrough: boolean;
   /** The cache rules file (`--rules`), checked here and read again whenever it changes; none: no rules. */
   rulesFile: string | undefined;
+  /**
+   * This gateway's own state directory (one per gateway process, never shared): with it, a start
+   * after a crash or a kill raises `ProcessRestarted` (see @keel/ops' ProcessRestarts); none: not tracked.
+   */
+  stateDir: string | undefined;
   /** Processes serving the S3 port (node:cluster workers); 1 serves it from this process. */
   workers: number;
   /** `redis://…` of the Redis that coordinates gateways on several hosts (may hold a password: never logged). */
@@ -127,6 +132,7 @@ const SETTINGS = {
   readAheadSlices: 'KEEL_READ_AHEAD_SLICES',
   writeThrough: 'KEEL_WRITE_THROUGH',
   rules: 'KEEL_RULES',
+  stateDir: 'KEEL_STATE_DIR',
   workers: 'KEEL_WORKERS',
   coordinator: 'KEEL_COORDINATOR',
   coordinatorPrefix: 'KEEL_COORDINATOR_PREFIX',
@@ -349,6 +355,9 @@ export function resolveGatewayConfig(
         `unknown alert handler "${a}": expected none or a list of ${ALERT_HANDLER_NAMES.join(', ')}`,
       );
   const alertsFile = get('alertsFile');
+  const stateDir = get('stateDir');
+  if (stateDir !== undefined && (typeof stateDir !== 'string' || stateDir.trim() === ''))
+    fail('stateDir', 'expected a directory path');
   if (alerts.includes('file') && alertsFile === undefined)
     fail('alertsFile', 'required when --alerts includes file: the JSON-lines file alerts are appended to');
   const alertsWebhookUrl = get('alertsWebhookUrl');
@@ -483,6 +492,7 @@ export function resolveGatewayConfig(
     readAheadSlices,
     writeThrough: yesNo('writeThrough', get('writeThrough'), true),
     rulesFile,
+    stateDir,
     workers,
     coordinator: coordinator === undefined ? undefined : String(coordinator),
     coordinatorPrefix,

@@ -9,6 +9,7 @@ import {
   GracefulShutdown,
   HealthRegistry,
   parseAdminToken,
+  ProcessRestarts,
   type AdminServer,
   type AlertManager,
   type DiskUsage,
@@ -35,6 +36,8 @@ export interface RunningGateway {
   disk: DiskMonitor | undefined;
   /** Recovery actions bound to the health checks (state in `/status` under `recovery`). */
   recovery: GatewayRecovery;
+  /** What the previous run left in `stateDir` (absent without `stateDir`). */
+  restarts: ProcessRestarts | undefined;
   /**
    * Graceful shutdown: readiness fails, the S3 port stops accepting after `shutdownDelaySeconds`,
    * requests in flight finish (up to `drainSeconds`), then the gateway, alerts and admin server
@@ -267,7 +270,25 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     },
   });
   let admin: AdminServer;
+  let restarts: ProcessRestarts | undefined;
   try {
+    // A start after a crash or a kill (no clean-shutdown marker from the last run) raises
+    // ProcessRestarted, several within the window ProcessRestartLoop.
+    if (config.stateDir !== undefined) {
+      const dir = config.stateDir;
+      restarts = await ProcessRestarts.start({ dir, alerts, health, metrics: gateway.metrics.ops, clock }).catch(
+        (err: unknown) => {
+          const e = classify(err);
+          throw wrap(err, e.code, `--state-dir (KEEL_STATE_DIR) ${dir}: ${e.message}`);
+        },
+      );
+      const previous = restarts.previous;
+      if (previous && !previous.clean)
+        logger.warn(
+          { previousPid: previous.pid, previousStartedAt: previous.startedAt },
+          'the previous run of this gateway did not shut down cleanly (crashed or killed)',
+        );
+    }
     await naming('--listen (KEEL_LISTEN)', config.listenHost, config.listenPort, () =>
       gateway.listen(config.listenPort, config.listenHost),
     );
@@ -294,6 +315,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       }),
     );
   } catch (err) {
+    restarts?.close();
     rules?.close();
     stopTimers();
     stopWatching();
@@ -306,7 +328,12 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
   await checkDisk();
   health.markStarted();
 
-  // Hooks run in reverse order: the gateway (fills reach the cache), alerts, admin, then the caller's.
+  // Hooks run in reverse order: the gateway (fills reach the cache), alerts, admin, the caller's,
+  // then the clean-shutdown marker: a run that got that far did not crash.
+  if (restarts) {
+    const marker = restarts;
+    shutdown.addHook('clean-shutdown marker', () => marker.markCleanShutdown());
+  }
   if (afterShutdown) shutdown.addHook('after', afterShutdown);
   shutdown.addHook('admin', () => admin.close());
   shutdown.addHook('alerts', () => alerts.close());
@@ -337,6 +364,7 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     alerts,
     disk,
     recovery,
+    restarts,
     shutdown: () => shutdown.shutdown('requested'),
   };
 }

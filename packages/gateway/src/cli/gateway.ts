@@ -54,6 +54,7 @@ interface GatewayFlags {
   readAheadSlices?: string;
   writeThrough?: boolean;
   rules?: string;
+  stateDir?: string;
   workers?: string;
   coordinator?: string;
   coordinatorPrefix?: string;
@@ -167,6 +168,10 @@ export function registerGatewayCommand(program: Command): void {
     .option(
       '--rules <file>',
       'cache rules per bucket/key pattern (JSON: TTL, HEAD TTL, no-cache, memory tier, write-through), read again when the file changes (KEEL_RULES; see docs/gateway.md, Cache rules)',
+    )
+    .option(
+      '--state-dir <dir>',
+      "this gateway's own state directory (one per gateway, not shared): a start after a crash or kill raises ProcessRestarted, several within 15 min ProcessRestartLoop (KEEL_STATE_DIR; default: not tracked)",
     )
     .option(
       '--log-level <level>',

@@ -1,8 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
-import { Counter, Gauge, Registry } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
 import type { Logger } from 'pino';
-import { keelError } from 'keel';
-import { createLogger, type AlertManager } from '@keel/ops';
+import { classify, keelError, wrap } from 'keel';
+import { createLogger, createMetrics, ProcessRestarts, type AlertManager } from '@keel/ops';
 import { createGatewayAlerts } from '../admin/alerting.js';
 import type { GatewayConfig } from '../config.js';
 import { ClusterCoordination } from '../coord/cluster-coordination.js';
@@ -77,7 +77,21 @@ export async function runPrimary(
     logger: logger.isLevelEnabled('info') ? logger : logger.child({}, { level: 'info' }),
   });
   await alerts.start();
-  const registry = new Registry();
+  const own = createMetrics({ defaultMetrics: false });
+  const registry = own.registry;
+  // The primary is the host's gateway: a start after it crashed or was killed raises
+  // ProcessRestarted (dead workers it replaces itself, with KeelWorkerRestarted).
+  let restarts: ProcessRestarts | undefined;
+  if (config.stateDir !== undefined) {
+    const dir = config.stateDir;
+    try {
+      restarts = await ProcessRestarts.start({ dir, alerts, metrics: own });
+    } catch (err) {
+      await alerts.close();
+      const e = classify(err);
+      throw wrap(err, e.code, `--state-dir (KEEL_STATE_DIR) ${dir}: ${e.message}`);
+    }
+  }
   const restartsTotal = new Counter({
     name: 'keel_gateway_worker_restarts_total',
     help: 'Workers that died and were replaced.',
@@ -239,6 +253,7 @@ export async function runPrimary(
     await started;
   } catch (err) {
     await stopWorkers();
+    restarts?.close();
     await alerts.close();
     throw err;
   }
@@ -253,6 +268,7 @@ export async function runPrimary(
     });
   } catch (err) {
     await stopWorkers();
+    restarts?.close();
     await alerts.close();
     throw err;
   }
@@ -264,6 +280,7 @@ export async function runPrimary(
       const code = await stopWorkers();
       await admin.close();
       await alerts.close();
+      await restarts?.markCleanShutdown();
       logger.info({ exitCode: code }, 'shutdown: finished');
       return code;
     })();

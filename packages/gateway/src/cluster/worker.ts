@@ -36,7 +36,8 @@ export async function runWorker(config: GatewayConfig): Promise<RunningGateway> 
   // One origin fetch per slice across the workers, and writes that reach every worker.
   const coordinator = new ClusterCoordinator();
   const running = await runGateway(
-    { ...config, adminHost: '127.0.0.1', adminPort: 0 },
+    // The primary notices restarts of the host's gateway; it replaces dead workers itself.
+    { ...config, adminHost: '127.0.0.1', adminPort: 0, stateDir: undefined },
     {
       handleSignals: true,
       coordinator,
