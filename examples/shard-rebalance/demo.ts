@@ -1,8 +1,12 @@
 /**
  * Rebalances six shards from three PostgreSQL nodes onto a fourth, on the local server:
- * `node --import tsx examples/shard-rebalance/demo.ts [postgres://postgres@127.0.0.1:5432/test]`.
+ * `node --import tsx examples/shard-rebalance/demo.ts [--hang] [postgres://postgres@127.0.0.1:5432/test]`.
  * Creates four databases `keel_demo_<random>_n1..n4` and drops them at the end.
+ * With `--hang`, the rebalance runs in a worker process whose second operation hangs while the
+ * worker stays alive and renews its lease: this process finds the group stuck by its progress,
+ * takes it over and finishes it, and the hung operation is cancelled.
  */
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,7 +16,9 @@ import { databaseUrl, seed, snapshot, withClient, type Nodes } from './cluster.j
 import { registerShardExecutors } from './executors.js';
 import { planRebalance } from './plan.js';
 
-const server = process.argv[2] ?? 'postgres://postgres@127.0.0.1:5432/test';
+const args = process.argv.slice(2);
+const hang = args.includes('--hang');
+const server = args.find((a) => a !== '--hang') ?? 'postgres://postgres@127.0.0.1:5432/test';
 const prefix = `keel_demo_${randomUUID().replaceAll('-', '').slice(0, 8)}`;
 const names = ['n1', 'n2', 'n3', 'n4'];
 const nodes: Nodes = Object.fromEntries(names.map((n) => [n, databaseUrl(server, `${prefix}_${n}`)]));
@@ -29,6 +35,44 @@ const shardsPerNode = (routing: Record<string, string>): string =>
     )
     .join('  ');
 
+/**
+ * Runs the group in a worker process that hangs before operation 1, finds the group stuck by its
+ * progress (the worker's lease stays renewed), recovers it here and waits for the worker to end.
+ */
+async function rescueHungWorker(manager: GroupManager, id: string): Promise<{ status: string }> {
+  const worker = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(import.meta.dirname, 'worker.ts'),
+      path.join(dir, 'groups.db'),
+      id,
+      JSON.stringify(nodes),
+      '1',
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  let said = '';
+  worker.stdout.on('data', (chunk: Buffer) => {
+    said += chunk.toString();
+  });
+  const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+  console.log(`worker ${String(worker.pid)} runs the group; its operation 1 will hang`);
+  const started = Date.now();
+  let diagnosis = await manager.diagnose(id);
+  while (diagnosis.stuck === false) {
+    await new Promise((r) => setTimeout(r, 200));
+    diagnosis = await manager.diagnose(id);
+  }
+  console.log(`after ${String(Date.now() - started)} ms: ${diagnosis.summary}`);
+  const report = await manager.recover({ backoffMs: 0 });
+  for (const a of report.actions) console.log(`recovery: ${a.action} by ${a.strategy}`);
+  await exited;
+  console.log(`worker said: ${said.trim().split('\n').join(' | ')}`);
+  return { status: (await manager.get(id))?.status ?? 'unknown' };
+}
+
 try {
   await withClient(server, async (c) => {
     for (const n of names) await c.query(`CREATE DATABASE ${prefix}_${n}`);
@@ -40,9 +84,9 @@ try {
   const executors = registerShardExecutors(new ExecutorRegistry(), nodes, (name, ctx) => {
     console.log(`  op ${String(ctx.seq)}: ${name} ${ctx.target}`);
   });
-  const manager = new GroupManager({ repository, executors });
+  const manager = new GroupManager({ repository, executors, stuckAfterMs: 2000 });
   const id = await manager.create(planRebalance(before.routing, ['n1', 'n2', 'n3'], 'n4'));
-  const outcome = await manager.run(id);
+  const outcome = hang ? await rescueHungWorker(manager, id) : await manager.run(id);
   const progress = await manager.progress(id);
   console.log(
     `group ${id}: ${outcome.status}, ${String(progress.done)}/${String(progress.total)} operations`,

@@ -231,4 +231,22 @@ describe.skipIf(!withPg)('shard rebalance onto a fourth node', () => {
     ]);
     balanced(await snapshot(nodes));
   });
+
+  it('the demo with --hang shows a hung operation found stuck by its progress and the group recovered', async () => {
+    const demo = spawn(
+      process.execPath,
+      ['--import', 'tsx', path.join(import.meta.dirname, 'demo.ts'), '--hang', PG_URL],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    demo.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    demo.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const code = await new Promise<number | null>((resolve) => demo.once('exit', resolve));
+    expect(code, out).toBe(0);
+    expect(out).toMatch(/made no progress for \d+ ms \(stuck after 2000 ms/);
+    expect(out).toContain('recovery: recovered by retry-with-backoff');
+    expect(out).toContain('worker said: AT 1 | LOST GROUP_LEASE_LOST');
+    expect(out).toMatch(/: completed, 4\/4 operations/);
+    expect(out).toContain('rows: 6000 before, 6000 after');
+  }, 60_000);
 });
