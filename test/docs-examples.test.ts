@@ -5,13 +5,15 @@
  * through the root tsconfig's `paths` as they do for the tests.
  */
 import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import path from 'node:path';
+import pg from 'pg';
 import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exampleModules, extractExamples, type ExampleModule } from './docs-examples.js';
-import { postgresAvailable } from './pg-support.js';
+import { exampleModules, extractExamples, type DocExample, type ExampleModule } from './docs-examples.js';
+import { PG_URL, postgresAvailable } from './pg-support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const TSCONFIG = path.join(ROOT, 'tsconfig.json');
@@ -43,6 +45,7 @@ function describeDiagnostic(d: ts.Diagnostic, byFile: Map<string, ExampleModule>
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(ROOT, '.docs-examples-'));
+  await mkdir(path.join(dir, 'tmp'));
   const byFile = new Map<string, ExampleModule>();
   for (const m of modules) {
     await writeFile(path.join(dir, m.name), m.text);
@@ -82,35 +85,79 @@ afterAll(async () => {
   if (dir !== '') await rm(dir, { recursive: true, force: true });
 });
 
-/** Runs an example with node and tsx from a directory of its own; resolves with its exit and output. */
+/** One run of an example: the store it runs on, and the servers it needs. */
+interface ExampleRun {
+  store: 'sqlite' | 'postgres' | undefined;
+  needs: DocExample['needs'];
+}
+
+/** The runs of an example: one, or one per store for an example marked both `sqlite` and `postgres`. */
+function runsOf(example: DocExample): ExampleRun[] {
+  const onPostgres = example.needs.includes('postgres');
+  if (!example.sqlite) return [{ store: onPostgres ? 'postgres' : undefined, needs: example.needs }];
+  const sqlite: ExampleRun = { store: 'sqlite', needs: example.needs.filter((n) => n !== 'postgres') };
+  return onPostgres ? [sqlite, { store: 'postgres', needs: example.needs }] : [sqlite];
+}
+
+/** Runs `sql` on the test database. */
+async function pgQuery(sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 5000 });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Runs an example with node and tsx from a directory of its own, removed after it; its TMPDIR is
+ * one the examples share (so tsx's cache serves them all), removed with the examples. On
+ * PostgreSQL its tables go to a schema of its own (the search_path of every connection it makes,
+ * through PGOPTIONS), dropped after it. Resolves with its exit and output.
+ */
 async function runExample(
   m: ExampleModule,
+  run: ExampleRun,
   timeoutMs: number,
 ): Promise<{ code: number | null; output: string }> {
-  const cwd = path.join(dir, `${m.name}.run`);
-  await mkdir(cwd);
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(dir, m.name)], {
-    cwd,
-    env: {
+  const cwd = await mkdtemp(path.join(dir, `${m.name}.run-`));
+  const schema = run.store === 'postgres' ? `docs_example_${randomUUID().slice(0, 8)}` : undefined;
+  try {
+    const env: NodeJS.ProcessEnv = {
       ...process.env,
       TSX_TSCONFIG_PATH: TSCONFIG,
+      TMPDIR: path.join(dir, 'tmp'),
       PGHOST: '127.0.0.1',
       PGPORT: '5432',
       PGUSER: 'postgres',
       PGDATABASE: 'test',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
-  const timer = setTimeout(() => {
-    output += `\n[killed: still running after ${timeoutMs} ms; an example marked run must close what it opens]`;
-    child.kill('SIGKILL');
-  }, timeoutMs);
-  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
-  clearTimeout(timer);
-  return { code, output };
+    };
+    if (run.store === 'sqlite') env.EXAMPLE_STORE_URL = path.join(cwd, 'store.db');
+    if (schema !== undefined) {
+      await pgQuery(`CREATE SCHEMA ${schema}`);
+      env.PGOPTIONS = `-c search_path=${schema}`;
+      env.EXAMPLE_STORE_URL = PG_URL;
+    }
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(dir, m.name)], {
+      cwd,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const timer = setTimeout(() => {
+      output += `\n[killed: still running after ${timeoutMs} ms; an example marked run must close what it opens]`;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    clearTimeout(timer);
+    return { code, output };
+  } finally {
+    await rm(cwd, { recursive: true, force: true });
+    if (schema !== undefined) await pgQuery(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+  }
 }
 
 function redisAvailable(): Promise<boolean> {
@@ -176,8 +223,11 @@ describe('extracting examples from markdown', () => {
         code: 'const a = 1;',
         setup: '',
         setupLine: 0,
+        after: '',
+        afterLine: 0,
         run: false,
         continues: false,
+        sqlite: false,
         needs: [],
       },
       {
@@ -186,8 +236,11 @@ describe('extracting examples from markdown', () => {
         code: 'await fetch(url);',
         setup: 'declare const url: URL;',
         setupLine: 6,
+        after: '',
+        afterLine: 0,
         run: true,
         continues: false,
+        sqlite: false,
         needs: ['postgres'],
       },
       {
@@ -196,8 +249,11 @@ describe('extracting examples from markdown', () => {
         code: 'console.log(a);',
         setup: '',
         setupLine: 0,
+        after: '',
+        afterLine: 0,
         run: false,
         continues: true,
+        sqlite: false,
         needs: [],
       },
     ]);
@@ -212,6 +268,57 @@ describe('extracting examples from markdown', () => {
     ]);
     expect(third?.text).toBe('declare const url: URL;\nawait fetch(url);\nconsole.log(a);\nexport {};');
     expect(third?.lines[2]).toEqual({ doc: 'd.md', line: 17 });
+  });
+
+  const withAfter = [
+    '<!-- example: run sqlite postgres',
+    'const dir = process.cwd();',
+    '-->',
+    '```ts',
+    'const q = open(dir);',
+    '```',
+    '',
+    '<!-- example: after',
+    'await q.close();',
+    '-->',
+    '<!-- example: continues -->',
+    '```ts',
+    'q.use();',
+    '```',
+  ].join('\n');
+
+  it('takes the code of an "after" comment for after the block, and a continuing block goes on without it', () => {
+    const [first, second] = extractExamples('d.md', withAfter);
+    expect(first).toMatchObject({
+      after: 'await q.close();',
+      afterLine: 9,
+      sqlite: true,
+      needs: ['postgres'],
+    });
+    expect(second).toMatchObject({ after: '', afterLine: 0, continues: true });
+    const [one, two] = exampleModules(extractExamples('d.md', withAfter));
+    expect(one?.text).toBe('const dir = process.cwd();\nconst q = open(dir);\nawait q.close();\nexport {};');
+    expect(one?.lines[2]).toEqual({ doc: 'd.md', line: 9 });
+    expect(two?.text).toBe('const dir = process.cwd();\nconst q = open(dir);\nq.use();\nexport {};');
+    expect(two?.lines[2]).toEqual({ doc: 'd.md', line: 13 });
+  });
+
+  it('refuses an "after" comment that does not follow a ts block, a second one, and one with flags or no code', () => {
+    expect(() => extractExamples('d.md', 'Text.\n<!-- example: after\nx();\n-->')).toThrow(
+      'd.md:2: "example: after" not right after a ts block',
+    );
+    expect(() => extractExamples('d.md', '```ts\n```\nText.\n<!-- example: after\nx();\n-->')).toThrow(
+      'd.md:4: "example: after" not right after a ts block',
+    );
+    expect(() =>
+      extractExamples('d.md', '```ts\n```\n<!-- example: after\nx();\n-->\n<!-- example: after\ny();\n-->'),
+    ).toThrow('d.md:6: "example: after" not right after a ts block');
+    expect(() => extractExamples('d.md', '```ts\n```\n<!-- example: after run\nx();\n-->')).toThrow(
+      'd.md:3: an "after" comment takes no flags',
+    );
+    expect(() => extractExamples('d.md', '```ts\n```\n<!-- example: after -->')).toThrow(
+      'd.md:3: "example: after" without code',
+    );
   });
 
   it('refuses an unknown flag, an unclosed marker and a marker without a ts block', () => {
@@ -246,11 +353,14 @@ describe('docs examples', () => {
     });
 
     if (m.example.run) {
-      it('runs and exits 0', async () => {
-        for (const need of m.example.needs) if (!(await services[need]())) return;
-        const { code, output } = await runExample(m, 25_000);
-        expect({ code, output }).toMatchObject({ code: 0 });
-      });
+      for (const run of runsOf(m.example)) {
+        const on = run.store === undefined ? '' : { sqlite: ' on SQLite', postgres: ' on PostgreSQL' }[run.store];
+        it(`runs${on} and exits 0`, async () => {
+          for (const need of run.needs) if (!(await services[need]())) return;
+          const { code, output } = await runExample(m, run, 25_000);
+          expect({ code, output }).toMatchObject({ code: 0 });
+        });
+      }
     }
   });
 });
