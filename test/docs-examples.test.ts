@@ -358,7 +358,7 @@ describe('docs examples', () => {
         it(`runs${on} and exits 0`, async () => {
           for (const need of run.needs) if (!(await services[need]())) return;
           const { code, output } = await runExample(m, run, 25_000);
-          expect({ code, output }).toMatchObject({ code: 0 });
+          expect(code, `the example exited with ${String(code)}; its output:\n${output}`).toBe(0);
         });
       }
     }
