@@ -201,6 +201,16 @@ describe('bucket names a client sends', () => {
         expect(a.status).toBe(404);
       }
       expect(Object.keys(gateway.guard.breakerStates()).filter((b) => b.startsWith('nobucket-'))).toEqual([]);
+      // The same with an Origin header: the bucket's CORS rules are asked for, but nothing is
+      // remembered for a bucket the origin does not have.
+      const corsBefore = gateway.corsBuckets();
+      for (let i = 0; i < 200; i++) {
+        const a = await signedRequest(gateway.url(), CLIENT_KEY, 'GET', `/nocors-${i}/key`, {
+          origin: 'https://app.example',
+        });
+        expect(a.status).toBe(404);
+      }
+      expect(gateway.corsBuckets()).toBe(corsBefore);
     },
   );
 

@@ -163,6 +163,8 @@ export interface Gateway {
   inFlight(): number;
   /** Slice fills running now (one per slice however many readers wait for it). */
   fillsInFlight(): number;
+  /** Buckets whose CORS rules are remembered now: only buckets the origin confirmed, at most the guard's `maxBuckets`. */
+  corsBuckets(): number;
   /**
    * Calls `listener` with each origin breaker: at once for the service breaker (bucket `''`) and
    * the buckets that have one, then as each bucket gets its own (once the origin has shown it
@@ -368,6 +370,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const { timeoutMs: waitMs, backoffMs, maxBackoffMs } = options.revalidation ?? {};
   const corsRules = new BucketCorsRules({
     fetch: (bucket) => fetchBucketCors(origin, guard, bucket),
+    // Kept only for buckets the origin confirmed, within the same bound as their breakers.
+    known: (bucket) => guard.ownBreakerOf(bucket) !== undefined,
+    maxBuckets: options.guard?.maxBuckets ?? 1_000,
     clock,
     ttlMs: ctx.ttlMs,
     ...(waitMs === undefined ? {} : { waitMs }),
@@ -586,6 +591,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     },
     inFlight: () => active,
     fillsInFlight: () => fills.size,
+    corsBuckets: () => corsRules.size,
     onBreaker: (listener, removed) => guard.onBreaker(listener, removed),
     idle: async (timeoutMs = 10_000) => {
       const deadline = Date.now() + timeoutMs;

@@ -163,6 +163,40 @@ describe('BucketCorsRules', () => {
     await expectAsksAgain(o, cors);
   });
 
+  it('forgets the least recently used bucket beyond maxBuckets: one read again stays', async () => {
+    const { o, cors } = setup({ maxBuckets: 2 });
+    for (const b of ['a', 'b']) {
+      const w = cors.rules(b);
+      o.answer([rule(`https://${b}.example`)]);
+      await w;
+    }
+    expect(cors.rules('a')).toEqual([rule('https://a.example')]); // a is now the most recent
+    const w = cors.rules('c');
+    o.answer([rule('https://c.example')]);
+    await w;
+    expect(cors.size).toBe(2);
+    expect(cors.rules('a')).toEqual([rule('https://a.example')]); // kept: b went
+    void cors.rules('b');
+    expect(o.asked.map((x) => x.bucket)).toEqual(['b']);
+  });
+
+  it('keeps nothing for a bucket the origin has not shown to exist, and asks again next time', async () => {
+    const confirmed = new Set<string>(['real']);
+    const { o, cors } = setup({ known: (b) => confirmed.has(b) });
+    for (const b of ['made-up', 'real']) {
+      const w = cors.rules(b);
+      o.answer([]);
+      await w;
+    }
+    expect(cors.size).toBe(1);
+    expect(cors.rules('real')).toEqual([]); // remembered: no fetch
+    void cors.rules('made-up'); // forgotten: asked again
+    expect(o.asked.map((x) => x.bucket)).toEqual(['made-up']);
+    o.fail();
+    await settle();
+    expect(cors.size).toBe(1); // a failure for it leaves nothing either
+  });
+
   it('forgets the oldest bucket beyond maxBuckets', async () => {
     const { o, cors } = setup({ maxBuckets: 2 });
     for (const b of ['a', 'b', 'c']) {

@@ -5,7 +5,6 @@ import { s3Error } from '@keel/transfer';
 import { corsHeaders, parseCorsConfiguration, type CorsRule } from './cors.js';
 import type { OriginClient } from '../origin/origin-client.js';
 import type { OriginGuard } from '../origin/origin-guard.js';
-import { discard } from './read-context.js';
 import { readAll } from '../origin/relay.js';
 
 /** A GetBucketCors answer larger than this is not a CORS configuration (S3 allows 64 KiB). */
@@ -26,8 +25,14 @@ export interface BucketCorsRulesOptions {
   backoffMs?: number;
   /** Longest wait between fetches for a bucket whose origin keeps failing (default 60 s). */
   maxBackoffMs?: number;
-  /** Buckets remembered at once (default 10 000; the oldest are forgotten). */
+  /** Buckets remembered at once (default 1 000; the least recently used are forgotten). */
   maxBuckets?: number;
+  /**
+   * Whether the origin has shown that `bucket` exists. What is learnt of a bucket it has not is
+   * not kept (the next read asks again), so names a client makes up leave nothing behind.
+   * Default: every bucket is kept.
+   */
+  known?: (bucket: string) => boolean;
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -67,13 +72,23 @@ export class BucketCorsRules {
       maxMs: Math.max(backoffMs, options.maxBackoffMs ?? 60_000),
       jitter: 'none',
     });
-    this.maxBuckets = options.maxBuckets ?? 10_000;
+    this.maxBuckets = options.maxBuckets ?? 1_000;
+  }
+
+  /** Buckets whose rules (or failures) are remembered now. */
+  get size(): number {
+    return this.entries.size;
   }
 
   /** The rules of `bucket` to apply now: at once when known and fresh, else after (at most) one fetch. */
   rules(bucket: string): readonly CorsRule[] | Promise<readonly CorsRule[]> {
     const now = this.options.clock.now();
     let entry = this.entries.get(bucket);
+    if (entry) {
+      // Least recently used first out: a bucket read again moves to the end.
+      this.entries.delete(bucket);
+      this.entries.set(bucket, entry);
+    }
     if (entry?.rules && now - entry.learntAt < this.options.ttlMs) return entry.rules;
     if (entry?.waiting) return entry.waiting;
     if (entry && now < entry.retryAt) return entry.rules ?? NONE;
@@ -98,6 +113,11 @@ export class BucketCorsRules {
   private refresh(bucket: string, entry: Entry): Promise<readonly CorsRule[]> {
     const { clock } = this.options;
     this.stats.fetched++;
+    // A bucket the origin has not shown to exist is not remembered once its fetch is done.
+    const forgetUnknown = (): void => {
+      if (this.options.known && !this.options.known(bucket) && this.entries.get(bucket) === entry)
+        this.entries.delete(bucket);
+    };
     const fetched = this.options.fetch(bucket).then(
       (rules) => {
         // An entry invalidated meanwhile is no longer in the map: what it learns is never used.
@@ -106,6 +126,7 @@ export class BucketCorsRules {
         entry.learntAt = clock.now();
         entry.backoff = undefined;
         entry.retryAt = 0;
+        forgetUnknown();
         return rules;
       },
       (err: unknown) => {
@@ -122,6 +143,7 @@ export class BucketCorsRules {
             `${entry.rules ? 'using the rules last read' : 'answering reads without CORS headers'}, asking again in ${backoff} ms`,
           { code: e.code },
         );
+        forgetUnknown();
         return entry.rules ?? NONE;
       },
     );
@@ -139,7 +161,8 @@ export class BucketCorsRules {
  * Reads the CORS configuration of `bucket` from the origin (`GET /<bucket>?cors`, one attempt
  * through the guard: a failure waits for the next fetch after a backoff rather than being retried
  * at once, so a failing `?cors` adds little to the bucket's breaker): its rules, or `[]` when the
- * bucket has none (404 NoSuchCORSConfiguration, or no such bucket).
+ * bucket has none (404 NoSuchCORSConfiguration, which also shows the guard that the bucket
+ * exists, or no such bucket).
  * @throws KeelError when the origin fails, refuses (403 …) or answers something unreadable.
  */
 export async function fetchBucketCors(
@@ -153,7 +176,10 @@ export async function fetchBucketCors(
     { retry: false },
   );
   if (up.status === 404) {
-    discard(up.body);
+    // The bucket exists and has no CORS configuration (not NoSuchBucket): that confirms it.
+    const body = await readAll(up.body, 64 * 1024).catch(() => undefined);
+    if (body !== undefined && /<Code>NoSuchCORSConfiguration<\/Code>/.test(body.toString('utf8')))
+      guard.noteAnswer(bucket, 200);
     return NONE;
   }
   if (up.status !== 200) throw await s3Error(up, `GetBucketCors ${bucket}`);
