@@ -209,12 +209,30 @@ describe('gateway operations settings', () => {
       originDeadlineSeconds: 4.5,
       unsignedRequests: 'forward',
     });
+    expect(
+      resolveGatewayConfig({ ...base, originFirstByteTimeoutSeconds: '1.5', originDeadlineSeconds: '3' }, {}),
+    ).toMatchObject({ originFirstByteTimeoutSeconds: 1.5, originDeadlineSeconds: 3 });
     expect(() => resolveGatewayConfig({ ...base, originDeadlineSeconds: '0' }, {})).toThrow(
       '--origin-deadline-seconds (KEEL_ORIGIN_DEADLINE_SECONDS): expected a positive number of seconds',
     );
     expect(() => resolveGatewayConfig({ ...base, unsignedRequests: 'allow' }, {})).toThrow(
       '--unsigned-requests (KEEL_UNSIGNED_REQUESTS): expected refuse or forward, got "allow"',
     );
+  });
+
+  it('take the origin timeouts from the config file, under a flag or variable', async () => {
+    const file = path.join(dir, 'timeouts.json');
+    await writeFile(file, JSON.stringify({ originFirstByteTimeoutSeconds: 2.5, originDeadlineSeconds: 7 }));
+    expect(resolveGatewayConfig({ ...base, config: file }, {})).toMatchObject({
+      originFirstByteTimeoutSeconds: 2.5,
+      originDeadlineSeconds: 7,
+    });
+    expect(
+      resolveGatewayConfig(
+        { ...base, config: file, originDeadlineSeconds: '8' },
+        { KEEL_ORIGIN_FIRST_BYTE_TIMEOUT_SECONDS: '1' },
+      ),
+    ).toMatchObject({ originFirstByteTimeoutSeconds: 1, originDeadlineSeconds: 8 });
   });
 
   it('read 4 slices ahead by default, from a flag, KEEL_READ_AHEAD_SLICES or the file, and refuse what is not 1 to 64', () => {

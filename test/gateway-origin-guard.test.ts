@@ -3,9 +3,17 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createGateway, type Gateway, type GatewayOptions } from '@keel/gateway';
+import {
+  createGateway,
+  resolveGatewayConfig,
+  runGateway,
+  type Gateway,
+  type GatewayOptions,
+} from '@keel/gateway';
+import { pino } from 'pino';
 import { VirtualClock } from 'keel';
 import { rawRequest, xmlField } from './gateway-protocol-support.js';
+import { until } from './gateway-run-support.js';
 
 /*
  * The origin guard, against an origin scripted per test: how long a client waits for an origin
@@ -108,8 +116,8 @@ describe('an origin that accepts connections and never answers', () => {
     // The first-byte timeout is real time and long: only the deadline (on the clock) can end these.
     const g = await gateway({ clock, firstByteTimeoutMs: 60_000, deadlineMs: 10_000 });
     const reads = Array.from({ length: 6 }, (_, i) => get(g, `/b/key-${i}`));
-    for (let i = 0; i < 50 && seen.length < 6; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(seen).toHaveLength(6);
+    // Every read reached the origin (sockets: real time) before the clock moves.
+    await until(() => seen.length === 6, 'six origin requests');
     let settled = 0;
     for (const r of reads) void r.then(() => settled++);
     await clock.advance(9_000);
@@ -131,6 +139,71 @@ describe('an origin that accepts connections and never answers', () => {
     expect(refused.status).toBe(503);
     expect(seen).toHaveLength(6);
   });
+
+  it('opens the breaker of a bucket the origin confirmed (not the service breaker) once its reads time out', async () => {
+    script = object;
+    const clock = new VirtualClock(Date.now());
+    const g = await gateway({
+      clock,
+      firstByteTimeoutMs: 60_000,
+      deadlineMs: 10_000,
+      guard: { breakerFailures: 3 },
+    });
+    expect((await get(g, '/b/known')).status).toBe(200); // the origin shows bucket b exists
+    expect(g.guard.ownBreakerOf('b')).toBeDefined();
+    script = (_req, res) => held.push(res);
+    const reads = Array.from({ length: 3 }, (_, i) => get(g, `/b/hung-${i}`));
+    await until(() => held.length === 3, 'three origin requests');
+    await clock.advance(10_500);
+    for (const a of await Promise.all(reads))
+      expect([a.status, a.headers['x-keel-cache']]).toEqual([503, 'ERROR']);
+    expect(g.guard.breakerStates()).toMatchObject({ b: 'open', '': 'closed' });
+    // Another bucket is not refused for it: its request still reaches the origin.
+    const before = seen.length;
+    const other = get(g, '/c/key');
+    await until(() => seen.length === before + 1, 'the other bucket at the origin');
+    await clock.advance(10_500);
+    expect((await other).status).toBe(503);
+  });
+
+  it.each([
+    // The deadline ends the first attempt before its first-byte timeout could: one attempt, ~1 s
+    // (without it: three 2 s attempts, 6 s and more).
+    { firstByte: '2', deadline: '1', attempts: (n: number) => n === 1, within: 4_500 },
+    // The first-byte timeout cuts attempts that are then retried within the deadline (the 5 s
+    // default would leave one attempt).
+    { firstByte: '0.2', deadline: '3', attempts: (n: number) => n >= 2, within: 6_000 },
+  ])(
+    'takes both timeouts from the settings runGateway starts with: first byte $firstByte s, deadline $deadline s',
+    async ({ firstByte, deadline, attempts, within }) => {
+      script = (_req, res) => held.push(res);
+      const config = resolveGatewayConfig(
+        {
+          upstream: originUrl,
+          auth: 'anonymous',
+          listen: '0',
+          admin: '0',
+          alerts: 'none',
+          cacheDir: await mkdtemp(path.join(root, 'run-')),
+          originAccessKeyId: 'AKIDEXAMPLE',
+          originSecretAccessKey: 'secret-key-example-0123456789',
+          originFirstByteTimeoutSeconds: firstByte,
+          originDeadlineSeconds: deadline,
+        },
+        {},
+      );
+      const r = await runGateway(config, { logger: pino({ level: 'silent' }), defaultMetrics: false });
+      try {
+        const started = Date.now();
+        const a = await rawRequest(r.gateway.url(), 'GET', '/b/hung');
+        expect(a.status).toBe(503);
+        expect(Date.now() - started).toBeLessThan(within);
+        expect(attempts(seen.length), `${seen.length} origin requests`).toBe(true);
+      } finally {
+        await r.shutdown();
+      }
+    },
+  );
 
   it('retries an attempt the first-byte timeout cut, within the deadline', async () => {
     script = (_req, res) => held.push(res);
@@ -156,7 +229,7 @@ describe('an origin that accepts connections and never answers', () => {
     script = (_req, res) => held.push(res);
     await clock.advance(2_000);
     const read = get(g, '/b/cached');
-    for (let i = 0; i < 50 && held.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await until(() => held.length === 1, 'the revalidation at the origin');
     await clock.advance(600);
     const a = await read;
     expect(a.status).toBe(200);
