@@ -62,7 +62,9 @@ beforeAll(async () => {
     },
   );
   if (config === undefined) throw new Error(`could not read ${TSCONFIG}`);
-  const program = ts.createProgram([...byFile.keys()], config.options);
+  // The repository's own declarations of untyped packages (s3rver's, say) hold for the examples too.
+  const ambient = config.fileNames.filter((f) => f.endsWith('.d.ts'));
+  const program = ts.createProgram([...byFile.keys(), ...ambient], config.options);
   // Only the examples are checked (the packages' own sources are the type check's business), so
   // the checker looks at no more of the packages than the examples use.
   const general = [...program.getOptionsDiagnostics(), ...program.getGlobalDiagnostics()];
