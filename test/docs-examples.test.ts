@@ -349,20 +349,22 @@ describe('docs examples', () => {
     expect(diagnostics.get('') ?? []).toEqual([]);
   });
 
-  describe.each(modules.map((m) => [`${m.example.doc}:${m.example.line}`, m] as const))('%s', (_label, m) => {
-    it('compiles', () => {
-      expect(diagnostics.get(path.join(dir, m.name)) ?? []).toEqual([]);
-    });
-
-    if (m.example.run) {
-      for (const run of runsOf(m.example)) {
-        const on = run.store === undefined ? '' : { sqlite: ' on SQLite', postgres: ' on PostgreSQL' }[run.store];
-        it(`runs${on} and exits 0`, async () => {
-          for (const need of run.needs) if (!(await services[need]())) return;
-          const { code, output } = await runExample(m, run, 25_000);
-          expect(code, `the example exited with ${String(code)}; its output:\n${output}`).toBe(0);
-        });
-      }
-    }
+  it.each(modules.map((m) => [`${m.example.doc}:${m.example.line}`, m] as const))('%s compiles', (_label, m) => {
+    expect(diagnostics.get(path.join(dir, m.name)) ?? []).toEqual([]);
   });
+});
+
+// The runs go in parallel (vitest's maxConcurrency at a time): they spend most of their time
+// waiting (for a server, a shutdown's delay), not computing.
+describe('docs examples that run', () => {
+  for (const m of modules.filter((e) => e.example.run)) {
+    for (const run of runsOf(m.example)) {
+      const on = run.store === undefined ? '' : { sqlite: ' on SQLite', postgres: ' on PostgreSQL' }[run.store];
+      it.concurrent(`${m.example.doc}:${m.example.line} runs${on} and exits 0`, async ({ expect }) => {
+        for (const need of run.needs) if (!(await services[need]())) return;
+        const { code, output } = await runExample(m, run, 25_000);
+        expect(code, `the example exited with ${String(code)}; its output:\n${output}`).toBe(0);
+      });
+    }
+  }
 });
