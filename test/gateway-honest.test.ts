@@ -65,7 +65,12 @@ interface Observed {
 const OUTCOMES = ['HIT', 'MISS', 'PARTIAL', 'STALE', 'BYPASS', 'PASS', 'ERROR', 'DENIED'];
 
 /** Sends one request and observes every place that says what it was. */
-async function observe(method: string, p: string, headers: Record<string, string> = {}): Promise<Observed> {
+async function observe(
+  method: string,
+  p: string,
+  headers: Record<string, string> = {},
+  body?: Buffer,
+): Promise<Observed> {
   const before = {
     cache: await counter('keel_gateway_bytes_served_total', { source: 'cache' }),
     origin: await counter('keel_gateway_bytes_served_total', { source: 'origin' }),
@@ -78,7 +83,7 @@ async function observe(method: string, p: string, headers: Record<string, string
       method: method === 'GET' || method === 'HEAD' ? method : 'OTHER',
     });
   const seen = logged.length;
-  const a = await answerOf(gateway.url(), method, p, headers);
+  const a = await answerOf(gateway.url(), method, p, headers, body);
   // The request's log line and metrics are written once the response finished.
   for (let i = 0; i < 100 && logged.length === seen; i++) await new Promise((r) => setTimeout(r, 5));
   const counted: Record<string, number> = {};
@@ -111,6 +116,7 @@ function answerOf(
   method: string,
   p: string,
   headers: Record<string, string>,
+  body?: Buffer,
 ): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer; complete: boolean }> {
   const u = new URL(base);
   return new Promise((resolve, reject) => {
@@ -132,7 +138,7 @@ function answerOf(
       },
     );
     req.on('error', reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -345,5 +351,85 @@ describe('answers the origin gave', () => {
     const missing = await observe('GET', '/b/no-such-key');
     expect(missing.status).toBe(404);
     expectOutcome(missing, 'PASS');
+    // No object bytes were served, from either side.
+    for (const o of [list, missing]) expect(o.served).toEqual({ cache: 0, origin: 0 });
+  });
+
+  it.each([true, false])(
+    'a PUT (write-through %s) and a DELETE passed to the origin are PASS in header, log and metric',
+    async (writeThrough) => {
+      await startGateway({ writeThrough });
+      const body = randomBytes(3000);
+      const put = await observe(
+        'PUT',
+        `/b/written-${String(writeThrough)}.bin`,
+        { 'content-length': '3000' },
+        body,
+      );
+      expect(put.status).toBe(200);
+      expectOutcome(put, 'PASS');
+      const del = await observe('DELETE', `/b/written-${String(writeThrough)}.bin`);
+      expect(del.status).toBe(204);
+      expectOutcome(del, 'PASS');
+      for (const o of [put, del]) expect(o.served).toEqual({ cache: 0, origin: 0 });
+    },
+  );
+});
+
+describe('an origin that fails once part of an object is cached', () => {
+  let failing = false;
+  let front: http.Server;
+  let frontUrl: string;
+  beforeAll(async () => {
+    await put('partly.bin', SMALL);
+    // The recorder while it works; a 503 SlowDown-free InternalError while it fails.
+    const up = new URL(recorder.url);
+    front = http.createServer((req, res) => {
+      if (failing) {
+        req.resume();
+        res.writeHead(500, { 'content-type': 'application/xml' });
+        res.end('<?xml version="1.0"?><Error><Code>InternalError</Code><Message>failing</Message></Error>');
+        return;
+      }
+      const fwd = http.request(
+        { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
+        (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+        },
+      );
+      req.pipe(fwd);
+    });
+    await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+    frontUrl = `http://127.0.0.1:${(front.address() as { port: number }).port}`;
+  });
+  afterAll(async () => {
+    front.closeAllConnections();
+    await new Promise((r) => front.close(r));
+  });
+
+  it('serves the cached range STALE, and answers an uncached range 503 ERROR (not STALE), header, log and metric alike', async () => {
+    failing = false;
+    await startGateway({ upstream: frontUrl, ttlMs: 1, guard: { retryAttempts: 1 } });
+    const first = await observe('GET', '/b/partly.bin', { range: `bytes=0-${SLICE - 1}` });
+    expectOutcome(first, 'MISS');
+    await gateway.idle();
+    await new Promise((r) => setTimeout(r, 5)); // past the 1 ms TTL: the next read revalidates
+    failing = true;
+    try {
+      const cached = await observe('GET', '/b/partly.bin', { range: `bytes=0-${SLICE - 1}` });
+      expect(cached.status).toBe(206);
+      expectOutcome(cached, 'STALE');
+      expect(cached.served).toEqual({ cache: SLICE, origin: 0 });
+      expect(cached.body.equals((data.get('partly.bin') as Buffer).subarray(0, SLICE))).toBe(true);
+      const uncached = await observe('GET', '/b/partly.bin', {
+        range: `bytes=${2 * SLICE}-${2 * SLICE + 99}`,
+      });
+      expect(uncached.status).toBe(503);
+      expectOutcome(uncached, 'ERROR');
+      expect(uncached.served).toEqual({ cache: 0, origin: 0 });
+    } finally {
+      failing = false;
+    }
   });
 });

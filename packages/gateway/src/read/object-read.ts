@@ -267,7 +267,14 @@ async function answer(r: Read, resolved: Resolved, attempt: number): Promise<Req
     await safe(ctx, 'slice check', () => (ctx.cache as RangeCache).verifyAndFix(r.id));
     await replan(r, meta, plan);
   }
-  const missing = plan.needed.filter((i) => !plan.cached.has(i) && !plan.inMemory.has(i));
+  let missing = plan.needed.filter((i) => !plan.cached.has(i) && !plan.inMemory.has(i));
+  if (missing.length > 0 && !bypass && 'version' in meta) {
+    // A fill that finished its cache write since the metadata was read is no longer findable as a
+    // fill, and the metadata read before it does not list its slice: the cache's metadata as it is
+    // now does, so that slice is not fetched again.
+    await replan(r, meta, plan);
+    missing = plan.needed.filter((i) => !plan.cached.has(i) && !plan.inMemory.has(i));
+  }
   const outcome: CacheOutcome = bypass
     ? 'BYPASS'
     : missing.length === 0
