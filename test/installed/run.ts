@@ -12,14 +12,16 @@
  * removed at the end, and the demo process is killed if it is still running.
  *
  * Run: `npm run test:installed` (CI runs it from .ci/run). PostgreSQL (KEEL_TEST_PG_URL, default
- * the local `test` database) is used by the @keel/store consumer when it answers; without it that
- * part is skipped with a loud message, and the run fails instead when CI is set.
+ * the local `test` database) is used by the @keel/store consumer, and Redis (KEEL_TEST_REDIS_URL,
+ * default the local one) by the @keel/fleet consumer, when they answer; without one, that part is
+ * skipped with a loud message, and the run fails instead when CI is set.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -215,6 +217,26 @@ async function postgres(): Promise<{ url: string; schema: string; drop(): Promis
   };
 }
 
+/** Redis for the fleet consumer (its keys under a prefix of its own), or undefined (skipped loudly) without one. */
+async function redis(): Promise<string | undefined> {
+  const url = process.env.KEEL_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+  const client = new Redis(url, { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.ping();
+    return url;
+  } catch (err) {
+    if (process.env.CI) throw new Error(`Redis is required in CI but ${url} failed: ${String(err)}`);
+    console.warn(
+      `\n*** SKIPPING the Redis part of @keel/fleet: ${url} is not reachable (${String(err)}) ***\n`,
+    );
+    return undefined;
+  } finally {
+    client.disconnect();
+  }
+}
+
 interface Demo {
   proc: ChildProcess;
   output(): string;
@@ -375,13 +397,17 @@ async function main(): Promise<void> {
     step(`everything installed (typescript and @types/node included): ${await footprint(project)}`);
 
     pgFixture = await postgres();
+    const redisUrl = await redis();
     const consumers = (await readdir(CONSUMERS)).filter((f) => f.endsWith('.ts')).sort();
     await typecheckAndRun(
       project,
       consumers.filter((f) => !CORE_CONSUMERS.includes(f)),
-      pgFixture === undefined
-        ? {}
-        : { KEEL_INSTALLED_PG_URL: pgFixture.url, KEEL_INSTALLED_PG_SCHEMA: pgFixture.schema },
+      {
+        ...(pgFixture === undefined
+          ? {}
+          : { KEEL_INSTALLED_PG_URL: pgFixture.url, KEEL_INSTALLED_PG_SCHEMA: pgFixture.schema }),
+        ...(redisUrl === undefined ? {} : { KEEL_INSTALLED_REDIS_URL: redisUrl }),
+      },
     );
 
     const rules = await run(path.join(project, 'node_modules', '.bin', 'keel'), ['gateway', 'rules'], {
