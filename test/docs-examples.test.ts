@@ -349,7 +349,8 @@ describe('docs examples', () => {
     expect(diagnostics.get('') ?? []).toEqual([]);
   });
 
-  it.each(modules.map((m) => [`${m.example.doc}:${m.example.line}`, m] as const))('%s compiles', (_label, m) => {
+  const labelled = modules.map((m) => [`${m.example.doc}:${m.example.line}`, m] as const);
+  it.each(labelled)('%s compiles', (_label, m) => {
     expect(diagnostics.get(path.join(dir, m.name)) ?? []).toEqual([]);
   });
 });
@@ -359,7 +360,8 @@ describe('docs examples', () => {
 describe('docs examples that run', () => {
   for (const m of modules.filter((e) => e.example.run)) {
     for (const run of runsOf(m.example)) {
-      const on = run.store === undefined ? '' : { sqlite: ' on SQLite', postgres: ' on PostgreSQL' }[run.store];
+      const on =
+        run.store === undefined ? '' : { sqlite: ' on SQLite', postgres: ' on PostgreSQL' }[run.store];
       it.concurrent(`${m.example.doc}:${m.example.line} runs${on} and exits 0`, async ({ expect }) => {
         for (const need of run.needs) if (!(await services[need]())) return;
         const { code, output } = await runExample(m, run, 25_000);
