@@ -269,26 +269,9 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
       logger[level](fields, `shutdown: ${message}`);
     },
   });
-  let admin: AdminServer;
+  let admin: AdminServer | undefined;
   let restarts: ProcessRestarts | undefined;
   try {
-    // A start after a crash or a kill (no clean-shutdown marker from the last run) raises
-    // ProcessRestarted, several within the window ProcessRestartLoop.
-    if (config.stateDir !== undefined) {
-      const dir = config.stateDir;
-      restarts = await ProcessRestarts.start({ dir, alerts, health, metrics: gateway.metrics.ops, clock }).catch(
-        (err: unknown) => {
-          const e = classify(err);
-          throw wrap(err, e.code, `--state-dir (KEEL_STATE_DIR) ${dir}: ${e.message}`);
-        },
-      );
-      const previous = restarts.previous;
-      if (previous && !previous.clean)
-        logger.warn(
-          { previousPid: previous.pid, previousStartedAt: previous.startedAt },
-          'the previous run of this gateway did not shut down cleanly (crashed or killed)',
-        );
-    }
     await naming('--listen (KEEL_LISTEN)', config.listenHost, config.listenPort, () =>
       gateway.listen(config.listenPort, config.listenHost),
     );
@@ -314,8 +297,26 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
         ...(fleet ? { views: [fleet.view()] } : {}),
       }),
     );
+    // Once both ports are bound (a start that fails there records no run): a start after a crash
+    // or a kill (no clean-shutdown marker from the last run) raises ProcessRestarted, several
+    // within the window ProcessRestartLoop.
+    if (config.stateDir !== undefined) {
+      const dir = config.stateDir;
+      restarts = await ProcessRestarts.start({ dir, alerts, health, metrics: gateway.metrics.ops, clock }).catch(
+        (err: unknown) => {
+          const e = classify(err);
+          throw wrap(err, e.code, `--state-dir (KEEL_STATE_DIR) ${dir}: ${e.message}`);
+        },
+      );
+      const previous = restarts.previous;
+      if (previous && !previous.clean)
+        logger.warn(
+          { previousPid: previous.pid, previousStartedAt: previous.startedAt },
+          'the previous run of this gateway did not shut down cleanly (crashed or killed)',
+        );
+    }
   } catch (err) {
-    restarts?.close();
+    await admin?.close();
     rules?.close();
     stopTimers();
     stopWatching();

@@ -251,6 +251,8 @@ async function answer(r: Read, resolved: Resolved, attempt: number): Promise<Req
   const answerHeaders = (outcome: CacheOutcome): Record<string, string> => prepared.headers(outcome, 'disk');
   const plan = planSlices(r, meta, start, end);
   const length = end - start + 1;
+  // Whether the cache's metadata was read again below (after a failed slice, or a slice check).
+  let replanned = false;
   if (!bypass && length <= BUFFERED_HIT_BYTES && plan.needed.every((i) => plan.cached.has(i))) {
     const outcome = stale ? 'STALE' : 'HIT';
     const served = await serveBuffered(r, meta, start, end, status, (tier) =>
@@ -262,13 +264,15 @@ async function answer(r: Read, resolved: Resolved, attempt: number): Promise<Req
     // I/O error leaves it listed).
     await replan(r, meta, plan);
     if (served.failedSlice !== undefined) plan.cached.delete(served.failedSlice);
+    replanned = true;
   } else if (!bypass && length > BUFFERED_HIT_BYTES && 'version' in meta) {
     // Slice files missing or cut short are found now, before the answer says where bytes come from.
     await safe(ctx, 'slice check', () => (ctx.cache as RangeCache).verifyAndFix(r.id));
     await replan(r, meta, plan);
+    replanned = true;
   }
   let missing = plan.needed.filter((i) => !plan.cached.has(i) && !plan.inMemory.has(i));
-  if (missing.length > 0 && !bypass && 'version' in meta) {
+  if (missing.length > 0 && !replanned && !bypass && 'version' in meta) {
     // A fill that finished its cache write since the metadata was read is no longer findable as a
     // fill, and the metadata read before it does not list its slice: the cache's metadata as it is
     // now does, so that slice is not fetched again.
