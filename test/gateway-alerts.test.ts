@@ -72,6 +72,8 @@ describe('gateway alert rules', () => {
           listen: '0',
           admin: '0',
           cacheDir: dir,
+          // With a state directory, as the docs describe keel_process_restarts_total.
+          stateDir: `${dir}-state`,
           originAccessKeyId: TEST_CREDENTIALS.accessKeyId,
           originSecretAccessKey: TEST_CREDENTIALS.secretAccessKey,
         },
@@ -112,6 +114,7 @@ describe('gateway alert rules', () => {
       await running.shutdown();
       await origin.close();
       await rm(dir, { recursive: true, force: true });
+      await rm(`${dir}-state`, { recursive: true, force: true });
     }
   });
 });
