@@ -1,12 +1,13 @@
 import * as nodeFs from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { RangeCache, type CacheFs } from 'keel/cache';
-import { SLICE, useTempDir } from './cache-support.js';
+import { SLICE, useTempDir, watchedFs } from './cache-support.js';
 
 /**
- * The real file system, with one gate: once `hold(name)` was called, the next call of that
- * function waits until `open()`. Every call is counted, so a test can see whether the cache still
- * touched the disk after `close()` resolved.
+ * The real file system ({@link watchedFs}), with one gate: once `hold(name)` was called, the next
+ * call of that function waits, once done, until `open()` (the cache has not seen its result, so
+ * the work that made it is still under way). Every call is counted, so a test can see whether
+ * the cache still touched the disk after `close()` resolved.
  */
 function gatedFs(): {
   fs: CacheFs;
@@ -14,37 +15,19 @@ function gatedFs(): {
   hold: (name: keyof CacheFs) => Promise<void>;
   open: () => void;
 } {
-  let calls = 0;
   let held: keyof CacheFs | undefined;
   let reached: (() => void) | undefined;
   let gate: Promise<void> = Promise.resolve();
   let release: () => void = () => undefined;
-  const wrap =
-    (name: keyof CacheFs) =>
-    async (...args: unknown[]): Promise<unknown> => {
-      calls++;
-      if (held === name) {
-        held = undefined;
-        reached?.();
-        await gate;
-      }
-      return (nodeFs[name] as (...a: unknown[]) => Promise<unknown>)(...args);
-    };
-  const names: (keyof CacheFs)[] = [
-    'open',
-    'readFile',
-    'rename',
-    'unlink',
-    'rm',
-    'mkdir',
-    'readdir',
-    'stat',
-    'statfs',
-  ];
-  const fs = Object.fromEntries(names.map((n) => [n, wrap(n)])) as unknown as CacheFs;
+  const watched = watchedFs(async (call) => {
+    if (held !== call.op) return;
+    held = undefined;
+    reached?.();
+    await gate;
+  });
   return {
-    fs,
-    calls: () => calls,
+    fs: watched.fs,
+    calls: () => watched.calls.length,
     hold: (name) => {
       gate = new Promise((r) => (release = r));
       held = name;

@@ -6,7 +6,6 @@
  * worker stays alive and renews its lease: this process finds the group stuck by its progress,
  * takes it over and finishes it, and the hung operation is cancelled.
  */
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,6 +14,7 @@ import { ExecutorRegistry, GroupManager, openGroupRepository } from '@keel/group
 import { databaseUrl, seed, snapshot, withClient, type Nodes } from './cluster.js';
 import { registerShardExecutors } from './executors.js';
 import { planRebalance } from './plan.js';
+import { startWorker } from './worker-process.js';
 
 const args = process.argv.slice(2);
 const hang = args.includes('--hang');
@@ -40,24 +40,7 @@ const shardsPerNode = (routing: Record<string, string>): string =>
  * progress (the worker's lease stays renewed), recovers it here and waits for the worker to end.
  */
 async function rescueHungWorker(manager: GroupManager, id: string): Promise<{ status: string }> {
-  const worker = spawn(
-    process.execPath,
-    [
-      '--import',
-      'tsx',
-      path.join(import.meta.dirname, 'worker.ts'),
-      path.join(dir, 'groups.db'),
-      id,
-      JSON.stringify(nodes),
-      '1',
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  let said = '';
-  worker.stdout.on('data', (chunk: Buffer) => {
-    said += chunk.toString();
-  });
-  const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+  const { child: worker, output, exited } = startWorker(path.join(dir, 'groups.db'), id, nodes, 1);
   console.log(`worker ${String(worker.pid)} runs the group; its operation 1 will hang`);
   const started = Date.now();
   let diagnosis = await manager.diagnose(id);
@@ -69,7 +52,7 @@ async function rescueHungWorker(manager: GroupManager, id: string): Promise<{ st
   const report = await manager.recover({ backoffMs: 0 });
   for (const a of report.actions) console.log(`recovery: ${a.action} by ${a.strategy}`);
   await exited;
-  console.log(`worker said: ${said.trim().split('\n').join(' | ')}`);
+  console.log(`worker said: ${output.text.trim().split('\n').join(' | ')}`);
   return { status: (await manager.get(id))?.status ?? 'unknown' };
 }
 

@@ -17,6 +17,7 @@ import { postgresAvailable, PG_URL } from '../../test/groups-support.js';
 import { databaseUrl, seed, snapshot, withClient, type Nodes, type Snapshot } from './cluster.js';
 import { registerShardExecutors, type BeforeOperation } from './executors.js';
 import { planRebalance } from './plan.js';
+import { startWorker } from './worker-process.js';
 
 const withPg = await postgresAvailable();
 const run = randomUUID().replaceAll('-', '').slice(0, 10);
@@ -147,31 +148,16 @@ describe.skipIf(!withPg)('shard rebalance onto a fourth node', () => {
 
   /** Starts a worker process that hangs in operation `seq`; resolves once it got there. */
   async function hungWorker(id: string, seq: number) {
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        path.join(import.meta.dirname, 'worker.ts'),
-        path.join(dir, 'groups.db'),
-        id,
-        JSON.stringify(nodes),
-        String(seq),
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    const output = { text: '' };
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    const worker = startWorker(path.join(dir, 'groups.db'), id, nodes, seq);
     await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (chunk: Buffer) => {
-        output.text += chunk.toString();
-        if (output.text.includes(`AT ${String(seq)}`)) resolve();
+      worker.child.stdout?.on('data', () => {
+        if (worker.output.text.includes(`AT ${String(seq)}`)) resolve();
       });
-      void exited.then((code) => {
-        reject(new Error(`worker exited early (${String(code)}): ${output.text}`));
+      void worker.exited.then((code) => {
+        reject(new Error(`worker exited early (${String(code)}): ${worker.output.text}`));
       });
     });
-    return { child, output, exited };
+    return worker;
   }
 
   it('finds a live worker whose operation hangs stuck by its progress, takes the group over and finishes it', async () => {
