@@ -21,8 +21,8 @@ import { randomUUID } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Redis } from 'ioredis';
 import pg from 'pg';
+import { REDIS_URL, redisReachable } from '../redis-support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const CONSUMERS = path.join(import.meta.dirname, 'consumer');
@@ -217,26 +217,6 @@ async function postgres(): Promise<{ url: string; schema: string; drop(): Promis
   };
 }
 
-/** Redis for the fleet consumer (its keys under a prefix of its own), or undefined (skipped loudly) without one. */
-async function redis(): Promise<string | undefined> {
-  const url = process.env.KEEL_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
-  const client = new Redis(url, { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-    await client.ping();
-    return url;
-  } catch (err) {
-    if (process.env.CI) throw new Error(`Redis is required in CI but ${url} failed: ${String(err)}`);
-    console.warn(
-      `\n*** SKIPPING the Redis part of @keel/fleet: ${url} is not reachable (${String(err)}) ***\n`,
-    );
-    return undefined;
-  } finally {
-    client.disconnect();
-  }
-}
-
 interface Demo {
   proc: ChildProcess;
   output(): string;
@@ -397,7 +377,8 @@ async function main(): Promise<void> {
     step(`everything installed (typescript and @types/node included): ${await footprint(project)}`);
 
     pgFixture = await postgres();
-    const redisUrl = await redis();
+    // The fleet consumer's keys go under a prefix of its own; without Redis that part is skipped loudly.
+    const redisUrl = (await redisReachable()) ? REDIS_URL : undefined;
     const consumers = (await readdir(CONSUMERS)).filter((f) => f.endsWith('.ts')).sort();
     await typecheckAndRun(
       project,
