@@ -354,10 +354,10 @@ export function resolveGatewayConfig(
         'alerts',
         `unknown alert handler "${a}": expected none or a list of ${ALERT_HANDLER_NAMES.join(', ')}`,
       );
-  const alertsFile = get('alertsFile');
   const stateDir = get('stateDir');
   if (stateDir !== undefined && (typeof stateDir !== 'string' || stateDir.trim() === ''))
     fail('stateDir', 'expected a directory path');
+  const alertsFile = get('alertsFile');
   if (alerts.includes('file') && alertsFile === undefined)
     fail('alertsFile', 'required when --alerts includes file: the JSON-lines file alerts are appended to');
   const alertsWebhookUrl = get('alertsWebhookUrl');

@@ -11,6 +11,7 @@ import {
   parseAdminToken,
   ProcessRestarts,
   type AdminServer,
+  type ProcessRestartsOptions,
   type AlertManager,
   type DiskUsage,
   type ShutdownResult,
@@ -301,13 +302,12 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     // or a kill (no clean-shutdown marker from the last run) raises ProcessRestarted, several
     // within the window ProcessRestartLoop.
     if (config.stateDir !== undefined) {
-      const dir = config.stateDir;
-      restarts = await ProcessRestarts.start({ dir, alerts, health, metrics: gateway.metrics.ops, clock }).catch(
-        (err: unknown) => {
-          const e = classify(err);
-          throw wrap(err, e.code, `--state-dir (KEEL_STATE_DIR) ${dir}: ${e.message}`);
-        },
-      );
+      restarts = await noticeRestarts(config.stateDir, {
+        alerts,
+        health,
+        metrics: gateway.metrics.ops,
+        clock,
+      });
       const previous = restarts.previous;
       if (previous && !previous.clean)
         logger.warn(
@@ -368,6 +368,21 @@ export async function runGateway(config: GatewayConfig, extra: RunOptions = {}):
     restarts,
     shutdown: () => shutdown.shutdown('requested'),
   };
+}
+
+/**
+ * `--state-dir`: what the previous run left in `dir` (see @keel/ops' ProcessRestarts), raising
+ * `ProcessRestarted` when it did not shut down cleanly.
+ * @throws KeelError naming the setting and the directory when it cannot be used.
+ */
+export function noticeRestarts(
+  dir: string,
+  options: Omit<ProcessRestartsOptions, 'dir'>,
+): Promise<ProcessRestarts> {
+  return ProcessRestarts.start({ dir, ...options }).catch((err: unknown) => {
+    const e = classify(err);
+    throw wrap(err, e.code, `--state-dir (KEEL_STATE_DIR) ${dir}: ${e.message}`);
+  });
 }
 
 /** Runs `start`; its failure (a taken port: `ADDRESS_IN_USE`) keeps its code and names the setting and address. */

@@ -1,9 +1,10 @@
 import cluster, { type Worker } from 'node:cluster';
 import { Counter, Gauge } from 'prom-client';
 import type { Logger } from 'pino';
-import { classify, keelError, wrap } from 'keel';
-import { createLogger, createMetrics, ProcessRestarts, type AlertManager } from '@keel/ops';
+import { keelError } from 'keel';
+import { createLogger, createMetrics, type AlertManager, type ProcessRestarts } from '@keel/ops';
 import { createGatewayAlerts } from '../admin/alerting.js';
+import { noticeRestarts } from '../run.js';
 import type { GatewayConfig } from '../config.js';
 import { ClusterCoordination } from '../coord/cluster-coordination.js';
 import { startFleetAdmin, type FleetAdmin } from './fleet-admin.js';
@@ -83,13 +84,11 @@ export async function runPrimary(
   // ProcessRestarted (dead workers it replaces itself, with KeelWorkerRestarted).
   let restarts: ProcessRestarts | undefined;
   if (config.stateDir !== undefined) {
-    const dir = config.stateDir;
     try {
-      restarts = await ProcessRestarts.start({ dir, alerts, metrics: own });
+      restarts = await noticeRestarts(config.stateDir, { alerts, metrics: own });
     } catch (err) {
       await alerts.close();
-      const e = classify(err);
-      throw wrap(err, e.code, `--state-dir (KEEL_STATE_DIR) ${dir}: ${e.message}`);
+      throw err;
     }
   }
   const restartsTotal = new Counter({
