@@ -137,20 +137,16 @@ export class AlertManager {
     this.raised?.inc({ name: input.name, severity });
     // The id of the work that caused it: the error's, else the one it was raised under.
     const cause = error?.correlationId ?? correlationId();
-    const details =
-      error === undefined
-        ? { ...input.details, ...(cause === undefined ? {} : { correlationId: cause }) }
-        : {
-            ...input.details,
-            ...(cause === undefined ? {} : { correlationId: cause }),
-            error: {
-              code: error.code,
-              message: error.message,
-              severity: error.severity,
-              hints: error.hints,
-              ...(error.correlationId === undefined ? {} : { correlationId: error.correlationId }),
-            },
-          };
+    const details: Record<string, unknown> = { ...input.details };
+    if (cause !== undefined) details.correlationId = cause;
+    if (error !== undefined)
+      details.error = {
+        code: error.code,
+        message: error.message,
+        severity: error.severity,
+        hints: error.hints,
+        ...(error.correlationId === undefined ? {} : { correlationId: error.correlationId }),
+      };
     const labels = input.labels ?? {};
     const fingerprint = input.fingerprint ?? alertFingerprint(input.name, labels);
     const now = this.clock.now();
