@@ -211,6 +211,15 @@ describe('bucket names a client sends', () => {
         expect(a.status).toBe(404);
       }
       expect(gateway.corsBuckets()).toBe(corsBefore);
+      // A bucket the origin has, without a CORS configuration (404 NoSuchCORSConfiguration): remembered.
+      const s3 = originClient(origin);
+      await s3.send(new CreateBucketCommand({ Bucket: 'cors-known' }));
+      s3.destroy();
+      const known = await signedRequest(gateway.url(), CLIENT_KEY, 'GET', '/cors-known/key', {
+        origin: 'https://app.example',
+      });
+      expect(known.status).toBe(404);
+      expect(gateway.corsBuckets()).toBe(corsBefore + 1);
     },
   );
 

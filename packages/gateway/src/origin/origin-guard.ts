@@ -212,9 +212,10 @@ export class OriginGuard {
   }
 
   /**
-   * Gives `bucket` a breaker of its own if it has none (as a confirming answer does), for a state
-   * shared by another process that already confirmed it. Bounded like every bucket's breaker
-   * (`maxBuckets`, least recently used forgotten first).
+   * Gives `bucket` a breaker of its own if it has none (as a confirming answer does): for a state
+   * shared by another process that already confirmed it, or an answer that shows the bucket exists
+   * without being a status {@link noteAnswer} can tell by (404 NoSuchCORSConfiguration). Bounded
+   * like every bucket's breaker (`maxBuckets`, least recently used forgotten first).
    */
   adoptBucket(bucket: string): CircuitBreakerPolicy {
     if (bucket === '') return this.service.breaker;

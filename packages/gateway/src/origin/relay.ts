@@ -53,7 +53,7 @@ export async function readAll(body: Readable, limit: number): Promise<Buffer | u
 }
 
 /** Error documents larger than this are relayed as they are. */
-const MAX_ERROR_BODY_BYTES = 64 * 1024;
+export const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
 /** An S3 error document with the gateway's request id in its `RequestId` (added when it has none). */
 function withRequestId(doc: Buffer, requestId: string): Buffer {

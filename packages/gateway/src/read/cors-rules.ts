@@ -5,7 +5,7 @@ import { s3Error } from '@keel/transfer';
 import { corsHeaders, parseCorsConfiguration, type CorsRule } from './cors.js';
 import type { OriginClient } from '../origin/origin-client.js';
 import type { OriginGuard } from '../origin/origin-guard.js';
-import { readAll } from '../origin/relay.js';
+import { MAX_ERROR_BODY_BYTES, readAll } from '../origin/relay.js';
 
 /** A GetBucketCors answer larger than this is not a CORS configuration (S3 allows 64 KiB). */
 const MAX_CORS_BODY_BYTES = 1024 * 1024;
@@ -177,9 +177,9 @@ export async function fetchBucketCors(
   );
   if (up.status === 404) {
     // The bucket exists and has no CORS configuration (not NoSuchBucket): that confirms it.
-    const body = await readAll(up.body, 64 * 1024).catch(() => undefined);
+    const body = await readAll(up.body, MAX_ERROR_BODY_BYTES).catch(() => undefined);
     if (body !== undefined && /<Code>NoSuchCORSConfiguration<\/Code>/.test(body.toString('utf8')))
-      guard.noteAnswer(bucket, 200);
+      guard.adoptBucket(bucket);
     return NONE;
   }
   if (up.status !== 200) throw await s3Error(up, `GetBucketCors ${bucket}`);
