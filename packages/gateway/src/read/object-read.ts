@@ -271,13 +271,14 @@ async function answer(r: Read, resolved: Resolved, attempt: number): Promise<Req
     await replan(r, meta, plan);
     replanned = true;
   }
-  let missing = plan.needed.filter((i) => !plan.cached.has(i) && !plan.inMemory.has(i));
+  const missingOf = (): number[] => plan.needed.filter((i) => !plan.cached.has(i) && !plan.inMemory.has(i));
+  let missing = missingOf();
   if (missing.length > 0 && !replanned && !bypass && 'version' in meta) {
     // A fill that finished its cache write since the metadata was read is no longer findable as a
     // fill, and the metadata read before it does not list its slice: the cache's metadata as it is
     // now does, so that slice is not fetched again.
     await replan(r, meta, plan);
-    missing = plan.needed.filter((i) => !plan.cached.has(i) && !plan.inMemory.has(i));
+    missing = missingOf();
   }
   const outcome: CacheOutcome = bypass
     ? 'BYPASS'
