@@ -121,8 +121,9 @@ const chunkReleases = new WeakMap<Buffer, () => void>();
 /**
  * Hands back the memory of a chunk of a streamed `RangeCache.read` once nothing reads it any
  * more (for a response: in the socket write's callback, once the bytes are with the OS), so the
- * next read reuses it instead of allocating a new buffer for each chunk. A chunk that is not released is garbage-collected as before; one the stream did not
- * give out as it is (or released already) is ignored. Releasing a chunk still being read or
+ * next read reuses it instead of allocating a new buffer for each chunk. A chunk that is not
+ * released is garbage-collected as before; one the stream did not give out as it is (or released
+ * already) is ignored. Releasing a chunk still being read or
  * written is a mistake: its memory may be reused for other bytes (old views of it read as empty).
  */
 export function releaseChunk(chunk: Buffer): void {
