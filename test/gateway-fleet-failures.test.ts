@@ -1,13 +1,12 @@
 import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFleetStatus } from '@keel/fleet';
+import { failingOrigin } from './failing-origin.js';
 import { countingProxy, startFleet, type Fleet } from './gateway-workers-support.js';
 import {
   dropPrefix,
@@ -48,53 +47,6 @@ async function gateways(upstream: string, cache: string, url: string, prefix: st
   );
   running.push(...started);
   return started;
-}
-
-/** An origin in front of s3rver that answers 500 InternalError while `fail(true)`, and notes when each request arrived. */
-async function failingOrigin(upstream: string) {
-  const target = new URL(upstream);
-  const agent = new http.Agent({ keepAlive: true });
-  const arrivals: number[] = [];
-  let failing = false;
-  const server = http.createServer((req, res) => {
-    arrivals.push(Date.now());
-    if (failing) {
-      req.resume();
-      res.writeHead(500, { 'content-type': 'application/xml' });
-      res.end('<?xml version="1.0"?><Error><Code>InternalError</Code><Message>scripted</Message></Error>');
-      return;
-    }
-    const up = http.request(
-      {
-        agent,
-        host: target.hostname,
-        port: target.port,
-        method: req.method,
-        path: req.url,
-        headers: req.headers,
-      },
-      (upRes) => {
-        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-        upRes.pipe(res);
-      },
-    );
-    up.on('error', () => res.destroy());
-    req.pipe(up);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    arrivals,
-    fail: (on: boolean) => {
-      failing = on;
-    },
-    close: () =>
-      new Promise<void>((r) => {
-        server.close(() => r());
-        server.closeAllConnections();
-        agent.destroy();
-      }),
-  };
 }
 
 beforeAll(async () => {

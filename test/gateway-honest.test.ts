@@ -11,6 +11,7 @@ import type { CacheFs } from 'keel/cache';
 import { metaFileOf, sliceFileOf } from './cache-support.js';
 import { originClient, sha, SLICE, startRecorder, type Recorder } from './gateway-protocol-support.js';
 import { startS3Origin, type S3Origin } from './s3-origin.js';
+import { failingOrigin } from './failing-origin.js';
 
 /*
  * Every answer says where its bytes came from: the x-keel-cache header, the request's log line
@@ -377,45 +378,23 @@ describe('answers the origin gave', () => {
 });
 
 describe('an origin that fails once part of an object is cached', () => {
-  let failing = false;
-  let front: http.Server;
-  let frontUrl: string;
+  let front: Awaited<ReturnType<typeof failingOrigin>>;
   beforeAll(async () => {
     await put('partly.bin', SMALL);
-    // The recorder while it works; a 503 SlowDown-free InternalError while it fails.
-    const up = new URL(recorder.url);
-    front = http.createServer((req, res) => {
-      if (failing) {
-        req.resume();
-        res.writeHead(500, { 'content-type': 'application/xml' });
-        res.end('<?xml version="1.0"?><Error><Code>InternalError</Code><Message>failing</Message></Error>');
-        return;
-      }
-      const fwd = http.request(
-        { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
-        (r) => {
-          res.writeHead(r.statusCode ?? 502, r.headers);
-          r.pipe(res);
-        },
-      );
-      req.pipe(fwd);
-    });
-    await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
-    frontUrl = `http://127.0.0.1:${(front.address() as { port: number }).port}`;
+    // The recorder while it works; 500 InternalError while it fails.
+    front = await failingOrigin(recorder.url);
   });
   afterAll(async () => {
-    front.closeAllConnections();
-    await new Promise((r) => front.close(r));
+    await front.close();
   });
 
   it('serves the cached range STALE, and answers an uncached range 503 ERROR (not STALE), header, log and metric alike', async () => {
-    failing = false;
-    await startGateway({ upstream: frontUrl, ttlMs: 1, guard: { retryAttempts: 1 } });
+    await startGateway({ upstream: front.url, ttlMs: 1, guard: { retryAttempts: 1 } });
     const first = await observe('GET', '/b/partly.bin', { range: `bytes=0-${SLICE - 1}` });
     expectOutcome(first, 'MISS');
     await gateway.idle();
     await new Promise((r) => setTimeout(r, 5)); // past the 1 ms TTL: the next read revalidates
-    failing = true;
+    front.fail(true);
     try {
       const cached = await observe('GET', '/b/partly.bin', { range: `bytes=0-${SLICE - 1}` });
       expect(cached.status).toBe(206);
@@ -429,7 +408,7 @@ describe('an origin that fails once part of an object is cached', () => {
       expectOutcome(uncached, 'ERROR');
       expect(uncached.served).toEqual({ cache: 0, origin: 0 });
     } finally {
-      failing = false;
+      front.fail(false);
     }
   });
 });
